@@ -1,0 +1,59 @@
+"""Cache policies by name. `make_policy("worldcache", threshold=0.1)` or `load_policy("configs/cache/x.yaml")`.
+
+Every policy is a `CachePolicy` subclass with a `name` and a `config_cls` (a `PolicyConfig` dataclass), registered
+with `@register`. The YAML form is ``policy: NAME`` plus that dataclass's fields.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import CachePolicy, CallRecord, NoCache
+from .config import CONFIG_DIR, ConfigError, PolicyConfig, build_config, read_yaml
+
+POLICIES: dict[str, type[CachePolicy]] = {}
+
+
+def register(cls: type[CachePolicy]) -> type[CachePolicy]:
+    POLICIES[cls.name] = cls
+    return cls
+
+
+NoCache.config_cls = PolicyConfig
+register(NoCache)
+
+
+def make_policy(name: str, config: dict | None = None, source: str | None = None, **overrides) -> CachePolicy:
+    """Build a policy by registered name; `config`/`overrides` are validated against its config dataclass."""
+    _load_builtin()
+    if name not in POLICIES:
+        raise ConfigError(f"unknown cache policy {name!r}; known: {sorted(POLICIES)}")
+    cls = POLICIES[name]
+    values = {**(config or {}), **overrides}
+    return cls(build_config(cls.config_cls, values, source or f"policy {name!r}"))
+
+
+def load_policy(spec: str | Path, **overrides) -> CachePolicy:
+    """`spec` is a YAML path, or a policy name (its default file under configs/cache/ is used if present)."""
+    path = Path(spec)
+    if path.suffix not in (".yaml", ".yml"):
+        default = CONFIG_DIR / f"{spec}.yaml"
+        if not default.is_file():
+            return make_policy(str(spec), **overrides)
+        path = default
+    data = read_yaml(path)
+    name = data.pop("policy")
+    return make_policy(name, data, source=str(path), **overrides)
+
+
+def policy_names() -> list[str]:
+    _load_builtin()
+    return sorted(POLICIES)
+
+
+def _load_builtin() -> None:
+    # Imported lazily so a policy module's heavy imports (diffusers hooks) cost nothing until asked for.
+    from . import builtin  # noqa: F401
+
+
+__all__ = ["CachePolicy", "CallRecord", "ConfigError", "NoCache", "POLICIES", "PolicyConfig", "load_policy",
+           "make_policy", "policy_names", "register"]

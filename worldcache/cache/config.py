@@ -1,0 +1,74 @@
+"""Cache-policy settings: small dataclasses, validated when built from a dict or a YAML file."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "cache"
+
+
+class ConfigError(ValueError):
+    """A cache config that cannot be used; the message names the file/key at fault."""
+
+
+@dataclasses.dataclass
+class PolicyConfig:
+    """Base of every policy's settings. Subclasses add fields and extend `check`."""
+
+    def check(self) -> None:
+        """Raise ConfigError for values that make no sense. Called by `build_config`."""
+
+    def require(self, key: str, ok: bool, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={getattr(self, key)!r}: {why}")
+
+    def nonneg(self, *keys: str) -> None:
+        for k in keys:
+            v = getattr(self, k)
+            self.require(k, v is not None and math.isfinite(v) and v >= 0, "must be a finite number >= 0")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def build_config(config_cls: type[PolicyConfig], values: dict[str, Any] | None, source: str = "config"):
+    """Instantiate `config_cls` from `values`; unknown keys and bad types raise ConfigError naming the key."""
+    values = dict(values or {})
+    known = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown} for {config_cls.__name__}; "
+                          f"valid keys: {sorted(known)}")
+    defaults = config_cls()
+    for k, v in values.items():
+        default = getattr(defaults, k)
+        if isinstance(default, bool) and not isinstance(v, bool):
+            raise ConfigError(f"{source}: {k} must be true/false, got {v!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{source}: {k} must be a number, got {v!r}")
+            if isinstance(default, float):
+                values[k] = float(v)
+    cfg = config_cls(**values)
+    try:
+        cfg.check()
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"cache config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict) or "policy" not in data:
+        raise ConfigError(f"{path}: expected a mapping with a 'policy' key and the policy's settings")
+    return data

@@ -1,0 +1,138 @@
+"""WorldCache and its parent DiCache: probe the first blocks, skip the rest when the probe drifts little.
+
+One engine, `WorldCache`; DiCache is the same engine with WorldCache's four additions switched off and DiCache's
+own extrapolation coefficient. See ../shared/METHOD.md (the project's method notes) for the formulation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import register
+from .base import CachePolicy, CallRecord, in_warmup, rel_l1
+from .config import PolicyConfig
+from ..motion import laplacian, token_flow, warp_tokens
+
+
+@dataclass
+class DiCacheConfig(PolicyConfig):
+    threshold: float = 0.08         # skip while accumulated probe drift stays below this
+    ret_ratio: float = 0.2          # warm-up: this fraction of the steps always computes
+    probe_depth: int = 1            # blocks run on every call to measure drift
+    force_last_step: bool = True    # the final step always computes
+    max_consecutive_skips: int = 0  # 0: no cap
+
+    def check(self) -> None:
+        self.nonneg("threshold")
+        self.require("ret_ratio", 0 <= self.ret_ratio < 1,
+                     "warm-up must be shorter than the schedule (0 <= ret_ratio < 1)")
+        self.require("probe_depth", self.probe_depth >= 1, "must be >= 1")
+        self.require("max_consecutive_skips", self.max_consecutive_skips >= 0, "must be >= 0 (0: no cap)")
+
+
+@dataclass
+class WorldCacheConfig(DiCacheConfig):
+    motion_adaptive: bool = True    # tau / (1 + alpha * input velocity)
+    alpha: float = 5.0
+    saliency: bool = True           # drift weighted by 1 + beta * per-token saliency of the probe
+    beta: float = 5.0
+    blend: bool = True              # least-squares extrapolation coefficient from the probe residuals
+    gamma_min: float = 0.2
+    gamma_max: float = 1.8
+    warp: bool = True               # warp the cached residual along the token-grid flow
+    flow_scale: float = 0.5         # flow estimated at this fraction of the token grid
+    phase_aware: bool = True        # tau * (1 + phase_slope * step / N): relax as denoising progresses
+    phase_slope: float = 4.0
+    hf_veto: bool = False           # forbid a skip when the input's Laplacian drifts more than hf_threshold
+    hf_threshold: float = 0.01
+
+    def check(self) -> None:
+        super().check()
+        self.nonneg("alpha", "beta", "phase_slope", "hf_threshold", "gamma_min")
+        self.require("gamma_max", self.gamma_max >= self.gamma_min, "must be >= gamma_min")
+        self.require("flow_scale", 0 < self.flow_scale <= 1, "must be in (0, 1]")
+
+
+@register
+class WorldCache(CachePolicy):
+    name = "worldcache"
+    config_cls = WorldCacheConfig
+
+    def run_stack(self, stack, call: CallRecord) -> torch.Tensor:
+        cfg, st, x = self.config, self.state(call.branch), stack.x
+        depth = cfg.probe_depth
+        if depth >= stack.num_blocks:
+            raise ValueError(f"probe_depth={depth} leaves no blocks to skip (model has {stack.num_blocks})")
+        probe = stack(x, 0, depth)
+        motion = rel_l1(x, st["x_prev"]) if "x_prev" in st else 0.0
+        call.motion = motion
+
+        skip = False
+        if "residuals" in st and not in_warmup(call, cfg.ret_ratio) and not (
+                cfg.force_last_step and call.step == call.num_steps - 1):
+            drift, call.saliency = self._drift(probe, st["p_prev"])
+            acc = st["acc"] + drift
+            tau = cfg.threshold
+            if cfg.phase_aware:
+                tau *= 1 + cfg.phase_slope * call.step / call.num_steps
+            if cfg.motion_adaptive:
+                tau /= 1 + cfg.alpha * motion
+            call.drift, call.threshold = acc, tau
+            capped = 0 < cfg.max_consecutive_skips <= st["skips"]
+            vetoed = cfg.hf_veto and rel_l1(laplacian(x, stack.ctx.grid),
+                                            laplacian(st["x_prev"], stack.ctx.grid)) > cfg.hf_threshold
+            skip = acc < tau and not capped and not vetoed
+
+        if skip:
+            out = x + self._approximate(st, probe - x, x, stack.ctx.grid, call)
+            st["acc"], st["skips"] = acc, st["skips"] + 1
+        else:
+            out = stack(probe, depth)  # resume from the probe: its blocks are not run twice
+            st.setdefault("residuals", []).append(out - x)
+            st.setdefault("probe_residuals", []).append(probe - x)
+            del st["residuals"][:-2], st["probe_residuals"][:-2]
+            st["x_ref"], st["acc"], st["skips"] = x, 0.0, 0
+        call.computed = not skip
+        st["p_prev"], st["x_prev"] = probe, x
+        return out
+
+    def _drift(self, p: torch.Tensor, p_prev: torch.Tensor) -> tuple[float, float]:
+        if not self.config.saliency:
+            return rel_l1(p, p_prev), float("nan")
+        sal = p_prev.float().std(dim=-1)  # (B, N): per-token spread across channels
+        lo, hi = sal.amin(dim=1, keepdim=True), sal.amax(dim=1, keepdim=True)
+        w = 1 + self.config.beta * (sal - lo) / (hi - lo).clamp_min(1e-12)
+        diff = (p - p_prev).abs().mean(dim=-1)
+        drift = (w * diff).mean(dim=1) / p_prev.abs().mean(dim=(1, 2)).clamp_min(1e-12)
+        return float(drift.max()), float(w.mean())
+
+    def _approximate(self, st: dict, rho_now, x, grid, call: CallRecord) -> torch.Tensor:
+        """Extrapolate the block-stack residual from the last two computed ones, then warp it (optional)."""
+        cfg, res, rho = self.config, st["residuals"], st["probe_residuals"]
+        if len(res) < 2:
+            approx, call.gamma = res[-1], 1.0
+        else:
+            dims = (1, 2)
+            a, b = rho_now - rho[-2], rho[-1] - rho[-2]
+            if cfg.blend:  # least squares: argmin_g ||a - g b||^2
+                gamma = ((a * b).sum(dims) / (b * b).sum(dims).clamp_min(1e-12)).clamp(cfg.gamma_min, cfg.gamma_max)
+            else:  # DiCache's heuristic: ratio of probe-residual changes
+                gamma = (a.norm(dim=dims) / b.norm(dim=dims).clamp_min(1e-12)).clamp(1.0, 2.0)
+            approx = res[-2] + gamma[:, None, None] * (res[-1] - res[-2])
+            call.gamma = float(gamma.mean())
+        if cfg.warp:
+            approx = warp_tokens(approx, token_flow(st["x_ref"], x, grid, cfg.flow_scale), grid)
+        return approx
+
+
+@register
+class DiCache(WorldCache):
+    """DiCache: probe drift + residual-trajectory extrapolation, fixed threshold, no content awareness."""
+
+    name = "dicache"
+    config_cls = DiCacheConfig
+
+    def __init__(self, config: DiCacheConfig):
+        off = dict(motion_adaptive=False, saliency=False, blend=False, warp=False, phase_aware=False)
+        super().__init__(WorldCacheConfig(**config.as_dict(), **off))

@@ -1,0 +1,141 @@
+"""The Cosmos DiT split into embed -> block stack -> head, so a cache policy can skip the block stack.
+
+`CosmosTransformer3DModel.forward` (diffusers) is one monolithic function; caching needs the stack input and
+the ability to run blocks ``[start, end)`` on their own. `DiT` calls diffusers' own submodules in the same order as
+that forward (tests check equality to 1e-6), plus one addition: an optional per-frame conditioning embedding
+(actions) added to the timestep embedding and its adaLN terms, as Cosmos' action-conditioned models do.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import CosmosTransformer3DModel
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+from diffusers.models.transformers.transformer_cosmos import CosmosTransformerBlock
+from torchvision import transforms
+
+
+def register_cosmos_block() -> None:
+    """diffusers' cache hooks find blocks through `TransformerBlockRegistry`, which lacks Cosmos' block."""
+    try:
+        TransformerBlockRegistry.get(CosmosTransformerBlock)
+    except ValueError:
+        TransformerBlockRegistry.register(
+            CosmosTransformerBlock,
+            TransformerBlockMetadata(return_hidden_states_index=None, return_encoder_hidden_states_index=None),
+        )
+
+
+@dataclass
+class StackContext:
+    """Everything the blocks need besides the hidden states; fixed for one model call."""
+
+    encoder_hidden_states: torch.Tensor
+    embedded_timestep: torch.Tensor
+    temb: torch.Tensor
+    image_rotary_emb: torch.Tensor
+    extra_pos_emb: torch.Tensor | None
+    attention_mask: torch.Tensor | None
+    grid: tuple[int, int, int]  # tokens along (T, H, W) after patchify
+
+
+class BlockStack:
+    """Runs blocks of the stack for one model call. `x` is the stack input; policies call `self(h, start, end)`."""
+
+    def __init__(self, dit: "DiT", x: torch.Tensor, ctx: StackContext):
+        self.dit, self.x, self.ctx = dit, x, ctx
+        self.blocks_run = 0  # block forwards in this call: what a skipped call saves
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.dit.transformer.transformer_blocks)
+
+    def __call__(self, h: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
+        c = self.ctx
+        for block in self.dit.transformer.transformer_blocks[start:end]:
+            h = block(h, c.encoder_hidden_states, c.embedded_timestep, c.temb, c.image_rotary_emb,
+                      c.extra_pos_emb, c.attention_mask, None)
+            self.blocks_run += 1
+        return h
+
+    def modulated_input(self) -> torch.Tensor:
+        """First block's adaLN-modulated input (what TeaCache-style policies watch)."""
+        block = self.dit.transformer.transformer_blocks[0]
+        h = self.x + self.ctx.extra_pos_emb if self.ctx.extra_pos_emb is not None else self.x
+        return block.norm1(h, self.ctx.embedded_timestep, self.ctx.temb)[0]
+
+
+class DiT(torch.nn.Module):
+    """A `CosmosTransformer3DModel` called as embed -> `policy.run_stack` -> head."""
+
+    def __init__(self, transformer: CosmosTransformer3DModel, cond_embedder: torch.nn.Module | None = None):
+        super().__init__()
+        self.transformer = transformer
+        self.cond_embedder = cond_embedder  # maps (B, T_latent, D) conditioning -> (temb add, embedded_timestep add)
+
+    def embed(self, hidden_states, timestep, encoder_hidden_states, condition_mask=None, padding_mask=None,
+              fps=None, attention_mask=None, frame_cond=None) -> tuple[torch.Tensor, StackContext]:
+        m, cfg = self.transformer, self.transformer.config
+        batch_size, _, num_frames, height, width = hidden_states.shape
+        if condition_mask is not None:
+            hidden_states = torch.cat([hidden_states, condition_mask], dim=1)
+        if cfg.concat_padding_mask:
+            if padding_mask is None:
+                padding_mask = hidden_states.new_zeros(1, 1, height, width)
+            padding_mask = transforms.functional.resize(
+                padding_mask, list(hidden_states.shape[-2:]), interpolation=transforms.InterpolationMode.NEAREST)
+            hidden_states = torch.cat(
+                [hidden_states, padding_mask.unsqueeze(2).repeat(batch_size, 1, num_frames, 1, 1)], dim=1)
+        if attention_mask is not None:
+            attention_mask = attention_mask.unsqueeze(1).unsqueeze(1)
+        image_rotary_emb = m.rope(hidden_states, fps=fps)
+        extra_pos_emb = m.learnable_pos_embed(hidden_states) if cfg.extra_pos_embed_type else None
+        p_t, p_h, p_w = cfg.patch_size
+        grid = (num_frames // p_t, height // p_h, width // p_w)
+        h = m.patch_embed(hidden_states).flatten(1, 3)
+
+        if timestep.ndim == 1:
+            temb, embedded_timestep = m.time_embed(h, timestep)
+            if frame_cond is not None:
+                raise ValueError("per-frame conditioning needs per-frame timesteps of shape [B, 1, T, 1, 1]")
+        elif timestep.ndim == 5:
+            if timestep.shape != (batch_size, 1, num_frames, 1, 1):
+                raise ValueError(f"Expected timestep of shape [B, 1, T, 1, 1], got {tuple(timestep.shape)}")
+            temb, embedded_timestep = m.time_embed(h, timestep.flatten())
+            temb, embedded_timestep = (v.view(batch_size, grid[0], -1) for v in (temb, embedded_timestep))
+            if frame_cond is not None:
+                d_temb, d_emb = self.cond_embedder(frame_cond)
+                temb, embedded_timestep = temb + d_temb, embedded_timestep + d_emb
+            temb, embedded_timestep = (
+                v.view(batch_size, grid[0], 1, 1, -1).expand(-1, -1, grid[1], grid[2], -1).flatten(1, 3)
+                for v in (temb, embedded_timestep))
+        else:
+            raise ValueError(f"Expected timestep of shape [B, 1, T, 1, 1] or [B], got {tuple(timestep.shape)}")
+
+        text_context, img_context = (encoder_hidden_states if isinstance(encoder_hidden_states, tuple)
+                                     else (encoder_hidden_states, None))
+        if cfg.use_crossattn_projection:
+            text_context = m.crossattn_proj(text_context)
+        if img_context is not None and cfg.img_context_dim_in:
+            img_context = m.img_context_proj(img_context)
+        context = (text_context, img_context) if isinstance(encoder_hidden_states, tuple) else text_context
+        return h, StackContext(context, embedded_timestep, temb, image_rotary_emb, extra_pos_emb, attention_mask, grid)
+
+    def head(self, h: torch.Tensor, ctx: StackContext) -> torch.Tensor:
+        m = self.transformer
+        p_t, p_h, p_w = m.config.patch_size
+        h = m.norm_out(h, ctx.embedded_timestep, ctx.temb)
+        h = m.proj_out(h)
+        h = h.unflatten(2, (p_h, p_w, p_t, -1)).unflatten(1, ctx.grid)
+        # Same (non-inverse-looking) permutation as diffusers' forward.
+        h = h.permute(0, 7, 1, 6, 2, 4, 3, 5)
+        return h.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def forward(self, policy, call, **inputs) -> torch.Tensor:
+        """One model call: the policy decides how the block stack output is obtained."""
+        x, ctx = self.embed(**inputs)
+        stack = BlockStack(self, x, ctx)
+        h = policy.run_stack(stack, call)
+        call.blocks_run = stack.blocks_run
+        return self.head(h, ctx)

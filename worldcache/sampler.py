@@ -1,0 +1,104 @@
+"""The denoising loop: the only one in the codebase. Cosmos-Predict2.5 video2world flow matching.
+
+Conditioning frames are held clean (their velocity is replaced by the ground-truth one, their timestep is tiny),
+the rest is denoised from noise; classifier-free guidance is off, two calls per step ("cond"/"uncond"), or one
+batched call ("batched"). Every model call goes through `DiT.forward` with the cache policy.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .cache.base import CachePolicy, CallRecord, NoCache
+from .dit import DiT
+
+GUIDANCE_MODES = ("separate", "batched")
+
+
+@dataclass
+class SampleOutput:
+    latents: torch.Tensor
+    records: list[CallRecord] = field(default_factory=list)
+
+    @property
+    def computed_fraction(self) -> float:
+        return sum(r.computed for r in self.records) / max(len(self.records), 1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: torch.Tensor, *,
+            num_steps: int, policy: CachePolicy | None = None, cond_latents: torch.Tensor | None = None,
+            num_cond_frames: int = 0, negative_encoder_hidden_states: torch.Tensor | None = None,
+            guidance_scale: float = 1.0, guidance: str = "separate", frame_cond: torch.Tensor | None = None,
+            cond_frame_timestep: float = 1e-4, fps: int | None = None) -> SampleOutput:
+    """Denoise `noise` (B, C, T, H, W) in `num_steps` steps; the first `num_cond_frames` latent frames are
+    taken from `cond_latents` and kept clean. Returns the final latents and one `CallRecord` per model call."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if guidance not in GUIDANCE_MODES:
+        raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {guidance!r}")
+    use_cfg = guidance_scale != 1.0
+    if use_cfg and negative_encoder_hidden_states is None:
+        raise ValueError("guidance_scale != 1 needs negative_encoder_hidden_states")
+    policy = policy or NoCache()
+    scheduler = type(scheduler).from_config(scheduler.config)  # multistep solvers keep state: fresh per call
+    scheduler.set_timesteps(num_steps, device=noise.device)
+    policy.begin(num_steps)
+
+    b, _, t, hh, ww = noise.shape
+    dtype = noise.dtype
+    cond_indicator = torch.zeros(b, 1, t, 1, 1, dtype=dtype, device=noise.device)
+    cond_indicator[:, :, :num_cond_frames] = 1.0
+    cond_mask = cond_indicator.expand(-1, -1, -1, hh, ww)
+    if cond_latents is None:
+        cond_latents = torch.zeros_like(noise)
+    latents = noise
+    gt_velocity = (latents - cond_latents) * cond_mask
+    records: list[CallRecord] = []
+
+    def call(x, ts, emb, mask, fc, branch, step, sigma):
+        rec = CallRecord(step=step, num_steps=num_steps, branch=branch, sigma=sigma)
+        _sync(noise.device)
+        start = time.perf_counter()
+        v = dit(policy, rec, hidden_states=x, timestep=ts, encoder_hidden_states=emb, condition_mask=mask,
+                fps=fps, frame_cond=fc)
+        _sync(noise.device)
+        rec.wall_ms = (time.perf_counter() - start) * 1e3
+        records.append(rec)
+        return v
+
+    for i, tt in enumerate(scheduler.timesteps):
+        sigma = scheduler.sigmas[i].to(device=noise.device, dtype=torch.float32)
+        in_t = (cond_indicator * cond_frame_timestep + (1 - cond_indicator) * sigma).to(dtype)
+        in_x = cond_mask * cond_latents + (1 - cond_mask) * latents
+        s = float(sigma)
+        if use_cfg and guidance == "batched":
+            both = call(torch.cat([in_x, in_x]), torch.cat([in_t, in_t]),
+                        torch.cat([encoder_hidden_states, negative_encoder_hidden_states]),
+                        torch.cat([cond_mask, cond_mask]),
+                        None if frame_cond is None else torch.cat([frame_cond, frame_cond]), "batched", i, s)
+            v, v_neg = both.chunk(2)
+        else:
+            v = call(in_x, in_t, encoder_hidden_states, cond_mask, frame_cond, "cond", i, s)
+            v_neg = (call(in_x, in_t, negative_encoder_hidden_states, cond_mask, frame_cond, "uncond", i, s)
+                     if use_cfg else None)
+        v = gt_velocity + v * (1 - cond_mask)
+        if v_neg is not None:
+            v_neg = gt_velocity + v_neg * (1 - cond_mask)
+            v = v + guidance_scale * (v - v_neg)
+        latents = scheduler.step(v, tt, latents, return_dict=False)[0]
+    return SampleOutput(latents=cond_mask * cond_latents + (1 - cond_mask) * latents, records=records)
+
+
+def default_scheduler(flow_shift: float = 5.0):
+    """Cosmos-Predict2.5's sampler: UniPC on flow-matching sigmas (what its diffusers pipeline ships)."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
