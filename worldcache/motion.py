@@ -1,45 +1,64 @@
-"""Motion on the DiT token grid: dense optical flow (OpenCV Farnebäck) and warping of cached features.
+"""Motion on the DiT token grid: dense Lucas-Kanade flow and warping of cached features.
 
-Tokens are (B, N, C) with N = T*H*W on the grid from patchify. A frame's features are reduced to one
-8-bit image (per-token feature norm after per-channel standardisation) so that OpenCV's flow can run on it.
+Tokens are (B, N, C) with N = T*H*W on the grid from patchify. The flow is estimated on all channels at once
+(multi-channel Lucas-Kanade, vectorised over batch and frames). OpenCV's dense flow was tried first and is not
+the right tool here: on a grid of a few tokens per side (8x10 for the bundled model, 4x5 at half resolution)
+Farneback returns zero flow, and it would need a host copy and a Python loop per frame on every skipped call.
 """
 from __future__ import annotations
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def _grid_images(tokens: torch.Tensor, grid: tuple[int, int, int]) -> np.ndarray:
-    """(B, N, C) -> (B*T, H, W) float32 images in [0, 1], normalised jointly per frame pair by the caller."""
+def _frames(tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """(B, N, C) -> (B*T, C, H, W), channels standardised per frame so no channel dominates."""
     b, _, c = tokens.shape
     t, h, w = grid
-    x = tokens.float().reshape(b, t, h * w, c)
-    x = (x - x.mean(dim=2, keepdim=True)) / (x.std(dim=2, keepdim=True) + 1e-6)
-    return x.norm(dim=-1).reshape(b * t, h, w).cpu().numpy()
+    x = tokens.float().reshape(b, t, h, w, c).permute(0, 1, 4, 2, 3).reshape(b * t, c, h, w)
+    return (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-6)
+
+
+def _lk(src: torch.Tensor, dst: torch.Tensor, iters: int = 3, reg: float = 1e-2) -> torch.Tensor:
+    """Iterative Lucas-Kanade: g with dst(q) ~ src(q + g(q)); 3x3 windows, summed over channels."""
+    n, _, h, w = src.shape
+    flow = src.new_zeros(n, h, w, 2)
+    for _ in range(iters):
+        moved = _sample(src, flow)
+        gy, gx = torch.gradient(moved, dim=(2, 3))
+        diff = dst - moved
+        box = lambda v: F.avg_pool2d(v.sum(1, keepdim=True), 3, stride=1, padding=1, count_include_pad=False)[:, 0]
+        a, b_, c = box(gx * gx) + reg, box(gx * gy), box(gy * gy) + reg
+        u, v = box(gx * diff), box(gy * diff)
+        det = a * c - b_ * b_
+        flow = flow + torch.stack([(c * u - b_ * v) / det, (a * v - b_ * u) / det], dim=-1)
+    return flow
+
+
+def _sample(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """img sampled at q + flow(q): bilinear, reflection padding. img (N, C, H, W), flow (N, H, W, 2) as (x, y)."""
+    _, _, h, w = img.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=img.device), torch.arange(w, device=img.device), indexing="ij")
+    px, py = xs[None] + flow[..., 0], ys[None] + flow[..., 1]
+    coords = torch.stack([2 * px / max(w - 1, 1) - 1, 2 * py / max(h - 1, 1) - 1], dim=-1).to(img.dtype)
+    return F.grid_sample(img, coords, mode="bilinear", padding_mode="reflection", align_corners=True)
 
 
 def token_flow(src: torch.Tensor, dst: torch.Tensor, grid: tuple[int, int, int], scale: float = 0.5) -> torch.Tensor:
-    """Flow g with dst(q) ~ src(q + g(q)), in token units, shape (B*T, H, W, 2) (x, y).
+    """Flow g with dst(q) ~ src(q + g(q)), in token units, shape (B*T, H, W, 2) as (x, y).
 
-    Estimated at `scale` of the token grid (less noise, cheaper), then upsampled and rescaled.
+    Estimated at `scale` of the token grid (reaches larger displacements, less noise), then upsampled and rescaled.
     """
-    a, b = _grid_images(dst, grid), _grid_images(src, grid)
-    _, h, w = grid
+    a, b = _frames(src, grid), _frames(dst, grid)
+    h, w = a.shape[-2:]
     sh, sw = max(2, round(h * scale)), max(2, round(w * scale))
-    flows = []
-    for img0, img1 in zip(a, b):
-        lo, hi = min(img0.min(), img1.min()), max(img0.max(), img1.max())
-        to8 = lambda im: cv2.resize(((im - lo) / (hi - lo + 1e-6) * 255).astype(np.uint8), (sw, sh),
-                                    interpolation=cv2.INTER_AREA)
-        f = cv2.calcOpticalFlowFarneback(to8(img0), to8(img1), None, pyr_scale=0.5, levels=1, winsize=3,
-                                         iterations=3, poly_n=5, poly_sigma=1.1, flags=0)
-        f = cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR)
-        f[..., 0] *= w / sw
-        f[..., 1] *= h / sh
-        flows.append(f)
-    return torch.from_numpy(np.stack(flows)).to(src.device)
+    if (sh, sw) != (h, w):
+        a, b = (F.interpolate(v, size=(sh, sw), mode="area") for v in (a, b))
+    flow = _lk(a, b).permute(0, 3, 1, 2)
+    if (sh, sw) != (h, w):
+        flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=True)
+        flow = flow * torch.tensor([w / sw, h / sh], device=flow.device).view(1, 2, 1, 1)
+    return flow.permute(0, 2, 3, 1)
 
 
 def warp_tokens(feat: torch.Tensor, flow: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -47,12 +66,7 @@ def warp_tokens(feat: torch.Tensor, flow: torch.Tensor, grid: tuple[int, int, in
     b, n, c = feat.shape
     t, h, w = grid
     img = feat.reshape(b, t, h, w, c).permute(0, 1, 4, 2, 3).reshape(b * t, c, h, w)
-    ys, xs = torch.meshgrid(torch.arange(h, device=feat.device), torch.arange(w, device=feat.device),
-                            indexing="ij")
-    px = xs[None] + flow[..., 0]
-    py = ys[None] + flow[..., 1]
-    coords = torch.stack([2 * px / max(w - 1, 1) - 1, 2 * py / max(h - 1, 1) - 1], dim=-1).to(img.dtype)
-    out = F.grid_sample(img, coords, mode="bilinear", padding_mode="reflection", align_corners=True)
+    out = _sample(img, flow.to(feat.dtype))
     return out.reshape(b, t, c, h, w).permute(0, 1, 3, 4, 2).reshape(b, n, c)
 
 

@@ -1,0 +1,166 @@
+"""WorldCache / DiCache: decisions, block savings, and one test per switchable part."""
+import pytest
+import torch
+
+from worldcache.cache import ConfigError, load_policy, make_policy
+from worldcache.sampler import denoise, default_scheduler
+from worldcache.tiny import tiny_inputs
+
+STEPS = 20
+
+
+def run(dit, policy, batch=1, scale=1.0, mode="separate", seed=0):
+    noise, cond, emb, neg = tiny_inputs(batch=batch, seed=seed)
+    return denoise(dit, default_scheduler(), noise, emb, num_steps=STEPS, policy=policy, cond_latents=cond,
+                   num_cond_frames=1, negative_encoder_hidden_states=neg, guidance_scale=scale, guidance=mode)
+
+
+def count_ff(dit):
+    counts = []
+    hooks = [b.ff.register_forward_hook(lambda *a: counts.append(1)) for b in dit.transformer.transformer_blocks]
+    return counts, hooks
+
+
+@pytest.mark.parametrize("name", ["worldcache", "dicache"])
+def test_skips_when_permissive_and_never_at_zero(tiny_dit, name):
+    assert run(tiny_dit, make_policy(name, threshold=0.0)).computed_fraction == 1.0
+    out = run(tiny_dit, make_policy(name, threshold=1.0))
+    assert out.computed_fraction < 0.6
+
+
+@pytest.mark.parametrize("name", ["worldcache", "dicache"])
+def test_skipped_calls_run_only_the_probe(tiny_dit, name):
+    counts, hooks = count_ff(tiny_dit)
+    try:
+        out = run(tiny_dit, make_policy(name, threshold=1.0, probe_depth=1))
+    finally:
+        for h in hooks:
+            h.remove()
+    skipped = [r for r in out.records if not r.computed]
+    assert skipped and all(r.blocks_run == 1 for r in skipped)
+    assert all(r.blocks_run == 4 for r in out.records if r.computed)
+    assert len(counts) == sum(r.blocks_run for r in out.records)  # the blocks really did not run
+
+
+def test_warmup_last_step_and_cap(tiny_dit):
+    out = run(tiny_dit, make_policy("worldcache", threshold=10.0, ret_ratio=0.25, max_consecutive_skips=2))
+    computed = [r.computed for r in out.records]
+    assert all(computed[:5]) and computed[-1]
+    assert not any(all(not c for c in computed[i:i + 3]) for i in range(len(computed) - 2))
+    uncapped = [r.computed for r in run(tiny_dit, make_policy("worldcache", threshold=10.0, ret_ratio=0.25)).records]
+    assert sum(uncapped) < sum(computed)
+
+
+def test_guidance_branches_keep_separate_state(tiny_dit):
+    sep = run(tiny_dit, make_policy("worldcache", threshold=0.5), scale=3.0, mode="separate")
+    assert {r.branch for r in sep.records} == {"cond", "uncond"}
+    for branch in ("cond", "uncond"):
+        recs = [r for r in sep.records if r.branch == branch]
+        assert len(recs) == STEPS and recs[-1].computed and not all(r.computed for r in recs)
+    bat = run(tiny_dit, make_policy("worldcache", threshold=0.5), scale=3.0, mode="batched", batch=2)
+    assert len(bat.records) == STEPS and torch.isfinite(bat.latents).all()
+
+
+def test_skipping_stays_close_to_uncached(tiny_dit):
+    ref = run(tiny_dit, make_policy("none")).latents
+    out = run(tiny_dit, make_policy("worldcache", threshold=0.3))
+    assert out.computed_fraction < 1.0
+    err = (out.latents - ref).abs().mean() / ref.abs().mean()
+    assert err < 0.1
+
+
+# --- one test per WorldCache part: each fails if the part were a no-op ---------------------------------------
+BASE = dict(motion_adaptive=False, saliency=False, blend=False, warp=False, phase_aware=False)
+
+
+def test_motion_adaptive_threshold(tiny_dit):
+    off = run(tiny_dit, make_policy("worldcache", threshold=0.5, **BASE))
+    on = run(tiny_dit, make_policy("worldcache", threshold=0.5, **{**BASE, "motion_adaptive": True, "alpha": 50.0}))
+    pairs = [(a, b) for a, b in zip(on.records, off.records) if a.threshold == a.threshold]
+    assert pairs and all(a.motion > 0 for a, _ in pairs)
+    assert all(a.threshold < b.threshold for a, b in pairs)  # tau / (1 + alpha v)
+    fractions = [(run(tiny_dit, make_policy("worldcache", threshold=t, **{**BASE, "motion_adaptive": True,
+                                                                          "alpha": 50.0})).computed_fraction,
+                  run(tiny_dit, make_policy("worldcache", threshold=t, **BASE)).computed_fraction)
+                 for t in (0.05, 0.1, 0.2, 0.5, 1.0)]
+    assert all(a >= b for a, b in fractions) and any(a > b for a, b in fractions)  # fast change -> compute more
+
+
+def test_saliency_weighted_drift(tiny_dit):
+    off = run(tiny_dit, make_policy("worldcache", threshold=0.0, **BASE))
+    on = run(tiny_dit, make_policy("worldcache", threshold=0.0, **{**BASE, "saliency": True, "beta": 5.0}))
+    measured = [(a, b) for a, b in zip(on.records, off.records) if a.drift == a.drift]
+    assert measured and all(a.drift > 1.01 * b.drift for a, b in measured)  # weights >= 1, some > 1
+    assert all(a.saliency > 1 for a, _ in measured)
+    fractions = {t: (run(tiny_dit, make_policy("worldcache", threshold=t, **{**BASE, "saliency": True})).computed_fraction,
+                     run(tiny_dit, make_policy("worldcache", threshold=t, **BASE)).computed_fraction)
+                 for t in (0.05, 0.1, 0.2, 0.4)}
+    assert any(a > b for a, b in fractions.values())  # heavier drift -> fewer skips at some threshold
+
+
+def test_blend_least_squares_coefficient(tiny_dit):
+    off = run(tiny_dit, make_policy("worldcache", threshold=1.0, **BASE))
+    on = run(tiny_dit, make_policy("worldcache", threshold=1.0, **{**BASE, "blend": True}))
+    g_on = [r.gamma for r in on.records if not r.computed and r.gamma == r.gamma]
+    g_off = [r.gamma for r in off.records if not r.computed and r.gamma == r.gamma]
+    assert g_on and g_off and g_on != g_off
+    assert all(0.2 <= g <= 1.8 for g in g_on) and all(1.0 <= g <= 2.0 for g in g_off)
+    assert not torch.allclose(on.latents, off.latents)
+
+
+def test_warp_resamples_cached_residual(tiny_dit):
+    off = run(tiny_dit, make_policy("worldcache", threshold=1.0, **BASE))
+    on = run(tiny_dit, make_policy("worldcache", threshold=1.0, **{**BASE, "warp": True}))
+    assert [r.computed for r in on.records] == [r.computed for r in off.records]
+    assert not torch.allclose(on.latents, off.latents, atol=1e-6)
+
+
+def test_phase_aware_schedule(tiny_dit):
+    off = run(tiny_dit, make_policy("worldcache", threshold=0.1, **BASE))
+    on = run(tiny_dit, make_policy("worldcache", threshold=0.1, **{**BASE, "phase_aware": True}))
+    th_off = [r.threshold for r in off.records if r.threshold == r.threshold]
+    th_on = [(r.step, r.threshold) for r in on.records if r.threshold == r.threshold]
+    assert len(set(th_off)) == 1
+    assert all(t == pytest.approx(0.1 * (1 + 4 * s / STEPS)) for s, t in th_on)
+    assert on.computed_fraction < off.computed_fraction  # relaxed late threshold -> more reuse
+
+
+def test_hf_veto_forbids_skips(tiny_dit):
+    free = run(tiny_dit, make_policy("worldcache", threshold=10.0))
+    veto = run(tiny_dit, make_policy("worldcache", threshold=10.0, hf_veto=True, hf_threshold=0.0))
+    assert free.computed_fraction < 1.0 and veto.computed_fraction == 1.0
+
+
+# --- configs ---------------------------------------------------------------------------------------------------
+def test_yaml_defaults_load():
+    wc = load_policy("worldcache")
+    assert wc.config.threshold == 0.08 and wc.config.alpha == 5.0 and wc.config.warp
+    assert load_policy("dicache").config.motion_adaptive is False
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(threshold=-0.1), "threshold"),
+    (dict(ret_ratio=1.0), "ret_ratio"),
+    (dict(thresold=0.1), "thresold"),
+    (dict(alpha="fast"), "alpha"),
+    (dict(gamma_min=1.5, gamma_max=1.0), "gamma_max"),
+])
+def test_bad_configs_raise_clear_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        make_policy("worldcache", **kwargs)
+
+
+def test_unknown_policy_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="unknown cache policy 'warpdrive'"):
+        make_policy("warpdrive")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("policy: worldcache\nthreshold: 0.1\nbetaa: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.*betaa"):
+        load_policy(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_policy(tmp_path / "missing.yaml")
+
+
+def test_probe_depth_must_leave_blocks(tiny_dit):
+    with pytest.raises(ValueError, match="probe_depth"):
+        run(tiny_dit, make_policy("worldcache", probe_depth=4))
