@@ -1,0 +1,270 @@
+"""Action-conditioned Cosmos-Predict2.5 video2world model: DiT + action embedder + Wan VAE + flow-matching scheduler.
+
+One prediction ("chunk"): the last observed frame is encoded as the clean conditioning latent frame, `k` actions
+are embedded per latent frame and added to the timestep embedding, the remaining latent frames are denoised by
+the one loop in `sampler.denoise` (so any cache policy applies), and the window is decoded back to `k` new frames.
+With the Wan VAE's 4x temporal compression a chunk is 1 + k frames = 1 + k/4 latent frames, as in Cosmos'
+action-conditioned robot model (k = 12 there, 7-D actions).
+
+Checkpoint folder (diffusers layout plus two files of ours)::
+
+    model.json                     WorldModelSpec: frames, actions, resolution, steps (see below)
+    transformer/                   CosmosTransformer3DModel.save_pretrained
+    vae/                           AutoencoderKLWan.save_pretrained (latents_mean/std in its config)
+    scheduler/                     UniPCMultistepScheduler.save_pretrained
+    action_embedder.safetensors    ActionEmbedder weights
+    prompt_embeds.safetensors      "prompt" and "negative": fixed text embeddings (no text encoder at run time)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cache.base import CachePolicy
+from .dit import DiT
+from .sampler import SampleOutput, denoise
+
+SPEC_FILE = "model.json"
+BUNDLED = Path(__file__).resolve().parent / "assets" / "pusher"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing files, is corrupt, or whose parts do not fit together."""
+
+
+@dataclass
+class WorldModelSpec:
+    height: int = 64
+    width: int = 80
+    chunk: int = 8                    # actions (and new frames) per prediction; multiple of the VAE's 4x time
+    action_dim: int = 7
+    action_low: list = field(default_factory=lambda: [-2.0] * 7)
+    action_high: list = field(default_factory=lambda: [2.0] * 7)
+    fps: float = 20.0
+    num_steps: int = 35               # default denoising steps
+    guidance_scale: float = 1.0       # 1: no classifier-free guidance
+    cond_frame_timestep: float = 1e-4
+    temporal_compression: int = 4
+    spatial_compression: int = 8
+    name: str = "worldcache-model"
+
+    @property
+    def latent_frames(self) -> int:
+        return 1 + self.chunk // self.temporal_compression
+
+    def check(self) -> None:
+        if self.chunk % self.temporal_compression:
+            raise CheckpointError(f"chunk={self.chunk} must be a multiple of {self.temporal_compression}")
+        if len(self.action_low) != self.action_dim or len(self.action_high) != self.action_dim:
+            raise CheckpointError(f"action bounds must have action_dim={self.action_dim} entries")
+        if self.height % self.spatial_compression or self.width % self.spatial_compression:
+            raise CheckpointError(f"{self.height}x{self.width} must be divisible by {self.spatial_compression}")
+
+
+class ActionEmbedder(nn.Module):
+    """Actions of a chunk -> per-latent-frame additions to the timestep embedding (temb) and its adaLN input.
+
+    The k actions are grouped by latent frame (4 per frame); the conditioning frame gets no action.
+    """
+
+    def __init__(self, action_dim: int, per_frame: int, hidden: int):
+        super().__init__()
+        self.per_frame = per_frame
+        self.mlp = nn.Sequential(nn.Linear(action_dim * per_frame, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.to_temb = nn.Linear(hidden, 3 * hidden)
+        self.to_emb = nn.Linear(hidden, hidden)
+        for lin in (self.to_temb, self.to_emb):  # start as a no-op on the pretrained-style timestep path
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, k, a = actions.shape
+        h = self.mlp(actions.reshape(b, k // self.per_frame, self.per_frame * a))
+        h = torch.cat([torch.zeros_like(h[:, :1]), h], dim=1)  # conditioning latent frame: no action
+        return self.to_temb(h), self.to_emb(h)
+
+
+class WorldModel(nn.Module):
+    def __init__(self, transformer, vae, scheduler, action_embedder: ActionEmbedder, prompt_embeds: torch.Tensor,
+                 negative_prompt_embeds: torch.Tensor, spec: WorldModelSpec):
+        super().__init__()
+        spec.check()
+        self.spec, self.vae, self.scheduler = spec, vae, scheduler
+        self.dit = DiT(transformer, action_embedder)
+        self.register_buffer("prompt_embeds", prompt_embeds)
+        self.register_buffer("negative_prompt_embeds", negative_prompt_embeds)
+        cfg = vae.config
+        self.register_buffer("latents_mean", torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1))
+        self.register_buffer("latents_std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1))
+        self.eval()
+
+    # --- construction -----------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, spec: WorldModelSpec, *, hidden_heads: int = 4, head_dim: int = 64, num_layers: int = 6,
+              vae_base_dim: int = 8, text_dim: int = 64, text_len: int = 8, seed: int = 0) -> "WorldModel":
+        """A freshly initialised model of our small architecture (training starts here)."""
+        from diffusers import AutoencoderKLWan, CosmosTransformer3DModel
+
+        from .sampler import default_scheduler
+
+        spec.check()
+        torch.manual_seed(seed)
+        z = 16
+        vae = AutoencoderKLWan(base_dim=vae_base_dim, z_dim=z, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                               attn_scales=[], temperal_downsample=[False, True, True],
+                               latents_mean=[0.0] * z, latents_std=[1.0] * z)
+        hidden = hidden_heads * head_dim
+        h, w = spec.height // spec.spatial_compression, spec.width // spec.spatial_compression
+        transformer = CosmosTransformer3DModel(
+            in_channels=z + 1, out_channels=z, num_attention_heads=hidden_heads, attention_head_dim=head_dim,
+            num_layers=num_layers, mlp_ratio=4.0, text_embed_dim=text_dim, adaln_lora_dim=64,
+            max_size=(spec.latent_frames, h, w), patch_size=(1, 1, 1), rope_scale=(1.0, 1.0, 1.0))
+        embedder = ActionEmbedder(spec.action_dim, spec.temporal_compression, hidden)
+        g = torch.Generator().manual_seed(seed)
+        prompt = torch.randn(1, text_len, text_dim, generator=g)  # stands for the encoded task prompt
+        return cls(transformer, vae, default_scheduler(), embedder, prompt, torch.zeros_like(prompt), spec)
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        cast = (lambda sd: {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}) if dtype else (
+            lambda sd: sd)
+        self.dit.transformer.save_pretrained(path / "transformer")
+        self.vae.save_pretrained(path / "vae")
+        if dtype:  # smaller bundled checkpoint: re-save the weights in `dtype`
+            for sub, mod in (("transformer", self.dit.transformer), ("vae", self.vae)):
+                save_file(cast({k: v.contiguous() for k, v in mod.state_dict().items()}),
+                          str(path / sub / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+        self.scheduler.save_pretrained(path / "scheduler")
+        save_file(cast({k: v.contiguous() for k, v in self.dit.cond_embedder.state_dict().items()}),
+                  str(path / "action_embedder.safetensors"))
+        save_file({"prompt": self.prompt_embeds.contiguous(), "negative": self.negative_prompt_embeds.contiguous()},
+                  str(path / "prompt_embeds.safetensors"))
+        (path / SPEC_FILE).write_text(json.dumps(asdict(self.spec), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "WorldModel":
+        """Load a checkpoint folder (default: the bundled Pusher model). Errors name the file at fault."""
+        from diffusers import AutoencoderKLWan, CosmosTransformer3DModel, UniPCMultistepScheduler
+        from safetensors.torch import load_file
+
+        path = Path(path) if path is not None else BUNDLED
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint folder not found: {path}")
+        need = [SPEC_FILE, "transformer/config.json", "vae/config.json", "scheduler/scheduler_config.json",
+                "action_embedder.safetensors", "prompt_embeds.safetensors"]
+        missing = [n for n in need if not (path / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{path}: missing {missing}")
+        try:
+            raw = json.loads((path / SPEC_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path / SPEC_FILE}: not valid JSON ({e})") from None
+        unknown = set(raw) - {f.name for f in fields(WorldModelSpec)}
+        if unknown:
+            raise CheckpointError(f"{path / SPEC_FILE}: unknown keys {sorted(unknown)}")
+        spec = WorldModelSpec(**raw)
+
+        def load(what, fn, file):
+            try:
+                return fn()
+            except CheckpointError:
+                raise
+            except Exception as e:  # diffusers/safetensors raise many types for corrupt files
+                raise CheckpointError(f"{path / file}: cannot load {what}: {e}") from None
+
+        transformer = load("transformer", lambda: CosmosTransformer3DModel.from_pretrained(
+            path / "transformer", torch_dtype=dtype), "transformer")
+        vae = load("VAE", lambda: AutoencoderKLWan.from_pretrained(path / "vae", torch_dtype=dtype), "vae")
+        scheduler = load("scheduler", lambda: UniPCMultistepScheduler.from_pretrained(path / "scheduler"),
+                         "scheduler")
+        hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+        embedder = ActionEmbedder(spec.action_dim, spec.temporal_compression, hidden)
+        state = load("action embedder", lambda: load_file(str(path / "action_embedder.safetensors")),
+                     "action_embedder.safetensors")
+        try:
+            embedder.load_state_dict({k: v.to(dtype) for k, v in state.items()})
+        except RuntimeError as e:
+            raise CheckpointError(f"{path / 'action_embedder.safetensors'}: does not fit transformer hidden size "
+                                  f"{hidden} / action_dim {spec.action_dim}: {e}") from None
+        prompts = load("prompt embeddings", lambda: load_file(str(path / "prompt_embeds.safetensors")),
+                       "prompt_embeds.safetensors")
+        text_dim = transformer.config.text_embed_dim
+        for key in ("prompt", "negative"):
+            if key not in prompts or prompts[key].shape[-1] != text_dim:
+                raise CheckpointError(f"{path / 'prompt_embeds.safetensors'}: '{key}' must have last dim "
+                                      f"{text_dim} (transformer text_embed_dim)")
+        if vae.config.z_dim + 1 != transformer.config.in_channels:
+            raise CheckpointError(f"{path}: VAE z_dim {vae.config.z_dim} does not fit transformer in_channels "
+                                  f"{transformer.config.in_channels} (= z_dim + 1 condition-mask channel)")
+        model = cls(transformer, vae, scheduler, embedder, prompts["prompt"].to(dtype),
+                    prompts["negative"].to(dtype), spec)
+        return model.to(device)
+
+    # --- pixels <-> latents -----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.prompt_embeds.device
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3) -> normalised latents (B, 16, 1 + (T-1)/4, h, w)."""
+        x = frames.to(self.device, self.prompt_embeds.dtype).permute(0, 4, 1, 2, 3) / 127.5 - 1
+        z = self.vae.encode(x).latent_dist.mode()
+        return (z - self.latents_mean) / self.latents_std
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """normalised latents -> uint8 frames (B, T, H, W, 3)."""
+        x = self.vae.decode(latents * self.latents_std + self.latents_mean).sample
+        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+
+    # --- prediction -------------------------------------------------------------------------------------------
+    def check_actions(self, actions) -> torch.Tensor:
+        a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
+        want = (self.spec.chunk, self.spec.action_dim)
+        if a.ndim != 3 or tuple(a.shape[1:]) != want:
+            raise ValueError(f"actions must have shape (batch, {want[0]}, {want[1]}), got {tuple(a.shape)}")
+        if not torch.isfinite(a).all():
+            raise ValueError("actions contain NaN or inf")
+        return a.to(self.device, self.prompt_embeds.dtype)
+
+    @torch.no_grad()
+    def predict(self, frame, actions, *, policy: CachePolicy | None = None, num_steps: int | None = None,
+                seed: int | list[int] | None = 0) -> tuple[torch.Tensor, SampleOutput]:
+        """Predict `chunk` new frames from the last frame(s) (uint8 (B, H, W, 3)) and actions (B, chunk, A).
+
+        Returns uint8 frames (B, chunk, H, W, 3) and the loop's output (latents and per-call cache records).
+        `seed` fixes the initial noise (one seed per batch element or one for all): same inputs -> same frames.
+        """
+        s = self.spec
+        frame = torch.as_tensor(np.asarray(frame))
+        if frame.dtype != torch.uint8 or frame.ndim != 4 or tuple(frame.shape[1:]) != (s.height, s.width, 3):
+            raise ValueError(f"frame must be uint8 (batch, {s.height}, {s.width}, 3), got "
+                             f"{frame.dtype} {tuple(frame.shape)}")
+        a = self.check_actions(actions)
+        b = frame.shape[0]
+        if a.shape[0] != b:
+            raise ValueError(f"batch of frames ({b}) and actions ({a.shape[0]}) differ")
+        cond = self.encode(frame[:, None])  # one latent frame
+        shape = (b, cond.shape[1], s.latent_frames, *cond.shape[-2:])
+        noise = self._noise(shape, seed)
+        cond_latents = torch.cat([cond, torch.zeros_like(noise[:, :, 1:])], dim=2)
+        out = denoise(self.dit, self.scheduler, noise, self.prompt_embeds.expand(b, -1, -1),
+                      num_steps=num_steps or s.num_steps, policy=policy, cond_latents=cond_latents,
+                      num_cond_frames=1, negative_encoder_hidden_states=self.negative_prompt_embeds.expand(b, -1, -1),
+                      guidance_scale=s.guidance_scale, frame_cond=a, cond_frame_timestep=s.cond_frame_timestep)
+        frames = self.decode(out.latents)[:, 1:]
+        return frames, out
+
+    def _noise(self, shape, seed) -> torch.Tensor:
+        seeds = seed if isinstance(seed, (list, tuple)) else [seed] * shape[0]
+        gens = [torch.Generator().manual_seed(int(x)) if x is not None else None for x in seeds]
+        noise = torch.stack([torch.randn(shape[1:], generator=g) for g in gens])
+        return noise.to(self.device, self.prompt_embeds.dtype)
