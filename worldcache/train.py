@@ -1,0 +1,208 @@
+"""Training of the bundled world model: stage "vae" (Wan VAE reconstruction), then stage "dit" (flow matching).
+
+Resumable: every `save_every` steps the stage's state (weights, optimiser, step, RNG) goes to
+``OUT/state_<stage>.pt``; re-running the same command continues from it. The exported checkpoint lands in
+``OUT/model`` and a record of the run (command, data, steps, losses) in ``OUT/model/training.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .cache.base import CallRecord, NoCache
+from .world_model import WorldModel, WorldModelSpec
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    stages: tuple = ("vae", "dit")
+    vae_steps: int = 1500
+    dit_steps: int = 3000
+    vae_batch: int = 8
+    dit_batch: int = 16
+    vae_lr: float = 1e-3
+    dit_lr: float = 3e-4
+    kl_weight: float = 1e-6
+    flow_shift: float = 5.0      # training sigmas follow the sampler's shifted schedule
+    holdout: float = 0.1         # fraction of episodes kept out of training (for the held-out PSNR)
+    save_every: int = 200
+    seed: int = 0
+    threads: int = 0             # torch threads (0: torch's default)
+
+
+def load_episodes(path: str) -> tuple[list[dict], dict]:
+    from .rollouts.store import EpisodeStore
+
+    store = EpisodeStore(path, mode="r")
+    ids = sorted(store.episode_ids())
+    if not ids:
+        raise ValueError(f"{path}: no complete episodes")
+    return [store.load_episode(i) for i in ids], dict(store.attrs)
+
+
+def split(episodes: list, holdout: float) -> tuple[list, list]:
+    """Deterministic split: the last `holdout` fraction of the sorted episode ids is held out."""
+    n_hold = max(1, int(round(len(episodes) * holdout))) if holdout > 0 else 0
+    return episodes[: len(episodes) - n_hold], episodes[len(episodes) - n_hold:]
+
+
+def windows(episodes: list, length: int, stride: int) -> list[tuple[int, int]]:
+    return [(e, t) for e, ep in enumerate(episodes) for t in range(0, len(ep["actions"]) - length + 1, stride)]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, model: WorldModel | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        episodes, self.data_attrs = load_episodes(cfg.data)
+        self.train_eps, self.held_eps = split(episodes, cfg.holdout)
+        h, w = self.train_eps[0]["obs"].shape[1:3]
+        a = self.train_eps[0]["actions"].shape[1]
+        spec = WorldModelSpec(height=h, width=w, action_dim=a, action_low=[-2.0] * a, action_high=[2.0] * a,
+                              fps=float(self.data_attrs.get("fps", 20.0)))
+        self.model = model or WorldModel.build(spec, seed=cfg.seed)
+        old = self.out / "model" / "training.json"  # stages may run in separate commands: keep both records
+        self.record = json.loads(old.read_text()) if old.exists() else {}
+        self.record.update({"command": " ".join(sys.argv), "config": asdict(self.cfg), "data_attrs": self.data_attrs,
+                            "train_episodes": len(self.train_eps), "heldout_episodes": len(self.held_eps)})
+
+    # --- generic resumable loop --------------------------------------------------------------------------------
+    def _run(self, stage: str, module: torch.nn.Module, steps: int, lr: float, loss_fn) -> list[float]:
+        state_file = self.out / f"state_{stage}.pt"
+        opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (
+            1 + math.cos(math.pi * min(s, steps) / steps)))
+        rng = np.random.default_rng([self.cfg.seed, ("vae", "dit").index(stage)])
+        step, losses = 0, []
+        if state_file.exists():
+            st = torch.load(state_file, weights_only=False)
+            self.model.load_state_dict(st["model"])
+            opt.load_state_dict(st["opt"])
+            sched.load_state_dict(st["sched"])
+            rng.bit_generator.state = st["rng"]
+            torch.set_rng_state(st["torch_rng"])
+            step, losses = st["step"], st["losses"]
+        module.train()
+        bar = tqdm(total=steps, initial=step, desc=f"train {stage}", unit="step", dynamic_ncols=True)
+        while step < steps:
+            loss = loss_fn(rng)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(float(loss))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            if step % self.cfg.save_every == 0 or step == steps:
+                tmp = state_file.with_suffix(".tmp")  # write then rename: a kill never leaves a broken state
+                torch.save({"model": self.model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
+                            "losses": losses}, tmp)
+                tmp.replace(state_file)
+        bar.close()
+        module.eval()
+        return losses
+
+    # --- stage 1: VAE ------------------------------------------------------------------------------------------
+    def train_vae(self) -> None:
+        vae, clip = self.model.vae, 1 + self.model.spec.temporal_compression  # 5 frames: one 4x time group
+        wins = windows(self.train_eps, clip - 1, 1)
+
+        def loss_fn(rng):
+            idx = rng.choice(len(wins), self.cfg.vae_batch)
+            x = torch.stack([torch.from_numpy(self.train_eps[e]["obs"][t:t + clip]) for e, t in (wins[i] for i in idx)])
+            x = x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.mode() + post.std * torch.randn_like(post.std)).sample
+            return (rec - x).abs().mean() + ((rec - x) ** 2).mean() + self.cfg.kl_weight * post.kl().mean()
+
+        losses = self._run("vae", vae, self.cfg.vae_steps, self.cfg.vae_lr, loss_fn)
+        self.record["vae"] = {"steps": self.cfg.vae_steps, "final_loss": float(np.mean(losses[-50:]))}
+        self._set_latent_stats()
+
+    @torch.no_grad()
+    def _set_latent_stats(self) -> None:
+        """Per-channel latent mean/std over training clips, stored in the VAE config as Wan does."""
+        m = self.model
+        m.latents_mean.zero_()
+        m.latents_std.fill_(1.0)
+        wins = windows(self.train_eps, m.spec.chunk, m.spec.chunk)[:256]
+        zs = torch.cat([m.encode(torch.from_numpy(self.train_eps[e]["obs"][t:t + m.spec.chunk + 1])[None])
+                        for e, t in wins])
+        mean, std = zs.mean(dim=(0, 2, 3, 4)), zs.std(dim=(0, 2, 3, 4)).clamp_min(1e-3)
+        m.vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+        m.latents_mean.copy_(mean.view(1, -1, 1, 1, 1))
+        m.latents_std.copy_(std.view(1, -1, 1, 1, 1))
+
+    # --- stage 2: DiT ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _encode_windows(self, episodes) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.model.spec.chunk
+        wins = windows(episodes, k, 2)
+        lat, act = [], []
+        for i in tqdm(range(0, len(wins), 32), desc="encode windows", unit="batch", dynamic_ncols=True):
+            part = wins[i:i + 32]
+            frames = torch.stack([torch.from_numpy(episodes[e]["obs"][t:t + k + 1]) for e, t in part])
+            lat.append(self.model.encode(frames))
+            act.append(torch.stack([torch.from_numpy(episodes[e]["actions"][t:t + k]) for e, t in part]))
+        return torch.cat(lat), torch.cat(act).float()
+
+    def train_dit(self) -> None:
+        m = self.model
+        cache = self.out / "dit_windows.pt"
+        if cache.exists():
+            latents, actions = torch.load(cache)
+        else:
+            latents, actions = self._encode_windows(self.train_eps)
+            torch.save((latents, actions), cache)
+        for p in m.vae.parameters():
+            p.requires_grad_(False)
+        shift = self.cfg.flow_shift
+
+        def loss_fn(rng):
+            idx = torch.from_numpy(rng.choice(len(latents), self.cfg.dit_batch))
+            x0, a = latents[idx], actions[idx]
+            b = x0.shape[0]
+            u = torch.from_numpy(rng.random(b)).float()
+            sigma = (shift * u / (1 + (shift - 1) * u)).view(b, 1, 1, 1, 1)
+            noise = torch.from_numpy(rng.standard_normal(x0.shape)).float()
+            cond = torch.zeros(b, 1, x0.shape[2], 1, 1)
+            cond[:, :, :1] = 1
+            xt = cond * x0 + (1 - cond) * ((1 - sigma) * x0 + sigma * noise)
+            ts = cond * m.spec.cond_frame_timestep + (1 - cond) * sigma
+            mask = cond.expand(-1, -1, -1, *x0.shape[-2:])
+            v = m.dit(NoCache(), CallRecord(0, 1, "train"), hidden_states=xt, timestep=ts,
+                      encoder_hidden_states=m.prompt_embeds.expand(b, -1, -1), condition_mask=mask, frame_cond=a)
+            return (((v - (noise - x0)) ** 2) * (1 - cond)).mean() * x0.shape[2] / (x0.shape[2] - 1)
+
+        losses = self._run("dit", m.dit, self.cfg.dit_steps, self.cfg.dit_lr, loss_fn)
+        self.record["dit"] = {"steps": self.cfg.dit_steps, "final_loss": float(np.mean(losses[-50:]))}
+
+    def run(self) -> Path:
+        start = time.time()
+        if "vae" in self.cfg.stages:
+            self.train_vae()
+            self.model.save_pretrained(self.out / "model")  # the DiT stage reloads from here when run alone
+        elif (self.out / "model").exists():
+            self.model = WorldModel.from_pretrained(self.out / "model")
+        if "dit" in self.cfg.stages:
+            self.train_dit()
+        self.record["train_seconds"] = time.time() - start
+        self.model.save_pretrained(self.out / "model")
+        (self.out / "model" / "training.json").write_text(json.dumps(self.record, indent=2) + "\n")
+        return self.out / "model"
