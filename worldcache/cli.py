@@ -8,7 +8,6 @@ import sys
 def _demo(args) -> int:
     import time
 
-    import torch
 
     from .cache import load_policy
     from .dit import DiT
@@ -32,6 +31,71 @@ def _demo(args) -> int:
     return 0
 
 
+def _make_data(args) -> int:
+    from .mujoco_data import generate
+
+    generate(args.out, episodes=args.episodes, steps=args.steps, seed=args.seed, height=args.height,
+             width=args.width, policy=args.policy)
+    return 0
+
+
+def _train(args) -> int:
+    from .train import TrainConfig, Trainer
+
+    cfg = TrainConfig(data=args.data, out=args.out, stages=tuple(args.stages), vae_steps=args.vae_steps,
+                      dit_steps=args.dit_steps, dit_batch=args.dit_batch, seed=args.seed, threads=args.threads)
+    print(f"model written to {Trainer(cfg).run()}")
+    return 0
+
+
+def _evaluate_model(args) -> int:
+    import json
+
+    from .cache import load_policy
+    from .quality import evaluate_open_loop
+    from .train import load_episodes, split
+    from .world_model import WorldModel
+
+    model = WorldModel.from_pretrained(args.checkpoint)
+    episodes, _ = load_episodes(args.data)
+    held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
+    res = evaluate_open_loop(model, held, chunks=args.chunks, policy=load_policy(args.cache),
+                             num_steps=args.steps, max_windows=args.windows, moving=args.moving)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def _bench_split(args) -> int:
+    import time
+
+    import numpy as np
+
+    from .cache import load_policy
+    from .world_model import WorldModel
+
+    model = WorldModel.from_pretrained(args.checkpoint)
+    s = model.spec
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (args.batch, s.height, s.width, 3), dtype=np.uint8)
+    actions = rng.uniform(s.action_low, s.action_high, (args.batch, s.chunk, s.action_dim))
+    policy = load_policy(args.cache)
+    model.predict(frame, actions, policy=policy, num_steps=2)  # warm-up
+    vae = dit = 0.0  # "vae": everything in the step that is not the DiT loop (encode, decode, glue)
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        _, out = model.predict(frame, actions, policy=policy, num_steps=args.steps)
+        step = time.perf_counter() - t0
+        loop = sum(r.wall_ms for r in out.records) / 1e3
+        dit += loop
+        vae += step - loop
+    total = vae + dit
+    print(f"per env step (one chunk of {s.chunk} frames, batch {args.batch}, {args.steps} steps, "
+          f"cache={policy.name}, {args.repeats} repeats):")
+    print(f"  DiT denoising loop {dit / args.repeats:8.3f} s  ({100 * dit / total:5.1f} %)")
+    print(f"  VAE and the rest   {vae / args.repeats:8.3f} s  ({100 * vae / total:5.1f} %)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="worldcache", description="Training-free caching for video world models.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -41,6 +105,47 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=35)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_demo)
+
+    m = sub.add_parser("make-data", help="render MuJoCo Pusher episodes into a Zarr episode store")
+    m.add_argument("--out", default="data/pusher.zarr")
+    m.add_argument("--episodes", type=int, default=240)
+    m.add_argument("--steps", type=int, default=48)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--height", type=int, default=64)
+    m.add_argument("--width", type=int, default=80)
+    m.add_argument("--policy", default="mixed", help="exploration policy: mixed, scripted or random")
+    m.set_defaults(func=_make_data)
+
+    t = sub.add_parser("train", help="train the world model (VAE, then DiT); resumable")
+    t.add_argument("--data", default="data/pusher.zarr")
+    t.add_argument("--out", default="runs/pusher")
+    t.add_argument("--stages", nargs="+", default=["vae", "dit"], choices=["vae", "dit"])
+    t.add_argument("--vae-steps", type=int, default=1500)
+    t.add_argument("--dit-steps", type=int, default=3000)
+    t.add_argument("--dit-batch", type=int, default=16)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=0)
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate-model", help="held-out open-loop PSNR/SSIM vs. the simulator's frames")
+    e.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")
+    e.add_argument("--data", default="data/pusher.zarr")
+    e.add_argument("--holdout", type=float, default=0.1,
+                   help="evaluate on the last fraction of episodes (the trainer's held-out split); 0: all")
+    e.add_argument("--chunks", type=int, default=4)
+    e.add_argument("--windows", type=int, default=16)
+    e.add_argument("--moving", type=float, default=2.0, help="min mean |pixel change| for a window to count")
+    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--cache", default="none")
+    e.set_defaults(func=_evaluate_model)
+
+    b = sub.add_parser("bench-split", help="time of one env step: DiT loop vs. VAE")
+    b.add_argument("--checkpoint", default=None)
+    b.add_argument("--cache", default="none")
+    b.add_argument("--steps", type=int, default=35)
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--repeats", type=int, default=3)
+    b.set_defaults(func=_bench_split)
     return p
 
 

@@ -263,6 +263,25 @@ class WorldModel(nn.Module):
         frames = self.decode(out.latents)[:, 1:]
         return frames, out
 
+    @torch.no_grad()
+    def rollout(self, frame, actions, *, policy: CachePolicy | None = None, num_steps: int | None = None,
+                seed: int = 0) -> tuple[torch.Tensor, list[SampleOutput]]:
+        """Open-loop autoregressive prediction of (B, n*chunk) actions: each chunk starts from the last predicted
+        frame. Returns uint8 frames (B, n*chunk, H, W, 3) and one SampleOutput per chunk."""
+        a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
+        k = self.spec.chunk
+        if a.ndim != 3 or a.shape[1] % k:
+            raise ValueError(f"actions must be (batch, n*{k}, {self.spec.action_dim}), got {tuple(a.shape)}")
+        frames, outs = [], []
+        last = torch.as_tensor(np.asarray(frame))
+        for c in range(a.shape[1] // k):
+            new, out = self.predict(last, a[:, c * k:(c + 1) * k], policy=policy, num_steps=num_steps,
+                                    seed=seed + c)
+            frames.append(new)
+            outs.append(out)
+            last = new[:, -1].cpu()
+        return torch.cat(frames, dim=1), outs
+
     def _noise(self, shape, seed) -> torch.Tensor:
         seeds = seed if isinstance(seed, (list, tuple)) else [seed] * shape[0]
         gens = [torch.Generator().manual_seed(int(x)) if x is not None else None for x in seeds]
