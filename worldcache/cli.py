@@ -8,7 +8,6 @@ import sys
 def _demo(args) -> int:
     import time
 
-
     from .cache import load_policy
     from .dit import DiT
     from .sampler import default_scheduler, denoise
