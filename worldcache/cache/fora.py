@@ -1,0 +1,48 @@
+"""FORA-style fixed-interval reuse: compute every `interval`-th call of a branch, reuse the last residual between.
+
+FORA (Selvaraju et al., 2024) caches block outputs on a static schedule, with no drift test. Here the unit reused
+is the whole block stack: a skipped call returns ``x + (stack output - stack input)`` of the branch's last computed
+call. No drift is measured, so `CallRecord.drift`/`threshold` stay NaN.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import register
+from .base import CachePolicy, CallRecord
+from .config import PolicyConfig
+
+
+@dataclass
+class ForaConfig(PolicyConfig):
+    interval: int = 2      # compute one call in `interval` (1: never reuse)
+    warmup_steps: int = 2  # the first steps always compute (absolute count)
+
+    def check(self) -> None:
+        self.require("interval", self.interval >= 1, "must be >= 1")
+        self.require("warmup_steps", self.warmup_steps >= 0, "must be >= 0")
+
+
+@register
+class Fora(CachePolicy):
+    name = "fora"
+    config_cls = ForaConfig
+
+    def begin(self, num_steps: int) -> None:
+        if self.config.warmup_steps > num_steps:
+            raise ValueError(f"fora: warmup_steps={self.config.warmup_steps} is longer than the schedule "
+                             f"(num_steps={num_steps})")
+        super().begin(num_steps)
+
+    def run_stack(self, stack, call: CallRecord) -> torch.Tensor:
+        cfg, st, x = self.config, self.state(call.branch), stack.x
+        after = call.step - cfg.warmup_steps
+        skip = "residual" in st and after > 0 and after % cfg.interval != 0
+        call.computed = not skip
+        if skip:
+            return x + st["residual"]
+        out = stack(x)
+        st["residual"] = out - x
+        return out
