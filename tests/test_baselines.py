@@ -1,0 +1,214 @@
+"""Baseline cache policies (FORA, TeaCache, EasyCache and diffusers' FBCache/FasterCache/MagCache/TaylorSeer) on a
+tiny random Cosmos DiT: they skip, skipped calls run no blocks, outputs stay close, guidance branches keep separate
+state, configs are validated, YAML defaults load, and hook policies leave the model clean on detach."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worldcache.cache import ConfigError, load_policy, make_policy
+from worldcache.dit import DiT
+from worldcache.sampler import default_scheduler, denoise
+from worldcache.tiny import tiny_inputs, tiny_transformer
+
+STEPS = 10
+RATIOS = [1.0] + [0.99] * 11  # MagCache ratios for the tests: every step adds error, so threshold 0 never skips
+HOOKS = ["fbcache", "fastercache", "magcache", "taylorseer"]
+ALL = ["fora", "teacache", "easycache"] + HOOKS
+
+# name -> (permissive settings, settings that must never skip, moderate settings)
+SETTINGS = {
+    "fora": (dict(interval=3), dict(interval=1), dict(interval=2)),
+    "teacache": (dict(threshold=1.0), dict(threshold=0.0), dict(threshold=0.05)),
+    "easycache": (dict(threshold=1.0), dict(threshold=0.0), dict(threshold=0.02)),
+    "fbcache": (dict(threshold=1.0), dict(threshold=0.0), dict(threshold=0.05)),
+    "fastercache": (dict(), dict(spatial_attention_block_skip_range=1), dict()),
+    "magcache": (dict(threshold=1.0, mag_ratios=RATIOS), dict(threshold=0.0, mag_ratios=RATIOS),
+                 dict(mag_ratios=RATIOS)),
+    "taylorseer": (dict(cache_interval=2, disable_cache_before_step=2), dict(cache_interval=1),
+                   dict(taylor_factors_dtype="float32")),
+}
+
+
+@pytest.fixture
+def make():
+    """make_policy, detaching every policy made at teardown so a failing test leaves no hooks on the shared model."""
+    made = []
+    yield lambda name, **kw: made.append(make_policy(name, **kw)) or made[-1]
+    for p in made:
+        p.detach()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_transformer(seed=0)
+    noise, cond, emb, neg = tiny_inputs(batch=1)
+    return DiT(model), dict(cond_latents=cond, num_cond_frames=1), noise, emb, neg
+
+
+def run(setup, policy=None, **kw):
+    dit, base, noise, emb, _ = setup
+    return denoise(dit, default_scheduler(), noise, emb, num_steps=STEPS, policy=policy, **base, **kw)
+
+
+def rel_err(a, b):
+    return float((a - b).abs().mean() / b.abs().mean())
+
+
+def count_forwards(model, what):
+    """Forward pre-hooks on a leaf linear per block: `ff` = the feed-forward's output linear (inside `ff`, so a
+    TaylorSeer-predicted `ff` does not count), `attn1` = self-attention's query projection."""
+    counter = {"n": 0}
+    mods = [b.ff.net[-1] if what == "ff" else b.attn1.to_q for b in model.transformer_blocks]
+    handles = [m.register_forward_pre_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1)) for m in mods]
+    return counter, handles
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_skips_when_permissive_and_never_at_zero(setup, make, name):
+    permissive, never, _ = SETTINGS[name]
+    p = make(name, **permissive)
+    out = run(setup, p)
+    p.detach()
+    assert any(not r.computed for r in out.records), f"{name} never skipped at {permissive}"
+    p = make(name, **never)
+    out = run(setup, p)
+    p.detach()
+    assert all(r.computed for r in out.records), f"{name} skipped at {never}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_skipped_calls_run_no_blocks(setup, make, name):
+    dit = setup[0]
+    model, nb = dit.transformer, len(dit.transformer.transformer_blocks)
+    what = "attn1" if name == "fastercache" else "ff"  # FasterCache reuses self-attention, blocks still run
+    counter, handles = count_forwards(model, what)
+    try:
+        run(setup)
+        plain = counter["n"]
+        counter["n"] = 0
+        p = make(name, **SETTINGS[name][0])
+        out = run(setup, p)
+        p.detach()
+    finally:
+        for h in handles:
+            h.remove()
+    assert plain == nb * STEPS
+    skipped = [r for r in out.records if not r.computed]
+    assert skipped and counter["n"] < plain
+    if what == "ff":
+        # The record's block count is truthful, and a skipped call runs at most the first block (FBCache's probe).
+        assert counter["n"] == sum(r.blocks_run for r in out.records)
+        assert all(r.blocks_run <= (1 if name == "fbcache" else 0) for r in skipped)
+    else:
+        assert counter["n"] == nb * sum(r.computed for r in out.records)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_close_to_uncached(setup, make, name):
+    ref = run(setup).latents
+    p = make(name, **SETTINGS[name][2])
+    out = run(setup, p)
+    p.detach()
+    assert torch.isfinite(out.latents).all()
+    assert rel_err(out.latents, ref) < 0.01
+    if name in ("teacache", "easycache"):
+        measured = [r for r in out.records if r.drift == r.drift]
+        assert measured and all(r.threshold == SETTINGS[name][2]["threshold"] for r in measured)
+
+
+@pytest.mark.parametrize("guidance", ["separate", "batched"])
+@pytest.mark.parametrize("name", ALL)
+def test_guidance_branches_keep_separate_state(setup, make, name, guidance):
+    _, _, _, emb, neg = setup
+    # Negative prompt == prompt: each branch sees exactly the unguided calls, so with per-branch state the guided
+    # prediction must equal the unguided one (shared state would let one branch feed the other's decisions/cache).
+    p = make(name, **SETTINGS[name][2])
+    unguided = run(setup, p)
+    same = run(setup, p, guidance_scale=3.0, negative_encoder_hidden_states=emb, guidance=guidance)
+    assert torch.allclose(same.latents, unguided.latents, rtol=1e-4, atol=1e-5)
+    branches = {"separate": ["cond", "uncond"], "batched": ["batched"]}[guidance]
+    assert sorted({r.branch for r in same.records}) == branches
+    for b in branches:
+        assert [r.computed for r in same.records if r.branch == b] == [r.computed for r in unguided.records]
+    # A real negative prompt: finite and close to the uncached guided prediction.
+    p = make(name, **SETTINGS[name][0])
+    guided = run(setup, p, guidance_scale=3.0, negative_encoder_hidden_states=neg, guidance=guidance)
+    p.detach()
+    ref = run(setup, guidance_scale=3.0, negative_encoder_hidden_states=neg, guidance=guidance)
+    assert torch.isfinite(guided.latents).all()
+    assert any(not r.computed for r in guided.records)
+    assert rel_err(guided.latents, ref.latents) < 0.02
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_unknown_key_rejected(name):
+    with pytest.raises(ConfigError, match="bogus"):
+        make_policy(name, bogus=1)
+
+
+@pytest.mark.parametrize("name,key,value", [
+    ("teacache", "threshold", -0.1), ("easycache", "threshold", -0.1), ("fbcache", "threshold", -0.1),
+    ("magcache", "threshold", -0.1), ("fora", "interval", 0), ("fora", "warmup_steps", -1),
+    ("teacache", "coefficients", "x"), ("teacache", "ret_ratio", 1.0), ("easycache", "ret_ratio", 1.0),
+    ("fastercache", "spatial_attention_block_skip_range", 0),
+    ("fastercache", "spatial_attention_timestep_skip_range", [700, 100]),
+    ("magcache", "mag_ratios", [1.0, -2.0]), ("magcache", "max_skip_steps", -1),
+    ("taylorseer", "cache_interval", 0), ("taylorseer", "taylor_factors_dtype", "int8"),
+    ("taylorseer", "cache_identifiers", ["("]),
+])
+def test_bad_values_rejected(name, key, value):
+    with pytest.raises(ConfigError, match=key):
+        make_policy(name, **{key: value})
+
+
+def test_fora_warmup_longer_than_schedule(setup):
+    with pytest.raises(ValueError, match="warmup_steps"):
+        run(setup, make_policy("fora", warmup_steps=STEPS + 1))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_yaml_defaults_load(name):
+    p = load_policy(name)
+    assert p.name == name and type(p.config) is type(make_policy(name, **SETTINGS[name][2]).config)
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_detach_restores_plain_model(setup, make, name):
+    dit = setup[0]
+    ref = run(setup).latents
+    p = make(name, **SETTINGS[name][0])
+    run(setup, p)
+    p.detach()
+    assert torch.equal(run(setup).latents, ref)
+    for m in dit.transformer.modules():
+        assert not m._forward_pre_hooks
+        assert not getattr(m, "_diffusers_hook", None) or not m._diffusers_hook.hooks
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_hooks_follow_the_model(setup, make, name):
+    """A different model in the stack: hooks leave the old model and attach to the new one."""
+    dit, base, noise, emb, _ = setup
+    other = DiT(tiny_transformer(seed=1))
+    ref = run(setup).latents
+    p = make(name, **SETTINGS[name][0])
+    run(setup, p)
+    out = denoise(other, default_scheduler(), noise, emb, num_steps=STEPS, policy=p, **base)
+    assert any(not r.computed for r in out.records)
+    assert torch.equal(run(setup).latents, ref)  # the first model is clean again
+    p.detach()
+
+
+def test_magcache_calibrates_on_first_prediction(setup, make, capsys):
+    p = make("magcache", threshold=1.0)
+    first = run(setup, p)
+    assert all(r.computed for r in first.records) and p.mag_ratios is None
+    second = run(setup, p)
+    assert p.mag_ratios is not None and len(p.mag_ratios) == STEPS
+    assert any(not r.computed for r in second.records)
+    # A different schedule length re-applies the hooks with the ratios resized.
+    dit, base, noise, emb, _ = setup
+    third = denoise(dit, default_scheduler(), noise, emb, num_steps=STEPS + 2, policy=p, **base)
+    assert len(third.records) == STEPS + 2 and torch.isfinite(third.latents).all()
+    p.detach()
