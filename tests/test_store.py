@@ -1,0 +1,158 @@
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from worldcache.rollouts.store import FORMAT_VERSION, KIND, EpisodeStore, StoreFormatError
+
+
+def make_episode(T=5, H=8, W=10, A=7, seed=0):
+    rng = np.random.default_rng(seed)
+    return dict(
+        obs=rng.integers(0, 256, (T + 1, H, W, 3), dtype=np.uint8),
+        actions=rng.uniform(-2, 2, (T, A)).astype(np.float32),
+        rewards=rng.normal(size=T).astype(np.float32),
+        terminated=np.zeros(T, bool),
+        truncated=np.r_[np.zeros(T - 1, bool), True],
+    )
+
+
+def test_round_trip_and_reopen(tmp_path):
+    path = tmp_path / "s.zarr"
+    store = EpisodeStore.create(path, attrs={"model_hash": "abc", "env": {"id": "Pusher-v5"}})
+    ep = make_episode(T=20)  # > 16 frames: obs spans two chunks
+    extras = {"cache/computed": np.ones((20, 3), bool), "model_ms": np.arange(20, dtype=np.float32),
+              "state": np.zeros((21, 4), np.float32)}
+    store.write_episode("ep_000001", **ep, extras=extras, attrs={"seed": 7})
+    store.write_episode("ep_000000", **make_episode(T=3, seed=1))
+
+    reopened = EpisodeStore(path, mode="r")
+    assert reopened.episode_ids() == ["ep_000000", "ep_000001"]
+    assert len(reopened) == 2 and list(reopened) == ["ep_000000", "ep_000001"]
+    assert reopened.num_steps == 23
+    assert reopened.attrs["model_hash"] == "abc" and reopened.attrs["env"] == {"id": "Pusher-v5"}
+    assert reopened.attrs["format_version"] == FORMAT_VERSION and reopened.attrs["kind"] == KIND
+
+    got = reopened.load_episode("ep_000001")
+    for k, v in {**ep, **extras}.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        np.testing.assert_array_equal(got[k], v)
+    assert got["attrs"]["seed"] == 7 and got["attrs"]["num_steps"] == 20
+    assert reopened["ep_000001"]["obs"].shape == (21, 8, 10, 3)
+    np.testing.assert_array_equal(reopened.episode_array("ep_000001", "obs")[17], ep["obs"][17])
+    assert set(reopened.load_episode("ep_000001", keys=["actions"])) == {"actions", "attrs"}
+    with pytest.raises(PermissionError):
+        reopened.write_episode("ep_2", **make_episode())
+
+
+def test_float64_actions_and_rewards_are_stored_float32(tmp_path):
+    store = EpisodeStore(tmp_path / "s", mode="a")  # mode "a" creates a missing store
+    ep = make_episode()
+    ep["actions"] = ep["actions"].astype(np.float64)
+    ep["rewards"] = ep["rewards"].astype(np.float64)
+    store.write_episode("e", **ep)
+    got = store.load_episode("e")
+    assert got["actions"].dtype == np.float32 and got["rewards"].dtype == np.float32
+
+
+def test_incomplete_episode_is_invisible_and_rewritten(tmp_path, monkeypatch):
+    store = EpisodeStore.create(tmp_path / "s")
+
+    def crash(*args, **kwargs):  # the writer dies after the data, before the marker
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(EpisodeStore, "_mark_complete", staticmethod(crash))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        store.write_episode("ep_1", **make_episode(seed=1))
+    assert (tmp_path / "s" / "episodes" / "ep_1" / "obs").exists()  # data is on disk ...
+    assert not store.exists("ep_1") and "ep_1" not in store  # ... but invisible
+    assert store.episode_ids() == [] and len(store) == 0 and store.num_steps == 0
+    with pytest.raises(KeyError):
+        store.load_episode("ep_1")
+    assert EpisodeStore(tmp_path / "s", mode="r").episode_ids() == []
+
+    monkeypatch.undo()
+    ep = make_episode(T=4, seed=2)  # different shape than the leftover: must be fully replaced
+    store.write_episode("ep_1", **ep)
+    assert store.episode_ids() == ["ep_1"]
+    np.testing.assert_array_equal(store.load_episode("ep_1")["obs"], ep["obs"])
+
+
+def test_no_duplicates(tmp_path):
+    store = EpisodeStore.create(tmp_path / "s")
+    store.write_episode("a", **make_episode())
+    with pytest.raises(FileExistsError, match="'a' already exists"):
+        store.write_episode("a", **make_episode(seed=3))
+    assert store.episode_ids() == ["a"]
+    np.testing.assert_array_equal(store.load_episode("a")["obs"], make_episode()["obs"])
+
+
+@pytest.mark.parametrize("change, err, match", [
+    (dict(obs=np.zeros((6, 8, 10, 3), np.float32)), TypeError, r"obs must be uint8"),
+    (dict(obs=np.zeros((5, 8, 10, 3), np.uint8)), ValueError, r"obs must be \(T\+1, H, W, 3\) = \(6, H, W, 3\).*\(5, 8, 10, 3\)"),
+    (dict(obs=np.zeros((6, 8, 10), np.uint8)), ValueError, r"obs must be"),
+    (dict(actions=np.zeros(5, np.float32)), ValueError, r"actions must be a float \(T, A\).*\(5,\)"),
+    (dict(actions=np.zeros((5, 7), np.int64)), ValueError, r"actions must be a float"),
+    (dict(actions=np.zeros((4, 7), np.float32)), ValueError, r"obs must be .*\(5, H, W, 3\) for T=4"),
+    (dict(rewards=np.zeros(4, np.float32)), ValueError, r"rewards must have shape \(T,\) = \(5,\), got \(4,\)"),
+    (dict(terminated=np.zeros(5, np.int8)), TypeError, r"terminated must be bool"),
+    (dict(truncated=np.zeros((5, 1), bool)), ValueError, r"truncated must have shape"),
+])
+def test_bad_shapes_raise_clear_errors(tmp_path, change, err, match):
+    store = EpisodeStore.create(tmp_path / "s")
+    with pytest.raises(err, match=match):
+        store.write_episode("e", **{**make_episode(), **change})
+    assert len(store) == 0 and not (tmp_path / "s" / "episodes" / "e").exists()
+
+
+def test_bad_extras_ids_and_attrs(tmp_path):
+    store = EpisodeStore.create(tmp_path / "s")
+    with pytest.raises(ValueError, match=r"extra 'model_ms' must have first dim T=5"):
+        store.write_episode("e", **make_episode(), extras={"model_ms": np.zeros(3)})
+    with pytest.raises(ValueError, match="bad extra array name"):
+        store.write_episode("e", **make_episode(), extras={"obs": np.zeros(5)})
+    with pytest.raises(ValueError, match="episode id"):
+        store.write_episode("../evil", **make_episode())
+    with pytest.raises(ValueError, match="reserved"):
+        store.write_episode("e", **make_episode(), attrs={"complete": True})
+
+
+def test_store_level_frame_shape_and_action_dim(tmp_path):
+    store = EpisodeStore.create(tmp_path / "s", attrs={"frame_shape": [8, 10, 3], "action_dim": 7})
+    store.write_episode("ok", **make_episode())
+    with pytest.raises(ValueError, match=r"frame_shape=\(8, 10, 3\)"):
+        store.write_episode("e", **make_episode(H=16))
+    with pytest.raises(ValueError, match="action_dim=7"):
+        store.write_episode("e", **make_episode(A=3))
+
+
+def test_open_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        EpisodeStore(tmp_path / "missing", mode="r")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "file.txt").write_text("hi")
+    with pytest.raises(StoreFormatError, match="not a worldcache episode store"):
+        EpisodeStore(junk)
+    zarr.open_group(tmp_path / "other", mode="w").attrs["x"] = 1
+    with pytest.raises(StoreFormatError, match="kind=None"):
+        EpisodeStore(tmp_path / "other")
+    EpisodeStore.create(tmp_path / "old")
+    meta = tmp_path / "old" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["format_version"] = 99
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(StoreFormatError, match="format_version=99"):
+        EpisodeStore(tmp_path / "old", mode="r")
+    with pytest.raises(FileExistsError):
+        EpisodeStore.create(tmp_path / "junk")
+    assert len(EpisodeStore.create(tmp_path / "junk", overwrite=True)) == 0
+
+
+def test_attrs_persist(tmp_path):
+    store = EpisodeStore.create(tmp_path / "s")
+    store.attrs["seeds"] = [1, 2, 3]
+    store.attrs.update({"note": "x"})
+    again = EpisodeStore(tmp_path / "s", mode="r")
+    assert again.attrs["seeds"] == [1, 2, 3] and again.attrs["note"] == "x"
