@@ -20,11 +20,11 @@ Layout (``FORMAT_VERSION = 1``)::
             attrs: num_steps=T, extras=[names], user attrs, and complete=True (set LAST)
 
 Chunking / compression: ``obs`` is chunked (16, H, W, 3) and compressed with Blosc-zstd
-(bit-shuffle). Consecutive frames are nearly identical, so a 16-frame chunk compresses far
-better than one frame per chunk, a whole 48-step episode is only 4 chunk files (cheap
-directory listings / file counts for thousands of episodes), and reading one step decodes
-at most ~245 KB (64x80 frames), well under a millisecond. Per-step arrays are tiny, so each
-is one chunk (one file) per episode.
+(level 3, no shuffle; ~9x on Pusher frames). Consecutive frames are nearly identical, so a
+16-frame chunk compresses far better than one frame per chunk, a whole 48-step episode is
+only 4 chunk files (cheap listings / file counts for thousands of episodes), and reading one
+step decodes at most ~245 KB (64x80 frames), well under a millisecond. Per-step arrays are
+tiny, so each is one chunk (one file) per episode.
 
 Atomic visibility: all arrays are written first and the episode group's ``complete=True``
 attribute last (zarr's LocalStore writes metadata files atomically via rename). Readers
@@ -62,7 +62,7 @@ class StoreFormatError(ValueError):
 
 
 def _obs_codec() -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+    return BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle")  # shuffling cannot help 1-byte pixels
 
 
 class EpisodeStore(Mapping):

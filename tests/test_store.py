@@ -156,3 +156,27 @@ def test_attrs_persist(tmp_path):
     store.attrs.update({"note": "x"})
     again = EpisodeStore(tmp_path / "s", mode="r")
     assert again.attrs["seeds"] == [1, 2, 3] and again.attrs["note"] == "x"
+
+
+def _write_many(path, worker):
+    store = EpisodeStore(path, mode="a")
+    for i in range(3):
+        store.write_episode(f"w{worker}_ep{i}", **make_episode(seed=10 * worker + i))
+
+
+def test_concurrent_writers_of_different_episodes(tmp_path):
+    import multiprocessing as mp
+
+    path = str(tmp_path / "s")
+    EpisodeStore.create(path, attrs={"run": "parallel"})
+    ctx = mp.get_context("spawn")  # zarr runs an asyncio loop thread: do not fork it
+    procs = [ctx.Process(target=_write_many, args=(path, w)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    store = EpisodeStore(path, mode="r")
+    assert store.episode_ids() == [f"w{w}_ep{i}" for w in range(2) for i in range(3)]
+    assert store.attrs["run"] == "parallel"
+    np.testing.assert_array_equal(store.load_episode("w1_ep2")["obs"], make_episode(seed=12)["obs"])
