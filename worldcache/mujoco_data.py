@@ -1,0 +1,300 @@
+"""MuJoCo ``Pusher-v5`` data for the action-conditioned world model.
+
+* ``PusherRenderer``: the env with a fixed close-up camera, rendering small frames
+  (default 64x80, what the world model uses: 8x downsampled to 8x10 latents).
+* Exploration policies (``make_policy``): ``random`` (uniform torques), ``scripted``
+  (a damped-least-squares reach-and-push controller with a noise level), ``mixed``.
+* ``generate``: writes seeded, reproducible, resumable episodes into an ``EpisodeStore``.
+* ``real_rollout``: one episode in the real simulator for a given policy, for fidelity checks.
+
+Rendering is headless: MuJoCo uses OSMesa (software GL; ``scripts/setup_system.sh``
+installs it) unless MUJOCO_GL is already set (e.g. to ``egl`` on a GPU machine).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "osmesa")  # must precede any mujoco/gymnasium import
+if os.environ["MUJOCO_GL"] == "osmesa":
+    os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+import time
+from typing import Any, Callable
+
+import cv2
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from worldcache.rollouts.store import EpisodeStore
+
+ENV_ID = "Pusher-v5"
+# Fixed camera: from beyond the object area (+x side), tilted 60 deg down, looking back toward
+# the arm base. The object/goal spawn area fills the middle of the frame (object ~8 px, goal
+# ~12 px wide at 64x80); the arm enters from the upper left and stays in view while reaching.
+CAMERA = {"trackbodyid": -1, "distance": 1.0, "elevation": -60.0, "azimuth": 180.0,
+          "lookat": [0.4, -0.28, -0.3]}
+SUPERSAMPLE = 2  # render 2x and area-downsample: anti-aliasing far cheaper than MSAA in software GL
+POLICIES = ("random", "scripted", "mixed")
+
+Policy = Callable[[np.ndarray], np.ndarray]
+
+
+def _camera(camera: dict | None) -> dict:
+    """Camera config as plain JSON-able values (stored in attrs, compared on resume)."""
+    cam = dict(CAMERA if camera is None else camera)
+    cam["lookat"] = [float(v) for v in cam.get("lookat", CAMERA["lookat"])]
+    return cam
+
+
+class PusherRenderer:
+    """``gymnasium.make("Pusher-v5")`` with a fixed camera and fast small-frame rendering."""
+
+    def __init__(self, height: int = 64, width: int = 80, camera: dict | None = None,
+                 max_episode_steps: int | None = None, supersample: int = SUPERSAMPLE):
+        self.height, self.width, self.supersample = height, width, supersample
+        self.camera = _camera(camera)
+        cam = {**self.camera, "lookat": np.asarray(self.camera["lookat"], dtype=np.float64)}
+        kw = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+        self.env = gym.make(ENV_ID, render_mode="rgb_array", width=width * supersample,
+                            height=height * supersample, default_camera_config=cam, **kw)
+        vis = self.env.unwrapped.model.vis  # set before the first render creates the GL context
+        vis.quality.shadowsize = 0   # shadow maps cost ~5x per frame in software GL
+        vis.quality.offsamples = 0   # no MSAA; supersampling instead
+        self.dt = float(self.env.unwrapped.dt)
+        self.action_space = self.env.action_space
+
+    @property
+    def model(self) -> mujoco.MjModel:
+        return self.env.unwrapped.model
+
+    @property
+    def data(self) -> mujoco.MjData:
+        return self.env.unwrapped.data
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        obs, _ = self.env.reset(seed=seed)
+        return obs
+
+    def step(self, action):
+        return self.env.step(action)
+
+    def render(self) -> np.ndarray:
+        """Current frame, uint8 (H, W, 3) RGB."""
+        frame = self.env.render()
+        if self.supersample > 1:
+            frame = cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(frame)
+
+    def close(self) -> None:
+        self.env.close()  # free the GL context now, not in __del__ at interpreter exit
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------------------------- policies
+# Pusher-v5 observation: qpos[:7], qvel[:7], tips_arm (3), object (3), goal (3).
+TIP, OBJ, GOAL = slice(14, 17), slice(17, 20), slice(20, 23)
+Z_LOW, Z_HOVER = -0.28, -0.15            # fingertip height at the object / when travelling
+REST_POSE = np.array([0.0, 0.6, 0.0, -1.4, 0.0, -0.6, 0.0])  # bent elbow: avoids the straight-arm singularity
+
+
+class ScriptedPolicy:
+    """Reach the object (travel above the table, descend when close), and once the object is
+    between the fork's fingers drag/push it toward the goal.
+
+    Control: damped-least-squares inverse of the fingertip Jacobian gives joint velocities
+    toward the Cartesian target (plus a null-space pull to a bent-elbow rest pose); torques
+    are a velocity-tracking P term. ``noise`` in [0, 1] blends the torque with temporally
+    correlated random torques (0: clean controller, 1: pure correlated noise), so policies of
+    clearly different quality come from one knob.
+    """
+
+    kp, kv, k_rest, damping = 5.0, 0.5, 1.0, 0.05  # kv >~ 1 chatters at the 20 Hz control rate
+    cage_radius, push_step = 0.05, 0.1
+    noise_rho = 0.8  # AR(1) noise: correlated over ~5 steps so it actually displaces the arm
+
+    def __init__(self, env: PusherRenderer | gym.Env, rng: np.random.Generator, noise: float = 0.0):
+        u = env.env.unwrapped if isinstance(env, PusherRenderer) else env.unwrapped
+        self.model, self.data = u.model, u.data
+        self.body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "tips_arm")
+        self.jacp = np.zeros((3, self.model.nv))
+        self.rng, self.noise = rng, float(noise)
+        self.low, self.high = u.action_space.low, u.action_space.high
+        self._n = np.zeros(7)
+
+    def target(self, obs: np.ndarray) -> np.ndarray:
+        tip, obj, goal = obs[TIP], obs[OBJ], obs[GOAL]
+        dist = np.linalg.norm(tip[:2] - obj[:2])
+        if dist < self.cage_radius and tip[2] < Z_LOW + 0.04:  # object caged: move it toward the goal
+            to_goal = goal[:2] - obj[:2]
+            step = to_goal * min(1.0, self.push_step / (np.linalg.norm(to_goal) + 1e-6))
+            return np.r_[obj[:2] + step, Z_LOW]
+        return np.r_[obj[:2], Z_HOVER if dist > 0.08 else Z_LOW]  # travel high, descend when close
+
+    def control(self, obs: np.ndarray) -> np.ndarray:
+        mujoco.mj_jacBodyCom(self.model, self.data, self.jacp, None, self.body)
+        J = self.jacp[:, :7]
+        J_pinv = J.T @ np.linalg.inv(J @ J.T + self.damping ** 2 * np.eye(3))
+        q, qd = obs[:7], obs[7:14]
+        dq = J_pinv @ (self.kp * (self.target(obs) - obs[TIP]))
+        dq += (np.eye(7) - J_pinv @ J) @ (self.k_rest * (REST_POSE - q))
+        return self.kv * (dq - qd)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        a = self.control(obs)
+        if self.noise > 0:
+            self._n = self.noise_rho * self._n + np.sqrt(1 - self.noise_rho ** 2) * self.rng.standard_normal(7)
+            a = (1 - self.noise) * a + self.noise * self.high * self._n
+        return np.clip(a, self.low, self.high).astype(np.float32)
+
+
+class RandomPolicy:
+    """Uniform i.i.d. torques in the action box."""
+
+    def __init__(self, env, rng: np.random.Generator):
+        space = env.action_space
+        self.low, self.high, self.rng = space.low, space.high, rng
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.rng.uniform(self.low, self.high).astype(np.float32)
+
+
+class MixedPolicy:
+    """Scripted controller whose noise level is drawn per episode, interleaved with bursts
+    of uniform random torques, so the data covers purposeful and random motion."""
+
+    def __init__(self, env, rng: np.random.Generator, noise: float | None = None, burst_p: float = 0.04):
+        self.noise = float(rng.uniform(0.0, 0.8)) if noise is None else float(noise)
+        self.scripted = ScriptedPolicy(env, rng, self.noise)
+        self.random = RandomPolicy(env, rng)
+        self.rng, self.burst_p, self._burst = rng, burst_p, 0
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        a = self.scripted(obs)  # always step it, so its noise state evolves identically
+        if self._burst == 0 and self.rng.random() < self.burst_p:
+            self._burst = int(self.rng.integers(4, 12))
+        if self._burst > 0:
+            self._burst -= 1
+            return self.random(obs)
+        return a
+
+
+def make_policy(name: str, env, rng: np.random.Generator, noise: float | None = None) -> Policy:
+    """``obs -> action`` policy for one episode. ``scripted`` (noise default 0), ``random``,
+    ``mixed`` (noise drawn per episode unless given). Create a new one per episode."""
+    if name == "scripted":
+        return ScriptedPolicy(env, rng, 0.0 if noise is None else noise)
+    if name == "random":
+        return RandomPolicy(env, rng)
+    if name == "mixed":
+        return MixedPolicy(env, rng, noise)
+    raise ValueError(f"unknown policy {name!r}; choose from {POLICIES}")
+
+
+# ---------------------------------------------------------------------------------- rollouts
+def episode_seed(seed: int, index: int) -> int:
+    """Independent, reproducible per-episode seed (for env.reset and the policy RNG)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def _rollout(renderer: PusherRenderer, policy: Policy, seed: int, steps: int) -> dict[str, np.ndarray]:
+    obs = renderer.reset(seed=seed)
+    frames = np.empty((steps + 1, renderer.height, renderer.width, 3), np.uint8)
+    states = np.empty((steps + 1, obs.shape[0]), np.float32)
+    actions = np.empty((steps, 7), np.float32)
+    rewards = np.empty(steps, np.float32)
+    term, trunc = np.zeros(steps, bool), np.zeros(steps, bool)
+    frames[0], states[0] = renderer.render(), obs
+    for t in range(steps):
+        actions[t] = policy(obs)
+        obs, r, te, tr, _ = renderer.step(actions[t])
+        frames[t + 1], states[t + 1] = renderer.render(), obs
+        rewards[t], term[t], trunc[t] = r, te, tr
+        if te or tr:  # Pusher never terminates; truncation only at the time limit = steps
+            if t != steps - 1:
+                raise RuntimeError(f"episode ended early at step {t} (terminated={te}, truncated={tr})")
+    return {"obs": frames, "actions": actions, "rewards": rewards, "terminated": term,
+            "truncated": trunc, "state": states}
+
+
+def real_rollout(policy_fn: Callable[[np.ndarray], np.ndarray] | str, seed: int, steps: int = 48,
+                 height: int = 64, width: int = 80, camera: dict | None = None,
+                 noise: float | None = None, renderer: PusherRenderer | None = None) -> dict[str, np.ndarray]:
+    """Run one episode in the real simulator.
+
+    ``policy_fn``: a policy name (see ``make_policy``; seeded from ``seed``) or a callable
+    ``obs (23,) -> action (7,)``. Returns ``obs`` (T+1,H,W,3) uint8 frames incl. the reset
+    frame, ``actions`` (T,7) float32, ``rewards`` (T,), ``terminated``/``truncated`` (T,),
+    ``state`` (T+1,23) Pusher observations (tips_arm/object/goal positions at [14:23]).
+    Pass a ``renderer`` (with ``max_episode_steps=steps``) to reuse one across calls.
+    """
+    own = renderer is None
+    if own:
+        renderer = PusherRenderer(height, width, camera, max_episode_steps=steps)
+    try:
+        if isinstance(policy_fn, str):
+            policy_fn = make_policy(policy_fn, renderer, np.random.default_rng([seed, 1]), noise)
+        return _rollout(renderer, policy_fn, seed, steps)
+    finally:
+        if own:
+            renderer.close()
+
+
+def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, seed: int = 0,
+             height: int = 64, width: int = 80, policy: str = "mixed", progress: bool = True,
+             camera: dict | None = None) -> dict[str, Any]:
+    """Generate ``episodes`` episodes of ``steps`` steps into the EpisodeStore at ``out_path``
+    (created if missing). Episode ``i`` has id ``f"seed{seed}_ep{i:05d}"`` and is fully
+    determined by (seed, i, policy, steps, resolution, camera); episodes already complete
+    are skipped, so an interrupted run resumes. Returns a summary with frames/s."""
+    from tqdm.auto import tqdm
+
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose from {POLICIES}")
+    camera = _camera(camera)
+    renderer = PusherRenderer(height, width, camera, max_episode_steps=steps)
+    config = {"env_id": ENV_ID, "height": height, "width": width, "camera": camera,
+              "supersample": renderer.supersample, "steps": steps, "fps": 1.0 / renderer.dt,
+              "dt": renderer.dt, "action_low": renderer.action_space.low.tolist(),
+              "action_high": renderer.action_space.high.tolist()}
+    store = EpisodeStore(out_path, mode="a")
+    if "generator" in store.attrs:  # resuming: refuse to mix incompatible episodes in one store
+        old = store.attrs["generator"]
+        diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+        if diff:
+            renderer.close()
+            raise ValueError(f"{out_path} was generated with different settings (old, new): {diff}")
+    else:
+        store.attrs.update({"generator": config, "frame_shape": [height, width, 3], "action_dim": 7})
+    runs = dict(store.attrs.get("runs", {}))
+    runs[f"seed{seed}_{policy}"] = {"seed": seed, "policy": policy, "episodes": episodes}
+    store.attrs["runs"] = runs
+
+    written = skipped = 0
+    t0 = time.perf_counter()
+    try:
+        for i in tqdm(range(episodes), disable=not progress, desc=f"Pusher {policy} seed={seed}", unit="ep"):
+            eid = f"seed{seed}_ep{i:05d}"
+            if store.exists(eid):
+                skipped += 1
+                continue
+            es = episode_seed(seed, i)
+            pol = make_policy(policy, renderer, np.random.default_rng([es, 1]))  # stream apart from env's
+            ep = _rollout(renderer, pol, es, steps)
+            meta = {"seed": seed, "index": i, "episode_seed": es, "policy": policy,
+                    "noise": getattr(pol, "noise", None)}
+            state = ep.pop("state")
+            store.write_episode(eid, **ep, extras={"state": state}, attrs=meta)
+            written += 1
+    finally:
+        renderer.close()
+    elapsed = time.perf_counter() - t0
+    frames = written * (steps + 1)
+    return {"path": os.fspath(out_path), "written": written, "skipped": skipped, "seconds": elapsed,
+            "frames_per_s": frames / elapsed if elapsed > 0 else float("nan"), "episodes_total": len(store)}
