@@ -105,7 +105,7 @@ class Trainer:
             opt.step()
             sched.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             if step % self.cfg.save_every == 0 or step == steps:

@@ -1,0 +1,131 @@
+"""WorldModel: checkpoint round trip and errors, the trainer on a small store, action conditioning."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from worldcache.cache import make_policy
+from worldcache.rollouts.store import EpisodeStore
+from worldcache.world_model import CheckpointError, WorldModel, WorldModelSpec
+
+SPEC = WorldModelSpec(height=32, width=40, chunk=4)
+ARCH = dict(hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt")
+    model = WorldModel.build(SPEC, **ARCH, seed=1)
+    with torch.no_grad():  # the action embedder starts as a no-op; give it weight so actions matter
+        for p in model.dit.cond_embedder.parameters():
+            p.normal_(0, 0.2)
+    model.save_pretrained(path)
+    return path
+
+
+def inputs(batch=1, seed=0):
+    rng = np.random.default_rng(seed)
+    frame = rng.integers(0, 256, (batch, SPEC.height, SPEC.width, 3), dtype=np.uint8)
+    return frame, rng.uniform(-2, 2, (batch, SPEC.chunk, SPEC.action_dim)).astype(np.float32)
+
+
+def test_save_load_round_trip_identical_predictions(tiny_ckpt, tmp_path):
+    model = WorldModel.from_pretrained(tiny_ckpt)
+    frame, actions = inputs()
+    frames, out = model.predict(frame, actions, num_steps=4, seed=3)
+    assert frames.shape == (1, SPEC.chunk, SPEC.height, SPEC.width, 3) and frames.dtype == torch.uint8
+    assert len(out.records) == 4
+    model.save_pretrained(tmp_path / "again")
+    again, _ = WorldModel.from_pretrained(tmp_path / "again").predict(frame, actions, num_steps=4, seed=3)
+    assert torch.equal(frames, again)
+
+
+def test_predictions_depend_on_actions_and_seed(tiny_ckpt):
+    model = WorldModel.from_pretrained(tiny_ckpt)
+    frame, actions = inputs()
+    a, _ = model.predict(frame, actions, num_steps=4, seed=0)
+    b, _ = model.predict(frame, -actions, num_steps=4, seed=0)
+    c, _ = model.predict(frame, actions, num_steps=4, seed=1)
+    assert not torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_cache_policy_applies_to_predictions(tiny_ckpt):
+    model = WorldModel.from_pretrained(tiny_ckpt)
+    frame, actions = inputs(batch=2)
+    frames, out = model.predict(frame, actions, num_steps=10, policy=make_policy("worldcache", threshold=5.0))
+    assert frames.shape[0] == 2 and out.computed_fraction < 1.0
+
+
+def test_rollout_chains_chunks(tiny_ckpt):
+    model = WorldModel.from_pretrained(tiny_ckpt)
+    frame, _ = inputs()
+    actions = np.zeros((1, 3 * SPEC.chunk, SPEC.action_dim), np.float32)
+    frames, outs = model.rollout(frame, actions, num_steps=3)
+    assert frames.shape == (1, 3 * SPEC.chunk, SPEC.height, SPEC.width, 3) and len(outs) == 3
+
+
+@pytest.mark.parametrize("bad_frame, bad_actions, match", [
+    (np.zeros((1, 32, 40, 3), np.float32), None, "uint8"),
+    (None, np.zeros((1, 3, 7), np.float32), r"\(batch, 4, 7\)"),
+    (None, np.full((1, 4, 7), np.nan, np.float32), "NaN"),
+])
+def test_predict_rejects_bad_input(tiny_ckpt, bad_frame, bad_actions, match):
+    model = WorldModel.from_pretrained(tiny_ckpt)
+    frame, actions = inputs()
+    with pytest.raises(ValueError, match=match):
+        model.predict(frame if bad_frame is None else bad_frame, actions if bad_actions is None else bad_actions)
+
+
+def test_checkpoint_errors_name_the_file(tiny_ckpt, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        WorldModel.from_pretrained(tmp_path / "nope")
+    broken = tmp_path / "missing"
+    shutil.copytree(tiny_ckpt, broken)
+    (broken / "action_embedder.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="action_embedder.safetensors"):
+        WorldModel.from_pretrained(broken)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_ckpt, corrupt)
+    (corrupt / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="transformer"):
+        WorldModel.from_pretrained(corrupt)
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(tiny_ckpt, mismatch)
+    spec = json.loads((mismatch / "model.json").read_text())
+    spec.update(action_dim=6, action_low=[-1.0] * 6, action_high=[1.0] * 6)
+    (mismatch / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(CheckpointError, match="action_embedder.safetensors.*action_dim 6"):
+        WorldModel.from_pretrained(mismatch)
+    badjson = tmp_path / "badjson"
+    shutil.copytree(tiny_ckpt, badjson)
+    (badjson / "model.json").write_text('{"height": 32, "colour": 1}')
+    with pytest.raises(CheckpointError, match="colour"):
+        WorldModel.from_pretrained(badjson)
+
+
+def test_trainer_runs_resumes_and_exports(tmp_path):
+    from worldcache.train import TrainConfig, Trainer
+
+    store = EpisodeStore.create(tmp_path / "data.zarr", attrs={"fps": 20.0})
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        t = 12
+        store.write_episode(f"ep{i}", rng.integers(0, 256, (t + 1, 32, 40, 3), dtype=np.uint8),
+                            rng.uniform(-2, 2, (t, 7)).astype(np.float32), np.zeros(t, np.float32),
+                            np.zeros(t, bool), np.zeros(t, bool))
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), vae_steps=3, dit_steps=3,
+                      vae_batch=2, dit_batch=2, save_every=2, holdout=0.34)
+    model = WorldModel.build(WorldModelSpec(height=32, width=40, chunk=4), **ARCH)
+    trainer = Trainer(cfg, model=model)
+    assert len(trainer.train_eps) == 2 and len(trainer.held_eps) == 1
+    out = trainer.run()
+    record = json.loads((out / "training.json").read_text())
+    assert record["vae"]["steps"] == 3 and record["dit"]["steps"] == 3 and np.isfinite(record["dit"]["final_loss"])
+    assert torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["step"] == 3
+    # resume: a longer schedule continues from the saved step instead of starting over
+    cfg.dit_steps, cfg.stages = 5, ("dit",)
+    Trainer(cfg, model=WorldModel.build(WorldModelSpec(height=32, width=40, chunk=4), **ARCH)).run()
+    assert len(torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["losses"]) == 5
+    WorldModel.from_pretrained(out).predict(*inputs(), num_steps=2)
