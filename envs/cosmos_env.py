@@ -1,0 +1,248 @@
+"""`WorldCache-Cosmos-v0`: a Gymnasium environment whose dynamics are the action-conditioned world model.
+
+One env step is one prediction. The model predicts `chunk` new frames from `chunk` actions in one denoising run,
+so `step` takes a (chunk, action_dim) array and advances `chunk` frames. The per-step cost is then honest: every
+step is exactly one prediction, and the cache statistics in `info` describe that one prediction. (Accepting one
+action per step and buffering them would hide the frames until the chunk is full and make step times uneven.)
+
+Besides the world model, the checkpoint folder may hold ``start_frames.npy`` (N, H, W, 3) uint8, the start states
+`reset` samples from, and a learned reward head (``reward_head.json`` + ``reward_head.safetensors``, see
+`worldcache.reward_head`), the default reward.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.error import ResetNeeded
+
+START_FRAMES = "start_frames.npy"
+OBS_MODES = ("frame", "history")
+SEED_HIGH = 2**31  # noise seeds are drawn from the env's np_random: same env seed -> same predictions
+_warned_no_reward: set[str] = set()
+
+
+class WorldSim:
+    """What the single and the vector env share: model, cache policy, start frames, reward and termination."""
+
+    def __init__(self, checkpoint=None, cache="worldcache", cache_config=None, device="cpu", num_steps=None,
+                 chunk=None, reward_fn=None, termination_fn=None, model=None, stats=True):
+        from worldcache.cache import CachePolicy, load_policy
+        from worldcache.world_model import BUNDLED, CheckpointError, WorldModel
+
+        # The folder also holds start frames and reward head. A passed-in model without a checkpoint has neither.
+        self.folder = Path(checkpoint) if checkpoint is not None else (BUNDLED if model is None else None)
+        self.model = model if model is not None else WorldModel.from_pretrained(self.folder, device=device)
+        s = self.spec = self.model.spec
+        if chunk is not None and chunk != s.chunk:
+            raise ValueError(f"chunk={chunk} does not match the model's chunk {s.chunk} (frames per prediction)")
+        self.num_steps = int(num_steps or s.num_steps)
+        self.stats = bool(stats)
+        if isinstance(cache, CachePolicy):
+            if cache_config:
+                raise ValueError("cache_config only applies when cache is a policy name or YAML path")
+            self.policy = cache
+        else:
+            self.policy = load_policy(cache, **(cache_config or {}))
+        self.low = np.asarray(s.action_low, np.float32)
+        self.high = np.asarray(s.action_high, np.float32)
+        self.action_space = spaces.Box(np.broadcast_to(self.low, (s.chunk, s.action_dim)),
+                                       np.broadcast_to(self.high, (s.chunk, s.action_dim)), dtype=np.float32)
+        self.frame_shape = (s.height, s.width, 3)
+
+        self.start_frames = None
+        path = self.folder / START_FRAMES if self.folder is not None else None
+        if path is not None and path.is_file():
+            frames = np.load(path)
+            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != self.frame_shape or not len(frames):
+                raise CheckpointError(f"{path}: must be uint8 (N, {s.height}, {s.width}, 3) with N >= 1, got "
+                                      f"{frames.dtype} {frames.shape}")
+            self.start_frames = frames
+
+        if reward_fn is None:
+            reward_fn = self._default_reward(device)
+        self.reward_fn = reward_fn
+        self.termination_fn = termination_fn or (lambda frames, actions: False)
+
+    def _default_reward(self, device) -> Callable:
+        from worldcache.reward_head import RewardHead
+
+        if self.folder is not None and RewardHead.exists(self.folder):
+            return RewardHead.load(self.folder, device).chunk_reward
+        key = str(self.folder)
+        if key not in _warned_no_reward:  # once per folder: N envs of one vector make need not repeat it
+            _warned_no_reward.add(key)
+            warnings.warn(f"no reward head in {self.folder} (reward_head.safetensors): reward is 0.0; "
+                          f"pass reward_fn= or train one with worldcache.reward_head.train_reward_head",
+                          stacklevel=3)
+        return lambda frames, actions: 0.0
+
+    def observation_space(self, obs_mode: str, history: int) -> spaces.Space:
+        frame = spaces.Box(0, 255, self.frame_shape, np.uint8)
+        if obs_mode == "frame":
+            return frame
+        return spaces.Dict({"frame": frame, "history": spaces.Box(0, 255, (history, *self.frame_shape), np.uint8)})
+
+    # --- input checks: all of them run before any state changes, so a rejected call leaves the env usable ----
+    def check_actions(self, action, batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """-> (actions clipped to the bounds, float32 (batch, chunk, A); per-env "was clipped" flags)."""
+        s = self.spec
+        want = (s.chunk, s.action_dim) if batch is None else (batch, s.chunk, s.action_dim)
+        try:
+            a = np.asarray(action, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"action must be a float array of shape {want}: {e}") from None
+        if a.shape != want:
+            raise ValueError(f"action must have shape {want} (one step = one chunk of {s.chunk} actions of dim "
+                             f"{s.action_dim}, the frames of one prediction), got {a.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError("action contains NaN or inf")
+        a = a.reshape(-1, s.chunk, s.action_dim)
+        clipped = np.clip(a, self.low, self.high)  # out of bounds: clip, as most continuous-control envs do
+        return clipped, (clipped != a).any(axis=(1, 2))
+
+    def parse_options(self, options: dict | None, batch: int | None = None) -> np.ndarray | None:
+        """reset options -> the start frame(s) they give, or None."""
+        options = options or {}
+        unknown = set(options) - {"frame"}
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; known: ['frame']")
+        if "frame" not in options:
+            return None
+        frame = np.asarray(options["frame"])
+        want = self.frame_shape if batch is None else (batch, *self.frame_shape)
+        if frame.dtype != np.uint8 or frame.shape != want:
+            raise ValueError(f"options['frame'] must be uint8 {want}, got {frame.dtype} {frame.shape}")
+        return frame.copy()
+
+    def start(self, rng: np.random.Generator, frame: np.ndarray | None) -> tuple[np.ndarray, dict]:
+        """The start frame: the given one, or one of the checkpoint's start frames picked with `rng`."""
+        if frame is not None:
+            return frame, {"start_index": -1}
+        if self.start_frames is None:
+            where = self.folder / START_FRAMES if self.folder is not None else "the checkpoint (no folder given)"
+            raise ValueError(f"no start frames: {where} not found; pass reset(options={{'frame': uint8 "
+                             f"{self.frame_shape}}}) or a checkpoint with {START_FRAMES}")
+        i = int(rng.integers(len(self.start_frames)))
+        return self.start_frames[i].copy(), {"start_index": i}
+
+    # --- one batched prediction --------------------------------------------------------------------------------
+    def predict(self, frames: np.ndarray, actions: np.ndarray, seeds: list[int]) -> tuple[np.ndarray, dict]:
+        """uint8 (B, H, W, 3) + (B, chunk, A) -> uint8 (B, chunk, H, W, 3) and the prediction's cache stats."""
+        t0 = time.perf_counter()
+        out_frames, out = self.model.predict(frames, actions, policy=self.policy, num_steps=self.num_steps,
+                                             seed=seeds)
+        out_frames = out_frames.cpu().numpy()
+        model_ms = (time.perf_counter() - t0) * 1e3
+        recs = out.records
+        info = {
+            "computed_fraction": float(out.computed_fraction),
+            "calls": len(recs),
+            "skipped": sum(not r.computed for r in recs),
+            "computed": np.array([r.computed for r in recs], bool),
+        }
+        if self.stats:  # measurements: wall times vary run to run, NaN marks what the policy does not measure
+            info.update({key: np.array([getattr(r, key) for r in recs], np.float64)
+                         for key in ("drift", "threshold", "motion")})
+            info.update(model_ms=model_ms, denoise_ms=float(sum(r.wall_ms for r in recs)))
+        return out_frames, info
+
+    def outcome(self, frames: np.ndarray, actions: np.ndarray) -> tuple[float, bool]:
+        return float(self.reward_fn(frames, actions)), bool(self.termination_fn(frames, actions))
+
+    def close(self) -> None:
+        self.policy.detach()  # hook-based policies attach to the (possibly shared) model
+
+
+class CosmosWorldEnv(gym.Env):
+    """The world model as an environment. One step = one chunk of actions = one prediction of `chunk` frames.
+
+    Action: float32 (chunk, action_dim) within the model's bounds; out-of-bound values are clipped (and
+    ``info["action_clipped"]`` is True), wrong shapes and NaN/inf raise ValueError without changing the env.
+    Observation: the latest predicted frame, uint8 (H, W, 3); with ``obs_mode="history"`` a dict with that
+    ``frame`` and ``history`` (history, H, W, 3), the last frames oldest first (the start frame repeated after
+    reset). Reward: ``reward_fn(frames, actions)`` over the chunk's frames and actions, by default the checkpoint's
+    learned reward head (0.0 without one). Episodes end by ``termination_fn(frames, actions)`` (default: never)
+    or by the time limit of `gym.make` (``max_episode_steps``, in chunks).
+
+    Info after a step: ``frames`` (chunk, H, W, 3) all predicted frames; the prediction's cache statistics
+    ``computed_fraction``, ``calls``, ``skipped`` and per model call ``computed``, ``drift``, ``threshold``,
+    ``motion`` (arrays, NaN where the policy does not measure it); ``model_ms`` (wall time of the prediction),
+    ``denoise_ms`` (the DiT calls in it); ``action_clipped``; ``noise_seed``. ``stats=False`` leaves out the
+    measurements (drift, threshold, motion, model_ms, denoise_ms) and keeps the info deterministic, as
+    gymnasium's `check_env` requires: it compares the infos of two identical steps, and wall times differ while
+    NaN never equals itself.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(self, checkpoint: str | Path | None = None, cache="worldcache", cache_config: dict | None = None,
+                 device: str = "cpu", num_steps: int | None = None, chunk: int | None = None,
+                 reward_fn: Callable | None = None, termination_fn: Callable | None = None, obs_mode: str = "frame",
+                 history: int = 4, render_mode: str | None = None, model=None, stats: bool = True):
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        if int(history) < 1:
+            raise ValueError(f"history must be >= 1, got {history}")
+        self.sim = WorldSim(checkpoint, cache, cache_config, device, num_steps, chunk, reward_fn, termination_fn,
+                            model, stats)
+        self.obs_mode, self.history, self.render_mode = obs_mode, int(history), render_mode
+        self.metadata = {**self.metadata, "render_fps": self.sim.spec.fps}
+        self.action_space = self.sim.action_space
+        self.observation_space = self.sim.observation_space(obs_mode, self.history)
+        self._frames: np.ndarray | None = None  # the last `history` frames; None until reset
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        frame = self.sim.parse_options(options)  # before seeding: a rejected reset changes nothing
+        super().reset(seed=seed)
+        frame, info = self.sim.start(self.np_random, frame)
+        self._frames = np.repeat(frame[None], self.history, axis=0)
+        return self._obs(), info
+
+    def step(self, action):
+        if self._frames is None:
+            raise ResetNeeded("Cannot call step() before reset(): the env has no current frame.")
+        a, clipped = self.sim.check_actions(action)
+        seed = int(self.np_random.integers(SEED_HIGH))
+        frames, info = self.sim.predict(self._frames[-1:], a, [seed])
+        frames, a = frames[0], a[0]
+        reward, terminated = self.sim.outcome(frames, a)
+        self._frames = np.concatenate([self._frames, frames])[-self.history:]
+        info.update(frames=frames, action_clipped=bool(clipped[0]), noise_seed=seed)
+        return self._obs(), reward, terminated, False, info
+
+    def _obs(self):
+        if self.obs_mode == "frame":
+            return self._frames[-1].copy()
+        return {"frame": self._frames[-1].copy(), "history": self._frames.copy()}
+
+    def render(self):
+        if self.render_mode == "rgb_array" and self._frames is not None:
+            return self._frames[-1].copy()
+        return None
+
+    def close(self):
+        self.sim.close()
+        super().close()
+
+
+def write_start_frames(store_path: str | Path, folder: str | Path, count: int = 64) -> np.ndarray:
+    """Save the reset frames (obs[0]) of up to `count` episodes of a store, evenly spread over the sorted ids, as
+    ``folder/start_frames.npy``: the start states `reset` samples from."""
+    from worldcache.rollouts.store import EpisodeStore
+
+    store = EpisodeStore(store_path, mode="r")
+    ids = store.episode_ids()
+    if not ids:
+        raise ValueError(f"{store_path}: no complete episodes")
+    pick = [ids[i] for i in np.unique(np.linspace(0, len(ids) - 1, min(count, len(ids))).round().astype(int))]
+    frames = np.stack([store.episode_array(i, "obs")[0] for i in pick])
+    np.save(Path(folder) / START_FRAMES, frames)
+    return frames

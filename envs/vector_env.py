@@ -1,0 +1,172 @@
+"""`CosmosWorldVectorEnv`: N world-model envs stepped by ONE batched prediction per step.
+
+`gym.make_vec("WorldCache-Cosmos-v0", num_envs=N)` builds it (the registered ``vector_entry_point``). Sub-env i
+behaves like a `CosmosWorldEnv` seeded with ``seed + i``: it has its own random generator for start frames and
+noise seeds, so with a cache that decides per sample (``cache="none"``) the results equal N single envs up to
+batched floating point. One cache policy serves the whole batch: a caching policy decides per model call for the
+batch (the largest drift decides), so its skips can differ from N separate envs.
+
+Autoreset is gymnasium 1.x's next-step mode: after an env terminates or truncates, its next `step` ignores its
+action and returns its reset observation (reward 0, not done); the other envs are predicted in one batch (no
+model call when all envs reset). Infos are dicts of arrays with gymnasium's ``_key`` masks; cache statistics
+describe the batched prediction, repeated for every env that took part in it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from gymnasium.error import ResetNeeded
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from .cosmos_env import OBS_MODES, SEED_HIGH, CosmosWorldEnv, WorldSim
+
+
+class CosmosWorldVectorEnv(VectorEnv):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20, "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int = 1, max_episode_steps: int | None = 12, checkpoint: str | Path | None = None,
+                 cache="worldcache", cache_config: dict | None = None, device: str = "cpu",
+                 num_steps: int | None = None, chunk: int | None = None, reward_fn: Callable | None = None,
+                 termination_fn: Callable | None = None, obs_mode: str = "frame", history: int = 4,
+                 render_mode: str | None = None, model=None, stats: bool = True):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        if int(history) < 1:
+            raise ValueError(f"history must be >= 1, got {history}")
+        self.sim = WorldSim(checkpoint, cache, cache_config, device, num_steps, chunk, reward_fn, termination_fn,
+                            model, stats)
+        self.num_envs, self.max_episode_steps = num_envs, max_episode_steps
+        self.obs_mode, self.history, self.render_mode = obs_mode, int(history), render_mode
+        self.metadata = {**self.metadata, "render_fps": self.sim.spec.fps}
+        self.single_action_space = self.sim.action_space
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.single_observation_space = self.sim.observation_space(obs_mode, self.history)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self._rngs: list[np.random.Generator | None] = [None] * num_envs
+        self._frames: np.ndarray | None = None  # (N, history, H, W, 3); None until reset
+        self._steps = np.zeros(num_envs, np.int64)
+        self._autoreset = np.zeros(num_envs, bool)
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        n = self.num_envs
+        seeds = [None if seed is None else seed + i for i in range(n)] if not isinstance(seed, (list, tuple)) \
+            else list(seed)
+        if len(seeds) != n:
+            raise ValueError(f"seed list must have num_envs={n} entries, got {len(seeds)}")
+        frames = self.sim.parse_options(options, batch=n)  # checked first: a rejected reset changes nothing
+        super().reset(seed=seed if isinstance(seed, int) else None)
+        for i, s in enumerate(seeds):  # as gymnasium's Env.reset: seed None keeps an existing generator
+            if s is not None or self._rngs[i] is None:
+                self._rngs[i] = seeding.np_random(s)[0]
+        infos: dict = {}
+        self._frames = np.empty((n, self.history, *self.sim.frame_shape), np.uint8)
+        for i in range(n):
+            infos = self._reset_env(i, None if frames is None else frames[i], infos)
+        self._autoreset[:] = False
+        return self._obs(), infos
+
+    def _reset_env(self, i: int, frame, infos: dict) -> dict:
+        frame, info = self.sim.start(self._rngs[i], frame)
+        self._frames[i] = frame
+        self._steps[i] = 0
+        return self._add_info(infos, info, i)
+
+    def step(self, actions):
+        if self._frames is None:
+            raise ResetNeeded("Cannot call step() before reset(): the envs have no current frame.")
+        a, clipped = self.sim.check_actions(actions, batch=self.num_envs)
+        rewards = np.zeros(self.num_envs, np.float64)
+        terminated = np.zeros(self.num_envs, bool)
+        truncated = np.zeros(self.num_envs, bool)
+        infos: dict = {}
+        run = np.flatnonzero(~self._autoreset)
+        if len(run):
+            seeds = [int(self._rngs[i].integers(SEED_HIGH)) for i in run]
+            frames, shared = self.sim.predict(self._frames[run, -1], a[run], seeds)  # the one model call
+            for j, i in enumerate(run):
+                rewards[i], terminated[i] = self.sim.outcome(frames[j], a[i])
+                self._frames[i] = np.concatenate([self._frames[i], frames[j]])[-self.history:]
+                self._steps[i] += 1
+                infos = self._add_info(infos, {**shared, "frames": frames[j], "action_clipped": bool(clipped[i]),
+                                               "noise_seed": seeds[j]}, i)
+            if self.max_episode_steps is not None:
+                truncated[run] = self._steps[run] >= self.max_episode_steps
+        for i in np.flatnonzero(self._autoreset):
+            infos = self._reset_env(i, None, infos)
+        self._autoreset = terminated | truncated
+        return self._obs(), rewards, terminated, truncated, infos
+
+    def _obs(self):
+        if self.obs_mode == "frame":
+            return self._frames[:, -1].copy()
+        return {"frame": self._frames[:, -1].copy(), "history": self._frames.copy()}
+
+    def render(self):
+        if self.render_mode == "rgb_array" and self._frames is not None:
+            return tuple(self._frames[:, -1].copy())
+        return None
+
+    def close_extras(self, **kwargs):
+        self.sim.close()
+
+
+def bench_vector(num_envs: int = 4, steps: int = 3, checkpoint: str | Path | None = None, cache: str = "worldcache",
+                 num_steps: int | None = None, seed: int = 0) -> dict:
+    """Per-env step time of `num_envs` single envs stepped one after another vs. one vector env of `num_envs`
+    (one batched prediction per step), all sharing one loaded model. Prints a table; returns the numbers."""
+    from worldcache.world_model import BUNDLED, WorldModel
+
+    folder = Path(checkpoint) if checkpoint is not None else BUNDLED
+    model = WorldModel.from_pretrained(folder)
+    kw = dict(checkpoint=folder, cache=cache, num_steps=num_steps, model=model)
+    singles = [CosmosWorldEnv(**kw) for _ in range(num_envs)]
+    vec = CosmosWorldVectorEnv(num_envs, max_episode_steps=None, **kw)  # no autoreset inside the timed steps
+    rng = np.random.default_rng(seed)
+    acts = [rng.uniform(vec.sim.low, vec.sim.high, vec.action_space.shape).astype(np.float32)
+            for _ in range(steps + 1)]  # the first step is a warm-up, not timed
+
+    def run_singles():
+        for i, env in enumerate(singles):
+            env.reset(seed=seed + i)
+        fr, t = [], 0.0
+        for k, a in enumerate(acts):
+            t0 = time.perf_counter()
+            for i, env in enumerate(singles):
+                fr.append(env.step(a[i])[4]["computed_fraction"])
+            t += (time.perf_counter() - t0) if k else 0.0
+        return t, float(np.mean(fr))
+
+    def run_vec():
+        vec.reset(seed=seed)
+        fr, t = [], 0.0
+        for k, a in enumerate(acts):
+            t0 = time.perf_counter()
+            fr.append(vec.step(a)[4]["computed_fraction"].mean())
+            t += (time.perf_counter() - t0) if k else 0.0
+        return t, float(np.mean(fr))
+
+    t_single, f_single = run_singles()
+    t_vec, f_vec = run_vec()
+    for env in singles:
+        env.close()
+    vec.close()
+    res = {"num_envs": num_envs, "steps": steps, "cache": vec.sim.policy.name, "num_steps": vec.sim.num_steps,
+           "single_s_per_env_step": t_single / (steps * num_envs), "vector_s_per_env_step": t_vec / (steps * num_envs),
+           "single_computed_fraction": f_single, "vector_computed_fraction": f_vec}
+    res["speedup"] = res["single_s_per_env_step"] / res["vector_s_per_env_step"]
+    print(f"{num_envs} envs, {steps} steps of one chunk each, cache={res['cache']}, {res['num_steps']} denoising "
+          f"steps (after one warm-up step)")
+    print(f"  {'':<22} {'s/env-step':>10} {'computed':>9}")
+    print(f"  {'single envs, in turn':<22} {res['single_s_per_env_step']:10.3f} {f_single:9.2f}")
+    print(f"  {'vector env, batched':<22} {res['vector_s_per_env_step']:10.3f} {f_vec:9.2f}")
+    print(f"  speedup (single / vector): {res['speedup']:.2f}x")
+    return res

@@ -1,0 +1,364 @@
+"""WorldCache-Cosmos-v0: single env, vector env, reward head. A tiny random model (16x24 frames, 4 actions per
+chunk, 4 denoising steps) keeps every prediction at a few tens of milliseconds."""
+import subprocess
+import sys
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.error import ResetNeeded
+from gymnasium.utils.env_checker import check_env
+
+import worldcache  # noqa: F401  registers the env
+from worldcache.envs.cosmos_env import START_FRAMES, CosmosWorldEnv, write_start_frames
+from worldcache.envs.vector_env import CosmosWorldVectorEnv, bench_vector
+from worldcache.reward_head import RewardHead, RewardHeadConfig, train_reward_head
+from worldcache.rollouts.store import EpisodeStore
+from worldcache.world_model import WorldModel, WorldModelSpec
+
+ID = "WorldCache-Cosmos-v0"
+H, W, K, A = 16, 24, 4, 7
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # the tiny model's ops are too small to split; two threads on 2 shared cores only spin against each other
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt")
+    spec = WorldModelSpec(height=H, width=W, chunk=K, num_steps=4)
+    WorldModel.build(spec, hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8).save_pretrained(path)
+    rng = np.random.default_rng(0)
+    np.save(path / START_FRAMES, rng.integers(0, 256, (5, H, W, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    RewardHead(RewardHeadConfig(height=H, width=W, action_dim=A)).save(path)  # untrained: any function will do
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(ckpt):
+    return WorldModel.from_pretrained(ckpt)
+
+
+def make(ckpt, model, **kw):
+    return CosmosWorldEnv(checkpoint=ckpt, model=model, **{"cache": "none", **kw})
+
+
+def actions(seed, n=None, scale=1.5):
+    shape = (K, A) if n is None else (n, K, A)
+    return np.random.default_rng(seed).uniform(-scale, scale, shape).astype(np.float32)
+
+
+def rollout(env, seed, steps=2):
+    obs, _ = env.reset(seed=seed)
+    out = [obs]
+    for t in range(steps):
+        obs, r, _, _, info = env.step(actions(t))
+        out += [obs, r, info["computed"]]
+    return out
+
+
+# --- single env ---------------------------------------------------------------------------------------------
+def test_import_is_light():
+    code = "import sys, worldcache, gymnasium; assert 'WorldCache-Cosmos-v0' in gymnasium.registry; " \
+           "assert 'torch' not in sys.modules; print(worldcache.__version__)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("obs_mode", ["frame", "history"])
+def test_check_env(ckpt, model, obs_mode):
+    # stats=False: check_env compares the infos of two identical steps; wall times and NaN never compare equal
+    env = make(ckpt, model, cache="worldcache", obs_mode=obs_mode, render_mode="rgb_array", stats=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its advice to normalise the action space to [-1, 1]
+        check_env(env.unwrapped, skip_render_check=False)
+    env.reset(seed=0)
+    info = env.step(actions(0))[4]
+    assert {"computed", "computed_fraction", "frames"} <= set(info) and not {"drift", "model_ms"} & set(info)
+
+
+@pytest.mark.parametrize("cache", ["none", "worldcache"])
+def test_deterministic(ckpt, model, cache):
+    a, b = (make(ckpt, model, cache=cache, num_steps=6) for _ in range(2))
+    ra, rb = rollout(a, seed=3), rollout(b, seed=3)
+    for x, y in zip(ra, rb):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(ra[1], rollout(b, seed=4)[1])
+    if cache == "worldcache":
+        assert not all(ra[3])  # the cache did skip, and still reproduced exactly
+
+
+def test_info(ckpt, model):
+    env = make(ckpt, model, cache="worldcache", num_steps=6)
+    env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(actions(0))
+    assert isinstance(reward, float) and terminated is False and truncated is False
+    assert info["frames"].shape == (K, H, W, 3) and info["frames"].dtype == np.uint8
+    np.testing.assert_array_equal(info["frames"][-1], obs)
+    assert info["calls"] == 6 and info["computed"].dtype == bool
+    for key in ("computed", "drift", "threshold", "motion"):
+        assert info[key].shape == (6,)
+    assert info["skipped"] == 6 - info["computed"].sum() > 0
+    assert info["computed_fraction"] == pytest.approx(info["computed"].mean())
+    assert np.isfinite(info["drift"][~info["computed"]]).all()
+    assert info["model_ms"] >= info["denoise_ms"] > 0
+    assert info["action_clipped"] is False and isinstance(info["noise_seed"], int)
+
+
+def test_bad_actions_leave_env_usable(ckpt, model):
+    env, twin = make(ckpt, model), make(ckpt, model)
+    obs0, _ = env.reset(seed=1)
+    twin.reset(seed=1)
+    bad = [np.zeros((K + 1, A)), np.zeros((K * A,)), np.zeros((1, K, A)), [[0.0] * A] * (K - 1)]
+    for action in bad:
+        with pytest.raises(ValueError, match=rf"\({K}, {A}\)"):
+            env.step(action)
+    for value in (np.nan, np.inf, -np.inf):
+        a = actions(0)
+        a[1, 2] = value
+        with pytest.raises(ValueError, match="NaN or inf"):
+            env.step(a)
+    np.testing.assert_array_equal(env.unwrapped._frames[-1], obs0)
+    # the rejected steps changed nothing: the env continues exactly like one that never saw them
+    np.testing.assert_array_equal(env.step(actions(0))[0], twin.step(actions(0))[0])
+
+
+def test_out_of_bounds_actions_are_clipped(ckpt, model):
+    env, twin = make(ckpt, model), make(ckpt, model)
+    env.reset(seed=2)
+    twin.reset(seed=2)
+    a = actions(0) * 3  # beyond +-2 in places
+    obs, _, _, _, info = env.step(a)
+    obs_c, _, _, _, info_c = twin.step(np.clip(a, -2, 2))
+    assert info["action_clipped"] is True and info_c["action_clipped"] is False
+    np.testing.assert_array_equal(obs, obs_c)
+
+
+def test_step_before_reset(ckpt, model):
+    with pytest.raises(ResetNeeded, match="reset"):
+        make(ckpt, model).step(actions(0))
+    with pytest.raises(ResetNeeded):
+        gym.make(ID, checkpoint=ckpt, model=model).step(actions(0))
+
+
+def test_reset_options(ckpt, model):
+    env = make(ckpt, model)
+    frame = np.full((H, W, 3), 7, np.uint8)
+    obs, info = env.reset(options={"frame": frame})
+    np.testing.assert_array_equal(obs, frame) and info["start_index"] == -1
+    for opts, match in [({"frmae": frame}, "frmae"), ({"frame": frame[:-1]}, "frame"),
+                        ({"frame": frame.astype(np.float32)}, "frame")]:
+        with pytest.raises(ValueError, match=match):
+            env.reset(options=opts)
+    np.testing.assert_array_equal(env.unwrapped._frames[-1], frame)  # rejected resets changed nothing
+    starts = np.load(ckpt / START_FRAMES)
+    obs, info = env.reset(seed=0)
+    np.testing.assert_array_equal(obs, starts[info["start_index"]])
+
+
+def test_model_without_start_frames_or_reward_head(model):
+    with pytest.warns(UserWarning, match="reward is 0.0"):
+        env = CosmosWorldEnv(model=model, cache="none")
+    with pytest.raises(ValueError, match=START_FRAMES):
+        env.reset(seed=0)
+    env.reset(options={"frame": np.zeros((H, W, 3), np.uint8)})
+    assert env.step(actions(0))[1] == 0.0
+
+
+def test_constructor_errors(ckpt, model):
+    with pytest.raises(ValueError, match="chunk"):
+        make(ckpt, model, chunk=K * 2)
+    with pytest.raises(ValueError, match="obs_mode"):
+        make(ckpt, model, obs_mode="pixels")
+    with pytest.raises(ValueError, match="render_mode"):
+        make(ckpt, model, render_mode="human")
+    with pytest.raises(ValueError, match="threshhold"):
+        make(ckpt, model, cache="worldcache", cache_config={"threshhold": 0.1})
+
+
+def test_reward_and_termination(ckpt, model):
+    seen = []
+
+    def reward_fn(frames, acts):
+        seen.append((frames.shape, acts.shape))
+        return 1.5
+
+    env = make(ckpt, model, reward_fn=reward_fn, termination_fn=lambda frames, acts: bool(acts[0, 0] > 1.9))
+    env.reset(seed=0)
+    a = actions(0)
+    assert env.step(a)[1:3] == (1.5, False)
+    a[0, 0] = 5.0  # clipped to 2, which terminates
+    assert env.step(a)[1:3] == (1.5, True)
+    assert seen == [((K, H, W, 3), (K, A))] * 2
+    # default: the checkpoint's reward head, summed over the chunk's (frame after action, action) pairs
+    env = make(ckpt, model)
+    env.reset(seed=0)
+    _, r, _, _, info = env.step(actions(0))
+    assert r == pytest.approx(RewardHead.load(ckpt).chunk_reward(info["frames"], actions(0)), rel=1e-5)
+
+
+def test_history_and_render(ckpt, model):
+    env = make(ckpt, model, obs_mode="history", history=6, render_mode="rgb_array")
+    assert env.metadata["render_fps"] == model.spec.fps
+    obs, _ = env.reset(seed=0)
+    assert obs["history"].shape == (6, H, W, 3) and (obs["history"] == obs["frame"]).all()
+    obs2, _, _, _, info = env.step(actions(0))
+    np.testing.assert_array_equal(obs2["history"][:2], obs["history"][:2])  # oldest first: start frame kept
+    np.testing.assert_array_equal(obs2["history"][2:], info["frames"])
+    np.testing.assert_array_equal(env.render(), obs2["frame"])
+    assert make(ckpt, model).render() is None
+
+
+@pytest.mark.parametrize("env_id", [ID, f"worldcache:{ID}"])
+def test_gym_make_and_time_limit(ckpt, model, env_id):
+    env = gym.make(env_id, checkpoint=ckpt, model=model, cache="none", max_episode_steps=2)
+    assert isinstance(env.unwrapped, CosmosWorldEnv) and env.unwrapped.sim.model is model  # shared, not copied
+    env.reset(seed=0)
+    assert [env.step(actions(t))[3] for t in range(2)] == [False, True]
+    assert gym.spec(ID).max_episode_steps == 12
+
+
+def test_gym_make_loads_checkpoint(ckpt):
+    env = gym.make(ID, checkpoint=str(ckpt), num_steps=2, cache="none")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (H, W, 3) and env.step(actions(0))[4]["calls"] == 2
+
+
+# --- vector env ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def predict_calls(monkeypatch):
+    calls = []
+    orig = WorldModel.predict
+
+    def counted(self, frame, acts, **kw):
+        calls.append(len(frame))
+        return orig(self, frame, acts, **kw)
+
+    monkeypatch.setattr(WorldModel, "predict", counted)
+    return calls
+
+
+def test_make_vec_picks_vector_entry_point(ckpt, model):
+    for kw in ({}, {"vectorization_mode": "vector_entry_point"}):
+        env = gym.make_vec(ID, num_envs=2, checkpoint=ckpt, model=model, **kw)
+        assert isinstance(env.unwrapped, CosmosWorldVectorEnv) and env.unwrapped.max_episode_steps == 12
+
+
+def test_vector_one_batched_call_and_autoreset(ckpt, model, predict_calls):
+    n = 3
+    env = gym.make_vec(ID, num_envs=n, checkpoint=ckpt, model=model, cache="worldcache", max_episode_steps=2,
+                       termination_fn=lambda frames, acts: bool(acts[0, 0] > 1.9))
+    assert env.single_action_space.shape == (K, A) and env.action_space.shape == (n, K, A)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (n, H, W, 3) and info["start_index"].shape == (n,)
+    a = actions(0, n)
+    a[1, 0, 0] = 2.0  # env 1 terminates at the first step
+    obs, r, term, trunc, info = env.step(a)
+    assert predict_calls == [n] and obs.shape == (n, H, W, 3) and r.shape == (n,)
+    assert term.tolist() == [False, True, False] and not trunc.any()
+    assert info["frames"].shape == (n, K, H, W, 3) and info["computed"].shape == (n, 4)
+    np.testing.assert_array_equal(info["frames"][:, -1], obs)
+    # next step: env 1 resets (its action ignored, reward 0), envs 0 and 2 are predicted in one batch of 2
+    obs, r, term, trunc, info = env.step(actions(1, n))
+    assert predict_calls == [n, 2] and r[1] == 0 and not term.any()
+    assert trunc.tolist() == [True, False, True]
+    starts = np.load(ckpt / START_FRAMES)
+    np.testing.assert_array_equal(obs[1], starts[info["start_index"][1]])
+    assert info["_start_index"].tolist() == [False, True, False] and info["_frames"].tolist() == [True, False, True]
+    obs, r, term, trunc, info = env.step(actions(2, n))  # envs 0 and 2 reset; env 1 predicted alone
+    assert predict_calls == [n, 2, 1] and not trunc.any()
+    np.testing.assert_array_equal(obs[[0, 2]], starts[info["start_index"][[0, 2]]])
+
+
+def test_vector_equals_single_envs(ckpt, model):
+    n, seed = 2, 5
+    vec = CosmosWorldVectorEnv(n, checkpoint=ckpt, model=model, cache="none")
+    singles = [make(ckpt, model) for _ in range(n)]
+    obs, info = vec.reset(seed=seed)
+    for i, env in enumerate(singles):
+        o, inf = env.reset(seed=seed + i)
+        np.testing.assert_array_equal(obs[i], o)
+        assert info["start_index"][i] == inf["start_index"]
+    for t in range(2):
+        a = actions(t, n)
+        obs, r, _, _, info = vec.step(a)
+        for i, env in enumerate(singles):
+            o, ri, _, _, inf = env.step(a[i])
+            assert info["noise_seed"][i] == inf["noise_seed"]
+            # same noise and inputs; only batched vs. unbatched floating point may differ
+            assert np.abs(obs[i].astype(int) - o).max() <= 2
+            assert r[i] == pytest.approx(ri, abs=0.05)
+
+
+def test_vector_bad_input_and_options(ckpt, model):
+    n = 2
+    vec = CosmosWorldVectorEnv(n, checkpoint=ckpt, model=model, cache="none", obs_mode="history",
+                               render_mode="rgb_array")
+    with pytest.raises(ResetNeeded):
+        vec.step(actions(0, n))
+    frames = np.stack([np.full((H, W, 3), v, np.uint8) for v in (3, 9)])
+    obs, info = vec.reset(seed=[1, 2], options={"frame": frames})
+    np.testing.assert_array_equal(obs["frame"], frames)
+    assert obs["history"].shape == (n, 4, H, W, 3) and (info["start_index"] == -1).all()
+    for bad, match in [(actions(0), r"\(2, 4, 7\)"), (np.full((n, K, A), np.nan), "NaN")]:
+        with pytest.raises(ValueError, match=match):
+            vec.step(bad)
+    with pytest.raises(ValueError, match="frame"):
+        vec.reset(options={"frame": frames[0]})
+    np.testing.assert_array_equal(vec.render(), frames)  # nothing changed
+    obs, _, _, _, info = vec.step(actions(0, n) * 3)
+    assert info["action_clipped"].all() and obs["history"].shape == (n, 4, H, W, 3)
+    vec.close()
+
+
+def test_bench_vector(ckpt, capsys):
+    res = bench_vector(num_envs=2, steps=1, checkpoint=ckpt, cache="none", num_steps=2)
+    assert res["speedup"] > 0 and "speedup" in capsys.readouterr().out
+
+
+# --- reward head --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Episodes whose reward is readable from the frame (brightness) and the action (-0.1 |a|^2), like Pusher's."""
+    path = tmp_path_factory.mktemp("data") / "eps.zarr"
+    st = EpisodeStore.create(path)
+    rng = np.random.default_rng(0)
+    for e in range(6):
+        T = 8
+        level = rng.uniform(0, 1, T + 1)
+        obs = (level[:, None, None, None] * 255 * np.ones((1, H, W, 3))).astype(np.uint8)
+        acts = rng.uniform(-2, 2, (T, A)).astype(np.float32)
+        rew = -level[1:] - 0.1 * (acts ** 2).sum(1)
+        st.write_episode(f"ep{e}", obs, acts, rew, np.zeros(T, bool), np.zeros(T, bool))
+    return path
+
+
+def test_reward_head_trains_and_round_trips(store, tmp_path):
+    out = tmp_path / "head"
+    res = train_reward_head(store, out, steps=60, batch_size=16, lr=3e-3, holdout=0.2)
+    losses = res["losses"]
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+    assert res["val_mse"] < res["val_mse_mean_baseline"]
+    head = RewardHead.load(out)
+    ep = EpisodeStore(store, mode="r").load_episode("ep0")
+    np.testing.assert_allclose(head.predict(ep["obs"][1:], ep["actions"]),
+                               res["head"].predict(ep["obs"][1:], ep["actions"]), rtol=1e-6)
+    (out / "reward_head.json").write_text("{not json")
+    with pytest.raises(ValueError, match="reward_head.json"):
+        RewardHead.load(out)
+    with pytest.raises(FileNotFoundError, match="reward_head"):
+        RewardHead.load(tmp_path)
+
+
+def test_write_start_frames(store, tmp_path):
+    frames = write_start_frames(store, tmp_path, count=4)
+    assert frames.shape == (4, H, W, 3)
+    np.testing.assert_array_equal(np.load(tmp_path / START_FRAMES), frames)
