@@ -120,14 +120,14 @@ class CosmosWorldVectorEnv(VectorEnv):
 
 
 def bench_vector(num_envs: int = 4, steps: int = 3, checkpoint: str | Path | None = None, cache: str = "worldcache",
-                 num_steps: int | None = None, seed: int = 0) -> dict:
+                 num_steps: int | None = None, seed: int = 0, device: str = "cpu") -> dict:
     """Per-env step time of `num_envs` single envs stepped one after another vs. one vector env of `num_envs`
     (one batched prediction per step), all sharing one loaded model. Prints a table; returns the numbers."""
     from worldcache.world_model import BUNDLED, WorldModel
 
     folder = Path(checkpoint) if checkpoint is not None else BUNDLED
-    model = WorldModel.from_pretrained(folder)
-    kw = dict(checkpoint=folder, cache=cache, num_steps=num_steps, model=model)
+    model = WorldModel.from_pretrained(folder, device=device)
+    kw = dict(checkpoint=folder, cache=cache, num_steps=num_steps, model=model, device=device)
     singles = [CosmosWorldEnv(**kw) for _ in range(num_envs)]
     vec = CosmosWorldVectorEnv(num_envs, max_episode_steps=None, **kw)  # no autoreset inside the timed steps
     rng = np.random.default_rng(seed)
