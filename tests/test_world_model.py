@@ -116,16 +116,19 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
                             rng.uniform(-2, 2, (t, 7)).astype(np.float32), np.zeros(t, np.float32),
                             np.zeros(t, bool), np.zeros(t, bool))
     cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), vae_steps=3, dit_steps=3,
-                      vae_batch=2, dit_batch=2, save_every=2, holdout=0.34)
+                      reward_steps=3, vae_batch=2, dit_batch=2, save_every=2, holdout=0.34)
     model = WorldModel.build(WorldModelSpec(height=32, width=40, chunk=4), **ARCH)
     trainer = Trainer(cfg, model=model)
     assert len(trainer.train_eps) == 2 and len(trainer.held_eps) == 1
     out = trainer.run()
     record = json.loads((out / "training.json").read_text())
     assert record["vae"]["steps"] == 3 and record["dit"]["steps"] == 3 and np.isfinite(record["dit"]["final_loss"])
+    assert record["reward"]["steps"] == 3 and np.isfinite(record["reward"]["val_mse"])
+    assert np.load(out / "start_frames.npy").shape == (2, 32, 40, 3)  # first frames of the training episodes
     assert torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["step"] == 3
     # resume: a longer schedule continues from the saved step instead of starting over
     cfg.dit_steps, cfg.stages = 5, ("dit",)
+    assert json.loads((out / "training.json").read_text())["vae"]["steps"] == 3  # earlier stages' record kept
     Trainer(cfg, model=WorldModel.build(WorldModelSpec(height=32, width=40, chunk=4), **ARCH)).run()
     assert len(torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["losses"]) == 5
     WorldModel.from_pretrained(out).predict(*inputs(), num_steps=2)

@@ -42,7 +42,7 @@ def _train(args) -> int:
     from .train import TrainConfig, Trainer
 
     cfg = TrainConfig(data=args.data, out=args.out, stages=tuple(args.stages), vae_steps=args.vae_steps,
-                      dit_steps=args.dit_steps, dit_batch=args.dit_batch, seed=args.seed, threads=args.threads)
+                      dit_steps=args.dit_steps, dit_batch=args.dit_batch, reward_steps=args.reward_steps, seed=args.seed, threads=args.threads)
     print(f"model written to {Trainer(cfg).run()}")
     return 0
 
@@ -118,10 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the world model (VAE, then DiT); resumable")
     t.add_argument("--data", default="data/pusher.zarr")
     t.add_argument("--out", default="runs/pusher")
-    t.add_argument("--stages", nargs="+", default=["vae", "dit"], choices=["vae", "dit"])
+    t.add_argument("--stages", nargs="+", default=["vae", "dit", "reward"], choices=["vae", "dit", "reward"])
     t.add_argument("--vae-steps", type=int, default=1500)
     t.add_argument("--dit-steps", type=int, default=3000)
     t.add_argument("--dit-batch", type=int, default=16)
+    t.add_argument("--reward-steps", type=int, default=3000)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0)
     t.set_defaults(func=_train)

@@ -1,4 +1,6 @@
-"""Training of the bundled world model: stage "vae" (Wan VAE reconstruction), then stage "dit" (flow matching).
+"""Training of the bundled world model: stage "vae" (Wan VAE reconstruction), stage "dit" (flow matching), and
+stage "reward" (the learned reward head the env uses). The export also holds `start_frames.npy`, first frames
+of training episodes, from which the env samples its starts.
 
 Resumable: every `save_every` steps the stage's state (weights, optimiser, step, RNG) goes to
 ``OUT/state_<stage>.pt``; re-running the same command continues from it. The exported checkpoint lands in
@@ -25,13 +27,14 @@ from .world_model import WorldModel, WorldModelSpec
 class TrainConfig:
     data: str
     out: str
-    stages: tuple = ("vae", "dit")
+    stages: tuple = ("vae", "dit", "reward")
     vae_steps: int = 1500
     dit_steps: int = 3000
     vae_batch: int = 8
     dit_batch: int = 16
     vae_lr: float = 1e-3
     dit_lr: float = 3e-4
+    reward_steps: int = 3000
     kl_weight: float = 1e-6
     flow_shift: float = 5.0      # training sigmas follow the sampler's shifted schedule
     holdout: float = 0.1         # fraction of episodes kept out of training (for the held-out PSNR)
@@ -202,7 +205,15 @@ class Trainer:
             self.model = WorldModel.from_pretrained(self.out / "model")
         if "dit" in self.cfg.stages:
             self.train_dit()
-        self.record["train_seconds"] = time.time() - start
         self.model.save_pretrained(self.out / "model")
+        np.save(self.out / "model" / "start_frames.npy", np.stack([ep["obs"][0] for ep in self.train_eps[:64]]))
+        if "reward" in self.cfg.stages:
+            from .reward_head import train_reward_head
+
+            res = train_reward_head(self.cfg.data, self.out / "model", steps=self.cfg.reward_steps,
+                                    holdout=self.cfg.holdout, seed=self.cfg.seed)
+            self.record["reward"] = {"steps": self.cfg.reward_steps, "final_loss": float(np.mean(res["losses"][-50:])),
+                                     "val_mse": res["val_mse"], "val_mse_mean_baseline": res["val_mse_mean_baseline"]}
+        self.record["train_seconds"] = self.record.get("train_seconds", 0.0) + time.time() - start
         (self.out / "model" / "training.json").write_text(json.dumps(self.record, indent=2) + "\n")
         return self.out / "model"
