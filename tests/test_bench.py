@@ -1,0 +1,80 @@
+"""Benchmark and policy-evaluation fidelity on a tiny random checkpoint: they run end to end, the JSON has the
+documented keys with finite numbers, the figures are written, and the fidelity result has its correlation keys.
+Nothing here checks timings or quality values (a random model on a shared machine)."""
+import json
+import math
+
+import pytest
+import torch
+
+from worldcache import bench, fidelity
+from worldcache.bench import METRICS, bench_configs, run_bench
+from worldcache.fidelity import evaluate_policies, parse_policy
+from worldcache.world_model import WorldModel, WorldModelSpec
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench_ckpt")
+    model = WorldModel.build(WorldModelSpec(), hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8)
+    with torch.no_grad():  # the action embedder starts as a no-op; give it weight so actions matter
+        for p in model.dit.cond_embedder.parameters():
+            p.normal_(0, 0.2)
+    model.save_pretrained(path)
+    from worldcache.reward_head import RewardHead
+
+    RewardHead().save(path)  # untrained: fidelity only needs a head to run
+    return path
+
+
+def test_default_grid_covers_every_policy_and_the_ablation():
+    configs = bench_configs()
+    names = {c.policy for c in configs}
+    assert names == {"none", "worldcache", "dicache", "fora", "teacache", "easycache", "fbcache", "fastercache",
+                     "magcache", "taylorseer"}
+    assert sum(c.policy == "worldcache" and c.group == "policy" for c in configs) == 3
+    assert sorted(c.label for c in configs if c.group == "ablation") == [
+        "worldcache -blend", "worldcache -motion_adaptive", "worldcache -phase_aware", "worldcache -saliency",
+        "worldcache -warp"]
+    for c in configs:  # every configuration builds (validated settings)
+        c.build().detach()
+    assert [c.label for c in bench_configs(["worldcache"], ablation=False, grid=False)] == ["worldcache"]
+
+
+def test_run_bench_writes_json_and_figures(tiny_ckpt, tmp_path):
+    out = tmp_path / "bench.json"
+    res = run_bench(tiny_ckpt, policies=["none", "worldcache"], episodes=1, chunks=1, num_steps=4, ablation=False,
+                    grid=False, json_out=out, verbose=False)
+    data = json.loads(out.read_text())
+    assert [r["policy"] for r in data["rows"]] == ["none", "worldcache"]
+    for row in data["rows"]:
+        assert {"policy", "config"} <= set(row) and set(METRICS) <= set(row)
+        for k in ("denoising_speedup", "env_step_speedup", "computed_fraction", "overhead_ms", "psnr", "ssim",
+                  "psnr_retention", "ssim_retention", "ssim_vs_uncached"):
+            assert isinstance(row[k], float) and math.isfinite(row[k]), (row["policy"], k, row[k])
+        assert 0 <= row["computed_fraction"] <= 1
+    wc = data["rows"][1]
+    assert wc["config"]["threshold"] == pytest.approx(0.08) and wc["config"]["warp"] is True
+    # "none" re-runs the reference: identical frames (PSNR infinite -> null), retention exactly 1
+    none = data["rows"][0]
+    assert none["psnr_vs_uncached"] is None and none["psnr_retention"] == 1.0
+    assert set(data["machine"]) >= {"cpu", "threads", "torch", "device", "date"}
+    for f in ("bench_pareto.png", "bench_strip.png", "bench_strip.gif"):
+        assert (tmp_path / f).stat().st_size > 0
+    assert res["rows"][1]["label"] == "worldcache"
+    assert bench.markdown_table(res).splitlines()[1].startswith("| worldcache |")
+
+
+def test_evaluate_policies_returns_correlations(tiny_ckpt):
+    assert parse_policy("scripted:0.3") == ("scripted", 0.3, "scripted noise=0.3")
+    res = evaluate_policies(tiny_ckpt, episodes=1, steps=8, policies=["scripted:0", "random"], num_steps=3,
+                            cache=("none", "worldcache"), verbose=False)
+    assert [p["policy"] for p in res["policies"]] == ["scripted noise=0", "random"]
+    for key in ("spearman", "spearman_all", "same_ranking"):
+        assert set(res[key]) == {"none", "worldcache"}
+    assert res["same_ranking"]["none"] is True
+    for p in res["policies"]:
+        assert math.isfinite(p["real_return"]) and all(math.isfinite(v) for v in p["wm_return"].values())
+    assert len(fidelity.markdown_table(res).splitlines()) == 4
+    with pytest.raises(ValueError, match="multiple"):
+        evaluate_policies(tiny_ckpt, episodes=1, steps=5, policies=["random"], verbose=False)
