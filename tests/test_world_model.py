@@ -124,7 +124,7 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
     record = json.loads((out / "training.json").read_text())
     assert record["vae"]["steps"] == 3 and record["dit"]["steps"] == 3 and np.isfinite(record["dit"]["final_loss"])
     assert record["reward"]["steps"] == 3 and np.isfinite(record["reward"]["val_mse"])
-    assert np.load(out / "start_frames.npy").shape == (2, 32, 40, 3)  # first frames of the training episodes
+    assert np.load(out / "start_frames.npy").shape == (3, 32, 40, 3)  # the episodes' reset frames
     assert torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["step"] == 3
     # resume: a longer schedule continues from the saved step instead of starting over
     cfg.dit_steps, cfg.stages = 5, ("dit",)

@@ -95,6 +95,24 @@ def _bench_split(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from .bench import run_bench
+
+    run_bench(args.checkpoint, policies=args.policies, episodes=args.episodes, chunks=args.chunks,
+              num_steps=args.steps, ablation=not args.no_ablation, grid=not args.no_grid,
+              json_out=args.json, seed=args.seed, repeats=args.repeats, device=args.device)
+    return 0
+
+
+def _evaluate_policies(args) -> int:
+    from .fidelity import evaluate_policies
+
+    evaluate_policies(args.checkpoint, episodes=args.episodes, steps=args.steps, policies=args.policies,
+                      seed=args.seed, cache=tuple(args.cache), num_steps=args.denoise_steps,
+                      device=args.device, json_out=args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="worldcache", description="Training-free caching for video world models.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -146,6 +164,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--repeats", type=int, default=3)
     b.set_defaults(func=_bench_split)
+
+    bn = sub.add_parser("bench", help="speed/quality of every cache policy on held-out Pusher episodes")
+    bn.add_argument("--checkpoint", default=None)
+    bn.add_argument("--policies", nargs="*", default=None,
+                    help="policy names (each at its small grid) or YAML files; default: all policies")
+    bn.add_argument("--episodes", type=int, default=10)
+    bn.add_argument("--chunks", type=int, default=2)
+    bn.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    bn.add_argument("--no-ablation", action="store_true")
+    bn.add_argument("--no-grid", action="store_true", help="named policies at their default config only")
+    bn.add_argument("--repeats", type=int, default=1, help="time each rollout N times, keep the fastest")
+    bn.add_argument("--json", default=None, help="write JSON here; the figures go next to it")
+    bn.add_argument("--seed", type=int, default=0)
+    bn.add_argument("--device", default="cpu")
+    bn.set_defaults(func=_bench)
+
+    ep = sub.add_parser("evaluate-policies", help="rank control policies by real vs. world-model return")
+    ep.add_argument("--checkpoint", default=None)
+    ep.add_argument("--episodes", type=int, default=5)
+    ep.add_argument("--steps", type=int, default=48, help="env steps per episode (multiple of the chunk)")
+    ep.add_argument("--policies", nargs="*",
+                    default=["scripted:0", "scripted:0.3", "scripted:0.6", "scripted:1.0", "random"])
+    ep.add_argument("--cache", nargs="*", default=["none", "worldcache"])
+    ep.add_argument("--denoise-steps", type=int, default=None)
+    ep.add_argument("--seed", type=int, default=0)
+    ep.add_argument("--device", default="cpu")
+    ep.add_argument("--json", default=None)
+    ep.set_defaults(func=_evaluate_policies)
     return p
 
 

@@ -1,6 +1,6 @@
 """Training of the bundled world model: stage "vae" (Wan VAE reconstruction), stage "dit" (flow matching), and
-stage "reward" (the learned reward head the env uses). The export also holds `start_frames.npy`, first frames
-of training episodes, from which the env samples its starts.
+stage "reward" (the learned reward head the env uses). The export also holds `start_frames.npy`, reset frames
+of the data's episodes, from which the env samples its starts.
 
 Resumable: every `save_every` steps the stage's state (weights, optimiser, step, RNG) goes to
 ``OUT/state_<stage>.pt``; re-running the same command continues from it. The exported checkpoint lands in
@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .cache.base import CallRecord, NoCache
+from .envs.cosmos_env import write_start_frames
 from .world_model import WorldModel, WorldModelSpec
 
 
@@ -206,7 +207,7 @@ class Trainer:
         if "dit" in self.cfg.stages:
             self.train_dit()
         self.model.save_pretrained(self.out / "model")
-        np.save(self.out / "model" / "start_frames.npy", np.stack([ep["obs"][0] for ep in self.train_eps[:64]]))
+        write_start_frames(self.cfg.data, self.out / "model")
         if "reward" in self.cfg.stages:
             from .reward_head import train_reward_head
 
