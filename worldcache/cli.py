@@ -113,6 +113,14 @@ def _evaluate_policies(args) -> int:
     return 0
 
 
+def _bench_vec(args) -> int:
+    from .envs.vector_env import bench_vector
+
+    bench_vector(args.num_envs, args.steps, args.checkpoint, args.cache, num_steps=args.num_steps,
+                 device=args.device)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="worldcache", description="Training-free caching for video world models.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -192,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--device", default="cpu")
     ep.add_argument("--json", default=None)
     ep.set_defaults(func=_evaluate_policies)
+
+    v = sub.add_parser("bench-vec", help="per-env step time: N single envs in turn vs. one batched vector env")
+    v.add_argument("--num-envs", type=int, default=4)
+    v.add_argument("--steps", type=int, default=3, help="timed env steps (chunks), after one warm-up step")
+    v.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")
+    v.add_argument("--cache", default="worldcache")
+    v.add_argument("--num-steps", type=int, default=None, help="denoising steps (default: the model's)")
+    v.add_argument("--device", default="cpu")
+    v.set_defaults(func=_bench_vec)
     return p
 
 
