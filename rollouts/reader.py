@@ -1,0 +1,167 @@
+"""Reading rollout stores: episodes as numpy, a torch Dataset of (frames, actions) windows, and `inspect_store`
+(summary numbers + cache-statistics plots). The layout is described in `rollouts.runner`."""
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .store import EpisodeStore
+
+
+def open_store(path: str | Path) -> EpisodeStore:
+    """The store, read-only: ``store.episode_ids()``, ``store[id]`` -> dict of numpy arrays + ``"attrs"``,
+    ``store.episode_array(id, name)`` (lazy zarr), ``store.attrs["rollout"]`` (model, cache, env, policy, seeds)."""
+    return EpisodeStore(path, mode="r")
+
+
+def chunk_shape(store: EpisodeStore) -> tuple[int, int]:
+    """(chunk, A): the shape one stored action row (chunk * A) unflattens to."""
+    chunk, dim = store.attrs["rollout"]["env"]["action_shape"]
+    return int(chunk), int(dim)
+
+
+def episode_video(ep: dict, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """An episode dict with ``frames`` -> every frame (1 + T * chunk, H, W, 3) (the reset frame first) and the
+    per-frame actions (T * chunk, A): action j leads from frame j to frame j + 1."""
+    T = ep["actions"].shape[0]
+    video = np.concatenate([ep["obs"][:1], ep["frames"].reshape(-1, *ep["obs"].shape[1:])])
+    return video, ep["actions"].reshape(T * chunk, -1)
+
+
+class WindowDataset(Dataset):
+    """(frames, actions) windows over the episodes of a rollout store.
+
+    With chunk frames stored (``frames``): per-frame windows, frames uint8 (window + 1, H, W, 3) and actions
+    float32 (window, A); without them: per env step, obs (window + 1, H, W, 3) and flattened chunk actions
+    (window, chunk * A). Action k of a window leads from its frame k to frame k + 1. Windows start every
+    `stride` (default `window`) frames/steps and lie inside one episode. Episodes are read lazily (a few kept in
+    memory), so it works with DataLoader workers."""
+
+    def __init__(self, path: str | Path, window: int = 8, stride: int | None = None, episodes: list[str] | None = None,
+                 cached_episodes: int = 4):
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.path, self.window, self.stride = str(path), int(window), int(stride or window)
+        store = open_store(path)
+        self.chunk = chunk_shape(store)[0]
+        ids = store.episode_ids() if episodes is None else list(episodes)
+        self.per_frame = bool(ids) and "frames" in store.load_episode(ids[0], keys=[])["attrs"]["extras"]
+        self.index = []  # (episode id, start)
+        for eid in ids:
+            n = store.load_episode(eid, keys=[])["attrs"]["num_steps"] * (self.chunk if self.per_frame else 1)
+            self.index += [(eid, s) for s in range(0, n - self.window + 1, self.stride)]
+        self._store, self._cache, self._max = None, OrderedDict(), cached_episodes
+
+    def _episode(self, eid: str) -> tuple[np.ndarray, np.ndarray]:
+        if eid not in self._cache:
+            if self._store is None:  # opened per process: DataLoader workers do not share zarr handles
+                self._store = open_store(self.path)
+            keys = ["obs", "actions", "frames"] if self.per_frame else ["obs", "actions"]
+            ep = self._store.load_episode(eid, keys=keys)
+            self._cache[eid] = episode_video(ep, self.chunk) if self.per_frame else (ep["obs"], ep["actions"])
+            if len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        return self._cache[eid]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        eid, s = self.index[i]
+        frames, actions = self._episode(eid)
+        return (torch.from_numpy(frames[s:s + self.window + 1].copy()),
+                torch.from_numpy(actions[s:s + self.window].astype(np.float32)))
+
+
+def _stats(store: EpisodeStore, ids: list[str]) -> dict[str, list[np.ndarray]]:
+    keys = ["cache/computed", "cache/drift", "cache/threshold", "model_ms", "denoise_ms"]
+    eps = [store.load_episode(e, keys=keys) for e in ids]
+    return {k: [ep[k] for ep in eps] for k in keys}
+
+
+def _padded_mean(arrays: list[np.ndarray]) -> np.ndarray:
+    """Mean over episodes of (T_e, n) arrays, step by step (episodes may differ in length)."""
+    out = np.full((len(arrays), max(a.shape[0] for a in arrays), arrays[0].shape[1]), np.nan)
+    for i, a in enumerate(arrays):
+        out[i, :a.shape[0]] = a
+    return np.nanmean(out, axis=0)
+
+
+def inspect_store(path: str | Path, plots_dir: str | Path | None = None, episode: str | None = None) -> dict:
+    """Print a summary of a rollout store and, with `plots_dir`, save ``skip_heatmap.png`` (skip rate per env step
+    x denoising call, averaged over episodes or for `episode`) and ``drift_threshold.png`` (drift vs threshold
+    per denoising call: mean and 10-90 % band over all steps). Returns the numbers.
+
+    speedup_estimate = model calls / computed calls: the DiT-loop speedup if a skipped call cost nothing and every
+    computed call the same. An upper bound: probing blocks, embed/head and the VAE still run on skipped calls."""
+    store = open_store(path)
+    ids = store.episode_ids()
+    if not ids:
+        raise ValueError(f"{path}: no complete episodes")
+    st = _stats(store, ids)
+    comp = np.concatenate(st["cache/computed"])
+    res = {"episodes": len(ids), "steps": int(comp.shape[0]), "calls_per_step": int(comp.shape[1]),
+           "mean_skip_rate": float(1 - comp.mean()), "speedup_estimate": float(comp.size / max(comp.sum(), 1)),
+           "mean_model_ms": float(np.concatenate(st["model_ms"]).mean()),
+           "mean_denoise_ms": float(np.concatenate(st["denoise_ms"]).mean())}
+    ro = store.attrs.get("rollout", {})
+    print(f"{path}: {res['episodes']} episodes, {res['steps']} steps, {res['calls_per_step']} model calls per step; "
+          f"cache {ro.get('cache', {}).get('policy', '?')}, policy {ro.get('policy', '?')}, "
+          f"model {str(ro.get('model_sha256', '?'))[:12]}")
+    print(f"  mean skip rate {res['mean_skip_rate']:.3f}; speedup estimate {res['speedup_estimate']:.2f}x "
+          f"(calls / computed calls: skipped calls assumed free); mean model_ms {res['mean_model_ms']:.1f} "
+          f"(denoise {res['mean_denoise_ms']:.1f}) per batched prediction")
+    if plots_dir is not None:
+        res["plots"] = _plots(st if episode is None else _stats(store, [episode]), Path(plots_dir),
+                              episode or f"mean of {len(ids)} episodes")
+        print(f"  plots: {', '.join(res['plots'])}")
+    return res
+
+
+def _plots(st: dict, out: Path, label: str) -> list[str]:
+    from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
+    from matplotlib.ticker import MaxNLocator
+
+    out.mkdir(parents=True, exist_ok=True)
+    skip = 1 - _padded_mean([c.astype(np.float32) for c in st["cache/computed"]])  # (T, calls)
+    fig = Figure(figsize=(6, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(skip, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    ax.set(xlabel="denoising call", ylabel="env step", title=f"skip rate ({label})")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.colorbar(im, ax=ax, label="skipped")
+    heat = out / "skip_heatmap.png"
+    fig.savefig(heat, dpi=100)
+
+    drift, thr = np.concatenate(st["cache/drift"]), np.concatenate(st["cache/threshold"])
+    calls = np.arange(drift.shape[1])
+    fig = Figure(figsize=(6, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    if np.isfinite(drift).any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN calls: warm-up calls measure no drift
+            ax.fill_between(calls, np.nanpercentile(drift, 10, axis=0), np.nanpercentile(drift, 90, axis=0),
+                            alpha=0.3, label="drift 10-90 %")
+            ax.plot(calls, np.nanmean(drift, axis=0), marker="o", label="drift (mean)")
+            ax.plot(calls, np.nanmean(thr, axis=0), ls="--", marker="x", color="k", label="threshold (mean)")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "drift not measured by this cache policy", ha="center", transform=ax.transAxes)
+    ax.set(xlabel="denoising call", ylabel="accumulated drift", title=f"drift vs threshold ({label})")
+    dt = out / "drift_threshold.png"
+    fig.savefig(dt, dpi=100)
+    return [str(heat), str(dt)]
+
+
+def inspect_main(store: str, plots: str | None = None) -> int:
+    """`worldcache inspect STORE [--plots DIR]`."""
+    inspect_store(store, plots_dir=plots)
+    return 0
+
+
+__all__ = ["WindowDataset", "chunk_shape", "episode_video", "inspect_main", "inspect_store", "open_store"]
