@@ -1,0 +1,201 @@
+"""Ray rollouts into the Zarr store: layout, crash recovery, resume, reading, inspection, policies.
+
+One in-process Ray cluster (2 CPUs) for the module; a tiny random model (16x24 frames, 4 actions per chunk,
+4 denoising steps) keeps every prediction at a few tens of milliseconds, so actor start-up dominates."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import ray
+import torch
+from gymnasium import spaces
+
+from worldcache.envs.cosmos_env import START_FRAMES
+from worldcache.reward_head import RewardHead, RewardHeadConfig
+from worldcache.rollouts import (POLICIES, RolloutConfig, WindowDataset, bench_rollouts, episode_id,
+                                 inspect_store, make_policy, open_store, run_rollouts)
+from worldcache.rollouts.runner import model_sha256
+from worldcache.world_model import WorldModel, WorldModelSpec
+
+H, W, K, A = 16, 24, 4, 7
+STEPS, CALLS = 2, 4  # env steps per episode, denoising steps (= model calls, no guidance) per step
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    # workers import the test policies below as "test_rollouts:..." (pytest puts tests/ on the driver's path only)
+    ray.init(num_cpus=2, include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt")
+    spec = WorldModelSpec(height=H, width=W, chunk=K, num_steps=CALLS)
+    WorldModel.build(spec, hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8).save_pretrained(path)
+    np.save(path / START_FRAMES, np.random.default_rng(0).integers(0, 256, (5, H, W, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    RewardHead(RewardHeadConfig(height=H, width=W, action_dim=A)).save(path)
+    return path
+
+
+def config(ckpt, out, **kw):
+    return {"checkpoint": str(ckpt), "out": str(out), "num_steps": CALLS, "steps": STEPS, "episodes": 5,
+            "workers": 2, "num_envs": 2, "num_cpus": 1, "policy": "random", "cache": "worldcache", **kw}
+
+
+@pytest.fixture(scope="module")
+def store_run(ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("roll") / "store.zarr"
+    summary = run_rollouts(config(ckpt, out), progress=False)
+    return out, summary
+
+
+class CrashOnce:
+    """Random actions, but the process dies (os._exit) on its second step the first time any worker runs it."""
+
+    def __init__(self, marker: str):
+        self.marker, self.calls = marker, 0
+
+    def __call__(self, obs, rng):
+        self.calls += 1
+        if self.calls == 2 and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os._exit(1)  # mid-episode: the first step is done, nothing of this batch is written
+        return rng.uniform(-1, 1, (len(obs), K, A)).astype(np.float32)
+
+
+def half_policy(obs, rng):
+    return np.full((len(obs), K, A), 0.5, np.float32)
+
+
+def groups(out):
+    """Every episode group on disk, complete or not."""
+    return sorted(d.name for d in (out / "episodes").iterdir() if d.is_dir())
+
+
+# --- runner -------------------------------------------------------------------------------------------------
+def test_layout(ckpt, store_run):
+    out, summary = store_run
+    assert summary["episodes_written"] == 5 and summary["episodes_skipped"] == 0 and summary["workers"] == 2
+    assert summary["steps"] == 5 * STEPS and 0 <= summary["mean_skip_rate"] <= 1 and 0 < summary["write_share"] < 1
+    store = open_store(out)
+    assert store.episode_ids() == [episode_id(i, 0) for i in range(5)]
+    ro = store.attrs["rollout"]
+    assert ro["model_sha256"] == model_sha256(ckpt) and ro["cache"]["policy"] == "worldcache"
+    assert ro["env"]["action_shape"] == [K, A] and ro["policy"] == "random" and ro["seed"] == 0
+    want = {"obs": ((STEPS + 1, H, W, 3), np.uint8), "actions": ((STEPS, K * A), np.float32),
+            "rewards": ((STEPS,), np.float32), "terminated": ((STEPS,), bool), "truncated": ((STEPS,), bool),
+            "frames": ((STEPS, K, H, W, 3), np.uint8), "cache/computed": ((STEPS, CALLS), bool),
+            "cache/drift": ((STEPS, CALLS), np.float32), "cache/threshold": ((STEPS, CALLS), np.float32),
+            "cache/motion": ((STEPS, CALLS), np.float32), "model_ms": ((STEPS,), np.float32),
+            "denoise_ms": ((STEPS,), np.float32), "noise_seed": ((STEPS,), np.int64)}
+    seeds = set()
+    for eid in store.episode_ids():
+        ep = store[eid]
+        assert {k: (v.shape, v.dtype) for k, v in ep.items() if k != "attrs"} == want
+        assert ep["truncated"][-1] and not ep["terminated"].any()
+        assert (ep["obs"][1:] == ep["frames"][:, -1]).all()  # obs: the last frame of each chunk
+        assert np.abs(ep["actions"]).max() <= 2 and (ep["model_ms"] > 0).all() and ep["rewards"].std() > 0
+        seeds.add(ep["attrs"]["seed"])
+    assert len(seeds) == 5
+
+
+def test_resume_writes_only_missing(ckpt, store_run, tmp_path):
+    out = tmp_path / "resume.zarr"
+    shutil.copytree(store_run[0], out)
+    before = {e: os.path.getmtime(out / "episodes" / e / "zarr.json") for e in open_store(out).episode_ids()}
+    old = open_store(out)[episode_id(2, 0)]
+    summary = run_rollouts(config(ckpt, out), episodes=7, progress=False)
+    assert summary["episodes_written"] == 2 and summary["episodes_skipped"] == 5
+    store = open_store(out)
+    assert store.episode_ids() == [episode_id(i, 0) for i in range(7)]
+    assert groups(out) == store.episode_ids()  # no duplicates, no leftovers
+    assert {e: os.path.getmtime(out / "episodes" / e / "zarr.json") for e in before} == before
+    new = store[episode_id(2, 0)]
+    assert all(np.array_equal(old[k], new[k], equal_nan=True) for k in old if k != "attrs")
+    assert run_rollouts(config(ckpt, out), episodes=7, progress=False)["episodes_written"] == 0  # nothing to do
+
+
+def test_store_with_other_settings_is_refused(ckpt, store_run, tmp_path):
+    out = tmp_path / "other.zarr"
+    shutil.copytree(store_run[0], out)
+    with pytest.raises(ValueError, match="num_steps|env"):
+        run_rollouts(config(ckpt, out, num_steps=CALLS + 1), progress=False)
+    with pytest.raises(ValueError, match="bogus"):
+        RolloutConfig.load({"bogus": 1})
+
+
+def test_worker_crash_mid_episode(ckpt, tmp_path):
+    marker, out = tmp_path / "died", tmp_path / "fault.zarr"
+    cfg = config(ckpt, out, episodes=4, policy="test_rollouts:CrashOnce", policy_kwargs={"marker": str(marker)})
+    summary = run_rollouts(cfg, progress=False)
+    assert marker.exists()  # a worker did die
+    assert summary["episodes_written"] == 4
+    store = open_store(out)
+    ids = [episode_id(i, 0) for i in range(4)]
+    assert store.episode_ids() == ids and groups(out) == ids  # once each, none partial
+    assert all(store[e]["attrs"]["complete"] and store[e]["actions"].shape == (STEPS, K * A) for e in ids)
+
+
+# --- reading ------------------------------------------------------------------------------------------------
+def test_window_dataset(store_run):
+    ds = WindowDataset(store_run[0], window=3, stride=2)
+    per_ep = len(range(0, STEPS * K - 3 + 1, 2))
+    assert len(ds) == 5 * per_ep
+    frames, actions = ds[len(ds) - 1]
+    assert frames.shape == (4, H, W, 3) and frames.dtype == torch.uint8
+    assert actions.shape == (3, A) and actions.dtype == torch.float32
+    ep = open_store(store_run[0])[episode_id(0, 0)]
+    f0, a0 = ds[1]  # episode 0, start 2: frames 2..5 = chunk 0 frames 1..3 and chunk 1 frame 0
+    assert (f0[0].numpy() == ep["frames"][0, 1]).all() and (f0[-1].numpy() == ep["frames"][1, 0]).all()
+    assert np.allclose(a0.numpy(), ep["actions"].reshape(-1, A)[2:5])
+    loader = torch.utils.data.DataLoader(ds, batch_size=4)
+    assert next(iter(loader))[0].shape == (4, 4, H, W, 3)
+
+
+def test_inspect(store_run, tmp_path, capsys):
+    res = inspect_store(store_run[0], plots_dir=tmp_path / "plots")
+    assert res["episodes"] == 5 and res["steps"] == 5 * STEPS and res["calls_per_step"] == CALLS
+    assert res["speedup_estimate"] >= 1 and res["mean_model_ms"] > 0
+    for p in res["plots"]:
+        assert os.path.getsize(p) > 1000 and p.endswith(".png")
+    assert "mean skip rate" in capsys.readouterr().out
+
+
+def test_bench_rollouts(ckpt, tmp_path, capsys):
+    rows = bench_rollouts(config(ckpt, tmp_path / "unused"), episodes=2, workers=(1, 2), out_dir=str(tmp_path),
+                          num_envs=1)
+    assert [r["workers"] for r in rows] == [1, 2] and all(r["episodes_written"] == 2 for r in rows)
+    assert "zarr write %" in capsys.readouterr().out
+
+
+# --- policies -----------------------------------------------------------------------------------------------
+SPACE = spaces.Box(-2.0, 2.0, (K, A), np.float32)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_registered_policies(name):
+    pol, rng = make_policy(name, SPACE), np.random.default_rng(0)
+    if hasattr(pol, "reset"):
+        pol.reset(3, rng)
+    a = np.stack([pol(np.zeros((3, H, W, 3), np.uint8), rng) for _ in range(2)])
+    assert a.shape == (2, 3, K, A) and a.dtype == np.float32 and np.abs(a).max() <= 2
+    if name == "sinusoid":  # smooth: consecutive actions differ far less than random ones
+        assert np.abs(np.diff(a.transpose(1, 0, 2, 3).reshape(3, 2 * K, A), axis=1)).max() < 1.0
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_import_and_torch_policies(tmp_path):
+    obs, rng = np.zeros((2, H, W, 3), np.uint8), np.random.default_rng(0)
+    assert (make_policy("test_rollouts:half_policy", SPACE)(obs, rng) == 0.5).all()
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(H * W * 3, K * A))
+    torch.jit.script(net).save(str(tmp_path / "p.pt"))
+    torch.save(net, tmp_path / "p.pth")
+    for f in ("p.pt", "p.pth"):
+        assert make_policy(str(tmp_path / f), SPACE)(obs, rng).shape == (2, K, A)
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("nope", SPACE)
