@@ -121,6 +121,26 @@ def _bench_vec(args) -> int:
     return 0
 
 
+def _rollout(args) -> int:
+    from .rollouts.runner import rollout_main
+
+    return rollout_main(args.config, out=args.out, episodes=args.episodes, workers=args.workers)
+
+
+def _inspect(args) -> int:
+    from .rollouts.reader import inspect_main
+
+    return inspect_main(args.store, plots=args.plots)
+
+
+def _bench_rollouts(args) -> int:
+    from .rollouts.runner import bench_rollouts
+
+    over = {"num_cpus": args.num_cpus} if args.num_cpus else {}
+    bench_rollouts(args.config, episodes=args.episodes, workers=tuple(args.workers), out_dir=args.out_dir, **over)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="worldcache", description="Training-free caching for video world models.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -209,6 +229,26 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--num-steps", type=int, default=None, help="denoising steps (default: the model's)")
     v.add_argument("--device", default="cpu")
     v.set_defaults(func=_bench_vec)
+
+    r = sub.add_parser("rollout", help="Ray rollouts of the world-model env into a Zarr store (resumable)")
+    r.add_argument("config", help="YAML path or name under configs/ (e.g. rollout_smoke)")
+    r.add_argument("--out", default=None, help="store path (default: the config's)")
+    r.add_argument("--episodes", type=int, default=None)
+    r.add_argument("--workers", type=int, default=None)
+    r.set_defaults(func=_rollout)
+
+    i = sub.add_parser("inspect", help="summary and cache-statistics plots of a rollout store")
+    i.add_argument("store")
+    i.add_argument("--plots", default=None, help="folder for the PNGs")
+    i.set_defaults(func=_inspect)
+
+    br = sub.add_parser("bench-rollouts", help="episodes/s with 1 vs 2 workers and the Zarr write share")
+    br.add_argument("config", nargs="?", default="rollout_smoke")
+    br.add_argument("--episodes", type=int, default=None)
+    br.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    br.add_argument("--num-cpus", type=float, default=None, help="per worker (1 lets 2 workers fit on 2 cores)")
+    br.add_argument("--out-dir", default="runs/bench")
+    br.set_defaults(func=_bench_rollouts)
     return p
 
 
@@ -218,12 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from .cache import ConfigError
-
     try:
-        return args.func(args)
-    except ConfigError as e:
-        print(f"worldcache: config error: {e}", file=sys.stderr)
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: say what, no traceback
+        print(f"worldcache {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 
