@@ -159,6 +159,16 @@ class WorldSim:
         self.policy.detach()  # hook-based policies attach to the (possibly shared) model
 
 
+def check_view_args(obs_mode: str, history: int, render_mode: str | None, render_modes: list[str]) -> None:
+    """The observation/render arguments single and vector env share."""
+    if obs_mode not in OBS_MODES:
+        raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+    if render_mode not in (None, *render_modes):
+        raise ValueError(f"render_mode must be None or one of {render_modes}, got {render_mode!r}")
+    if int(history) < 1:
+        raise ValueError(f"history must be >= 1, got {history}")
+
+
 class CosmosWorldEnv(gym.Env):
     """The world model as an environment. One step = one chunk of actions = one prediction of `chunk` frames.
 
@@ -185,12 +195,7 @@ class CosmosWorldEnv(gym.Env):
                  device: str = "cpu", num_steps: int | None = None, chunk: int | None = None,
                  reward_fn: Callable | None = None, termination_fn: Callable | None = None, obs_mode: str = "frame",
                  history: int = 4, render_mode: str | None = None, model=None, stats: bool = True):
-        if obs_mode not in OBS_MODES:
-            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
-        if int(history) < 1:
-            raise ValueError(f"history must be >= 1, got {history}")
+        check_view_args(obs_mode, history, render_mode, self.metadata["render_modes"])
         self.sim = WorldSim(checkpoint, cache, cache_config, device, num_steps, chunk, reward_fn, termination_fn,
                             model, stats)
         self.obs_mode, self.history, self.render_mode = obs_mode, int(history), render_mode

@@ -23,7 +23,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from .cosmos_env import OBS_MODES, SEED_HIGH, CosmosWorldEnv, WorldSim
+from .cosmos_env import SEED_HIGH, CosmosWorldEnv, WorldSim, check_view_args
 
 
 class CosmosWorldVectorEnv(VectorEnv):
@@ -36,12 +36,7 @@ class CosmosWorldVectorEnv(VectorEnv):
                  render_mode: str | None = None, model=None, stats: bool = True):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        if obs_mode not in OBS_MODES:
-            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
-        if int(history) < 1:
-            raise ValueError(f"history must be >= 1, got {history}")
+        check_view_args(obs_mode, history, render_mode, self.metadata["render_modes"])
         self.sim = WorldSim(checkpoint, cache, cache_config, device, num_steps, chunk, reward_fn, termination_fn,
                             model, stats)
         self.num_envs, self.max_episode_steps = num_envs, max_episode_steps

@@ -85,3 +85,8 @@ def rel_l1(a: torch.Tensor, b: torch.Tensor) -> float:
 def in_warmup(call: CallRecord, ret_ratio: float) -> bool:
     """The first ``ret_ratio * N`` steps always compute (layout forms there)."""
     return call.step < int(round(ret_ratio * call.num_steps))
+
+
+def may_skip(call: CallRecord, ret_ratio: float, force_last_step: bool) -> bool:
+    """Whether this call is in the window where a policy may skip: after warm-up, and not a forced final step."""
+    return not in_warmup(call, ret_ratio) and not (force_last_step and call.step == call.num_steps - 1)

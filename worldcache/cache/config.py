@@ -31,6 +31,10 @@ class PolicyConfig:
             v = getattr(self, k)
             self.require(k, v is not None and math.isfinite(v) and v >= 0, "must be a finite number >= 0")
 
+    def check_warmup(self) -> None:
+        self.require("ret_ratio", 0 <= self.ret_ratio < 1,
+                     "warm-up must be shorter than the schedule (0 <= ret_ratio < 1)")
+
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 

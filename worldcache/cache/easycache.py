@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from . import register
-from .base import CachePolicy, CallRecord, in_warmup, rel_l1
+from .base import CachePolicy, CallRecord, may_skip, rel_l1
 from .config import PolicyConfig
 
 
@@ -24,8 +24,7 @@ class EasyCacheConfig(PolicyConfig):
 
     def check(self) -> None:
         self.nonneg("threshold")
-        self.require("ret_ratio", 0 <= self.ret_ratio < 1,
-                     "warm-up must be shorter than the schedule (0 <= ret_ratio < 1)")
+        self.check_warmup()
 
 
 @register
@@ -36,8 +35,7 @@ class EasyCache(CachePolicy):
     def run_stack(self, stack, call: CallRecord) -> torch.Tensor:
         cfg, st, x = self.config, self.state(call.branch), stack.x
         skip = False
-        if "k" in st and not in_warmup(call, cfg.ret_ratio) and not (
-                cfg.force_last_step and call.step == call.num_steps - 1):
+        if "k" in st and may_skip(call, cfg.ret_ratio, cfg.force_last_step):
             acc = st["acc"] + st["k"] * rel_l1(x, st["x_prev"])
             call.drift, call.threshold = acc, cfg.threshold
             skip = acc < cfg.threshold

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import register
-from .base import CachePolicy, CallRecord, in_warmup, rel_l1
+from .base import CachePolicy, CallRecord, may_skip, rel_l1
 from .config import PolicyConfig
 
 
@@ -25,8 +25,7 @@ class TeaCacheConfig(PolicyConfig):
 
     def check(self) -> None:
         self.nonneg("threshold")
-        self.require("ret_ratio", 0 <= self.ret_ratio < 1,
-                     "warm-up must be shorter than the schedule (0 <= ret_ratio < 1)")
+        self.check_warmup()
         self.require("coefficients", isinstance(self.coefficients, (list, tuple)) and len(self.coefficients) > 0
                      and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in self.coefficients),
                      "must be a non-empty list of numbers (highest power first)")
@@ -41,8 +40,7 @@ class TeaCache(CachePolicy):
         cfg, st, x = self.config, self.state(call.branch), stack.x
         mod = stack.modulated_input()
         skip = False
-        if "residual" in st and not in_warmup(call, cfg.ret_ratio) and not (
-                cfg.force_last_step and call.step == call.num_steps - 1):
+        if "residual" in st and may_skip(call, cfg.ret_ratio, cfg.force_last_step):
             acc = st["acc"] + float(np.polyval(cfg.coefficients, rel_l1(mod, st["mod_prev"])))
             call.drift, call.threshold = acc, cfg.threshold
             skip = acc < cfg.threshold

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from . import register
-from .base import CachePolicy, CallRecord, in_warmup, rel_l1
+from .base import CachePolicy, CallRecord, may_skip, rel_l1
 from .config import PolicyConfig
 from ..motion import laplacian, token_flow, warp_tokens
 
@@ -25,8 +25,7 @@ class DiCacheConfig(PolicyConfig):
 
     def check(self) -> None:
         self.nonneg("threshold")
-        self.require("ret_ratio", 0 <= self.ret_ratio < 1,
-                     "warm-up must be shorter than the schedule (0 <= ret_ratio < 1)")
+        self.check_warmup()
         self.require("probe_depth", self.probe_depth >= 1, "must be >= 1")
         self.require("max_consecutive_skips", self.max_consecutive_skips >= 0, "must be >= 0 (0: no cap)")
 
@@ -69,8 +68,7 @@ class WorldCache(CachePolicy):
         call.motion = motion
 
         skip = False
-        if "residuals" in st and not in_warmup(call, cfg.ret_ratio) and not (
-                cfg.force_last_step and call.step == call.num_steps - 1):
+        if "residuals" in st and may_skip(call, cfg.ret_ratio, cfg.force_last_step):
             drift, call.saliency = self._drift(probe, st["p_prev"])
             acc = st["acc"] + drift
             tau = cfg.threshold
