@@ -102,21 +102,6 @@ class RewardHead(nn.Module):
         return head.to(device).eval()
 
 
-def load_transitions(store_path: str | Path) -> tuple[list[str], list[dict]]:
-    """(episode ids, [{"frames": obs[1:], "actions", "rewards"}]): each reward paired with the frame after it."""
-    from .rollouts.store import EpisodeStore
-
-    store = EpisodeStore(store_path, mode="r")
-    ids = store.episode_ids()
-    if not ids:
-        raise ValueError(f"{store_path}: no complete episodes")
-    eps = []
-    for i in ids:
-        ep = store.load_episode(i, keys=["obs", "actions", "rewards"])
-        eps.append({"frames": ep["obs"][1:], "actions": ep["actions"], "rewards": ep["rewards"]})
-    return ids, eps
-
-
 def train_reward_head(store_path: str | Path, out_folder: str | Path | None, steps: int = 3000, *,
                       batch_size: int = 64, lr: float = 1e-3, holdout: float = 0.1, seed: int = 0,
                       device: str = "cpu", config: RewardHeadConfig | None = None, log_every: int = 0) -> dict:
@@ -125,9 +110,12 @@ def train_reward_head(store_path: str | Path, out_folder: str | Path | None, ste
     The last `holdout` fraction of the sorted episode ids is held out (the world-model trainer's split) and its
     MSE reported next to the MSE of always predicting the mean. Returns {"head", "losses", "val_mse",
     "val_mse_mean_baseline"} (val entries None without held-out episodes)."""
-    _, eps = load_transitions(store_path)
-    n_hold = max(1, int(round(len(eps) * holdout))) if holdout > 0 and len(eps) > 1 else 0
-    train, val = eps[:len(eps) - n_hold], eps[len(eps) - n_hold:]
+    from .train import load_episodes, split
+
+    episodes, _ = load_episodes(store_path)
+    # each reward is paired with the frame after its action
+    train, val = split([{"frames": e["obs"][1:], "actions": e["actions"], "rewards": e["rewards"]}
+                        for e in episodes], holdout)
     cat = {k: np.concatenate([e[k] for e in train]) for k in ("frames", "actions", "rewards")}
     h, w = cat["frames"].shape[1:3]
     mean, std = float(cat["rewards"].mean()), float(cat["rewards"].std()) or 1.0

@@ -55,8 +55,9 @@ def load_episodes(path: str) -> tuple[list[dict], dict]:
 
 
 def split(episodes: list, holdout: float) -> tuple[list, list]:
-    """Deterministic split: the last `holdout` fraction of the sorted episode ids is held out."""
-    n_hold = max(1, int(round(len(episodes) * holdout))) if holdout > 0 else 0
+    """Deterministic split: the last `holdout` fraction of the sorted episode ids is held out (none when there is
+    only one episode: it is needed for training)."""
+    n_hold = max(1, int(round(len(episodes) * holdout))) if holdout > 0 and len(episodes) > 1 else 0
     return episodes[: len(episodes) - n_hold], episodes[len(episodes) - n_hold:]
 
 
