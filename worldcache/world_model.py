@@ -50,7 +50,7 @@ class WorldModelSpec:
     guidance_scale: float = 1.0       # 1: no classifier-free guidance
     cond_frame_timestep: float = 1e-4
     temporal_compression: int = 4
-    spatial_compression: int = 8
+    spatial_compression: int = 4     # the VAE's; the DiT's 2x2 patches then give 8x-downsampled tokens
     name: str = "worldcache-model"
 
     @property
@@ -106,8 +106,12 @@ class WorldModel(nn.Module):
     # --- construction -----------------------------------------------------------------------------------------
     @classmethod
     def build(cls, spec: WorldModelSpec, *, hidden_heads: int = 4, head_dim: int = 64, num_layers: int = 6,
-              vae_base_dim: int = 8, text_dim: int = 64, text_len: int = 8, seed: int = 0) -> "WorldModel":
-        """A freshly initialised model of our small architecture (training starts here)."""
+              vae_base_dim: int = 8, patch: int = 2, text_dim: int = 64, text_len: int = 8,
+              seed: int = 0) -> "WorldModel":
+        """A freshly initialised model of our small architecture (training starts here).
+
+        The VAE compresses 4x in time and `spec.spatial_compression` (4 or 8, as Wan) in space; the DiT patchifies
+        latents by `patch` x `patch` as Cosmos does (1, 2, 2)."""
         from diffusers import AutoencoderKLWan, CosmosTransformer3DModel
 
         from .sampler import default_scheduler
@@ -115,15 +119,21 @@ class WorldModel(nn.Module):
         spec.check()
         torch.manual_seed(seed)
         z = 16
-        vae = AutoencoderKLWan(base_dim=vae_base_dim, z_dim=z, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                               attn_scales=[], temperal_downsample=[False, True, True],
-                               latents_mean=[0.0] * z, latents_std=[1.0] * z)
+        levels = {4: ([1, 2, 4], [True, True]), 8: ([1, 2, 4, 4], [False, True, True])}
+        if spec.spatial_compression not in levels or spec.temporal_compression != 4:
+            raise CheckpointError(f"build() makes VAEs with spatial compression 4 or 8 and temporal 4, got "
+                                  f"{spec.spatial_compression} / {spec.temporal_compression}")
+        dim_mult, down_t = levels[spec.spatial_compression]
+        vae = AutoencoderKLWan(base_dim=vae_base_dim, z_dim=z, dim_mult=dim_mult, num_res_blocks=1,
+                               attn_scales=[], temperal_downsample=down_t, latents_mean=[0.0] * z,
+                               latents_std=[1.0] * z, scale_factor_spatial=spec.spatial_compression,
+                               scale_factor_temporal=spec.temporal_compression)
         hidden = hidden_heads * head_dim
         h, w = spec.height // spec.spatial_compression, spec.width // spec.spatial_compression
         transformer = CosmosTransformer3DModel(
             in_channels=z + 1, out_channels=z, num_attention_heads=hidden_heads, attention_head_dim=head_dim,
             num_layers=num_layers, mlp_ratio=4.0, text_embed_dim=text_dim, adaln_lora_dim=64,
-            max_size=(spec.latent_frames, h, w), patch_size=(1, 1, 1), rope_scale=(1.0, 1.0, 1.0))
+            max_size=(spec.latent_frames, h, w), patch_size=(1, patch, patch), rope_scale=(1.0, 1.0, 1.0))
         embedder = ActionEmbedder(spec.action_dim, spec.temporal_compression, hidden)
         g = torch.Generator().manual_seed(seed)
         prompt = torch.randn(1, text_len, text_dim, generator=g)  # stands for the encoded task prompt
@@ -202,6 +212,10 @@ class WorldModel(nn.Module):
             if key not in prompts or prompts[key].shape[-1] != text_dim:
                 raise CheckpointError(f"{path / 'prompt_embeds.safetensors'}: '{key}' must have last dim "
                                       f"{text_dim} (transformer text_embed_dim)")
+        vae_scale = (vae.config.scale_factor_spatial, vae.config.scale_factor_temporal)
+        if vae_scale != (spec.spatial_compression, spec.temporal_compression):
+            raise CheckpointError(f"{path / 'vae/config.json'}: VAE compresses space/time by {vae_scale}, but "
+                                  f"{path / SPEC_FILE} says {(spec.spatial_compression, spec.temporal_compression)}")
         if vae.config.z_dim + 1 != transformer.config.in_channels:
             raise CheckpointError(f"{path}: VAE z_dim {vae.config.z_dim} does not fit transformer in_channels "
                                   f"{transformer.config.in_channels} (= z_dim + 1 condition-mask channel)")
