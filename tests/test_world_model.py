@@ -98,6 +98,13 @@ def test_checkpoint_errors_name_the_file(tiny_ckpt, tmp_path):
     (mismatch / "model.json").write_text(json.dumps(spec))
     with pytest.raises(CheckpointError, match="action_embedder.safetensors.*action_dim 6"):
         WorldModel.from_pretrained(mismatch)
+    scale = tmp_path / "scale"
+    shutil.copytree(tiny_ckpt, scale)
+    spec = json.loads((scale / "model.json").read_text())
+    spec.update(spatial_compression=8)
+    (scale / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(CheckpointError, match="vae/config.json.*compresses"):
+        WorldModel.from_pretrained(scale)
     badjson = tmp_path / "badjson"
     shutil.copytree(tiny_ckpt, badjson)
     (badjson / "model.json").write_text('{"height": 32, "colour": 1}')
@@ -127,8 +134,9 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
     assert np.load(out / "start_frames.npy").shape == (3, 32, 40, 3)  # the episodes' reset frames
     assert torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["step"] == 3
     # resume: a longer schedule continues from the saved step instead of starting over
-    cfg.dit_steps, cfg.stages = 5, ("dit",)
+    cfg.dit_steps, cfg.stages, cfg.bf16 = 5, ("dit",), True  # also exercises the bf16 autocast path
     assert json.loads((out / "training.json").read_text())["vae"]["steps"] == 3  # earlier stages' record kept
     Trainer(cfg, model=WorldModel.build(WorldModelSpec(height=32, width=40, chunk=4), **ARCH)).run()
-    assert len(torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["losses"]) == 5
+    losses = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["losses"]
+    assert len(losses) == 5 and np.isfinite(losses).all()
     WorldModel.from_pretrained(out).predict(*inputs(), num_steps=2)

@@ -42,7 +42,9 @@ def _train(args) -> int:
     from .train import TrainConfig, Trainer
 
     cfg = TrainConfig(data=args.data, out=args.out, stages=tuple(args.stages), vae_steps=args.vae_steps,
-                      dit_steps=args.dit_steps, dit_batch=args.dit_batch, reward_steps=args.reward_steps, seed=args.seed, threads=args.threads)
+                      dit_steps=args.dit_steps, dit_batch=args.dit_batch, dit_lr=args.dit_lr,
+                      reward_steps=args.reward_steps, seed=args.seed, threads=args.threads, device=args.device,
+                      bf16=args.bf16)
     print(f"model written to {Trainer(cfg).run()}")
     return 0
 
@@ -170,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dit-batch", type=int, default=16)
     t.add_argument("--reward-steps", type=int, default=3000)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--dit-lr", type=float, default=3e-4)
     t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda")
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on AVX512-BF16 CPUs and GPUs)")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate-model", help="held-out open-loop PSNR/SSIM vs. the simulator's frames")
