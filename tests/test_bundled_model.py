@@ -15,6 +15,6 @@ def test_bundled_model_predicts_and_depends_on_actions():
     assert frames.shape == (1, s.chunk, s.height, s.width, 3) and frames.dtype == torch.uint8
     other, _ = model.predict(start, -a, num_steps=8, seed=0)
     diff = (frames.float() - other.float()).abs().mean()
-    # Same seed -> same noise, so a model that ignored actions would give exactly 0. The trained model's effect is
-    # small (about 0.4 grey levels on average, concentrated on the arm), so the bound is set well above 0 but low.
+    # Same seed -> same noise, so a model that ignored actions would give exactly 0. The bundled model's effect here
+    # is ~1.5 grey levels on average (concentrated on the arm); the bound stays low so retraining does not trip it.
     assert diff > 0.1

@@ -190,8 +190,7 @@ class Trainer:
             x0, a = latents[idx].to(self.device), actions[idx].to(self.device)
             b = x0.shape[0]
             u = torch.from_numpy(rng.random(b)).float()
-            sigma = (shift * u / (1 + (shift - 1) * u)).view(b, 1, 1, 1, 1)
-            sigma = sigma.to(self.device)
+            sigma = (shift * u / (1 + (shift - 1) * u)).view(b, 1, 1, 1, 1).to(self.device)
             noise = torch.from_numpy(rng.standard_normal(x0.shape)).float().to(self.device)
             cond = torch.zeros(b, 1, x0.shape[2], 1, 1, device=self.device)
             cond[:, :, :1] = 1
@@ -210,8 +209,8 @@ class Trainer:
         start = time.time()
         if "vae" in self.cfg.stages:
             self.train_vae()
-            self.model.cpu().save_pretrained(self.out / "model")
-            self.model.to(self.device)  # the DiT stage reloads from here when run alone
+            self.model.cpu().save_pretrained(self.out / "model")  # the DiT stage reloads from here when run alone
+            self.model.to(self.device)
         elif (self.out / "model").exists():
             self.model = WorldModel.from_pretrained(self.out / "model", device=self.device)
         if "dit" in self.cfg.stages:
