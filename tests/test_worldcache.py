@@ -3,8 +3,13 @@ import pytest
 import torch
 
 from worldcache.cache import ConfigError, load_policy, make_policy
+from worldcache.cache.base import CallRecord
+from worldcache.cache.config import CONFIG_DIR
+from worldcache.motion import token_flow, warp_tokens
 from worldcache.sampler import denoise, default_scheduler
 from worldcache.tiny import tiny_inputs
+
+from test_motion import GRID, shifted_pair
 
 STEPS = 20
 
@@ -110,9 +115,31 @@ def test_blend_least_squares_coefficient(tiny_dit):
 
 def test_warp_resamples_cached_residual(tiny_dit):
     off = run(tiny_dit, make_policy("worldcache", threshold=1.0, **BASE))
-    on = run(tiny_dit, make_policy("worldcache", threshold=1.0, **{**BASE, "warp": True}))
+    on = run(tiny_dit, make_policy("worldcache", threshold=1.0, **{**BASE, "warp": True, "warp_check": False}))
     assert [r.computed for r in on.records] == [r.computed for r in off.records]
+    assert all(r.warped == 1.0 for r in on.records if not r.computed)
     assert not torch.allclose(on.latents, off.latents, atol=1e-6)
+
+
+def _warp_case(moving_probe: bool):
+    """Cached state whose inputs moved one token along x; the probe residual moved with them or stayed put."""
+    src, dst = shifted_pair()
+    policy = make_policy("worldcache", **{**BASE, "warp": True})
+    rho_now = dst if moving_probe else src
+    call = CallRecord(step=10, num_steps=20, branch="cond")
+    out = policy._warp(src.clone(), src, rho_now, src, dst, GRID, call)
+    flow = token_flow(src, dst, GRID)
+    return out, warp_tokens(src, flow, GRID), src, call
+
+
+def test_warp_check_keeps_a_warp_the_probe_confirms():
+    out, warped, _, call = _warp_case(moving_probe=True)
+    assert call.warped == 1.0 and torch.equal(out, warped)
+
+
+def test_warp_check_refuses_a_warp_the_probe_contradicts():
+    out, warped, unwarped, call = _warp_case(moving_probe=False)  # inputs moved, features did not
+    assert call.warped == 0.0 and torch.equal(out, unwarped) and not torch.allclose(warped, unwarped)
 
 
 def test_phase_aware_schedule(tiny_dit):
@@ -125,6 +152,18 @@ def test_phase_aware_schedule(tiny_dit):
     assert on.computed_fraction < off.computed_fraction  # relaxed late threshold -> more reuse
 
 
+def test_uncond_reuse_skips_only_late_uncond_calls(tiny_dit):
+    ref = run(tiny_dit, make_policy("none"), scale=3.0)
+    out = run(tiny_dit, make_policy("worldcache", threshold=0.0, uncond_reuse=True), scale=3.0)
+    for r in out.records:
+        reused = r.branch == "uncond" and STEPS // 2 <= r.step < STEPS - 1
+        assert r.computed != reused and (r.blocks_run == 0) == reused
+    err = (out.latents - ref.latents).abs().mean() / ref.latents.abs().mean()
+    assert 0 < err < 0.1
+    with pytest.raises(ValueError, match="guidance='separate'"):
+        run(tiny_dit, make_policy("worldcache", uncond_reuse=True), scale=3.0, mode="batched")
+
+
 def test_hf_veto_forbids_skips(tiny_dit):
     free = run(tiny_dit, make_policy("worldcache", threshold=10.0))
     veto = run(tiny_dit, make_policy("worldcache", threshold=10.0, hf_veto=True, hf_threshold=0.0))
@@ -133,8 +172,11 @@ def test_hf_veto_forbids_skips(tiny_dit):
 
 # --- configs ---------------------------------------------------------------------------------------------------
 def test_yaml_defaults_load():
-    wc = load_policy("worldcache")
-    assert wc.config.threshold == 0.08 and wc.config.alpha == 5.0 and wc.config.warp
+    # the shipped YAML and the dataclass agree, so an install without configs/ behaves the same
+    assert load_policy("worldcache").config == make_policy("worldcache").config
+    paper = load_policy(CONFIG_DIR / "worldcache_paper.yaml").config  # ../shared/METHOD.md's defaults
+    assert (paper.threshold, paper.ret_ratio, paper.alpha, paper.beta, paper.phase_slope) == (0.08, 0.2, 5, 5, 4)
+    assert paper.warp and not paper.warp_check and not paper.hf_veto and not paper.uncond_reuse
     assert load_policy("dicache").config.motion_adaptive is False
 
 
@@ -144,6 +186,7 @@ def test_yaml_defaults_load():
     (dict(thresold=0.1), "thresold"),
     (dict(alpha="fast"), "alpha"),
     (dict(gamma_min=1.5, gamma_max=1.0), "gamma_max"),
+    (dict(uncond_reuse_start=1.5), "uncond_reuse_start"),
 ])
 def test_bad_configs_raise_clear_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):

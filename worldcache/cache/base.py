@@ -24,6 +24,7 @@ class CallRecord:
     motion: float = float("nan")  # input velocity estimate (motion-aware policies)
     saliency: float = float("nan")  # mean saliency weight in the drift (saliency-aware policies)
     gamma: float = float("nan")   # extrapolation / blending coefficient used when skipping
+    warped: float = float("nan")  # fraction of latent frames whose cached residual was warped (WorldCache)
     blocks_run: int = 0           # transformer block forwards actually run (0 for a skipped call w/o probe)
     wall_ms: float = float("nan")  # wall time of the whole model call (embed + stack + head)
 

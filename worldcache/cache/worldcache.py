@@ -40,17 +40,21 @@ class WorldCacheConfig(DiCacheConfig):
     gamma_min: float = 0.2
     gamma_max: float = 1.8
     warp: bool = True               # warp the cached residual along the token-grid flow
+    warp_check: bool = True         # keep the warp only in latent frames where it also fits the probe better
     flow_scale: float = 0.5         # flow estimated at this fraction of the token grid
     phase_aware: bool = True        # tau * (1 + phase_slope * step / N): relax as denoising progresses
     phase_slope: float = 4.0
     hf_veto: bool = False           # forbid a skip when the input's Laplacian drifts more than hf_threshold
     hf_threshold: float = 0.01
+    uncond_reuse: bool = False      # guidance-branch caching: the uncond branch reuses its last residual ...
+    uncond_reuse_start: float = 0.5  # ... from this fraction of the steps on (separate guidance only)
 
     def check(self) -> None:
         super().check()
         self.nonneg("alpha", "beta", "phase_slope", "hf_threshold", "gamma_min")
         self.require("gamma_max", self.gamma_max >= self.gamma_min, "must be >= gamma_min")
         self.require("flow_scale", 0 < self.flow_scale <= 1, "must be in (0, 1]")
+        self.require("uncond_reuse_start", 0 <= self.uncond_reuse_start <= 1, "must be in [0, 1]")
 
 
 @register
@@ -63,6 +67,9 @@ class WorldCache(CachePolicy):
         depth = cfg.probe_depth
         if depth >= stack.num_blocks:
             raise ValueError(f"probe_depth={depth} leaves no blocks to skip (model has {stack.num_blocks})")
+        if cfg.uncond_reuse and self._reuse_uncond(st, call):
+            call.computed = False
+            return x + st["residuals"][-1]  # no block runs: the branch's last computed residual, held
         probe = stack(x, 0, depth)
         motion = rel_l1(x, st["x_prev"]) if "x_prev" in st else 0.0
         call.motion = motion
@@ -105,11 +112,20 @@ class WorldCache(CachePolicy):
         drift = (w * diff).mean(dim=1) / p_prev.abs().mean(dim=(1, 2)).clamp_min(1e-12)
         return float(drift.max()), float(w.mean())
 
+    def _reuse_uncond(self, st: dict, call: CallRecord) -> bool:
+        """Guidance-branch caching: late in denoising the unconditional branch changes little."""
+        if call.branch == "batched":
+            raise ValueError("uncond_reuse needs guidance='separate': with batched guidance both branches share "
+                             "one model call, so the unconditional one cannot be skipped alone")
+        return (call.branch == "uncond" and "residuals" in st
+                and call.step >= self.config.uncond_reuse_start * call.num_steps
+                and not (self.config.force_last_step and call.step == call.num_steps - 1))
+
     def _approximate(self, st: dict, rho_now, x, grid, call: CallRecord) -> torch.Tensor:
         """Extrapolate the block-stack residual from the last two computed ones, then warp it (optional)."""
         cfg, res, rho = self.config, st["residuals"], st["probe_residuals"]
         if len(res) < 2:
-            approx, call.gamma = res[-1], 1.0
+            approx, rho_hat, call.gamma = res[-1], rho[-1], 1.0
         else:
             dims = (1, 2)
             a, b = rho_now - rho[-2], rho[-1] - rho[-2]
@@ -117,11 +133,31 @@ class WorldCache(CachePolicy):
                 gamma = ((a * b).sum(dims) / (b * b).sum(dims).clamp_min(1e-12)).clamp(cfg.gamma_min, cfg.gamma_max)
             else:  # DiCache's heuristic: ratio of probe-residual changes
                 gamma = (a.norm(dim=dims) / b.norm(dim=dims).clamp_min(1e-12)).clamp(1.0, 2.0)
-            approx = res[-2] + gamma[:, None, None] * (res[-1] - res[-2])
+            g = gamma[:, None, None]
+            approx, rho_hat = res[-2] + g * (res[-1] - res[-2]), rho[-2] + g * (rho[-1] - rho[-2])
             call.gamma = float(gamma.mean())
         if cfg.warp:
-            approx = warp_tokens(approx, token_flow(st["x_ref"], x, grid, cfg.flow_scale), grid)
+            approx = self._warp(approx, rho_hat, rho_now, st["x_ref"], x, grid, call)
         return approx
+
+    def _warp(self, approx, rho_hat, rho_now, x_ref, x, grid, call: CallRecord) -> torch.Tensor:
+        """Resample the extrapolated residual along the token flow from the last computed input to this one.
+
+        With `warp_check`, per latent frame the warp is kept only where the same warp also brings the extrapolated
+        probe residual closer to the probe's actual one: the probe is ground truth for the first blocks, so a flow
+        that only fits the noise of the denoising inputs is refused instead of smearing the cache.
+        """
+        flow = token_flow(x_ref, x, grid, self.config.flow_scale)
+        warped = warp_tokens(approx, flow, grid)
+        if not self.config.warp_check:
+            call.warped = 1.0
+            return warped
+        b, n, _ = approx.shape
+        frames = grid[0]
+        err = lambda r: (r - rho_now).abs().reshape(b, frames, -1).mean(-1)  # noqa: E731  (B, T)
+        keep = err(warp_tokens(rho_hat, flow, grid)) < err(rho_hat)
+        call.warped = float(keep.float().mean())
+        return torch.where(keep.repeat_interleave(n // frames, dim=1)[..., None], warped, approx)
 
 
 @register
