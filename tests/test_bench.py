@@ -9,6 +9,7 @@ import torch
 
 from worldcache import bench, fidelity
 from worldcache.bench import METRICS, bench_configs, run_bench
+from worldcache.cache import load_policy
 from worldcache.fidelity import evaluate_policies, parse_policy
 from worldcache.world_model import WorldModel, WorldModelSpec
 
@@ -29,13 +30,15 @@ def tiny_ckpt(tmp_path_factory):
 
 def test_default_grid_covers_every_policy_and_the_ablation():
     configs = bench_configs()
-    names = {c.policy for c in configs}
+    names = {c.policy for c in configs if c.group == "policy"}
     assert names == {"none", "worldcache", "dicache", "fora", "teacache", "easycache", "fbcache", "fastercache",
                      "magcache", "taylorseer"}
     assert sum(c.policy == "worldcache" and c.group == "policy" for c in configs) == 3
     assert sorted(c.label for c in configs if c.group == "ablation") == [
-        "worldcache -blend", "worldcache -motion_adaptive", "worldcache -phase_aware", "worldcache -saliency",
-        "worldcache -warp"]
+        "worldcache +warp", "worldcache -all", "worldcache -blend", "worldcache -motion_adaptive",
+        "worldcache -phase_aware", "worldcache -saliency", "worldcache paper defaults"]
+    paper = next(c for c in configs if c.label == "worldcache paper defaults").build().config
+    assert (paper.threshold, paper.ret_ratio, paper.warp, paper.warp_check) == (0.08, 0.2, True, False)
     for c in configs:  # every configuration builds (validated settings)
         c.build().detach()
     assert [c.label for c in bench_configs(["worldcache"], ablation=False, grid=False)] == ["worldcache"]
@@ -54,7 +57,7 @@ def test_run_bench_writes_json_and_figures(tiny_ckpt, tmp_path):
             assert isinstance(row[k], float) and math.isfinite(row[k]), (row["policy"], k, row[k])
         assert 0 <= row["computed_fraction"] <= 1
     wc = data["rows"][1]
-    assert wc["config"]["threshold"] == pytest.approx(0.08) and wc["config"]["warp"] is True
+    assert wc["config"] == load_policy("worldcache").config.as_dict()  # the row records the settings it ran
     # "none" re-runs the reference: identical frames (PSNR infinite -> null), retention exactly 1
     none = data["rows"][0]
     assert none["psnr_vs_uncached"] is None and none["psnr_retention"] == 1.0
@@ -78,3 +81,20 @@ def test_evaluate_policies_returns_correlations(tiny_ckpt):
     assert len(fidelity.markdown_table(res).splitlines()) == 4
     with pytest.raises(ValueError, match="multiple"):
         evaluate_policies(tiny_ckpt, episodes=1, steps=5, policies=["random"], verbose=False)
+
+
+def test_cli_bench_takes_settings_and_a_tuning_seed_range(tiny_ckpt, tmp_path, capsys):
+    from worldcache.cli import main
+
+    out = tmp_path / "tune.json"
+    assert main(["bench", "--checkpoint", str(tiny_ckpt), "--policies", "worldcache:threshold=0.2,warp=true",
+                 "--no-ablation", "--episodes", "1", "--chunks", "1", "--steps", "3", "--first-seed", "20000",
+                 "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["settings"]["env_seeds"] == [20000]
+    (row,) = data["rows"]
+    assert row["label"] == "worldcache threshold=0.2 warp=True"
+    assert row["config"]["threshold"] == 0.2 and row["config"]["warp"] is True
+    assert main(["bench", "--checkpoint", str(tiny_ckpt), "--policies", "worldcache:threshold"]) == 2
+    assert main(["bench", "--checkpoint", str(tiny_ckpt), "--policies", "worldcache:thresold=0.1"]) == 2
+    assert "thresold" in capsys.readouterr().err

@@ -100,10 +100,28 @@ def _bench_split(args) -> int:
 def _bench(args) -> int:
     from .bench import run_bench
 
-    run_bench(args.checkpoint, policies=args.policies, episodes=args.episodes, chunks=args.chunks,
+    policies = None if args.policies is None else [_policy_spec(p) for p in args.policies]
+    run_bench(args.checkpoint, policies=policies, episodes=args.episodes, chunks=args.chunks,
               num_steps=args.steps, ablation=not args.no_ablation, grid=not args.no_grid,
-              json_out=args.json, seed=args.seed, repeats=args.repeats, device=args.device)
+              json_out=args.json, seed=args.seed, repeats=args.repeats, device=args.device,
+              first_seed=args.first_seed)
     return 0
+
+
+def _policy_spec(text: str):
+    """"NAME" or a YAML path as is; "NAME:key=value,key=value" -> {"policy": NAME, key: value, ...} (YAML values)."""
+    import yaml
+
+    if ":" not in text:
+        return text
+    name, _, settings = text.partition(":")
+    spec = {"policy": name}
+    for item in filter(None, settings.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--policies {text!r}: expected NAME:key=value[,key=value...], got {item!r}")
+        spec[key.strip()] = yaml.safe_load(value)
+    return spec
 
 
 def _evaluate_policies(args) -> int:
@@ -201,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="speed/quality of every cache policy on held-out Pusher episodes")
     bn.add_argument("--checkpoint", default=None)
     bn.add_argument("--policies", nargs="*", default=None,
-                    help="policy names (each at its small grid) or YAML files; default: all policies")
+                    help="policy names (each at its small grid), YAML files, or NAME:key=value,... (exactly "
+                         "those settings); default: all policies")
     bn.add_argument("--episodes", type=int, default=10)
     bn.add_argument("--chunks", type=int, default=2)
     bn.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
@@ -210,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--repeats", type=int, default=1, help="time each rollout N times, keep the fastest")
     bn.add_argument("--json", default=None, help="write JSON here; the figures go next to it")
     bn.add_argument("--seed", type=int, default=0)
+    bn.add_argument("--first-seed", type=int, default=10_000,
+                    help="env seed of the first episode (benchmark: 10000; tuning episodes: e.g. 20000)")
     bn.add_argument("--device", default="cpu")
     bn.set_defaults(func=_bench)
 
