@@ -62,6 +62,7 @@ def test_run_bench_writes_json_and_figures(tiny_ckpt, tmp_path):
     none = data["rows"][0]
     assert none["psnr_vs_uncached"] is None and none["psnr_retention"] == 1.0
     assert set(data["machine"]) >= {"cpu", "threads", "torch", "device", "date"}
+    assert data["at_worldcache_speed"]["speedup"] == wc["denoising_speedup"]
     for f in ("bench_pareto.png", "bench_strip.png", "bench_strip.gif"):
         assert (tmp_path / f).stat().st_size > 0
     assert res["rows"][1]["label"] == "worldcache"
@@ -98,3 +99,17 @@ def test_cli_bench_takes_settings_and_a_tuning_seed_range(tiny_ckpt, tmp_path, c
     assert main(["bench", "--checkpoint", str(tiny_ckpt), "--policies", "worldcache:threshold"]) == 2
     assert main(["bench", "--checkpoint", str(tiny_ckpt), "--policies", "worldcache:thresold=0.1"]) == 2
     assert "thresold" in capsys.readouterr().err
+
+
+def test_equal_speed_comparison_interpolates_and_never_extrapolates():
+    row = lambda policy, label, x, q: {"policy": policy, "label": label, "group": "policy",  # noqa: E731
+                                       "denoising_speedup": x, "psnr_vs_uncached": q}
+    rows = [row("none", "none", 1.0, None), row("worldcache", "worldcache", 2.0, 55.0),
+            row("teacache", "a", 1.5, 60.0), row("teacache", "b", 2.5, 50.0), row("fora", "c", 2.2, 52.0),
+            row("fora", "d", 3.0, 45.0)]
+    cmp = bench.equal_speed_comparison(rows)
+    assert cmp["speedup"] == 2.0 and cmp["psnr_vs_uncached"] == 55.0
+    assert cmp["baselines"]["teacache"]["psnr_vs_uncached"] == pytest.approx(55.0)
+    assert cmp["baselines"]["fora"] == {"psnr_vs_uncached": None, "min_speedup": 2.2, "max_speedup": 3.0}
+    assert set(cmp["baselines"]) == {"teacache", "fora"}
+    assert bench.equal_speed_comparison(rows[2:]) is None  # no WorldCache row

@@ -343,6 +343,7 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
                      "repeats": repeats,
                      "env_seeds": [first_seed + i for i in range(episodes)], "episode_policy": "mixed"},
     }
+    result["at_worldcache_speed"] = equal_speed_comparison(rows)
     for p in built:
         p.detach()
     if verbose:
@@ -389,7 +390,36 @@ def format_table(result: dict) -> str:
     lines.append("-" * len(lines[-1]))
     for row in result["rows"]:
         lines.append(" ".join(cell(k, row[k], w, spec) for _, k, w, spec in cols))
+    cmp = result.get("at_worldcache_speed")
+    if cmp:
+        lines.append(f"\nAt WorldCache's speedup ({cmp['speedup']:.2f}x, PSNR vs. uncached "
+                     f"{_text('psnr_vs_uncached', cmp['psnr_vs_uncached'], '.2f')} dB), each baseline's PSNR vs. "
+                     "uncached, interpolated along its grid:")
+        for name, c in cmp["baselines"].items():
+            lines.append(f"  {name:<12} " + (f"{c['psnr_vs_uncached']:.2f} dB" if c["psnr_vs_uncached"] is not None
+                                             else f"n/a (its grid spans {c['min_speedup']:.2f}-"
+                                                  f"{c['max_speedup']:.2f}x)"))
     return "\n".join(lines)
+
+
+def equal_speed_comparison(rows: list[dict], label: str = "worldcache") -> dict | None:
+    """PSNR vs. uncached of every baseline at the denoising speedup of the row `label`, linearly interpolated
+    between the baseline's grid points (None where its grid does not reach that speedup: no extrapolation)."""
+    ref = next((r for r in rows if r["label"] == label), None)
+    if ref is None or ref["denoising_speedup"] is None:
+        return None
+    speed, out = ref["denoising_speedup"], {}
+    names = dict.fromkeys(r["policy"] for r in rows if r["group"] == "policy" and r["policy"] not in ("none", label))
+    for name in names:
+        pts = sorted((r["denoising_speedup"], r["psnr_vs_uncached"]) for r in rows
+                     if r["policy"] == name and r["group"] == "policy" and r["denoising_speedup"] is not None
+                     and r["psnr_vs_uncached"] is not None)
+        if not pts:
+            continue
+        xs, ys = zip(*pts)
+        value = float(np.interp(speed, xs, ys)) if xs[0] <= speed <= xs[-1] else None
+        out[name] = {"psnr_vs_uncached": value, "min_speedup": xs[0], "max_speedup": xs[-1]}
+    return {"label": label, "speedup": speed, "psnr_vs_uncached": ref["psnr_vs_uncached"], "baselines": out}
 
 
 PARETO_PANELS = (("psnr_vs_uncached", "PSNR of cached vs. uncached prediction (dB)"),
