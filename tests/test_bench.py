@@ -74,12 +74,14 @@ def test_evaluate_policies_returns_correlations(tiny_ckpt):
     res = evaluate_policies(tiny_ckpt, episodes=1, steps=8, policies=["scripted:0", "random"], num_steps=3,
                             cache=("none", "worldcache"), verbose=False)
     assert [p["policy"] for p in res["policies"]] == ["scripted noise=0", "random"]
-    for key in ("spearman", "spearman_all", "same_ranking"):
+    for key in ("spearman", "spearman_all", "spearman_without_ctrl", "same_ranking"):
         assert set(res[key]) == {"none", "worldcache"}
     assert res["same_ranking"]["none"] is True
     for p in res["policies"]:
         assert math.isfinite(p["real_return"]) and all(math.isfinite(v) for v in p["wm_return"].values())
-    assert len(fidelity.markdown_table(res).splitlines()) == 4
+    assert len(fidelity.markdown_table(res).splitlines()) == 5
+    for p in res["policies"]:  # the control cost is Pusher's, computed exactly from the replayed actions
+        assert p["ctrl_return"] < 0 and p["real_return"] <= p["ctrl_return"] + 1e-6
     with pytest.raises(ValueError, match="multiple"):
         evaluate_policies(tiny_ckpt, episodes=1, steps=5, policies=["random"], verbose=False)
 

@@ -16,6 +16,11 @@ Reported: mean returns per policy (real, the reward head on the REAL frames — 
 model's — and the world model per cache), the Spearman rank correlation between real and world-model mean returns
 per cache (and over all policy x episode pairs), and whether each cache ranks the policies exactly as the first
 entry of `cache` (the uncached model by default) does.
+
+Pusher's reward includes a control cost that depends on the actions only, and noisier policies use larger torques,
+so part of any ranking comes without looking at a frame. ``spearman_without_ctrl`` removes it: the exact control
+cost of the actions is subtracted from every return (real, head and world model) before ranking, so what is left is
+ranked by the predicted frames alone (plus whatever the head got wrong about the control cost).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import numpy as np
 from .bench import HELDOUT_SEED, needs_calibration, warm_up
 
 DEFAULT_POLICIES = ("scripted:0", "scripted:0.3", "scripted:0.6", "scripted:1.0", "random")
+CTRL_WEIGHT = 0.1  # Pusher-v5's reward_control_weight: reward_ctrl = -0.1 * |a|^2, known from the actions alone
 
 
 def parse_policy(spec: str) -> tuple[str, float | None, str]:
@@ -77,13 +83,14 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
 
     specs = [parse_policy(p) for p in policies]
     real = np.zeros((len(specs), episodes))
-    head_real = np.zeros_like(real)
+    head_real, ctrl = np.zeros_like(real), np.zeros_like(real)
     wm = {c: np.zeros_like(real) for c in caches}
     with PusherRenderer(s.height, s.width, max_episode_steps=steps) as renderer:
         for i, (name, noise, label) in enumerate(specs):
             for e in range(episodes):
                 ep = real_rollout(name, HELDOUT_SEED + e, steps, noise=noise, renderer=renderer)
                 real[i, e] = ep["rewards"].sum()
+                ctrl[i, e] = -CTRL_WEIGHT * float((ep["actions"].astype(np.float64) ** 2).sum())
                 head_real[i, e] = head.predict(ep["obs"][1:], ep["actions"]).sum()
                 for c, policy in caches.items():
                     frames, _ = model.rollout(ep["obs"][:1], ep["actions"][None], policy=policy,
@@ -98,7 +105,7 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     mean = lambda a: a.mean(axis=1)  # noqa: E731
     result = {
         "policies": [{"policy": label, "real_return": float(real[i].mean()), "real_returns": real[i].tolist(),
-                      "head_on_real_return": float(head_real[i].mean()),
+                      "head_on_real_return": float(head_real[i].mean()), "ctrl_return": float(ctrl[i].mean()),
                       "wm_return": {c: float(wm[c][i].mean()) for c in caches},
                       "wm_returns": {c: wm[c][i].tolist() for c in caches}}
                      for i, (_, _, label) in enumerate(specs)],
@@ -106,6 +113,8 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
         "spearman_p": {c: _spearman(mean(real), mean(wm[c]))[1] for c in caches},
         "spearman_all": {c: _spearman(real.ravel(), wm[c].ravel())[0] for c in caches},
         "spearman_head_on_real": _spearman(mean(real), mean(head_real))[0],
+        "spearman_without_ctrl": {c: _spearman(mean(real - ctrl), mean(wm[c] - ctrl))[0] for c in caches},
+        "spearman_head_on_real_without_ctrl": _spearman(mean(real - ctrl), mean(head_real - ctrl))[0],
         "same_ranking": {c: bool(np.array_equal(rankdata(mean(wm[c])), rankdata(mean(wm[ref])))) for c in caches},
         "reference_cache": ref,
         "settings": {"checkpoint": str(checkpoint) if checkpoint else "bundled", "episodes": episodes,
@@ -133,6 +142,8 @@ def format_table(result: dict) -> str:
                  + " ".join(f"{fmt(result['spearman'][c]):>14}" for c in caches))
     lines.append(f"{'Spearman (all eps)':<22} {'':>9} {'':>10} "
                  + " ".join(f"{fmt(result['spearman_all'][c]):>14}" for c in caches))
+    lines.append(f"{'Spearman, ctrl removed':<22} {'':>9} {fmt(result['spearman_head_on_real_without_ctrl']):>10} "
+                 + " ".join(f"{fmt(result['spearman_without_ctrl'][c]):>14}" for c in caches))
     ref = result["reference_cache"]
     lines.append(f"{'same ranking as ' + ref:<22} {'':>9} {'':>10} "
                  + " ".join(f"{'yes' if result['same_ranking'][c] else 'NO':>14}" for c in caches))
@@ -147,6 +158,8 @@ def markdown_table(result: dict) -> str:
             + " | ".join(f"{p['wm_return'][c]:.2f}" for c in caches) + " |" for p in result["policies"]]
     rows.append(f"| Spearman vs. real | | {fmt(result['spearman_head_on_real'])} | "
                 + " | ".join(fmt(result["spearman"][c]) for c in caches) + " |")
+    rows.append(f"| Spearman, control cost removed | | {fmt(result['spearman_head_on_real_without_ctrl'])} | "
+                + " | ".join(fmt(result["spearman_without_ctrl"][c]) for c in caches) + " |")
     rows.append(f"| same ranking as {result['reference_cache']} | | | "
                 + " | ".join("yes" if result["same_ranking"][c] else "no" for c in caches) + " |")
     return "\n".join(rows)
