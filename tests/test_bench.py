@@ -115,3 +115,13 @@ def test_equal_speed_comparison_interpolates_and_never_extrapolates():
     assert cmp["baselines"]["fora"] == {"psnr_vs_uncached": None, "min_speedup": 2.2, "max_speedup": 3.0}
     assert set(cmp["baselines"]) == {"teacache", "fora"}
     assert bench.equal_speed_comparison(rows[2:]) is None  # no WorldCache row
+
+
+def test_strip_shows_the_baseline_closest_to_uncached_at_a_similar_speed():
+    row = lambda policy, label, x, q, ret: {"policy": policy, "label": label, "group": "policy",  # noqa: E731
+                                            "denoising_speedup": x, "psnr_vs_uncached": q, "psnr_retention": ret}
+    rows = [row("worldcache", "worldcache", 2.0, 55.0, 1.0), row("teacache", "smooth", 2.1, 40.0, 1.02),
+            row("fora", "faithful", 1.8, 52.0, 1.0), row("fbcache", "too slow", 1.2, 70.0, 1.0)]
+    frames = {r["label"]: r["label"] for r in rows}
+    names = [name for name, _ in bench.strip_panels(rows, "u", frames, "gt")]
+    assert names == ["uncached", "WorldCache 2.00x", "faithful 1.80x", "ground truth"]
