@@ -52,8 +52,8 @@ def test_run_bench_writes_json_and_figures(tiny_ckpt, tmp_path):
     assert [r["policy"] for r in data["rows"]] == ["none", "worldcache"]
     for row in data["rows"]:
         assert {"policy", "config"} <= set(row) and set(METRICS) <= set(row)
-        for k in ("denoising_speedup", "env_step_speedup", "computed_fraction", "overhead_ms", "psnr", "ssim",
-                  "psnr_retention", "ssim_retention", "ssim_vs_uncached"):
+        for k in ("denoising_speedup", "env_step_speedup", "computed_fraction", "overhead_ms", "decision_ms", "psnr",
+                  "ssim", "psnr_retention", "ssim_retention", "ssim_vs_uncached"):
             assert isinstance(row[k], float) and math.isfinite(row[k]), (row["policy"], k, row[k])
         assert 0 <= row["computed_fraction"] <= 1
     wc = data["rows"][1]

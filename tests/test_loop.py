@@ -63,3 +63,22 @@ def test_loop_rejects_bad_arguments(tiny_dit, inputs):
         denoise(tiny_dit, default_scheduler(), noise, emb, num_steps=2, guidance_scale=3.0)
     with pytest.raises(ValueError, match="guidance"):
         denoise(tiny_dit, default_scheduler(), noise, emb, num_steps=2, guidance="both")
+
+
+def test_policy_time_excludes_block_forwards(tiny_dit):
+    """`CallRecord.policy_ms` is the policy's own time: for the uncached policy (whose run_stack only runs the blocks)
+    it is a small part of the call; hook policies, whose work runs inside the blocks, report NaN."""
+    from worldcache.cache import make_policy
+
+    noise, cond, emb, _ = tiny_inputs()
+    out = {}
+    for name in ("none", "worldcache", "fbcache"):
+        policy = make_policy(name)
+        try:
+            out[name] = denoise(tiny_dit, default_scheduler(), noise, emb, num_steps=6, cond_latents=cond,
+                                num_cond_frames=1, policy=policy).records
+        finally:
+            policy.detach()  # the DiT is shared by the session's tests
+    assert all(0 <= r.policy_ms < 0.25 * r.wall_ms for r in out["none"])
+    assert all(0 <= r.policy_ms < r.wall_ms for r in out["worldcache"])
+    assert all(r.policy_ms != r.policy_ms for r in out["fbcache"])  # NaN: not measurable from outside the blocks

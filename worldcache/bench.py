@@ -20,10 +20,15 @@ Measured per configuration (totals over all episodes, then ratios):
   call, which splits a call into ``fixed_ms`` (embed + head, the same whatever the cache) and ``block_ms`` per
   transformer block. For a cached call, overhead = ``wall_ms - fixed_ms - blocks_run * block_ms``: everything the
   call spent beyond the blocks it really ran (probing maths, drift, extrapolation, warping, hook bookkeeping).
-  It is a difference of timings, so it is noisy. Hook policies (diffusers) are detached after every rollout so the
-  next configuration runs on a clean model; re-attaching costs ~1-2 ms per rollout, inside the first call's time and
-  negligible next to a rollout. FasterCache reuses attention *inside* blocks it still counts as
-  run, so its figure can be negative (its saving shows up there, not in `blocks_run`).
+  It is a difference of timings between runs, so it is noisy (the ``none`` row shows how much). Hook policies
+  (diffusers) are detached after every rollout so the next configuration runs on a clean model; re-attaching costs
+  ~1-2 ms per rollout, inside the first call's time and negligible next to a rollout. FasterCache reuses attention
+  *inside* blocks it still counts as run, so its figure can be negative (its saving shows up there, not in
+  `blocks_run`).
+* ``decision_ms``: the same overhead measured inside each call: the time the policy spent in ``run_stack`` outside
+  block forwards (`CallRecord.policy_ms`), averaged over all calls. Precise, but blind to work done inside the
+  blocks: ``null`` for the diffusers-hook policies, whose skipping runs in hooks within the blocks; read
+  ``overhead_ms`` for those. Compare it with ``uncached.call_ms``, one full model call.
 * ``psnr``/``ssim`` vs. the simulator's real frames, ``psnr_retention``/``ssim_retention`` = cached / uncached of
   those, and ``psnr_vs_uncached``/``ssim_vs_uncached`` between cached and uncached predictions. A PSNR between
   identical frames is infinite and written as ``null`` in the JSON.
@@ -54,7 +59,7 @@ from .cache import load_policy
 from .cache.base import NoCache
 from .cache.config import CONFIG_DIR, read_yaml
 from .quality import psnr, ssim
-from .sampler import _sync
+from .dit import sync
 
 HELDOUT_SEED = 10_000          # env seeds of the held-out episodes: HELDOUT_SEED + i
 CALIBRATION_SEED = HELDOUT_SEED - 1  # warm-up / MagCache calibration episode, not among the measured ones
@@ -69,7 +74,7 @@ EXTRA_SETTINGS = {
 ABLATION_PARTS = ("motion_adaptive", "saliency", "blend", "warp", "phase_aware")
 ALL_POLICIES = ("none", "worldcache", "dicache", "fora", "teacache", "easycache", "fbcache", "fastercache",
                 "magcache", "taylorseer")
-METRICS = ("denoising_speedup", "env_step_speedup", "computed_fraction", "overhead_ms", "psnr", "ssim",
+METRICS = ("denoising_speedup", "env_step_speedup", "computed_fraction", "overhead_ms", "decision_ms", "psnr", "ssim",
            "psnr_retention", "ssim_retention", "psnr_vs_uncached", "ssim_vs_uncached")
 
 
@@ -174,10 +179,10 @@ class _TimedNoCache(NoCache):
         self.stack_ms: list[float] = []
 
     def run_stack(self, stack, call):
-        _sync(stack.x.device)
+        sync(stack.x.device)
         t0 = time.perf_counter()
         out = stack(stack.x)
-        _sync(stack.x.device)
+        sync(stack.x.device)
         self.stack_ms.append((time.perf_counter() - t0) * 1e3)
         return out
 
@@ -209,11 +214,11 @@ def _rollout(model, ep: dict, policy, runs: _Runs, num_steps, seed: int, repeats
     for _ in range(repeats):
         stack_ms = getattr(policy, "stack_ms", [])  # the timed reference's per-call block-stack times
         start = len(stack_ms)
-        _sync(model.device)
+        sync(model.device)
         t0 = time.perf_counter()
         frames, outs = model.rollout(ep["obs"][:1], ep["actions"][None], policy=policy, num_steps=num_steps,
                                      seed=seed)
-        _sync(model.device)
+        sync(model.device)
         elapsed = time.perf_counter() - t0
         policy.detach()  # hook policies leave the shared model clean for the next configuration
         times = stack_ms[start:]
@@ -255,6 +260,7 @@ def _row(cfg: BenchConfig, policy, runs: _Runs, ref: _Runs, real: np.ndarray, fi
         "env_step_speedup": _finite(ref.rollout_s / runs.rollout_s),
         "computed_fraction": sum(r.computed for r in runs.records) / n,
         "overhead_ms": _finite(overhead),
+        "decision_ms": _finite(float(np.mean([r.policy_ms for r in runs.records]))),
         **q,
         "psnr_retention": _finite(_ratio(q["psnr"], q_ref["psnr"])),
         "ssim_retention": _finite(_ratio(q["ssim"], q_ref["ssim"])),
@@ -336,7 +342,8 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
         "uncached": {"psnr": _finite(ref_psnr), "ssim": _finite(ref_ssim),
                      "denoise_ms_per_step": ref.loop_ms / ref.predictions,
                      "env_step_ms": 1e3 * ref.rollout_s / ref.predictions,
-                     "fixed_ms_per_call": fixed_ms, "block_ms": block_ms},
+                     "fixed_ms_per_call": fixed_ms, "block_ms": block_ms,
+                     "call_ms": float(np.mean([r.wall_ms for r in ref.records]))},
         "machine": machine_info(device),
         "settings": {"checkpoint": str(checkpoint) if checkpoint else "bundled", "episodes": episodes,
                      "chunks": chunks, "frames_per_episode": chunks * s.chunk, "num_steps": steps, "seed": seed,
@@ -375,7 +382,8 @@ def format_table(result: dict) -> str:
     width = max([6] + [len(r["label"]) for r in result["rows"]])
     cols = [("config", "label", width, None), ("denoise x", "denoising_speedup", 9, ".2f"),
             ("step x", "env_step_speedup", 7, ".2f"), ("computed", "computed_fraction", 8, ".2f"),
-            ("ovh ms", "overhead_ms", 7, ".2f"), ("PSNR", "psnr", 6, ".2f"), ("SSIM", "ssim", 6, ".3f"),
+            ("ovh ms", "overhead_ms", 7, ".2f"), ("dec ms", "decision_ms", 7, ".2f"),
+            ("PSNR", "psnr", 6, ".2f"), ("SSIM", "ssim", 6, ".3f"),
             ("PSNR ret", "psnr_retention", 8, ".3f"), ("SSIM ret", "ssim_retention", 8, ".3f"),
             ("PSNR/unc", "psnr_vs_uncached", 8, ".2f"), ("SSIM/unc", "ssim_vs_uncached", 8, ".3f")]
 
@@ -384,7 +392,8 @@ def format_table(result: dict) -> str:
 
     u, st = result["uncached"], result["settings"]
     lines = [f"{st['episodes']} episodes x {st['frames_per_episode']} frames, {st['num_steps']} denoising steps; "
-             f"uncached: {u['denoise_ms_per_step']:.0f} ms denoising / {u['env_step_ms']:.0f} ms per env step, "
+             f"uncached: {u['denoise_ms_per_step']:.0f} ms denoising / {u['env_step_ms']:.0f} ms per env step "
+             f"({u['call_ms']:.1f} ms per model call), "
              f"PSNR {u['psnr']:.2f} SSIM {u['ssim']:.3f} vs. the simulator",
              " ".join(f"{h:<{w}}" if spec is None else f"{h:>{w}}" for h, _, w, spec in cols)]
     lines.append("-" * len(lines[-1]))
@@ -520,6 +529,6 @@ def save_strip(panels: list[tuple[str, np.ndarray]], png_path, gif_path, scale: 
 
 def markdown_table(result: dict) -> str:
     """The README's "Benchmarks" table rows for a `run_bench` result."""
-    specs = (".2f", ".2f", ".2f", ".2f", ".2f", ".3f", ".3f", ".3f", ".2f", ".3f")  # in METRICS order
+    specs = (".2f", ".2f", ".2f", ".2f", ".2f", ".2f", ".3f", ".3f", ".3f", ".2f", ".3f")  # in METRICS order
     return "\n".join("| " + " | ".join([r["label"], *(_text(k, r[k], f) for k, f in zip(METRICS, specs))]) + " |"
                      for r in result["rows"])

@@ -7,6 +7,7 @@ that forward (tests check equality to 1e-6), plus one addition: an optional per-
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,12 @@ from diffusers import CosmosTransformer3DModel
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.models.transformers.transformer_cosmos import CosmosTransformerBlock
 from torchvision import transforms
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings measure it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def register_cosmos_block() -> None:
@@ -46,6 +53,7 @@ class BlockStack:
     def __init__(self, dit: "DiT", x: torch.Tensor, ctx: StackContext):
         self.dit, self.x, self.ctx = dit, x, ctx
         self.blocks_run = 0  # block forwards in this call: what a skipped call saves
+        self.block_ms = 0.0  # wall time inside block forwards; the rest of run_stack is the policy's own work
 
     @property
     def num_blocks(self) -> int:
@@ -53,10 +61,14 @@ class BlockStack:
 
     def __call__(self, h: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
         c = self.ctx
+        sync(h.device)
+        t0 = time.perf_counter()
         for block in self.dit.transformer.transformer_blocks[start:end]:
             h = block(h, c.encoder_hidden_states, c.embedded_timestep, c.temb, c.image_rotary_emb,
                       c.extra_pos_emb, c.attention_mask, None)
             self.blocks_run += 1
+        sync(h.device)
+        self.block_ms += (time.perf_counter() - t0) * 1e3
         return h
 
     def modulated_input(self) -> torch.Tensor:
@@ -136,6 +148,11 @@ class DiT(torch.nn.Module):
         """One model call: the policy decides how the block stack output is obtained."""
         x, ctx = self.embed(**inputs)
         stack = BlockStack(self, x, ctx)
+        sync(x.device)
+        t0 = time.perf_counter()
         h = policy.run_stack(stack, call)
+        sync(x.device)
+        if not policy.works_inside_blocks:
+            call.policy_ms = (time.perf_counter() - t0) * 1e3 - stack.block_ms
         call.blocks_run = stack.blocks_run
         return self.head(h, ctx)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cache.base import CachePolicy, CallRecord, NoCache
-from .dit import DiT
+from .dit import DiT, sync
 
 GUIDANCE_MODES = ("separate", "batched")
 
@@ -25,11 +25,6 @@ class SampleOutput:
     @property
     def computed_fraction(self) -> float:
         return sum(r.computed for r in self.records) / max(len(self.records), 1)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -65,11 +60,11 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
 
     def call(x, ts, emb, mask, fc, branch, step, sigma):
         rec = CallRecord(step=step, num_steps=num_steps, branch=branch, sigma=sigma)
-        _sync(noise.device)
+        sync(noise.device)
         start = time.perf_counter()
         v = dit(policy, rec, hidden_states=x, timestep=ts, encoder_hidden_states=emb, condition_mask=mask,
                 fps=fps, frame_cond=fc)
-        _sync(noise.device)
+        sync(noise.device)
         rec.wall_ms = (time.perf_counter() - start) * 1e3
         records.append(rec)
         return v

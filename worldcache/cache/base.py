@@ -26,6 +26,8 @@ class CallRecord:
     gamma: float = float("nan")   # extrapolation / blending coefficient used when skipping
     warped: float = float("nan")  # fraction of latent frames whose cached residual was warped (WorldCache)
     blocks_run: int = 0           # transformer block forwards actually run (0 for a skipped call w/o probe)
+    policy_ms: float = float("nan")  # time in the policy outside block forwards: its decision overhead
+                                     # (NaN for diffusers-hook policies, whose work runs inside the blocks)
     wall_ms: float = float("nan")  # wall time of the whole model call (embed + stack + head)
 
     def as_dict(self) -> dict:
@@ -44,6 +46,7 @@ class CachePolicy:
     """
 
     name = "base"
+    works_inside_blocks = False  # True: its work runs in hooks inside the blocks, so `policy_ms` cannot see it
 
     def __init__(self, config=None):
         self.config = config

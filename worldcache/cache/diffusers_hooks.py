@@ -65,6 +65,7 @@ class DiffusersHookPolicy(CachePolicy):
     """Base: attach diffusers hooks lazily, run the stack in a per-branch cache context, count real block work."""
 
     hook_names: tuple[str, ...] = ()
+    works_inside_blocks = True
 
     def __init__(self, config):
         super().__init__(config)
