@@ -108,12 +108,15 @@ def test_equal_speed_comparison_interpolates_and_never_extrapolates():
                                        "denoising_speedup": x, "psnr_vs_uncached": q}
     rows = [row("none", "none", 1.0, None), row("worldcache", "worldcache", 2.0, 55.0),
             row("teacache", "a", 1.5, 60.0), row("teacache", "b", 2.5, 50.0), row("fora", "c", 2.2, 52.0),
-            row("fora", "d", 3.0, 45.0)]
+            row("fora", "d", 3.0, 45.0), row("dicache", "e", 1.5, 62.0), row("dicache", "f", 1.95, 51.0)]
     cmp = bench.equal_speed_comparison(rows)
     assert cmp["speedup"] == 2.0 and cmp["psnr_vs_uncached"] == 55.0
     assert cmp["baselines"]["teacache"]["psnr_vs_uncached"] == pytest.approx(55.0)
-    assert cmp["baselines"]["fora"] == {"psnr_vs_uncached": None, "min_speedup": 2.2, "max_speedup": 3.0}
-    assert set(cmp["baselines"]) == {"teacache", "fora"}
+    assert not cmp["baselines"]["teacache"]["nearest"]
+    assert cmp["baselines"]["fora"] == {"psnr_vs_uncached": None, "nearest": False, "min_speedup": 2.2,
+                                        "max_speedup": 3.0}  # 10 % away: not equal speed
+    assert cmp["baselines"]["dicache"]["psnr_vs_uncached"] == 51.0 and cmp["baselines"]["dicache"]["nearest"]
+    assert set(cmp["baselines"]) == {"teacache", "fora", "dicache"}
     assert bench.equal_speed_comparison(rows[2:]) is None  # no WorldCache row
 
 

@@ -405,15 +405,20 @@ def format_table(result: dict) -> str:
                      f"{_text('psnr_vs_uncached', cmp['psnr_vs_uncached'], '.2f')} dB), each baseline's PSNR vs. "
                      "uncached, interpolated along its grid:")
         for name, c in cmp["baselines"].items():
-            lines.append(f"  {name:<12} " + (f"{c['psnr_vs_uncached']:.2f} dB" if c["psnr_vs_uncached"] is not None
-                                             else f"n/a (its grid spans {c['min_speedup']:.2f}-"
-                                                  f"{c['max_speedup']:.2f}x)"))
+            span = f"its grid spans {c['min_speedup']:.2f}-{c['max_speedup']:.2f}x"
+            lines.append(f"  {name:<12} " + (f"n/a ({span})" if c["psnr_vs_uncached"] is None else
+                                             f"{c['psnr_vs_uncached']:.2f} dB" + (
+                                                 f" (nearest point; {span})" if c["nearest"] else "")))
     return "\n".join(lines)
+
+
+NEAR_SPEED = 1.05  # a grid point this close in speedup stands for "equal speed" when the grid stops short of it
 
 
 def equal_speed_comparison(rows: list[dict], label: str = "worldcache") -> dict | None:
     """PSNR vs. uncached of every baseline at the denoising speedup of the row `label`, linearly interpolated
-    between the baseline's grid points (None where its grid does not reach that speedup: no extrapolation)."""
+    between the baseline's grid points. Where the grid stops short, its end point is used if it lies within 5 % of
+    that speedup (``"nearest": true``); otherwise None: no extrapolation."""
     ref = next((r for r in rows if r["label"] == label), None)
     if ref is None or ref["denoising_speedup"] is None:
         return None
@@ -426,8 +431,11 @@ def equal_speed_comparison(rows: list[dict], label: str = "worldcache") -> dict 
         if not pts:
             continue
         xs, ys = zip(*pts)
-        value = float(np.interp(speed, xs, ys)) if xs[0] <= speed <= xs[-1] else None
-        out[name] = {"psnr_vs_uncached": value, "min_speedup": xs[0], "max_speedup": xs[-1]}
+        inside = xs[0] <= speed <= xs[-1]
+        end = min((0, len(xs) - 1), key=lambda i: abs(math.log(xs[i] / speed)))
+        near = not inside and abs(math.log(xs[end] / speed)) <= math.log(NEAR_SPEED)
+        value = float(np.interp(speed, xs, ys)) if inside else ys[end] if near else None
+        out[name] = {"psnr_vs_uncached": value, "nearest": near, "min_speedup": xs[0], "max_speedup": xs[-1]}
     return {"label": label, "speedup": speed, "psnr_vs_uncached": ref["psnr_vs_uncached"], "baselines": out}
 
 
