@@ -179,11 +179,8 @@ class _TimedNoCache(NoCache):
         self.stack_ms: list[float] = []
 
     def run_stack(self, stack, call):
-        sync(stack.x.device)
-        t0 = time.perf_counter()
         out = stack(stack.x)
-        sync(stack.x.device)
-        self.stack_ms.append((time.perf_counter() - t0) * 1e3)
+        self.stack_ms.append(stack.block_ms)  # the stack times its own block forwards
         return out
 
 
