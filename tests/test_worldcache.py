@@ -137,6 +137,19 @@ def test_warp_check_keeps_a_warp_the_probe_confirms():
     assert call.warped == 1.0 and torch.equal(out, warped)
 
 
+def test_warp_check_counts_no_warp_where_nothing_moved(monkeypatch):
+    import worldcache.cache.worldcache as wc
+
+    src, _ = shifted_pair()
+    target = src * 1.01
+    # Resampling along a zero flow can differ from the input by rounding; here it "fits" the probe better on purpose.
+    monkeypatch.setattr(wc, "warp_tokens", lambda feat, flow, grid: feat + 0.5 * (target - feat))
+    policy = make_policy("worldcache", **{**BASE, "warp": True})
+    call = CallRecord(step=10, num_steps=20, branch="cond")
+    out = policy._warp(src.clone(), src, target, src, src, GRID, call)  # inputs equal: zero flow
+    assert call.warped == 0.0 and torch.equal(out, src)
+
+
 def test_warp_check_refuses_a_warp_the_probe_contradicts():
     out, warped, unwarped, call = _warp_case(moving_probe=False)  # inputs moved, features did not
     assert call.warped == 0.0 and torch.equal(out, unwarped) and not torch.allclose(warped, unwarped)

@@ -159,7 +159,9 @@ class WorldCache(CachePolicy):
         b, n, _ = approx.shape
         frames = grid[0]
         err = lambda r: (r - rho_now).abs().reshape(b, frames, -1).mean(-1)  # noqa: E731  (B, T)
-        keep = err(warp_tokens(rho_hat, flow, grid)) < err(rho_hat)
+        # A zero flow is no warp (the clean conditioning frame): rounding in the resampling must not count it as one.
+        moved = flow.flatten(1).abs().amax(dim=1).view(b, frames) > 0
+        keep = moved & (err(warp_tokens(rho_hat, flow, grid)) < err(rho_hat))
         call.warped = float(keep.float().mean())
         return torch.where(keep.repeat_interleave(n // frames, dim=1)[..., None], warped, approx)
 
