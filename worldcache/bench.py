@@ -39,8 +39,9 @@ A ``none`` row (the default grid has one) re-runs the uncached model as if it we
 much timing noise there is (ideally 1.00).
 
 With `json_out`, two figures are written next to the JSON: ``<stem>_pareto.png`` (denoising speedup vs. PSNR
-against the uncached prediction and vs. PSNR retention, one marker per policy, WorldCache highlighted) and ``<stem>_strip.png``/``.gif`` (the episode with the
-most motion: uncached | WorldCache | the best baseline at a similar speedup | ground truth).
+against the uncached prediction and vs. PSNR retention, one marker per policy, WorldCache highlighted) and
+``<stem>_strip.png``/``.gif`` (the episode with the most motion: uncached | WorldCache | the baseline closest to
+the uncached prediction at a similar speedup | ground truth).
 """
 from __future__ import annotations
 
