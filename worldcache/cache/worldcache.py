@@ -121,9 +121,9 @@ class WorldCache(CachePolicy):
         if call.branch == "batched":
             raise ValueError("uncond_reuse needs guidance='separate': with batched guidance both branches share "
                              "one model call, so the unconditional one cannot be skipped alone")
+        # the same window as any skip: after the first uncond_reuse_start of the steps, never a forced last step
         return (call.branch == "uncond" and "residuals" in st
-                and call.step >= self.config.uncond_reuse_start * call.num_steps
-                and not (self.config.force_last_step and call.step == call.num_steps - 1))
+                and may_skip(call, self.config.uncond_reuse_start, self.config.force_last_step))
 
     def _approximate(self, st: dict, rho_now, x, grid, call: CallRecord) -> torch.Tensor:
         """Extrapolate the block-stack residual from the last two computed ones, then warp it (optional)."""
