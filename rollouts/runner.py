@@ -42,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache.config import CONFIG_DIR
 from .store import FORMAT_VERSION, EpisodeStore
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # rollout attrs that may differ between runs into one store (the rest must match to resume)
 _FREE_ATTRS = ("checkpoint", "num_envs")
 

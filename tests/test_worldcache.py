@@ -4,7 +4,7 @@ import torch
 
 from worldcache.cache import ConfigError, load_policy, make_policy
 from worldcache.cache.base import CallRecord
-from worldcache.cache.config import CONFIG_DIR
+from worldcache.cache.config import CACHE_CONFIG_DIR
 from worldcache.motion import token_flow, warp_tokens
 from worldcache.sampler import denoise, default_scheduler
 from worldcache.tiny import tiny_inputs
@@ -187,7 +187,7 @@ def test_hf_veto_forbids_skips(tiny_dit):
 def test_yaml_defaults_load():
     # the shipped YAML and the dataclass agree, so an install without configs/ behaves the same
     assert load_policy("worldcache").config == make_policy("worldcache").config
-    paper = load_policy(CONFIG_DIR / "worldcache_paper.yaml").config  # ../shared/METHOD.md's defaults
+    paper = load_policy(CACHE_CONFIG_DIR / "worldcache_paper.yaml").config  # ../shared/METHOD.md's defaults
     assert (paper.threshold, paper.ret_ratio, paper.alpha, paper.beta, paper.phase_slope) == (0.08, 0.2, 5, 5, 4)
     assert paper.warp and not paper.warp_check and not paper.hf_veto and not paper.uncond_reuse
     assert load_policy("dicache").config.motion_adaptive is False

@@ -58,7 +58,7 @@ import torch
 
 from .cache import load_policy
 from .cache.base import NoCache
-from .cache.config import CONFIG_DIR, read_yaml
+from .cache.config import CACHE_CONFIG_DIR, read_yaml
 from .quality import psnr, ssim
 from .dit import sync
 
@@ -100,7 +100,7 @@ def _fmt(v) -> str:
 def policy_grid(name: str) -> list[BenchConfig]:
     """The small grid one policy is benchmarked at: threshold x {0.5, 1, 2} of its default, or the settings in
     `EXTRA_SETTINGS`, or just its default configuration."""
-    default = CONFIG_DIR / f"{name}.yaml"
+    default = CACHE_CONFIG_DIR / f"{name}.yaml"
     if name in THRESHOLD_POLICIES and default.is_file():
         tau = float(read_yaml(default)["threshold"])
         return [BenchConfig(name if s == 1 else f"{name} threshold={_fmt(round(tau * s, 6))}", name,
@@ -118,7 +118,7 @@ def ablation_grid() -> list[BenchConfig]:
     rows = [BenchConfig(f"worldcache {'-' if getattr(default, p) else '+'}{p}", "worldcache",
                         {p: not getattr(default, p)}, "ablation") for p in ABLATION_PARTS]
     rows.append(BenchConfig("worldcache -all", "worldcache", dict.fromkeys(ABLATION_PARTS, False), "ablation"))
-    rows.append(BenchConfig("worldcache paper defaults", str(CONFIG_DIR / "worldcache_paper.yaml"), {}, "ablation"))
+    rows.append(BenchConfig("worldcache paper defaults", str(CACHE_CONFIG_DIR / "worldcache_paper.yaml"), {}, "ablation"))
     return rows
 
 

@@ -18,6 +18,12 @@ import os
 os.environ.setdefault("MUJOCO_GL", "osmesa")  # must precede any mujoco/gymnasium import
 if os.environ["MUJOCO_GL"] == "osmesa":
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+    # PyOpenGL loads libOSMesa with RTLD_GLOBAL, and its LLVM symbols then crash triton's own LLVM when triton is
+    # imported later (diffusers and torch import it): a segfault. Imported first, triton is unaffected.
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
 
 import time
 from typing import Any, Callable

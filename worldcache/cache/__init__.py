@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import CachePolicy, CallRecord, NoCache
-from .config import CONFIG_DIR, ConfigError, PolicyConfig, build_config, read_yaml
+from .config import CACHE_CONFIG_DIR, ConfigError, PolicyConfig, build_config, read_yaml
 
 POLICIES: dict[str, type[CachePolicy]] = {}
 
@@ -36,7 +36,7 @@ def load_policy(spec: str | Path, **overrides) -> CachePolicy:
     """`spec` is a YAML path, or a policy name (its default file under configs/cache/ is used if present)."""
     path = Path(spec)
     if path.suffix not in (".yaml", ".yml"):
-        default = CONFIG_DIR / f"{spec}.yaml"
+        default = CACHE_CONFIG_DIR / f"{spec}.yaml"
         if not default.is_file():
             return make_policy(str(spec), **overrides)
         path = default

@@ -8,7 +8,12 @@ from typing import Any
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "cache"
+import worldcache.configs
+
+# The one place the shipped configs are found: top-level configs/ in the repository, `worldcache.configs` when
+# installed (pyproject maps one onto the other), so an editable and a wheel install read the same files.
+CONFIG_DIR = Path(worldcache.configs.__file__).resolve().parent
+CACHE_CONFIG_DIR = CONFIG_DIR / "cache"
 
 
 class ConfigError(ValueError):

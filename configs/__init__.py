@@ -1,0 +1,1 @@
+"""The shipped configs (YAML): installed as the package `worldcache.configs`, so a wheel install finds them too."""

@@ -1,0 +1,28 @@
+"""Every shipped config loads by name from the one CONFIG_DIR (which a wheel install ships as worldcache.configs)."""
+import pytest
+
+from worldcache.cache import load_policy
+from worldcache.cache.config import CACHE_CONFIG_DIR, CONFIG_DIR
+from worldcache.rollouts.runner import RolloutConfig
+
+CACHE_NAMES = sorted(p.stem for p in CACHE_CONFIG_DIR.glob("*.yaml"))
+ROLLOUT_NAMES = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def test_config_dir_holds_the_shipped_files():
+    assert CACHE_CONFIG_DIR == CONFIG_DIR / "cache"
+    assert {"worldcache", "worldcache_paper", "dicache", "teacache", "none"} <= set(CACHE_NAMES)
+    assert {"rollout", "rollout_smoke"} <= set(ROLLOUT_NAMES)
+
+
+@pytest.mark.parametrize("name", CACHE_NAMES)
+def test_cache_config_loads_by_name(name):
+    policy = load_policy(name)
+    assert policy.name == ("worldcache" if name == "worldcache_paper" else name)
+
+
+@pytest.mark.parametrize("name", ROLLOUT_NAMES)
+def test_rollout_config_loads_by_name(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # by name, not by a path relative to the checkout
+    cfg = RolloutConfig.load(name)
+    assert cfg.episodes >= 1 and cfg.cache in CACHE_NAMES
