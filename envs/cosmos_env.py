@@ -22,6 +22,7 @@ from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
 START_FRAMES = "start_frames.npy"
+STAT_KEYS = ("drift", "threshold", "motion")  # per-call decision statistics the info carries where measured
 OBS_MODES = ("frame", "history")
 SEED_HIGH = 2**31  # noise seeds are drawn from the env's np_random: same env seed -> same predictions
 _warned_no_reward: set[str] = set()
@@ -31,7 +32,8 @@ class WorldSim:
     """What the single and the vector env share: model, cache policy, start frames, reward and termination."""
 
     def __init__(self, checkpoint=None, cache="worldcache", cache_config=None, device="cpu", num_steps=None,
-                 chunk=None, reward_fn=None, termination_fn=None, model=None, stats=True):
+                 chunk=None, reward_fn=None, termination_fn=None, model=None, timings=False,
+                 normalize_actions=False):
         from worldcache.cache import CachePolicy, load_policy
         from worldcache.world_model import BUNDLED, CheckpointError, WorldModel
 
@@ -42,7 +44,8 @@ class WorldSim:
         if chunk is not None and chunk != s.chunk:
             raise ValueError(f"chunk={chunk} does not match the model's chunk {s.chunk} (frames per prediction)")
         self.num_steps = int(num_steps or s.num_steps)
-        self.stats = bool(stats)
+        self.timings = bool(timings)
+        self.records: list = []  # the CallRecords of the last prediction (NaN marks what a policy does not measure)
         if isinstance(cache, CachePolicy):
             if cache_config:
                 raise ValueError("cache_config only applies when cache is a policy name or YAML path")
@@ -51,9 +54,14 @@ class WorldSim:
             self.policy = load_policy(cache, **(cache_config or {}))
         self.low = np.asarray(s.action_low, np.float32)
         self.high = np.asarray(s.action_high, np.float32)
-        self.action_space = spaces.Box(np.broadcast_to(self.low, (s.chunk, s.action_dim)),
-                                       np.broadcast_to(self.high, (s.chunk, s.action_dim)), dtype=np.float32)
+        # normalize_actions: RL libraries expect Box[-1, 1]; actions are then mapped affinely onto the model's bounds
+        self.normalize_actions = bool(normalize_actions)
+        lo, hi = (-1.0, 1.0) if self.normalize_actions else (self.low, self.high)
+        shape = (s.chunk, s.action_dim)
+        self.action_space = spaces.Box(np.broadcast_to(lo, shape).astype(np.float32),
+                                       np.broadcast_to(hi, shape).astype(np.float32), dtype=np.float32)
         self.frame_shape = (s.height, s.width, 3)
+        self.render_fps = s.fps / s.chunk  # render() gives one frame per step, and a step is `chunk` frames
 
         self.start_frames = None
         path = self.folder / START_FRAMES if self.folder is not None else None
@@ -90,7 +98,9 @@ class WorldSim:
 
     # --- input checks: all of them run before any state changes, so a rejected call leaves the env usable ----
     def check_actions(self, action, batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """-> (actions clipped to the bounds, float32 (batch, chunk, A); per-env "was clipped" flags)."""
+        """-> (model actions clipped to the bounds, float32 (batch, chunk, A); per-env "was clipped" flags).
+
+        With `normalize_actions` the input is in [-1, 1] (clipped there) and scaled onto the model's bounds."""
         s = self.spec
         want = (s.chunk, s.action_dim) if batch is None else (batch, s.chunk, s.action_dim)
         try:
@@ -103,8 +113,12 @@ class WorldSim:
         if not np.isfinite(a).all():
             raise ValueError("action contains NaN or inf")
         a = a.reshape(-1, s.chunk, s.action_dim)
-        clipped = np.clip(a, self.low, self.high)  # out of bounds: clip, as most continuous-control envs do
-        return clipped, (clipped != a).any(axis=(1, 2))
+        lo, hi = self.action_space.low[0], self.action_space.high[0]
+        clipped = np.clip(a, lo, hi)  # out of bounds: clip, as most continuous-control envs do
+        flags = (clipped != a).any(axis=(1, 2))
+        if self.normalize_actions:
+            clipped = (self.low + (clipped + 1) * 0.5 * (self.high - self.low)).astype(np.float32)
+        return clipped, flags
 
     def parse_options(self, options: dict | None, batch: int | None = None) -> np.ndarray | None:
         """reset options -> the start frame(s) they give, or None."""
@@ -133,22 +147,27 @@ class WorldSim:
 
     # --- one batched prediction --------------------------------------------------------------------------------
     def predict(self, frames: np.ndarray, actions: np.ndarray, seeds: list[int]) -> tuple[np.ndarray, dict]:
-        """uint8 (B, H, W, 3) + (B, chunk, A) -> uint8 (B, chunk, H, W, 3) and the prediction's cache stats."""
+        """uint8 (B, H, W, 3) + (B, chunk, A) -> uint8 (B, chunk, H, W, 3) and the prediction's cache stats.
+
+        The info is deterministic and NaN-free (gymnasium's `check_env` compares two identical steps' infos, and NaN
+        never equals itself): a per-call statistic is there only when the policy measured it on every call. Wall
+        times only with `timings`. The full records are `self.records`."""
         t0 = time.perf_counter()
         out_frames, out = self.model.predict(frames, actions, policy=self.policy, num_steps=self.num_steps,
-                                             seed=seeds)
+                                             seed=seeds, timing=self.timings)
         out_frames = out_frames.cpu().numpy()
         model_ms = (time.perf_counter() - t0) * 1e3
-        recs = out.records
+        self.records = recs = out.records
         info = {
             "computed_fraction": float(out.computed_fraction),
             "calls": len(recs),
             "skipped": sum(not r.computed for r in recs),
             "computed": np.array([r.computed for r in recs], bool),
         }
-        if self.stats:  # measurements: wall times vary run to run, NaN marks what the policy does not measure
-            info.update({key: np.array([getattr(r, key) for r in recs], np.float64)
-                         for key in ("drift", "threshold", "motion")})
+        for key, values in record_arrays(recs, STAT_KEYS).items():
+            if np.isfinite(values).all():
+                info[key] = values
+        if self.timings:
             info.update(model_ms=model_ms, denoise_ms=float(sum(r.wall_ms for r in recs)))
         return out_frames, info
 
@@ -157,6 +176,11 @@ class WorldSim:
 
     def close(self) -> None:
         self.policy.detach()  # hook-based policies attach to the (possibly shared) model
+
+
+def record_arrays(records, keys=STAT_KEYS) -> dict[str, np.ndarray]:
+    """Per-call float arrays of CallRecord fields (NaN where the policy does not measure one)."""
+    return {key: np.array([getattr(r, key) for r in records], np.float64) for key in keys}
 
 
 def check_view_args(obs_mode: str, history: int, render_mode: str | None, render_modes: list[str]) -> None:
@@ -172,21 +196,24 @@ def check_view_args(obs_mode: str, history: int, render_mode: str | None, render
 class CosmosWorldEnv(gym.Env):
     """The world model as an environment. One step = one chunk of actions = one prediction of `chunk` frames.
 
-    Action: float32 (chunk, action_dim) within the model's bounds; out-of-bound values are clipped (and
-    ``info["action_clipped"]`` is True), wrong shapes and NaN/inf raise ValueError without changing the env.
+    Action: float32 (chunk, action_dim) within the model's bounds (with ``normalize_actions=True``: within [-1, 1],
+    scaled affinely onto the bounds); out-of-bound values are clipped (and ``info["action_clipped"]`` is True),
+    wrong shapes and NaN/inf raise ValueError without changing the env.
     Observation: the latest predicted frame, uint8 (H, W, 3); with ``obs_mode="history"`` a dict with that
     ``frame`` and ``history`` (history, H, W, 3), the last frames oldest first (the start frame repeated after
     reset). Reward: ``reward_fn(frames, actions)`` over the chunk's frames and actions, by default the checkpoint's
     learned reward head (0.0 without one). Episodes end by ``termination_fn(frames, actions)`` (default: never)
     or by the time limit of `gym.make` (``max_episode_steps``, in chunks).
 
-    Info after a step: ``frames`` (chunk, H, W, 3) all predicted frames; the prediction's cache statistics
-    ``computed_fraction``, ``calls``, ``skipped`` and per model call ``computed``, ``drift``, ``threshold``,
-    ``motion`` (arrays, NaN where the policy does not measure it); ``model_ms`` (wall time of the prediction),
-    ``denoise_ms`` (the DiT calls in it); ``action_clipped``; ``noise_seed``. ``stats=False`` leaves out the
-    measurements (drift, threshold, motion, model_ms, denoise_ms) and keeps the info deterministic, as
-    gymnasium's `check_env` requires: it compares the infos of two identical steps, and wall times differ while
-    NaN never equals itself.
+    Info after a step, deterministic and NaN-free (as gymnasium's `check_env` requires): ``frames`` (chunk, H, W, 3)
+    all predicted frames; the prediction's cache statistics ``computed_fraction``, ``calls``, ``skipped``, per
+    model call ``computed`` and, where the policy measured them on every call, ``drift``, ``threshold``,
+    ``motion``; ``action_clipped``; ``noise_seed``. ``timings=True`` adds ``model_ms`` (wall time of the
+    prediction) and ``denoise_ms`` (its DiT calls). The last prediction's full `CallRecord`s, NaN for what a
+    policy does not measure, are ``env.unwrapped.sim.records``.
+
+    Rendering (``render_mode="rgb_array"``) gives the latest frame, one per step, so ``metadata["render_fps"]`` is
+    the model's fps / chunk: recorded videos play in real time. ``info["frames"]`` holds every frame.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -194,12 +221,13 @@ class CosmosWorldEnv(gym.Env):
     def __init__(self, checkpoint: str | Path | None = None, cache="worldcache", cache_config: dict | None = None,
                  device: str = "cpu", num_steps: int | None = None, chunk: int | None = None,
                  reward_fn: Callable | None = None, termination_fn: Callable | None = None, obs_mode: str = "frame",
-                 history: int = 4, render_mode: str | None = None, model=None, stats: bool = True):
+                 history: int = 4, render_mode: str | None = None, model=None, timings: bool = False,
+                 normalize_actions: bool = False):
         check_view_args(obs_mode, history, render_mode, self.metadata["render_modes"])
         self.sim = WorldSim(checkpoint, cache, cache_config, device, num_steps, chunk, reward_fn, termination_fn,
-                            model, stats)
+                            model, timings, normalize_actions)
         self.obs_mode, self.history, self.render_mode = obs_mode, int(history), render_mode
-        self.metadata = {**self.metadata, "render_fps": self.sim.spec.fps}
+        self.metadata = {**self.metadata, "render_fps": self.sim.render_fps}
         self.action_space = self.sim.action_space
         self.observation_space = self.sim.observation_space(obs_mode, self.history)
         self._frames: np.ndarray | None = None  # the last `history` frames; None until reset

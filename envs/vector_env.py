@@ -9,7 +9,8 @@ batch (the largest drift decides), so its skips can differ from N separate envs.
 Autoreset is gymnasium 1.x's next-step mode: after an env terminates or truncates, its next `step` ignores its
 action and returns its reset observation (reward 0, not done); the other envs are predicted in one batch (no
 model call when all envs reset). Infos are dicts of arrays with gymnasium's ``_key`` masks; cache statistics
-describe the batched prediction, repeated for every env that took part in it.
+describe the batched prediction, repeated for every env that took part in it (see `CosmosWorldEnv` for which
+keys; ``env.sim.records`` holds the prediction's full `CallRecord`s).
 """
 from __future__ import annotations
 
@@ -33,15 +34,15 @@ class CosmosWorldVectorEnv(VectorEnv):
                  cache="worldcache", cache_config: dict | None = None, device: str = "cpu",
                  num_steps: int | None = None, chunk: int | None = None, reward_fn: Callable | None = None,
                  termination_fn: Callable | None = None, obs_mode: str = "frame", history: int = 4,
-                 render_mode: str | None = None, model=None, stats: bool = True):
+                 render_mode: str | None = None, model=None, timings: bool = False, normalize_actions: bool = False):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         check_view_args(obs_mode, history, render_mode, self.metadata["render_modes"])
         self.sim = WorldSim(checkpoint, cache, cache_config, device, num_steps, chunk, reward_fn, termination_fn,
-                            model, stats)
+                            model, timings, normalize_actions)
         self.num_envs, self.max_episode_steps = num_envs, max_episode_steps
         self.obs_mode, self.history, self.render_mode = obs_mode, int(history), render_mode
-        self.metadata = {**self.metadata, "render_fps": self.sim.spec.fps}
+        self.metadata = {**self.metadata, "render_fps": self.sim.render_fps}
         self.single_action_space = self.sim.action_space
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.single_observation_space = self.sim.observation_space(obs_mode, self.history)

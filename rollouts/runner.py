@@ -189,6 +189,7 @@ class RolloutWorker:
 
     def run(self, indices: list[int]) -> dict:
         """Roll out episodes `indices` together; write each one not in the store yet. Returns counts/times."""
+        from worldcache.envs.cosmos_env import record_arrays
         from worldcache.envs.vector_env import CosmosWorldVectorEnv
 
         from .policies import make_policy
@@ -196,7 +197,7 @@ class RolloutWorker:
         cfg, n, t0 = self.cfg, len(indices), time.perf_counter()
         env = CosmosWorldVectorEnv(n, max_episode_steps=cfg.steps, checkpoint=self.folder, cache=cfg.cache,
                                    cache_config=cfg.cache_config, device=self.device, num_steps=cfg.num_steps,
-                                   model=self.model)
+                                   model=self.model, timings=True)
         try:
             if self.policy is None:
                 self.policy = make_policy(cfg.policy, env.single_action_space, **cfg.policy_kwargs)
@@ -211,11 +212,12 @@ class RolloutWorker:
             for _ in range(cfg.steps):  # the time limit truncates every episode at `steps`
                 act = np.clip(np.asarray(self.policy(obs, rng), np.float32), low, high)
                 obs, rew, term, trunc, inf = env.step(act)
+                stats = record_arrays(env.sim.records)  # with NaN where not measured: fine in the store
                 for i in np.flatnonzero(~done):
                     eps[i]["obs"].append(obs[i])
                     eps[i]["steps"].append((act[i], rew[i], term[i], trunc[i],
-                                            {k: inf[k][i] for k in ("frames", "computed", "drift", "threshold",
-                                                                    "motion", "model_ms", "denoise_ms", "noise_seed")}))
+                                            {**stats, **{k: inf[k][i] for k in ("frames", "computed", "model_ms",
+                                                                               "denoise_ms", "noise_seed")}}))
                 done |= term | trunc
                 if done.all():
                     break

@@ -34,7 +34,9 @@ def test_loop_equals_plain_diffusers(tiny_dit, inputs):
     out = denoise(tiny_dit, default_scheduler(), noise, emb, num_steps=8, cond_latents=cond, num_cond_frames=1)
     assert torch.allclose(out.latents, ref, atol=1e-6)
     assert len(out.records) == 8 and all(r.computed for r in out.records)
-    assert all(r.blocks_run == 4 and r.wall_ms > 0 for r in out.records)
+    assert all(r.blocks_run == 4 for r in out.records)
+    # no timing asked for: no measurements (and on a GPU no synchronisation)
+    assert all(r.wall_ms != r.wall_ms and r.policy_ms != r.policy_ms for r in out.records)
 
 
 @pytest.mark.parametrize("mode", ["separate", "batched"])
@@ -66,8 +68,8 @@ def test_loop_rejects_bad_arguments(tiny_dit, inputs):
 
 
 def test_policy_time_excludes_block_forwards(tiny_dit):
-    """`CallRecord.policy_ms` is the policy's own time: for the uncached policy (whose run_stack only runs the blocks)
-    it is a small part of the call; hook policies, whose work runs inside the blocks, report NaN."""
+    """With `timing`, `CallRecord.policy_ms` is the policy's own time, a part of the call's `wall_ms`; hook policies,
+    whose work runs inside the blocks, report NaN. (How large a part is a benchmark's question, not a test's.)"""
     from worldcache.cache import make_policy
 
     noise, cond, emb, _ = tiny_inputs()
@@ -76,9 +78,8 @@ def test_policy_time_excludes_block_forwards(tiny_dit):
         policy = make_policy(name)
         try:
             out[name] = denoise(tiny_dit, default_scheduler(), noise, emb, num_steps=6, cond_latents=cond,
-                                num_cond_frames=1, policy=policy).records
+                                num_cond_frames=1, policy=policy, timing=True).records
         finally:
             policy.detach()  # the DiT is shared by the session's tests
-    assert all(0 <= r.policy_ms < 0.25 * r.wall_ms for r in out["none"])
-    assert all(0 <= r.policy_ms < r.wall_ms for r in out["worldcache"])
+    assert all(0 <= r.policy_ms < r.wall_ms for r in out["none"] + out["worldcache"])
     assert all(r.policy_ms != r.policy_ms for r in out["fbcache"])  # NaN: not measurable from outside the blocks

@@ -215,7 +215,7 @@ def _rollout(model, ep: dict, policy, runs: _Runs, num_steps, seed: int, repeats
         sync(model.device)
         t0 = time.perf_counter()
         frames, outs = model.rollout(ep["obs"][:1], ep["actions"][None], policy=policy, num_steps=num_steps,
-                                     seed=seed)
+                                     seed=seed, timing=True)
         sync(model.device)
         elapsed = time.perf_counter() - t0
         policy.detach()  # hook policies leave the shared model clean for the next configuration

@@ -84,7 +84,7 @@ def _bench_split(args) -> int:
     vae = dit = 0.0  # "vae": everything in the step that is not the DiT loop (encode, decode, glue)
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        _, out = model.predict(frame, actions, policy=policy, num_steps=args.steps)
+        _, out = model.predict(frame, actions, policy=policy, num_steps=args.steps, timing=True)
         step = time.perf_counter() - t0
         loop = sum(r.wall_ms for r in out.records) / 1e3
         dit += loop

@@ -50,10 +50,12 @@ class StackContext:
 class BlockStack:
     """Runs blocks of the stack for one model call. `x` is the stack input; policies call `self(h, start, end)`."""
 
-    def __init__(self, dit: "DiT", x: torch.Tensor, ctx: StackContext):
-        self.dit, self.x, self.ctx = dit, x, ctx
+    def __init__(self, dit: "DiT", x: torch.Tensor, ctx: StackContext, timing: bool = False):
+        self.dit, self.x, self.ctx, self.timing = dit, x, ctx, timing
         self.blocks_run = 0  # block forwards in this call: what a skipped call saves
-        self.block_ms = 0.0  # wall time inside block forwards; the rest of run_stack is the policy's own work
+        self.block_ms = float("nan")  # with timing: wall time inside block forwards (the rest is the policy's work)
+        if timing:
+            self.block_ms = 0.0
 
     @property
     def num_blocks(self) -> int:
@@ -61,14 +63,16 @@ class BlockStack:
 
     def __call__(self, h: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
         c = self.ctx
-        sync(h.device)
-        t0 = time.perf_counter()
+        if self.timing:  # a GPU sync per timed span: only when timings are asked for, never in production rollouts
+            sync(h.device)
+            t0 = time.perf_counter()
         for block in self.dit.transformer.transformer_blocks[start:end]:
             h = block(h, c.encoder_hidden_states, c.embedded_timestep, c.temb, c.image_rotary_emb,
                       c.extra_pos_emb, c.attention_mask, None)
             self.blocks_run += 1
-        sync(h.device)
-        self.block_ms += (time.perf_counter() - t0) * 1e3
+        if self.timing:
+            sync(h.device)
+            self.block_ms += (time.perf_counter() - t0) * 1e3
         return h
 
     def modulated_input(self) -> torch.Tensor:
@@ -144,15 +148,17 @@ class DiT(torch.nn.Module):
         h = h.permute(0, 7, 1, 6, 2, 4, 3, 5)
         return h.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
-    def forward(self, policy, call, **inputs) -> torch.Tensor:
-        """One model call: the policy decides how the block stack output is obtained."""
+    def forward(self, policy, call, timing: bool = False, **inputs) -> torch.Tensor:
+        """One model call: the policy decides how the block stack output is obtained. With `timing`, the policy's
+        own time (outside block forwards) goes to `call.policy_ms`."""
         x, ctx = self.embed(**inputs)
-        stack = BlockStack(self, x, ctx)
-        sync(x.device)
-        t0 = time.perf_counter()
+        stack = BlockStack(self, x, ctx, timing)
+        if timing:
+            sync(x.device)
+            t0 = time.perf_counter()
         h = policy.run_stack(stack, call)
-        sync(x.device)
-        if not policy.works_inside_blocks:
+        if timing and not policy.works_inside_blocks:
+            sync(x.device)
             call.policy_ms = (time.perf_counter() - t0) * 1e3 - stack.block_ms
         call.blocks_run = stack.blocks_run
         return self.head(h, ctx)

@@ -32,9 +32,12 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
             num_steps: int, policy: CachePolicy | None = None, cond_latents: torch.Tensor | None = None,
             num_cond_frames: int = 0, negative_encoder_hidden_states: torch.Tensor | None = None,
             guidance_scale: float = 1.0, guidance: str = "separate", frame_cond: torch.Tensor | None = None,
-            cond_frame_timestep: float = 1e-4, fps: int | None = None) -> SampleOutput:
+            cond_frame_timestep: float = 1e-4, fps: int | None = None, timing: bool = False) -> SampleOutput:
     """Denoise `noise` (B, C, T, H, W) in `num_steps` steps; the first `num_cond_frames` latent frames are
-    taken from `cond_latents` and kept clean. Returns the final latents and one `CallRecord` per model call."""
+    taken from `cond_latents` and kept clean. Returns the final latents and one `CallRecord` per model call.
+
+    `timing`: measure each call's wall time (`wall_ms`, `policy_ms`). On a GPU that synchronises several times per
+    call, so it is off unless asked for (benchmarks); without it those fields stay NaN."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if guidance not in GUIDANCE_MODES:
@@ -60,12 +63,14 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
 
     def call(x, ts, emb, mask, fc, branch, step, sigma):
         rec = CallRecord(step=step, num_steps=num_steps, branch=branch, sigma=sigma)
-        sync(noise.device)
-        start = time.perf_counter()
-        v = dit(policy, rec, hidden_states=x, timestep=ts, encoder_hidden_states=emb, condition_mask=mask,
+        if timing:
+            sync(noise.device)
+            start = time.perf_counter()
+        v = dit(policy, rec, timing, hidden_states=x, timestep=ts, encoder_hidden_states=emb, condition_mask=mask,
                 fps=fps, frame_cond=fc)
-        sync(noise.device)
-        rec.wall_ms = (time.perf_counter() - start) * 1e3
+        if timing:
+            sync(noise.device)
+            rec.wall_ms = (time.perf_counter() - start) * 1e3
         records.append(rec)
         return v
 

@@ -251,11 +251,12 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, frame, actions, *, policy: CachePolicy | None = None, num_steps: int | None = None,
-                seed: int | list[int] | None = 0) -> tuple[torch.Tensor, SampleOutput]:
+                seed: int | list[int] | None = 0, timing: bool = False) -> tuple[torch.Tensor, SampleOutput]:
         """Predict `chunk` new frames from the last frame(s) (uint8 (B, H, W, 3)) and actions (B, chunk, A).
 
         Returns uint8 frames (B, chunk, H, W, 3) and the loop's output (latents and per-call cache records).
         `seed` fixes the initial noise (one seed per batch element or one for all): same inputs -> same frames.
+        `timing`: record per-call wall times in the records (see `sampler.denoise`).
         """
         s = self.spec
         frame = torch.as_tensor(np.asarray(frame))
@@ -273,13 +274,14 @@ class WorldModel(nn.Module):
         out = denoise(self.dit, self.scheduler, noise, self.prompt_embeds.expand(b, -1, -1),
                       num_steps=num_steps or s.num_steps, policy=policy, cond_latents=cond_latents,
                       num_cond_frames=1, negative_encoder_hidden_states=self.negative_prompt_embeds.expand(b, -1, -1),
-                      guidance_scale=s.guidance_scale, frame_cond=a, cond_frame_timestep=s.cond_frame_timestep)
+                      guidance_scale=s.guidance_scale, frame_cond=a, cond_frame_timestep=s.cond_frame_timestep,
+                      timing=timing)
         frames = self.decode(out.latents)[:, 1:]
         return frames, out
 
     @torch.no_grad()
     def rollout(self, frame, actions, *, policy: CachePolicy | None = None, num_steps: int | None = None,
-                seed: int = 0) -> tuple[torch.Tensor, list[SampleOutput]]:
+                seed: int = 0, timing: bool = False) -> tuple[torch.Tensor, list[SampleOutput]]:
         """Open-loop autoregressive prediction of (B, n*chunk) actions: each chunk starts from the last predicted
         frame. Returns uint8 frames (B, n*chunk, H, W, 3) and one SampleOutput per chunk."""
         a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
@@ -290,7 +292,7 @@ class WorldModel(nn.Module):
         last = torch.as_tensor(np.asarray(frame))
         for c in range(a.shape[1] // k):
             new, out = self.predict(last, a[:, c * k:(c + 1) * k], policy=policy, num_steps=num_steps,
-                                    seed=seed + c)
+                                    seed=seed + c, timing=timing)
             frames.append(new)
             outs.append(out)
             last = new[:, -1].cpu()
