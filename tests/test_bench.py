@@ -90,16 +90,16 @@ def test_cli_bench_takes_settings_and_a_tuning_seed_range(tiny_ckpt, tmp_path, c
     from worldcache.cli import main
 
     out = tmp_path / "tune.json"
-    assert main(["bench", "--checkpoint", str(tiny_ckpt), "--policies", "worldcache:threshold=0.2,warp=true",
-                 "--no-ablation", "--episodes", "1", "--chunks", "1", "--steps", "3", "--first-seed", "20000",
+    assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", "worldcache:threshold=0.2,warp=true",
+                 "--no-ablation", "--episodes", "1", "--chunks", "1", "--denoise-steps", "3", "--first-seed", "20000",
                  "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["settings"]["env_seeds"] == [20000]
     (row,) = data["rows"]
     assert row["label"] == "worldcache threshold=0.2 warp=True"
     assert row["config"]["threshold"] == 0.2 and row["config"]["warp"] is True
-    assert main(["bench", "--checkpoint", str(tiny_ckpt), "--policies", "worldcache:threshold"]) == 2
-    assert main(["bench", "--checkpoint", str(tiny_ckpt), "--policies", "worldcache:thresold=0.1"]) == 2
+    assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", "worldcache:threshold"]) == 2
+    assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", "worldcache:thresold=0.1"]) == 2
     assert "thresold" in capsys.readouterr().err
 
 

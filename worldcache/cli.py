@@ -1,4 +1,7 @@
-"""`worldcache` command line. Each subcommand imports its module lazily so `--help` is instant."""
+"""`worldcache` command line. Each subcommand imports its module lazily so `--help` is instant.
+
+One name per meaning across all subcommands: ``--denoise-steps`` (denoising steps per prediction), ``--env-steps``
+(env steps), ``--cache`` (cache policies), ``--control`` (control policies)."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +18,7 @@ def _demo(args) -> int:
 
     dit = DiT(tiny_transformer(seed=args.seed, num_layers=8, heads=4, head_dim=32))
     noise, cond, emb, _ = tiny_inputs(batch=1, height=16, width=20, seed=args.seed)
-    kw = dict(num_steps=args.steps, cond_latents=cond, num_cond_frames=1)
+    kw = dict(num_steps=args.denoise_steps, cond_latents=cond, num_cond_frames=1)
     rows = []
     for spec in ["none", *args.cache]:
         policy = load_policy(spec)
@@ -33,7 +36,7 @@ def _demo(args) -> int:
 def _make_data(args) -> int:
     from .mujoco_data import generate
 
-    generate(args.out, episodes=args.episodes, steps=args.steps, seed=args.seed, height=args.height,
+    generate(args.out, episodes=args.episodes, steps=args.env_steps, seed=args.seed, height=args.height,
              width=args.width, policy=args.policy)
     return 0
 
@@ -61,7 +64,7 @@ def _evaluate_model(args) -> int:
     episodes, _ = load_episodes(args.data)
     held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
     res = evaluate_open_loop(model, held, chunks=args.chunks, policy=load_policy(args.cache),
-                             num_steps=args.steps, max_windows=args.windows, moving=args.moving)
+                             num_steps=args.denoise_steps, max_windows=args.windows, moving=args.moving)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -84,13 +87,13 @@ def _bench_split(args) -> int:
     vae = dit = 0.0  # "vae": everything in the step that is not the DiT loop (encode, decode, glue)
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        _, out = model.predict(frame, actions, policy=policy, num_steps=args.steps, timing=True)
+        _, out = model.predict(frame, actions, policy=policy, num_steps=args.denoise_steps, timing=True)
         step = time.perf_counter() - t0
         loop = sum(r.wall_ms for r in out.records) / 1e3
         dit += loop
         vae += step - loop
     total = vae + dit
-    print(f"per env step (one chunk of {s.chunk} frames, batch {args.batch}, {args.steps} steps, "
+    print(f"per env step (one chunk of {s.chunk} frames, batch {args.batch}, {args.denoise_steps} steps, "
           f"cache={policy.name}, {args.repeats} repeats):")
     print(f"  DiT denoising loop {dit / args.repeats:8.3f} s  ({100 * dit / total:5.1f} %)")
     print(f"  VAE and the rest   {vae / args.repeats:8.3f} s  ({100 * vae / total:5.1f} %)")
@@ -100,9 +103,9 @@ def _bench_split(args) -> int:
 def _bench(args) -> int:
     from .bench import run_bench
 
-    policies = None if args.policies is None else [_policy_spec(p) for p in args.policies]
+    policies = None if args.cache is None else [_policy_spec(p) for p in args.cache]
     run_bench(args.checkpoint, policies=policies, episodes=args.episodes, chunks=args.chunks,
-              num_steps=args.steps, ablation=not args.no_ablation, grid=not args.no_grid,
+              num_steps=args.denoise_steps, ablation=not args.no_ablation, grid=not args.no_grid,
               json_out=args.json, seed=args.seed, repeats=args.repeats, device=args.device,
               first_seed=args.first_seed)
     return 0
@@ -119,7 +122,7 @@ def _policy_spec(text: str):
     for item in filter(None, settings.split(",")):
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise ValueError(f"--policies {text!r}: expected NAME:key=value[,key=value...], got {item!r}")
+            raise ValueError(f"--cache {text!r}: expected NAME:key=value[,key=value...], got {item!r}")
         spec[key.strip()] = yaml.safe_load(value)
     return spec
 
@@ -127,7 +130,7 @@ def _policy_spec(text: str):
 def _evaluate_policies(args) -> int:
     from .fidelity import evaluate_policies
 
-    evaluate_policies(args.checkpoint, episodes=args.episodes, steps=args.steps, policies=args.policies,
+    evaluate_policies(args.checkpoint, episodes=args.episodes, steps=args.env_steps, policies=args.control,
                       seed=args.seed, cache=tuple(args.cache), num_steps=args.denoise_steps,
                       device=args.device, json_out=args.json)
     return 0
@@ -136,7 +139,7 @@ def _evaluate_policies(args) -> int:
 def _bench_vec(args) -> int:
     from .envs.vector_env import bench_vector
 
-    bench_vector(args.num_envs, args.steps, args.checkpoint, args.cache, num_steps=args.num_steps,
+    bench_vector(args.num_envs, args.env_steps, args.checkpoint, args.cache, num_steps=args.denoise_steps,
                  device=args.device)
     return 0
 
@@ -163,18 +166,19 @@ def _bench_rollouts(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="worldcache", description="Training-free caching for video world models.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of every error")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     d = sub.add_parser("demo", help="cached vs. uncached denoising on a small random Cosmos DiT")
     d.add_argument("--cache", nargs="*", default=["worldcache", "dicache"],
                    help="cache policy names or YAML files (default: worldcache dicache)")
-    d.add_argument("--steps", type=int, default=35)
+    d.add_argument("--denoise-steps", type=int, default=35)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_demo)
 
     m = sub.add_parser("make-data", help="render MuJoCo Pusher episodes into a Zarr episode store")
     m.add_argument("--out", default="data/pusher.zarr")
     m.add_argument("--episodes", type=int, default=240)
-    m.add_argument("--steps", type=int, default=48)
+    m.add_argument("--env-steps", type=int, default=48, help="env steps per episode")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--height", type=int, default=64)
     m.add_argument("--width", type=int, default=80)
@@ -204,26 +208,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--chunks", type=int, default=4)
     e.add_argument("--windows", type=int, default=16)
     e.add_argument("--moving", type=float, default=2.0, help="min mean |pixel change| for a window to count")
-    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--denoise-steps", type=int, default=None, help="default: the model's")
     e.add_argument("--cache", default="none")
     e.set_defaults(func=_evaluate_model)
 
     b = sub.add_parser("bench-split", help="time of one env step: DiT loop vs. VAE")
     b.add_argument("--checkpoint", default=None)
     b.add_argument("--cache", default="none")
-    b.add_argument("--steps", type=int, default=35)
+    b.add_argument("--denoise-steps", type=int, default=35)
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--repeats", type=int, default=3)
     b.set_defaults(func=_bench_split)
 
     bn = sub.add_parser("bench", help="speed/quality of every cache policy on held-out Pusher episodes")
     bn.add_argument("--checkpoint", default=None)
-    bn.add_argument("--policies", nargs="*", default=None,
-                    help="policy names (each at its small grid), YAML files, or NAME:key=value,... (exactly "
+    bn.add_argument("--cache", nargs="*", default=None,
+                    help="cache policy names (each at its small grid), YAML files, or NAME:key=value,... (exactly "
                          "those settings); default: all policies")
     bn.add_argument("--episodes", type=int, default=10)
     bn.add_argument("--chunks", type=int, default=2)
-    bn.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    bn.add_argument("--denoise-steps", type=int, default=None, help="default: the model's")
     bn.add_argument("--no-ablation", action="store_true")
     bn.add_argument("--no-grid", action="store_true", help="named policies at their default config only")
     bn.add_argument("--repeats", type=int, default=1, help="time each rollout N times, keep the fastest")
@@ -237,9 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     ep = sub.add_parser("evaluate-policies", help="rank control policies by real vs. world-model return")
     ep.add_argument("--checkpoint", default=None)
     ep.add_argument("--episodes", type=int, default=5)
-    ep.add_argument("--steps", type=int, default=48, help="env steps per episode (multiple of the chunk)")
-    ep.add_argument("--policies", nargs="*",
-                    default=["scripted:0", "scripted:0.3", "scripted:0.6", "scripted:1.0", "random"])
+    ep.add_argument("--env-steps", type=int, default=48, help="env steps per episode (multiple of the chunk)")
+    ep.add_argument("--control", nargs="*",
+                    default=["scripted:0", "scripted:0.3", "scripted:0.6", "scripted:1.0", "random"],
+                    help="control policies to rank")
     ep.add_argument("--cache", nargs="*", default=["none", "worldcache"])
     ep.add_argument("--denoise-steps", type=int, default=None)
     ep.add_argument("--seed", type=int, default=0)
@@ -249,10 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("bench-vec", help="per-env step time: N single envs in turn vs. one batched vector env")
     v.add_argument("--num-envs", type=int, default=4)
-    v.add_argument("--steps", type=int, default=3, help="timed env steps (chunks), after one warm-up step")
+    v.add_argument("--env-steps", type=int, default=3, help="timed env steps (chunks), after one warm-up step")
     v.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")
     v.add_argument("--cache", default="worldcache")
-    v.add_argument("--num-steps", type=int, default=None, help="denoising steps (default: the model's)")
+    v.add_argument("--denoise-steps", type=int, default=None, help="default: the model's")
     v.add_argument("--device", default="cpu")
     v.set_defaults(func=_bench_vec)
 
@@ -286,9 +291,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: say what, no traceback
+    except Exception as e:
+        if args.debug or not is_input_error(e):
+            raise  # a bug: the traceback is what a report needs
         print(f"worldcache {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def is_input_error(e: BaseException) -> bool:
+    """Bad input (say what, no traceback): a missing or existing file, or a ValueError that our own checks raise.
+    A ValueError raised inside a library (torch, numpy, ...) is a programming error and keeps its traceback."""
+    if isinstance(e, (FileNotFoundError, FileExistsError)):
+        return True
+    if not isinstance(e, ValueError) or e.__traceback__ is None:
+        return False
+    tb = e.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_globals.get("__name__", "").split(".")[0] == "worldcache"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,60 @@
+"""The command line: one flag name per meaning, one-line messages for bad input, tracebacks for bugs."""
+import argparse
+
+import numpy as np
+import pytest
+
+from worldcache import cli
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, set[str]]:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: {s for a in p._actions for s in a.option_strings} for name, p in sub.choices.items()}
+
+
+def test_one_name_per_meaning():
+    opts = _options(cli.build_parser())
+    every = set().union(*opts.values())
+    assert not every & {"--steps", "--policies", "--num-steps"}  # ambiguous old names are gone
+    assert {"--denoise-steps"} <= opts["bench"] & opts["bench-split"] & opts["demo"] & opts["evaluate-model"]
+    assert "--denoise-steps" in opts["evaluate-policies"] and "--denoise-steps" in opts["bench-vec"]
+    assert "--env-steps" in opts["make-data"] and "--env-steps" in opts["evaluate-policies"]
+    assert "--cache" in opts["bench"] and "--cache" in opts["evaluate-policies"]
+    assert "--control" in opts["evaluate-policies"]
+
+
+def test_bad_input_is_one_line(capsys, tmp_path):
+    assert cli.main(["inspect", str(tmp_path / "missing.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("worldcache inspect: error:") and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        cli.main(["--debug", "inspect", str(tmp_path / "missing.zarr")])
+
+
+def test_programming_errors_keep_their_traceback(monkeypatch):
+    def broken(args):
+        return np.zeros(-1)  # a ValueError raised inside numpy: a bug, not bad input
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["demo"].set_defaults(func=broken)
+    with pytest.raises(ValueError, match="negative"):
+        cli.main(["demo"])
+
+
+def test_input_error_classification():
+    def ours():
+        raise ValueError("bad value")  # raised in a worldcache module (this test is not one)
+
+    assert cli.is_input_error(FileNotFoundError("x"))
+    try:
+        cli._policy_spec("worldcache:threshold")
+    except ValueError as e:
+        assert cli.is_input_error(e)
+    try:
+        ours()
+    except ValueError as e:
+        assert not cli.is_input_error(e)  # the raising frame belongs to a test module, not to worldcache
