@@ -27,6 +27,8 @@ SETTINGS = {
                  dict(mag_ratios=RATIOS)),
     "taylorseer": (dict(cache_interval=2, disable_cache_before_step=2), dict(cache_interval=1),
                    dict(taylor_factors_dtype="float32")),
+    "worldcache": (dict(threshold=1.0), dict(threshold=0.0), dict(threshold=0.1)),
+    "dicache": (dict(threshold=1.0), dict(threshold=0.0), dict(threshold=0.1)),
 }
 
 
@@ -118,7 +120,7 @@ def test_close_to_uncached(setup, make, name):
 
 
 @pytest.mark.parametrize("guidance", ["separate", "batched"])
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL + ["worldcache", "dicache"])
 def test_guidance_branches_keep_separate_state(setup, make, name, guidance):
     _, _, _, emb, neg = setup
     # Negative prompt == prompt: each branch sees exactly the unguided calls, so with per-branch state the guided

@@ -135,8 +135,8 @@ class WorldCache(CachePolicy):
             a, b = rho_now - rho[-2], rho[-1] - rho[-2]
             if cfg.blend:  # least squares: argmin_g ||a - g b||^2
                 gamma = ((a * b).sum(dims) / (b * b).sum(dims).clamp_min(1e-12)).clamp(cfg.gamma_min, cfg.gamma_max)
-            else:  # DiCache's heuristic: ratio of probe-residual changes
-                gamma = (a.norm(dim=dims) / b.norm(dim=dims).clamp_min(1e-12)).clamp(1.0, 2.0)
+            else:  # DiCache's official heuristic: ratio of the L1 means of the probe-residual changes, in [1, 2]
+                gamma = (a.abs().mean(dims) / b.abs().mean(dims).clamp_min(1e-12)).clamp(1.0, 2.0)
             g = gamma[:, None, None]
             approx, rho_hat = res[-2] + g * (res[-1] - res[-2]), rho[-2] + g * (rho[-1] - rho[-2])
             call.gamma = float(gamma.mean())

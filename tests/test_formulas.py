@@ -1,0 +1,128 @@
+"""Each cache formula pinned to exact values on hand-made tensors (a scripted block stack), so a changed formula
+fails here even where it would still point in the right direction."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worldcache.cache import make_policy
+from worldcache.cache.base import CallRecord
+
+OFF = dict(motion_adaptive=False, saliency=False, blend=False, warp=False, phase_aware=False)
+
+
+class ScriptedStack:
+    """A block stack whose probe block adds `probe` and whose remaining blocks add `rest` to their input."""
+
+    num_blocks = 4
+
+    def __init__(self, x, probe=None, rest=None, mod=None):
+        self.x = torch.as_tensor(x, dtype=torch.float64)
+        self.probe = torch.zeros_like(self.x) if probe is None else torch.as_tensor(probe, dtype=torch.float64)
+        self.rest = torch.zeros_like(self.x) if rest is None else torch.as_tensor(rest, dtype=torch.float64)
+        self.mod = mod
+        self.ctx = type("Ctx", (), {"grid": (1, 1, self.x.shape[1])})()
+        self.blocks_run = 0
+
+    def __call__(self, h, start=0, end=None):
+        end = self.num_blocks if end is None else end
+        self.blocks_run += end - start
+        return h + (self.probe if start == 0 else 0) + (self.rest if end > 1 else 0)
+
+    def modulated_input(self):
+        return torch.as_tensor(self.mod, dtype=torch.float64)
+
+
+def tokens(*values):
+    """(1, N, 1): one sample, N tokens, one channel."""
+    return torch.tensor(values, dtype=torch.float64).view(1, -1, 1)
+
+
+def drive(policy, stacks, num_steps):
+    policy.begin(num_steps)
+    records, outs = [], []
+    for step, stack in enumerate(stacks):
+        rec = CallRecord(step=step, num_steps=num_steps, branch="cond")
+        outs.append(policy.run_stack(stack, rec))
+        records.append(rec)
+    return records, outs
+
+
+@pytest.mark.parametrize("phase_aware, step_factor", [(False, 1.0), (True, 1 + 4.0 * 1 / 10)])
+def test_motion_adaptive_threshold_is_tau_over_one_plus_alpha_v(phase_aware, step_factor):
+    # v = mean|x1 - x0| / mean|x0| = 0.25 / 1 = 0.25; tau_dyn = 0.16 * phase / (1 + 5 * 0.25)
+    p = make_policy("worldcache", threshold=0.16, ret_ratio=0.0, alpha=5.0,
+                    **{**OFF, "motion_adaptive": True, "phase_aware": phase_aware})
+    recs, _ = drive(p, [ScriptedStack(tokens(1, 1, 1, 1)), ScriptedStack(tokens(1.25, 1.25, 1.25, 1.25))], 10)
+    assert recs[1].motion == pytest.approx(0.25, abs=1e-12)
+    assert recs[1].threshold == pytest.approx(0.16 * step_factor / (1 + 5.0 * 0.25), abs=1e-12)
+
+
+def test_saliency_weights_are_one_plus_beta_minmax_std():
+    # previous probe output p_prev = x0 (a zero probe residual): tokens with channels (1, 1), (0, 2), (0, 4)
+    # per-token std over channels 0, sqrt2, 2 sqrt2 -> min-max normalised 0, 0.5, 1 -> w = 1 + 5 s = 1, 3.5, 6
+    x0 = torch.tensor([[[1.0, 1.0], [0.0, 2.0], [0.0, 4.0]]], dtype=torch.float64)
+    x1 = x0 + 1  # |p - p_prev| = 1 on every channel
+    p = make_policy("worldcache", threshold=100.0, ret_ratio=0.0, beta=5.0, **{**OFF, "saliency": True})
+    recs, _ = drive(p, [ScriptedStack(x0), ScriptedStack(x1)], 10)
+    assert recs[1].saliency == pytest.approx((1 + 3.5 + 6) / 3, abs=1e-12)
+    # drift = mean_tokens(w * mean_channels|p - p_prev|) / mean|p_prev| = 3.5 / (8 / 6)
+    assert recs[1].drift == pytest.approx(3.5 / (8 / 6), abs=1e-12)
+
+
+def three_calls(policy):
+    """Calls 0 and 1 compute (warm-up 2 of 10 steps), call 2 skips (a huge threshold): probe residuals
+    rho_0 = 0, rho_1 = (1, 2, 0, 1), rho_2 = (2, 1, 3, 0); stack residuals R_0 = 0 + 1, R_1 = rho_1 + 3."""
+    x = tokens(1, 1, 1, 1)
+    stacks = [ScriptedStack(x, tokens(0, 0, 0, 0), tokens(1, 1, 1, 1)),
+              ScriptedStack(x, tokens(1, 2, 0, 1), tokens(3, 3, 3, 3)),
+              ScriptedStack(x, tokens(2, 1, 3, 0), tokens(9, 9, 9, 9))]
+    recs, outs = drive(policy, stacks, 10)
+    assert [r.computed for r in recs] == [True, True, False]
+    r0, r1 = tokens(1, 1, 1, 1), tokens(4, 5, 3, 4)
+    return recs[2].gamma, outs[2], x + r0 + recs[2].gamma * (r1 - r0)
+
+
+def test_least_squares_gamma_is_inner_product_ratio():
+    # a = rho_2 - rho_0 = (2, 1, 3, 0), b = rho_1 - rho_0 = (1, 2, 0, 1): <a,b>/<b,b> = 4 / 6
+    gamma, out, expected = three_calls(make_policy("worldcache", threshold=1e9, ret_ratio=0.2, **{**OFF, "blend": True}))
+    assert gamma == pytest.approx(4 / 6, abs=1e-12)
+    torch.testing.assert_close(out, expected)
+
+
+def test_least_squares_gamma_is_clamped():
+    gamma, _, _ = three_calls(make_policy("worldcache", threshold=1e9, ret_ratio=0.2, gamma_max=0.5,
+                                          **{**OFF, "blend": True}))
+    assert gamma == 0.5
+
+
+def test_dicache_gamma_is_the_ratio_of_l1_means_clipped_to_1_2():
+    # DiCache's official form: mean|a| / mean|b| = 1.5 / 1 (the L2 ratio would give sqrt(14 / 6) = 1.528)
+    gamma, out, expected = three_calls(make_policy("dicache", threshold=1e9, ret_ratio=0.2))
+    assert gamma == pytest.approx(1.5, abs=1e-12)
+    torch.testing.assert_close(out, expected)
+
+
+def test_teacache_applies_its_rescaling_polynomial():
+    # d = rel_l1(mod_1, mod_0) = 0.2; 2 d^2 + 0.5 d + 0.1 = 0.28 (the identity polynomial would give 0.2)
+    p = make_policy("teacache", threshold=1.0, ret_ratio=0.0, coefficients=[2.0, 0.5, 0.1])
+    x = tokens(1, 1)
+    recs, _ = drive(p, [ScriptedStack(x, mod=tokens(1, 1)), ScriptedStack(x, mod=tokens(1.2, 1.2))], 10)
+    assert recs[1].drift == pytest.approx(0.28, abs=1e-12)
+
+
+def test_fora_skip_schedule():
+    p = make_policy("fora", interval=3, warmup_steps=2)
+    recs, _ = drive(p, [ScriptedStack(tokens(1, 1)) for _ in range(10)], 10)
+    assert [r.computed for r in recs] == [True, True, True, False, False, True, False, False, True, False]
+
+
+def test_easycache_transformation_rate():
+    # k = rel_l1(out_1, out_0) / rel_l1(x_1, x_0) = (1.5 / 2) / 0.5 = 1.5; call 2 predicts k * rel_l1(x_2, x_1)
+    # = 1.5 * (0.3 / 1.5) = 0.3
+    p = make_policy("easycache", threshold=1.0, ret_ratio=0.2)
+    stacks = [ScriptedStack(tokens(1, 1), rest=tokens(1, 1)), ScriptedStack(tokens(1.5, 1.5), rest=tokens(2, 2)),
+              ScriptedStack(tokens(1.8, 1.8))]
+    recs, _ = drive(p, stacks, 10)
+    assert [r.computed for r in recs] == [True, True, False]
+    assert recs[2].drift == pytest.approx(0.3, abs=1e-12)
