@@ -44,6 +44,7 @@ def test_default_grid_covers_every_policy_and_the_ablation():
     assert [c.label for c in bench_configs(["worldcache"], ablation=False, grid=False)] == ["worldcache"]
 
 
+@pytest.mark.slow
 def test_run_bench_writes_json_and_figures(tiny_ckpt, tmp_path):
     out = tmp_path / "bench.json"
     res = run_bench(tiny_ckpt, policies=["none", "worldcache"], episodes=1, chunks=1, num_steps=4, ablation=False,
@@ -69,6 +70,7 @@ def test_run_bench_writes_json_and_figures(tiny_ckpt, tmp_path):
     assert bench.markdown_table(res).splitlines()[1].startswith("| worldcache |")
 
 
+@pytest.mark.slow
 def test_evaluate_policies_returns_correlations(tiny_ckpt):
     assert parse_policy("scripted:0.3") == ("scripted", 0.3, "scripted noise=0.3")
     res = evaluate_policies(tiny_ckpt, episodes=1, steps=8, policies=["scripted:0", "random"], num_steps=3,

@@ -1,10 +1,12 @@
 """The bundled Pusher model: loads offline, predicts the right frames, and listens to its actions."""
 import numpy as np
+import pytest
 import torch
 
 from worldcache.world_model import BUNDLED, WorldModel
 
 
+@pytest.mark.slow
 def test_bundled_model_predicts_and_depends_on_actions():
     model = WorldModel.from_pretrained()  # no path: the bundled checkpoint, no network
     s = model.spec

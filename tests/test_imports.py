@@ -38,6 +38,7 @@ def test_mujoco_and_diffusers_in_any_order(code):
     assert res.returncode == 0 and res.stdout.strip() == "ok", f"rc={res.returncode}: {res.stderr[-2000:]}"
 
 
+@pytest.mark.slow
 def test_render_then_predict():
     code = """
 import numpy as np

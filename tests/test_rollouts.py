@@ -78,6 +78,7 @@ def groups(out):
 
 
 # --- runner -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_layout(ckpt, store_run):
     out, summary = store_run
     assert summary["episodes_written"] == 5 and summary["episodes_skipped"] == 0 and summary["workers"] == 2
@@ -104,6 +105,7 @@ def test_layout(ckpt, store_run):
     assert len(seeds) == 5
 
 
+@pytest.mark.slow
 def test_resume_writes_only_missing(ckpt, store_run, tmp_path):
     out = tmp_path / "resume.zarr"
     shutil.copytree(store_run[0], out)
@@ -129,6 +131,7 @@ def test_store_with_other_settings_is_refused(ckpt, store_run, tmp_path):
         RolloutConfig.load({"bogus": 1})
 
 
+@pytest.mark.slow
 def test_worker_crash_mid_episode(ckpt, tmp_path):
     marker, out = tmp_path / "died", tmp_path / "fault.zarr"
     cfg = config(ckpt, out, episodes=4, policy="test_rollouts:CrashOnce", policy_kwargs={"marker": str(marker)})
@@ -166,6 +169,7 @@ def test_inspect(store_run, tmp_path, capsys):
     assert "mean skip rate" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_rollouts(ckpt, tmp_path, capsys):
     rows = bench_rollouts(config(ckpt, tmp_path / "unused"), episodes=2, workers=(1, 2), out_dir=str(tmp_path),
                           num_envs=1)

@@ -78,6 +78,7 @@ def test_skipping_stays_close_to_uncached(tiny_dit):
 BASE = dict(motion_adaptive=False, saliency=False, blend=False, warp=False, phase_aware=False)
 
 
+@pytest.mark.slow
 def test_motion_adaptive_threshold(tiny_dit):
     off = run(tiny_dit, make_policy("worldcache", threshold=0.5, **BASE))
     on = run(tiny_dit, make_policy("worldcache", threshold=0.5, **{**BASE, "motion_adaptive": True, "alpha": 50.0}))
@@ -91,6 +92,7 @@ def test_motion_adaptive_threshold(tiny_dit):
     assert all(a >= b for a, b in fractions) and any(a > b for a, b in fractions)  # fast change -> compute more
 
 
+@pytest.mark.slow
 def test_saliency_weighted_drift(tiny_dit):
     off = run(tiny_dit, make_policy("worldcache", threshold=0.0, **BASE))
     on = run(tiny_dit, make_policy("worldcache", threshold=0.0, **{**BASE, "saliency": True, "beta": 5.0}))
