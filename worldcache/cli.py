@@ -44,7 +44,7 @@ def _train(args) -> int:
     cfg = TrainConfig(data=args.data, out=args.out, stages=tuple(args.stages), vae_steps=args.vae_steps,
                       dit_steps=args.dit_steps, dit_batch=args.dit_batch, dit_lr=args.dit_lr,
                       reward_steps=args.reward_steps, seed=args.seed, threads=args.threads, device=args.device,
-                      bf16=args.bf16)
+                      bf16=args.bf16, init_from=args.init_from)
     print(f"model written to {Trainer(cfg).run()}")
     return 0
 
@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda")
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on AVX512-BF16 CPUs and GPUs)")
+    t.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from this checkpoint's transformer + VAE with a fresh action embedder")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate-model", help="held-out open-loop PSNR/SSIM vs. the simulator's frames")
