@@ -263,9 +263,11 @@ class WorldModel(nn.Module):
                          "scheduler")
         hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
         want_in = spec.action_dim * (spec.temporal_compression if spec.action_per_frame else spec.chunk)
-        state = ActionEmbedder(want_in, 4 * hidden, hidden, spec.action_per_frame).zero_init().state_dict() if \
-            fresh_action_embedder else load("action embedder", lambda: load_file(str(path / "action_embedder.safetensors")),
-                     "action_embedder.safetensors")
+        if fresh_action_embedder:
+            state = ActionEmbedder(want_in, 4 * hidden, hidden, spec.action_per_frame).zero_init().state_dict()
+        else:
+            state = load("action embedder", lambda: load_file(str(path / "action_embedder.safetensors")),
+                         "action_embedder.safetensors")
         try:
             embedder = ActionEmbedder.from_state_dict(state, spec.action_per_frame).to(dtype)
         except (KeyError, RuntimeError) as e:
