@@ -49,6 +49,16 @@ def _train(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    from .convert import convert
+
+    summary = convert(args.transformer, args.vae, args.prompt_embeds, args.out, variant=args.variant,
+                      unsafe_pickle=args.unsafe_pickle, action_low=args.action_low, action_high=args.action_high,
+                      dtype=args.dtype, action_dim=args.action_dim, chunk=args.chunk)
+    print(summary.text())
+    return 0
+
+
 def _evaluate_model(args) -> int:
     import json
 
@@ -197,6 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-from", default=None, metavar="DIR",
                    help="start from this checkpoint's transformer + VAE with a fresh action embedder")
     t.set_defaults(func=_train)
+
+    cv = sub.add_parser("convert", help="NVIDIA's action-conditioned Cosmos checkpoint -> a WorldModel folder")
+    cv.add_argument("transformer", help="official *_ema_bf16.pt (2.5) or model-480p-4fps.pt (2)")
+    cv.add_argument("--vae", required=True, help="diffusers AutoencoderKLWan folder, or Wan2.1_VAE.pth / tokenizer.pth")
+    cv.add_argument("--prompt-embeds", required=True, help="safetensors/torch file with 'prompt' and 'negative'")
+    cv.add_argument("--out", required=True)
+    cv.add_argument("--variant", default="auto", choices=["auto", "2.5", "2"],
+                    help="2.5: actions per latent frame; 2: one embedding per chunk (auto: from fc1's width)")
+    cv.add_argument("--unsafe-pickle", action="store_true",
+                    help="load with weights_only=False (runs code stored in the file: only for files you trust)")
+    cv.add_argument("--action-low", type=float, nargs="+", default=None, help="default -1 (x6), 0 (gripper)")
+    cv.add_argument("--action-high", type=float, nargs="+", default=None, help="default 1 (x7)")
+    cv.add_argument("--action-dim", type=int, default=7)
+    cv.add_argument("--chunk", type=int, default=12, help="actions (new frames) per prediction")
+    cv.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="transformer weights")
+    cv.set_defaults(func=_convert)
 
     e = sub.add_parser("evaluate-model", help="held-out open-loop PSNR/SSIM vs. the simulator's frames")
     e.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")

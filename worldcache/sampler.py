@@ -39,7 +39,7 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
     taken from `cond_latents` and kept clean. Returns the final latents and one `CallRecord` per model call.
 
     `cond_frame_timestep`: the conditioning frames' timestep (None: the noisy frames' one, as NVIDIA's 2.5 action
-    model). `sigmas`: unshifted sigmas for the scheduler (None: its own). `quantise_timestep`: the network sees
+    model). `sigmas`: unshifted numpy sigmas for the scheduler (None: its own). `quantise_timestep`: the network sees
     floor(1000 sigma) / 1000, as NVIDIA's sampler. Latents, noise, timesteps and the scheduler stay fp32 whatever
     the weights' dtype, as diffusers' Cosmos 2.5 pipeline keeps them."""
     if num_steps < 1:
@@ -52,7 +52,7 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
     policy = policy or NoCache()
     scheduler = type(scheduler).from_config(scheduler.config)  # multistep solvers keep state: fresh per call
     scheduler.set_timesteps(None if sigmas is not None else num_steps, device=noise.device,
-                            sigmas=None if sigmas is None else list(sigmas))
+                            sigmas=sigmas)
     policy.begin(num_steps)
 
     b, _, t, hh, ww = noise.shape
