@@ -31,13 +31,14 @@ class WorldSim:
     """What the single and the vector env share: model, cache policy, start frames, reward and termination."""
 
     def __init__(self, checkpoint=None, cache="worldcache", cache_config=None, device="cpu", num_steps=None,
-                 chunk=None, reward_fn=None, termination_fn=None, model=None, stats=True):
+                 chunk=None, reward_fn=None, termination_fn=None, model=None, stats=True, dtype="fp32"):
         from worldcache.cache import CachePolicy, load_policy
         from worldcache.world_model import BUNDLED, CheckpointError, WorldModel
 
         # The folder also holds start frames and reward head. A passed-in model without a checkpoint has neither.
         self.folder = Path(checkpoint) if checkpoint is not None else (BUNDLED if model is None else None)
-        self.model = model if model is not None else WorldModel.from_pretrained(self.folder, device=device)
+        # dtype: the weights' (bf16/fp16/fp32); latents, noise and timesteps stay fp32.
+        self.model = model if model is not None else WorldModel.from_pretrained(self.folder, device=device, dtype=dtype)
         s = self.spec = self.model.spec
         if chunk is not None and chunk != s.chunk:
             raise ValueError(f"chunk={chunk} does not match the model's chunk {s.chunk} (frames per prediction)")
@@ -133,7 +134,8 @@ class WorldSim:
 
     # --- one batched prediction --------------------------------------------------------------------------------
     def predict(self, frames: np.ndarray, actions: np.ndarray, seeds: list[int]) -> tuple[np.ndarray, dict]:
-        """uint8 (B, H, W, 3) + (B, chunk, A) -> uint8 (B, chunk, H, W, 3) and the prediction's cache stats."""
+        """uint8 (B, H, W, 3) or (B, n, H, W, 3) frames, oldest first (the model conditions on its last 1 or 5)
+        + (B, chunk, A) -> uint8 (B, chunk, H, W, 3) and the prediction's cache stats."""
         t0 = time.perf_counter()
         out_frames, out = self.model.predict(frames, actions, policy=self.policy, num_steps=self.num_steps,
                                              seed=seeds)
@@ -194,10 +196,11 @@ class CosmosWorldEnv(gym.Env):
     def __init__(self, checkpoint: str | Path | None = None, cache="worldcache", cache_config: dict | None = None,
                  device: str = "cpu", num_steps: int | None = None, chunk: int | None = None,
                  reward_fn: Callable | None = None, termination_fn: Callable | None = None, obs_mode: str = "frame",
-                 history: int = 4, render_mode: str | None = None, model=None, stats: bool = True):
+                 history: int = 4, render_mode: str | None = None, model=None, stats: bool = True,
+                 dtype: str = "fp32"):
         check_view_args(obs_mode, history, render_mode, self.metadata["render_modes"])
         self.sim = WorldSim(checkpoint, cache, cache_config, device, num_steps, chunk, reward_fn, termination_fn,
-                            model, stats)
+                            model, stats, dtype)
         self.obs_mode, self.history, self.render_mode = obs_mode, int(history), render_mode
         self.metadata = {**self.metadata, "render_fps": self.sim.spec.fps}
         self.action_space = self.sim.action_space
@@ -216,7 +219,7 @@ class CosmosWorldEnv(gym.Env):
             raise ResetNeeded("Cannot call step() before reset(): the env has no current frame.")
         a, clipped = self.sim.check_actions(action)
         seed = int(self.np_random.integers(SEED_HIGH))
-        frames, info = self.sim.predict(self._frames[-1:], a, [seed])
+        frames, info = self.sim.predict(self._frames[None], a, [seed])  # the model takes the last 1 or 5
         frames, a = frames[0], a[0]
         reward, terminated = self.sim.outcome(frames, a)
         self._frames = np.concatenate([self._frames, frames])[-self.history:]

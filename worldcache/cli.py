@@ -67,7 +67,7 @@ def _evaluate_model(args) -> int:
     from .train import load_episodes, split
     from .world_model import WorldModel
 
-    model = WorldModel.from_pretrained(args.checkpoint)
+    model = WorldModel.from_pretrained(args.checkpoint, dtype=args.dtype)
     episodes, _ = load_episodes(args.data)
     held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
     res = evaluate_open_loop(model, held, chunks=args.chunks, policy=load_policy(args.cache),
@@ -84,7 +84,7 @@ def _bench_split(args) -> int:
     from .cache import load_policy
     from .world_model import WorldModel
 
-    model = WorldModel.from_pretrained(args.checkpoint)
+    model = WorldModel.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
     s = model.spec
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (args.batch, s.height, s.width, 3), dtype=np.uint8)
@@ -114,7 +114,7 @@ def _bench(args) -> int:
     run_bench(args.checkpoint, policies=policies, episodes=args.episodes, chunks=args.chunks,
               num_steps=args.steps, ablation=not args.no_ablation, grid=not args.no_grid,
               json_out=args.json, seed=args.seed, repeats=args.repeats, device=args.device,
-              first_seed=args.first_seed)
+              first_seed=args.first_seed, dtype=args.dtype)
     return 0
 
 
@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--moving", type=float, default=2.0, help="min mean |pixel change| for a window to count")
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--cache", default="none")
+    e.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     e.set_defaults(func=_evaluate_model)
 
     b = sub.add_parser("bench-split", help="time of one env step: DiT loop vs. VAE")
@@ -242,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=35)
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     b.set_defaults(func=_bench_split)
 
     bn = sub.add_parser("bench", help="speed/quality of every cache policy on held-out Pusher episodes")
@@ -260,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--first-seed", type=int, default=10_000,
                     help="env seed of the first episode (benchmark: 10000; tuning episodes: e.g. 20000)")
     bn.add_argument("--device", default="cpu")
+    bn.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     bn.set_defaults(func=_bench)
 
     ep = sub.add_parser("evaluate-policies", help="rank control policies by real vs. world-model return")
