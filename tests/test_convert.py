@@ -254,3 +254,54 @@ def test_2b_plan_matches_the_2b_model_on_meta():
     got.update({k: shapes[k] for k in plan.crossattn_proj})  # same name in diffusers
     assert got == want
     assert sum(math.prod(s) for s in want.values()) > 1.9e9  # it is the 2B network
+
+
+RES = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",
+       "conv_shortcut": "shortcut"}
+
+
+def wan_original_key(key: str) -> str:
+    """diffusers AutoencoderKLWan key -> the original Wan2.1_VAE.pth key (Wan's wan/modules/vae.py names)."""
+    import re
+
+    top = {"quant_conv": "conv1", "post_quant_conv": "conv2"}
+    if key.split(".")[0] in top:
+        return top[key.split(".")[0]] + key[key.index("."):]
+    side, rest = key.split(".", 1)
+    rest = re.sub(r"^conv_in", "conv1", rest)
+    rest = re.sub(r"^norm_out", "head.0", rest)
+    rest = re.sub(r"^conv_out", "head.2", rest)
+    if m := re.match(r"mid_block\.resnets\.(\d)\.(\w+)\.(.*)", rest):
+        rest = f"middle.{2 * int(m[1])}.{RES[m[2]]}.{m[3]}"
+    rest = rest.replace("mid_block.attentions.0.", "middle.1.")
+    if m := re.match(r"down_blocks\.(\d+)\.(norm1|conv1|norm2|conv2|conv_shortcut)\.(.*)", rest):
+        rest = f"downsamples.{m[1]}.{RES[m[2]]}.{m[3]}"
+    rest = re.sub(r"^down_blocks\.", "downsamples.", rest)
+    if m := re.match(r"up_blocks\.(\d)\.resnets\.(\d)\.(\w+)\.(.*)", rest):
+        rest = f"upsamples.{4 * int(m[1]) + int(m[2])}.{RES[m[3]]}.{m[4]}"
+    if m := re.match(r"up_blocks\.(\d)\.upsamplers\.0\.(.*)", rest):
+        rest = f"upsamples.{4 * int(m[1]) + 3}.{m[2]}"
+    return f"{side}.{rest}"
+
+
+def test_wan_vae_in_the_original_layout_maps_and_decodes_equal(tmp_path):
+    from worldcache.convert import load_vae
+
+    vae = tiny_vae()
+    with torch.no_grad():  # non-trivial values everywhere (diffusers zero-initialises some convs)
+        for p in vae.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    original = {wan_original_key(k): v.clone() for k, v in vae.state_dict().items()}
+    assert len(original) == len(vae.state_dict()) and "decoder.upsamples.4.shortcut.weight" in original
+    torch.save(original, tmp_path / "Wan2.1_VAE.pth")
+    mapped = load_vae(tmp_path / "Wan2.1_VAE.pth")
+    for k, v in vae.state_dict().items():
+        assert torch.equal(mapped.state_dict()[k], v), k
+    z = torch.randn(1, Z, 2, 4, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(mapped.decode(z).sample, vae.decode(z).sample)
+    broken = dict(original)
+    broken["decoder.head.2.weight"] = broken["decoder.head.2.weight"][:, :4]
+    torch.save(broken, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError, match=r"decoder\.conv_out\.weight: expected shape"):
+        load_vae(tmp_path / "broken.pth")
