@@ -20,7 +20,7 @@ import torch
 
 from worldcache.cache.base import CallRecord, NoCache
 from worldcache.convert import REAL_2B_CONFIG
-from worldcache.dit import DiT, StackContext  # noqa: F401  (StackContext: the probe reuses embed's context)
+from worldcache.dit import BlockStack, DiT
 from worldcache.world_model import ActionEmbedder, parse_dtype
 
 
@@ -80,9 +80,6 @@ def main() -> None:
         with torch.no_grad():
             return dit(NoCache(), CallRecord(0, 1, "cond"), **inputs)
 
-    with torch.no_grad():
-        h, ctx = dit.embed(**inputs)
-    from worldcache.dit import BlockStack
 
     def probe_call():  # what a probing cache policy pays on a skipped step: embed + the first block
         with torch.no_grad():
