@@ -302,8 +302,9 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
     Returns ``{"rows": [...], "machine": {...}, "settings": {...}}`` (one row per configuration, the keys listed in
     `METRICS` plus label/group/config and per-step times). With `json_out` the JSON and the figures are written.
     `repeats` > 1 times every rollout that many times and keeps the fastest (for noisy shared machines).
-    `dtype`: the weights' (bf16/fp16/fp32). `first_seed`: env seed of the first episode; another range (e.g. 20000) gives tuning episodes disjoint from the
-    benchmark's, so settings can be chosen without looking at the episodes they are reported on.
+    `dtype`: the weights' (bf16/fp16/fp32). `first_seed`: env seed of the first episode; another range (e.g.
+    20000) gives tuning episodes disjoint from the benchmark's, so settings can be chosen without looking at the
+    episodes they are reported on.
     """
     from .world_model import WorldModel
 
