@@ -1,8 +1,7 @@
 """The denoising loop: the only one in the codebase. Cosmos-Predict2.5 video2world flow matching.
 
-Conditioning frames are held clean (their velocity is replaced by the ground-truth one, their timestep is tiny or
-the noisy frames' one),
-the rest is denoised from noise; classifier-free guidance is off, two calls per step ("cond"/"uncond"), or one
+Conditioning frames are held clean (their velocity is replaced by the ground-truth one; their timestep is tiny, or
+the noisy frames' one), the rest is denoised from noise; classifier-free guidance is off, two calls per step ("cond"/"uncond"), or one
 batched call ("batched"). Every model call goes through `DiT.forward` with the cache policy.
 """
 from __future__ import annotations
@@ -51,8 +50,7 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
         raise ValueError("guidance_scale > 1 needs negative_encoder_hidden_states")
     policy = policy or NoCache()
     scheduler = type(scheduler).from_config(scheduler.config)  # multistep solvers keep state: fresh per call
-    scheduler.set_timesteps(None if sigmas is not None else num_steps, device=noise.device,
-                            sigmas=sigmas)
+    scheduler.set_timesteps(None if sigmas is not None else num_steps, device=noise.device, sigmas=sigmas)
     policy.begin(num_steps)
 
     b, _, t, hh, ww = noise.shape
