@@ -1,8 +1,8 @@
 """The denoising loop: the only one in the codebase. Cosmos-Predict2.5 video2world flow matching.
 
 Conditioning frames are held clean (their velocity is replaced by the ground-truth one; their timestep is tiny, or
-the noisy frames' one), the rest is denoised from noise; classifier-free guidance is off, two calls per step ("cond"/"uncond"), or one
-batched call ("batched"). Every model call goes through `DiT.forward` with the cache policy.
+the noisy frames' one), the rest is denoised from noise; classifier-free guidance is off, two calls per step
+("cond"/"uncond"), or one batched call ("batched"). Every model call goes through `DiT.forward` with the cache policy.
 """
 from __future__ import annotations
 
