@@ -321,7 +321,7 @@ class ConvertSummary:
     def text(self) -> str:
         return "\n".join([
             f"converted Cosmos action-conditioned model (variant {self.variant}) -> {self.out}",
-            f"  transformer: {self.transformer_tensors} tensors, {self.transformer_params / 1e9:.3f} B parameters",
+            f"  transformer: {self.transformer_tensors} tensors, {self.transformer_params / 1e6:.1f} M parameters",
             f"  action embedder: {self.action_tensors} tensors, widths in/hidden/D = {self.action_widths}",
             f"  dropped ({len(self.dropped)}): {', '.join(sorted({_kind(k) for k in self.dropped}))}",
             f"  prompts: {self.prompts}",
@@ -369,6 +369,16 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path,
     else:
         prompt_note = f"{text_in}-d, stored as given"
 
+    fc1 = state["action_embedder_B_D.fc1.weight"]
+    default_hw = (256, 320) if plan.variant == "2.5" else (480, 640)
+    spec = WorldModelSpec(
+        height=height or default_hw[0], width=width or default_hw[1], chunk=chunk, action_dim=action_dim,
+        action_low=list(action_low or DEFAULT_ACTION_LOW), action_high=list(action_high or DEFAULT_ACTION_HIGH),
+        fps=4.0, num_steps=35, guidance_scale=0.0, cond_frame_timestep=None, cond_latent_frames=1,
+        action_per_frame=plan.variant == "2.5", cosmos_sigmas=True, quantise_timestep=True,
+        fp32_time_embedding=True, temporal_compression=vae_model.config.scale_factor_temporal,
+        spatial_compression=vae_model.config.scale_factor_spatial, name=f"cosmos-action-{plan.variant}")
+    spec.check()
     tensors = {}
     for key, target in tqdm(plan.transformer.items(), desc="map transformer", unit="tensor", dynamic_ncols=True):
         tensors[target] = state[key].to(dtype).contiguous()
@@ -382,16 +392,6 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path,
     vae_model.save_pretrained(out / "vae")
     default_scheduler().save_pretrained(out / "scheduler")  # UniPC, flow sigmas, shift 5 (NVIDIA's sampler)
 
-    fc1 = state["action_embedder_B_D.fc1.weight"]
-    default_hw = (256, 320) if plan.variant == "2.5" else (480, 640)
-    spec = WorldModelSpec(
-        height=height or default_hw[0], width=width or default_hw[1], chunk=chunk, action_dim=action_dim,
-        action_low=list(action_low or DEFAULT_ACTION_LOW), action_high=list(action_high or DEFAULT_ACTION_HIGH),
-        fps=4.0, num_steps=35, guidance_scale=0.0, cond_frame_timestep=None, cond_latent_frames=1,
-        action_per_frame=plan.variant == "2.5", cosmos_sigmas=True, quantise_timestep=True,
-        fp32_time_embedding=True, temporal_compression=vae_model.config.scale_factor_temporal,
-        spatial_compression=vae_model.config.scale_factor_spatial, name=f"cosmos-action-{plan.variant}")
-    spec.check()
     (out / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
     return ConvertSummary(
         variant=plan.variant, out=str(out), transformer_tensors=len(tensors),
