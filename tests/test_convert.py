@@ -119,7 +119,8 @@ def test_every_tensor_lands_bit_equal(files, variant):
     w, b = (f["state"][f"net.crossattn_proj.0.{n}"].float() for n in ("weight", "bias"))
     stored = load_file(str(f["out"] / "prompt_embeds.safetensors"))
     for k in ("prompt", "negative"):
-        torch.testing.assert_close(stored[k], files["prompts"][k].float() @ w.T + b, rtol=1e-6, atol=1e-6)
+        want = F.gelu(files["prompts"][k].float() @ w.T + b)  # crossattn_proj: Linear -> GELU
+        torch.testing.assert_close(stored[k], want, rtol=1e-6, atol=1e-6)
     s = model.spec
     assert (s.cond_frame_timestep, s.cosmos_sigmas, s.quantise_timestep, s.fp32_time_embedding) == (
         None, True, True, True)
@@ -305,3 +306,32 @@ def test_wan_vae_in_the_original_layout_maps_and_decodes_equal(tmp_path):
     torch.save(broken, tmp_path / "broken.pth")
     with pytest.raises(CheckpointError, match=r"decoder\.conv_out\.weight: expected shape"):
         load_vae(tmp_path / "broken.pth")
+
+
+def test_a_folder_that_keeps_the_projection_takes_the_raw_embeddings(files, tmp_path):
+    """Loading accepts either form: the converter's (projection applied to the prompts) or one that keeps
+    `crossattn_proj` with the text encoder's raw embeddings; both predict the same."""
+    import json
+    import shutil
+
+    f = files["2.5"]
+    keep = tmp_path / "keep"
+    shutil.copytree(f["out"], keep)
+    cfg_file = keep / "transformer" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.update(use_crossattn_projection=True, crossattn_proj_in_channels=C_IN, encoder_hidden_states_channels=C_TEXT)
+    cfg_file.write_text(json.dumps(cfg))
+    weights = keep / "transformer" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(str(weights))
+    sd.update({f"crossattn_proj.0.{n}": f["state"][f"net.crossattn_proj.0.{n}"] for n in ("weight", "bias")})
+    save_file(sd, str(weights))
+    save_file(files["prompts"], str(keep / "prompt_embeds.safetensors"))  # raw, C_IN-d
+    folded, kept = WorldModel.from_pretrained(f["out"]), WorldModel.from_pretrained(keep)
+    assert kept.prompt_embeds.shape[-1] == C_IN and folded.prompt_embeds.shape[-1] == C_TEXT
+    rng = np.random.default_rng(1)
+    s = folded.spec
+    frame = rng.integers(0, 256, (1, s.height, s.width, 3), dtype=np.uint8)
+    actions = rng.uniform(s.action_low, s.action_high, (1, s.chunk, s.action_dim)).astype(np.float32)
+    _, a = folded.predict(frame, actions, num_steps=3, seed=0)
+    _, b = kept.predict(frame, actions, num_steps=3, seed=0)
+    torch.testing.assert_close(a.latents, b.latents, rtol=1e-4, atol=1e-4)

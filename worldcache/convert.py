@@ -15,8 +15,8 @@ A missing, unexpected or misshapen key is a `CheckpointError` naming the key and
 expected keys and shapes come from `CosmosTransformer3DModel` built on the `meta` device with the config read
 from the checkpoint's shapes, so the plan for a 2B checkpoint can be checked without its memory.
 
-`crossattn_proj` (100352 -> 1024, ~400 MB in bf16) is applied once to the two fixed prompts and dropped: the
-written transformer then takes 1024-d text embeddings directly (exact up to rounding; done in fp32).
+`crossattn_proj` (Linear 100352 -> 1024, then GELU; ~400 MB in bf16) is applied once to the two fixed prompts and
+dropped: the written transformer then takes 1024-d text embeddings directly (exact up to rounding; done in fp32).
 """
 from __future__ import annotations
 
@@ -363,7 +363,8 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path,
                                   f"takes {text_in}")
     if cfg["use_crossattn_projection"]:  # apply once to the fixed prompts and drop the projection (exact, -400 MB)
         w, b = (state[k].float() for k in CROSSATTN_PROJ)
-        prompts = {k: torch.nn.functional.linear(v.float(), w, b) for k, v in prompts.items()}
+        # crossattn_proj is Linear -> GELU (NVIDIA's and diffusers' nn.Sequential)
+        prompts = {k: torch.nn.functional.gelu(torch.nn.functional.linear(v.float(), w, b)) for k, v in prompts.items()}
         prompt_note = f"crossattn_proj applied once ({text_in} -> {w.shape[0]}) and dropped from the transformer"
         cfg = dict(cfg, use_crossattn_projection=False)
     else:

@@ -60,7 +60,7 @@ class WorldModelSpec:
     action_high: list = field(default_factory=lambda: [2.0] * 7)
     fps: float = 20.0
     num_steps: int = 35               # default denoising steps
-    guidance_scale: float = 1.0       # 1: no classifier-free guidance
+    guidance_scale: float = 1.0       # <= 1: no classifier-free guidance (diffusers' gate); v + g (v - v_neg)
     cond_frame_timestep: float | None = 1e-4  # None: the noisy frames' timestep (the official 2.5 action model)
     cond_latent_frames: int = 1       # 1 (one pixel frame) or 2 (five pixel frames), as Cosmos video2world
     action_per_frame: bool = True     # actions grouped per latent frame (2.5); False: one per chunk (Predict2)
