@@ -33,13 +33,14 @@ class WorldSim:
 
     def __init__(self, checkpoint=None, cache="worldcache", cache_config=None, device="cpu", num_steps=None,
                  chunk=None, reward_fn=None, termination_fn=None, model=None, timings=False,
-                 normalize_actions=False):
+                 normalize_actions=False, dtype="fp32"):
         from worldcache.cache import CachePolicy, load_policy
         from worldcache.world_model import BUNDLED, CheckpointError, WorldModel
 
         # The folder also holds start frames and reward head. A passed-in model without a checkpoint has neither.
         self.folder = Path(checkpoint) if checkpoint is not None else (BUNDLED if model is None else None)
-        self.model = model if model is not None else WorldModel.from_pretrained(self.folder, device=device)
+        # dtype: the weights' (bf16/fp16/fp32); latents, noise and timesteps stay fp32.
+        self.model = model if model is not None else WorldModel.from_pretrained(self.folder, device=device, dtype=dtype)
         s = self.spec = self.model.spec
         if chunk is not None and chunk != s.chunk:
             raise ValueError(f"chunk={chunk} does not match the model's chunk {s.chunk} (frames per prediction)")
@@ -147,7 +148,8 @@ class WorldSim:
 
     # --- one batched prediction --------------------------------------------------------------------------------
     def predict(self, frames: np.ndarray, actions: np.ndarray, seeds: list[int]) -> tuple[np.ndarray, dict]:
-        """uint8 (B, H, W, 3) + (B, chunk, A) -> uint8 (B, chunk, H, W, 3) and the prediction's cache stats.
+        """uint8 (B, H, W, 3) or (B, n, H, W, 3) frames, oldest first (the model conditions on its last 1 or 5)
+        + (B, chunk, A) -> uint8 (B, chunk, H, W, 3) and the prediction's cache stats.
 
         The info is deterministic and NaN-free (gymnasium's `check_env` compares two identical steps' infos, and NaN
         never equals itself): a per-call statistic is there only when the policy measured it on every call. Wall
@@ -222,10 +224,10 @@ class CosmosWorldEnv(gym.Env):
                  device: str = "cpu", num_steps: int | None = None, chunk: int | None = None,
                  reward_fn: Callable | None = None, termination_fn: Callable | None = None, obs_mode: str = "frame",
                  history: int = 4, render_mode: str | None = None, model=None, timings: bool = False,
-                 normalize_actions: bool = False):
+                 normalize_actions: bool = False, dtype: str = "fp32"):
         check_view_args(obs_mode, history, render_mode, self.metadata["render_modes"])
         self.sim = WorldSim(checkpoint, cache, cache_config, device, num_steps, chunk, reward_fn, termination_fn,
-                            model, timings, normalize_actions)
+                            model, timings, normalize_actions, dtype)
         self.obs_mode, self.history, self.render_mode = obs_mode, int(history), render_mode
         self.metadata = {**self.metadata, "render_fps": self.sim.render_fps}
         self.action_space = self.sim.action_space
@@ -244,7 +246,7 @@ class CosmosWorldEnv(gym.Env):
             raise ResetNeeded("Cannot call step() before reset(): the env has no current frame.")
         a, clipped = self.sim.check_actions(action)
         seed = int(self.np_random.integers(SEED_HIGH))
-        frames, info = self.sim.predict(self._frames[-1:], a, [seed])
+        frames, info = self.sim.predict(self._frames[None], a, [seed])  # the model takes the last 1 or 5
         frames, a = frames[0], a[0]
         reward, terminated = self.sim.outcome(frames, a)
         self._frames = np.concatenate([self._frames, frames])[-self.history:]

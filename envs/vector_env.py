@@ -34,12 +34,13 @@ class CosmosWorldVectorEnv(VectorEnv):
                  cache="worldcache", cache_config: dict | None = None, device: str = "cpu",
                  num_steps: int | None = None, chunk: int | None = None, reward_fn: Callable | None = None,
                  termination_fn: Callable | None = None, obs_mode: str = "frame", history: int = 4,
-                 render_mode: str | None = None, model=None, timings: bool = False, normalize_actions: bool = False):
+                 render_mode: str | None = None, model=None, timings: bool = False, normalize_actions: bool = False,
+                 dtype: str = "fp32"):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         check_view_args(obs_mode, history, render_mode, self.metadata["render_modes"])
         self.sim = WorldSim(checkpoint, cache, cache_config, device, num_steps, chunk, reward_fn, termination_fn,
-                            model, timings, normalize_actions)
+                            model, timings, normalize_actions, dtype)
         self.num_envs, self.max_episode_steps = num_envs, max_episode_steps
         self.obs_mode, self.history, self.render_mode = obs_mode, int(history), render_mode
         self.metadata = {**self.metadata, "render_fps": self.sim.render_fps}
@@ -87,7 +88,7 @@ class CosmosWorldVectorEnv(VectorEnv):
         run = np.flatnonzero(~self._autoreset)
         if len(run):
             seeds = [int(self._rngs[i].integers(SEED_HIGH)) for i in run]
-            frames, shared = self.sim.predict(self._frames[run, -1], a[run], seeds)  # the one model call
+            frames, shared = self.sim.predict(self._frames[run], a[run], seeds)  # the one model call
             for j, i in enumerate(run):
                 rewards[i], terminated[i] = self.sim.outcome(frames[j], a[i])
                 self._frames[i] = np.concatenate([self._frames[i], frames[j]])[-self.history:]

@@ -66,6 +66,7 @@ class RolloutConfig:
     num_cpus: float = 1                  # per actor
     num_gpus: float = 0.5                # per actor, only when the model runs on a GPU (fractional: share it)
     device: str = "auto"                 # auto: cuda when the Ray cluster has GPUs, else cpu
+    dtype: str = "fp32"                  # model weights: bf16, fp16 or fp32 (latents stay fp32)
     torch_threads: int | None = None     # per actor; None: max(1, int(num_cpus))
     save_chunk_frames: bool = True       # store every predicted frame (T, chunk, H, W, 3), the video
     max_restarts: int = 2                # Ray actor restarts after a crash
@@ -180,7 +181,7 @@ class RolloutWorker:
         self.cfg = RolloutConfig(**cfg)
         torch.set_num_threads(self.cfg.torch_threads or max(1, int(self.cfg.num_cpus)))
         self.folder, self.device = folder, device
-        self.model = WorldModel.from_pretrained(folder, device=device)
+        self.model = WorldModel.from_pretrained(folder, device=device, dtype=self.cfg.dtype)
         self.store = EpisodeStore(store_path, mode="a")
         self.policy = None
 

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -15,3 +17,12 @@ def tiny_dit():
 @pytest.fixture
 def inputs():
     return tiny_inputs(batch=1)
+
+
+@pytest.fixture(scope="session")
+def device():
+    """Where the device-aware tests run: WORLDCACHE_TEST_DEVICE (e.g. cuda, set by scripts/gpu_check.sh), else cpu."""
+    name = os.environ.get("WORLDCACHE_TEST_DEVICE", "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.fail(f"WORLDCACHE_TEST_DEVICE={name} but CUDA is not available")
+    return torch.device(name)

@@ -1,4 +1,7 @@
 """The one denoising loop: equal to the plain diffusers model when nothing is cached."""
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -83,3 +86,61 @@ def test_policy_time_excludes_block_forwards(tiny_dit):
             policy.detach()  # the DiT is shared by the session's tests
     assert all(0 <= r.policy_ms < r.wall_ms for r in out["none"] + out["worldcache"])
     assert all(r.policy_ms != r.policy_ms for r in out["fbcache"])  # NaN: not measurable from outside the blocks
+
+
+def test_official_sampling_options_equal_a_plain_loop(tiny_dit, inputs, device):
+    """NVIDIA's sampler: sigmas linspace(0.999, 0) shifted by 5s / (1 + 4s), the network sees floor(1000 s) / 1000,
+    the conditioning frame gets the noisy frames' timestep."""
+    noise, cond, emb, _ = (x.to(device) for x in inputs)
+    dit = tiny_dit.to(device)
+    n = 5
+    sigmas = np.linspace(0.999, 0, n + 1)[:-1]
+    s = default_scheduler()
+    s.set_timesteps(sigmas=sigmas, device=device)
+    np.testing.assert_allclose(s.sigmas[:n].numpy() if device.type == "cpu" else s.sigmas[:n].cpu().numpy(),
+                               5 * sigmas / (1 + 4 * sigmas), rtol=1e-6)
+    assert float(s.sigmas[0]) == pytest.approx(5 * 0.999 / (1 + 4 * 0.999), rel=1e-6)
+    b, _, t, h, w = noise.shape
+    cm = torch.zeros(b, 1, t, h, w, device=device)
+    cm[:, :, :1] = 1
+    lat, gt = noise, (noise - cond) * cm
+    seen = []
+    with torch.no_grad():
+        for i, tt in enumerate(s.timesteps):
+            ts = torch.full((b, 1, t, 1, 1), math.floor(1000 * float(s.sigmas[i])) / 1000, device=device)
+            seen.append(float(ts[0, 0, 0]))
+            v = dit.transformer(cm * cond + (1 - cm) * lat, ts, emb, condition_mask=cm,
+                                padding_mask=torch.zeros(1, 1, h, w, device=device), return_dict=False)[0]
+            lat = s.step(gt + v * (1 - cm), tt, lat, return_dict=False)[0]
+    ref = cm * cond + (1 - cm) * lat
+    out = denoise(dit, default_scheduler(), noise, emb, num_steps=n, cond_latents=cond, num_cond_frames=1,
+                  cond_frame_timestep=None, sigmas=sigmas, quantise_timestep=True)
+    torch.testing.assert_close(out.latents, ref, atol=1e-5, rtol=1e-5)
+    assert seen[0] == pytest.approx(0.999, abs=1e-6) and all(abs(x * 1000 - round(x * 1000)) < 1e-3 for x in seen)
+    tiny_dit.cpu()
+
+
+@pytest.mark.parametrize("scale,uncond", [(0.0, False), (1.0, False), (1.5, True)])
+def test_guidance_gate_is_greater_than_one(tiny_dit, inputs, scale, uncond):
+    noise, cond, emb, neg = inputs
+    out = denoise(tiny_dit, default_scheduler(), noise, emb, num_steps=2, cond_latents=cond, num_cond_frames=1,
+                  negative_encoder_hidden_states=neg, guidance_scale=scale)
+    assert ("uncond" in [r.branch for r in out.records]) == uncond
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_weights_keep_latents_fp32(inputs, dtype, device):
+    """bf16/fp16 weights: the loop's latents, noise and timesteps stay fp32 (as diffusers' Cosmos 2.5 pipeline)."""
+    from worldcache.dit import DiT
+    from worldcache.tiny import tiny_transformer
+
+    noise, cond, emb, _ = (x.to(device) for x in inputs)
+    dit32 = DiT(tiny_transformer(seed=0)).to(device)
+    dit = DiT(tiny_transformer(seed=0)).to(device, dtype)
+    seen = []
+    hook = dit.transformer.patch_embed.register_forward_pre_hook(lambda m, a: seen.append(a[0].dtype))
+    ref = denoise(dit32, default_scheduler(), noise, emb, num_steps=4, cond_latents=cond, num_cond_frames=1)
+    out = denoise(dit, default_scheduler(), noise, emb.to(dtype), num_steps=4, cond_latents=cond, num_cond_frames=1)
+    hook.remove()
+    assert out.latents.dtype == torch.float32 and set(seen) == {dtype}
+    assert (out.latents - ref.latents).abs().mean() < 0.05 * ref.latents.abs().mean()

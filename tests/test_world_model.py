@@ -140,3 +140,37 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
     losses = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["losses"]
     assert len(losses) == 5 and np.isfinite(losses).all()
     WorldModel.from_pretrained(out).predict(*inputs(), num_steps=2)
+    # --init-from: the DiT stage starts from that checkpoint's transformer + VAE with a fresh action embedder.
+    init = TrainConfig(data=cfg.data, out=str(tmp_path / "init"), stages=("dit",), dit_steps=2, dit_batch=2,
+                       holdout=0.34, init_from=str(out))
+    src = WorldModel.from_pretrained(out)
+    moved = Trainer(init).run()
+    new = WorldModel.from_pretrained(moved)
+    assert torch.equal(new.vae.encoder.conv_in.weight, src.vae.encoder.conv_in.weight)  # VAE kept
+    assert not torch.equal(new.dit.transformer.proj_out.weight, src.dit.transformer.proj_out.weight)  # trained
+    fc2 = new.dit.cond_embedder.action_embedder_B_D.fc2.weight
+    assert 0 < fc2.abs().max() < 0.1  # started at zero (a no-op), then trained: not the source's weights
+    assert (moved / "reward_head.safetensors").read_bytes() == (out / "reward_head.safetensors").read_bytes()
+
+
+def test_two_conditioning_latent_frames_take_the_last_five_frames():
+    spec = WorldModelSpec(height=32, width=40, chunk=4, cond_latent_frames=2, cond_frame_timestep=None)
+    model = WorldModel.build(spec, **ARCH, seed=2)
+    with torch.no_grad():
+        for p in model.dit.cond_embedder.parameters():
+            p.normal_(0, 0.2)
+    assert (spec.cond_frames, spec.latent_frames) == (5, 3)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (1, 7, 32, 40, 3), dtype=np.uint8)
+    actions = rng.uniform(-2, 2, (1, 4, 7)).astype(np.float32)
+    a, out = model.predict(frames, actions, num_steps=3)
+    b, _ = model.predict(frames[:, -5:], actions, num_steps=3)
+    c, _ = model.predict(frames[:, -4:], actions, num_steps=3)  # padded by repeating the oldest frame
+    d, _ = model.predict(np.concatenate([frames[:, -4:-3], frames[:, -4:]], axis=1), actions, num_steps=3)
+    assert a.shape == (1, 4, 32, 40, 3) and out.latents.shape[2] == 3
+    assert torch.equal(a, b) and torch.equal(c, d) and not torch.equal(a, c)
+    with torch.no_grad():  # both conditioning latent frames get exactly zero action terms
+        a3d, ad = model.dit.cond_embedder(torch.as_tensor(actions), 3)
+    assert (a3d[:, :2] == 0).all() and (ad[:, :2] == 0).all() and (ad[:, 2] != 0).any()
+    frames8, outs = model.rollout(frames[:, -1], np.zeros((1, 8, 7), np.float32), num_steps=2)
+    assert frames8.shape == (1, 8, 32, 40, 3) and len(outs) == 2

@@ -296,20 +296,21 @@ def machine_info(device) -> dict:
 # --- the benchmark ------------------------------------------------------------------------------------------------
 def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 2, num_steps: int | None = None,
               ablation: bool = True, json_out=None, seed: int = 0, grid: bool = True, device: str = "cpu",
-              repeats: int = 1, verbose: bool = True, first_seed: int = HELDOUT_SEED) -> dict:
+              repeats: int = 1, verbose: bool = True, first_seed: int = HELDOUT_SEED, dtype: str = "fp32") -> dict:
     """Benchmark cache policies on `episodes` held-out Pusher episodes of `chunks` env steps each.
 
     Returns ``{"rows": [...], "machine": {...}, "settings": {...}}`` (one row per configuration, the keys listed in
     `METRICS` plus label/group/config and per-step times). With `json_out` the JSON and the figures are written.
     `repeats` > 1 times every rollout that many times and keeps the fastest (for noisy shared machines).
-    `first_seed`: env seed of the first episode; another range (e.g. 20000) gives tuning episodes disjoint from the
-    benchmark's, so settings can be chosen without looking at the episodes they are reported on.
+    `dtype`: the weights' (bf16/fp16/fp32). `first_seed`: env seed of the first episode; another range (e.g.
+    20000) gives tuning episodes disjoint from the benchmark's, so settings can be chosen without looking at the
+    episodes they are reported on.
     """
     from .world_model import WorldModel
 
     if episodes < 1 or chunks < 1 or repeats < 1:
         raise ValueError(f"episodes, chunks and repeats must be >= 1, got {episodes}, {chunks}, {repeats}")
-    model = WorldModel.from_pretrained(checkpoint, device=device)
+    model = WorldModel.from_pretrained(checkpoint, device=device, dtype=dtype)
     s = model.spec
     steps = num_steps or s.num_steps
     configs = bench_configs(policies, ablation, grid)
@@ -345,7 +346,7 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
         "machine": machine_info(device),
         "settings": {"checkpoint": str(checkpoint) if checkpoint else "bundled", "episodes": episodes,
                      "chunks": chunks, "frames_per_episode": chunks * s.chunk, "num_steps": steps, "seed": seed,
-                     "repeats": repeats,
+                     "repeats": repeats, "dtype": dtype,
                      "env_seeds": [first_seed + i for i in range(episodes)], "episode_policy": "mixed"},
     }
     result["at_worldcache_speed"] = equal_speed_comparison(rows)

@@ -47,8 +47,18 @@ def _train(args) -> int:
     cfg = TrainConfig(data=args.data, out=args.out, stages=tuple(args.stages), vae_steps=args.vae_steps,
                       dit_steps=args.dit_steps, dit_batch=args.dit_batch, dit_lr=args.dit_lr,
                       reward_steps=args.reward_steps, seed=args.seed, threads=args.threads, device=args.device,
-                      bf16=args.bf16)
+                      bf16=args.bf16, init_from=args.init_from)
     print(f"model written to {Trainer(cfg).run()}")
+    return 0
+
+
+def _convert(args) -> int:
+    from .convert import convert
+
+    summary = convert(args.transformer, args.vae, args.prompt_embeds, args.out, variant=args.variant,
+                      unsafe_pickle=args.unsafe_pickle, action_low=args.action_low, action_high=args.action_high,
+                      dtype=args.dtype, action_dim=args.action_dim, chunk=args.chunk)
+    print(summary.text())
     return 0
 
 
@@ -60,7 +70,7 @@ def _evaluate_model(args) -> int:
     from .train import load_episodes, split
     from .world_model import WorldModel
 
-    model = WorldModel.from_pretrained(args.checkpoint)
+    model = WorldModel.from_pretrained(args.checkpoint, dtype=args.dtype)
     episodes, _ = load_episodes(args.data)
     held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
     res = evaluate_open_loop(model, held, chunks=args.chunks, policy=load_policy(args.cache),
@@ -77,7 +87,7 @@ def _bench_split(args) -> int:
     from .cache import load_policy
     from .world_model import WorldModel
 
-    model = WorldModel.from_pretrained(args.checkpoint)
+    model = WorldModel.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
     s = model.spec
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (args.batch, s.height, s.width, 3), dtype=np.uint8)
@@ -107,7 +117,7 @@ def _bench(args) -> int:
     run_bench(args.checkpoint, policies=policies, episodes=args.episodes, chunks=args.chunks,
               num_steps=args.denoise_steps, ablation=not args.no_ablation, grid=not args.no_grid,
               json_out=args.json, seed=args.seed, repeats=args.repeats, device=args.device,
-              first_seed=args.first_seed)
+              first_seed=args.first_seed, dtype=args.dtype)
     return 0
 
 
@@ -198,7 +208,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda")
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on AVX512-BF16 CPUs and GPUs)")
+    t.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from this checkpoint's transformer + VAE with a fresh action embedder")
     t.set_defaults(func=_train)
+
+    cv = sub.add_parser("convert", help="NVIDIA's action-conditioned Cosmos checkpoint -> a WorldModel folder")
+    cv.add_argument("transformer", help="official *_ema_bf16.pt (2.5) or model-480p-4fps.pt (2)")
+    cv.add_argument("--vae", required=True, help="diffusers AutoencoderKLWan folder, or Wan2.1_VAE.pth / tokenizer.pth")
+    cv.add_argument("--prompt-embeds", required=True, help="safetensors/torch file with 'prompt' and 'negative'")
+    cv.add_argument("--out", required=True)
+    cv.add_argument("--variant", default="auto", choices=["auto", "2.5", "2"],
+                    help="2.5: actions per latent frame; 2: one embedding per chunk (auto: from fc1's width)")
+    cv.add_argument("--unsafe-pickle", action="store_true",
+                    help="load with weights_only=False (runs code stored in the file: only for files you trust)")
+    cv.add_argument("--action-low", type=float, nargs="+", default=None, help="default -1 (x6), 0 (gripper)")
+    cv.add_argument("--action-high", type=float, nargs="+", default=None, help="default 1 (x7)")
+    cv.add_argument("--action-dim", type=int, default=7)
+    cv.add_argument("--chunk", type=int, default=12, help="actions (new frames) per prediction")
+    cv.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="transformer weights")
+    cv.set_defaults(func=_convert)
 
     e = sub.add_parser("evaluate-model", help="held-out open-loop PSNR/SSIM vs. the simulator's frames")
     e.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")
@@ -210,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--moving", type=float, default=2.0, help="min mean |pixel change| for a window to count")
     e.add_argument("--denoise-steps", type=int, default=None, help="default: the model's")
     e.add_argument("--cache", default="none")
+    e.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     e.set_defaults(func=_evaluate_model)
 
     b = sub.add_parser("bench-split", help="time of one env step: DiT loop vs. VAE")
@@ -218,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--denoise-steps", type=int, default=35)
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     b.set_defaults(func=_bench_split)
 
     bn = sub.add_parser("bench", help="speed/quality of every cache policy on held-out Pusher episodes")
@@ -236,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--first-seed", type=int, default=10_000,
                     help="env seed of the first episode (benchmark: 10000; tuning episodes: e.g. 20000)")
     bn.add_argument("--device", default="cpu")
+    bn.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     bn.set_defaults(func=_bench)
 
     ep = sub.add_parser("evaluate-policies", help="rank control policies by real vs. world-model return")

@@ -2,8 +2,8 @@
 
 `CosmosTransformer3DModel.forward` (diffusers) is one monolithic function; caching needs the stack input and
 the ability to run blocks ``[start, end)`` on their own. `DiT` calls diffusers' own submodules in the same order as
-that forward (tests check equality to 1e-6), plus one addition: an optional per-frame conditioning embedding
-(actions) added to the timestep embedding and its adaLN terms, as Cosmos' action-conditioned models do.
+that forward (tests check equality to 1e-6), plus one addition: Cosmos' action embedding, added to the timestep
+sinusoid before `time_embed.norm` and to the adaLN-LoRA term `temb`, as NVIDIA's action-conditioned models do.
 """
 from __future__ import annotations
 
@@ -88,13 +88,16 @@ class DiT(torch.nn.Module):
     def __init__(self, transformer: CosmosTransformer3DModel, cond_embedder: torch.nn.Module | None = None):
         super().__init__()
         self.transformer = transformer
-        self.cond_embedder = cond_embedder  # maps (B, T_latent, D) conditioning -> (temb add, embedded_timestep add)
+        self.cond_embedder = cond_embedder  # (actions, T_latent) -> (temb add (B, T, 3D), sinusoid add (B, T, D))
 
     def embed(self, hidden_states, timestep, encoder_hidden_states, condition_mask=None, padding_mask=None,
               fps=None, attention_mask=None, frame_cond=None) -> tuple[torch.Tensor, StackContext]:
         m, cfg = self.transformer, self.transformer.config
         batch_size, _, num_frames, height, width = hidden_states.shape
+        wdtype = m.patch_embed.proj.weight.dtype  # callers keep latents fp32; timesteps stay fp32 (embed_timestep)
+        hidden_states = hidden_states.to(wdtype)
         if condition_mask is not None:
+            condition_mask = condition_mask.to(wdtype)
             hidden_states = torch.cat([hidden_states, condition_mask], dim=1)
         if cfg.concat_padding_mask:
             if padding_mask is None:
@@ -118,13 +121,9 @@ class DiT(torch.nn.Module):
         elif timestep.ndim == 5:
             if timestep.shape != (batch_size, 1, num_frames, 1, 1):
                 raise ValueError(f"Expected timestep of shape [B, 1, T, 1, 1], got {tuple(timestep.shape)}")
-            temb, embedded_timestep = m.time_embed(h, timestep.flatten())
-            temb, embedded_timestep = (v.view(batch_size, grid[0], -1) for v in (temb, embedded_timestep))
-            if frame_cond is not None:
-                d_temb, d_emb = self.cond_embedder(frame_cond)
-                temb, embedded_timestep = temb + d_temb, embedded_timestep + d_emb
+            temb, embedded_timestep = self.embed_timestep(timestep.view(batch_size, num_frames), frame_cond)
             temb, embedded_timestep = (
-                v.view(batch_size, grid[0], 1, 1, -1).expand(-1, -1, grid[1], grid[2], -1).flatten(1, 3)
+                v.to(h.dtype).view(batch_size, grid[0], 1, 1, -1).expand(-1, -1, grid[1], grid[2], -1).flatten(1, 3)
                 for v in (temb, embedded_timestep))
         else:
             raise ValueError(f"Expected timestep of shape [B, 1, T, 1, 1] or [B], got {tuple(timestep.shape)}")
@@ -137,6 +136,21 @@ class DiT(torch.nn.Module):
             img_context = m.img_context_proj(img_context)
         context = (text_context, img_context) if isinstance(encoder_hidden_states, tuple) else text_context
         return h, StackContext(context, embedded_timestep, temb, image_rotary_emb, extra_pos_emb, attention_mask, grid)
+
+    def embed_timestep(self, timestep: torch.Tensor, frame_cond: torch.Tensor | None = None):
+        """(B, T) timesteps (+ actions) -> temb (B, T, 3D) and embedded_timestep (B, T, D).
+
+        diffusers' `CosmosEmbedding.forward` plus Cosmos' action terms: `temb = t_embedder(sin) + a3D`, and the
+        D-term goes in before the RMSNorm, `embedded_timestep = norm(sin + aD)`. The embedding runs in the dtype
+        of `time_embed`'s weights (fp32 when the model keeps them so, as NVIDIA does).
+        """
+        te = self.transformer.time_embed
+        b, t = timestep.shape
+        proj = te.time_proj(timestep.flatten()).to(te.t_embedder.linear_1.weight.dtype).view(b, t, -1)
+        if frame_cond is None:
+            return te.t_embedder(proj), te.norm(proj)
+        a3d, ad = self.cond_embedder(frame_cond, t)
+        return te.t_embedder(proj) + a3d.to(proj.dtype), te.norm(proj + ad.to(proj.dtype))
 
     def head(self, h: torch.Tensor, ctx: StackContext) -> torch.Tensor:
         m = self.transformer

@@ -1,8 +1,8 @@
 """The denoising loop: the only one in the codebase. Cosmos-Predict2.5 video2world flow matching.
 
-Conditioning frames are held clean (their velocity is replaced by the ground-truth one, their timestep is tiny),
-the rest is denoised from noise; classifier-free guidance is off, two calls per step ("cond"/"uncond"), or one
-batched call ("batched"). Every model call goes through `DiT.forward` with the cache policy.
+Conditioning frames are held clean (their velocity is replaced by the ground-truth one; their timestep is tiny, or
+the noisy frames' one), the rest is denoised from noise; classifier-free guidance is off, two calls per step
+("cond"/"uncond"), or one batched call ("batched"). Every model call goes through `DiT.forward` with the cache policy.
 """
 from __future__ import annotations
 
@@ -32,9 +32,15 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
             num_steps: int, policy: CachePolicy | None = None, cond_latents: torch.Tensor | None = None,
             num_cond_frames: int = 0, negative_encoder_hidden_states: torch.Tensor | None = None,
             guidance_scale: float = 1.0, guidance: str = "separate", frame_cond: torch.Tensor | None = None,
-            cond_frame_timestep: float = 1e-4, fps: int | None = None, timing: bool = False) -> SampleOutput:
+            cond_frame_timestep: float | None = 1e-4, fps: int | None = None, sigmas=None,
+            quantise_timestep: bool = False, timing: bool = False) -> SampleOutput:
     """Denoise `noise` (B, C, T, H, W) in `num_steps` steps; the first `num_cond_frames` latent frames are
     taken from `cond_latents` and kept clean. Returns the final latents and one `CallRecord` per model call.
+
+    `cond_frame_timestep`: the conditioning frames' timestep (None: the noisy frames' one, as NVIDIA's 2.5 action
+    model). `sigmas`: unshifted numpy sigmas for the scheduler (None: its own). `quantise_timestep`: the network sees
+    floor(1000 sigma) / 1000, as NVIDIA's sampler. Latents, noise, timesteps and the scheduler stay fp32 whatever
+    the weights' dtype, as diffusers' Cosmos 2.5 pipeline keeps them.
 
     `timing`: measure each call's wall time (`wall_ms`, `policy_ms`). On a GPU that synchronises several times per
     call, so it is off unless asked for (benchmarks); without it those fields stay NaN."""
@@ -42,21 +48,20 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if guidance not in GUIDANCE_MODES:
         raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {guidance!r}")
-    use_cfg = guidance_scale != 1.0
+    use_cfg = guidance_scale > 1.0  # diffusers' gate
     if use_cfg and negative_encoder_hidden_states is None:
-        raise ValueError("guidance_scale != 1 needs negative_encoder_hidden_states")
+        raise ValueError("guidance_scale > 1 needs negative_encoder_hidden_states")
     policy = policy or NoCache()
     scheduler = type(scheduler).from_config(scheduler.config)  # multistep solvers keep state: fresh per call
-    scheduler.set_timesteps(num_steps, device=noise.device)
+    scheduler.set_timesteps(None if sigmas is not None else num_steps, device=noise.device, sigmas=sigmas)
     policy.begin(num_steps)
 
     b, _, t, hh, ww = noise.shape
-    dtype = noise.dtype
-    cond_indicator = torch.zeros(b, 1, t, 1, 1, dtype=dtype, device=noise.device)
+    noise = noise.float()
+    cond_indicator = torch.zeros(b, 1, t, 1, 1, device=noise.device)
     cond_indicator[:, :, :num_cond_frames] = 1.0
     cond_mask = cond_indicator.expand(-1, -1, -1, hh, ww)
-    if cond_latents is None:
-        cond_latents = torch.zeros_like(noise)
+    cond_latents = torch.zeros_like(noise) if cond_latents is None else cond_latents.float()
     latents = noise
     gt_velocity = (latents - cond_latents) * cond_mask
     records: list[CallRecord] = []
@@ -76,7 +81,9 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
 
     for i, tt in enumerate(scheduler.timesteps):
         sigma = scheduler.sigmas[i].to(device=noise.device, dtype=torch.float32)
-        in_t = (cond_indicator * cond_frame_timestep + (1 - cond_indicator) * sigma).to(dtype)
+        net_t = torch.floor(sigma * 1000) / 1000 if quantise_timestep else sigma
+        in_t = (net_t.expand_as(cond_indicator) if cond_frame_timestep is None
+                else cond_indicator * cond_frame_timestep + (1 - cond_indicator) * net_t)
         in_x = cond_mask * cond_latents + (1 - cond_mask) * latents
         s = float(sigma)
         if use_cfg and guidance == "batched":
@@ -89,9 +96,9 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
             v = call(in_x, in_t, encoder_hidden_states, cond_mask, frame_cond, "cond", i, s)
             v_neg = (call(in_x, in_t, negative_encoder_hidden_states, cond_mask, frame_cond, "uncond", i, s)
                      if use_cfg else None)
-        v = gt_velocity + v * (1 - cond_mask)
+        v = gt_velocity + v.float() * (1 - cond_mask)
         if v_neg is not None:
-            v_neg = gt_velocity + v_neg * (1 - cond_mask)
+            v_neg = gt_velocity + v_neg.float() * (1 - cond_mask)
             v = v + guidance_scale * (v - v_neg)
         latents = scheduler.step(v, tt, latents, return_dict=False)[0]
     return SampleOutput(latents=cond_mask * cond_latents + (1 - cond_mask) * latents, records=records)

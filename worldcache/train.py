@@ -2,6 +2,9 @@
 stage "reward" (the learned reward head the env uses). The export also holds `start_frames.npy`, reset frames
 of the data's episodes, from which the env samples its starts.
 
+`init_from` starts from an existing checkpoint's transformer + VAE (and prompts, spec, reward head) with a fresh
+zero-initialised action embedder, e.g. to move a model trained with another action-embedder structure over.
+
 Resumable: every `save_every` steps the stage's state (weights, optimiser, step, RNG) goes to
 ``OUT/state_<stage>.pt``; re-running the same command continues from it. The exported checkpoint lands in
 ``OUT/model`` and a record of the run (command, data, steps, losses) in ``OUT/model/training.json``.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -44,6 +48,7 @@ class TrainConfig:
     threads: int = 0             # torch threads (0: torch's default)
     device: str = "cpu"          # "cuda" when a GPU is at hand; the export is always written from CPU
     bf16: bool = False           # bf16 autocast: ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs
+    init_from: str | None = None  # start from this checkpoint's transformer + VAE, with a fresh action embedder
 
 
 def load_episodes(path: str) -> tuple[list[dict], dict]:
@@ -81,6 +86,9 @@ class Trainer:
         spec = WorldModelSpec(height=h, width=w, action_dim=a, action_low=[-2.0] * a, action_high=[2.0] * a,
                               fps=float(self.data_attrs.get("fps", 20.0)))
         self.device = torch.device(cfg.device)
+        if model is None and cfg.init_from:
+            torch.manual_seed(cfg.seed)
+            model = WorldModel.from_pretrained(cfg.init_from, fresh_action_embedder=True)
         self.model = (model or WorldModel.build(spec, seed=cfg.seed)).to(self.device)
         old = self.out / "model" / "training.json"  # stages may run in separate commands: keep both records
         self.record = json.loads(old.read_text()) if old.exists() else {}
@@ -163,14 +171,15 @@ class Trainer:
     # --- stage 2: DiT ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _encode_windows(self, episodes) -> tuple[torch.Tensor, torch.Tensor]:
-        k = self.model.spec.chunk
-        wins = windows(episodes, k, 2)
+        k, c = self.model.spec.chunk, self.model.spec.cond_frames
+        wins = windows(episodes, k + c - 1, 2)  # c conditioning frames, then the frames of k actions
         lat, act = [], []
         for i in tqdm(range(0, len(wins), 32), desc="encode windows", unit="batch", dynamic_ncols=True):
             part = wins[i:i + 32]
-            frames = torch.stack([torch.from_numpy(episodes[e]["obs"][t:t + k + 1]) for e, t in part])
+            frames = torch.stack([torch.from_numpy(episodes[e]["obs"][t:t + c + k]) for e, t in part])
             lat.append(self.model.encode(frames))
-            act.append(torch.stack([torch.from_numpy(episodes[e]["actions"][t:t + k]) for e, t in part]))
+            act.append(torch.stack([torch.from_numpy(episodes[e]["actions"][t + c - 1:t + c - 1 + k])
+                                    for e, t in part]))
         return torch.cat(lat).cpu(), torch.cat(act).float()
 
     def train_dit(self) -> None:
@@ -193,14 +202,16 @@ class Trainer:
             sigma = (shift * u / (1 + (shift - 1) * u)).view(b, 1, 1, 1, 1).to(self.device)
             noise = torch.from_numpy(rng.standard_normal(x0.shape)).float().to(self.device)
             cond = torch.zeros(b, 1, x0.shape[2], 1, 1, device=self.device)
-            cond[:, :, :1] = 1
+            cond[:, :, :m.spec.cond_latent_frames] = 1
             xt = cond * x0 + (1 - cond) * ((1 - sigma) * x0 + sigma * noise)
-            ts = cond * m.spec.cond_frame_timestep + (1 - cond) * sigma
+            ct = m.spec.cond_frame_timestep
+            ts = sigma.expand_as(cond) if ct is None else cond * ct + (1 - cond) * sigma
             mask = cond.expand(-1, -1, -1, *x0.shape[-2:])
             v = m.dit(NoCache(), CallRecord(0, 1, "train"), hidden_states=xt, timestep=ts,
                       encoder_hidden_states=m.prompt_embeds.expand(b, -1, -1), condition_mask=mask,
                       frame_cond=a).float()
-            return (((v - (noise - x0)) ** 2) * (1 - cond)).mean() * x0.shape[2] / (x0.shape[2] - 1)
+            n = x0.shape[2]
+            return (((v - (noise - x0)) ** 2) * (1 - cond)).mean() * n / (n - m.spec.cond_latent_frames)
 
         losses = self._run("dit", m.dit, self.cfg.dit_steps, self.cfg.dit_lr, loss_fn)
         self.record["dit"] = {"steps": self.cfg.dit_steps, "final_loss": float(np.mean(losses[-50:]))}
@@ -217,6 +228,10 @@ class Trainer:
             self.train_dit()
         self.model.cpu().save_pretrained(self.out / "model")
         write_start_frames(self.cfg.data, self.out / "model")
+        if self.cfg.init_from and "reward" not in self.cfg.stages:  # keep the initial checkpoint's reward head
+            for name in ("reward_head.json", "reward_head.safetensors"):
+                if (Path(self.cfg.init_from) / name).is_file():
+                    shutil.copyfile(Path(self.cfg.init_from) / name, self.out / "model" / name)
         if "reward" in self.cfg.stages:
             from .reward_head import train_reward_head
 

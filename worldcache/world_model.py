@@ -1,9 +1,10 @@
 """Action-conditioned Cosmos-Predict2.5 video2world model: DiT + action embedder + Wan VAE + flow-matching scheduler.
 
-One prediction ("chunk"): the last observed frame is encoded as the clean conditioning latent frame, `k` actions
-are embedded per latent frame and added to the timestep embedding, the remaining latent frames are denoised by
-the one loop in `sampler.denoise` (so any cache policy applies), and the window is decoded back to `k` new frames.
-With the Wan VAE's 4x temporal compression a chunk is 1 + k frames = 1 + k/4 latent frames, as in Cosmos'
+One prediction ("chunk"): the last observed frame (or five frames) is encoded as the clean conditioning latent
+frame(s), `k` actions are embedded per latent frame by Cosmos' action embedder (`ActionEmbedder`, NVIDIA's
+structure and key names) and added to the timestep embedding, the remaining latent frames are denoised by the one
+loop in `sampler.denoise` (so any cache policy applies), and the window is decoded back to `k` new frames. With
+the Wan VAE's 4x temporal compression a chunk is 1 + k frames = 1 + k/4 latent frames, as in Cosmos'
 action-conditioned robot model (k = 12 there, 7-D actions).
 
 Checkpoint folder (diffusers layout plus two files of ours)::
@@ -12,7 +13,7 @@ Checkpoint folder (diffusers layout plus two files of ours)::
     transformer/                   CosmosTransformer3DModel.save_pretrained
     vae/                           AutoencoderKLWan.save_pretrained (latents_mean/std in its config)
     scheduler/                     UniPCMultistepScheduler.save_pretrained
-    action_embedder.safetensors    ActionEmbedder weights
+    action_embedder.safetensors    ActionEmbedder weights (NVIDIA's key names without `net.`)
     prompt_embeds.safetensors      "prompt" and "negative": fixed text embeddings (no text encoder at run time)
 """
 from __future__ import annotations
@@ -33,8 +34,20 @@ SPEC_FILE = "model.json"
 BUNDLED = Path(__file__).resolve().parent / "assets" / "pusher"
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
 class CheckpointError(ValueError):
     """A checkpoint folder that is missing files, is corrupt, or whose parts do not fit together."""
+
+
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """"bf16" / "fp16" / "fp32" (or a torch dtype) -> torch dtype of the weights."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
 
 
 @dataclass
@@ -47,15 +60,25 @@ class WorldModelSpec:
     action_high: list = field(default_factory=lambda: [2.0] * 7)
     fps: float = 20.0
     num_steps: int = 35               # default denoising steps
-    guidance_scale: float = 1.0       # 1: no classifier-free guidance
-    cond_frame_timestep: float = 1e-4
+    guidance_scale: float = 1.0       # <= 1: no classifier-free guidance (diffusers' gate); v + g (v - v_neg)
+    cond_frame_timestep: float | None = 1e-4  # None: the noisy frames' timestep (the official 2.5 action model)
+    cond_latent_frames: int = 1       # 1 (one pixel frame) or 2 (five pixel frames), as Cosmos video2world
+    action_per_frame: bool = True     # actions grouped per latent frame (2.5); False: one per chunk (Predict2)
+    cosmos_sigmas: bool = False       # NVIDIA's sigmas linspace(0.999, 0, N + 1)[:-1], shifted (else diffusers')
+    quantise_timestep: bool = False   # the network sees floor(1000 sigma) / 1000, as NVIDIA's sampler
+    fp32_time_embedding: bool = False  # timestep embedding in fp32 whatever the weights' dtype, as NVIDIA's
     temporal_compression: int = 4
     spatial_compression: int = 4     # the VAE's; the DiT's 2x2 patches then give 8x-downsampled tokens
     name: str = "worldcache-model"
 
     @property
     def latent_frames(self) -> int:
-        return 1 + self.chunk // self.temporal_compression
+        return self.cond_latent_frames + self.chunk // self.temporal_compression
+
+    @property
+    def cond_frames(self) -> int:
+        """Pixel frames the conditioning latent frames encode (Wan's causal VAE: 1 + 4 per further latent)."""
+        return 1 + self.temporal_compression * (self.cond_latent_frames - 1)
 
     def check(self) -> None:
         if self.chunk % self.temporal_compression:
@@ -64,29 +87,64 @@ class WorldModelSpec:
             raise CheckpointError(f"action bounds must have action_dim={self.action_dim} entries")
         if self.height % self.spatial_compression or self.width % self.spatial_compression:
             raise CheckpointError(f"{self.height}x{self.width} must be divisible by {self.spatial_compression}")
+        if self.cond_latent_frames not in (1, 2):
+            raise CheckpointError(f"cond_latent_frames={self.cond_latent_frames}: must be 1 or 2")
+
+
+class ActionMLP(nn.Module):
+    """One of the official action MLPs: fc1 -> GELU(tanh) -> fc2 (names as in NVIDIA's checkpoints)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(in_dim, hidden), nn.Linear(hidden, out_dim)
+        self.act = nn.GELU(approximate="tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class ActionEmbedder(nn.Module):
-    """Actions of a chunk -> per-latent-frame additions to the timestep embedding (temb) and its adaLN input.
+    """Cosmos' action embedder: actions of a chunk -> additions to the timestep embedding, per latent frame.
 
-    The k actions are grouped by latent frame (4 per frame); the conditioning frame gets no action.
+    Two independent MLPs as in NVIDIA's action-conditioned checkpoints: `action_embedder_B_D` (added to the
+    timestep sinusoid before `time_embed.norm`) and `action_embedder_B_3D` (added to `t_embedder`'s output, the
+    adaLN-LoRA term). `per_frame=True` (Cosmos-Predict2.5): `in_dim / action_dim` consecutive actions per
+    generated latent frame, and the conditioning latent frame(s) get exactly zero, put in after the MLPs.
+    `per_frame=False` (Cosmos-Predict2): the whole flattened chunk gives one embedding for every latent frame.
     """
 
-    def __init__(self, action_dim: int, per_frame: int, hidden: int):
+    def __init__(self, in_dim: int, hidden: int, dim: int, per_frame: bool = True):
         super().__init__()
         self.per_frame = per_frame
-        self.mlp = nn.Sequential(nn.Linear(action_dim * per_frame, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.to_temb = nn.Linear(hidden, 3 * hidden)
-        self.to_emb = nn.Linear(hidden, hidden)
-        for lin in (self.to_temb, self.to_emb):  # start as a no-op on the pretrained-style timestep path
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
+        self.action_embedder_B_D = ActionMLP(in_dim, hidden, dim)
+        self.action_embedder_B_3D = ActionMLP(in_dim, hidden, 3 * dim)
 
-    def forward(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, k, a = actions.shape
-        h = self.mlp(actions.reshape(b, k // self.per_frame, self.per_frame * a))
-        h = torch.cat([torch.zeros_like(h[:, :1]), h], dim=1)  # conditioning latent frame: no action
-        return self.to_temb(h), self.to_emb(h)
+    @classmethod
+    def from_state_dict(cls, state: dict, per_frame: bool = True) -> "ActionEmbedder":
+        """Widths are read from the weights (official 2B: in 28 or 84, hidden 8192, D 2048)."""
+        hidden, in_dim = state["action_embedder_B_D.fc1.weight"].shape
+        module = cls(in_dim, hidden, state["action_embedder_B_D.fc2.weight"].shape[0], per_frame)
+        module.load_state_dict(state)
+        return module
+
+    def zero_init(self) -> "ActionEmbedder":
+        """Output layers at zero: a fresh embedder starts as a no-op on a pretrained timestep path."""
+        for mlp in (self.action_embedder_B_D, self.action_embedder_B_3D):
+            nn.init.zeros_(mlp.fc2.weight)
+            nn.init.zeros_(mlp.fc2.bias)
+        return self
+
+    def forward(self, actions: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, k, A) actions -> (B, num_frames, 3D) and (B, num_frames, D) for `num_frames` latent frames."""
+        b = actions.shape[0]
+        x = actions.reshape(b, -1, self.action_embedder_B_D.fc1.in_features)
+        a3d, ad = self.action_embedder_B_3D(x), self.action_embedder_B_D(x)
+        if not self.per_frame:  # one embedding for the whole chunk, on every latent frame
+            return a3d.expand(-1, num_frames, -1), ad.expand(-1, num_frames, -1)
+        n_cond = num_frames - x.shape[1]
+        if n_cond < 0:
+            raise ValueError(f"{x.shape[1]} action groups for {num_frames} latent frames")
+        return tuple(torch.cat([v.new_zeros(b, n_cond, v.shape[-1]), v], dim=1) for v in (a3d, ad))
 
 
 class WorldModel(nn.Module):
@@ -101,6 +159,8 @@ class WorldModel(nn.Module):
         cfg = vae.config
         self.register_buffer("latents_mean", torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1))
         self.register_buffer("latents_std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1))
+        if spec.fp32_time_embedding:  # NVIDIA computes the timestep embedding in fp32 (DiT.embed casts after it)
+            transformer.time_embed.float()
         self.eval()
 
     # --- construction -----------------------------------------------------------------------------------------
@@ -134,7 +194,8 @@ class WorldModel(nn.Module):
             in_channels=z + 1, out_channels=z, num_attention_heads=hidden_heads, attention_head_dim=head_dim,
             num_layers=num_layers, mlp_ratio=4.0, text_embed_dim=text_dim, adaln_lora_dim=64,
             max_size=(spec.latent_frames, h, w), patch_size=(1, patch, patch), rope_scale=(1.0, 1.0, 1.0))
-        embedder = ActionEmbedder(spec.action_dim, spec.temporal_compression, hidden)
+        k_in = spec.action_dim * (spec.temporal_compression if spec.action_per_frame else spec.chunk)
+        embedder = ActionEmbedder(k_in, 4 * hidden, hidden, spec.action_per_frame).zero_init()  # Cosmos: 4A->4D->D
         g = torch.Generator().manual_seed(seed)
         prompt = torch.randn(1, text_len, text_dim, generator=g)  # stands for the encoded task prompt
         return cls(transformer, vae, default_scheduler(), embedder, prompt, torch.zeros_like(prompt), spec)
@@ -161,11 +222,15 @@ class WorldModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32) -> "WorldModel":
-        """Load a checkpoint folder (default: the bundled Pusher model). Errors name the file at fault."""
+                        dtype: torch.dtype | str = torch.float32,
+                        fresh_action_embedder: bool = False) -> "WorldModel":
+        """Load a checkpoint folder (default: the bundled Pusher model) with weights in `dtype` (bf16, fp16 or
+        fp32). Errors name the file at fault. `fresh_action_embedder`: ignore the folder's action embedder and
+        start a zero-initialised one of the official widths (training from a checkpoint of another structure)."""
         from diffusers import AutoencoderKLWan, CosmosTransformer3DModel, UniPCMultistepScheduler
         from safetensors.torch import load_file
 
+        dtype = parse_dtype(dtype)
         path = Path(path) if path is not None else BUNDLED
         if not path.is_dir():
             raise CheckpointError(f"checkpoint folder not found: {path}")
@@ -197,21 +262,31 @@ class WorldModel(nn.Module):
         scheduler = load("scheduler", lambda: UniPCMultistepScheduler.from_pretrained(path / "scheduler"),
                          "scheduler")
         hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-        embedder = ActionEmbedder(spec.action_dim, spec.temporal_compression, hidden)
-        state = load("action embedder", lambda: load_file(str(path / "action_embedder.safetensors")),
-                     "action_embedder.safetensors")
+        want_in = spec.action_dim * (spec.temporal_compression if spec.action_per_frame else spec.chunk)
+        if fresh_action_embedder:
+            state = ActionEmbedder(want_in, 4 * hidden, hidden, spec.action_per_frame).zero_init().state_dict()
+        else:
+            state = load("action embedder", lambda: load_file(str(path / "action_embedder.safetensors")),
+                         "action_embedder.safetensors")
         try:
-            embedder.load_state_dict({k: v.to(dtype) for k, v in state.items()})
-        except RuntimeError as e:
-            raise CheckpointError(f"{path / 'action_embedder.safetensors'}: does not fit transformer hidden size "
-                                  f"{hidden} / action_dim {spec.action_dim}: {e}") from None
+            embedder = ActionEmbedder.from_state_dict(state, spec.action_per_frame).to(dtype)
+        except (KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{path / 'action_embedder.safetensors'}: not an action embedder "
+                                  f"(action_embedder_B_D / action_embedder_B_3D .fc1/.fc2): {e}") from None
+        d = embedder.action_embedder_B_D
+        if d.fc1.in_features != want_in or d.fc2.out_features != hidden:
+            raise CheckpointError(f"{path / 'action_embedder.safetensors'}: maps {d.fc1.in_features} -> "
+                                  f"{d.fc2.out_features}, the model needs {want_in} -> {hidden} (action_dim "
+                                  f"{spec.action_dim}, action_per_frame={spec.action_per_frame}, chunk {spec.chunk})")
         prompts = load("prompt embeddings", lambda: load_file(str(path / "prompt_embeds.safetensors")),
                        "prompt_embeds.safetensors")
-        text_dim = transformer.config.text_embed_dim
+        cfg = transformer.config
+        # With the cross-attention projection kept, the prompts are the text encoder's raw output (100352-d).
+        text_dim = cfg.crossattn_proj_in_channels if cfg.use_crossattn_projection else cfg.text_embed_dim
         for key in ("prompt", "negative"):
             if key not in prompts or prompts[key].shape[-1] != text_dim:
                 raise CheckpointError(f"{path / 'prompt_embeds.safetensors'}: '{key}' must have last dim "
-                                      f"{text_dim} (transformer text_embed_dim)")
+                                      f"{text_dim} (the transformer's text input)")
         vae_scale = (vae.config.scale_factor_spatial, vae.config.scale_factor_temporal)
         if vae_scale != (spec.spatial_compression, spec.temporal_compression):
             raise CheckpointError(f"{path / 'vae/config.json'}: VAE compresses space/time by {vae_scale}, but "
@@ -228,16 +303,21 @@ class WorldModel(nn.Module):
     def device(self) -> torch.device:
         return self.prompt_embeds.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype. Latents, noise, scheduler state and timesteps stay fp32 whatever it is."""
+        return self.prompt_embeds.dtype
+
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, T, H, W, 3) -> normalised latents (B, 16, 1 + (T-1)/4, h, w)."""
-        x = frames.to(self.device, self.prompt_embeds.dtype).permute(0, 4, 1, 2, 3) / 127.5 - 1
-        z = self.vae.encode(x).latent_dist.mode()
+        """uint8 (B, T, H, W, 3) -> normalised fp32 latents (B, 16, 1 + (T-1)/4, h, w)."""
+        x = frames.to(self.device, self.vae.dtype).permute(0, 4, 1, 2, 3) / 127.5 - 1
+        z = self.vae.encode(x).latent_dist.mode().float()
         return (z - self.latents_mean) / self.latents_std
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """normalised latents -> uint8 frames (B, T, H, W, 3)."""
-        x = self.vae.decode(latents * self.latents_std + self.latents_mean).sample
-        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+        x = self.vae.decode((latents.float() * self.latents_std + self.latents_mean).to(self.vae.dtype)).sample
+        return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
 
     # --- prediction -------------------------------------------------------------------------------------------
     def check_actions(self, actions) -> torch.Tensor:
@@ -247,59 +327,74 @@ class WorldModel(nn.Module):
             raise ValueError(f"actions must have shape (batch, {want[0]}, {want[1]}), got {tuple(a.shape)}")
         if not torch.isfinite(a).all():
             raise ValueError("actions contain NaN or inf")
-        return a.to(self.device, self.prompt_embeds.dtype)
+        return a.to(self.device, self.dtype)
+
+    def cond_window(self, frame) -> torch.Tensor:
+        """uint8 (B, H, W, 3) or (B, n, H, W, 3), oldest first -> the last `spec.cond_frames` frames
+        (B, cond_frames, H, W, 3). Fewer frames than that (e.g. after a reset) are padded by repeating the oldest."""
+        s = self.spec
+        frame = torch.as_tensor(np.asarray(frame))
+        if frame.ndim == 4:
+            frame = frame[:, None]
+        if frame.dtype != torch.uint8 or frame.ndim != 5 or tuple(frame.shape[2:]) != (s.height, s.width, 3):
+            raise ValueError(f"frame must be uint8 (batch, {s.height}, {s.width}, 3) or (batch, n, {s.height}, "
+                             f"{s.width}, 3), got {frame.dtype} {tuple(frame.shape)}")
+        frame = frame[:, -s.cond_frames:]
+        pad = s.cond_frames - frame.shape[1]
+        return torch.cat([frame[:, :1].expand(-1, pad, -1, -1, -1), frame], dim=1) if pad else frame
 
     @torch.no_grad()
     def predict(self, frame, actions, *, policy: CachePolicy | None = None, num_steps: int | None = None,
                 seed: int | list[int] | None = 0, timing: bool = False) -> tuple[torch.Tensor, SampleOutput]:
-        """Predict `chunk` new frames from the last frame(s) (uint8 (B, H, W, 3)) and actions (B, chunk, A).
+        """Predict `chunk` new frames from the last frame(s) and actions (B, chunk, A).
 
-        Returns uint8 frames (B, chunk, H, W, 3) and the loop's output (latents and per-call cache records).
-        `seed` fixes the initial noise (one seed per batch element or one for all): same inputs -> same frames.
-        `timing`: record per-call wall times in the records (see `sampler.denoise`).
+        `frame`: uint8 (B, H, W, 3), or (B, n, H, W, 3) oldest first, of which the last `spec.cond_frames`
+        (1 or 5) condition the prediction. Returns uint8 frames (B, chunk, H, W, 3) and the loop's output (fp32
+        latents and per-call cache records). `seed` fixes the initial noise (one seed per batch element or one
+        for all): same inputs -> same frames. `timing`: record per-call wall times (see `sampler.denoise`).
         """
         s = self.spec
-        frame = torch.as_tensor(np.asarray(frame))
-        if frame.dtype != torch.uint8 or frame.ndim != 4 or tuple(frame.shape[1:]) != (s.height, s.width, 3):
-            raise ValueError(f"frame must be uint8 (batch, {s.height}, {s.width}, 3), got "
-                             f"{frame.dtype} {tuple(frame.shape)}")
+        frames = self.cond_window(frame)
         a = self.check_actions(actions)
-        b = frame.shape[0]
+        b = frames.shape[0]
         if a.shape[0] != b:
             raise ValueError(f"batch of frames ({b}) and actions ({a.shape[0]}) differ")
-        cond = self.encode(frame[:, None])  # one latent frame
+        cond = self.encode(frames)  # cond_latent_frames latent frames
         shape = (b, cond.shape[1], s.latent_frames, *cond.shape[-2:])
         noise = self._noise(shape, seed)
-        cond_latents = torch.cat([cond, torch.zeros_like(noise[:, :, 1:])], dim=2)
+        cond_latents = torch.cat([cond, torch.zeros_like(noise[:, :, s.cond_latent_frames:])], dim=2)
+        num_steps = num_steps or s.num_steps
+        sigmas = np.linspace(0.999, 0, num_steps + 1)[:-1] if s.cosmos_sigmas else None  # the scheduler shifts them
         out = denoise(self.dit, self.scheduler, noise, self.prompt_embeds.expand(b, -1, -1),
-                      num_steps=num_steps or s.num_steps, policy=policy, cond_latents=cond_latents,
-                      num_cond_frames=1, negative_encoder_hidden_states=self.negative_prompt_embeds.expand(b, -1, -1),
+                      num_steps=num_steps, policy=policy, cond_latents=cond_latents,
+                      num_cond_frames=s.cond_latent_frames,
+                      negative_encoder_hidden_states=self.negative_prompt_embeds.expand(b, -1, -1),
                       guidance_scale=s.guidance_scale, frame_cond=a, cond_frame_timestep=s.cond_frame_timestep,
-                      timing=timing)
-        frames = self.decode(out.latents)[:, 1:]
+                      sigmas=sigmas, quantise_timestep=s.quantise_timestep, timing=timing)
+        frames = self.decode(out.latents)[:, -s.chunk:]
         return frames, out
 
     @torch.no_grad()
     def rollout(self, frame, actions, *, policy: CachePolicy | None = None, num_steps: int | None = None,
                 seed: int = 0, timing: bool = False) -> tuple[torch.Tensor, list[SampleOutput]]:
         """Open-loop autoregressive prediction of (B, n*chunk) actions: each chunk starts from the last predicted
-        frame. Returns uint8 frames (B, n*chunk, H, W, 3) and one SampleOutput per chunk."""
+        frame(s). Returns uint8 frames (B, n*chunk, H, W, 3) and one SampleOutput per chunk."""
         a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
         k = self.spec.chunk
         if a.ndim != 3 or a.shape[1] % k:
             raise ValueError(f"actions must be (batch, n*{k}, {self.spec.action_dim}), got {tuple(a.shape)}")
         frames, outs = [], []
-        last = torch.as_tensor(np.asarray(frame))
+        history = self.cond_window(frame)
         for c in range(a.shape[1] // k):
-            new, out = self.predict(last, a[:, c * k:(c + 1) * k], policy=policy, num_steps=num_steps,
+            new, out = self.predict(history, a[:, c * k:(c + 1) * k], policy=policy, num_steps=num_steps,
                                     seed=seed + c, timing=timing)
             frames.append(new)
             outs.append(out)
-            last = new[:, -1].cpu()
+            history = torch.cat([history, new.cpu()], dim=1)[:, -self.spec.cond_frames:]
         return torch.cat(frames, dim=1), outs
 
     def _noise(self, shape, seed) -> torch.Tensor:
         seeds = seed if isinstance(seed, (list, tuple)) else [seed] * shape[0]
         gens = [torch.Generator().manual_seed(int(x)) if x is not None else None for x in seeds]
         noise = torch.stack([torch.randn(shape[1:], generator=g) for g in gens])
-        return noise.to(self.device, self.prompt_embeds.dtype)
+        return noise.to(self.device)  # fp32 whatever the weights' dtype, as diffusers' Cosmos 2.5 pipeline

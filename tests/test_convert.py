@@ -1,0 +1,337 @@
+"""`worldcache convert` on synthetic official checkpoints: NVIDIA's key names with tiny shapes, in bf16.
+
+The shapes follow the formulas of ../shared/REAL_MODEL.md §3 (written out here, not taken from the converter):
+D = heads x head_dim; patch input (z + 2) x 1 x 2 x 2; final_layer.linear [4z, D]; t_embedder.1.linear_2 [3D, D];
+adaln_modulation_*.1 [R, D], .2 [3D, R]; final_layer.adaln_modulation.2 [2D, R]; cross_attn.{k,v}_proj [D, C];
+crossattn_proj.0 [C, C_in]; mlp.layer1 [4D, D]; action fc1 [H, 4A] (2.5) or [H, kA] (2), B_D.fc2 [D, H], B_3D.fc2
+[3D, H]. Nothing is downloaded.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan, CosmosTransformer3DModel
+from safetensors.torch import load_file, save_file
+
+from worldcache.cache import POLICIES, _load_builtin, make_policy
+from worldcache.cli import main
+from worldcache.convert import convert, make_plan, strip_net
+from worldcache.world_model import CheckpointError, WorldModel
+
+HEADS, HEAD_DIM, LAYERS, Z, R, C_TEXT, C_IN, A, K, H_A = 2, 16, 2, 16, 8, 24, 40, 7, 12, 48
+D = HEADS * HEAD_DIM
+
+
+def official_shapes(variant: str, heads=HEADS, head_dim=HEAD_DIM, layers=LAYERS, z=Z, r=R, c_text=C_TEXT,
+                    c_in=C_IN, hidden_a=H_A) -> dict:
+    d = heads * head_dim
+    s = {"x_embedder.proj.1.weight": (d, (z + 2) * 4), "t_embedder.1.linear_1.weight": (d, d),
+         "t_embedder.1.linear_2.weight": (3 * d, d), "t_embedding_norm.weight": (d,),
+         "final_layer.linear.weight": (4 * z, d), "final_layer.adaln_modulation.1.weight": (r, d),
+         "final_layer.adaln_modulation.2.weight": (2 * d, r),
+         "crossattn_proj.0.weight": (c_text, c_in), "crossattn_proj.0.bias": (c_text,)}
+    for i in range(layers):
+        b = f"blocks.{i}."
+        for p in "qkv":
+            s[b + f"self_attn.{p}_proj.weight"] = (d, d)
+        s[b + "self_attn.output_proj.weight"] = (d, d)
+        s[b + "cross_attn.q_proj.weight"] = (d, d)
+        s[b + "cross_attn.k_proj.weight"] = s[b + "cross_attn.v_proj.weight"] = (d, c_text)
+        s[b + "cross_attn.output_proj.weight"] = (d, d)
+        for att in ("self_attn", "cross_attn"):
+            s[b + f"{att}.q_norm.weight"] = s[b + f"{att}.k_norm.weight"] = (head_dim,)
+        s[b + "mlp.layer1.weight"], s[b + "mlp.layer2.weight"] = (4 * d, d), (d, 4 * d)
+        for m in ("self_attn", "cross_attn", "mlp"):
+            s[b + f"adaln_modulation_{m}.1.weight"], s[b + f"adaln_modulation_{m}.2.weight"] = (r, d), (3 * d, r)
+    a_in = 4 * A if variant == "2.5" else K * A
+    for name, out in (("action_embedder_B_D", d), ("action_embedder_B_3D", 3 * d)):
+        s.update({f"{name}.fc1.weight": (hidden_a, a_in), f"{name}.fc1.bias": (hidden_a,),
+                  f"{name}.fc2.weight": (out, hidden_a), f"{name}.fc2.bias": (out,)})
+    return s
+
+
+def official_state(variant: str, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    state = {f"net.{k}": (torch.randn(shape, generator=g) * (0.3 if len(shape) == 1 else 1 / math.sqrt(shape[-1]))
+                          + (1.0 if k.endswith("norm.weight") else 0.0)).to(torch.bfloat16)
+             for k, shape in official_shapes(variant).items()}
+    # Not weights: RoPE buffers, training counters, TransformerEngine state (all dropped by the converter).
+    state["net.pos_embedder.seq"] = torch.arange(128, dtype=torch.float32)
+    state["net.pos_embedder.dim_spatial_range"] = torch.arange(21, dtype=torch.float32)
+    state["net.pos_embedder.dim_temporal_range"] = torch.arange(22, dtype=torch.float32)
+    for c in ("accum_video_sample_counter", "accum_image_sample_counter", "accum_iteration"):
+        state[f"net.{c}"] = torch.tensor(1234)
+    state["net.accum_train_in_hours"] = torch.tensor(5.5)
+    state["net.blocks.0.self_attn.output_proj._extra_state"] = torch.zeros(0, dtype=torch.uint8)
+    return state
+
+
+def tiny_vae() -> AutoencoderKLWan:
+    torch.manual_seed(0)
+    return AutoencoderKLWan(base_dim=8, z_dim=Z)  # Wan 2.1's structure (8x space, 4x time), tiny widths
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("official")
+    vae = tiny_vae()
+    vae.save_pretrained(root / "vae")
+    g = torch.Generator().manual_seed(1)
+    prompts = {"prompt": torch.randn(1, 6, C_IN, generator=g).to(torch.bfloat16),
+               "negative": torch.randn(1, 6, C_IN, generator=g).to(torch.bfloat16)}
+    save_file(prompts, str(root / "embeds.safetensors"))
+    out = {"root": root, "vae": root / "vae", "embeds": root / "embeds.safetensors", "prompts": prompts}
+    for variant in ("2.5", "2"):
+        state = official_state(variant, seed=2 if variant == "2" else 3)
+        src = root / f"transformer_{variant}.pt"
+        torch.save({"model": state} if variant == "2.5" else state, src)  # one wrapped, one plain
+        conv = root / f"out_{variant}"
+        summary = convert(src, root / "vae", root / "embeds.safetensors", conv, height=32, width=48)
+        out[variant] = {"state": state, "src": src, "out": conv, "summary": summary}
+    return out
+
+
+@pytest.mark.parametrize("variant", ["2.5", "2"])
+def test_every_tensor_lands_bit_equal(files, variant):
+    f = files[variant]
+    assert f["summary"].variant == variant
+    model = WorldModel.from_pretrained(f["out"], dtype="bf16")
+    tsd, asd = model.dit.transformer.state_dict(), model.dit.cond_embedder.state_dict()
+    plan = make_plan(strip_net(f["state"]), variant)
+    checked = 0
+    for key, value in strip_net(f["state"]).items():
+        if key.startswith("action_embedder_"):
+            assert torch.equal(asd[key], value), key
+        elif key in plan.transformer:  # time_embed is kept in fp32 (official): the bf16 values upcast exactly
+            assert torch.equal(tsd[plan.transformer[key]].to(torch.bfloat16), value), key
+        else:
+            continue
+        checked += 1
+    assert checked == len(official_shapes(variant)) - 2  # all but crossattn_proj (applied to the prompts)
+    assert len(tsd) == checked - 8 and "crossattn_proj.0.weight" not in tsd
+    assert sorted(f["summary"].dropped) == sorted(
+        ["pos_embedder.seq", "pos_embedder.dim_spatial_range", "pos_embedder.dim_temporal_range",
+         "accum_video_sample_counter", "accum_image_sample_counter", "accum_iteration", "accum_train_in_hours",
+         "blocks.0.self_attn.output_proj._extra_state", "crossattn_proj.0.weight", "crossattn_proj.0.bias"])
+    # The prompts went through crossattn_proj once (fp32).
+    w, b = (f["state"][f"net.crossattn_proj.0.{n}"].float() for n in ("weight", "bias"))
+    stored = load_file(str(f["out"] / "prompt_embeds.safetensors"))
+    for k in ("prompt", "negative"):
+        want = F.gelu(files["prompts"][k].float() @ w.T + b)  # crossattn_proj: Linear -> GELU
+        torch.testing.assert_close(stored[k], want, rtol=1e-6, atol=1e-6)
+    s = model.spec
+    assert (s.cond_frame_timestep, s.cosmos_sigmas, s.quantise_timestep, s.fp32_time_embedding) == (
+        None, True, True, True)
+    assert s.action_per_frame == (variant == "2.5") and s.chunk == K and s.spatial_compression == 8
+    assert model.dit.transformer.time_embed.norm.weight.dtype == torch.float32
+
+
+def reference_embedding(state: dict, timestep: torch.Tensor, actions: torch.Tensor, variant: str):
+    """NVIDIA's formulas written out: sinusoid (cos first), RMSNorm(sin + aD) and t_embedder(sin) + a3D; the
+    conditioning latent frame gets zero actions (2.5); the 2 variant embeds the flattened chunk once."""
+    w = {k.removeprefix("net."): v.float() for k, v in state.items()}
+    half = D // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    arg = timestep[..., None].float() * freqs
+    sin = torch.cat([torch.cos(arg), torch.sin(arg)], dim=-1)  # (B, T, D)
+
+    def mlp(name, x):
+        h = F.gelu(x @ w[f"{name}.fc1.weight"].T + w[f"{name}.fc1.bias"], approximate="tanh")
+        return h @ w[f"{name}.fc2.weight"].T + w[f"{name}.fc2.bias"]
+
+    b, t = timestep.shape
+    if variant == "2.5":
+        x = actions.reshape(b, -1, 4 * A)
+        a_d, a_3d = (torch.cat([torch.zeros(b, 1, n), mlp(name, x)], dim=1)
+                     for name, n in (("action_embedder_B_D", D), ("action_embedder_B_3D", 3 * D)))
+    else:
+        x = actions.reshape(b, 1, K * A)
+        a_d, a_3d = mlp("action_embedder_B_D", x).expand(b, t, -1), mlp("action_embedder_B_3D", x).expand(b, t, -1)
+    u = sin + a_d
+    emb = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + 1e-6) * w["t_embedding_norm.weight"]
+    temb = F.silu(sin @ w["t_embedder.1.linear_1.weight"].T) @ w["t_embedder.1.linear_2.weight"].T + a_3d
+    return temb, emb, a_d
+
+
+@pytest.mark.parametrize("variant", ["2.5", "2"])
+def test_embedding_stage_equals_official_formulas(files, variant):
+    f = files[variant]
+    model = WorldModel.from_pretrained(f["out"])  # fp32 weights (the bf16 values, upcast)
+    g = torch.Generator().manual_seed(5)
+    actions = torch.randn(2, K, A, generator=g)
+    t = model.spec.latent_frames
+    timestep = torch.rand(2, t, generator=g)
+    with torch.no_grad():
+        temb, emb = model.dit.embed_timestep(timestep, actions)
+    ref_temb, ref_emb, a_d = reference_embedding(f["state"], timestep, actions, variant)
+    torch.testing.assert_close(temb, ref_temb, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(emb, ref_emb, rtol=1e-5, atol=1e-5)
+    if variant == "2.5":  # the conditioning frame's action term is exactly zero (fc2's bias does not leak in)
+        assert torch.equal(a_d[:, 0], torch.zeros_like(a_d[:, 0]))
+        with torch.no_grad():
+            a3d, ad = model.dit.cond_embedder(actions, t)
+        assert (ad[:, 0] == 0).all() and (a3d[:, 0] == 0).all() and (ad[:, 1:].abs() > 0).any()
+
+
+@pytest.mark.parametrize("variant", ["2.5", "2"])
+def test_converted_model_predicts_under_every_cache_policy(files, variant):
+    model = WorldModel.from_pretrained(files[variant]["out"])
+    s = model.spec
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (1, s.height, s.width, 3), dtype=np.uint8)
+    actions = rng.uniform(s.action_low, s.action_high, (1, s.chunk, s.action_dim)).astype(np.float32)
+    _load_builtin()
+    names = sorted(POLICIES) if variant == "2.5" else ["none", "worldcache"]
+    for name in names:
+        policy = make_policy(name)
+        try:
+            frames, out = model.predict(frame, actions, policy=policy, num_steps=6, seed=0)
+        finally:
+            policy.detach()  # diffusers-hook policies stay on the model otherwise
+        assert frames.shape == (1, s.chunk, s.height, s.width, 3) and frames.dtype == torch.uint8, name
+        assert torch.isfinite(out.latents).all() and out.latents.dtype == torch.float32, name
+        assert len(out.records) == 6, name
+
+
+def test_errors_name_the_key_and_expected_shape(files, tmp_path):
+    base = official_state("2.5")
+    bad = dict(base)
+    bad["net.blocks.1.cross_attn.k_proj.weight"] = torch.zeros(D, C_TEXT + 1, dtype=torch.bfloat16)
+    with pytest.raises(CheckpointError, match=rf"net\.blocks\.1\.cross_attn\.k_proj\.weight: expected shape "
+                                              rf"\[{D}, {C_TEXT}\], got \[{D}, {C_TEXT + 1}\]"):
+        make_plan(strip_net(bad))
+    bad = dict(base)
+    bad["net.action_embedder_B_3D.fc2.weight"] = torch.zeros(D, H_A, dtype=torch.bfloat16)  # D instead of 3D
+    with pytest.raises(CheckpointError, match=rf"net\.action_embedder_B_3D\.fc2\.weight: expected shape "
+                                              rf"\[{3 * D}, {H_A}\]"):
+        make_plan(strip_net(bad))
+    bad = {k: v for k, v in base.items() if k != "net.blocks.0.mlp.layer2.weight"}
+    with pytest.raises(CheckpointError, match=rf"missing key net\.blocks\.0\.mlp\.layer2\.weight .*\[{D}, {4 * D}\]"):
+        make_plan(strip_net(bad))
+    bad = dict(base, **{"net.blocks.0.self_attn.extra.weight": torch.zeros(3)})
+    with pytest.raises(CheckpointError, match=r"unexpected key net\.blocks\.0\.self_attn\.extra\.weight"):
+        make_plan(strip_net(bad))
+    # Through the CLI: the file at fault, no traceback, exit code 2.
+    torch.save(bad, tmp_path / "bad.pt")
+    assert main(["convert", str(tmp_path / "bad.pt"), "--vae", str(files["vae"]), "--prompt-embeds",
+                 str(files["embeds"]), "--out", str(tmp_path / "o")]) == 2
+
+
+class Opaque:  # a pickled object weights_only refuses
+    pass
+
+
+def test_unpickling_code_needs_the_explicit_flag(files, tmp_path):
+    state = official_state("2.5")
+    state["net.blocks.0.self_attn.output_proj._extra_state"] = Opaque()
+    torch.save(state, tmp_path / "te.pt")
+    with pytest.raises(CheckpointError, match="--unsafe-pickle"):
+        convert(tmp_path / "te.pt", files["vae"], files["embeds"], tmp_path / "o")
+    s = convert(tmp_path / "te.pt", files["vae"], files["embeds"], tmp_path / "o", unsafe_pickle=True,
+                height=32, width=48)
+    assert "blocks.0.self_attn.output_proj._extra_state" in s.dropped
+
+
+def test_2b_plan_matches_the_2b_model_on_meta():
+    """The converter's key/shape plan for a full-size 2B state dict equals CosmosTransformer3DModel's, no memory."""
+    config = dict(  # REAL_MODEL.md §2, written out
+        in_channels=17, out_channels=16, num_attention_heads=16, attention_head_dim=128, num_layers=28,
+        mlp_ratio=4.0, text_embed_dim=1024, adaln_lora_dim=256, max_size=(128, 240, 240), patch_size=(1, 2, 2),
+        rope_scale=(1.0, 3.0, 3.0), concat_padding_mask=True, extra_pos_embed_type=None,
+        use_crossattn_projection=True, crossattn_proj_in_channels=100352, encoder_hidden_states_channels=1024)
+    shapes = official_shapes("2.5", heads=16, head_dim=128, layers=28, z=16, r=256, c_text=1024, c_in=100352,
+                             hidden_a=8192)
+    assert shapes["action_embedder_B_D.fc1.weight"] == (8192, 28) and shapes["x_embedder.proj.1.weight"] == (2048, 72)
+    state = {k: torch.empty(s, device="meta", dtype=torch.bfloat16) for k, s in shapes.items()}
+    state["_extra_state"] = torch.empty(0, device="meta")
+    plan = make_plan(state, "auto")
+    assert plan.variant == "2.5" and plan.config == config
+    with torch.device("meta"):
+        model = CosmosTransformer3DModel(**config)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {plan.transformer[k]: shapes[k] for k in plan.transformer}
+    got.update({k: shapes[k] for k in plan.crossattn_proj})  # same name in diffusers
+    assert got == want
+    assert sum(math.prod(s) for s in want.values()) > 1.9e9  # it is the 2B network
+
+
+RES = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",
+       "conv_shortcut": "shortcut"}
+
+
+def wan_original_key(key: str) -> str:
+    """diffusers AutoencoderKLWan key -> the original Wan2.1_VAE.pth key (Wan's wan/modules/vae.py names)."""
+    import re
+
+    top = {"quant_conv": "conv1", "post_quant_conv": "conv2"}
+    if key.split(".")[0] in top:
+        return top[key.split(".")[0]] + key[key.index("."):]
+    side, rest = key.split(".", 1)
+    rest = re.sub(r"^conv_in", "conv1", rest)
+    rest = re.sub(r"^norm_out", "head.0", rest)
+    rest = re.sub(r"^conv_out", "head.2", rest)
+    if m := re.match(r"mid_block\.resnets\.(\d)\.(\w+)\.(.*)", rest):
+        rest = f"middle.{2 * int(m[1])}.{RES[m[2]]}.{m[3]}"
+    rest = rest.replace("mid_block.attentions.0.", "middle.1.")
+    if m := re.match(r"down_blocks\.(\d+)\.(norm1|conv1|norm2|conv2|conv_shortcut)\.(.*)", rest):
+        rest = f"downsamples.{m[1]}.{RES[m[2]]}.{m[3]}"
+    rest = re.sub(r"^down_blocks\.", "downsamples.", rest)
+    if m := re.match(r"up_blocks\.(\d)\.resnets\.(\d)\.(\w+)\.(.*)", rest):
+        rest = f"upsamples.{4 * int(m[1]) + int(m[2])}.{RES[m[3]]}.{m[4]}"
+    if m := re.match(r"up_blocks\.(\d)\.upsamplers\.0\.(.*)", rest):
+        rest = f"upsamples.{4 * int(m[1]) + 3}.{m[2]}"
+    return f"{side}.{rest}"
+
+
+def test_wan_vae_in_the_original_layout_maps_and_decodes_equal(tmp_path):
+    from worldcache.convert import load_vae
+
+    vae = tiny_vae()
+    with torch.no_grad():  # non-trivial values everywhere (diffusers zero-initialises some convs)
+        for p in vae.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    original = {wan_original_key(k): v.clone() for k, v in vae.state_dict().items()}
+    assert len(original) == len(vae.state_dict()) and "decoder.upsamples.4.shortcut.weight" in original
+    torch.save(original, tmp_path / "Wan2.1_VAE.pth")
+    mapped = load_vae(tmp_path / "Wan2.1_VAE.pth")
+    for k, v in vae.state_dict().items():
+        assert torch.equal(mapped.state_dict()[k], v), k
+    z = torch.randn(1, Z, 2, 4, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(mapped.decode(z).sample, vae.decode(z).sample)
+    broken = dict(original)
+    broken["decoder.head.2.weight"] = broken["decoder.head.2.weight"][:, :4]
+    torch.save(broken, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError, match=r"decoder\.conv_out\.weight: expected shape"):
+        load_vae(tmp_path / "broken.pth")
+
+
+def test_a_folder_that_keeps_the_projection_takes_the_raw_embeddings(files, tmp_path):
+    """Loading accepts either form: the converter's (projection applied to the prompts) or one that keeps
+    `crossattn_proj` with the text encoder's raw embeddings; both predict the same."""
+    import json
+    import shutil
+
+    f = files["2.5"]
+    keep = tmp_path / "keep"
+    shutil.copytree(f["out"], keep)
+    cfg_file = keep / "transformer" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.update(use_crossattn_projection=True, crossattn_proj_in_channels=C_IN, encoder_hidden_states_channels=C_TEXT)
+    cfg_file.write_text(json.dumps(cfg))
+    weights = keep / "transformer" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(str(weights))
+    sd.update({f"crossattn_proj.0.{n}": f["state"][f"net.crossattn_proj.0.{n}"] for n in ("weight", "bias")})
+    save_file(sd, str(weights))
+    save_file(files["prompts"], str(keep / "prompt_embeds.safetensors"))  # raw, C_IN-d
+    folded, kept = WorldModel.from_pretrained(f["out"]), WorldModel.from_pretrained(keep)
+    assert kept.prompt_embeds.shape[-1] == C_IN and folded.prompt_embeds.shape[-1] == C_TEXT
+    rng = np.random.default_rng(1)
+    s = folded.spec
+    frame = rng.integers(0, 256, (1, s.height, s.width, 3), dtype=np.uint8)
+    actions = rng.uniform(s.action_low, s.action_high, (1, s.chunk, s.action_dim)).astype(np.float32)
+    _, a = folded.predict(frame, actions, num_steps=3, seed=0)
+    _, b = kept.predict(frame, actions, num_steps=3, seed=0)
+    torch.testing.assert_close(a.latents, b.latents, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,403 @@
+"""`worldcache convert`: NVIDIA's action-conditioned Cosmos checkpoints -> a `WorldModel` folder.
+
+Inputs are local files only (nothing is downloaded):
+
+- the transformer, `*_ema_bf16.pt` (Cosmos-Predict2.5-2B action-conditioned) or `model-480p-4fps.pt`
+  (Cosmos-Predict2-2B action-conditioned): a flat state dict with `net.` keys, possibly wrapped in
+  `{"model": ...}` or `{"state_dict": ...}`;
+- the Wan 2.1 VAE: a diffusers `AutoencoderKLWan` folder, or the original `Wan2.1_VAE.pth` / `tokenizer.pth`
+  (mapped by diffusers' own `convert_wan_vae_to_diffusers`);
+- the fixed text embeddings: a safetensors or torch file with `prompt` and `negative` tensors.
+
+Key accounting is strict: every source tensor lands at its diffusers key (diffusers' Cosmos 2.0 rename table,
+which its converter also uses for 2.5), in the action embedder, or on `DROPPED` (buffers and training counters).
+A missing, unexpected or misshapen key is a `CheckpointError` naming the key and the expected shape. The
+expected keys and shapes come from `CosmosTransformer3DModel` built on the `meta` device with the config read
+from the checkpoint's shapes, so the plan for a 2B checkpoint can be checked without its memory.
+
+`crossattn_proj` (Linear 100352 -> 1024, then GELU; ~400 MB in bf16) is applied once to the two fixed prompts and
+dropped: the written transformer then takes 1024-d text embeddings directly (exact up to rounding; done in fp32).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .world_model import SPEC_FILE, ActionEmbedder, CheckpointError, WorldModelSpec, parse_dtype
+
+# diffusers' TRANSFORMER_KEYS_RENAME_DICT_COSMOS_2_0 (scripts/convert_cosmos_to_diffusers.py): ordered substring
+# renames; the adaln_modulation_* entries must come before self_attn / cross_attn.
+RENAMES = (
+    ("t_embedder.1", "time_embed.t_embedder"),
+    ("t_embedding_norm", "time_embed.norm"),
+    ("blocks", "transformer_blocks"),
+    ("adaln_modulation_self_attn.1", "norm1.linear_1"),
+    ("adaln_modulation_self_attn.2", "norm1.linear_2"),
+    ("adaln_modulation_cross_attn.1", "norm2.linear_1"),
+    ("adaln_modulation_cross_attn.2", "norm2.linear_2"),
+    ("adaln_modulation_mlp.1", "norm3.linear_1"),
+    ("adaln_modulation_mlp.2", "norm3.linear_2"),
+    ("self_attn", "attn1"),
+    ("cross_attn", "attn2"),
+    ("q_proj", "to_q"),
+    ("k_proj", "to_k"),
+    ("v_proj", "to_v"),
+    ("output_proj", "to_out.0"),
+    ("q_norm", "norm_q"),
+    ("k_norm", "norm_k"),
+    ("mlp.layer1", "ff.net.0.proj"),
+    ("mlp.layer2", "ff.net.2"),
+    ("x_embedder.proj.1", "patch_embed.proj"),
+    ("final_layer.adaln_modulation.1", "norm_out.linear_1"),
+    ("final_layer.adaln_modulation.2", "norm_out.linear_2"),
+    ("final_layer.linear", "proj_out"),
+)
+# Not weights: RoPE buffers (recomputed by diffusers), training counters, TransformerEngine state.
+DROPPED = ("pos_embedder.seq", "pos_embedder.dim_spatial_range", "pos_embedder.dim_temporal_range",
+           "accum_video_sample_counter", "accum_image_sample_counter", "accum_iteration", "accum_train_in_hours")
+EXTRA_STATE = "_extra_state"
+ACTION_PREFIXES = ("action_embedder_B_D.", "action_embedder_B_3D.")
+CROSSATTN_PROJ = ("crossattn_proj.0.weight", "crossattn_proj.0.bias")
+
+# Cosmos-Predict2.5-2B as a diffusers config (= diffusers' "Cosmos-2.5-Predict-Base-2B"). Settings that are not
+# in the weights (RoPE scale, max size, padding mask) are taken from here; the widths are read from the weights.
+REAL_2B_CONFIG = dict(
+    in_channels=17, out_channels=16, num_attention_heads=16, attention_head_dim=128, num_layers=28, mlp_ratio=4.0,
+    text_embed_dim=1024, adaln_lora_dim=256, max_size=(128, 240, 240), patch_size=(1, 2, 2),
+    rope_scale=(1.0, 3.0, 3.0), concat_padding_mask=True, extra_pos_embed_type=None, use_crossattn_projection=True,
+    crossattn_proj_in_channels=100352, encoder_hidden_states_channels=1024)
+
+# Real-model settings for model.json (REAL_MODEL.md §5). Action bounds: the official model has none; the default
+# covers NVIDIA's Bridge actions (end-effector deltas x20 in [-1, 1], gripper state in [0, 1]).
+DEFAULT_ACTION_LOW = [-1.0] * 6 + [0.0]
+DEFAULT_ACTION_HIGH = [1.0] * 7
+VARIANTS = ("auto", "2.5", "2")
+
+
+def diffusers_key(key: str) -> str:
+    for old, new in RENAMES:
+        key = key.replace(old, new)
+    return key
+
+
+def _need(state: dict, key: str, what: str) -> torch.Tensor:
+    if key not in state:
+        raise CheckpointError(f"missing key net.{key} ({what})")
+    return state[key]
+
+
+def read_config(state: dict) -> dict:
+    """The diffusers config of a (stripped) official state dict: widths from the shapes, the rest as the 2B."""
+    d = _need(state, "t_embedding_norm.weight", "[D], the timestep RMSNorm").shape[0]
+    head_dim = _need(state, "blocks.0.self_attn.q_norm.weight", "[head_dim]").shape[0]
+    patch_in = _need(state, "x_embedder.proj.1.weight", "[D, (z + 2) * 4]").shape[1]
+    out = _need(state, "final_layer.linear.weight", "[4 z, D]").shape[0]
+    cfg = dict(REAL_2B_CONFIG)
+    p = cfg["patch_size"]
+    patch = p[0] * p[1] * p[2]
+    cfg.update(
+        num_attention_heads=d // head_dim, attention_head_dim=head_dim,
+        num_layers=len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
+        in_channels=patch_in // patch - 1,  # minus the padding-mask channel the model concatenates
+        out_channels=out // patch,
+        mlp_ratio=_need(state, "blocks.0.mlp.layer1.weight", "[4 D, D]").shape[0] / d,
+        adaln_lora_dim=_need(state, "blocks.0.adaln_modulation_self_attn.1.weight", "[R, D]").shape[0],
+        text_embed_dim=_need(state, "blocks.0.cross_attn.k_proj.weight", "[D, C_text]").shape[1],
+    )
+    proj = state.get(CROSSATTN_PROJ[0])
+    cfg["use_crossattn_projection"] = proj is not None
+    if proj is not None:
+        cfg.update(crossattn_proj_in_channels=proj.shape[1], encoder_hidden_states_channels=proj.shape[0])
+    return cfg
+
+
+def expected_shapes(config: dict) -> dict[str, tuple]:
+    """diffusers key -> shape of `CosmosTransformer3DModel(**config)`, built on the meta device (no memory)."""
+    from diffusers import CosmosTransformer3DModel
+
+    with torch.device("meta"):
+        model = CosmosTransformer3DModel(**config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@dataclass
+class Plan:
+    """Where every source tensor goes. Built from keys and shapes only (works on meta tensors)."""
+
+    config: dict
+    variant: str                               # "2.5" (per latent frame) or "2" (whole chunk)
+    transformer: dict = field(default_factory=dict)   # official key -> diffusers key
+    action: dict = field(default_factory=dict)        # official key -> ActionEmbedder key (the same name)
+    dropped: list = field(default_factory=list)
+    crossattn_proj: list = field(default_factory=list)
+
+
+def make_plan(state: dict, variant: str = "auto", action_dim: int = 7, chunk: int = 12,
+              temporal_compression: int = 4) -> Plan:
+    """Check every key and shape of a stripped official state dict and say where each goes."""
+    if variant not in VARIANTS:
+        raise CheckpointError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    config = read_config(state)
+    want = expected_shapes(config)
+    d = config["num_attention_heads"] * config["attention_head_dim"]
+    fc1 = _need(state, "action_embedder_B_D.fc1.weight", "[hidden, 4 A] or [hidden, chunk A]: the action MLP")
+    hidden, in_dim = fc1.shape
+    per_frame, whole = temporal_compression * action_dim, chunk * action_dim
+    if variant == "auto":
+        if in_dim not in (per_frame, whole) or per_frame == whole:
+            raise CheckpointError(f"action_embedder_B_D.fc1 takes {in_dim} inputs: neither {per_frame} "
+                                  f"(2.5: {temporal_compression} x {action_dim} per latent frame) nor {whole} "
+                                  f"(2: {chunk} x {action_dim}); pass --variant, --action-dim or --chunk")
+        variant = "2.5" if in_dim == per_frame else "2"
+    in_want = per_frame if variant == "2.5" else whole
+    action_want = {}
+    for name, out in (("action_embedder_B_D", d), ("action_embedder_B_3D", 3 * d)):
+        action_want.update({f"{name}.fc1.weight": (hidden, in_want), f"{name}.fc1.bias": (hidden,),
+                            f"{name}.fc2.weight": (out, hidden), f"{name}.fc2.bias": (out,)})
+    plan = Plan(config=config, variant=variant)
+    seen = set()
+    for key, value in state.items():
+        if key in DROPPED or key.endswith(EXTRA_STATE):
+            plan.dropped.append(key)
+            continue
+        if key.startswith(ACTION_PREFIXES):
+            target, shape = key, action_want.get(key)
+            plan.action[key] = key
+        else:
+            target = diffusers_key(key)
+            shape = want.get(target)
+            if key in CROSSATTN_PROJ:
+                plan.crossattn_proj.append(key)
+            else:
+                plan.transformer[key] = target
+        if shape is None:
+            raise CheckpointError(f"unexpected key net.{key} (no place for it in CosmosTransformer3DModel or the "
+                                  f"action embedder; variant {variant})")
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise CheckpointError(f"net.{key}: expected shape {list(shape)}, got {got}")
+        seen.add(target)
+    for target, shape in {**want, **action_want}.items():
+        if target not in seen:
+            raise CheckpointError(f"missing key net.{official_key(target)} (diffusers {target}, expected shape "
+                                  f"{list(shape)})")
+    return plan
+
+
+def official_key(target: str) -> str:
+    """diffusers key -> official key (the renames backwards; for messages and tests)."""
+    for old, new in reversed(RENAMES):
+        target = target.replace(new, old)
+    return target
+
+
+# --- file reading ---------------------------------------------------------------------------------------------
+def load_torch(path: str | Path, unsafe_pickle: bool = False) -> dict:
+    """A torch checkpoint as a flat dict, unwrapped from {"model"/"state_dict": ...}. weights_only unless the user
+    explicitly allows unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"file not found: {path}")
+    size = path.stat().st_size / 2**30
+    print(f"loading {path} ({size:.2f} GiB, memory-mapped)")
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle, mmap=True)
+        except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
+    except Exception as e:
+        hint = "" if unsafe_pickle else (" If you trust the file, --unsafe-pickle loads it with weights_only=False, "
+                                         "which runs code stored in it.")
+        raise CheckpointError(f"{path}: cannot load with weights_only={not unsafe_pickle}: {e}.{hint}") from None
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a state dict (got {type(obj).__name__})")
+    return obj
+
+
+def strip_net(state: dict) -> dict:
+    return {k.removeprefix("net."): v for k, v in state.items()}
+
+
+def load_prompts(path: str | Path, unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            prompts = load_file(str(path))
+        except Exception as e:
+            raise CheckpointError(f"{path}: cannot load prompt embeddings: {e}") from None
+    else:
+        prompts = load_torch(path, unsafe_pickle)
+    for key in ("prompt", "negative"):
+        v = prompts.get(key)
+        if not isinstance(v, torch.Tensor) or v.ndim not in (2, 3):
+            raise CheckpointError(f"{path}: needs tensors 'prompt' and 'negative' of shape [1, L, C] or [L, C]")
+    return {k: (prompts[k] if prompts[k].ndim == 3 else prompts[k][None]) for k in ("prompt", "negative")}
+
+
+def load_vae(path: str | Path, unsafe_pickle: bool = False):
+    """A diffusers `AutoencoderKLWan` folder, or the original Wan 2.1 VAE file mapped to diffusers keys."""
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+    path = Path(path)
+    if path.is_dir():
+        try:
+            return AutoencoderKLWan.from_pretrained(path, torch_dtype=torch.float32)
+        except Exception as e:
+            raise CheckpointError(f"{path}: not a diffusers AutoencoderKLWan folder: {e}") from None
+    state = convert_wan_vae_to_diffusers(load_torch(path, unsafe_pickle))
+    base = _need(state, "encoder.conv_in.weight", "[base_dim, 3, 3, 3, 3]").shape[0]
+    z = _need(state, "quant_conv.weight", "[2 z, 2 z, 1, 1, 1]").shape[0] // 2
+    with torch.device("meta"):
+        vae = AutoencoderKLWan(base_dim=base, z_dim=z)  # Wan 2.1's structure and latent statistics
+    want = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
+    for key, value in state.items():
+        if key not in want:
+            raise CheckpointError(f"{path}: unexpected VAE key {key}")
+        if tuple(value.shape) != want[key]:
+            raise CheckpointError(f"{path}: VAE key {key}: expected shape {list(want[key])}, got {list(value.shape)}")
+    missing = set(want) - set(state)
+    if missing:
+        k = sorted(missing)[0]
+        raise CheckpointError(f"{path}: missing VAE key {k} (expected shape {list(want[k])}; {len(missing)} missing)")
+    vae.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
+    return vae
+
+
+# --- conversion -----------------------------------------------------------------------------------------------
+def write_safetensors_sharded(tensors: dict, folder: Path, name: str = "diffusion_pytorch_model",
+                              shard_bytes: int = 2 * 2**30) -> None:
+    """diffusers' sharded layout (index json + shards), written with a progress bar."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shards, cur, size = [], {}, 0
+    for k, v in tensors.items():
+        n = v.numel() * v.element_size()
+        if cur and size + n > shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[k], size = v, size + n
+    shards.append(cur)
+    total = sum(v.numel() * v.element_size() for v in tensors.values())
+    if len(shards) == 1:
+        save_file(shards[0], str(folder / f"{name}.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"write {folder.name}", dynamic_ncols=True) as bar:
+        for i, shard in enumerate(shards):
+            file = f"{name}-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(folder / file), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, file))
+            bar.update(sum(v.numel() * v.element_size() for v in shard.values()))
+    (folder / f"{name}.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+
+
+@dataclass
+class ConvertSummary:
+    variant: str
+    out: str
+    transformer_tensors: int
+    transformer_params: int
+    action_tensors: int
+    action_widths: tuple
+    dropped: list
+    prompts: str
+    vae: str
+    spec: dict
+
+    def text(self) -> str:
+        return "\n".join([
+            f"converted Cosmos action-conditioned model (variant {self.variant}) -> {self.out}",
+            f"  transformer: {self.transformer_tensors} tensors, {self.transformer_params / 1e6:.1f} M parameters",
+            f"  action embedder: {self.action_tensors} tensors, widths in/hidden/D = {self.action_widths}",
+            f"  dropped ({len(self.dropped)}): {', '.join(sorted({_kind(k) for k in self.dropped}))}",
+            f"  prompts: {self.prompts}",
+            f"  VAE: {self.vae}",
+            f"  model.json: {self.spec['height']}x{self.spec['width']}, chunk {self.spec['chunk']}, "
+            f"{self.spec['action_dim']}-D actions in [{self.spec['action_low']}, {self.spec['action_high']}]",
+        ])
+
+
+def _kind(key: str) -> str:
+    return "*._extra_state" if key.endswith(EXTRA_STATE) else key
+
+
+def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path, out: str | Path, *,
+            variant: str = "auto", unsafe_pickle: bool = False, action_low: list | None = None,
+            action_high: list | None = None, dtype: torch.dtype | str = torch.bfloat16, action_dim: int = 7,
+            chunk: int = 12, height: int | None = None, width: int | None = None) -> ConvertSummary:
+    """Convert the official files into a folder that `WorldModel.from_pretrained` and the env load."""
+    from diffusers import CosmosTransformer3DModel
+    from safetensors.torch import save_file
+
+    from .sampler import default_scheduler
+
+    dtype = parse_dtype(dtype)
+    out = Path(out)
+    state = strip_net(load_torch(transformer, unsafe_pickle))
+    plan = make_plan(state, variant, action_dim=action_dim, chunk=chunk)
+    prompts = load_prompts(prompt_embeds, unsafe_pickle)
+    vae_model = load_vae(vae, unsafe_pickle)
+    cfg = plan.config
+    if vae_model.config.z_dim + 1 != cfg["in_channels"]:
+        raise CheckpointError(f"{vae}: VAE z_dim {vae_model.config.z_dim} does not fit the transformer's "
+                              f"{cfg['in_channels']} input channels (z_dim + 1 condition mask)")
+
+    text_in = cfg["crossattn_proj_in_channels"] if cfg["use_crossattn_projection"] else cfg["text_embed_dim"]
+    for k, v in prompts.items():
+        if v.shape[-1] != text_in:
+            raise CheckpointError(f"{prompt_embeds}: '{k}' has {v.shape[-1]} channels, the transformer's text input "
+                                  f"takes {text_in}")
+    if cfg["use_crossattn_projection"]:  # apply once to the fixed prompts and drop the projection (exact, -400 MB)
+        w, b = (state[k].float() for k in CROSSATTN_PROJ)
+        # crossattn_proj is Linear -> GELU (NVIDIA's and diffusers' nn.Sequential)
+        prompts = {k: torch.nn.functional.gelu(torch.nn.functional.linear(v.float(), w, b)) for k, v in prompts.items()}
+        prompt_note = f"crossattn_proj applied once ({text_in} -> {w.shape[0]}) and dropped from the transformer"
+        cfg = dict(cfg, use_crossattn_projection=False)
+    else:
+        prompt_note = f"{text_in}-d, stored as given"
+
+    fc1 = state["action_embedder_B_D.fc1.weight"]
+    default_hw = (256, 320) if plan.variant == "2.5" else (480, 640)
+    spec = WorldModelSpec(
+        height=height or default_hw[0], width=width or default_hw[1], chunk=chunk, action_dim=action_dim,
+        action_low=list(action_low or DEFAULT_ACTION_LOW), action_high=list(action_high or DEFAULT_ACTION_HIGH),
+        fps=4.0, num_steps=35, guidance_scale=0.0, cond_frame_timestep=None, cond_latent_frames=1,
+        action_per_frame=plan.variant == "2.5", cosmos_sigmas=True, quantise_timestep=True,
+        fp32_time_embedding=True, temporal_compression=vae_model.config.scale_factor_temporal,
+        spatial_compression=vae_model.config.scale_factor_spatial, name=f"cosmos-action-{plan.variant}")
+    spec.check()
+    tensors = {}
+    for key, target in tqdm(plan.transformer.items(), desc="map transformer", unit="tensor", dynamic_ncols=True):
+        tensors[target] = state[key].to(dtype).contiguous()
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        CosmosTransformer3DModel(**cfg).save_config(out / "transformer")
+    write_safetensors_sharded(tensors, out / "transformer")
+    action = {k: state[k].to(dtype).contiguous() for k in plan.action}
+    save_file(action, str(out / "action_embedder.safetensors"))
+    save_file({k: v.contiguous() for k, v in prompts.items()}, str(out / "prompt_embeds.safetensors"))
+    vae_model.save_pretrained(out / "vae")
+    default_scheduler().save_pretrained(out / "scheduler")  # UniPC, flow sigmas, shift 5 (NVIDIA's sampler)
+
+    (out / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    return ConvertSummary(
+        variant=plan.variant, out=str(out), transformer_tensors=len(tensors),
+        transformer_params=sum(v.numel() for v in tensors.values()), action_tensors=len(action),
+        action_widths=(fc1.shape[1], fc1.shape[0], state["action_embedder_B_D.fc2.weight"].shape[0]),
+        dropped=plan.dropped + plan.crossattn_proj, prompts=prompt_note,
+        vae=f"{'diffusers folder' if Path(vae).is_dir() else 'original Wan layout, mapped'} {vae}",
+        spec=asdict(spec))
