@@ -132,25 +132,29 @@ class WorldSim:
         return self.start_frames[i].copy(), {"start_index": i}
 
     # --- one batched prediction --------------------------------------------------------------------------------
-    def predict(self, frames: np.ndarray, actions: np.ndarray, seeds: list[int]) -> tuple[np.ndarray, dict]:
-        """uint8 (B, H, W, 3) + (B, chunk, A) -> uint8 (B, chunk, H, W, 3) and the prediction's cache stats."""
+    def predict(self, frames: np.ndarray, actions: np.ndarray, seeds: list[int]) -> tuple[np.ndarray, list[dict]]:
+        """uint8 (B, H, W, 3) + (B, chunk, A) -> uint8 (B, chunk, H, W, 3) and each sample's cache stats (the
+        cache decides per sample, so a sample's stats and frames do not depend on the rest of the batch)."""
         t0 = time.perf_counter()
         out_frames, out = self.model.predict(frames, actions, policy=self.policy, num_steps=self.num_steps,
                                              seed=seeds)
         out_frames = out_frames.cpu().numpy()
         model_ms = (time.perf_counter() - t0) * 1e3
-        recs = out.records
-        info = {
-            "computed_fraction": float(out.computed_fraction),
-            "calls": len(recs),
-            "skipped": sum(not r.computed for r in recs),
-            "computed": np.array([r.computed for r in recs], bool),
-        }
-        if self.stats:  # measurements: wall times vary run to run, NaN marks what the policy does not measure
-            info.update({key: np.array([getattr(r, key) for r in recs], np.float64)
-                         for key in ("drift", "threshold", "motion")})
-            info.update(model_ms=model_ms, denoise_ms=float(sum(r.wall_ms for r in recs)))
-        return out_frames, info
+        infos = []
+        for i in range(len(out_frames)):
+            recs = out.sample_records(i)
+            info = {
+                "computed_fraction": float(np.mean([r.computed for r in recs])),
+                "calls": len(recs),
+                "skipped": sum(not r.computed for r in recs),
+                "computed": np.array([r.computed for r in recs], bool),
+            }
+            if self.stats:  # measurements: wall times vary run to run, NaN marks what the policy does not measure
+                info.update({key: np.array([getattr(r, key) for r in recs], np.float64)
+                             for key in ("drift", "threshold", "motion")})
+                info.update(model_ms=model_ms, denoise_ms=out.loop_ms, records=recs)
+            infos.append(info)
+        return out_frames, infos
 
     def outcome(self, frames: np.ndarray, actions: np.ndarray) -> tuple[float, bool]:
         return float(self.reward_fn(frames, actions)), bool(self.termination_fn(frames, actions))
@@ -183,7 +187,8 @@ class CosmosWorldEnv(gym.Env):
     Info after a step: ``frames`` (chunk, H, W, 3) all predicted frames; the prediction's cache statistics
     ``computed_fraction``, ``calls``, ``skipped`` and per model call ``computed``, ``drift``, ``threshold``,
     ``motion`` (arrays, NaN where the policy does not measure it); ``model_ms`` (wall time of the prediction),
-    ``denoise_ms`` (the DiT calls in it); ``action_clipped``; ``noise_seed``. ``stats=False`` leaves out the
+    ``denoise_ms`` (the DiT calls in it); ``records`` (the prediction's `CallRecord`s, one per model call);
+    ``action_clipped``; ``noise_seed``. ``stats=False`` leaves out the
     measurements (drift, threshold, motion, model_ms, denoise_ms) and keeps the info deterministic, as
     gymnasium's `check_env` requires: it compares the infos of two identical steps, and wall times differ while
     NaN never equals itself.
@@ -216,8 +221,8 @@ class CosmosWorldEnv(gym.Env):
             raise ResetNeeded("Cannot call step() before reset(): the env has no current frame.")
         a, clipped = self.sim.check_actions(action)
         seed = int(self.np_random.integers(SEED_HIGH))
-        frames, info = self.sim.predict(self._frames[-1:], a, [seed])
-        frames, a = frames[0], a[0]
+        frames, infos = self.sim.predict(self._frames[-1:], a, [seed])
+        frames, a, info = frames[0], a[0], infos[0]
         reward, terminated = self.sim.outcome(frames, a)
         self._frames = np.concatenate([self._frames, frames])[-self.history:]
         info.update(frames=frames, action_clipped=bool(clipped[0]), noise_seed=seed)
