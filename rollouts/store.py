@@ -1,7 +1,10 @@
-"""One-file-per-store Zarr (v3) episode store for world-model data and rollouts.
+"""Zarr (v3) episode store for world-model data and rollouts, on a local disk or any fsspec URL.
 
 In the spirit of diffusion_policy's ReplayBuffer, but one group per episode so that
-independent writers (e.g. Ray workers) never touch the same chunk or metadata file.
+independent writers (e.g. Ray workers on several machines) never touch the same chunk or
+metadata file. The location is a local path, ``file://...``, or a URL zarr's fsspec store
+understands (``s3://bucket/x.zarr``, ``gs://...``; ``storage_options`` go to fsspec, e.g.
+``{"endpoint_url": ...}`` for an S3-compatible server).
 
 Layout (``FORMAT_VERSION = 1``)::
 
@@ -11,7 +14,7 @@ Layout (``FORMAT_VERSION = 1``)::
                action_dim=A, which write_episode then enforces)
         episodes/<episode_id>/      one group per episode (id chosen by the caller)
             obs         (T+1, H, W, 3) uint8   frames incl. the reset frame
-            actions     (T, A)         float32
+            actions     (T, ...)       float32 (T, A), or (T, chunk, A) for chunked actions
             rewards     (T,)           float32
             terminated  (T,)           bool
             truncated   (T,)           bool
@@ -27,27 +30,41 @@ step decodes at most ~245 KB (64x80 frames), well under a millisecond. Per-step 
 tiny, so each is one chunk (one file) per episode.
 
 Atomic visibility: all arrays are written first and the episode group's ``complete=True``
-attribute last (zarr's LocalStore writes metadata files atomically via rename). Readers
-(``episode_ids``, ``load_episode``, ``len``, iteration) only see complete episodes. Writing
-an id that is already complete raises ``FileExistsError`` (check ``exists`` to skip); an
-incomplete leftover for the same id (a crashed writer) is deleted and rewritten. Two writers
-must not write the same id at the same time; root attrs should be set by one process only
-(each attrs write rewrites the root metadata file).
+attribute last (zarr's LocalStore writes metadata files atomically via rename; an object
+store writes an object whole). Readers (``episode_ids``, ``load_episode``, ``len``,
+iteration) only see complete episodes. Writing an id that is already complete raises
+``FileExistsError`` (check ``exists`` to skip); an incomplete leftover for the same id (a
+crashed writer) is deleted and rewritten. Root attrs should be set by one process only (each
+attrs write rewrites the root metadata file).
+
+One writer per store: a driver takes the store's lease (``lease.json``: a random token, host,
+pid, time) with ``acquire_lease`` and passes the token to its workers (``EpisodeStore(...,
+lease=token)``). While a lease exists, only its holders may write or delete: a second driver
+is refused with `LeaseError` naming the holder; ``acquire_lease(..., break_lease=True)``
+replaces a stale lease of a dead driver. ``remove_partial`` (leftover incomplete episodes)
+needs the lease. A store without a lease (e.g. ``make-data``) is written as before. On a
+local disk the lease is created exclusively; on an object store it is written and read back
+(last writer wins: two drivers starting in the same instant are not excluded).
 
 This module deliberately has no intra-package imports (only numpy + zarr).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import shutil
+import socket
+import time
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import fsspec
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.storage import FsspecStore, LocalStore
 
 FORMAT_VERSION = 1
 KIND = "worldcache-episodes"
@@ -57,8 +74,79 @@ _CORE = ("obs", "actions", "rewards", "terminated", "truncated")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
+LEASE = "lease.json"
+
+
 class StoreFormatError(ValueError):
     """The path is not an episode store, or one with an unsupported format version."""
+
+
+class LeaseError(RuntimeError):
+    """Another driver holds the store's lease (or this one lost it)."""
+
+
+def _local_path(url: str) -> str | None:
+    """The local path of `url` (a plain path or file://), or None for a remote URL."""
+    if url.startswith("file://"):
+        return url[len("file://"):]
+    return None if "://" in url else url
+
+
+def _zarr_store(url: str, read_only: bool, storage_options: dict | None):
+    local = _local_path(url)
+    if local is not None:
+        return LocalStore(local, read_only=read_only)
+    return FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=read_only)
+
+
+def _fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and root path of a store location (for the files zarr does not manage)."""
+    local = _local_path(url)
+    if local is not None:
+        return fsspec.filesystem("file"), os.path.abspath(local)
+    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+
+
+def read_lease(url: str, storage_options: dict | None = None) -> dict | None:
+    fs, root = _fs(str(url), storage_options)
+    try:
+        return json.loads(fs.cat_file(f"{root}/{LEASE}"))
+    except FileNotFoundError:
+        return None
+
+
+def acquire_lease(url: str, storage_options: dict | None = None, break_lease: bool = False) -> str:
+    """Take the store's lease; returns its token. Raises `LeaseError` while another holds it (unless
+    `break_lease`: for a lease left by a driver that died)."""
+    url = str(url)
+    fs, root = _fs(url, storage_options)
+    path, token = f"{root}/{LEASE}", uuid.uuid4().hex
+    doc = json.dumps({"token": token, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
+    old = read_lease(url, storage_options)
+    if old is not None and not break_lease:
+        age = time.time() - float(old.get("since", 0))
+        raise LeaseError(f"{url}: another driver holds this store's lease (host {old.get('host')}, pid "
+                         f"{old.get('pid')}, {age / 60:.1f} min ago). One writer per store: wait for it, or if that "
+                         f"driver is dead, rerun with --break-lease (break_lease=True)")
+    fs.makedirs(root, exist_ok=True)
+    if _local_path(url) is not None and not break_lease:
+        try:  # exclusive create: of two drivers racing here, one fails
+            with open(path, "x") as f:
+                f.write(doc)
+        except FileExistsError:
+            raise LeaseError(f"{url}: another driver took the lease just now") from None
+    else:
+        fs.pipe_file(path, doc.encode())
+    if (read_lease(url, storage_options) or {}).get("token") != token:
+        raise LeaseError(f"{url}: another driver took the lease just now")
+    return token
+
+
+def release_lease(url: str, token: str, storage_options: dict | None = None) -> None:
+    """Give the lease back (only if `token` still holds it)."""
+    fs, root = _fs(str(url), storage_options)
+    if (read_lease(str(url), storage_options) or {}).get("token") == token:
+        fs.rm_file(f"{root}/{LEASE}")
 
 
 def _obs_codec() -> BloscCodec:
@@ -66,49 +154,58 @@ def _obs_codec() -> BloscCodec:
 
 
 class EpisodeStore(Mapping):
-    """Episode store on a local directory. Mapping-like: ``store[id]`` loads an episode,
+    """Episode store at a local path or fsspec URL. Mapping-like: ``store[id]`` loads an episode,
     ``id in store``, ``len(store)`` and iteration cover complete episodes only."""
 
-    def __init__(self, path: str | os.PathLike, mode: str = "a"):
+    def __init__(self, path: str | os.PathLike, mode: str = "a", storage_options: dict | None = None,
+                 lease: str | None = None):
         """Open a store. mode "r": read-only, must exist. mode "a": read/write; the store is
-        created when ``path`` does not exist yet."""
+        created when ``path`` does not exist yet. `lease`: the token of the lease this writer
+        acts under (see `acquire_lease`)."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r} (use EpisodeStore.create to overwrite)")
         self.path = os.fspath(path)
-        self.mode = mode
-        if not os.path.exists(self.path):
+        self.mode, self.storage_options, self.lease = mode, storage_options, lease
+        try:
+            self._root = self._open_root(self._store(mode == "r"), mode)
+        except FileNotFoundError:
             if mode == "r":
-                raise FileNotFoundError(f"no episode store at {self.path!r}")
-            self._root = self._init_root(self.path, {}, overwrite=False)
-        else:
-            self._root = self._open_root(self.path, mode)
+                raise FileNotFoundError(f"no episode store at {self.path!r}") from None
+            self._root = self._init_root(self._store(False), {}, overwrite=False)
         self._episodes = self._root.require_group("episodes") if mode == "a" else self._root["episodes"]
+
+    def _store(self, read_only: bool):
+        return _zarr_store(self.path, read_only, self.storage_options)
 
     # ---------------------------------------------------------------- creation / opening
     @classmethod
     def create(cls, path: str | os.PathLike, attrs: dict[str, Any] | None = None,
-               overwrite: bool = False) -> "EpisodeStore":
+               overwrite: bool = False, storage_options: dict | None = None) -> "EpisodeStore":
         """Create a new empty store (error if ``path`` exists, unless ``overwrite``)."""
         path = os.fspath(path)
-        if os.path.exists(path):
+        fs, root = _fs(path, storage_options)
+        if fs.exists(root):
             if not overwrite:
                 raise FileExistsError(f"{path!r} already exists (pass overwrite=True to replace it)")
-            shutil.rmtree(path)
-        cls._init_root(path, attrs or {}, overwrite=True)
-        return cls(path, mode="a")
+            fs.rm(root, recursive=True)
+        cls._init_root(_zarr_store(path, False, storage_options), attrs or {}, overwrite=True)
+        return cls(path, mode="a", storage_options=storage_options)
 
     @staticmethod
-    def _init_root(path: str, attrs: dict[str, Any], overwrite: bool) -> zarr.Group:
-        root = zarr.open_group(path, mode="w" if overwrite else "w-", zarr_format=3)
+    def _init_root(store, attrs: dict[str, Any], overwrite: bool) -> zarr.Group:
+        root = zarr.open_group(store, mode="w" if overwrite else "w-", zarr_format=3)
         root.attrs.update({**attrs, "format_version": FORMAT_VERSION, "kind": KIND})
         root.require_group("episodes")
         return root
 
-    @staticmethod
-    def _open_root(path: str, mode: str) -> zarr.Group:
+    def _open_root(self, store, mode: str) -> zarr.Group:
+        path = self.path
         try:
-            root = zarr.open_group(path, mode="r" if mode == "r" else "r+", zarr_format=3)
+            root = zarr.open_group(store, mode="r" if mode == "r" else "r+", zarr_format=3)
         except Exception as e:  # missing/invalid zarr.json, or a zarr v2 / array path
+            fs, loc = _fs(path, self.storage_options)
+            if isinstance(e, FileNotFoundError) and not (fs.exists(loc) and fs.ls(loc)):
+                raise FileNotFoundError(path) from None  # nothing there yet
             raise StoreFormatError(f"{path!r} is not a worldcache episode store (zarr v3 group): {e}") from e
         kind, version = root.attrs.get("kind"), root.attrs.get("format_version")
         if kind != KIND:
@@ -201,9 +298,9 @@ class EpisodeStore(Mapping):
             raise ValueError(f"episode attrs {clash} are reserved by the store")
         if self.exists(episode_id):
             raise FileExistsError(f"episode {episode_id!r} already exists in {self.path!r}")
-        leftover = os.path.join(self.path, "episodes", episode_id)
-        if os.path.exists(leftover):  # incomplete group from a crashed writer
-            shutil.rmtree(leftover)
+        self.check_lease()
+        if episode_id in self._episodes:  # incomplete group from a crashed writer
+            del self._episodes[episode_id]
 
         T = arrays["actions"].shape[0]
         grp = self._episodes.create_group(episode_id, attributes=attrs)
@@ -216,6 +313,27 @@ class EpisodeStore(Mapping):
         extra_names = [n for n in arrays if n not in _CORE]
         self._mark_complete(grp, T, extra_names)
 
+    def check_lease(self) -> None:
+        """Writes need the store's lease when it has one: raise `LeaseError` if another driver holds it."""
+        held = read_lease(self.path, self.storage_options)
+        if held is not None and held.get("token") != self.lease:
+            raise LeaseError(f"{self.path}: the store's lease is held by another driver (host {held.get('host')}, "
+                             f"pid {held.get('pid')}); this writer does not hold it")
+
+    def partial_ids(self) -> list[str]:
+        """Ids of incomplete episode groups (leftovers of crashed writers)."""
+        return sorted(name for name, grp in self._episodes.groups() if grp.attrs.get("complete") is not True)
+
+    def remove_partial(self) -> list[str]:
+        """Delete every incomplete episode group; needs the store's lease (no live writer can own them)."""
+        if self.lease is None:
+            raise LeaseError(f"{self.path}: removing partial episodes needs the store's lease (acquire_lease)")
+        self.check_lease()
+        ids = self.partial_ids()
+        for name in ids:
+            del self._episodes[name]
+        return ids
+
     @staticmethod
     def _mark_complete(grp: zarr.Group, T: int, extra_names: list[str]) -> None:
         # Last write of an episode: readers ignore the group until this attribute exists.
@@ -226,8 +344,9 @@ class EpisodeStore(Mapping):
         actions = np.asarray(actions)
         if obs.dtype != np.uint8:
             raise TypeError(f"obs must be uint8 (T+1, H, W, 3), got dtype {obs.dtype} shape {obs.shape}")
-        if actions.ndim != 2 or not np.issubdtype(actions.dtype, np.floating):
-            raise ValueError(f"actions must be a float (T, A) array, got dtype {actions.dtype} shape {actions.shape}")
+        if actions.ndim < 2 or not np.issubdtype(actions.dtype, np.floating):
+            raise ValueError(f"actions must be a float (T, A) or (T, chunk, A) array, got dtype {actions.dtype} "
+                             f"shape {actions.shape}")
         T = actions.shape[0]
         if T < 1:
             raise ValueError("an episode needs at least one step (actions has T=0 rows)")
@@ -236,8 +355,8 @@ class EpisodeStore(Mapping):
         fs, ad = self._root.attrs.get("frame_shape"), self._root.attrs.get("action_dim")
         if fs is not None and list(obs.shape[1:]) != list(fs):
             raise ValueError(f"obs frames are {obs.shape[1:]} but this store holds frame_shape={tuple(fs)}")
-        if ad is not None and actions.shape[1] != ad:
-            raise ValueError(f"actions has A={actions.shape[1]} but this store holds action_dim={ad}")
+        if ad is not None and actions.shape[-1] != ad:
+            raise ValueError(f"actions has A={actions.shape[-1]} but this store holds action_dim={ad}")
         out = {"obs": obs, "actions": actions.astype(np.float32, copy=False)}
         for name, val in (("rewards", rewards), ("terminated", terminated), ("truncated", truncated)):
             val = np.asarray(val)
