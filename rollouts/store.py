@@ -81,8 +81,8 @@ class StoreFormatError(ValueError):
     """The path is not an episode store, or one with an unsupported format version."""
 
 
-class LeaseError(RuntimeError):
-    """Another driver holds the store's lease (or this one lost it)."""
+class LeaseError(FileExistsError):
+    """Another driver holds the store's lease (its lease file exists), or this writer lost it."""
 
 
 def _local_path(url: str) -> str | None:
