@@ -92,11 +92,16 @@ def _local_path(url: str) -> str | None:
     return None if "://" in url else url
 
 
+def _remote_options(storage_options: dict | None) -> dict:
+    # Other processes add episodes: a cached directory listing (s3fs, gcsfs) would hide them.
+    return {"use_listings_cache": False, **(storage_options or {})}
+
+
 def _zarr_store(url: str, read_only: bool, storage_options: dict | None):
     local = _local_path(url)
     if local is not None:
         return LocalStore(local, read_only=read_only)
-    return FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=read_only)
+    return FsspecStore.from_url(url, storage_options=_remote_options(storage_options), read_only=read_only)
 
 
 def _fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -104,7 +109,7 @@ def _fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSyst
     local = _local_path(url)
     if local is not None:
         return fsspec.filesystem("file"), os.path.abspath(local)
-    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fsspec.core.url_to_fs(url, **_remote_options(storage_options))
 
 
 def read_lease(url: str, storage_options: dict | None = None) -> dict | None:

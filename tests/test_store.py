@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -180,3 +181,45 @@ def test_concurrent_writers_of_different_episodes(tmp_path):
     assert store.episode_ids() == [f"w{w}_ep{i}" for w in range(2) for i in range(3)]
     assert store.attrs["run"] == "parallel"
     np.testing.assert_array_equal(store.load_episode("w1_ep2")["obs"], make_episode(seed=12)["obs"])
+
+
+def test_chunked_actions(tmp_path):
+    store = EpisodeStore.create(tmp_path / "s", attrs={"action_dim": 7})
+    ep = make_episode(T=3)
+    ep["actions"] = np.ones((3, 4, 7), np.float32)  # (T, chunk, A)
+    store.write_episode("e", **ep)
+    assert store["e"]["actions"].shape == (3, 4, 7)
+    with pytest.raises(ValueError, match="action_dim=7"):
+        store.write_episode("f", **{**ep, "actions": np.ones((3, 4, 5), np.float32)})
+
+
+def test_lease_one_writer(tmp_path):
+    from worldcache.rollouts.store import LeaseError, acquire_lease, read_lease, release_lease
+
+    path = str(tmp_path / "s")
+    store = EpisodeStore.create(path)
+    store.write_episode("free", **make_episode())  # no lease in the store: written as before
+    token = acquire_lease(path)
+    assert read_lease(path)["token"] == token and read_lease(path)["pid"] == os.getpid()
+    with pytest.raises(LeaseError, match="another driver holds this store's lease.*--break-lease"):
+        acquire_lease(path)
+    with pytest.raises(LeaseError, match="does not hold it"):  # a writer without the lease
+        store.write_episode("a", **make_episode())
+    with pytest.raises(LeaseError, match="needs the store's lease"):
+        store.remove_partial()
+    # a partial leftover: removed only under the lease
+    (tmp_path / "s" / "episodes" / "p").mkdir()
+    zarr.open_group(tmp_path / "s" / "episodes" / "p", mode="w").attrs["complete"] = False
+    holder = EpisodeStore(path, lease=token)
+    assert holder.partial_ids() == ["p"] and holder.remove_partial() == ["p"] and holder.partial_ids() == []
+    holder.write_episode("a", **make_episode())
+    stale = acquire_lease(path, break_lease=True)  # the holder died: its lease is broken
+    assert stale != token and read_lease(path)["token"] == stale
+    with pytest.raises(LeaseError):
+        holder.write_episode("b", **make_episode())
+    release_lease(path, token)  # not the holder any more: nothing happens
+    assert read_lease(path)["token"] == stale
+    release_lease(path, stale)
+    assert read_lease(path) is None
+    store.write_episode("b", **make_episode())
+    assert EpisodeStore(path, mode="r").episode_ids() == ["a", "b", "free"]
