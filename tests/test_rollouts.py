@@ -209,3 +209,28 @@ def test_import_and_torch_policies(tmp_path):
         assert make_policy(str(tmp_path / f), SPACE)(obs, rng).shape == (2, K, A)
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("nope", SPACE)
+
+
+def test_videos(store_run, tmp_path, monkeypatch):
+    import imageio.v2 as imageio
+
+    from worldcache.rollouts import video
+
+    assert video.mp4_available()
+    paths = video.write_videos(store_run[0], tmp_path / "mp4", scale=4)
+    assert len(paths) == 5 and all(p.endswith(".mp4") for p in paths)
+    with imageio.get_reader(paths[0]) as r:  # playable: decode it back
+        frames = [f for f in r]  # (not list(r): the reader says its length is inf)
+        fps = r.get_meta_data()["fps"]
+    assert len(frames) == 1 + STEPS * K and frames[0].shape == (4 * H, 4 * W, 3) and fps == 20  # the model's fps
+    ep = open_store(store_run[0])[episode_id(0, 0)]
+    assert np.abs(frames[-1][::4, ::4].astype(int) - ep["frames"][-1, -1]).mean() < 12  # lossy, but the frame
+    wide = video.write_videos(store_run[0], tmp_path / "sbs", side_by_side=True, scale=1, episodes=[episode_id(0, 0)])
+    with imageio.get_reader(wide[0]) as r:
+        sbs = [f for f in r]
+    assert len(sbs) == 1 + STEPS * K and sbs[0].shape[1] > W  # frame + skip pattern
+    panel = video.skip_panel(np.array([[True, False], [False, True]]), 1, 4)
+    assert panel.shape[0] == 4 and (panel[-1, 0] < panel[-1, -1]).all()  # skipped darker than computed, row 1 lit
+    monkeypatch.setattr(video, "mp4_available", lambda: False)  # no encoder: GIF
+    gif = video.write_videos(store_run[0], tmp_path / "gif", scale=1, episodes=[episode_id(1, 0)])
+    assert gif[0].endswith(".gif") and len(imageio.mimread(gif[0])) == 1 + STEPS * K
