@@ -157,7 +157,7 @@ def _inspect(args) -> int:
 def _scale_check(args) -> int:
     from .rollouts.scale import scale_main
 
-    return scale_main(args.out, episodes=args.episodes, layout=args.layout)
+    return scale_main(args.out, episodes=args.episodes)
 
 
 def _bench_rollouts(args) -> int:
@@ -282,8 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scale-check", help="write synthetic episodes (no model); time writes, listing, reads")
     sc.add_argument("--out", default="runs/scale.zarr")
     sc.add_argument("--episodes", type=int, default=10000)
-    sc.add_argument("--layout", choices=["plain", "packed"], default="packed",
-                    help="plain: one array per statistic; packed: the store's current layout")
     sc.set_defaults(func=_scale_check)
 
     br = sub.add_parser("bench-rollouts", help="episodes/s with 1 vs 2 workers and the Zarr write share")
