@@ -75,6 +75,7 @@ def run_rollouts(config, out: str | None = None, episodes: int | None = None, wo
                    "write_share": 0.0, "workers": 0, "nodes": 0}
         if todo:
             summary.update(_run(cfg, files, lease, todo, store, address, progress))
+        store.consolidate()  # index of the complete episodes: listing the store reads one file
         return summary
     finally:
         release_lease(cfg.out, lease, cfg.storage_options)

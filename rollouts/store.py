@@ -75,6 +75,9 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 LEASE = "lease.json"
+INDEX = "index.json"
+_PACKABLE = (np.bool_, np.int8, np.int16, np.int32, np.uint8, np.uint16, np.uint32, np.float16, np.float32,
+             np.float64)  # exact in float64
 
 
 class StoreFormatError(ValueError):
@@ -178,6 +181,7 @@ class EpisodeStore(Mapping):
                 raise FileNotFoundError(f"no episode store at {self.path!r}") from None
             self._root = self._init_root(self._store(False), {}, overwrite=False)
         self._episodes = self._root.require_group("episodes") if mode == "a" else self._root["episodes"]
+        self._indexed: dict[str, int] | None = None
 
     def _store(self, read_only: bool):
         return _zarr_store(self.path, read_only, self.storage_options)
@@ -228,17 +232,49 @@ class EpisodeStore(Mapping):
         """Root attributes (dict-like, persisted on assignment)."""
         return self._root.attrs
 
-    def _complete_groups(self) -> Iterator[tuple[str, zarr.Group]]:
-        for name, grp in self._episodes.groups():
-            if grp.attrs.get("complete") is True:
-                yield name, grp
+    def _index(self) -> dict[str, int]:
+        """{id: num_steps} of the episodes complete at the last `consolidate` (``index.json``; {} without one).
+        Complete episodes are never removed, so a cached copy only misses newer ones."""
+        if self._indexed is None:
+            fs, root = _fs(self.path, self.storage_options)
+            try:
+                self._indexed = json.loads(fs.cat_file(f"{root}/{INDEX}"))["episodes"]
+            except FileNotFoundError:
+                self._indexed = {}
+        return self._indexed
+
+    def _group_names(self) -> list[str]:
+        """Names under episodes/ from one directory listing (no metadata reads)."""
+        fs, root = _fs(self.path, self.storage_options)
+        try:
+            entries = fs.ls(f"{root}/episodes", detail=False)
+        except FileNotFoundError:
+            return []
+        names = (e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        return [n for n in names if n != "zarr.json"]
+
+    def _complete(self) -> dict[str, int]:
+        """{id: num_steps} of every complete episode: the index, plus the groups written since (attrs read)."""
+        self._indexed = None  # re-read: another process may have consolidated
+        done = dict(self._index())
+        for name in self._group_names():
+            if name not in done:
+                try:
+                    attrs = self._episodes[name].attrs
+                except KeyError:  # removed meanwhile
+                    continue
+                if attrs.get("complete") is True:
+                    done[name] = int(attrs["num_steps"])
+        return done
 
     def episode_ids(self) -> list[str]:
         """Sorted ids of complete episodes."""
-        return sorted(name for name, _ in self._complete_groups())
+        return sorted(self._complete())
 
     def exists(self, episode_id: str) -> bool:
         """True when the episode was written completely."""
+        if episode_id in self._index():
+            return True
         try:
             return self._episodes[episode_id].attrs.get("complete") is True
         except KeyError:
@@ -247,16 +283,22 @@ class EpisodeStore(Mapping):
     @property
     def num_steps(self) -> int:
         """Total number of steps (actions) over complete episodes."""
-        return sum(int(g.attrs["num_steps"]) for _, g in self._complete_groups())
+        return sum(self._complete().values())
 
     def _group(self, episode_id: str) -> zarr.Group:
         if not self.exists(episode_id):
             raise KeyError(f"no complete episode {episode_id!r} in {self.path!r}")
         return self._episodes[episode_id]
 
-    def episode_array(self, episode_id: str, name: str) -> zarr.Array:
-        """The lazy zarr array, for reading single steps/frames without loading the episode."""
-        return self._group(episode_id)[name]
+    def episode_array(self, episode_id: str, name: str):
+        """The lazy zarr array, for reading single steps/frames without loading the episode (a packed
+        per-step statistic, see `write_episode`, comes back as numpy)."""
+        grp = self._group(episode_id)
+        packed = grp.attrs.get("packed", {})
+        prefix = name.rsplit("/", 1)[0]
+        if "/" in name and prefix in packed:
+            return _unpack(grp[prefix][...], packed[prefix], prefix)[name]
+        return grp[name]
 
     def load_episode(self, episode_id: str, keys: list[str] | None = None) -> dict[str, Any]:
         """All arrays of an episode as numpy (or only ``keys``), plus ``"attrs"`` (a dict)."""
@@ -268,7 +310,12 @@ class EpisodeStore(Mapping):
             if unknown:
                 raise KeyError(f"episode {episode_id!r} has no arrays {sorted(unknown)}; available: {names}")
             names = [n for n in names if n in keys]
-        out: dict[str, Any] = {n: grp[n][...] for n in names}
+        packed = attrs.get("packed", {})
+        out: dict[str, Any] = {}
+        for prefix, fields_ in packed.items():
+            if any(f"{prefix}/{f}" in names for f, _ in fields_):
+                out.update(_unpack(grp[prefix][...], fields_, prefix))
+        out = {n: out[n] if n in out else grp[n][...] for n in names}
         out["attrs"] = attrs
         return out
 
@@ -279,7 +326,7 @@ class EpisodeStore(Mapping):
         return iter(self.episode_ids())
 
     def __len__(self) -> int:
-        return sum(1 for _ in self._complete_groups())
+        return len(self._complete())
 
     def __contains__(self, episode_id: object) -> bool:
         return isinstance(episode_id, str) and self.exists(episode_id)
@@ -308,14 +355,22 @@ class EpisodeStore(Mapping):
             del self._episodes[episode_id]
 
         T = arrays["actions"].shape[0]
+        extra_names = [n for n in arrays if n not in _CORE]
+        packs = _packs(arrays)
+        if packs:
+            attrs["packed"] = {p: [[n.rsplit("/", 1)[1], arrays[n].dtype.str] for n in names]
+                               for p, names in packs.items()}
         grp = self._episodes.create_group(episode_id, attributes=attrs)
+        for prefix, names in packs.items():  # one array (one file) for a group of per-step statistics
+            data = np.stack([arrays.pop(n).astype(np.float64) for n in names], axis=-1)
+            grp.create_array(prefix, data=data, chunks=data.shape)
         for name, arr in arrays.items():
-            if name == "obs":
-                grp.create_array(name, data=arr, chunks=(min(OBS_CHUNK_FRAMES, arr.shape[0]),) + arr.shape[1:],
-                                 compressors=_obs_codec())
+            if arr.dtype == np.uint8 and arr.ndim >= 4:  # images: one shard file, chunks of 16 frames or 1 step
+                inner = (min(OBS_CHUNK_FRAMES, arr.shape[0]) if arr.ndim == 4 else 1,) + arr.shape[1:]
+                shard = (-(-arr.shape[0] // inner[0]) * inner[0],) + arr.shape[1:]
+                grp.create_array(name, data=arr, chunks=inner, shards=shard, compressors=_obs_codec())
             else:
                 grp.create_array(name, data=arr, chunks=arr.shape)  # tiny: one chunk per episode
-        extra_names = [n for n in arrays if n not in _CORE]
         self._mark_complete(grp, T, extra_names)
 
     def check_lease(self) -> None:
@@ -327,7 +382,23 @@ class EpisodeStore(Mapping):
 
     def partial_ids(self) -> list[str]:
         """Ids of incomplete episode groups (leftovers of crashed writers)."""
-        return sorted(name for name, grp in self._episodes.groups() if grp.attrs.get("complete") is not True)
+        done = self._complete()
+        return sorted(n for n in self._group_names() if n not in done)
+
+    def consolidate(self) -> int:
+        """Record every complete episode in ``index.json``, so that listing the store (``len``, ids) reads one
+        file instead of one metadata file per episode. Writers call it when a run ends; episodes written later
+        are still found (their metadata is read). Returns the number of episodes indexed."""
+        if self.mode == "r":
+            raise PermissionError(f"store {self.path!r} is open read-only")
+        self.check_lease()
+        done = self._complete()
+        fs, root = _fs(self.path, self.storage_options)
+        tmp = f"{root}/{INDEX}.{uuid.uuid4().hex}.tmp"
+        fs.pipe_file(tmp, json.dumps({"episodes": dict(sorted(done.items()))}).encode())
+        fs.mv(tmp, f"{root}/{INDEX}")  # readers never see a half-written index
+        self._indexed = done
+        return len(done)
 
     def remove_partial(self) -> list[str]:
         """Delete every incomplete episode group; needs the store's lease (no live writer can own them)."""
@@ -384,3 +455,21 @@ class EpisodeStore(Mapping):
                 raise TypeError(f"extra {name!r} has dtype object; use a numeric/bool array")
             out[name] = val
         return out
+
+
+def _packs(arrays: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """Extras ``prefix/field`` that share a prefix, a shape and a float64-exact dtype: {prefix: names}."""
+    groups: dict[str, list[str]] = {}
+    for name in arrays:
+        if "/" in name and name not in _CORE:
+            groups.setdefault(name.rsplit("/", 1)[0], []).append(name)
+    return {p: names for p, names in groups.items()
+            if len(names) > 1 and p not in arrays and len({arrays[n].shape for n in names}) == 1
+            and all(arrays[n].dtype.type in _PACKABLE for n in names)}
+
+
+def _unpack(data: np.ndarray, fields_: list, prefix: str | None = None) -> dict[str, np.ndarray]:
+    out = {}
+    for j, (field_, dtype) in enumerate(fields_):
+        out[f"{prefix}/{field_}" if prefix else field_] = data[..., j].astype(np.dtype(dtype))
+    return out

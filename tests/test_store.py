@@ -223,3 +223,38 @@ def test_lease_one_writer(tmp_path):
     assert read_lease(path) is None
     store.write_episode("b", **make_episode())
     assert EpisodeStore(path, mode="r").episode_ids() == ["a", "b", "free"]
+
+
+def test_packed_statistics_and_sharded_frames(tmp_path):
+    store = EpisodeStore.create(tmp_path / "s")
+    T, rng = 5, np.random.default_rng(0)
+    extras = {"cache/computed": rng.random((T, 3)) < 0.5, "cache/drift": rng.random((T, 3)).astype(np.float32),
+              "cache/blocks_run": rng.integers(0, 7, (T, 3)).astype(np.int16),
+              "frames": rng.integers(0, 256, (T, 4, 8, 10, 3), dtype=np.uint8),
+              "noise_seed": rng.integers(0, 2**40, T)}  # int64: not float64-exact, kept on its own
+    store.write_episode("e", **make_episode(T=T), extras=extras)
+    got = store["e"]
+    for k, v in extras.items():
+        assert got[k].dtype == v.dtype and np.array_equal(got[k], v, equal_nan=True), k
+    assert got["attrs"]["packed"] == {"cache": [["computed", "|b1"], ["drift", "<f4"], ["blocks_run", "<i2"]]}
+    ep_dir = tmp_path / "s" / "episodes" / "e"
+    assert (ep_dir / "cache" / "zarr.json").exists() and not (ep_dir / "cache" / "drift").exists()
+    assert np.array_equal(store.episode_array("e", "cache/drift"), extras["cache/drift"])
+    assert np.array_equal(store.episode_array("e", "frames")[2, :2], extras["frames"][2, :2])
+    assert sum(len(f) for _, _, f in os.walk(ep_dir / "frames")) == 2  # zarr.json + one shard
+    assert set(store.load_episode("e", keys=["cache/drift"])) == {"cache/drift", "attrs"}
+
+
+def test_consolidated_index(tmp_path):
+    path = tmp_path / "s"
+    store = EpisodeStore.create(path)
+    for i in range(3):
+        store.write_episode(f"e{i}", **make_episode(T=2 + i))
+    assert store.consolidate() == 3
+    index = json.loads((path / "index.json").read_text())
+    assert index == {"episodes": {"e0": 2, "e1": 3, "e2": 4}}
+    store.write_episode("e3", **make_episode(T=1))  # written after the index: still found
+    (path / "episodes" / "p").mkdir()  # and a partial leftover is still not an episode
+    reader = EpisodeStore(path, mode="r")
+    assert reader.episode_ids() == ["e0", "e1", "e2", "e3"] and len(reader) == 4 and reader.num_steps == 10
+    assert reader.exists("e1") and not reader.exists("p") and reader.partial_ids() == ["p"]
