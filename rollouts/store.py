@@ -78,6 +78,7 @@ LEASE = "lease.json"
 INDEX = "index.json"
 _PACKABLE = (np.bool_, np.int8, np.int16, np.int32, np.uint8, np.uint16, np.uint32, np.float16, np.float32,
              np.float64)  # exact in float64
+_FLOAT32_EXACT = (np.bool_, np.int8, np.int16, np.uint8, np.uint16, np.float16, np.float32)
 
 
 class StoreFormatError(ValueError):
@@ -362,11 +363,13 @@ class EpisodeStore(Mapping):
                                for p, names in packs.items()}
         grp = self._episodes.create_group(episode_id, attributes=attrs)
         for prefix, names in packs.items():  # one array (one file) for a group of per-step statistics
-            data = np.stack([arrays.pop(n).astype(np.float64) for n in names], axis=-1)
+            wide = any(arrays[n].dtype.type not in _FLOAT32_EXACT for n in names)
+            data = np.stack([arrays.pop(n).astype(np.float64 if wide else np.float32) for n in names], axis=-1)
             grp.create_array(prefix, data=data, chunks=data.shape)
         for name, arr in arrays.items():
-            if arr.dtype == np.uint8 and arr.ndim >= 4:  # images: one shard file, chunks of 16 frames or 1 step
-                inner = (min(OBS_CHUNK_FRAMES, arr.shape[0]) if arr.ndim == 4 else 1,) + arr.shape[1:]
+            if arr.dtype == np.uint8 and arr.ndim >= 4:  # images: one shard file, inner chunks of ~16 frames
+                per_row = int(np.prod(arr.shape[1:-3], dtype=int))  # frames per row: 1, or chunk for (T, chunk, ...)
+                inner = (min(max(1, OBS_CHUNK_FRAMES // per_row), arr.shape[0]),) + arr.shape[1:]
                 shard = (-(-arr.shape[0] // inner[0]) * inner[0],) + arr.shape[1:]
                 grp.create_array(name, data=arr, chunks=inner, shards=shard, compressors=_obs_codec())
             else:

@@ -242,6 +242,7 @@ def test_packed_statistics_and_sharded_frames(tmp_path):
     assert np.array_equal(store.episode_array("e", "cache/drift"), extras["cache/drift"])
     assert np.array_equal(store.episode_array("e", "frames")[2, :2], extras["frames"][2, :2])
     assert sum(len(f) for _, _, f in os.walk(ep_dir / "frames")) == 2  # zarr.json + one shard
+    assert store._episodes["e"]["frames"].chunks == (4, 4, 8, 10, 3)  # inner chunks of 16 frames
     assert set(store.load_episode("e", keys=["cache/drift"])) == {"cache/drift", "attrs"}
 
 
