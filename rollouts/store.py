@@ -6,10 +6,10 @@ metadata file. The location is a local path, ``file://...``, or a URL zarr's fss
 understands (``s3://bucket/x.zarr``, ``gs://...``; ``storage_options`` go to fsspec, e.g.
 ``{"endpoint_url": ...}`` for an S3-compatible server).
 
-Layout (``FORMAT_VERSION = 1``)::
+Layout (``FORMAT_VERSION = 2``; version 1 stores, without packing, shards or index, open read-only)::
 
     <path>/                         root group
-        attrs: format_version=1, kind="worldcache-episodes", + free-form user attrs
+        attrs: format_version=2, kind="worldcache-episodes", + free-form user attrs
                (model hash, env config, seeds, ...; optional frame_shape=[H,W,3] and
                action_dim=A, which write_episode then enforces)
         episodes/<episode_id>/      one group per episode (id chosen by the caller)
@@ -20,14 +20,22 @@ Layout (``FORMAT_VERSION = 1``)::
             truncated   (T,)           bool
             <extra>     (T, ...) or (T+1, ...)  any extra per-step / per-frame arrays,
                                        e.g. "cache/computed" (T, n_calls) bool, "model_ms"
-            attrs: num_steps=T, extras=[names], user attrs, and complete=True (set LAST)
+            attrs: num_steps=T, extras=[names], packed={prefix: [[field, dtype]]}, user attrs,
+                   and complete=True (set LAST)
+        index.json                  {"episodes": {id: T}}: complete episodes at the last consolidate()
+        lease.json                  while a driver holds the store (see below)
 
-Chunking / compression: ``obs`` is chunked (16, H, W, 3) and compressed with Blosc-zstd
-(level 3, no shuffle; ~9x on Pusher frames). Consecutive frames are nearly identical, so a
-16-frame chunk compresses far better than one frame per chunk, a whole 48-step episode is
-only 4 chunk files (cheap listings / file counts for thousands of episodes), and reading one
-step decodes at most ~245 KB (64x80 frames), well under a millisecond. Per-step arrays are
-tiny, so each is one chunk (one file) per episode.
+Files: a store of a million episodes must not need a million metadata reads to be listed,
+nor tens of files per episode. So: extras named ``prefix/field`` with one shape and a
+float64-exact dtype (e.g. the per-call cache statistics ``cache/computed``, ``cache/drift``,
+...) are packed into one array ``prefix`` (shape + (fields,), float32 where exact, else
+float64) and unpacked by ``load_episode``/``episode_array`` with their own dtypes; uint8
+image arrays (``obs``, ``frames``) are one zarr v3 shard file each, with inner chunks of ~16
+frames (Blosc-zstd level 3, no shuffle: consecutive frames are nearly identical, so 16
+frames compress far better together, and reading a few frames decodes one inner chunk);
+other per-step arrays are one chunk each. ``consolidate()`` writes ``index.json``, so that
+``len``/``episode_ids`` read it plus one directory listing (names only) and the metadata of
+the episodes written since.
 
 Atomic visibility: all arrays are written first and the episode group's ``complete=True``
 attribute last (zarr's LocalStore writes metadata files atomically via rename; an object
@@ -66,7 +74,8 @@ import zarr
 from zarr.codecs import BloscCodec
 from zarr.storage import FsspecStore, LocalStore
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: packed statistics, sharded images, index.json, lease.json
+READ_ONLY_VERSIONS = (1,)  # plain layout: still readable
 KIND = "worldcache-episodes"
 OBS_CHUNK_FRAMES = 16
 _RESERVED_EP_ATTRS = ("complete", "num_steps", "extras")
@@ -220,9 +229,11 @@ class EpisodeStore(Mapping):
         kind, version = root.attrs.get("kind"), root.attrs.get("format_version")
         if kind != KIND:
             raise StoreFormatError(f"{path!r} is a zarr group but not a worldcache episode store (kind={kind!r})")
-        if version != FORMAT_VERSION:
+        if version != FORMAT_VERSION and not (mode == "r" and version in READ_ONLY_VERSIONS):
+            also = f", and reads {list(READ_ONLY_VERSIONS)} read-only" if version in READ_ONLY_VERSIONS else ""
             raise StoreFormatError(
-                f"{path!r} has format_version={version!r}; this code reads format_version={FORMAT_VERSION}")
+                f"{path!r} has format_version={version!r}; this code writes format_version={FORMAT_VERSION}{also}. "
+                f"Write into a new store (e.g. regenerate it with the command that made it)")
         if "episodes" not in root:
             raise StoreFormatError(f"{path!r} has no 'episodes' group")
         return root

@@ -146,6 +146,11 @@ def test_open_errors(tmp_path):
     meta.write_text(json.dumps(doc))
     with pytest.raises(StoreFormatError, match="format_version=99"):
         EpisodeStore(tmp_path / "old", mode="r")
+    doc["attributes"]["format_version"] = 1  # the plain layout of older worldcache: read-only
+    meta.write_text(json.dumps(doc))
+    assert len(EpisodeStore(tmp_path / "old", mode="r")) == 0
+    with pytest.raises(StoreFormatError, match="format_version=1; this code writes format_version=2, and reads"):
+        EpisodeStore(tmp_path / "old", mode="a")
     with pytest.raises(FileExistsError):
         EpisodeStore.create(tmp_path / "junk")
     assert len(EpisodeStore.create(tmp_path / "junk", overwrite=True)) == 0
