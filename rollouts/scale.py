@@ -67,7 +67,8 @@ def scale_check(out: str | Path, episodes: int = 10000, reads: int = 200, seed: 
         assert frames.shape == (4, *HW, 3)
     res = {"episodes": n, "write_s": write_s, "episodes_per_s": episodes / write_s, "files": files,
            "files_per_episode": files / episodes, "mb_per_episode": size / episodes / 2**20, "open_s": open_s,
-           "len_s": len_s, "read4_ms_median": 1e3 * float(np.median(lat)), "read4_ms_p90": 1e3 * float(np.quantile(lat, 0.9))}
+           "len_s": len_s, "read4_ms_median": 1e3 * float(np.median(lat)),
+           "read4_ms_p90": 1e3 * float(np.quantile(lat, 0.9))}
     return res
 
 

@@ -234,3 +234,20 @@ def test_videos(store_run, tmp_path, monkeypatch):
     monkeypatch.setattr(video, "mp4_available", lambda: False)  # no encoder: GIF
     gif = video.write_videos(store_run[0], tmp_path / "gif", scale=1, episodes=[episode_id(1, 0)])
     assert gif[0].endswith(".gif") and len(imageio.mimread(gif[0])) == 1 + STEPS * K
+
+
+def test_cli_video_and_second_driver(ckpt, store_run, tmp_path, capsys):
+    import yaml
+
+    from worldcache.cli import main
+    from worldcache.rollouts import acquire_lease, release_lease
+
+    assert main(["inspect", str(store_run[0]), "--video", str(tmp_path / "v"), "--side-by-side"]) == 0
+    assert len(list((tmp_path / "v").glob("*.mp4"))) == 5
+    out = tmp_path / "held.zarr"
+    shutil.copytree(store_run[0], out)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config(ckpt, out)))
+    token = acquire_lease(str(out))  # another driver is running on this store
+    assert main(["rollout", str(tmp_path / "c.yaml")]) == 2
+    assert "another driver holds this store's lease" in capsys.readouterr().err
+    release_lease(str(out), token)

@@ -55,5 +55,6 @@ def _load_builtin() -> None:
     from . import builtin  # noqa: F401
 
 
-__all__ = ["CachePolicy", "CallRecord", "ConfigError", "ModelCall", "NoCache", "POLICIES", "PolicyConfig", "load_policy",
+__all__ = ["CachePolicy", "CallRecord", "ConfigError", "ModelCall", "NoCache", "POLICIES", "PolicyConfig",
+           "load_policy",
            "make_policy", "policy_names", "register"]
