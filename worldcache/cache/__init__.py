@@ -56,5 +56,4 @@ def _load_builtin() -> None:
 
 
 __all__ = ["CachePolicy", "CallRecord", "ConfigError", "ModelCall", "NoCache", "POLICIES", "PolicyConfig",
-           "load_policy",
-           "make_policy", "policy_names", "register"]
+           "load_policy", "make_policy", "policy_names", "register"]
