@@ -60,7 +60,9 @@ def test_two_workers_of_two_envs(reference, tmp_path):
 def test_interrupted_and_resumed(reference, tmp_path):
     out = tmp_path / "resumed.zarr"
     run_rollouts(config(out, episodes=3, workers=1, num_envs=2), progress=False)  # batches [0, 1], [2]
-    # The interruption: episode 1 was being written (no complete marker yet) when its driver died, lease held.
+    # The interruption: episode 1 was being written (no complete marker yet) when its driver died, lease held,
+    # before the end-of-run index of complete episodes.
+    (out / "index.json").unlink()
     meta = out / "episodes" / IDS[1] / "zarr.json"
     doc = json.loads(meta.read_text())
     doc["attributes"]["complete"] = False
