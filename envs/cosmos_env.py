@@ -147,31 +147,35 @@ class WorldSim:
         return self.start_frames[i].copy(), {"start_index": i}
 
     # --- one batched prediction --------------------------------------------------------------------------------
-    def predict(self, frames: np.ndarray, actions: np.ndarray, seeds: list[int]) -> tuple[np.ndarray, dict]:
+    def predict(self, frames: np.ndarray, actions: np.ndarray, seeds: list[int]) -> tuple[np.ndarray, list[dict]]:
         """uint8 (B, H, W, 3) or (B, n, H, W, 3) frames, oldest first (the model conditions on its last 1 or 5)
-        + (B, chunk, A) -> uint8 (B, chunk, H, W, 3) and the prediction's cache stats.
+        + (B, chunk, A) -> uint8 (B, chunk, H, W, 3) and each sample's cache stats (the cache decides per sample,
+        so a sample's stats and frames do not depend on the rest of the batch).
 
-        The info is deterministic and NaN-free (gymnasium's `check_env` compares two identical steps' infos, and NaN
-        never equals itself): a per-call statistic is there only when the policy measured it on every call. Wall
-        times only with `timings`. The full records are `self.records`."""
+        The infos are deterministic and NaN-free (gymnasium's `check_env` compares two identical steps' infos, and
+        NaN never equals itself): a per-call statistic is there only when the policy measured it on every call.
+        Wall times only with `timings`. Each sample's full records are `self.records[i]`."""
         t0 = time.perf_counter()
         out_frames, out = self.model.predict(frames, actions, policy=self.policy, num_steps=self.num_steps,
                                              seed=seeds, timing=self.timings)
         out_frames = out_frames.cpu().numpy()
         model_ms = (time.perf_counter() - t0) * 1e3
-        self.records = recs = out.records
-        info = {
-            "computed_fraction": float(out.computed_fraction),
-            "calls": len(recs),
-            "skipped": sum(not r.computed for r in recs),
-            "computed": np.array([r.computed for r in recs], bool),
-        }
-        for key, values in record_arrays(recs, STAT_KEYS).items():
-            if np.isfinite(values).all():
-                info[key] = values
-        if self.timings:
-            info.update(model_ms=model_ms, denoise_ms=float(sum(r.wall_ms for r in recs)))
-        return out_frames, info
+        self.records = [out.sample_records(i) for i in range(len(out_frames))]
+        infos = []
+        for recs in self.records:
+            info = {
+                "computed_fraction": float(np.mean([r.computed for r in recs])),
+                "calls": len(recs),
+                "skipped": sum(not r.computed for r in recs),
+                "computed": np.array([r.computed for r in recs], bool),
+            }
+            for key, values in record_arrays(recs, STAT_KEYS).items():
+                if np.isfinite(values).all():
+                    info[key] = values
+            if self.timings:
+                info.update(model_ms=model_ms, denoise_ms=out.loop_ms)
+            infos.append(info)
+        return out_frames, infos
 
     def outcome(self, frames: np.ndarray, actions: np.ndarray) -> tuple[float, bool]:
         return float(self.reward_fn(frames, actions)), bool(self.termination_fn(frames, actions))
@@ -212,7 +216,7 @@ class CosmosWorldEnv(gym.Env):
     model call ``computed`` and, where the policy measured them on every call, ``drift``, ``threshold``,
     ``motion``; ``action_clipped``; ``noise_seed``. ``timings=True`` adds ``model_ms`` (wall time of the
     prediction) and ``denoise_ms`` (its DiT calls). The last prediction's full `CallRecord`s, NaN for what a
-    policy does not measure, are ``env.unwrapped.sim.records``.
+    policy does not measure, are ``env.unwrapped.sim.records[0]``.
 
     Rendering (``render_mode="rgb_array"``) gives the latest frame, one per step, so ``metadata["render_fps"]`` is
     the model's fps / chunk: recorded videos play in real time. ``info["frames"]`` holds every frame.
@@ -246,8 +250,8 @@ class CosmosWorldEnv(gym.Env):
             raise ResetNeeded("Cannot call step() before reset(): the env has no current frame.")
         a, clipped = self.sim.check_actions(action)
         seed = int(self.np_random.integers(SEED_HIGH))
-        frames, info = self.sim.predict(self._frames[None], a, [seed])  # the model takes the last 1 or 5
-        frames, a = frames[0], a[0]
+        frames, infos = self.sim.predict(self._frames[None], a, [seed])  # the model takes the last 1 or 5
+        frames, a, info = frames[0], a[0], infos[0]
         reward, terminated = self.sim.outcome(frames, a)
         self._frames = np.concatenate([self._frames, frames])[-self.history:]
         info.update(frames=frames, action_clipped=bool(clipped[0]), noise_seed=seed)

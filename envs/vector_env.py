@@ -2,15 +2,15 @@
 
 `gym.make_vec("WorldCache-Cosmos-v0", num_envs=N)` builds it (the registered ``vector_entry_point``). Sub-env i
 behaves like a `CosmosWorldEnv` seeded with ``seed + i``: it has its own random generator for start frames and
-noise seeds, so with a cache that decides per sample (``cache="none"``) the results equal N single envs up to
-batched floating point. One cache policy serves the whole batch: a caching policy decides per model call for the
-batch (the largest drift decides), so its skips can differ from N separate envs.
+noise seeds, and the cache decides per sample (each env keeps its own cache state), so the results equal N single
+envs up to batched floating point (diffusers-hook caches, which decide for the whole batch, excepted).
 
 Autoreset is gymnasium 1.x's next-step mode: after an env terminates or truncates, its next `step` ignores its
 action and returns its reset observation (reward 0, not done); the other envs are predicted in one batch (no
 model call when all envs reset). Infos are dicts of arrays with gymnasium's ``_key`` masks; cache statistics
-describe the batched prediction, repeated for every env that took part in it (see `CosmosWorldEnv` for which
-keys; ``env.sim.records`` holds the prediction's full `CallRecord`s).
+are each env's own (see `CosmosWorldEnv` for which keys; ``env.records[i]`` holds env i's full `CallRecord`s of
+its last prediction); ``model_ms`` and ``denoise_ms`` (with ``timings=True``) are of the batched prediction,
+repeated for every env in it.
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ class CosmosWorldVectorEnv(VectorEnv):
         self._frames: np.ndarray | None = None  # (N, history, H, W, 3); None until reset
         self._steps = np.zeros(num_envs, np.int64)
         self._autoreset = np.zeros(num_envs, bool)
+        self.records: list[list] = [[] for _ in range(num_envs)]  # each env's CallRecords of its last prediction
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         n = self.num_envs
@@ -88,12 +89,13 @@ class CosmosWorldVectorEnv(VectorEnv):
         run = np.flatnonzero(~self._autoreset)
         if len(run):
             seeds = [int(self._rngs[i].integers(SEED_HIGH)) for i in run]
-            frames, shared = self.sim.predict(self._frames[run], a[run], seeds)  # the one model call
+            frames, each = self.sim.predict(self._frames[run], a[run], seeds)  # the one model call
             for j, i in enumerate(run):
                 rewards[i], terminated[i] = self.sim.outcome(frames[j], a[i])
+                self.records[i] = self.sim.records[j]
                 self._frames[i] = np.concatenate([self._frames[i], frames[j]])[-self.history:]
                 self._steps[i] += 1
-                infos = self._add_info(infos, {**shared, "frames": frames[j], "action_clipped": bool(clipped[i]),
+                infos = self._add_info(infos, {**each[j], "frames": frames[j], "action_clipped": bool(clipped[i]),
                                                "noise_seed": seeds[j]}, i)
             if self.max_episode_steps is not None:
                 truncated[run] = self._steps[run] >= self.max_episode_steps

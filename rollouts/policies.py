@@ -1,16 +1,17 @@
 """Batched action policies for world-model rollouts.
 
-A policy acts on a batch (the vector env): ``policy(obs, rng) -> actions`` with ``obs`` uint8 (B, H, W, 3) and
-actions float (B, chunk, A), one env step = one chunk of actions. ``rng`` is a ``np.random.Generator`` seeded by
-the runner from the batch's episode seeds. A policy may also have ``reset(num_envs, rng)``, called at the start
-of every batch of episodes (scripted policies draw their per-episode parameters there). Out-of-bound actions are
-clipped by the env.
+A policy acts on a batch (the vector env): ``policy(obs, rngs) -> actions`` with ``obs`` uint8 (B, H, W, 3) and
+actions float (B, chunk, A), one env step = one chunk of actions. ``rngs`` holds one ``np.random.Generator`` per
+env, seeded from its episode alone (`config.policy_rng`): env i must draw only from ``rngs[i]``, so an episode's
+actions do not depend on the episodes batched with it. A policy may also have ``reset(rngs)``, called at the
+start of every batch of episodes (scripted policies draw their per-episode parameters there). Out-of-bound
+actions are clipped by the env.
 
 `make_policy(spec, action_space, **kwargs)` builds one from
 
 - a registered name: ``random`` (uniform in the bounds), ``zero`` (zeros, clipped into the bounds), ``sinusoid``
   (smooth scripted exploration: per episode and action dimension a sine of random period and phase);
-- ``"package.module:attr"``: a callable ``(obs, rng) -> actions``; with kwargs (or when ``attr`` is a class) it
+- ``"package.module:attr"``: a callable ``(obs, rngs) -> actions``; with kwargs (or when ``attr`` is a class) it
   is a factory, called as ``attr(**kwargs)`` to make the policy;
 - a path to a torch module (``torch.jit.save`` file, or a ``torch.save``-d ``nn.Module``) whose forward maps
   float32 obs (B, H, W, 3) scaled to [0, 1] to actions (B, chunk, A) or (B, chunk * A).
@@ -42,13 +43,13 @@ def _bounds(space) -> tuple[np.ndarray, np.ndarray]:
 
 @register("random")
 class RandomPolicy:
-    """Uniform in the action bounds, from the runner's seeded generator."""
+    """Uniform in the action bounds, each env from its episode's generator."""
 
     def __init__(self, action_space):
         self.low, self.high = _bounds(action_space)
 
-    def __call__(self, obs, rng):
-        return rng.uniform(self.low, self.high, (len(obs), *self.low.shape)).astype(np.float32)
+    def __call__(self, obs, rngs):
+        return np.stack([r.uniform(self.low, self.high) for r in rngs]).astype(np.float32)
 
 
 @register("zero")
@@ -59,7 +60,7 @@ class ZeroPolicy:
         low, high = _bounds(action_space)
         self.action = np.clip(np.zeros_like(low), low, high)
 
-    def __call__(self, obs, rng):
+    def __call__(self, obs, rngs):
         return np.broadcast_to(self.action, (len(obs), *self.action.shape)).copy()
 
 
@@ -76,14 +77,14 @@ class SinusoidPolicy:
         self.t = 0
         self.period = self.phase = None
 
-    def reset(self, num_envs: int, rng) -> None:
+    def reset(self, rngs) -> None:
         self.t = 0
-        self.period = rng.uniform(*self.periods, (num_envs, 1, self.dim))
-        self.phase = rng.uniform(0, 2 * np.pi, (num_envs, 1, self.dim))
+        self.period = np.stack([r.uniform(*self.periods, (1, self.dim)) for r in rngs])
+        self.phase = np.stack([r.uniform(0, 2 * np.pi, (1, self.dim)) for r in rngs])
 
-    def __call__(self, obs, rng):
+    def __call__(self, obs, rngs):
         if self.period is None or len(self.period) != len(obs):
-            self.reset(len(obs), rng)
+            self.reset(rngs)
         t = (self.t + np.arange(self.chunk))[None, :, None]  # frame times of this chunk
         self.t += self.chunk
         mid, half = (self.high + self.low) / 2, (self.high - self.low) / 2
@@ -106,7 +107,7 @@ class TorchPolicy:
             raise TypeError(f"{path}: holds a {type(self.module).__name__}, not a torch module")
         self.module.eval()
 
-    def __call__(self, obs, rng):
+    def __call__(self, obs, rngs):
         torch = self.torch
         with torch.no_grad():
             x = torch.as_tensor(np.asarray(obs), device=self.device).float() / 255

@@ -1,5 +1,5 @@
 """Reading rollout stores: episodes as numpy, a torch Dataset of (frames, actions) windows, and `inspect_store`
-(summary numbers + cache-statistics plots). The layout is described in `rollouts.runner`."""
+(summary numbers, cache-statistics plots, videos). The layout is described in the README (Rollouts)."""
 from __future__ import annotations
 
 import warnings
@@ -10,17 +10,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .identity import check_format
 from .store import EpisodeStore
 
 
-def open_store(path: str | Path) -> EpisodeStore:
-    """The store, read-only: ``store.episode_ids()``, ``store[id]`` -> dict of numpy arrays + ``"attrs"``,
-    ``store.episode_array(id, name)`` (lazy zarr), ``store.attrs["rollout"]`` (model, cache, env, policy, seeds)."""
-    return EpisodeStore(path, mode="r")
+def open_store(path: str | Path, storage_options: dict | None = None) -> EpisodeStore:
+    """The rollout store, read-only: ``store.episode_ids()``, ``store[id]`` -> dict of numpy arrays + ``"attrs"``,
+    ``store.episode_array(id, name)`` (lazy zarr), ``store.attrs["rollout"]`` (model, cache, env, policy, seeds).
+    A store of an older rollout format raises `RolloutFormatError`."""
+    store = EpisodeStore(path, mode="r", storage_options=storage_options)
+    check_format(store)
+    return store
 
 
 def chunk_shape(store: EpisodeStore) -> tuple[int, int]:
-    """(chunk, A): the shape one stored action row (chunk * A) unflattens to."""
+    """(chunk, A): the shape of one env step's actions."""
     chunk, dim = store.attrs["rollout"]["env"]["action_shape"]
     return int(chunk), int(dim)
 
@@ -37,8 +41,8 @@ class WindowDataset(Dataset):
     """(frames, actions) windows over the episodes of a rollout store.
 
     With chunk frames stored (``frames``): per-frame windows, frames uint8 (window + 1, H, W, 3) and actions
-    float32 (window, A); without them: per env step, obs (window + 1, H, W, 3) and flattened chunk actions
-    (window, chunk * A). Action k of a window leads from its frame k to frame k + 1. Windows start every
+    float32 (window, A); without them: per env step, obs (window + 1, H, W, 3) and chunk actions
+    (window, chunk, A). Action k of a window leads from its frame k to frame k + 1. Windows start every
     `stride` (default `window`) frames/steps and lie inside one episode. Episodes are read lazily (a few kept in
     memory), so it works with DataLoader workers."""
 
@@ -158,9 +162,14 @@ def _plots(st: dict, out: Path, label: str) -> list[str]:
     return [str(heat), str(dt)]
 
 
-def inspect_main(store: str, plots: str | None = None) -> int:
-    """`worldcache inspect STORE [--plots DIR]`."""
+def inspect_main(store: str, plots: str | None = None, video: str | None = None, side_by_side: bool = False) -> int:
+    """`worldcache inspect STORE [--plots DIR] [--video DIR [--side-by-side]]`."""
     inspect_store(store, plots_dir=plots)
+    if video is not None:
+        from .video import write_videos
+
+        paths = write_videos(store, video, side_by_side=side_by_side)
+        print(f"  videos: {len(paths)} in {video}")
     return 0
 
 

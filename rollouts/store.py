@@ -1,55 +1,81 @@
-"""One-file-per-store Zarr (v3) episode store for world-model data and rollouts.
+"""Zarr (v3) episode store for world-model data and rollouts, on a local disk or any fsspec URL.
 
 In the spirit of diffusion_policy's ReplayBuffer, but one group per episode so that
-independent writers (e.g. Ray workers) never touch the same chunk or metadata file.
+independent writers (e.g. Ray workers on several machines) never touch the same chunk or
+metadata file. The location is a local path, ``file://...``, or a URL zarr's fsspec store
+understands (``s3://bucket/x.zarr``, ``gs://...``; ``storage_options`` go to fsspec, e.g.
+``{"endpoint_url": ...}`` for an S3-compatible server).
 
-Layout (``FORMAT_VERSION = 1``)::
+Layout (``FORMAT_VERSION = 2``; version 1 stores, without packing, shards or index, open read-only)::
 
     <path>/                         root group
-        attrs: format_version=1, kind="worldcache-episodes", + free-form user attrs
+        attrs: format_version=2, kind="worldcache-episodes", + free-form user attrs
                (model hash, env config, seeds, ...; optional frame_shape=[H,W,3] and
                action_dim=A, which write_episode then enforces)
         episodes/<episode_id>/      one group per episode (id chosen by the caller)
             obs         (T+1, H, W, 3) uint8   frames incl. the reset frame
-            actions     (T, A)         float32
+            actions     (T, ...)       float32 (T, A), or (T, chunk, A) for chunked actions
             rewards     (T,)           float32
             terminated  (T,)           bool
             truncated   (T,)           bool
             <extra>     (T, ...) or (T+1, ...)  any extra per-step / per-frame arrays,
                                        e.g. "cache/computed" (T, n_calls) bool, "model_ms"
-            attrs: num_steps=T, extras=[names], user attrs, and complete=True (set LAST)
+            attrs: num_steps=T, extras=[names], packed={prefix: [[field, dtype]]}, user attrs,
+                   and complete=True (set LAST)
+        index.json                  {"episodes": {id: T}}: complete episodes at the last consolidate()
+        lease.json                  while a driver holds the store (see below)
 
-Chunking / compression: ``obs`` is chunked (16, H, W, 3) and compressed with Blosc-zstd
-(level 3, no shuffle; ~9x on Pusher frames). Consecutive frames are nearly identical, so a
-16-frame chunk compresses far better than one frame per chunk, a whole 48-step episode is
-only 4 chunk files (cheap listings / file counts for thousands of episodes), and reading one
-step decodes at most ~245 KB (64x80 frames), well under a millisecond. Per-step arrays are
-tiny, so each is one chunk (one file) per episode.
+Files: a store of a million episodes must not need a million metadata reads to be listed,
+nor tens of files per episode. So: extras named ``prefix/field`` with one shape and a
+float64-exact dtype (e.g. the per-call cache statistics ``cache/computed``, ``cache/drift``,
+...) are packed into one array ``prefix`` (shape + (fields,), float32 where exact, else
+float64) and unpacked by ``load_episode``/``episode_array`` with their own dtypes; uint8
+image arrays (``obs``, ``frames``) are one zarr v3 shard file each, with inner chunks of ~16
+frames (Blosc-zstd level 3, no shuffle: consecutive frames are nearly identical, so 16
+frames compress far better together, and reading a few frames decodes one inner chunk);
+other per-step arrays are one chunk each. ``consolidate()`` writes ``index.json``, so that
+``len``/``episode_ids`` read it plus one directory listing (names only) and the metadata of
+the episodes written since.
 
 Atomic visibility: all arrays are written first and the episode group's ``complete=True``
-attribute last (zarr's LocalStore writes metadata files atomically via rename). Readers
-(``episode_ids``, ``load_episode``, ``len``, iteration) only see complete episodes. Writing
-an id that is already complete raises ``FileExistsError`` (check ``exists`` to skip); an
-incomplete leftover for the same id (a crashed writer) is deleted and rewritten. Two writers
-must not write the same id at the same time; root attrs should be set by one process only
-(each attrs write rewrites the root metadata file).
+attribute last (zarr's LocalStore writes metadata files atomically via rename; an object
+store writes an object whole). Readers (``episode_ids``, ``load_episode``, ``len``,
+iteration) only see complete episodes. Writing an id that is already complete raises
+``FileExistsError`` (check ``exists`` to skip); an incomplete leftover for the same id (a
+crashed writer) is deleted and rewritten. Root attrs should be set by one process only (each
+attrs write rewrites the root metadata file).
+
+One writer per store: a driver takes the store's lease (``lease.json``: a random token, host,
+pid, time) with ``acquire_lease`` and passes the token to its workers (``EpisodeStore(...,
+lease=token)``). While a lease exists, only its holders may write or delete: a second driver
+is refused with `LeaseError` naming the holder; ``acquire_lease(..., break_lease=True)``
+replaces a stale lease of a dead driver. ``remove_partial`` (leftover incomplete episodes)
+needs the lease. A store without a lease (e.g. ``make-data``) is written as before. On a
+local disk the lease is created exclusively; on an object store it is written and read back
+(last writer wins: two drivers starting in the same instant are not excluded).
 
 This module deliberately has no intra-package imports (only numpy + zarr).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import shutil
+import socket
+import time
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import fsspec
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.storage import FsspecStore, LocalStore
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: packed statistics, sharded images, index.json, lease.json
+READ_ONLY_VERSIONS = (1,)  # plain layout: still readable
 KIND = "worldcache-episodes"
 OBS_CHUNK_FRAMES = 16
 _RESERVED_EP_ATTRS = ("complete", "num_steps", "extras")
@@ -57,8 +83,88 @@ _CORE = ("obs", "actions", "rewards", "terminated", "truncated")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
+LEASE = "lease.json"
+INDEX = "index.json"
+_PACKABLE = (np.bool_, np.int8, np.int16, np.int32, np.uint8, np.uint16, np.uint32, np.float16, np.float32,
+             np.float64)  # exact in float64
+_FLOAT32_EXACT = (np.bool_, np.int8, np.int16, np.uint8, np.uint16, np.float16, np.float32)
+
+
 class StoreFormatError(ValueError):
     """The path is not an episode store, or one with an unsupported format version."""
+
+
+class LeaseError(FileExistsError):
+    """Another driver holds the store's lease (its lease file exists), or this writer lost it."""
+
+
+def _local_path(url: str) -> str | None:
+    """The local path of `url` (a plain path or file://), or None for a remote URL."""
+    if url.startswith("file://"):
+        return url[len("file://"):]
+    return None if "://" in url else url
+
+
+def _remote_options(storage_options: dict | None) -> dict:
+    # Other processes add episodes: a cached directory listing (s3fs, gcsfs) would hide them.
+    return {"use_listings_cache": False, **(storage_options or {})}
+
+
+def _zarr_store(url: str, read_only: bool, storage_options: dict | None):
+    local = _local_path(url)
+    if local is not None:
+        return LocalStore(local, read_only=read_only)
+    return FsspecStore.from_url(url, storage_options=_remote_options(storage_options), read_only=read_only)
+
+
+def _fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and root path of a store location (for the files zarr does not manage)."""
+    local = _local_path(url)
+    if local is not None:
+        return fsspec.filesystem("file"), os.path.abspath(local)
+    return fsspec.core.url_to_fs(url, **_remote_options(storage_options))
+
+
+def read_lease(url: str, storage_options: dict | None = None) -> dict | None:
+    fs, root = _fs(str(url), storage_options)
+    try:
+        return json.loads(fs.cat_file(f"{root}/{LEASE}"))
+    except FileNotFoundError:
+        return None
+
+
+def acquire_lease(url: str, storage_options: dict | None = None, break_lease: bool = False) -> str:
+    """Take the store's lease; returns its token. Raises `LeaseError` while another holds it (unless
+    `break_lease`: for a lease left by a driver that died)."""
+    url = str(url)
+    fs, root = _fs(url, storage_options)
+    path, token = f"{root}/{LEASE}", uuid.uuid4().hex
+    doc = json.dumps({"token": token, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
+    old = read_lease(url, storage_options)
+    if old is not None and not break_lease:
+        age = time.time() - float(old.get("since", 0))
+        raise LeaseError(f"{url}: another driver holds this store's lease (host {old.get('host')}, pid "
+                         f"{old.get('pid')}, {age / 60:.1f} min ago). One writer per store: wait for it, or if that "
+                         f"driver is dead, rerun with --break-lease (break_lease=True)")
+    fs.makedirs(root, exist_ok=True)
+    if _local_path(url) is not None and not break_lease:
+        try:  # exclusive create: of two drivers racing here, one fails
+            with open(path, "x") as f:
+                f.write(doc)
+        except FileExistsError:
+            raise LeaseError(f"{url}: another driver took the lease just now") from None
+    else:
+        fs.pipe_file(path, doc.encode())
+    if (read_lease(url, storage_options) or {}).get("token") != token:
+        raise LeaseError(f"{url}: another driver took the lease just now")
+    return token
+
+
+def release_lease(url: str, token: str, storage_options: dict | None = None) -> None:
+    """Give the lease back (only if `token` still holds it)."""
+    fs, root = _fs(str(url), storage_options)
+    if (read_lease(str(url), storage_options) or {}).get("token") == token:
+        fs.rm_file(f"{root}/{LEASE}")
 
 
 def _obs_codec() -> BloscCodec:
@@ -66,56 +172,68 @@ def _obs_codec() -> BloscCodec:
 
 
 class EpisodeStore(Mapping):
-    """Episode store on a local directory. Mapping-like: ``store[id]`` loads an episode,
+    """Episode store at a local path or fsspec URL. Mapping-like: ``store[id]`` loads an episode,
     ``id in store``, ``len(store)`` and iteration cover complete episodes only."""
 
-    def __init__(self, path: str | os.PathLike, mode: str = "a"):
+    def __init__(self, path: str | os.PathLike, mode: str = "a", storage_options: dict | None = None,
+                 lease: str | None = None):
         """Open a store. mode "r": read-only, must exist. mode "a": read/write; the store is
-        created when ``path`` does not exist yet."""
+        created when ``path`` does not exist yet. `lease`: the token of the lease this writer
+        acts under (see `acquire_lease`)."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r} (use EpisodeStore.create to overwrite)")
         self.path = os.fspath(path)
-        self.mode = mode
-        if not os.path.exists(self.path):
+        self.mode, self.storage_options, self.lease = mode, storage_options, lease
+        try:
+            self._root = self._open_root(self._store(mode == "r"), mode)
+        except FileNotFoundError:
             if mode == "r":
-                raise FileNotFoundError(f"no episode store at {self.path!r}")
-            self._root = self._init_root(self.path, {}, overwrite=False)
-        else:
-            self._root = self._open_root(self.path, mode)
+                raise FileNotFoundError(f"no episode store at {self.path!r}") from None
+            self._root = self._init_root(self._store(False), {}, overwrite=False)
         self._episodes = self._root.require_group("episodes") if mode == "a" else self._root["episodes"]
+        self._indexed: dict[str, int] | None = None
+
+    def _store(self, read_only: bool):
+        return _zarr_store(self.path, read_only, self.storage_options)
 
     # ---------------------------------------------------------------- creation / opening
     @classmethod
     def create(cls, path: str | os.PathLike, attrs: dict[str, Any] | None = None,
-               overwrite: bool = False) -> "EpisodeStore":
+               overwrite: bool = False, storage_options: dict | None = None) -> "EpisodeStore":
         """Create a new empty store (error if ``path`` exists, unless ``overwrite``)."""
         path = os.fspath(path)
-        if os.path.exists(path):
+        fs, root = _fs(path, storage_options)
+        if fs.exists(root):
             if not overwrite:
                 raise FileExistsError(f"{path!r} already exists (pass overwrite=True to replace it)")
-            shutil.rmtree(path)
-        cls._init_root(path, attrs or {}, overwrite=True)
-        return cls(path, mode="a")
+            fs.rm(root, recursive=True)
+        cls._init_root(_zarr_store(path, False, storage_options), attrs or {}, overwrite=True)
+        return cls(path, mode="a", storage_options=storage_options)
 
     @staticmethod
-    def _init_root(path: str, attrs: dict[str, Any], overwrite: bool) -> zarr.Group:
-        root = zarr.open_group(path, mode="w" if overwrite else "w-", zarr_format=3)
+    def _init_root(store, attrs: dict[str, Any], overwrite: bool) -> zarr.Group:
+        root = zarr.open_group(store, mode="w" if overwrite else "w-", zarr_format=3)
         root.attrs.update({**attrs, "format_version": FORMAT_VERSION, "kind": KIND})
         root.require_group("episodes")
         return root
 
-    @staticmethod
-    def _open_root(path: str, mode: str) -> zarr.Group:
+    def _open_root(self, store, mode: str) -> zarr.Group:
+        path = self.path
         try:
-            root = zarr.open_group(path, mode="r" if mode == "r" else "r+", zarr_format=3)
+            root = zarr.open_group(store, mode="r" if mode == "r" else "r+", zarr_format=3)
         except Exception as e:  # missing/invalid zarr.json, or a zarr v2 / array path
+            fs, loc = _fs(path, self.storage_options)
+            if isinstance(e, FileNotFoundError) and not (fs.exists(loc) and fs.ls(loc)):
+                raise FileNotFoundError(path) from None  # nothing there yet
             raise StoreFormatError(f"{path!r} is not a worldcache episode store (zarr v3 group): {e}") from e
         kind, version = root.attrs.get("kind"), root.attrs.get("format_version")
         if kind != KIND:
             raise StoreFormatError(f"{path!r} is a zarr group but not a worldcache episode store (kind={kind!r})")
-        if version != FORMAT_VERSION:
+        if version != FORMAT_VERSION and not (mode == "r" and version in READ_ONLY_VERSIONS):
+            also = f", and reads {list(READ_ONLY_VERSIONS)} read-only" if version in READ_ONLY_VERSIONS else ""
             raise StoreFormatError(
-                f"{path!r} has format_version={version!r}; this code reads format_version={FORMAT_VERSION}")
+                f"{path!r} has format_version={version!r}; this code writes format_version={FORMAT_VERSION}{also}. "
+                f"Write into a new store (e.g. regenerate it with the command that made it)")
         if "episodes" not in root:
             raise StoreFormatError(f"{path!r} has no 'episodes' group")
         return root
@@ -126,17 +244,49 @@ class EpisodeStore(Mapping):
         """Root attributes (dict-like, persisted on assignment)."""
         return self._root.attrs
 
-    def _complete_groups(self) -> Iterator[tuple[str, zarr.Group]]:
-        for name, grp in self._episodes.groups():
-            if grp.attrs.get("complete") is True:
-                yield name, grp
+    def _index(self) -> dict[str, int]:
+        """{id: num_steps} of the episodes complete at the last `consolidate` (``index.json``; {} without one).
+        Complete episodes are never removed, so a cached copy only misses newer ones."""
+        if self._indexed is None:
+            fs, root = _fs(self.path, self.storage_options)
+            try:
+                self._indexed = json.loads(fs.cat_file(f"{root}/{INDEX}"))["episodes"]
+            except FileNotFoundError:
+                self._indexed = {}
+        return self._indexed
+
+    def _group_names(self) -> list[str]:
+        """Names under episodes/ from one directory listing (no metadata reads)."""
+        fs, root = _fs(self.path, self.storage_options)
+        try:
+            entries = fs.ls(f"{root}/episodes", detail=False)
+        except FileNotFoundError:
+            return []
+        names = (e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        return [n for n in names if n != "zarr.json"]
+
+    def _complete(self) -> dict[str, int]:
+        """{id: num_steps} of every complete episode: the index, plus the groups written since (attrs read)."""
+        self._indexed = None  # re-read: another process may have consolidated
+        done = dict(self._index())
+        for name in self._group_names():
+            if name not in done:
+                try:
+                    attrs = self._episodes[name].attrs
+                except KeyError:  # removed meanwhile
+                    continue
+                if attrs.get("complete") is True:
+                    done[name] = int(attrs["num_steps"])
+        return done
 
     def episode_ids(self) -> list[str]:
         """Sorted ids of complete episodes."""
-        return sorted(name for name, _ in self._complete_groups())
+        return sorted(self._complete())
 
     def exists(self, episode_id: str) -> bool:
         """True when the episode was written completely."""
+        if episode_id in self._index():
+            return True
         try:
             return self._episodes[episode_id].attrs.get("complete") is True
         except KeyError:
@@ -145,16 +295,22 @@ class EpisodeStore(Mapping):
     @property
     def num_steps(self) -> int:
         """Total number of steps (actions) over complete episodes."""
-        return sum(int(g.attrs["num_steps"]) for _, g in self._complete_groups())
+        return sum(self._complete().values())
 
     def _group(self, episode_id: str) -> zarr.Group:
         if not self.exists(episode_id):
             raise KeyError(f"no complete episode {episode_id!r} in {self.path!r}")
         return self._episodes[episode_id]
 
-    def episode_array(self, episode_id: str, name: str) -> zarr.Array:
-        """The lazy zarr array, for reading single steps/frames without loading the episode."""
-        return self._group(episode_id)[name]
+    def episode_array(self, episode_id: str, name: str):
+        """The lazy zarr array, for reading single steps/frames without loading the episode (a packed
+        per-step statistic, see `write_episode`, comes back as numpy)."""
+        grp = self._group(episode_id)
+        packed = grp.attrs.get("packed", {})
+        prefix = name.rsplit("/", 1)[0]
+        if "/" in name and prefix in packed:
+            return _unpack(grp[prefix][...], packed[prefix], prefix)[name]
+        return grp[name]
 
     def load_episode(self, episode_id: str, keys: list[str] | None = None) -> dict[str, Any]:
         """All arrays of an episode as numpy (or only ``keys``), plus ``"attrs"`` (a dict)."""
@@ -166,7 +322,12 @@ class EpisodeStore(Mapping):
             if unknown:
                 raise KeyError(f"episode {episode_id!r} has no arrays {sorted(unknown)}; available: {names}")
             names = [n for n in names if n in keys]
-        out: dict[str, Any] = {n: grp[n][...] for n in names}
+        packed = attrs.get("packed", {})
+        out: dict[str, Any] = {}
+        for prefix, fields_ in packed.items():
+            if any(f"{prefix}/{f}" in names for f, _ in fields_):
+                out.update(_unpack(grp[prefix][...], fields_, prefix))
+        out = {n: out[n] if n in out else grp[n][...] for n in names}
         out["attrs"] = attrs
         return out
 
@@ -177,7 +338,7 @@ class EpisodeStore(Mapping):
         return iter(self.episode_ids())
 
     def __len__(self) -> int:
-        return sum(1 for _ in self._complete_groups())
+        return len(self._complete())
 
     def __contains__(self, episode_id: object) -> bool:
         return isinstance(episode_id, str) and self.exists(episode_id)
@@ -201,20 +362,67 @@ class EpisodeStore(Mapping):
             raise ValueError(f"episode attrs {clash} are reserved by the store")
         if self.exists(episode_id):
             raise FileExistsError(f"episode {episode_id!r} already exists in {self.path!r}")
-        leftover = os.path.join(self.path, "episodes", episode_id)
-        if os.path.exists(leftover):  # incomplete group from a crashed writer
-            shutil.rmtree(leftover)
+        self.check_lease()
+        if episode_id in self._episodes:  # incomplete group from a crashed writer
+            del self._episodes[episode_id]
 
         T = arrays["actions"].shape[0]
+        extra_names = [n for n in arrays if n not in _CORE]
+        packs = _packs(arrays)
+        if packs:
+            attrs["packed"] = {p: [[n.rsplit("/", 1)[1], arrays[n].dtype.str] for n in names]
+                               for p, names in packs.items()}
         grp = self._episodes.create_group(episode_id, attributes=attrs)
+        for prefix, names in packs.items():  # one array (one file) for a group of per-step statistics
+            wide = any(arrays[n].dtype.type not in _FLOAT32_EXACT for n in names)
+            data = np.stack([arrays.pop(n).astype(np.float64 if wide else np.float32) for n in names], axis=-1)
+            grp.create_array(prefix, data=data, chunks=data.shape)
         for name, arr in arrays.items():
-            if name == "obs":
-                grp.create_array(name, data=arr, chunks=(min(OBS_CHUNK_FRAMES, arr.shape[0]),) + arr.shape[1:],
-                                 compressors=_obs_codec())
+            if arr.dtype == np.uint8 and arr.ndim >= 4:  # images: one shard file, inner chunks of ~16 frames
+                per_row = int(np.prod(arr.shape[1:-3], dtype=int))  # frames per row: 1, or chunk for (T, chunk, ...)
+                inner = (min(max(1, OBS_CHUNK_FRAMES // per_row), arr.shape[0]),) + arr.shape[1:]
+                shard = (-(-arr.shape[0] // inner[0]) * inner[0],) + arr.shape[1:]
+                grp.create_array(name, data=arr, chunks=inner, shards=shard, compressors=_obs_codec())
             else:
                 grp.create_array(name, data=arr, chunks=arr.shape)  # tiny: one chunk per episode
-        extra_names = [n for n in arrays if n not in _CORE]
         self._mark_complete(grp, T, extra_names)
+
+    def check_lease(self) -> None:
+        """Writes need the store's lease when it has one: raise `LeaseError` if another driver holds it."""
+        held = read_lease(self.path, self.storage_options)
+        if held is not None and held.get("token") != self.lease:
+            raise LeaseError(f"{self.path}: the store's lease is held by another driver (host {held.get('host')}, "
+                             f"pid {held.get('pid')}); this writer does not hold it")
+
+    def partial_ids(self) -> list[str]:
+        """Ids of incomplete episode groups (leftovers of crashed writers)."""
+        done = self._complete()
+        return sorted(n for n in self._group_names() if n not in done)
+
+    def consolidate(self) -> int:
+        """Record every complete episode in ``index.json``, so that listing the store (``len``, ids) reads one
+        file instead of one metadata file per episode. Writers call it when a run ends; episodes written later
+        are still found (their metadata is read). Returns the number of episodes indexed."""
+        if self.mode == "r":
+            raise PermissionError(f"store {self.path!r} is open read-only")
+        self.check_lease()
+        done = self._complete()
+        fs, root = _fs(self.path, self.storage_options)
+        tmp = f"{root}/{INDEX}.{uuid.uuid4().hex}.tmp"
+        fs.pipe_file(tmp, json.dumps({"episodes": dict(sorted(done.items()))}).encode())
+        fs.mv(tmp, f"{root}/{INDEX}")  # readers never see a half-written index
+        self._indexed = done
+        return len(done)
+
+    def remove_partial(self) -> list[str]:
+        """Delete every incomplete episode group; needs the store's lease (no live writer can own them)."""
+        if self.lease is None:
+            raise LeaseError(f"{self.path}: removing partial episodes needs the store's lease (acquire_lease)")
+        self.check_lease()
+        ids = self.partial_ids()
+        for name in ids:
+            del self._episodes[name]
+        return ids
 
     @staticmethod
     def _mark_complete(grp: zarr.Group, T: int, extra_names: list[str]) -> None:
@@ -226,8 +434,9 @@ class EpisodeStore(Mapping):
         actions = np.asarray(actions)
         if obs.dtype != np.uint8:
             raise TypeError(f"obs must be uint8 (T+1, H, W, 3), got dtype {obs.dtype} shape {obs.shape}")
-        if actions.ndim != 2 or not np.issubdtype(actions.dtype, np.floating):
-            raise ValueError(f"actions must be a float (T, A) array, got dtype {actions.dtype} shape {actions.shape}")
+        if actions.ndim < 2 or not np.issubdtype(actions.dtype, np.floating):
+            raise ValueError(f"actions must be a float (T, A) or (T, chunk, A) array, got dtype {actions.dtype} "
+                             f"shape {actions.shape}")
         T = actions.shape[0]
         if T < 1:
             raise ValueError("an episode needs at least one step (actions has T=0 rows)")
@@ -236,8 +445,8 @@ class EpisodeStore(Mapping):
         fs, ad = self._root.attrs.get("frame_shape"), self._root.attrs.get("action_dim")
         if fs is not None and list(obs.shape[1:]) != list(fs):
             raise ValueError(f"obs frames are {obs.shape[1:]} but this store holds frame_shape={tuple(fs)}")
-        if ad is not None and actions.shape[1] != ad:
-            raise ValueError(f"actions has A={actions.shape[1]} but this store holds action_dim={ad}")
+        if ad is not None and actions.shape[-1] != ad:
+            raise ValueError(f"actions has A={actions.shape[-1]} but this store holds action_dim={ad}")
         out = {"obs": obs, "actions": actions.astype(np.float32, copy=False)}
         for name, val in (("rewards", rewards), ("terminated", terminated), ("truncated", truncated)):
             val = np.asarray(val)
@@ -260,3 +469,21 @@ class EpisodeStore(Mapping):
                 raise TypeError(f"extra {name!r} has dtype object; use a numeric/bool array")
             out[name] = val
         return out
+
+
+def _packs(arrays: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """Extras ``prefix/field`` that share a prefix, a shape and a float64-exact dtype: {prefix: names}."""
+    groups: dict[str, list[str]] = {}
+    for name in arrays:
+        if "/" in name and name not in _CORE:
+            groups.setdefault(name.rsplit("/", 1)[0], []).append(name)
+    return {p: names for p, names in groups.items()
+            if len(names) > 1 and p not in arrays and len({arrays[n].shape for n in names}) == 1
+            and all(arrays[n].dtype.type in _PACKABLE for n in names)}
+
+
+def _unpack(data: np.ndarray, fields_: list, prefix: str | None = None) -> dict[str, np.ndarray]:
+    out = {}
+    for j, (field_, dtype) in enumerate(fields_):
+        out[f"{prefix}/{field_}" if prefix else field_] = data[..., j].astype(np.dtype(dtype))
+    return out

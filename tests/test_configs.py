@@ -3,7 +3,7 @@ import pytest
 
 from worldcache.cache import load_policy
 from worldcache.cache.config import CACHE_CONFIG_DIR, CONFIG_DIR
-from worldcache.rollouts.runner import RolloutConfig
+from worldcache.rollouts.config import RolloutConfig
 
 CACHE_NAMES = sorted(p.stem for p in CACHE_CONFIG_DIR.glob("*.yaml"))
 ROLLOUT_NAMES = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))

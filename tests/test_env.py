@@ -160,7 +160,7 @@ def test_info(ckpt, model):
     assert info["action_clipped"] is False and isinstance(info["noise_seed"], int)
     # no NaN in info: WorldCache measures motion on every call, but no drift in its warm-up call, so the info
     # carries motion and leaves drift and threshold out; the full records keep them, NaN where not measured
-    recs = env.sim.records
+    recs = env.sim.records[0]
     assert [r.computed for r in recs] == info["computed"].tolist()
     np.testing.assert_array_equal(info["motion"], [r.motion for r in recs])
     assert "drift" not in info and "threshold" not in info

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from worldcache.cache import make_policy
-from worldcache.cache.base import CallRecord
+from worldcache.cache.base import ModelCall
 
 OFF = dict(motion_adaptive=False, saliency=False, blend=False, warp=False, phase_aware=False)
 
@@ -42,9 +42,9 @@ def drive(policy, stacks, num_steps):
     policy.begin(num_steps)
     records, outs = [], []
     for step, stack in enumerate(stacks):
-        rec = CallRecord(step=step, num_steps=num_steps, branch="cond")
-        outs.append(policy.run_stack(stack, rec))
-        records.append(rec)
+        call = ModelCall.new(1, step=step, num_steps=num_steps, branch="cond")  # one sample
+        outs.append(policy.run_stack(stack, call))
+        records.append(call[0])
     return records, outs
 
 

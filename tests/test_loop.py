@@ -49,7 +49,7 @@ def test_loop_with_guidance_equals_plain_diffusers(tiny_dit, inputs, mode):
     out = denoise(tiny_dit, default_scheduler(), noise, emb, num_steps=6, cond_latents=cond, num_cond_frames=1,
                   negative_encoder_hidden_states=neg, guidance_scale=2.0, guidance=mode)
     assert torch.allclose(out.latents, ref, atol=1e-5)
-    branches = [r.branch for r in out.records]
+    branches = [r.branch for r in out.sample_records(0)]
     assert branches == (["cond", "uncond"] * 6 if mode == "separate" else ["batched"] * 6)
 
 

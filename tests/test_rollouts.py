@@ -11,11 +11,13 @@ import ray
 import torch
 from gymnasium import spaces
 
+from worldcache.cache import CallRecord
 from worldcache.envs.cosmos_env import START_FRAMES
 from worldcache.reward_head import RewardHead, RewardHeadConfig
 from worldcache.rollouts import (POLICIES, RolloutConfig, WindowDataset, bench_rollouts, episode_id,
                                  inspect_store, make_policy, open_store, run_rollouts)
-from worldcache.rollouts.runner import model_sha256
+from worldcache.rollouts.actor import RECORD_ARRAYS
+from worldcache.rollouts.identity import ROLLOUT_FORMAT, checkpoint_files, model_sha256
 from worldcache.world_model import WorldModel, WorldModelSpec
 
 H, W, K, A = 16, 24, 4, 7
@@ -60,15 +62,15 @@ class CrashOnce:
     def __init__(self, marker: str):
         self.marker, self.calls = marker, 0
 
-    def __call__(self, obs, rng):
+    def __call__(self, obs, rngs):
         self.calls += 1
         if self.calls == 2 and not os.path.exists(self.marker):
             open(self.marker, "w").close()
             os._exit(1)  # mid-episode: the first step is done, nothing of this batch is written
-        return rng.uniform(-1, 1, (len(obs), K, A)).astype(np.float32)
+        return np.stack([r.uniform(-1, 1, (K, A)) for r in rngs]).astype(np.float32)
 
 
-def half_policy(obs, rng):
+def half_policy(obs, rngs):
     return np.full((len(obs), K, A), 0.5, np.float32)
 
 
@@ -83,21 +85,29 @@ def test_layout(ckpt, store_run):
     out, summary = store_run
     assert summary["episodes_written"] == 5 and summary["episodes_skipped"] == 0 and summary["workers"] == 2
     assert summary["steps"] == 5 * STEPS and 0 <= summary["mean_skip_rate"] <= 1 and 0 < summary["write_share"] < 1
+    assert summary["store_s"] > 0 and summary["write_s"] > 0 and summary["nodes"] == 1
     store = open_store(out)
     assert store.episode_ids() == [episode_id(i, 0) for i in range(5)]
     ro = store.attrs["rollout"]
     assert ro["model_sha256"] == model_sha256(ckpt) and ro["cache"]["policy"] == "worldcache"
     assert ro["env"]["action_shape"] == [K, A] and ro["policy"] == "random" and ro["seed"] == 0
-    want = {"obs": ((STEPS + 1, H, W, 3), np.uint8), "actions": ((STEPS, K * A), np.float32),
+    assert ro["format_version"] == ROLLOUT_FORMAT == 2 and ro["env"]["fps"] == 20  # WorldModelSpec default
+    want = {"obs": ((STEPS + 1, H, W, 3), np.uint8), "actions": ((STEPS, K, A), np.float32),
             "rewards": ((STEPS,), np.float32), "terminated": ((STEPS,), bool), "truncated": ((STEPS,), bool),
-            "frames": ((STEPS, K, H, W, 3), np.uint8), "cache/computed": ((STEPS, CALLS), bool),
-            "cache/drift": ((STEPS, CALLS), np.float32), "cache/threshold": ((STEPS, CALLS), np.float32),
-            "cache/motion": ((STEPS, CALLS), np.float32), "model_ms": ((STEPS,), np.float32),
-            "denoise_ms": ((STEPS,), np.float32), "noise_seed": ((STEPS,), np.int64)}
+            "frames": ((STEPS, K, H, W, 3), np.uint8), "model_ms": ((STEPS,), np.float32),
+            "denoise_ms": ((STEPS,), np.float32), "noise_seed": ((STEPS,), np.int64),
+            **{f"cache/{k}": ((STEPS, CALLS), np.dtype(t)) for k, t in RECORD_ARRAYS.items()}}
+    # every CallRecord field is kept: arrays, or (the same at every env step) the cache_calls attrs
+    assert set(RECORD_ARRAYS) | {"step", "branch", "num_steps", "sample"} == set(CallRecord.field_names())
     seeds = set()
     for eid in store.episode_ids():
         ep = store[eid]
         assert {k: (v.shape, v.dtype) for k, v in ep.items() if k != "attrs"} == want
+        assert ep["attrs"]["cache_calls"] == {"step": list(range(CALLS)), "branch": ["cond"] * CALLS}
+        c = ep["cache/computed"]
+        assert (ep["cache/blocks_run"][c] == 2).all() and (ep["cache/blocks_run"][~c] == 1).all()  # probe only
+        assert np.isfinite(ep["cache/sigma"]).all() and (ep["cache/wall_ms"] > 0).all()
+        assert np.isnan(ep["cache/gamma"][c]).all() and np.isfinite(ep["cache/gamma"][~c]).all()
         assert ep["truncated"][-1] and not ep["terminated"].any()
         assert (ep["obs"][1:] == ep["frames"][:, -1]).all()  # obs: the last frame of each chunk
         assert np.abs(ep["actions"]).max() <= 2 and (ep["model_ms"] > 0).all() and ep["rewards"].std() > 0
@@ -141,7 +151,7 @@ def test_worker_crash_mid_episode(ckpt, tmp_path):
     store = open_store(out)
     ids = [episode_id(i, 0) for i in range(4)]
     assert store.episode_ids() == ids and groups(out) == ids  # once each, none partial
-    assert all(store[e]["attrs"]["complete"] and store[e]["actions"].shape == (STEPS, K * A) for e in ids)
+    assert all(store[e]["attrs"]["complete"] and store[e]["actions"].shape == (STEPS, K, A) for e in ids)
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -174,7 +184,7 @@ def test_bench_rollouts(ckpt, tmp_path, capsys):
     rows = bench_rollouts(config(ckpt, tmp_path / "unused"), episodes=2, workers=(1, 2), out_dir=str(tmp_path),
                           num_envs=1)
     assert [r["workers"] for r in rows] == [1, 2] and all(r["episodes_written"] == 2 for r in rows)
-    assert "zarr write %" in capsys.readouterr().out
+    assert "write %" in capsys.readouterr().out
 
 
 # --- policies -----------------------------------------------------------------------------------------------
@@ -183,10 +193,10 @@ SPACE = spaces.Box(-2.0, 2.0, (K, A), np.float32)
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_registered_policies(name):
-    pol, rng = make_policy(name, SPACE), np.random.default_rng(0)
+    pol, rngs = make_policy(name, SPACE), [np.random.default_rng(i) for i in range(3)]
     if hasattr(pol, "reset"):
-        pol.reset(3, rng)
-    a = np.stack([pol(np.zeros((3, H, W, 3), np.uint8), rng) for _ in range(2)])
+        pol.reset(rngs)
+    a = np.stack([pol(np.zeros((3, H, W, 3), np.uint8), rngs) for _ in range(2)])
     assert a.shape == (2, 3, K, A) and a.dtype == np.float32 and np.abs(a).max() <= 2
     if name == "sinusoid":  # smooth: consecutive actions differ far less than random ones
         assert np.abs(np.diff(a.transpose(1, 0, 2, 3).reshape(3, 2 * K, A), axis=1)).max() < 1.0
@@ -194,7 +204,7 @@ def test_registered_policies(name):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_import_and_torch_policies(tmp_path):
-    obs, rng = np.zeros((2, H, W, 3), np.uint8), np.random.default_rng(0)
+    obs, rng = np.zeros((2, H, W, 3), np.uint8), [np.random.default_rng(0), np.random.default_rng(1)]
     assert (make_policy("test_rollouts:half_policy", SPACE)(obs, rng) == 0.5).all()
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(H * W * 3, K * A))
     torch.jit.script(net).save(str(tmp_path / "p.pt"))
@@ -203,3 +213,45 @@ def test_import_and_torch_policies(tmp_path):
         assert make_policy(str(tmp_path / f), SPACE)(obs, rng).shape == (2, K, A)
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("nope", SPACE)
+
+
+def test_videos(store_run, tmp_path, monkeypatch):
+    import imageio.v2 as imageio
+
+    from worldcache.rollouts import video
+
+    assert video.mp4_available()
+    paths = video.write_videos(store_run[0], tmp_path / "mp4", scale=4)
+    assert len(paths) == 5 and all(p.endswith(".mp4") for p in paths)
+    with imageio.get_reader(paths[0]) as r:  # playable: decode it back
+        frames = [f for f in r]  # (not list(r): the reader says its length is inf)
+        fps = r.get_meta_data()["fps"]
+    assert len(frames) == 1 + STEPS * K and frames[0].shape == (4 * H, 4 * W, 3) and fps == 20  # the model's fps
+    ep = open_store(store_run[0])[episode_id(0, 0)]
+    assert np.abs(frames[-1][::4, ::4].astype(int) - ep["frames"][-1, -1]).mean() < 12  # lossy, but the frame
+    wide = video.write_videos(store_run[0], tmp_path / "sbs", side_by_side=True, scale=1, episodes=[episode_id(0, 0)])
+    with imageio.get_reader(wide[0]) as r:
+        sbs = [f for f in r]
+    assert len(sbs) == 1 + STEPS * K and sbs[0].shape[1] > W  # frame + skip pattern
+    panel = video.skip_panel(np.array([[True, False], [False, True]]), 1, 4)
+    assert panel.shape[0] == 4 and (panel[-1, 0] < panel[-1, -1]).all()  # skipped darker than computed, row 1 lit
+    monkeypatch.setattr(video, "mp4_available", lambda: False)  # no encoder: GIF
+    gif = video.write_videos(store_run[0], tmp_path / "gif", scale=1, episodes=[episode_id(1, 0)])
+    assert gif[0].endswith(".gif") and len(imageio.mimread(gif[0])) == 1 + STEPS * K
+
+
+def test_cli_video_and_second_driver(ckpt, store_run, tmp_path, capsys):
+    import yaml
+
+    from worldcache.cli import main
+    from worldcache.rollouts import acquire_lease, release_lease
+
+    assert main(["inspect", str(store_run[0]), "--video", str(tmp_path / "v"), "--side-by-side"]) == 0
+    assert len(list((tmp_path / "v").glob("*.mp4"))) == 5
+    out = tmp_path / "held.zarr"
+    shutil.copytree(store_run[0], out)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config(ckpt, out)))
+    token = acquire_lease(str(out))  # another driver is running on this store
+    assert main(["rollout", str(tmp_path / "c.yaml")]) == 2
+    assert "another driver holds this store's lease" in capsys.readouterr().err
+    release_lease(str(out), token)

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -145,6 +146,11 @@ def test_open_errors(tmp_path):
     meta.write_text(json.dumps(doc))
     with pytest.raises(StoreFormatError, match="format_version=99"):
         EpisodeStore(tmp_path / "old", mode="r")
+    doc["attributes"]["format_version"] = 1  # the plain layout of older worldcache: read-only
+    meta.write_text(json.dumps(doc))
+    assert len(EpisodeStore(tmp_path / "old", mode="r")) == 0
+    with pytest.raises(StoreFormatError, match="format_version=1; this code writes format_version=2, and reads"):
+        EpisodeStore(tmp_path / "old", mode="a")
     with pytest.raises(FileExistsError):
         EpisodeStore.create(tmp_path / "junk")
     assert len(EpisodeStore.create(tmp_path / "junk", overwrite=True)) == 0
@@ -180,3 +186,81 @@ def test_concurrent_writers_of_different_episodes(tmp_path):
     assert store.episode_ids() == [f"w{w}_ep{i}" for w in range(2) for i in range(3)]
     assert store.attrs["run"] == "parallel"
     np.testing.assert_array_equal(store.load_episode("w1_ep2")["obs"], make_episode(seed=12)["obs"])
+
+
+def test_chunked_actions(tmp_path):
+    store = EpisodeStore.create(tmp_path / "s", attrs={"action_dim": 7})
+    ep = make_episode(T=3)
+    ep["actions"] = np.ones((3, 4, 7), np.float32)  # (T, chunk, A)
+    store.write_episode("e", **ep)
+    assert store["e"]["actions"].shape == (3, 4, 7)
+    with pytest.raises(ValueError, match="action_dim=7"):
+        store.write_episode("f", **{**ep, "actions": np.ones((3, 4, 5), np.float32)})
+
+
+def test_lease_one_writer(tmp_path):
+    from worldcache.rollouts.store import LeaseError, acquire_lease, read_lease, release_lease
+
+    path = str(tmp_path / "s")
+    store = EpisodeStore.create(path)
+    store.write_episode("free", **make_episode())  # no lease in the store: written as before
+    token = acquire_lease(path)
+    assert read_lease(path)["token"] == token and read_lease(path)["pid"] == os.getpid()
+    with pytest.raises(LeaseError, match="another driver holds this store's lease.*--break-lease"):
+        acquire_lease(path)
+    with pytest.raises(LeaseError, match="does not hold it"):  # a writer without the lease
+        store.write_episode("a", **make_episode())
+    with pytest.raises(LeaseError, match="needs the store's lease"):
+        store.remove_partial()
+    # a partial leftover: removed only under the lease
+    (tmp_path / "s" / "episodes" / "p").mkdir()
+    zarr.open_group(tmp_path / "s" / "episodes" / "p", mode="w").attrs["complete"] = False
+    holder = EpisodeStore(path, lease=token)
+    assert holder.partial_ids() == ["p"] and holder.remove_partial() == ["p"] and holder.partial_ids() == []
+    holder.write_episode("a", **make_episode())
+    stale = acquire_lease(path, break_lease=True)  # the holder died: its lease is broken
+    assert stale != token and read_lease(path)["token"] == stale
+    with pytest.raises(LeaseError):
+        holder.write_episode("b", **make_episode())
+    release_lease(path, token)  # not the holder any more: nothing happens
+    assert read_lease(path)["token"] == stale
+    release_lease(path, stale)
+    assert read_lease(path) is None
+    store.write_episode("b", **make_episode())
+    assert EpisodeStore(path, mode="r").episode_ids() == ["a", "b", "free"]
+
+
+def test_packed_statistics_and_sharded_frames(tmp_path):
+    store = EpisodeStore.create(tmp_path / "s")
+    T, rng = 5, np.random.default_rng(0)
+    extras = {"cache/computed": rng.random((T, 3)) < 0.5, "cache/drift": rng.random((T, 3)).astype(np.float32),
+              "cache/blocks_run": rng.integers(0, 7, (T, 3)).astype(np.int16),
+              "frames": rng.integers(0, 256, (T, 4, 8, 10, 3), dtype=np.uint8),
+              "noise_seed": rng.integers(0, 2**40, T)}  # int64: not float64-exact, kept on its own
+    store.write_episode("e", **make_episode(T=T), extras=extras)
+    got = store["e"]
+    for k, v in extras.items():
+        assert got[k].dtype == v.dtype and np.array_equal(got[k], v, equal_nan=True), k
+    assert got["attrs"]["packed"] == {"cache": [["computed", "|b1"], ["drift", "<f4"], ["blocks_run", "<i2"]]}
+    ep_dir = tmp_path / "s" / "episodes" / "e"
+    assert (ep_dir / "cache" / "zarr.json").exists() and not (ep_dir / "cache" / "drift").exists()
+    assert np.array_equal(store.episode_array("e", "cache/drift"), extras["cache/drift"])
+    assert np.array_equal(store.episode_array("e", "frames")[2, :2], extras["frames"][2, :2])
+    assert sum(len(f) for _, _, f in os.walk(ep_dir / "frames")) == 2  # zarr.json + one shard
+    assert store._episodes["e"]["frames"].chunks == (4, 4, 8, 10, 3)  # inner chunks of 16 frames
+    assert set(store.load_episode("e", keys=["cache/drift"])) == {"cache/drift", "attrs"}
+
+
+def test_consolidated_index(tmp_path):
+    path = tmp_path / "s"
+    store = EpisodeStore.create(path)
+    for i in range(3):
+        store.write_episode(f"e{i}", **make_episode(T=2 + i))
+    assert store.consolidate() == 3
+    index = json.loads((path / "index.json").read_text())
+    assert index == {"episodes": {"e0": 2, "e1": 3, "e2": 4}}
+    store.write_episode("e3", **make_episode(T=1))  # written after the index: still found
+    (path / "episodes" / "p").mkdir()  # and a partial leftover is still not an episode
+    reader = EpisodeStore(path, mode="r")
+    assert reader.episode_ids() == ["e0", "e1", "e2", "e3"] and len(reader) == 4 and reader.num_steps == 10
+    assert reader.exists("e1") and not reader.exists("p") and reader.partial_ids() == ["p"]

@@ -63,7 +63,8 @@ def test_guidance_branches_keep_separate_state(tiny_dit):
         recs = [r for r in sep.records if r.branch == branch]
         assert len(recs) == STEPS and recs[-1].computed and not all(r.computed for r in recs)
     bat = run(tiny_dit, make_policy("worldcache", threshold=0.5), scale=3.0, mode="batched", batch=2)
-    assert len(bat.records) == STEPS and torch.isfinite(bat.latents).all()
+    # one record per sample of each batched call: 2 cond + 2 uncond samples
+    assert len(bat.records) == 4 * STEPS and len(bat.sample_records(0)) == STEPS and torch.isfinite(bat.latents).all()
 
 
 def test_skipping_stays_close_to_uncached(tiny_dit):

@@ -99,7 +99,7 @@ def _bench_split(args) -> int:
         t0 = time.perf_counter()
         _, out = model.predict(frame, actions, policy=policy, num_steps=args.denoise_steps, timing=True)
         step = time.perf_counter() - t0
-        loop = sum(r.wall_ms for r in out.records) / 1e3
+        loop = out.loop_ms / 1e3  # each batched call once
         dit += loop
         vae += step - loop
     total = vae + dit
@@ -155,19 +155,26 @@ def _bench_vec(args) -> int:
 
 
 def _rollout(args) -> int:
-    from .rollouts.runner import rollout_main
+    from .rollouts.driver import rollout_main
 
-    return rollout_main(args.config, out=args.out, episodes=args.episodes, workers=args.workers)
+    return rollout_main(args.config, out=args.out, episodes=args.episodes, workers=args.workers,
+                        address=args.address, break_lease=args.break_lease)
 
 
 def _inspect(args) -> int:
     from .rollouts.reader import inspect_main
 
-    return inspect_main(args.store, plots=args.plots)
+    return inspect_main(args.store, plots=args.plots, video=args.video, side_by_side=args.side_by_side)
+
+
+def _scale_check(args) -> int:
+    from .rollouts.scale import scale_main
+
+    return scale_main(args.out, episodes=args.episodes)
 
 
 def _bench_rollouts(args) -> int:
-    from .rollouts.runner import bench_rollouts
+    from .rollouts.benchmark import bench_rollouts
 
     over = {"num_cpus": args.num_cpus} if args.num_cpus else {}
     bench_rollouts(args.config, episodes=args.episodes, workers=tuple(args.workers), out_dir=args.out_dir, **over)
@@ -295,15 +302,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("rollout", help="Ray rollouts of the world-model env into a Zarr store (resumable)")
     r.add_argument("config", help="YAML path or name under configs/ (e.g. rollout_smoke)")
-    r.add_argument("--out", default=None, help="store path (default: the config's)")
+    r.add_argument("--out", default=None, help="store path or URL, e.g. s3://bucket/x.zarr (default: the config's)")
     r.add_argument("--episodes", type=int, default=None)
     r.add_argument("--workers", type=int, default=None)
+    r.add_argument("--address", default=None, help="Ray cluster to join ('auto': the running one)")
+    r.add_argument("--break-lease", action="store_true", help="replace the lease of a driver that died")
     r.set_defaults(func=_rollout)
 
-    i = sub.add_parser("inspect", help="summary and cache-statistics plots of a rollout store")
+    i = sub.add_parser("inspect", help="summary, cache-statistics plots and videos of a rollout store")
     i.add_argument("store")
     i.add_argument("--plots", default=None, help="folder for the PNGs")
+    i.add_argument("--video", default=None, help="folder for one MP4 per episode (GIF without an encoder)")
+    i.add_argument("--side-by-side", action="store_true", help="videos show the per-call skip pattern too")
     i.set_defaults(func=_inspect)
+
+    sc = sub.add_parser("scale-check", help="write synthetic episodes (no model); time writes, listing, reads")
+    sc.add_argument("--out", default="runs/scale.zarr")
+    sc.add_argument("--episodes", type=int, default=10000)
+    sc.set_defaults(func=_scale_check)
 
     br = sub.add_parser("bench-rollouts", help="episodes/s with 1 vs 2 workers and the Zarr write share")
     br.add_argument("config", nargs="?", default="rollout_smoke")

@@ -46,20 +46,54 @@ class StackContext:
     attention_mask: torch.Tensor | None
     grid: tuple[int, int, int]  # tokens along (T, H, W) after patchify
 
+    def select(self, rows: torch.Tensor, batch: int) -> "StackContext":
+        """The context of the samples `rows` of a batch of `batch`: per-sample tensors (batch first) are sliced,
+        shared ones (rotary embedding, or anything broadcast with batch 1) are kept."""
+        def pick(v):
+            if isinstance(v, tuple):
+                return tuple(pick(t) for t in v)
+            return v[rows] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == batch else v
+
+        return StackContext(pick(self.encoder_hidden_states), pick(self.embedded_timestep), pick(self.temb),
+                            self.image_rotary_emb, pick(self.extra_pos_emb), pick(self.attention_mask), self.grid)
+
 
 class BlockStack:
-    """Runs blocks of the stack for one model call. `x` is the stack input; policies call `self(h, start, end)`."""
+    """Runs blocks of the stack for one model call. `x` is the stack input; policies call `self(h, start, end)`,
+    or ``self.subset(rows)(h[rows], start)`` to run only the samples `rows` of the batch."""
 
-    def __init__(self, dit: "DiT", x: torch.Tensor, ctx: StackContext, timing: bool = False):
-        self.dit, self.x, self.ctx, self.timing = dit, x, ctx, timing
-        self.blocks_run = 0  # block forwards in this call: what a skipped call saves
-        self.block_ms = float("nan")  # with timing: wall time inside block forwards (the rest is the policy's work)
-        if timing:
-            self.block_ms = 0.0
+    def __init__(self, dit: "DiT", x: torch.Tensor, ctx: StackContext, root: "BlockStack | None" = None,
+                 rows: list[int] | None = None, timing: bool = False):
+        self.dit, self.x, self.ctx = dit, x, ctx
+        self.root = root or self  # a subset counts its work in the whole call's stack
+        self.timing = self.root.timing if root is not None else timing
+        self.rows = list(range(len(x))) if rows is None else rows  # its samples, as rows of the whole batch
+        if root is None:
+            self.sample_blocks = [0] * len(x)  # block forwards per sample in this call: what a skipped call saves
+            # with timing: wall time inside block forwards (the rest of run_stack is the policy's own work)
+            self.block_ms = 0.0 if timing else float("nan")
 
     @property
     def num_blocks(self) -> int:
         return len(self.dit.transformer.transformer_blocks)
+
+    @property
+    def blocks_run(self) -> int:
+        """Block forwards run for the sample that ran most (the whole batch: all samples)."""
+        return max(self.root.sample_blocks)
+
+    @blocks_run.setter
+    def blocks_run(self, n: int) -> None:  # hook policies count the blocks that really ran, for every sample
+        self.root.sample_blocks = [int(n)] * len(self.root.sample_blocks)
+
+    def subset(self, rows: list[int]) -> "BlockStack":
+        """The stack of the samples `rows` of this batch (its input, its per-sample context)."""
+        rows = list(rows)
+        if rows == list(range(len(self.x))):
+            return self
+        idx = torch.tensor(rows, device=self.x.device)
+        return BlockStack(self.dit, self.x[idx], self.ctx.select(idx, len(self.x)), self.root,
+                          [self.rows[i] for i in rows])
 
     def __call__(self, h: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
         c = self.ctx
@@ -69,10 +103,11 @@ class BlockStack:
         for block in self.dit.transformer.transformer_blocks[start:end]:
             h = block(h, c.encoder_hidden_states, c.embedded_timestep, c.temb, c.image_rotary_emb,
                       c.extra_pos_emb, c.attention_mask, None)
-            self.blocks_run += 1
+            for r in self.rows:
+                self.root.sample_blocks[r] += 1
         if self.timing:
             sync(h.device)
-            self.block_ms += (time.perf_counter() - t0) * 1e3
+            self.root.block_ms += (time.perf_counter() - t0) * 1e3
         return h
 
     def modulated_input(self) -> torch.Tensor:
@@ -163,10 +198,11 @@ class DiT(torch.nn.Module):
         return h.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
     def forward(self, policy, call, timing: bool = False, **inputs) -> torch.Tensor:
-        """One model call: the policy decides how the block stack output is obtained. With `timing`, the policy's
-        own time (outside block forwards) goes to `call.policy_ms`."""
+        """One model call (`call`: a `ModelCall`, one record per sample): the policy decides, per sample, how the
+        block stack output is obtained. With `timing`, the policy's own time (outside block forwards) goes to
+        `policy_ms`."""
         x, ctx = self.embed(**inputs)
-        stack = BlockStack(self, x, ctx, timing)
+        stack = BlockStack(self, x, ctx, timing=timing)
         if timing:
             sync(x.device)
             t0 = time.perf_counter()
@@ -174,5 +210,6 @@ class DiT(torch.nn.Module):
         if timing and not policy.works_inside_blocks:
             sync(x.device)
             call.policy_ms = (time.perf_counter() - t0) * 1e3 - stack.block_ms
-        call.blocks_run = stack.blocks_run
+        for rec, n in zip(call, stack.sample_blocks):
+            rec.blocks_run = n
         return self.head(h, ctx)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cache.base import CachePolicy, CallRecord, NoCache
+from .cache.base import CachePolicy, CallRecord, ModelCall, NoCache
 from .dit import DiT, sync
 
 GUIDANCE_MODES = ("separate", "batched")
@@ -20,11 +20,21 @@ GUIDANCE_MODES = ("separate", "batched")
 @dataclass
 class SampleOutput:
     latents: torch.Tensor
-    records: list[CallRecord] = field(default_factory=list)
+    records: list[CallRecord] = field(default_factory=list)  # per model call, one record per sample (in order)
 
     @property
     def computed_fraction(self) -> float:
+        """Computed (sample, model call) pairs over all of them."""
         return sum(r.computed for r in self.records) / max(len(self.records), 1)
+
+    def sample_records(self, sample: int) -> list[CallRecord]:
+        """The records of one sample of the batch, one per model call."""
+        return [r for r in self.records if r.sample == sample]
+
+    @property
+    def loop_ms(self) -> float:
+        """Wall time of the model calls (each batched call counted once)."""
+        return sum(r.wall_ms for r in self.sample_records(0))
 
 
 @torch.no_grad()
@@ -67,7 +77,7 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
     records: list[CallRecord] = []
 
     def call(x, ts, emb, mask, fc, branch, step, sigma):
-        rec = CallRecord(step=step, num_steps=num_steps, branch=branch, sigma=sigma)
+        rec = ModelCall.new(len(x), step=step, num_steps=num_steps, branch=branch, sigma=sigma)
         if timing:
             sync(noise.device)
             start = time.perf_counter()
@@ -76,7 +86,7 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
         if timing:
             sync(noise.device)
             rec.wall_ms = (time.perf_counter() - start) * 1e3
-        records.append(rec)
+        records.extend(rec)
         return v
 
     for i, tt in enumerate(scheduler.timesteps):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cache.base import CallRecord, NoCache
+from .cache.base import ModelCall, NoCache
 from .envs.cosmos_env import write_start_frames
 from .world_model import WorldModel, WorldModelSpec
 
@@ -207,7 +207,8 @@ class Trainer:
             ct = m.spec.cond_frame_timestep
             ts = sigma.expand_as(cond) if ct is None else cond * ct + (1 - cond) * sigma
             mask = cond.expand(-1, -1, -1, *x0.shape[-2:])
-            v = m.dit(NoCache(), CallRecord(0, 1, "train"), hidden_states=xt, timestep=ts,
+            call = ModelCall.new(len(xt), step=0, num_steps=1, branch="train")
+            v = m.dit(NoCache(), call, hidden_states=xt, timestep=ts,
                       encoder_hidden_states=m.prompt_embeds.expand(b, -1, -1), condition_mask=mask,
                       frame_cond=a).float()
             n = x0.shape[2]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import CachePolicy, CallRecord, NoCache
+from .base import CachePolicy, CallRecord, ModelCall, NoCache
 from .config import CACHE_CONFIG_DIR, ConfigError, PolicyConfig, build_config, read_yaml
 
 POLICIES: dict[str, type[CachePolicy]] = {}
@@ -55,5 +55,5 @@ def _load_builtin() -> None:
     from . import builtin  # noqa: F401
 
 
-__all__ = ["CachePolicy", "CallRecord", "ConfigError", "NoCache", "POLICIES", "PolicyConfig", "load_policy",
-           "make_policy", "policy_names", "register"]
+__all__ = ["CachePolicy", "CallRecord", "ConfigError", "ModelCall", "NoCache", "POLICIES", "PolicyConfig",
+           "load_policy", "make_policy", "policy_names", "register"]

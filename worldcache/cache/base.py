@@ -8,15 +8,17 @@ import torch
 
 @dataclass
 class CallRecord:
-    """What happened in one model call (one guidance branch of one denoising step).
+    """What happened to one sample in one model call (one guidance branch of one denoising step).
 
     The loop fills step/branch/timing; the policy fills the decision fields. NaN means "not measured by this
     policy" (e.g. no-cache has no drift). These records become the per-step statistics of the Zarr store.
+    A batched call has one record per sample: each sample decides on its own (`ModelCall`).
     """
 
     step: int                     # denoising step index, 0-based
     num_steps: int                # steps in this prediction
     branch: str                   # guidance branch: "cond", "uncond" or "batched" (both in one batch)
+    sample: int = 0               # index of the sample in the batch of the call
     sigma: float = float("nan")   # noise level of the step
     computed: bool = True         # False: the block stack was approximated from the cache
     drift: float = float("nan")   # the drift the decision compared (accumulated, as the policy defines it)
@@ -29,6 +31,7 @@ class CallRecord:
     policy_ms: float = float("nan")  # time in the policy outside block forwards: its decision overhead
                                      # (NaN for diffusers-hook policies, whose work runs inside the blocks)
     wall_ms: float = float("nan")  # wall time of the whole model call (embed + stack + head)
+    # policy_ms and wall_ms belong to the batched call: every sample of the call carries the same value.
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -38,11 +41,60 @@ class CallRecord:
         return [f.name for f in fields(cls)]
 
 
+SHARED_FIELDS = ("step", "num_steps", "branch", "sigma")
+
+
+class ModelCall:
+    """One model call on a batch: one `CallRecord` per sample.
+
+    ``call[i]`` is sample i's record, ``len(call)`` the batch size; the shared fields (step, num_steps, branch,
+    sigma) read directly (``call.step``). Assigning a field (``call.computed = False``) sets it for every sample:
+    a decision for the whole batch. Reading a per-sample field from the call is an error (which sample?).
+    """
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: list[CallRecord]):
+        object.__setattr__(self, "records", list(records))
+
+    def __getattr__(self, name: str):
+        if name in SHARED_FIELDS:
+            return getattr(self.records[0], name)
+        raise AttributeError(f"ModelCall.{name}: per-sample field, read call[i].{name}" if name in _FIELDS
+                             else f"ModelCall has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in _FIELDS or name in SHARED_FIELDS or name == "sample":
+            raise AttributeError(f"ModelCall.{name} cannot be set (per-sample decision fields only)")
+        for r in self.records:
+            setattr(r, name, value)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __getitem__(self, i: int) -> CallRecord:
+        return self.records[i]
+
+    @classmethod
+    def new(cls, batch: int, **shared) -> "ModelCall":
+        return cls([CallRecord(sample=i, **shared) for i in range(batch)])
+
+
+_FIELDS = frozenset(CallRecord.field_names())
+
+
 class CachePolicy:
     """A cache method. Per model call it returns the block-stack output, computing it or approximating it.
 
-    Subclasses implement `run_stack`; per-branch state lives in ``self.state(branch)`` (a dict), so guidance on,
-    off or batched never mixes caches. `begin` starts a new prediction (clears state). Nothing is global.
+    Subclasses implement `run_stack(stack, call)` (`call`: a `ModelCall`, one record per sample). State is kept
+    per guidance branch, so guidance on, off or batched never mixes caches, and within a branch per sample:
+    ``self.states(call)`` is one ``self.new_state()`` (a dict) per sample, so each sample decides on its own drift
+    and its result does not depend on the other samples of the batch (`compute_rows` runs the block stack on the
+    samples that compute). ``self.state(branch)`` is one dict for the whole batch (policies that cannot decide per
+    sample). `begin` starts a new prediction (clears state). Nothing is global.
     """
 
     name = "base"
@@ -58,6 +110,17 @@ class CachePolicy:
 
     def state(self, branch: str) -> dict:
         return self._states.setdefault(branch, {})
+
+    def new_state(self) -> dict:
+        """A fresh per-sample state (the policy's own keys appear as it runs)."""
+        return {}
+
+    def states(self, call: ModelCall) -> list:
+        """One state per sample of the call's branch (created on the branch's first call)."""
+        sts = self._states.setdefault(call.branch, [self.new_state() for _ in call])
+        if len(sts) != len(call):
+            raise ValueError(f"{self.name}: batch of {len(call)} samples in a prediction that started with {len(sts)}")
+        return sts
 
     def run_stack(self, stack, call: CallRecord) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -78,12 +141,30 @@ class NoCache(CachePolicy):
         return stack(stack.x)
 
 
-def rel_l1(a: torch.Tensor, b: torch.Tensor) -> float:
-    """mean|a-b| / mean|b| per sample, max over the batch: one env whose input moved forces a compute."""
+def rel_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mean|a-b| / mean|b| per sample: shape (B,)."""
     dims = tuple(range(1, a.ndim))
     num = (a - b).abs().mean(dim=dims)
     den = b.abs().mean(dim=dims).clamp_min(1e-12)
-    return float((num / den).max())
+    return num / den
+
+
+def compute_rows(stack, skip: list[bool], approximate, h: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
+    """The block-stack output of a batch whose samples decided on their own.
+
+    The blocks ``[start, end)`` run on the sub-batch of samples that compute (from `h`, default the stack input);
+    ``approximate(i)`` gives sample i's output (1, N, D) where ``skip[i]``.
+    """
+    h = stack.x if h is None else h
+    run = [i for i, s in enumerate(skip) if not s]
+    if len(run) == len(skip):
+        return stack(h, start)
+    out = torch.empty_like(stack.x)
+    if run:
+        out[run] = stack.subset(run)(h[run], start)
+    for i in (i for i, s in enumerate(skip) if s):
+        out[i:i + 1] = approximate(i)
+    return out
 
 
 def in_warmup(call: CallRecord, ret_ratio: float) -> bool:

@@ -13,6 +13,11 @@ and `stack.blocks_run` is overwritten with the number of blocks whose feed-forwa
 `call.blocks_run`). `call.threshold` is the configured threshold where there is one; diffusers does not expose its
 drift, so `call.drift` stays NaN.
 
+Whole-batch decisions: diffusers' hooks keep one cache per module and decide for the whole batch they see (a
+batch-wide mean of the change), so these policies cannot decide per sample. Every sample of a call gets the same
+record, and in a batch of environments a sample's result depends on the others (unlike `worldcache`, `dicache`,
+`fora`, `teacache` and `easycache`): use batch 1 (``num_envs: 1``) where reproducibility per episode matters.
+
 Per-method notes and limitations:
 - fbcache: block 0 always runs; the rest are skipped while its residual changes by less than `threshold`.
 - fastercache: only its attention reuse is used. Its CFG trick (approximating the unconditional half of a batched
@@ -52,7 +57,7 @@ from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK, _MAG_CACHE_LEADER_B
 from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
 
 from . import register
-from .base import CachePolicy, CallRecord
+from .base import CachePolicy, ModelCall
 from .config import PolicyConfig
 from ..dit import register_cosmos_block
 
@@ -81,7 +86,7 @@ class DiffusersHookPolicy(CachePolicy):
     def _needs_reapply(self, num_steps: int) -> bool:
         return False
 
-    def _before_call(self, model, call: CallRecord) -> None:
+    def _before_call(self, model, call: ModelCall) -> None:
         """Hook for methods needing per-call setup (FasterCache's per-branch state)."""
 
     # --- shared -----------------------------------------------------------------------------------------------
@@ -92,7 +97,7 @@ class DiffusersHookPolicy(CachePolicy):
         if self._model is not None:
             HookRegistry.check_if_exists_or_initialize(self._model).reset_stateful_hooks(recurse=True)
 
-    def run_stack(self, stack, call: CallRecord) -> torch.Tensor:
+    def run_stack(self, stack, call: ModelCall) -> torch.Tensor:
         model = stack.dit.transformer
         if model is not self._model:
             self.detach()
@@ -198,7 +203,7 @@ class FasterCache(DiffusersHookPolicy):
                              if getattr(m, "_diffusers_hook", None) is not None
                              and m._diffusers_hook.get_hook(_FASTER_CACHE_BLOCK_HOOK) is not None]
 
-    def _before_call(self, model, call: CallRecord) -> None:
+    def _before_call(self, model, call: ModelCall) -> None:
         self._timestep = 1000.0 * (1 - call.step / call.num_steps)
         states = self.state(call.branch).setdefault(
             "attn", [FasterCacheBlockState() for _ in self._block_hooks])
@@ -255,7 +260,7 @@ class MagCache(DiffusersHookPolicy):
             threshold=cfg.threshold, max_skip_steps=cfg.max_skip_steps, retention_ratio=cfg.retention_ratio,
             num_inference_steps=self.num_steps, mag_ratios=self.mag_ratios, calibrate=self._calibrating))
 
-    def _before_call(self, model, call: CallRecord) -> None:
+    def _before_call(self, model, call: ModelCall) -> None:
         if self._calibrating and call.step == 0:
             # Keep diffusers' own list object: its tail hook appends one ratio per step, then replaces (not
             # clears) the list when the schedule ends, so this reference ends up holding the full calibration.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from . import register
-from .base import CachePolicy, CallRecord, may_skip, rel_l1
+from .base import CachePolicy, ModelCall, compute_rows, may_skip, rel_l1
 from .config import PolicyConfig
 
 
@@ -32,20 +32,25 @@ class EasyCache(CachePolicy):
     name = "easycache"
     config_cls = EasyCacheConfig
 
-    def run_stack(self, stack, call: CallRecord) -> torch.Tensor:
-        cfg, st, x = self.config, self.state(call.branch), stack.x
-        skip = False
-        if "k" in st and may_skip(call, cfg.ret_ratio, cfg.force_last_step):
-            acc = st["acc"] + st["k"] * rel_l1(x, st["x_prev"])
-            call.drift, call.threshold = acc, cfg.threshold
-            skip = acc < cfg.threshold
-        st["x_prev"] = x
-        call.computed = not skip
-        if skip:
-            st["acc"] = acc
-            return x + st["residual"]
-        out = stack(x)
-        if "out_c" in st:  # transformation rate from the last two computed calls
-            st["k"] = rel_l1(out, st["out_c"]) / max(rel_l1(x, st["x_c"]), 1e-12)
-        st["x_c"], st["out_c"], st["residual"], st["acc"] = x, out, out - x, 0.0
+    def run_stack(self, stack, call: ModelCall) -> torch.Tensor:
+        cfg, sts, x = self.config, self.states(call), stack.x
+        skip = []
+        for i, (st, rec) in enumerate(zip(sts, call)):  # each sample decides on its own input change
+            s = False
+            if "k" in st and may_skip(rec, cfg.ret_ratio, cfg.force_last_step):
+                rec.drift = st["acc"] + st["k"] * float(rel_l1(x[i:i + 1], st["x_prev"]))
+                rec.threshold = cfg.threshold
+                s = rec.drift < cfg.threshold
+            st["x_prev"] = x[i:i + 1]
+            rec.computed = not s
+            skip.append(s)
+        out = compute_rows(stack, skip, lambda i: x[i:i + 1] + sts[i]["residual"])
+        for i, st in enumerate(sts):
+            if skip[i]:
+                st["acc"] = call[i].drift
+                continue
+            xi, oi = x[i:i + 1], out[i:i + 1]
+            if "out_c" in st:  # transformation rate from the sample's last two computed calls
+                st["k"] = float(rel_l1(oi, st["out_c"])) / max(float(rel_l1(xi, st["x_c"])), 1e-12)
+            st["x_c"], st["out_c"], st["residual"], st["acc"] = xi, oi, oi - xi, 0.0
         return out

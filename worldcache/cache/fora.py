@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from . import register
-from .base import CachePolicy, CallRecord
+from .base import CachePolicy, ModelCall, compute_rows
 from .config import PolicyConfig
 
 
@@ -36,13 +36,13 @@ class Fora(CachePolicy):
                              f"(num_steps={num_steps})")
         super().begin(num_steps)
 
-    def run_stack(self, stack, call: CallRecord) -> torch.Tensor:
-        cfg, st, x = self.config, self.state(call.branch), stack.x
+    def run_stack(self, stack, call: ModelCall) -> torch.Tensor:
+        cfg, sts, x = self.config, self.states(call), stack.x
         after = call.step - cfg.warmup_steps
-        skip = "residual" in st and after > 0 and after % cfg.interval != 0
-        call.computed = not skip
-        if skip:
-            return x + st["residual"]
-        out = stack(x)
-        st["residual"] = out - x
+        skip = [("residual" in st and after > 0 and after % cfg.interval != 0) for st in sts]
+        out = compute_rows(stack, skip, lambda i: x[i:i + 1] + sts[i]["residual"])
+        for i, (st, rec) in enumerate(zip(sts, call)):
+            rec.computed = not skip[i]
+            if not skip[i]:
+                st["residual"] = out[i:i + 1] - x[i:i + 1]
         return out

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import register
-from .base import CachePolicy, CallRecord, may_skip, rel_l1
+from .base import CachePolicy, ModelCall, compute_rows, may_skip, rel_l1
 from .config import PolicyConfig
 
 
@@ -36,19 +36,23 @@ class TeaCache(CachePolicy):
     name = "teacache"
     config_cls = TeaCacheConfig
 
-    def run_stack(self, stack, call: CallRecord) -> torch.Tensor:
-        cfg, st, x = self.config, self.state(call.branch), stack.x
+    def run_stack(self, stack, call: ModelCall) -> torch.Tensor:
+        cfg, sts, x = self.config, self.states(call), stack.x
         mod = stack.modulated_input()
-        skip = False
-        if "residual" in st and may_skip(call, cfg.ret_ratio, cfg.force_last_step):
-            acc = st["acc"] + float(np.polyval(cfg.coefficients, rel_l1(mod, st["mod_prev"])))
-            call.drift, call.threshold = acc, cfg.threshold
-            skip = acc < cfg.threshold
-        st["mod_prev"] = mod
-        call.computed = not skip
-        if skip:
-            st["acc"] = acc
-            return x + st["residual"]
-        out = stack(x)
-        st["residual"], st["acc"] = out - x, 0.0
+        skip = []
+        for i, (st, rec) in enumerate(zip(sts, call)):  # each sample decides on its own input change
+            s = False
+            if "residual" in st and may_skip(rec, cfg.ret_ratio, cfg.force_last_step):
+                rec.drift = st["acc"] + float(np.polyval(cfg.coefficients, float(rel_l1(mod[i:i + 1], st["mod_prev"]))))
+                rec.threshold = cfg.threshold
+                s = rec.drift < cfg.threshold
+            st["mod_prev"] = mod[i:i + 1]
+            rec.computed = not s
+            skip.append(s)
+        out = compute_rows(stack, skip, lambda i: x[i:i + 1] + sts[i]["residual"])
+        for i, (st, rec) in enumerate(zip(sts, call)):
+            if skip[i]:
+                st["acc"] = rec.drift
+            else:
+                st["residual"], st["acc"] = out[i:i + 1] - x[i:i + 1], 0.0
         return out

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from . import register
-from .base import CachePolicy, CallRecord, may_skip, rel_l1
+from .base import CachePolicy, CallRecord, ModelCall, compute_rows, may_skip, rel_l1
 from .config import PolicyConfig
 from ..motion import laplacian, token_flow, warp_tokens
 
@@ -66,57 +66,66 @@ class WorldCache(CachePolicy):
     name = "worldcache"
     config_cls = WorldCacheConfig
 
-    def run_stack(self, stack, call: CallRecord) -> torch.Tensor:
-        cfg, st, x = self.config, self.state(call.branch), stack.x
+    def run_stack(self, stack, call: ModelCall) -> torch.Tensor:
+        cfg, sts, x = self.config, self.states(call), stack.x
         depth = cfg.probe_depth
         if depth >= stack.num_blocks:
             raise ValueError(f"probe_depth={depth} leaves no blocks to skip (model has {stack.num_blocks})")
-        if cfg.uncond_reuse and self._reuse_uncond(st, call):
+        if cfg.uncond_reuse and all(self._reuse_uncond(st, call) for st in sts):
             call.computed = False
-            return x + st["residuals"][-1]  # no block runs: the branch's last computed residual, held
+            # no block runs: each sample's last computed residual of the branch, held
+            return x + torch.cat([st["residuals"][-1] for st in sts])
         probe = stack(x, 0, depth)
-        motion = rel_l1(x, st["x_prev"]) if "x_prev" in st else 0.0
-        call.motion = motion
-
-        skip = False
-        if "residuals" in st and may_skip(call, cfg.ret_ratio, cfg.force_last_step):
-            drift, call.saliency = self._drift(probe, st["p_prev"])
-            acc = st["acc"] + drift
-            tau = cfg.threshold
-            if cfg.phase_aware:
-                tau *= 1 + cfg.phase_slope * call.step / call.num_steps
-            if cfg.motion_adaptive:
-                tau /= 1 + cfg.alpha * motion
-            call.drift, call.threshold = acc, tau
-            capped = 0 < cfg.max_consecutive_skips <= st["skips"]
-            vetoed = cfg.hf_veto and rel_l1(laplacian(x, stack.ctx.grid),
-                                            laplacian(st["x_prev"], stack.ctx.grid)) > cfg.hf_threshold
-            skip = acc < tau and not capped and not vetoed
-
-        if skip:
-            out = x + self._approximate(st, probe - x, x, stack.ctx.grid, call)
-            st["acc"], st["skips"] = acc, st["skips"] + 1
-        else:
-            out = stack(probe, depth)  # resume from the probe: its blocks are not run twice
-            st.setdefault("residuals", []).append(out - x)
-            st.setdefault("probe_residuals", []).append(probe - x)
-            del st["residuals"][:-2], st["probe_residuals"][:-2]
-            st["x_ref"], st["acc"], st["skips"] = x, 0.0, 0
-        call.computed = not skip
-        st["p_prev"], st["x_prev"] = probe, x
+        # per sample: its own drift, threshold and decision (row i of the batch)
+        skip = [self._decide(st, rec, x[i:i + 1], probe[i:i + 1], stack.ctx.grid)
+                for i, (st, rec) in enumerate(zip(sts, call))]
+        grid = stack.ctx.grid
+        # resume from the probe (its blocks are not run twice) on the samples that compute
+        out = compute_rows(stack, skip, lambda i: x[i:i + 1] + self._approximate(
+            sts[i], probe[i:i + 1] - x[i:i + 1], x[i:i + 1], grid, call[i]), h=probe, start=depth)
+        for i, (st, rec) in enumerate(zip(sts, call)):
+            xi, pi = x[i:i + 1], probe[i:i + 1]
+            if skip[i]:
+                st["acc"], st["skips"] = rec.drift, st["skips"] + 1
+            else:
+                st.setdefault("residuals", []).append(out[i:i + 1] - xi)
+                st.setdefault("probe_residuals", []).append(pi - xi)
+                del st["residuals"][:-2], st["probe_residuals"][:-2]
+                st["x_ref"], st["acc"], st["skips"] = xi, 0.0, 0
+            rec.computed = not skip[i]
+            st["p_prev"], st["x_prev"] = pi, xi
         return out
+
+    def _decide(self, st: dict, rec: CallRecord, x, probe, grid) -> bool:
+        """One sample: whether to skip (approximate) its block stack; fills its motion/drift/threshold."""
+        cfg = self.config
+        motion = float(rel_l1(x, st["x_prev"])) if "x_prev" in st else 0.0
+        rec.motion = motion
+        if "residuals" not in st or not may_skip(rec, cfg.ret_ratio, cfg.force_last_step):
+            return False
+        drift, rec.saliency = self._drift(probe, st["p_prev"])
+        acc = st["acc"] + drift
+        tau = cfg.threshold
+        if cfg.phase_aware:
+            tau *= 1 + cfg.phase_slope * rec.step / rec.num_steps
+        if cfg.motion_adaptive:
+            tau /= 1 + cfg.alpha * motion
+        rec.drift, rec.threshold = acc, tau  # a skip keeps acc (rec.drift) as the sample's accumulated drift
+        capped = 0 < cfg.max_consecutive_skips <= st["skips"]
+        vetoed = cfg.hf_veto and float(rel_l1(laplacian(x, grid), laplacian(st["x_prev"], grid))) > cfg.hf_threshold
+        return acc < tau and not capped and not vetoed
 
     def _drift(self, p: torch.Tensor, p_prev: torch.Tensor) -> tuple[float, float]:
         if not self.config.saliency:
-            return rel_l1(p, p_prev), float("nan")
+            return float(rel_l1(p, p_prev)), float("nan")
         sal = p_prev.float().std(dim=-1)  # (B, N): per-token spread across channels
         lo, hi = sal.amin(dim=1, keepdim=True), sal.amax(dim=1, keepdim=True)
         w = 1 + self.config.beta * (sal - lo) / (hi - lo).clamp_min(1e-12)
         diff = (p - p_prev).abs().mean(dim=-1)
         drift = (w * diff).mean(dim=1) / p_prev.abs().mean(dim=(1, 2)).clamp_min(1e-12)
-        return float(drift.max()), float(w.mean())
+        return float(drift), float(w.mean())
 
-    def _reuse_uncond(self, st: dict, call: CallRecord) -> bool:
+    def _reuse_uncond(self, st: dict, call: ModelCall) -> bool:
         """Guidance-branch caching: late in denoising the unconditional branch changes little."""
         if call.branch == "batched":
             raise ValueError("uncond_reuse needs guidance='separate': with batched guidance both branches share "

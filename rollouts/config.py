@@ -1,0 +1,82 @@
+"""Rollout settings (`RolloutConfig`) and the naming and seeding of episodes.
+
+An episode is a function of (config, base seed, episode index) alone: episode ``index`` is named
+``ep{index:06d}_s{seed}``, resets its env with ``episode_seed(seed, index)`` (start frame and the noise seed of
+every prediction) and draws its actions from ``policy_rng(seed, index)``, whichever worker, batch or run steps it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class RolloutConfig:
+    out: str = "runs/rollouts.zarr"      # store: a local path or a URL (file://, s3://, gs://: see storage_options)
+    checkpoint: str | None = None        # model folder on the driver; None: the bundled model
+    cache: str = "worldcache"            # cache policy name or YAML (configs/cache/)
+    cache_config: dict = field(default_factory=dict)  # overrides of the cache policy's fields
+    num_steps: int | None = None         # denoising steps per prediction; None: the model's default
+    episodes: int = 8
+    steps: int = 12                      # env steps (chunks) per episode
+    seed: int = 0                        # base seed: episode i uses episode_seed(seed, i), policy_rng(seed, i)
+    policy: str = "sinusoid"             # see rollouts.policies.make_policy (in Python also a policy object)
+    policy_kwargs: dict = field(default_factory=dict)
+    workers: int = 1                     # Ray actors, one model replica each
+    num_envs: int = 2                    # episodes stepped together by one actor (one batched prediction)
+    num_cpus: float = 1                  # per actor
+    num_gpus: float = 0.5                # per actor, only when the model runs on a GPU (fractional: share it)
+    device: str = "auto"                 # auto: cuda when the Ray cluster has GPUs, else cpu
+    dtype: str = "fp32"                  # model weights: bf16, fp16 or fp32 (latents stay fp32)
+    torch_threads: int | None = None     # per actor; None: max(1, int(num_cpus))
+    save_chunk_frames: bool = True       # store every predicted frame (T, chunk, H, W, 3), the video
+    max_restarts: int = 2                # Ray actor restarts after a crash
+    max_task_retries: int = 2            # Ray retries of a batch whose actor died
+    storage_options: dict = field(default_factory=dict)  # fsspec options of `out` (e.g. endpoint_url, key, secret)
+    write_queue: int = 4                 # episodes an actor may hold for its background writer before it waits
+
+    @classmethod
+    def load(cls, config: "dict | str | Path | RolloutConfig") -> "RolloutConfig":
+        """From a dict, a YAML path, or a name under configs/ (``rollout_smoke``). Unknown keys are errors."""
+        if isinstance(config, RolloutConfig):
+            return config
+        if not isinstance(config, dict):
+            import yaml
+
+            path = Path(config)
+            if not path.is_file() and (CONFIG_DIR / f"{config}.yaml").is_file():
+                path = CONFIG_DIR / f"{config}.yaml"
+            config = yaml.safe_load(path.read_text()) or {}
+        unknown = set(config) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown rollout config key(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+        cfg = cls(**config)
+        for key in ("episodes", "steps", "workers", "num_envs", "write_queue"):
+            if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
+                raise ValueError(f"rollout config {key}={getattr(cfg, key)!r}: must be an integer >= 1")
+        if cfg.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"rollout config device={cfg.device!r}: must be auto, cpu or cuda")
+        if cfg.dtype not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"rollout config dtype={cfg.dtype!r}: must be bf16, fp16 or fp32")
+        return cfg
+
+
+def episode_id(index: int, seed: int) -> str:
+    return f"ep{index:06d}_s{seed}"
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """Env seed of episode `index`: hashed from (base seed, index), so nearby base seeds share no episodes."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def policy_rng(seed: int, index: int) -> np.random.Generator:
+    """The action policy's generator of episode `index`: its own stream, independent of the env's."""
+    return np.random.default_rng([seed, index, 1])
+
+
+__all__ = ["CONFIG_DIR", "RolloutConfig", "episode_id", "episode_seed", "policy_rng"]

@@ -1,0 +1,166 @@
+"""The driver: `run_rollouts` schedules the missing episodes of a config on Ray actors, under the store's lease.
+
+Steps: open (or create) the store at ``cfg.out`` (a path or URL), take its lease (`store.acquire_lease`: a
+second driver is refused), check the store was made with the same settings (`identity.init_or_check`), remove
+leftover partial episodes, and hand batches of ``num_envs`` missing episode indices to ``workers`` actors. The
+checkpoint's files go to the actors through Ray's object store; the actors write into the store themselves.
+After the batches, every actor flushes its writer; episodes still missing (an actor died with episodes queued)
+are run again, up to ``max_task_retries`` more rounds. The lease is released at the end.
+
+Fault tolerance inside a round is Ray's: actors restart (``max_restarts``) and re-run the batch that was running
+(``max_task_retries``).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .actor import RolloutWorker
+from .config import RolloutConfig, episode_id
+from .identity import checkpoint_files, checkpoint_folder, init_or_check, rollout_attrs
+from .store import EpisodeStore, _local_path, acquire_lease, release_lease
+
+
+def _init_ray(address: str | None) -> bool:
+    """Use the caller's Ray, join `address` ("auto": a running cluster), or start a local one. True if started."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False)
+    return True
+
+
+def _resolve(cfg: RolloutConfig, **overrides) -> RolloutConfig:
+    cfg = RolloutConfig.load({**asdict(cfg), **{k: v for k, v in overrides.items() if v is not None}})
+    local = _local_path(cfg.out)
+    if local is not None:  # a local store: the same absolute path for every actor on this machine
+        cfg.out = os.path.abspath(local)
+    return cfg
+
+
+def _policy_file(cfg: RolloutConfig) -> tuple[str, bytes] | None:
+    """A torch policy file on the driver travels with the actors (as the checkpoint does)."""
+    if isinstance(cfg.policy, str) and Path(cfg.policy).is_file():
+        return Path(cfg.policy).name, Path(cfg.policy).read_bytes()
+    return None
+
+
+def run_rollouts(config, out: str | None = None, episodes: int | None = None, workers: int | None = None,
+                 address: str | None = None, progress: bool = True, break_lease: bool = False) -> dict:
+    """Roll out the missing episodes of `config` (dict, YAML path or configs/ name) into its store.
+
+    `out`, `episodes`, `workers` override the config; `address` joins a Ray cluster ("auto", "ray://...");
+    `break_lease` replaces the lease of a driver that died. Returns a summary: episodes written/skipped (already
+    in the store), partial leftovers removed, steps, rollout seconds (actors ready -> last episode written),
+    steps/s, episodes/s, mean skip rate, write_s (background writes), store_s (time the actors waited for the
+    store) and write_share = store_s / the actors' busy time.
+    """
+    cfg = _resolve(RolloutConfig.load(config), out=out, episodes=episodes, workers=workers)
+    folder = checkpoint_folder(cfg)
+    files = checkpoint_files(folder)
+    attrs = rollout_attrs(cfg, files, folder)  # validates the cache config before any actor starts
+    store = EpisodeStore(cfg.out, mode="a", storage_options=cfg.storage_options)
+    lease = acquire_lease(cfg.out, cfg.storage_options, break_lease=break_lease)
+    try:
+        store.lease = lease
+        init_or_check(store, attrs)
+        removed = store.remove_partial()
+        todo = [i for i in range(cfg.episodes) if not store.exists(episode_id(i, cfg.seed))]
+        summary = {"store": cfg.out, "episodes_written": 0, "episodes_skipped": cfg.episodes - len(todo),
+                   "partial_removed": len(removed), "steps": 0, "rollout_s": 0.0, "steps_per_s": 0.0,
+                   "episodes_per_s": 0.0, "mean_skip_rate": float("nan"), "write_s": 0.0, "store_s": 0.0,
+                   "write_share": 0.0, "workers": 0, "nodes": 0}
+        if todo:
+            summary.update(_run(cfg, files, lease, todo, store, address, progress))
+        store.consolidate()  # index of the complete episodes: listing the store reads one file
+        return summary
+    finally:
+        release_lease(cfg.out, lease, cfg.storage_options)
+
+
+def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: EpisodeStore, address, progress):
+    import ray
+    from ray.util import ActorPool
+
+    started = _init_ray(address)
+    actors = []
+    try:
+        gpu = cfg.device == "cuda" or (cfg.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+        need = {"CPU": cfg.num_cpus, **({"GPU": cfg.num_gpus} if gpu else {})}
+        have = ray.cluster_resources()
+        n_workers = min(cfg.workers, -(-len(todo) // cfg.num_envs))
+        short = [k for k, v in need.items() if v * n_workers > have.get(k, 0)]
+        if short and address is None:  # a fixed local cluster never grows: actors would wait forever
+            raise ValueError(f"{n_workers} workers need {need} each but Ray has {have.get('CPU')} CPUs / "
+                             f"{have.get('GPU', 0)} GPUs; lower workers, num_cpus or num_gpus")
+        Worker = ray.remote(RolloutWorker).options(
+            num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus if gpu else 0, max_restarts=cfg.max_restarts,
+            max_task_retries=cfg.max_task_retries)
+        files_ref = ray.put(files)  # the checkpoint reaches every node through the object store
+        actors = [Worker.remote(asdict(cfg), files_ref, "cuda" if gpu else "cpu", lease, _policy_file(cfg))
+                  for _ in range(n_workers)]
+        nodes = set(ray.get([a.ready.remote() for a in actors]))  # model loading is not rollout time
+        tot = {"episodes_written": 0, "steps": 0, "calls": 0, "computed": 0, "write_s": 0.0, "store_s": 0.0,
+               "busy_s": 0.0}
+        t0 = time.perf_counter()
+        from tqdm import tqdm
+
+        with tqdm(total=len(todo), unit="ep", disable=not progress, desc="rollouts") as bar:
+            for _ in range(1 + cfg.max_task_retries):  # a round per loss: episodes of a dead actor's queue
+                batches = [todo[k:k + cfg.num_envs] for k in range(0, len(todo), cfg.num_envs)]
+                for r in ActorPool(actors).map_unordered(lambda a, b: a.run.remote(b), batches):
+                    for k in ("steps", "calls", "computed"):
+                        tot[k] += r[k]
+                    tot["store_s"] += r["blocked_s"]
+                    tot["busy_s"] += r["task_s"]
+                    bar.update(len(r["queued"]))
+                    bar.set_postfix(steps_s=f"{tot['steps'] / (time.perf_counter() - t0):.2f}",
+                                    skip=f"{1 - tot['computed'] / max(tot['calls'], 1):.2f}")
+                errors = []
+                for f in ray.get([a.flush.remote() for a in actors]):
+                    tot["episodes_written"] += len(f["written"])
+                    tot["write_s"] += f["write_s"]
+                    tot["store_s"] += f["flush_s"]
+                    tot["busy_s"] += f["flush_s"]
+                    errors += f["errors"]
+                todo = [i for i in todo if not store.exists(episode_id(i, cfg.seed))]
+                if not todo:
+                    break
+                bar.reset(total=len(todo))
+            if todo:
+                raise RuntimeError(f"{len(todo)} episodes could not be written: {errors[:3] or todo[:5]}")
+        dt = time.perf_counter() - t0
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started:
+            ray.shutdown()
+    return {"episodes_written": tot["episodes_written"], "steps": tot["steps"], "rollout_s": dt,
+            "steps_per_s": tot["steps"] / dt, "episodes_per_s": tot["episodes_written"] / dt,
+            "mean_skip_rate": 1 - tot["computed"] / tot["calls"] if tot["calls"] else float("nan"),
+            "write_s": tot["write_s"], "store_s": tot["store_s"],
+            "write_share": tot["store_s"] / tot["busy_s"] if tot["busy_s"] else 0.0,
+            "workers": len(actors), "nodes": len(nodes)}
+
+
+def format_summary(s: dict) -> str:
+    removed = f", {s['partial_removed']} partial leftovers removed" if s.get("partial_removed") else ""
+    return (f"{s['store']}: {s['episodes_written']} episodes written, {s['episodes_skipped']} already there{removed}; "
+            f"{s['steps']} steps in {s['rollout_s']:.1f} s ({s['steps_per_s']:.2f} steps/s, "
+            f"{s['episodes_per_s']:.2f} episodes/s, {s['workers']} workers on {s['nodes']} nodes); mean skip rate "
+            f"{s['mean_skip_rate']:.2f}; store writes {s['write_s']:.2f} s in the background, the rollout waited "
+            f"{s['store_s']:.2f} s for them = {100 * s['write_share']:.1f} % of its time")
+
+
+def rollout_main(config, out: str | None = None, episodes: int | None = None, workers: int | None = None,
+                 address: str | None = None, break_lease: bool = False) -> int:
+    """`worldcache rollout CONFIG.yaml [--out STORE] [--episodes N] [--workers N] [--address A] [--break-lease]`."""
+    print(format_summary(run_rollouts(config, out=out, episodes=episodes, workers=workers, address=address,
+                                      progress=True, break_lease=break_lease)))
+    return 0
+
+
+__all__ = ["format_summary", "rollout_main", "run_rollouts"]

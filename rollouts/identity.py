@@ -1,0 +1,125 @@
+"""What a rollout store was made with: the model's files and hash, the rollout attrs, and the resume check.
+
+The model's identity is a sha256 over every file the model and the env load (`checkpoint_files`): weights and
+configs of transformer, VAE and scheduler, the action embedder, the prompt embeddings, model.json, the start
+frames and the reward head. The same files travel to the workers through Ray's object store, so no worker needs
+the driver's checkpoint path.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .config import RolloutConfig
+from .store import EpisodeStore
+
+ROLLOUT_FORMAT = 2  # 1: actions (T, chunk*A), 4 cache statistics; 2: actions (T, chunk, A), every CallRecord field
+MODEL_DIRS = ("transformer", "vae", "scheduler")
+MODEL_FILES = ("model.json", "action_embedder.safetensors", "prompt_embeds.safetensors", "start_frames.npy",
+               "reward_head.json", "reward_head.safetensors")
+# rollout attrs that may differ between runs into one store (the rest must match to resume)
+FREE_ATTRS = ("checkpoint", "num_envs")
+
+
+class RolloutFormatError(ValueError):
+    """A store written by another rollout format (an older worldcache)."""
+
+
+def checkpoint_folder(cfg: RolloutConfig) -> Path:
+    if cfg.checkpoint is not None:
+        return Path(cfg.checkpoint)
+    from worldcache.world_model import BUNDLED
+
+    return BUNDLED
+
+
+def checkpoint_files(folder: str | Path) -> dict[str, bytes]:
+    """Every file the model and env load from `folder`, by relative path (sorted), with its bytes."""
+    folder = Path(folder)
+    if not (folder / "model.json").is_file():
+        raise FileNotFoundError(f"{folder}: not a model folder (no model.json)")
+    paths = [folder / n for n in MODEL_FILES if (folder / n).is_file()]
+    paths += [p for d in MODEL_DIRS for p in sorted((folder / d).rglob("*")) if p.is_file()]
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(paths)}
+
+
+def model_sha256(files: dict[str, bytes] | str | Path) -> str:
+    """sha256 over every loaded file's relative path and bytes: the model's identity."""
+    if not isinstance(files, dict):
+        files = checkpoint_files(files)
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}\0{len(files[name])}\0".encode())
+        h.update(files[name])
+    return h.hexdigest()
+
+
+def write_files(files: dict[str, bytes], folder: str | Path) -> Path:
+    """Materialise `files` (from `checkpoint_files`) under `folder` (a worker's local copy)."""
+    folder = Path(folder)
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def _qualname(obj) -> str:
+    """A stable name for an in-process policy object (a repr would hold its address and never match again)."""
+    f = obj if hasattr(obj, "__qualname__") else type(obj)
+    return f"{f.__module__}:{f.__qualname__}"
+
+
+def rollout_attrs(cfg: RolloutConfig, files: dict[str, bytes], folder: Path) -> dict:
+    """The store's root attrs ``rollout``: everything an episode depends on, plus the format version."""
+    from worldcache.cache import load_policy
+    from worldcache.world_model import WorldModelSpec
+
+    spec = WorldModelSpec(**json.loads(files["model.json"]))
+    cache = load_policy(cfg.cache, **cfg.cache_config)  # validates the cache config before any actor starts
+    attrs = {
+        "model_sha256": model_sha256(files),
+        "checkpoint": str(folder),
+        "cache": {"policy": cache.name, **cache.config.as_dict()},
+        "env": {"steps": cfg.steps, "num_steps": cfg.num_steps or spec.num_steps, "chunk": spec.chunk,
+                "action_shape": [spec.chunk, spec.action_dim], "fps": spec.fps,
+                "frame_shape": [spec.height, spec.width, 3], "save_chunk_frames": cfg.save_chunk_frames,
+                "dtype": cfg.dtype},
+        "num_envs": cfg.num_envs,
+        "policy": cfg.policy if isinstance(cfg.policy, str) else _qualname(cfg.policy),
+        "policy_kwargs": cfg.policy_kwargs,
+        "seed": cfg.seed,
+        "format_version": ROLLOUT_FORMAT,
+    }
+    return json.loads(json.dumps(attrs, default=str))  # as stored (tuples -> lists), so comparisons are exact
+
+
+def check_format(store: EpisodeStore) -> dict:
+    """The store's ``rollout`` attrs; `RolloutFormatError` for a store of another rollout format."""
+    ro = store.attrs.get("rollout")
+    if ro is None:
+        raise RolloutFormatError(f"{store.path}: not a rollout store (no 'rollout' attrs)")
+    if ro.get("format_version") != ROLLOUT_FORMAT:
+        raise RolloutFormatError(
+            f"{store.path}: rollout format {ro.get('format_version')!r}, this worldcache reads format "
+            f"{ROLLOUT_FORMAT} (actions (T, chunk, A), every cache statistic). Format 1 stores were written by an "
+            f"older worldcache: read them with that version, or roll out again into a new store")
+    return ro
+
+
+def init_or_check(store: EpisodeStore, attrs: dict) -> None:
+    """New store: record `attrs`. Existing one: it must have been written with the same settings (resume)."""
+    if store.attrs.get("rollout") is None:
+        if len(store):
+            raise ValueError(f"{store.path}: holds episodes that are not rollouts of this runner (no 'rollout' attrs)")
+        store.attrs.update({"rollout": attrs, "frame_shape": attrs["env"]["frame_shape"]})
+        return
+    old = check_format(store)
+    diff = sorted(k for k in set(old) | set(attrs) if k not in FREE_ATTRS and old.get(k) != attrs.get(k))
+    if diff:
+        raise ValueError(f"{store.path}: was written with different {diff} (stored {[old.get(k) for k in diff]}, "
+                         f"config {[attrs.get(k) for k in diff]}); use another --out")
+
+
+__all__ = ["FREE_ATTRS", "ROLLOUT_FORMAT", "RolloutFormatError", "check_format", "checkpoint_files",
+           "checkpoint_folder", "init_or_check", "model_sha256", "rollout_attrs", "write_files"]
