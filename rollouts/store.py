@@ -464,7 +464,8 @@ class EpisodeStore(Mapping):
                 raise ValueError(f"bad extra array name {name!r} (a core name, or not a/b/c of simple names)")
             val = np.asarray(val)
             if val.ndim == 0 or val.shape[0] not in (T, T + 1):
-                raise ValueError(f"extra {name!r} must have first dim T={T} (per step) or T+1 (per frame), got {val.shape}")
+                raise ValueError(f"extra {name!r} must have first dim T={T} (per step) or T+1 (per frame), "
+                                 f"got {val.shape}")
             if val.dtype == object:
                 raise TypeError(f"extra {name!r} has dtype object; use a numeric/bool array")
             out[name] = val

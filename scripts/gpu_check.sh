@@ -58,9 +58,9 @@ for dt in ("bf16", "fp32"):
     p = d / f"bench_{dt}.json"
     if p.exists():
         b = json.loads(p.read_text())
+        keys = ("label", "denoising_speedup", "env_step_speedup", "psnr", "computed_fraction")
         out[f"bench_{dt}"] = {"uncached": b.get("uncached"), "machine": b.get("machine"),
-                              "rows": [{k: r.get(k) for k in ("label", "denoising_speedup", "env_step_speedup", "psnr", "computed_fraction")}
-                                       for r in b.get("rows", [])]}
+                              "rows": [{k: r.get(k) for k in keys} for r in b.get("rows", [])]}
 (d / "gpu_check.json").write_text(json.dumps(out, indent=2) + "\n")
 print(json.dumps(out, indent=2))
 EOF

@@ -85,7 +85,8 @@ def three_calls(policy):
 
 def test_least_squares_gamma_is_inner_product_ratio():
     # a = rho_2 - rho_0 = (2, 1, 3, 0), b = rho_1 - rho_0 = (1, 2, 0, 1): <a,b>/<b,b> = 4 / 6
-    gamma, out, expected = three_calls(make_policy("worldcache", threshold=1e9, ret_ratio=0.2, **{**OFF, "blend": True}))
+    policy = make_policy("worldcache", threshold=1e9, ret_ratio=0.2, **{**OFF, "blend": True})
+    gamma, out, expected = three_calls(policy)
     assert gamma == pytest.approx(4 / 6, abs=1e-12)
     torch.testing.assert_close(out, expected)
 

@@ -118,7 +118,8 @@ def ablation_grid() -> list[BenchConfig]:
     rows = [BenchConfig(f"worldcache {'-' if getattr(default, p) else '+'}{p}", "worldcache",
                         {p: not getattr(default, p)}, "ablation") for p in ABLATION_PARTS]
     rows.append(BenchConfig("worldcache -all", "worldcache", dict.fromkeys(ABLATION_PARTS, False), "ablation"))
-    rows.append(BenchConfig("worldcache paper defaults", str(CACHE_CONFIG_DIR / "worldcache_paper.yaml"), {}, "ablation"))
+    paper = str(CACHE_CONFIG_DIR / "worldcache_paper.yaml")
+    rows.append(BenchConfig("worldcache paper defaults", paper, {}, "ablation"))
     return rows
 
 

@@ -293,7 +293,8 @@ class TaylorSeerPolicyConfig(PolicyConfig):
                       ("max_order", 0)):
             self.require(k, isinstance(getattr(self, k), int) and getattr(self, k) >= lo, f"must be an integer >= {lo}")
         self.require("taylor_factors_dtype", self.taylor_factors_dtype in _DTYPES, f"must be one of {list(_DTYPES)}")
-        ok = isinstance(self.cache_identifiers, (list, tuple)) and all(isinstance(p, str) for p in self.cache_identifiers)
+        ids = self.cache_identifiers
+        ok = isinstance(ids, (list, tuple)) and all(isinstance(p, str) for p in ids)
         if ok:
             try:
                 [re.compile(p) for p in self.cache_identifiers]
