@@ -46,7 +46,7 @@ class WorldSim:
             raise ValueError(f"chunk={chunk} does not match the model's chunk {s.chunk} (frames per prediction)")
         self.num_steps = int(num_steps or s.num_steps)
         self.timings = bool(timings)
-        self.records: list = []  # the CallRecords of the last prediction (NaN marks what a policy does not measure)
+        self.records: list = []  # per sample, its CallRecords of the last prediction (NaN: not measured)
         if isinstance(cache, CachePolicy):
             if cache_config:
                 raise ValueError("cache_config only applies when cache is a policy name or YAML path")
@@ -169,7 +169,8 @@ class WorldSim:
                 "skipped": sum(not r.computed for r in recs),
                 "computed": np.array([r.computed for r in recs], bool),
             }
-            for key, values in record_arrays(recs, STAT_KEYS).items():
+            for key in STAT_KEYS:
+                values = np.array([getattr(r, key) for r in recs], np.float64)
                 if np.isfinite(values).all():
                     info[key] = values
             if self.timings:
@@ -182,11 +183,6 @@ class WorldSim:
 
     def close(self) -> None:
         self.policy.detach()  # hook-based policies attach to the (possibly shared) model
-
-
-def record_arrays(records, keys=STAT_KEYS) -> dict[str, np.ndarray]:
-    """Per-call float arrays of CallRecord fields (NaN where the policy does not measure one)."""
-    return {key: np.array([getattr(r, key) for r in records], np.float64) for key in keys}
 
 
 def check_view_args(obs_mode: str, history: int, render_mode: str | None, render_modes: list[str]) -> None:
