@@ -47,7 +47,9 @@ def _train(args) -> int:
     cfg = TrainConfig(data=args.data, out=args.out, stages=tuple(args.stages), vae_steps=args.vae_steps,
                       dit_steps=args.dit_steps, dit_batch=args.dit_batch, dit_lr=args.dit_lr,
                       reward_steps=args.reward_steps, seed=args.seed, threads=args.threads, device=args.device,
-                      bf16=args.bf16, init_from=args.init_from)
+                      bf16=args.bf16, init_from=args.init_from, vae_from=args.vae_from, num_layers=args.layers,
+                      heads=args.heads, head_dim=args.head_dim, dit_minutes=args.dit_minutes,
+                      vae_minutes=args.vae_minutes)
     print(f"model written to {Trainer(cfg).run()}")
     return 0
 
@@ -197,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--episodes", type=int, default=240)
     m.add_argument("--env-steps", type=int, default=48, help="env steps per episode")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--height", type=int, default=64)
-    m.add_argument("--width", type=int, default=80)
+    m.add_argument("--height", type=int, default=80)
+    m.add_argument("--width", type=int, default=96)
     m.add_argument("--policy", default="mixed", help="exploration policy: mixed, scripted or random")
     m.set_defaults(func=_make_data)
 
@@ -217,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on AVX512-BF16 CPUs and GPUs)")
     t.add_argument("--init-from", default=None, metavar="DIR",
                    help="start from this checkpoint's transformer + VAE with a fresh action embedder")
+    t.add_argument("--vae-from", default=None, metavar="DIR", help="start the VAE from this checkpoint's VAE")
+    t.add_argument("--layers", type=int, default=12, help="DiT blocks of a new model (default 12)")
+    t.add_argument("--heads", type=int, default=4, help="attention heads of a new model (default 4)")
+    t.add_argument("--head-dim", type=int, default=32, help="width of a head of a new model (default 32)")
+    t.add_argument("--dit-minutes", type=float, default=None,
+                   help="train the DiT about this long: its step count is set from the measured step rate")
+    t.add_argument("--vae-minutes", type=float, default=None, help="the same for the VAE stage")
     t.set_defaults(func=_train)
 
     cv = sub.add_parser("convert", help="NVIDIA's action-conditioned Cosmos checkpoint -> a WorldModel folder")

@@ -1,9 +1,12 @@
 """MuJoCo ``Pusher-v5`` data for the action-conditioned world model.
 
-* ``PusherRenderer``: the env with a fixed close-up camera, rendering small frames
-  (default 64x80, what the world model uses: 8x downsampled to 8x10 latents).
-* Exploration policies (``make_policy``): ``random`` (uniform torques), ``scripted``
-  (a damped-least-squares reach-and-push controller with a noise level), ``mixed``.
+* ``PusherRenderer``: the env with a fixed camera that keeps the whole arm, the object and the goal in view,
+  rendering small frames (default 80x96: 20x24 latents, 10x12 tokens per latent frame). Its actions are
+  end-effector (fingertip) position deltas, x20 as the real robot model's Bridge actions are, executed by a
+  damped-least-squares IK controller at the simulator's substep rate: the effect of an action is visible in the
+  next frame, so a frame-conditioned model can predict it.
+* Exploration policies (``make_policy``): ``random`` (correlated random deltas), ``scripted``
+  (a reach-and-push controller in fingertip space with a noise level), ``mixed``.
 * ``generate``: writes seeded, reproducible, resumable episodes into an ``EpisodeStore``.
 * ``real_rollout``: one episode in the real simulator for a given policy, for fidelity checks.
 
@@ -36,11 +39,14 @@ import numpy as np
 from worldcache.rollouts.store import EpisodeStore
 
 ENV_ID = "Pusher-v5"
-# Fixed camera: from beyond the object area (+x side), tilted 60 deg down, looking back toward
-# the arm base. The object/goal spawn area fills the middle of the frame (object ~8 px, goal
-# ~12 px wide at 64x80); the arm enters from the upper left and stays in view while reaching.
-CAMERA = {"trackbodyid": -1, "distance": 1.0, "elevation": -60.0, "azimuth": 180.0,
-          "lookat": [0.4, -0.28, -0.3]}
+# Fixed camera, 70 deg down from beyond the object area: the whole arm (base to fingertip, at rest and at full
+# reach), the object spawn area and the goal stay in view in every frame, so the frame holds the arm's pose. At
+# 80x96 the object is ~5 px and the goal ~8 px wide (at 64x80 they shrink to ~4 and ~6 px).
+CAMERA = {"trackbodyid": -1, "distance": 1.9, "elevation": -70.0, "azimuth": 180.0,
+          "lookat": [0.2, -0.2, -0.3]}
+HEIGHT, WIDTH = 80, 96
+ACTION_SCALE = 20.0  # action = fingertip position delta per control step x 20 (m/s), as Bridge's deltas x20
+ACTION_LIMIT = 1.0   # per axis: at most 5 cm per 0.05 s step
 SUPERSAMPLE = 2  # render 2x and area-downsample: anti-aliasing far cheaper than MSAA in software GL
 POLICIES = ("random", "scripted", "mixed")
 
@@ -54,10 +60,38 @@ def _camera(camera: dict | None) -> dict:
     return cam
 
 
-class PusherRenderer:
-    """``gymnasium.make("Pusher-v5")`` with a fixed camera and fast small-frame rendering."""
+# Pusher-v5 observation: qpos[:7], qvel[:7], tips_arm (3), object (3), goal (3).
+TIP, OBJ, GOAL = slice(14, 17), slice(17, 20), slice(20, 23)
+Z_LOW, Z_HOVER = -0.28, -0.15            # fingertip height at the object / when travelling
+REST_POSE = np.array([0.0, 0.6, 0.0, -1.4, 0.0, -0.6, 0.0])  # bent elbow: avoids the straight-arm singularity
+# Pusher-v5's reward weights: reward = -W_DIST |object - goal| - W_NEAR |tip - object| - W_CTRL |a|^2
+W_DIST, W_NEAR, W_CTRL = 1.0, 0.5, 0.1
 
-    def __init__(self, height: int = 64, width: int = 80, camera: dict | None = None,
+
+def control_cost(actions: np.ndarray) -> np.ndarray:
+    """The task's exact control cost of (..., 3) actions: ``W_CTRL * |a|^2`` per step (a in action units)."""
+    return W_CTRL * np.square(np.asarray(actions, np.float64)).sum(-1)
+
+
+def task_reward(tip: np.ndarray, obj: np.ndarray, goal: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """Pusher's reward formula on (..., 3) positions, with the control cost taken on the end-effector actions."""
+    dist = np.linalg.norm(np.asarray(obj, np.float64) - goal, axis=-1)
+    near = np.linalg.norm(np.asarray(tip, np.float64) - obj, axis=-1)
+    return -W_DIST * dist - W_NEAR * near - control_cost(actions)
+
+
+class PusherRenderer:
+    """``gymnasium.make("Pusher-v5")`` with a fixed camera, fast small-frame rendering, and end-effector actions.
+
+    ``step(action)``: ``action`` (3,) is the fingertip's position delta for this 0.05 s step x ``ACTION_SCALE``,
+    clipped to ``ACTION_LIMIT``. The target (tip + delta) is tracked at every 0.01 s simulator substep by a
+    damped-least-squares inverse of the fingertip Jacobian (joint velocities toward the target, plus a
+    null-space pull to a bent-elbow rest pose) and a velocity-tracking torque, clipped to Pusher's torque range.
+    """
+
+    kp, kv, k_rest, damping = 60.0, 8.0, 1.0, 0.05  # kp: 1/s toward the target; kv: torque per rad/s
+
+    def __init__(self, height: int = HEIGHT, width: int = WIDTH, camera: dict | None = None,
                  max_episode_steps: int | None = None, supersample: int = SUPERSAMPLE):
         self.height, self.width, self.supersample = height, width, supersample
         self.camera = _camera(camera)
@@ -69,7 +103,10 @@ class PusherRenderer:
         vis.quality.shadowsize = 0   # shadow maps cost ~5x per frame in software GL
         vis.quality.offsamples = 0   # no MSAA; supersampling instead
         self.dt = float(self.env.unwrapped.dt)
-        self.action_space = self.env.action_space
+        self.action_space = gym.spaces.Box(-ACTION_LIMIT, ACTION_LIMIT, (3,), np.float32)
+        self.torque_space = self.env.action_space
+        self._body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "tips_arm")
+        self._jacp = np.zeros((3, self.model.nv))
 
     @property
     def model(self) -> mujoco.MjModel:
@@ -83,8 +120,27 @@ class PusherRenderer:
         obs, _ = self.env.reset(seed=seed)
         return obs
 
+    def torque(self, obs: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Joint torques that move the fingertip toward ``target`` (the DLS IK controller, one substep)."""
+        mujoco.mj_jacBodyCom(self.model, self.data, self._jacp, None, self._body)
+        J = self._jacp[:, :7]
+        J_pinv = J.T @ np.linalg.inv(J @ J.T + self.damping ** 2 * np.eye(3))
+        q, qd = obs[:7], obs[7:14]
+        dq = J_pinv @ (self.kp * (target - obs[TIP])) + (np.eye(7) - J_pinv @ J) @ (self.k_rest * (REST_POSE - q))
+        return np.clip(self.kv * (dq - qd), self.torque_space.low, self.torque_space.high)
+
     def step(self, action):
-        return self.env.step(action)
+        """One 0.05 s step of an end-effector action: ``(obs, reward, terminated, truncated, info)``, Pusher-v5's
+        observation, and the task reward with the control cost on the action (``task_reward``)."""
+        action = np.clip(np.asarray(action, np.float64).reshape(3), -ACTION_LIMIT, ACTION_LIMIT)
+        u = self.env.unwrapped
+        obs = u._get_obs()
+        target = obs[TIP] + action / ACTION_SCALE
+        for _ in range(u.frame_skip):
+            u.do_simulation(self.torque(obs, target), 1)
+            obs = u._get_obs()
+        reward = float(task_reward(obs[TIP], obs[OBJ], obs[GOAL], action))
+        return obs, reward, False, False, {}
 
     def render(self) -> np.ndarray:
         """Current frame, uint8 (H, W, 3) RGB."""
@@ -104,35 +160,20 @@ class PusherRenderer:
 
 
 # ---------------------------------------------------------------------------------- policies
-# Pusher-v5 observation: qpos[:7], qvel[:7], tips_arm (3), object (3), goal (3).
-TIP, OBJ, GOAL = slice(14, 17), slice(17, 20), slice(20, 23)
-Z_LOW, Z_HOVER = -0.28, -0.15            # fingertip height at the object / when travelling
-REST_POSE = np.array([0.0, 0.6, 0.0, -1.4, 0.0, -0.6, 0.0])  # bent elbow: avoids the straight-arm singularity
-
-
 class ScriptedPolicy:
-    """Reach the object (travel above the table, descend when close), and once the object is
-    between the fork's fingers drag/push it toward the goal.
+    """Reach the object (travel above the table, descend when close), and once the object is between the fork's
+    fingers push it toward the goal: a fingertip target, and the action is the clipped delta toward it.
 
-    Control: damped-least-squares inverse of the fingertip Jacobian gives joint velocities
-    toward the Cartesian target (plus a null-space pull to a bent-elbow rest pose); torques
-    are a velocity-tracking P term. ``noise`` in [0, 1] blends the torque with temporally
-    correlated random torques (0: clean controller, 1: pure correlated noise), so policies of
-    clearly different quality come from one knob.
+    ``noise`` in [0, 1] blends the action with temporally correlated random actions (0: clean controller,
+    1: pure correlated noise), so policies of clearly different quality come from one knob.
     """
 
-    kp, kv, k_rest, damping = 5.0, 0.5, 1.0, 0.05  # kv >~ 1 chatters at the 20 Hz control rate
     cage_radius, push_step = 0.05, 0.1
     noise_rho = 0.8  # AR(1) noise: correlated over ~5 steps so it actually displaces the arm
 
-    def __init__(self, env: PusherRenderer | gym.Env, rng: np.random.Generator, noise: float = 0.0):
-        u = env.env.unwrapped if isinstance(env, PusherRenderer) else env.unwrapped
-        self.model, self.data = u.model, u.data
-        self.body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "tips_arm")
-        self.jacp = np.zeros((3, self.model.nv))
+    def __init__(self, env: PusherRenderer, rng: np.random.Generator, noise: float = 0.0):
         self.rng, self.noise = rng, float(noise)
-        self.low, self.high = u.action_space.low, u.action_space.high
-        self._n = np.zeros(7)
+        self._n = np.zeros(3)
 
     def target(self, obs: np.ndarray) -> np.ndarray:
         tip, obj, goal = obs[TIP], obs[OBJ], obs[GOAL]
@@ -144,24 +185,19 @@ class ScriptedPolicy:
         return np.r_[obj[:2], Z_HOVER if dist > 0.08 else Z_LOW]  # travel high, descend when close
 
     def control(self, obs: np.ndarray) -> np.ndarray:
-        mujoco.mj_jacBodyCom(self.model, self.data, self.jacp, None, self.body)
-        J = self.jacp[:, :7]
-        J_pinv = J.T @ np.linalg.inv(J @ J.T + self.damping ** 2 * np.eye(3))
-        q, qd = obs[:7], obs[7:14]
-        dq = J_pinv @ (self.kp * (self.target(obs) - obs[TIP]))
-        dq += (np.eye(7) - J_pinv @ J) @ (self.k_rest * (REST_POSE - q))
-        return self.kv * (dq - qd)
+        """The clean action: the delta to the target, x20, clipped to the action box."""
+        return np.clip(ACTION_SCALE * (self.target(obs) - obs[TIP]), -ACTION_LIMIT, ACTION_LIMIT)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         a = self.control(obs)
         if self.noise > 0:
-            self._n = self.noise_rho * self._n + np.sqrt(1 - self.noise_rho ** 2) * self.rng.standard_normal(7)
-            a = (1 - self.noise) * a + self.noise * self.high * self._n
-        return np.clip(a, self.low, self.high).astype(np.float32)
+            self._n = self.noise_rho * self._n + np.sqrt(1 - self.noise_rho ** 2) * self.rng.standard_normal(3)
+            a = (1 - self.noise) * a + self.noise * ACTION_LIMIT * self._n
+        return np.clip(a, -ACTION_LIMIT, ACTION_LIMIT).astype(np.float32)
 
 
 class RandomPolicy:
-    """Uniform i.i.d. torques in the action box."""
+    """Uniform i.i.d. actions in the action box."""
 
     def __init__(self, env, rng: np.random.Generator):
         space = env.action_space
@@ -173,7 +209,7 @@ class RandomPolicy:
 
 class MixedPolicy:
     """Scripted controller whose noise level is drawn per episode, interleaved with bursts
-    of uniform random torques, so the data covers purposeful and random motion."""
+    of uniform random actions, so the data covers purposeful and random motion."""
 
     def __init__(self, env, rng: np.random.Generator, noise: float | None = None, burst_p: float = 0.04):
         self.noise = float(rng.uniform(0.0, 0.8)) if noise is None else float(noise)
@@ -213,7 +249,7 @@ def _rollout(renderer: PusherRenderer, policy: Policy, seed: int, steps: int) ->
     obs = renderer.reset(seed=seed)
     frames = np.empty((steps + 1, renderer.height, renderer.width, 3), np.uint8)
     states = np.empty((steps + 1, obs.shape[0]), np.float32)
-    actions = np.empty((steps, 7), np.float32)
+    actions = np.empty((steps, renderer.action_space.shape[0]), np.float32)
     rewards = np.empty(steps, np.float32)
     term, trunc = np.zeros(steps, bool), np.zeros(steps, bool)
     frames[0], states[0] = renderer.render(), obs
@@ -221,21 +257,19 @@ def _rollout(renderer: PusherRenderer, policy: Policy, seed: int, steps: int) ->
         actions[t] = policy(obs)
         obs, r, te, tr, _ = renderer.step(actions[t])
         frames[t + 1], states[t + 1] = renderer.render(), obs
-        rewards[t], term[t], trunc[t] = r, te, tr
-        if te or tr:  # Pusher never terminates; truncation only at the time limit = steps
-            if t != steps - 1:
-                raise RuntimeError(f"episode ended early at step {t} (terminated={te}, truncated={tr})")
+        rewards[t], term[t] = r, te
+    trunc[-1] = True  # Pusher never terminates; the episode is cut at the time limit = steps
     return {"obs": frames, "actions": actions, "rewards": rewards, "terminated": term,
             "truncated": trunc, "state": states}
 
 
 def real_rollout(policy_fn: Callable[[np.ndarray], np.ndarray] | str, seed: int, steps: int = 48,
-                 height: int = 64, width: int = 80, camera: dict | None = None,
+                 height: int = HEIGHT, width: int = WIDTH, camera: dict | None = None,
                  noise: float | None = None, renderer: PusherRenderer | None = None) -> dict[str, np.ndarray]:
     """Run one episode in the real simulator.
 
     ``policy_fn``: a policy name (see ``make_policy``; seeded from ``seed``) or a callable
-    ``obs (23,) -> action (7,)``. Returns ``obs`` (T+1,H,W,3) uint8 frames incl. the reset
+    ``obs (23,) -> action (3,)`` (end-effector delta x20). Returns ``obs`` (T+1,H,W,3) uint8 frames incl. the reset
     frame, ``actions`` (T,7) float32, ``rewards`` (T,), ``terminated``/``truncated`` (T,),
     ``state`` (T+1,23) Pusher observations (tips_arm/object/goal positions at [14:23]).
     Pass a ``renderer`` (with ``max_episode_steps=steps``) to reuse one across calls.
@@ -253,7 +287,7 @@ def real_rollout(policy_fn: Callable[[np.ndarray], np.ndarray] | str, seed: int,
 
 
 def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, seed: int = 0,
-             height: int = 64, width: int = 80, policy: str = "mixed", progress: bool = True,
+             height: int = HEIGHT, width: int = WIDTH, policy: str = "mixed", progress: bool = True,
              camera: dict | None = None) -> dict[str, Any]:
     """Generate ``episodes`` episodes of ``steps`` steps into the EpisodeStore at ``out_path``
     (created if missing). Episode ``i`` has id ``f"seed{seed}_ep{i:05d}"`` and is fully
@@ -268,7 +302,9 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
     config = {"env_id": ENV_ID, "height": height, "width": width, "camera": camera,
               "supersample": renderer.supersample, "steps": steps, "fps": 1.0 / renderer.dt,
               "dt": renderer.dt, "action_low": renderer.action_space.low.tolist(),
-              "action_high": renderer.action_space.high.tolist()}
+              "action_high": renderer.action_space.high.tolist(), "actions": "end-effector delta x20",
+              "controller": {"kp": renderer.kp, "kv": renderer.kv, "k_rest": renderer.k_rest,
+                             "damping": renderer.damping}}
     store = EpisodeStore(out_path, mode="a")
     if "generator" in store.attrs:  # resuming: refuse to mix incompatible episodes in one store
         old = store.attrs["generator"]
@@ -277,7 +313,7 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
             renderer.close()
             raise ValueError(f"{out_path} was generated with different settings (old, new): {diff}")
     else:
-        store.attrs.update({"generator": config, "frame_shape": [height, width, 3], "action_dim": 7})
+        store.attrs.update({"generator": config, "frame_shape": [height, width, 3], "action_dim": int(renderer.action_space.shape[0])})
     runs = dict(store.attrs.get("runs", {}))
     runs[f"seed{seed}_{policy}"] = {"seed": seed, "policy": policy, "episodes": episodes}
     store.attrs["runs"] = runs

@@ -4,6 +4,17 @@ of the data's episodes, from which the env samples its starts.
 
 `init_from` starts from an existing checkpoint's transformer + VAE (and prompts, spec, reward head) with a fresh
 zero-initialised action embedder, e.g. to move a model trained with another action-embedder structure over.
+`vae_from` takes only the VAE weights of an existing checkpoint (same VAE architecture), e.g. to fine-tune it on
+frames of another camera rather than train it from scratch.
+
+New models follow the real action-conditioned Cosmos 2.5 conventions (``../shared/REAL_MODEL.md`` section 5):
+the conditioning frame gets the noisy frames' timestep, NVIDIA's sigmas, the quantised timestep, the fp32
+timestep embedding, no learnable extra positional embedding. The architecture (layers, heads, head width) and the
+action box come from the config and the data.
+
+``dit_minutes`` / ``vae_minutes``: train for about that long instead of a fixed step count. The stage times its
+first steps and sets its step count (and so its cosine schedule) from the rate; the count is recorded and a
+resumed run keeps it.
 
 Resumable: every `save_every` steps the stage's state (weights, optimiser, step, RNG) goes to
 ``OUT/state_<stage>.pt``; re-running the same command continues from it. The exported checkpoint lands in
@@ -49,6 +60,12 @@ class TrainConfig:
     device: str = "cpu"          # "cuda" when a GPU is at hand; the export is always written from CPU
     bf16: bool = False           # bf16 autocast: ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs
     init_from: str | None = None  # start from this checkpoint's transformer + VAE, with a fresh action embedder
+    vae_from: str | None = None   # start the VAE from this checkpoint's VAE weights
+    num_layers: int = 12          # DiT architecture of a new model: blocks, heads, head width
+    heads: int = 4
+    head_dim: int = 32
+    dit_minutes: float | None = None  # train about this long (sets dit_steps from the measured step rate)
+    vae_minutes: float | None = None
 
 
 def load_episodes(path: str) -> tuple[list[dict], dict]:
@@ -81,26 +98,40 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         episodes, self.data_attrs = load_episodes(cfg.data)
         self.train_eps, self.held_eps = split(episodes, cfg.holdout)
-        h, w = self.train_eps[0]["obs"].shape[1:3]
-        a = self.train_eps[0]["actions"].shape[1]
-        spec = WorldModelSpec(height=h, width=w, action_dim=a, action_low=[-2.0] * a, action_high=[2.0] * a,
-                              fps=float(self.data_attrs.get("fps", 20.0)))
         self.device = torch.device(cfg.device)
         if model is None and cfg.init_from:
             torch.manual_seed(cfg.seed)
             model = WorldModel.from_pretrained(cfg.init_from, fresh_action_embedder=True)
-        self.model = (model or WorldModel.build(spec, seed=cfg.seed)).to(self.device)
+        if model is None:
+            model = WorldModel.build(self._spec(), num_layers=cfg.num_layers, hidden_heads=cfg.heads,
+                                     head_dim=cfg.head_dim, seed=cfg.seed)
+        if cfg.vae_from:
+            model.vae.load_state_dict(WorldModel.from_pretrained(cfg.vae_from).vae.state_dict())
+        self.model = model.to(self.device)
         old = self.out / "model" / "training.json"  # stages may run in separate commands: keep both records
         self.record = json.loads(old.read_text()) if old.exists() else {}
         self.record.update({"command": " ".join(sys.argv), "config": asdict(self.cfg), "data_attrs": self.data_attrs,
                             "train_episodes": len(self.train_eps), "heldout_episodes": len(self.held_eps)})
 
+    def _spec(self) -> WorldModelSpec:
+        """A new model's spec: frame size and action box from the data, sampling conventions of the real model."""
+        h, w = self.train_eps[0]["obs"].shape[1:3]
+        a = self.train_eps[0]["actions"].shape[1]
+        gen = self.data_attrs.get("generator", {})
+        return WorldModelSpec(height=h, width=w, action_dim=a, action_low=list(gen.get("action_low", [-1.0] * a)),
+                              action_high=list(gen.get("action_high", [1.0] * a)),
+                              fps=float(gen.get("fps", self.data_attrs.get("fps", 20.0))), cond_frame_timestep=None,
+                              cosmos_sigmas=True, quantise_timestep=True, fp32_time_embedding=True)
+
     # --- generic resumable loop --------------------------------------------------------------------------------
-    def _run(self, stage: str, module: torch.nn.Module, steps: int, lr: float, loss_fn) -> list[float]:
+    def _run(self, stage: str, module: torch.nn.Module, steps: int, lr: float, loss_fn,
+             minutes: float | None = None) -> list[float]:
+        """Train `module` for `steps` steps (or about `minutes`: see the module doc); returns the losses."""
         state_file = self.out / f"state_{stage}.pt"
         opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+        total = [steps]  # the schedule reads it: a timed run sets it after its first steps
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (
-            1 + math.cos(math.pi * min(s, steps) / steps)))
+            1 + math.cos(math.pi * min(s, total[0]) / total[0])))
         rng = np.random.default_rng([self.cfg.seed, ("vae", "dit").index(stage)])
         step, losses = 0, []
         if state_file.exists():
@@ -111,9 +142,22 @@ class Trainer:
             rng.bit_generator.state = st["rng"]
             torch.set_rng_state(st["torch_rng"].cpu())
             step, losses = st["step"], st["losses"]
+            total[0] = st.get("total", steps)
+            minutes = None  # a resumed run keeps the step count it set
         module.train()
-        bar = tqdm(total=steps, initial=step, desc=f"train {stage}", unit="step", dynamic_ncols=True)
-        while step < steps:
+        bar = tqdm(total=total[0], initial=step, desc=f"train {stage}", unit="step", dynamic_ncols=True)
+        timer, probe = time.perf_counter(), step + 20
+        while step < total[0] or (minutes is not None and step < probe):
+            if minutes is not None and step == probe:  # rate measured over 20 steps (after 1 warm-up)
+                rate = (time.perf_counter() - timer) / 19
+                total[0] = max(probe, int(minutes * 60 / rate))
+                minutes = None
+                bar.total = total[0]
+                bar.refresh()
+                if step >= total[0]:
+                    break
+            if step == probe - 19:
+                timer = time.perf_counter()
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
                 loss = loss_fn(rng)
             opt.zero_grad(set_to_none=True)
@@ -125,11 +169,11 @@ class Trainer:
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-            if step % self.cfg.save_every == 0 or step == steps:
+            if step % self.cfg.save_every == 0 or step == total[0]:
                 tmp = state_file.with_suffix(".tmp")  # write then rename: a kill never leaves a broken state
                 torch.save({"model": self.model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-                            "losses": losses}, tmp)
+                            "losses": losses, "total": total[0]}, tmp)
                 tmp.replace(state_file)
         bar.close()
         module.eval()
@@ -150,8 +194,8 @@ class Trainer:
             rec = vae.decode(post.mode() + post.std * torch.randn_like(post.std)).sample.float()
             return (rec - x).abs().mean() + ((rec - x) ** 2).mean() + self.cfg.kl_weight * post.kl().mean()
 
-        losses = self._run("vae", vae, self.cfg.vae_steps, self.cfg.vae_lr, loss_fn)
-        self.record["vae"] = {"steps": self.cfg.vae_steps, "final_loss": float(np.mean(losses[-50:]))}
+        losses = self._run("vae", vae, self.cfg.vae_steps, self.cfg.vae_lr, loss_fn, self.cfg.vae_minutes)
+        self.record["vae"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:]))}
         self._set_latent_stats()
 
     @torch.no_grad()
@@ -192,20 +236,23 @@ class Trainer:
             torch.save((latents, actions), cache)
         for p in m.vae.parameters():
             p.requires_grad_(False)
+        latents, actions = latents.to(self.device), actions.to(self.device)  # small: indexed where they live
+        gen = torch.Generator(self.device).manual_seed(self.cfg.seed)
         shift = self.cfg.flow_shift
 
         def loss_fn(rng):
-            idx = torch.from_numpy(rng.choice(len(latents), self.cfg.dit_batch))
-            x0, a = latents[idx].to(self.device), actions[idx].to(self.device)
+            idx = torch.from_numpy(rng.choice(len(latents), self.cfg.dit_batch)).to(self.device)
+            x0, a = latents[idx], actions[idx]
             b = x0.shape[0]
             u = torch.from_numpy(rng.random(b)).float()
             sigma = (shift * u / (1 + (shift - 1) * u)).view(b, 1, 1, 1, 1).to(self.device)
-            noise = torch.from_numpy(rng.standard_normal(x0.shape)).float().to(self.device)
+            noise = torch.randn(x0.shape, generator=gen, device=self.device)
             cond = torch.zeros(b, 1, x0.shape[2], 1, 1, device=self.device)
             cond[:, :, :m.spec.cond_latent_frames] = 1
             xt = cond * x0 + (1 - cond) * ((1 - sigma) * x0 + sigma * noise)
             ct = m.spec.cond_frame_timestep
-            ts = sigma.expand_as(cond) if ct is None else cond * ct + (1 - cond) * sigma
+            seen = torch.floor(sigma * 1000) / 1000 if m.spec.quantise_timestep else sigma  # as the sampler feeds it
+            ts = seen.expand_as(cond) if ct is None else cond * ct + (1 - cond) * seen
             mask = cond.expand(-1, -1, -1, *x0.shape[-2:])
             call = ModelCall.new(len(xt), step=0, num_steps=1, branch="train")
             v = m.dit(NoCache(), call, hidden_states=xt, timestep=ts,
@@ -214,8 +261,8 @@ class Trainer:
             n = x0.shape[2]
             return (((v - (noise - x0)) ** 2) * (1 - cond)).mean() * n / (n - m.spec.cond_latent_frames)
 
-        losses = self._run("dit", m.dit, self.cfg.dit_steps, self.cfg.dit_lr, loss_fn)
-        self.record["dit"] = {"steps": self.cfg.dit_steps, "final_loss": float(np.mean(losses[-50:]))}
+        losses = self._run("dit", m.dit, self.cfg.dit_steps, self.cfg.dit_lr, loss_fn, self.cfg.dit_minutes)
+        self.record["dit"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:]))}
 
     def run(self) -> Path:
         start = time.time()

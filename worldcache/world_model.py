@@ -192,8 +192,9 @@ class WorldModel(nn.Module):
         h, w = spec.height // spec.spatial_compression, spec.width // spec.spatial_compression
         transformer = CosmosTransformer3DModel(
             in_channels=z + 1, out_channels=z, num_attention_heads=hidden_heads, attention_head_dim=head_dim,
-            num_layers=num_layers, mlp_ratio=4.0, text_embed_dim=text_dim, adaln_lora_dim=64,
-            max_size=(spec.latent_frames, h, w), patch_size=(1, patch, patch), rope_scale=(1.0, 1.0, 1.0))
+            num_layers=num_layers, mlp_ratio=4.0, text_embed_dim=text_dim, adaln_lora_dim=min(64, hidden // 2),
+            max_size=(spec.latent_frames, h, w), patch_size=(1, patch, patch), rope_scale=(1.0, 1.0, 1.0),
+            extra_pos_embed_type=None)  # as the real 2.5 model: RoPE only
         k_in = spec.action_dim * (spec.temporal_compression if spec.action_per_frame else spec.chunk)
         embedder = ActionEmbedder(k_in, 4 * hidden, hidden, spec.action_per_frame).zero_init()  # Cosmos: 4A->4D->D
         g = torch.Generator().manual_seed(seed)
