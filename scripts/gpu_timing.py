@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from worldcache.cache.base import CallRecord, NoCache
+from worldcache.cache.base import ModelCall, NoCache
 from worldcache.convert import REAL_2B_CONFIG
 from worldcache.dit import BlockStack, DiT
 from worldcache.world_model import ActionEmbedder, parse_dtype
@@ -78,7 +78,7 @@ def main() -> None:
 
     def model_call():
         with torch.no_grad():
-            return dit(NoCache(), CallRecord(0, 1, "cond"), **inputs)
+            return dit(NoCache(), ModelCall.new(1, step=0, num_steps=1, branch="cond"), **inputs)
 
 
     def probe_call():  # what a probing cache policy pays on a skipped step: embed + the first block

@@ -48,6 +48,7 @@ def _train(args) -> int:
                       dit_steps=args.dit_steps, dit_batch=args.dit_batch, dit_lr=args.dit_lr,
                       reward_steps=args.reward_steps, seed=args.seed, threads=args.threads, device=args.device,
                       bf16=args.bf16, init_from=args.init_from, vae_from=args.vae_from, num_layers=args.layers,
+                      continue_from=args.continue_from,
                       heads=args.heads, head_dim=args.head_dim, dit_minutes=args.dit_minutes,
                       vae_minutes=args.vae_minutes)
     print(f"model written to {Trainer(cfg).run()}")
@@ -219,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on AVX512-BF16 CPUs and GPUs)")
     t.add_argument("--init-from", default=None, metavar="DIR",
                    help="start from this checkpoint's transformer + VAE with a fresh action embedder")
+    t.add_argument("--continue-from", default=None, metavar="DIR",
+                   help="continue training this checkpoint: all its weights, a new schedule")
     t.add_argument("--vae-from", default=None, metavar="DIR", help="start the VAE from this checkpoint's VAE")
     t.add_argument("--layers", type=int, default=12, help="DiT blocks of a new model (default 12)")
     t.add_argument("--heads", type=int, default=4, help="attention heads of a new model (default 4)")

@@ -61,6 +61,7 @@ class TrainConfig:
     bf16: bool = False           # bf16 autocast: ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs
     init_from: str | None = None  # start from this checkpoint's transformer + VAE, with a fresh action embedder
     vae_from: str | None = None   # start the VAE from this checkpoint's VAE weights
+    continue_from: str | None = None  # continue training this checkpoint (all its weights, its spec)
     num_layers: int = 12          # DiT architecture of a new model: blocks, heads, head width
     heads: int = 4
     head_dim: int = 32
@@ -99,14 +100,18 @@ class Trainer:
         episodes, self.data_attrs = load_episodes(cfg.data)
         self.train_eps, self.held_eps = split(episodes, cfg.holdout)
         self.device = torch.device(cfg.device)
+        if model is None and cfg.continue_from:
+            model = WorldModel.from_pretrained(cfg.continue_from)
         if model is None and cfg.init_from:
             torch.manual_seed(cfg.seed)
             model = WorldModel.from_pretrained(cfg.init_from, fresh_action_embedder=True)
         if model is None:
             model = WorldModel.build(self._spec(), num_layers=cfg.num_layers, hidden_heads=cfg.heads,
                                      head_dim=cfg.head_dim, seed=cfg.seed)
-        if cfg.vae_from:
-            model.vae.load_state_dict(WorldModel.from_pretrained(cfg.vae_from).vae.state_dict())
+        if cfg.vae_from:  # only the VAE's weights are read: the rest of that checkpoint may differ or be absent
+            from safetensors.torch import load_file
+
+            model.vae.load_state_dict(load_file(str(Path(cfg.vae_from) / "vae" / "diffusion_pytorch_model.safetensors")))
         self.model = model.to(self.device)
         old = self.out / "model" / "training.json"  # stages may run in separate commands: keep both records
         self.record = json.loads(old.read_text()) if old.exists() else {}
@@ -216,7 +221,7 @@ class Trainer:
     @torch.no_grad()
     def _encode_windows(self, episodes) -> tuple[torch.Tensor, torch.Tensor]:
         k, c = self.model.spec.chunk, self.model.spec.cond_frames
-        wins = windows(episodes, k + c - 1, 2)  # c conditioning frames, then the frames of k actions
+        wins = windows(episodes, k + c - 1, 1)  # c conditioning frames, then the frames of k actions
         lat, act = [], []
         for i in tqdm(range(0, len(wins), 32), desc="encode windows", unit="batch", dynamic_ncols=True):
             part = wins[i:i + 32]
