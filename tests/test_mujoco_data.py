@@ -22,13 +22,16 @@ def test_generate_shapes_dtypes_and_attrs(generated):
     assert store.episode_ids() == ["seed3_ep00000", "seed3_ep00001"]
     assert store.num_steps == 2 * STEPS
     gen = store.attrs["generator"]
-    assert gen["env_id"] == "Pusher-v5" and (gen["height"], gen["width"]) == (64, 80)
+    assert gen["env_id"] == "Pusher-v5" and (gen["height"], gen["width"]) == (80, 96)
     assert gen["steps"] == STEPS and gen["fps"] == pytest.approx(20.0) and gen["camera"] == md._camera(None)
     for eid in store:
         ep = store.load_episode(eid)
-        assert ep["obs"].shape == (STEPS + 1, 64, 80, 3) and ep["obs"].dtype == np.uint8
-        assert ep["actions"].shape == (STEPS, 7) and ep["actions"].dtype == np.float32
-        assert np.all(np.abs(ep["actions"]) <= 2.0)
+        assert ep["obs"].shape == (STEPS + 1, 80, 96, 3) and ep["obs"].dtype == np.uint8
+        assert ep["actions"].shape == (STEPS, 3) and ep["actions"].dtype == np.float32
+        assert np.all(np.abs(ep["actions"]) <= 1.0)
+        st = ep["state"]  # the stored reward is the task formula on the simulator's positions
+        np.testing.assert_allclose(ep["rewards"], md.task_reward(st[1:, md.TIP], st[1:, md.OBJ], st[1:, md.GOAL],
+                                                                 ep["actions"]), rtol=1e-5)
         assert ep["rewards"].shape == (STEPS,) and ep["rewards"].dtype == np.float32
         assert not ep["terminated"].any()
         assert ep["truncated"].tolist() == [False] * (STEPS - 1) + [True]  # time limit = steps
@@ -73,11 +76,37 @@ def test_scripted_reaches_the_object_random_does_not():
             return np.mean(out, axis=0)
 
         (s0, s_end), (r0, r_end) = final_dist("scripted"), final_dist("random")
-        quality = md.real_rollout(lambda obs: np.zeros(7, np.float32), 11, steps=steps, renderer=r)
+        quality = md.real_rollout(lambda obs: np.zeros(3, np.float32), 11, steps=steps, renderer=r)
     assert s0 == pytest.approx(r0)  # same seeds -> same start
     assert s_end < 0.5 * s0  # purposeful: the fingertip closes in on the object
-    assert s_end < 0.5 * r_end  # far better than random torques
-    assert quality["obs"].shape == (steps + 1, 64, 80, 3)  # callable policies work too
+    assert s_end < 0.5 * r_end  # far better than random actions
+    assert quality["obs"].shape == (steps + 1, 80, 96, 3)  # callable policies work too
+
+
+def test_end_effector_action_moves_the_fingertip_that_way():
+    """The IK controller executes a delta: from rest (the arm starts straight, so along y), the fingertip moves
+    along the commanded direction from the first step on, and speeds up toward the commanded delta."""
+    with md.PusherRenderer() as r:
+        for sign in (1.0, -1.0):
+            obs = r.reset(seed=5)
+            a = np.array([0.0, 0.6 * sign, 0.0], np.float32)  # 3 cm in 0.05 s
+            tips = [obs[md.TIP]]
+            for _ in range(4):
+                obs, reward, *_ = r.step(a)
+                tips.append(obs[md.TIP])
+            moved = np.diff(np.array(tips), axis=0)[:, 1] * sign
+            assert (moved > 0.001).all() and (np.diff(moved) > 0).all()  # along y, faster every step
+            assert moved[-1] > 0.4 * 0.6 / md.ACTION_SCALE  # reaching 40 % of the delta within 4 steps
+            off = np.abs(np.diff(np.array(tips), axis=0)[:, [0, 2]]).mean()
+            assert off < 0.5 * moved.mean()  # mostly along the commanded axis
+            assert reward == pytest.approx(float(md.task_reward(obs[md.TIP], obs[md.OBJ], obs[md.GOAL], a)))
+
+
+def test_task_reward_formula():
+    tip, obj, goal = np.array([0.0, 0.0, 0.0]), np.array([0.3, 0.4, 0.0]), np.array([0.3, 0.4, 1.0])
+    # -1 * |obj - goal| - 0.5 * |tip - obj| - 0.1 * |a|^2 = -1 - 0.25 - 0.1 * 0.5
+    assert md.task_reward(tip, obj, goal, np.array([0.5, 0.5, 0.0])) == pytest.approx(-1.3)
+    np.testing.assert_allclose(md.control_cost(np.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]])), [0.1, 0.1])
 
 
 def test_make_policy_names_and_noise():
@@ -87,6 +116,6 @@ def test_make_policy_names_and_noise():
         assert 0.0 <= md.make_policy("mixed", r, rng).noise <= 1.0
         r.reset(seed=0)
         a = md.make_policy("random", r, rng)(np.zeros(23))
-        assert a.shape == (7,) and a.dtype == np.float32 and np.all(np.abs(a) <= 2)
+        assert a.shape == (3,) and a.dtype == np.float32 and np.all(np.abs(a) <= 1)
         with pytest.raises(ValueError, match="unknown policy"):
             md.make_policy("expert", r, rng)
