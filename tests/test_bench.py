@@ -12,7 +12,7 @@ import numpy as np
 from worldcache import bench, fidelity
 from worldcache.bench import (FULL_DENOISE_STEPS, METRICS, QUICK_DENOISE_STEPS, bench_configs, compute_ms,
                               equal_speed_comparison, frontiers, latent_metrics, match_threshold, pareto_front,
-                              run_bench)
+                              run_bench, store_episodes)
 from worldcache.bench.grid import display
 from worldcache.bench.tune import choose
 from worldcache.cache.base import CallRecord
@@ -33,6 +33,129 @@ def tiny_ckpt(tmp_path_factory):
 
     RewardHead().save(path)  # untrained: fidelity only needs a head to run
     return path
+
+
+@pytest.mark.slow
+def test_run_bench_steps_axis_writes_json_frontiers_and_figures(tiny_ckpt, tmp_path):
+    out = tmp_path / "bench.json"
+    res = run_bench(tiny_ckpt, policies=["none", "steps-only", "worldcache"], episodes=1, chunks=1, num_steps=4,
+                    denoise_steps=[4, 2], ablation=False, grid=False, json_out=out, verbose=False)
+    data = json.loads(out.read_text())
+    assert [(r["label"], r["num_steps"]) for r in data["rows"]] == [
+        ("none", 4), ("steps-only steps=2", 2), ("worldcache", 4), ("worldcache steps=2", 2)]
+    for row in data["rows"]:
+        assert {"policy", "config", "num_steps"} <= set(row) and set(METRICS) <= set(row)
+        for k in ("denoising_speedup", "compute_speedup", "env_step_speedup", "computed_fraction", "overhead_ms",
+                  "decision_ms", "psnr", "ssim", "psnr_retention", "ssim_retention", "ssim_vs_uncached",
+                  "latent_rel_l1"):
+            assert isinstance(row[k], float) and math.isfinite(row[k]), (row["label"], k, row[k])
+        assert 0 <= row["computed_fraction"] <= 1
+    none, steps_only, wc = data["rows"][:3]
+    assert wc["config"] == load_policy("worldcache").config.as_dict()  # the row records the settings it ran
+    # "none" re-runs the reference: identical frames and latents (PSNR infinite -> null), same computed cost
+    assert none["psnr_vs_uncached"] is None and none["psnr_retention"] == 1.0
+    assert none["latent_rel_l1"] == 0.0 and none["latent_psnr"] is None
+    assert none["compute_speedup"] == pytest.approx(1.0, rel=0.01)
+    # half the steps, every block run: the compute model counts half the calls at the same unit cost
+    assert steps_only["policy"] == "steps-only" and steps_only["computed_fraction"] == 1.0
+    assert steps_only["compute_speedup"] == pytest.approx(2.0, rel=0.01)
+    # the latent metrics are those of the generated latent frames of the reference's and the row's rollouts
+    model = WorldModel.from_pretrained(tiny_ckpt)
+    ep = bench.heldout_episodes(1, model.spec.chunk, model.spec.height, model.spec.width)[0]
+    z = [model.rollout(ep["obs"][:1], ep["actions"][None], num_steps=n, seed=1000)[1][0].latents[:, :, 1:]
+         for n in (4, 2)]
+    rel_l1, z_psnr = latent_metrics(z[1].numpy(), z[0].numpy())
+    assert steps_only["latent_rel_l1"] == pytest.approx(rel_l1, rel=1e-6)
+    assert steps_only["latent_psnr"] == pytest.approx(z_psnr, rel=1e-6)
+    assert set(data["frontiers"]) == {"steps-only", "worldcache"}
+    assert data["frontiers"]["steps-only"][0]["label"] == "steps-only steps=2"
+    assert set(data["machine"]) >= {"cpu", "threads", "torch", "device", "date"}
+    assert data["settings"]["denoise_steps"] == [4, 2] and data["settings"]["num_steps"] == 4
+    for axis, key in (("compute", "compute_speedup"), ("wall", "denoising_speedup")):
+        cmp = data["at_worldcache_speed"][axis]
+        assert cmp["speedup"] == wc[key] and "steps-only" in cmp["baselines"]
+    for f in ("bench_pareto.png", "bench_strip.png", "bench_strip.gif"):
+        assert (tmp_path / f).stat().st_size > 0
+    table = bench.markdown_table(res).splitlines()
+    assert table[0].startswith("| config | steps |") and table[4].startswith("| worldcache | 4 |")
+    assert len(table) == 2 + 4
+
+
+def _write_store(path, n=3, frames=8, height=64, width=80, action_dim=7):
+    from worldcache.rollouts.store import EpisodeStore
+
+    store = EpisodeStore.create(path)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        store.write_episode(f"ep{i}", obs=rng.integers(0, 256, (frames + 1, height, width, 3), dtype=np.uint8),
+                            actions=rng.uniform(-1, 1, (frames, action_dim)).astype(np.float32),
+                            rewards=np.zeros(frames, np.float32), terminated=np.zeros(frames, bool),
+                            truncated=np.zeros(frames, bool))
+    return store
+
+
+def test_store_episodes_take_the_held_out_split_and_check_sizes(tmp_path):
+    spec = WorldModelSpec()  # 64x80 frames, 7-d actions, chunk 8
+    _write_store(tmp_path / "s.zarr", n=4, frames=8)
+    held = store_episodes(tmp_path / "s.zarr", 5, 8, spec)
+    assert [e["id"] for e in held] == ["ep3"]  # the last 10 % (at least one) of the sorted ids, as train splits
+    assert held[0]["obs"].shape == (9, 64, 80, 3) and held[0]["actions"].shape == (8, 7)
+    tuning = store_episodes(tmp_path / "s.zarr", 2, 8, spec, tuning=True)
+    assert [e["id"] for e in tuning] == ["ep2", "ep1"]  # the training split, from its end: disjoint
+    assert [e["id"] for e in store_episodes(tmp_path / "s.zarr", 9, 8, spec, holdout=0)] == [
+        "ep0", "ep1", "ep2", "ep3"]
+    with pytest.raises(ValueError, match="no held-out episode has 16 steps"):
+        store_episodes(tmp_path / "s.zarr", 1, 16, spec)
+    _write_store(tmp_path / "small.zarr", n=2, height=32)
+    with pytest.raises(ValueError, match=r"frames \(32, 80, 3\)"):
+        store_episodes(tmp_path / "small.zarr", 1, 8, spec)
+    # a rollout store: chunked actions (T, chunk, A) and every predicted frame in "frames" (T, chunk, H, W, 3)
+    from worldcache.rollouts.store import EpisodeStore
+
+    store = EpisodeStore.create(tmp_path / "r.zarr")
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (2, 8, 64, 80, 3), dtype=np.uint8)
+    store.write_episode("r0", obs=np.concatenate([frames[:1, 0], frames[:, -1]]),
+                        actions=rng.uniform(-1, 1, (2, 8, 7)).astype(np.float32), rewards=np.zeros(2, np.float32),
+                        terminated=np.zeros(2, bool), truncated=np.zeros(2, bool), extras={"frames": frames})
+    (ep,) = store_episodes(tmp_path / "r.zarr", 1, 16, spec, holdout=0)
+    assert ep["actions"].shape == (16, 7) and np.array_equal(ep["obs"][1:], frames.reshape(16, 64, 80, 3))
+
+
+@pytest.mark.slow
+def test_run_bench_on_store_episodes_compares_with_the_stored_frames(tiny_ckpt, tmp_path):
+    from worldcache.quality import psnr
+
+    _write_store(tmp_path / "s.zarr", n=3, frames=8)
+    res = run_bench(tiny_ckpt, policies=["steps-only"], data=tmp_path / "s.zarr", episodes=2, chunks=1,
+                    num_steps=2, denoise_steps=[2, 1], ablation=False, verbose=False)
+    st = res["settings"]
+    assert st["episode_ids"] == ["ep2"] and st["episodes"] == 1 and "env_seeds" not in st
+    ep = store_episodes(tmp_path / "s.zarr", 1, 8, WorldModelSpec())[0]
+    model = WorldModel.from_pretrained(tiny_ckpt)
+    frames, _ = model.rollout(ep["obs"][:1], ep["actions"][None], num_steps=2, seed=1000)
+    assert res["uncached"]["psnr"] == pytest.approx(psnr(frames[0].numpy(), ep["obs"][1:]), rel=1e-6)
+    with pytest.raises(ValueError, match="no held-out episode"):
+        run_bench(tiny_ckpt, policies=["none"], data=tmp_path / "s.zarr", episodes=1, chunks=2, num_steps=2,
+                  ablation=False, verbose=False)
+
+
+@pytest.mark.slow
+def test_ablation_thresholds_match_the_default_compute():
+    from worldcache.bench.ablation import ablation_grid, computed_fraction, match_ablation
+
+    model = WorldModel.build(WorldModelSpec(), hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8)
+    eps = bench.heldout_episodes(1, model.spec.chunk, model.spec.height, model.spec.width, bench.TUNING_SEED)
+    configs = [c for c in ablation_grid(10) if c.label in ("worldcache -phase_aware", "worldcache paper defaults")]
+    match_ablation(model, configs, eps, 10, verbose=False)
+    target = computed_fraction(model, load_policy("worldcache"), eps, 10, 0)
+    row, paper = configs
+    assert paper.match is None  # a configuration of its own, not a part: run at its own threshold
+    m = row.match
+    assert m["target_fraction"] == target and row.overrides["threshold"] == m["threshold"]
+    assert computed_fraction(model, row.build(), eps, 10, 0) == m["reached_fraction"]  # what was found is what runs
+    at_default = computed_fraction(model, load_policy("worldcache", phase_aware=False), eps, 10, 0)
+    assert abs(m["reached_fraction"] - target) <= abs(at_default - target)
 
 
 def test_default_grid_covers_every_policy_on_the_steps_axis_and_the_ablation():

@@ -127,7 +127,7 @@ def _tune(args) -> int:
     tune(args.checkpoint, policies=args.cache, denoise_steps=args.denoise_steps,
          threshold_scales=args.threshold_scales, min_psnr=args.min_psnr, min_speedup=args.min_speedup, out=args.out,
          episodes=args.episodes, chunks=args.chunks, data=args.data, holdout=args.holdout, first_seed=args.first_seed,
-         json_out=args.json, device=args.device, dtype=args.dtype, seed=args.seed)
+         json_out=args.json, device=args.device, dtype=args.dtype, seed=args.seed, reference_steps=args.reference_steps)
     return 0
 
 
@@ -301,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--cache", nargs="+", default=["worldcache"],
                     help="cache policies to search (steps-only is always a candidate)")
     tu.add_argument("--denoise-steps", type=int, nargs="+", default=None, help="step counts to search")
+    tu.add_argument("--reference-steps", type=int, default=None,
+                    help="steps of the uncached reference (default: the model's)")
     tu.add_argument("--threshold-scales", type=float, nargs="+", default=[0.5, 1.0, 2.0],
                     help="thresholds to search, as multiples of each policy's default")
     floor = tu.add_mutually_exclusive_group(required=True)

@@ -92,10 +92,11 @@ def bench_configs(policies=None, ablation: bool = True, grid: bool = True, denoi
     steps = steps_axis(reference_steps, denoise_steps)
     out: list[BenchConfig] = []
 
-    def add(label, policy, overrides, pinned=None, name=None):
-        for n in [pinned] if pinned else steps:
+    def add(label, policy, overrides, pinned=None):
+        uncached = load_cache(policy, **overrides)[0].name == "none"
+        for n in [pinned] if pinned else steps:  # no cache at other steps than the reference's: steps-only
             out.append(BenchConfig(with_steps(label, n, reference_steps), policy, overrides, num_steps=n,
-                                   name=name))
+                                   name=STEPS_ONLY if uncached and n != reference_steps else None))
 
     for spec in ALL_POLICIES if policies is None else policies:
         if isinstance(spec, dict):

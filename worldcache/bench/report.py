@@ -104,7 +104,8 @@ def pareto_plot(rows: list[dict], path) -> None:
         ax.set_ylabel(ylabel)
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
     fig.suptitle("frontiers: lines join each policy's Pareto-optimal points over steps x settings", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)

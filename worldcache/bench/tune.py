@@ -61,14 +61,17 @@ def tuned_yaml(row: dict, rule: str, source: str, reference_steps: int) -> str:
 def tune(checkpoint=None, policies=("worldcache",), denoise_steps=None, threshold_scales=THRESHOLD_SCALES,
          min_psnr: float | None = None, min_speedup: float | None = None, out="tuned.yaml", episodes: int = 2,
          chunks: int = 2, data=None, holdout: float = 0.1, first_seed: int = TUNING_SEED, json_out=None,
-         device: str = "cpu", dtype: str = "fp32", seed: int = 0, verbose: bool = True) -> dict:
-    """Search and write `out`. Returns ``{"choice": row, "yaml": path, "bench": run_bench result}``."""
+         device: str = "cpu", dtype: str = "fp32", seed: int = 0, reference_steps: int | None = None,
+         verbose: bool = True) -> dict:
+    """Search and write `out`. Returns ``{"choice": row, "yaml": path, "bench": run_bench result}``.
+    `reference_steps`: the uncached reference's steps (default: the model's)."""
     from .run import run_bench
 
     if (min_psnr is None) == (min_speedup is None):
         raise ValueError("give exactly one of --min-psnr and --min-speedup")
     cands = list(dict.fromkeys([*policies, STEPS_ONLY]))
-    res = run_bench(checkpoint, policies=cands, episodes=episodes, chunks=chunks, ablation=False, json_out=json_out,
+    res = run_bench(checkpoint, policies=cands, episodes=episodes, chunks=chunks, num_steps=reference_steps,
+                    ablation=False, json_out=json_out,
                     seed=seed, device=device, verbose=verbose, first_seed=first_seed, dtype=dtype,
                     denoise_steps=denoise_steps, data=data, holdout=holdout, tuning=True,
                     threshold_scales=threshold_scales)
