@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--checkpoint", default=None)
     tu.add_argument("--cache", nargs="+", default=["worldcache"],
                     help="cache policies to search (steps-only is always a candidate)")
-    tu.add_argument("--denoise-steps", type=int, nargs="+", default=None, help="step counts to search")
+    tu.add_argument("--denoise-steps", type=int, nargs="+", default=None,
+                    help="step counts to search (default: 35 18 12, cut to the reference's)")
     tu.add_argument("--reference-steps", type=int, default=None,
                     help="steps of the uncached reference (default: the model's)")
     tu.add_argument("--threshold-scales", type=float, nargs="+", default=[0.5, 1.0, 2.0],
