@@ -46,6 +46,8 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
     frames = chunks * s.chunk
     eps = bench_episodes(s, episodes, frames, data, first_seed, holdout, tuning)
     real = np.stack([ep["obs"][1:] for ep in eps])
+    if len(eps) < episodes and verbose:
+        print(f"{data}: {len(eps)} of the {episodes} episodes asked for have {frames} steps; measuring those")
     if match_compute and any(c.group == "ablation" for c in configs):
         match_eps = bench_episodes(s, match_episodes, frames, data, TUNING_SEED, holdout, tuning=True)
         match_ablation(model, configs, match_eps, ref_steps, seed, verbose)
