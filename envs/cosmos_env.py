@@ -34,7 +34,8 @@ class WorldSim:
     def __init__(self, checkpoint=None, cache="worldcache", cache_config=None, device="cpu", num_steps=None,
                  chunk=None, reward_fn=None, termination_fn=None, model=None, timings=False,
                  normalize_actions=False, dtype="fp32"):
-        from worldcache.cache import CachePolicy, load_policy
+        from worldcache.cache import CachePolicy
+        from worldcache.cache_yaml import load_cache
         from worldcache.world_model import BUNDLED, CheckpointError, WorldModel
 
         # The folder also holds start frames and reward head. A passed-in model without a checkpoint has neither.
@@ -44,15 +45,16 @@ class WorldSim:
         s = self.spec = self.model.spec
         if chunk is not None and chunk != s.chunk:
             raise ValueError(f"chunk={chunk} does not match the model's chunk {s.chunk} (frames per prediction)")
-        self.num_steps = int(num_steps or s.num_steps)
         self.timings = bool(timings)
         self.records: list = []  # per sample, its CallRecords of the last prediction (NaN: not measured)
+        yaml_steps = None  # a tuned cache YAML (`worldcache tune`) carries the num_steps it was tuned at
         if isinstance(cache, CachePolicy):
             if cache_config:
                 raise ValueError("cache_config only applies when cache is a policy name or YAML path")
             self.policy = cache
         else:
-            self.policy = load_policy(cache, **(cache_config or {}))
+            self.policy, yaml_steps = load_cache(cache, **(cache_config or {}))
+        self.num_steps = int(num_steps or yaml_steps or s.num_steps)
         self.low = np.asarray(s.action_low, np.float32)
         self.high = np.asarray(s.action_high, np.float32)
         # normalize_actions: RL libraries expect Box[-1, 1]; actions are then mapped affinely onto the model's bounds

@@ -72,16 +72,17 @@ def _qualname(obj) -> str:
 
 def rollout_attrs(cfg: RolloutConfig, files: dict[str, bytes], folder: Path) -> dict:
     """The store's root attrs ``rollout``: everything an episode depends on, plus the format version."""
-    from worldcache.cache import load_policy
+    from worldcache.cache_yaml import load_cache
     from worldcache.world_model import WorldModelSpec
 
     spec = WorldModelSpec(**json.loads(files["model.json"]))
-    cache = load_policy(cfg.cache, **cfg.cache_config)  # validates the cache config before any actor starts
+    cache, yaml_steps = load_cache(cfg.cache, **cfg.cache_config)  # validates the cache config before any actor starts
     attrs = {
         "model_sha256": model_sha256(files),
         "checkpoint": str(folder),
         "cache": {"policy": cache.name, **cache.config.as_dict()},
-        "env": {"steps": cfg.steps, "num_steps": cfg.num_steps or spec.num_steps, "chunk": spec.chunk,
+        "env": {"steps": cfg.steps, "num_steps": cfg.num_steps or yaml_steps or spec.num_steps,
+                "chunk": spec.chunk,
                 "action_shape": [spec.chunk, spec.action_dim], "fps": spec.fps,
                 "frame_shape": [spec.height, spec.width, 3], "save_chunk_frames": cfg.save_chunk_frames,
                 "dtype": cfg.dtype},

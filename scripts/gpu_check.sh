@@ -41,7 +41,7 @@ timing_rc=$?
 bench_rc=""
 for dt in bf16 fp32; do
   timeout 60 "$PY" -m worldcache.cli bench --device cuda --dtype "$dt" --episodes 2 --chunks 1 \
-    --policies none worldcache --no-ablation --no-grid --json "$DIR/bench_$dt.json" > "$DIR/bench_$dt.log" 2>&1
+    --cache none worldcache --no-ablation --no-grid --json "$DIR/bench_$dt.json" > "$DIR/bench_$dt.log" 2>&1
   bench_rc="$bench_rc $dt=$?"
 done
 

@@ -7,8 +7,15 @@ import math
 import pytest
 import torch
 
+import numpy as np
+
 from worldcache import bench, fidelity
-from worldcache.bench import METRICS, bench_configs, run_bench
+from worldcache.bench import (FULL_DENOISE_STEPS, METRICS, QUICK_DENOISE_STEPS, bench_configs, compute_ms,
+                              equal_speed_comparison, frontiers, latent_metrics, match_threshold, pareto_front,
+                              run_bench, store_episodes)
+from worldcache.bench.grid import display
+from worldcache.bench.tune import choose
+from worldcache.cache.base import CallRecord
 from worldcache.cache import load_policy
 from worldcache.fidelity import evaluate_policies, parse_policy
 from worldcache.world_model import WorldModel, WorldModelSpec
@@ -28,46 +35,261 @@ def tiny_ckpt(tmp_path_factory):
     return path
 
 
-def test_default_grid_covers_every_policy_and_the_ablation():
-    configs = bench_configs()
-    names = {c.policy for c in configs if c.group == "policy"}
-    assert names == {"none", "worldcache", "dicache", "fora", "teacache", "easycache", "fbcache", "fastercache",
-                     "magcache", "taylorseer"}
-    assert sum(c.policy == "worldcache" and c.group == "policy" for c in configs) == 3
+@pytest.mark.slow
+def test_run_bench_steps_axis_writes_json_frontiers_and_figures(tiny_ckpt, tmp_path):
+    out = tmp_path / "bench.json"
+    res = run_bench(tiny_ckpt, policies=["none", "steps-only", "worldcache"], episodes=1, chunks=1, num_steps=4,
+                    denoise_steps=[4, 2], ablation=False, grid=False, json_out=out, verbose=False)
+    data = json.loads(out.read_text())
+    assert [(r["label"], r["num_steps"]) for r in data["rows"]] == [
+        ("none", 4), ("steps-only steps=2", 2), ("worldcache", 4), ("worldcache steps=2", 2)]
+    for row in data["rows"]:
+        assert {"policy", "config", "num_steps"} <= set(row) and set(METRICS) <= set(row)
+        for k in ("denoising_speedup", "compute_speedup", "env_step_speedup", "computed_fraction", "overhead_ms",
+                  "decision_ms", "psnr", "ssim", "psnr_retention", "ssim_retention", "ssim_vs_uncached",
+                  "latent_rel_l1"):
+            assert isinstance(row[k], float) and math.isfinite(row[k]), (row["label"], k, row[k])
+        assert 0 <= row["computed_fraction"] <= 1
+    none, steps_only, wc = data["rows"][:3]
+    assert wc["config"] == load_policy("worldcache").config.as_dict()  # the row records the settings it ran
+    # "none" re-runs the reference: identical frames and latents (PSNR infinite -> null), same computed cost
+    assert none["psnr_vs_uncached"] is None and none["psnr_retention"] == 1.0
+    assert none["latent_rel_l1"] == 0.0 and none["latent_psnr"] is None
+    assert none["compute_speedup"] == pytest.approx(1.0, rel=0.01)
+    # half the steps, every block run: the compute model counts half the calls at the same unit cost
+    assert steps_only["policy"] == "steps-only" and steps_only["computed_fraction"] == 1.0
+    assert steps_only["compute_speedup"] == pytest.approx(2.0, rel=0.01)
+    # the latent metrics are those of the generated latent frames of the reference's and the row's rollouts
+    model = WorldModel.from_pretrained(tiny_ckpt)
+    ep = bench.heldout_episodes(1, model.spec.chunk, model.spec.height, model.spec.width)[0]
+    z = [model.rollout(ep["obs"][:1], ep["actions"][None], num_steps=n, seed=1000)[1][0].latents[:, :, 1:]
+         for n in (4, 2)]
+    rel_l1, z_psnr = latent_metrics(z[1].numpy(), z[0].numpy())
+    assert steps_only["latent_rel_l1"] == pytest.approx(rel_l1, rel=1e-6)
+    assert steps_only["latent_psnr"] == pytest.approx(z_psnr, rel=1e-6)
+    assert set(data["frontiers"]) == {"steps-only", "worldcache"}
+    assert data["frontiers"]["steps-only"][0]["label"] == "steps-only steps=2"
+    assert set(data["machine"]) >= {"cpu", "threads", "torch", "device", "date"}
+    assert data["settings"]["denoise_steps"] == [4, 2] and data["settings"]["num_steps"] == 4
+    for axis, key in (("compute", "compute_speedup"), ("wall", "denoising_speedup")):
+        cmp = data["at_worldcache_speed"][axis]
+        assert cmp["speedup"] == wc[key] and "steps-only" in cmp["baselines"]
+    for f in ("bench_pareto.png", "bench_strip.png", "bench_strip.gif"):
+        assert (tmp_path / f).stat().st_size > 0
+    table = bench.markdown_table(res).splitlines()
+    assert table[0].startswith("| config | steps |") and table[4].startswith("| worldcache | 4 |")
+    assert len(table) == 2 + 4
+
+
+def _write_store(path, n=3, frames=8, height=64, width=80, action_dim=7):
+    from worldcache.rollouts.store import EpisodeStore
+
+    store = EpisodeStore.create(path)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        store.write_episode(f"ep{i}", obs=rng.integers(0, 256, (frames + 1, height, width, 3), dtype=np.uint8),
+                            actions=rng.uniform(-1, 1, (frames, action_dim)).astype(np.float32),
+                            rewards=np.zeros(frames, np.float32), terminated=np.zeros(frames, bool),
+                            truncated=np.zeros(frames, bool))
+    return store
+
+
+def test_store_episodes_take_the_held_out_split_and_check_sizes(tmp_path):
+    spec = WorldModelSpec()  # 64x80 frames, 7-d actions, chunk 8
+    _write_store(tmp_path / "s.zarr", n=4, frames=8)
+    held = store_episodes(tmp_path / "s.zarr", 5, 8, spec)
+    assert [e["id"] for e in held] == ["ep3"]  # the last 10 % (at least one) of the sorted ids, as train splits
+    assert held[0]["obs"].shape == (9, 64, 80, 3) and held[0]["actions"].shape == (8, 7)
+    tuning = store_episodes(tmp_path / "s.zarr", 2, 8, spec, tuning=True)
+    assert [e["id"] for e in tuning] == ["ep2", "ep1"]  # the training split, from its end: disjoint
+    assert [e["id"] for e in store_episodes(tmp_path / "s.zarr", 9, 8, spec, holdout=0)] == [
+        "ep0", "ep1", "ep2", "ep3"]
+    with pytest.raises(ValueError, match="no held-out episode has 16 steps"):
+        store_episodes(tmp_path / "s.zarr", 1, 16, spec)
+    _write_store(tmp_path / "small.zarr", n=2, height=32)
+    with pytest.raises(ValueError, match=r"frames \(32, 80, 3\)"):
+        store_episodes(tmp_path / "small.zarr", 1, 8, spec)
+    # a rollout store: chunked actions (T, chunk, A) and every predicted frame in "frames" (T, chunk, H, W, 3)
+    from worldcache.rollouts.store import EpisodeStore
+
+    store = EpisodeStore.create(tmp_path / "r.zarr")
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (2, 8, 64, 80, 3), dtype=np.uint8)
+    store.write_episode("r0", obs=np.concatenate([frames[:1, 0], frames[:, -1]]),
+                        actions=rng.uniform(-1, 1, (2, 8, 7)).astype(np.float32), rewards=np.zeros(2, np.float32),
+                        terminated=np.zeros(2, bool), truncated=np.zeros(2, bool), extras={"frames": frames})
+    (ep,) = store_episodes(tmp_path / "r.zarr", 1, 16, spec, holdout=0)
+    assert ep["actions"].shape == (16, 7) and np.array_equal(ep["obs"][1:], frames.reshape(16, 64, 80, 3))
+
+
+@pytest.mark.slow
+def test_run_bench_on_store_episodes_compares_with_the_stored_frames(tiny_ckpt, tmp_path):
+    from worldcache.quality import psnr
+
+    _write_store(tmp_path / "s.zarr", n=3, frames=8)
+    res = run_bench(tiny_ckpt, policies=["steps-only"], data=tmp_path / "s.zarr", episodes=2, chunks=1,
+                    num_steps=2, denoise_steps=[2, 1], ablation=False, verbose=False)
+    st = res["settings"]
+    assert st["episode_ids"] == ["ep2"] and st["episodes"] == 1 and "env_seeds" not in st
+    ep = store_episodes(tmp_path / "s.zarr", 1, 8, WorldModelSpec())[0]
+    model = WorldModel.from_pretrained(tiny_ckpt)
+    frames, _ = model.rollout(ep["obs"][:1], ep["actions"][None], num_steps=2, seed=1000)
+    assert res["uncached"]["psnr"] == pytest.approx(psnr(frames[0].numpy(), ep["obs"][1:]), rel=1e-6)
+    with pytest.raises(ValueError, match="no held-out episode"):
+        run_bench(tiny_ckpt, policies=["none"], data=tmp_path / "s.zarr", episodes=1, chunks=2, num_steps=2,
+                  ablation=False, verbose=False)
+
+
+@pytest.mark.slow
+def test_ablation_thresholds_match_the_default_compute():
+    from worldcache.bench.ablation import ablation_grid, computed_fraction, match_ablation
+
+    model = WorldModel.build(WorldModelSpec(), hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8)
+    eps = bench.heldout_episodes(1, model.spec.chunk, model.spec.height, model.spec.width, bench.TUNING_SEED)
+    configs = [c for c in ablation_grid(10) if c.label in ("worldcache -phase_aware", "worldcache paper defaults")]
+    match_ablation(model, configs, eps, 10, verbose=False)
+    target = computed_fraction(model, load_policy("worldcache"), eps, 10, 0)
+    row, paper = configs
+    assert paper.match is None  # a configuration of its own, not a part: run at its own threshold
+    m = row.match
+    assert m["target_fraction"] == target and row.overrides["threshold"] == m["threshold"]
+    assert computed_fraction(model, row.build(), eps, 10, 0) == m["reached_fraction"]  # what was found is what runs
+    at_default = computed_fraction(model, load_policy("worldcache", phase_aware=False), eps, 10, 0)
+    assert abs(m["reached_fraction"] - target) <= abs(at_default - target)
+
+
+def test_default_grid_covers_every_policy_on_the_steps_axis_and_the_ablation():
+    configs = bench_configs(reference_steps=35)
+    names = {c.name or c.policy for c in configs if c.group == "policy"}
+    assert names == {"none", "steps-only", "worldcache", "dicache", "fora", "teacache", "easycache", "fbcache",
+                     "fastercache", "magcache", "taylorseer"}
+    wc = [(c.label, c.num_steps) for c in configs if c.policy == "worldcache" and c.group == "policy"]
+    assert len(wc) == 3 * len(QUICK_DENOISE_STEPS)  # threshold x {0.5, 1, 2} at every step count
+    assert ("worldcache", 35) in wc and ("worldcache threshold=0.08 steps=12", 12) in wc
+    assert [(c.label, c.num_steps) for c in configs if c.name == "steps-only"] == [
+        ("steps-only steps=18", 18), ("steps-only steps=12", 12)]  # uncached at fewer steps: the control
+    assert [c.num_steps for c in configs if c.policy == "none" and c.name is None] == [35]  # the re-run reference
     assert sorted(c.label for c in configs if c.group == "ablation") == [
         "worldcache +warp", "worldcache -all", "worldcache -blend", "worldcache -motion_adaptive",
         "worldcache -phase_aware", "worldcache -saliency", "worldcache paper defaults"]
+    assert {c.num_steps for c in configs if c.group == "ablation"} == {35}
     paper = next(c for c in configs if c.label == "worldcache paper defaults").build().config
     assert (paper.threshold, paper.ret_ratio, paper.warp, paper.warp_check) == (0.08, 0.2, True, False)
     for c in configs:  # every configuration builds (validated settings)
         c.build().detach()
-    assert [c.label for c in bench_configs(["worldcache"], ablation=False, grid=False)] == ["worldcache"]
+    assert [c.label for c in bench_configs(["worldcache"], ablation=False, grid=False, reference_steps=20)] == [
+        "worldcache", "worldcache steps=18", "worldcache steps=12"]  # the quick axis cut to the reference's steps
+    assert [(c.label, c.num_steps) for c in bench_configs(
+        ["steps-only", {"policy": "fora", "interval": 3, "num_steps": 9}], ablation=False, denoise_steps=[14, 35],
+        reference_steps=35)] == [("steps-only steps=14", 14), ("fora interval=3 steps=9", 9)]
+    # none + 6 steps-only + 6 threshold policies x 3 thresholds x 7 + fora, fastercache, taylorseer x 2 x 7
+    assert len(bench_configs(ablation=False, denoise_steps=FULL_DENOISE_STEPS)) == 1 + 6 + 6 * 3 * 7 + 3 * 2 * 7
+    assert display("fora interval=2") == "FORA-style interval=2" and display("fora") == "FORA-style"
+    with pytest.raises(ValueError, match="twice"):
+        bench_configs(["worldcache", "worldcache"], ablation=False)
 
 
-@pytest.mark.slow
-def test_run_bench_writes_json_and_figures(tiny_ckpt, tmp_path):
-    out = tmp_path / "bench.json"
-    res = run_bench(tiny_ckpt, policies=["none", "worldcache"], episodes=1, chunks=1, num_steps=4, ablation=False,
-                    grid=False, json_out=out, verbose=False)
-    data = json.loads(out.read_text())
-    assert [r["policy"] for r in data["rows"]] == ["none", "worldcache"]
-    for row in data["rows"]:
-        assert {"policy", "config"} <= set(row) and set(METRICS) <= set(row)
-        for k in ("denoising_speedup", "env_step_speedup", "computed_fraction", "overhead_ms", "decision_ms", "psnr",
-                  "ssim", "psnr_retention", "ssim_retention", "ssim_vs_uncached"):
-            assert isinstance(row[k], float) and math.isfinite(row[k]), (row["policy"], k, row[k])
-        assert 0 <= row["computed_fraction"] <= 1
-    wc = data["rows"][1]
-    assert wc["config"] == load_policy("worldcache").config.as_dict()  # the row records the settings it ran
-    # "none" re-runs the reference: identical frames (PSNR infinite -> null), retention exactly 1
-    none = data["rows"][0]
-    assert none["psnr_vs_uncached"] is None and none["psnr_retention"] == 1.0
-    assert set(data["machine"]) >= {"cpu", "threads", "torch", "device", "date"}
-    assert data["at_worldcache_speed"]["speedup"] == wc["denoising_speedup"]
-    for f in ("bench_pareto.png", "bench_strip.png", "bench_strip.gif"):
-        assert (tmp_path / f).stat().st_size > 0
-    assert res["rows"][1]["label"] == "worldcache"
-    assert bench.markdown_table(res).splitlines()[1].startswith("| worldcache |")
+def _record(blocks_run, policy_ms, wall_ms, computed=True):
+    return CallRecord(step=0, num_steps=1, branch="cond", computed=computed, blocks_run=blocks_run,
+                      policy_ms=policy_ms, wall_ms=wall_ms)
+
+
+def test_compute_ms_counts_what_ran_at_measured_unit_times():
+    # fixed (embed + head) 2 ms, 5 ms per block; wall_ms is ignored where the policy's own time is measured
+    recs = [_record(6, 0.5, 99.0), _record(1, 1.5, 1.0, computed=False), _record(0, 0.25, 0.0, computed=False)]
+    assert compute_ms(recs, 2.0, 5.0) == (2 + 30 + 0.5) + (2 + 5 + 1.5) + (2 + 0 + 0.25)
+    # a diffusers-hook policy (its work inside the blocks, policy_ms NaN) counts at its wall time
+    assert compute_ms([_record(6, math.nan, 17.0), _record(3, 0.0, 0.0)], 2.0, 5.0) == 17.0 + 17.0
+    # the reference runs 6 blocks on 4 calls, a cache 2 calls in full and 2 with a 1-block probe
+    ref = [_record(6, 0.0, 0.0)] * 4
+    cached = [_record(6, 0.0, 0.0)] * 2 + [_record(1, 1.0, 0.0, computed=False)] * 2
+    assert compute_ms(ref, 2.0, 5.0) / compute_ms(cached, 2.0, 5.0) == 128 / 80  # 4 x 32 vs. 2 x 32 + 2 x 8
+
+
+def test_latent_metrics_exact():
+    ref = np.array([[0.0, 2.0], [4.0, -2.0]])
+    pred = ref + np.array([[1.0, 0.0], [0.0, -1.0]])
+    rel_l1, z_psnr = latent_metrics(pred, ref)
+    assert rel_l1 == 2 / 8  # sum|pred - ref| / sum|ref|
+    assert z_psnr == pytest.approx(10 * math.log10(6 ** 2 / 0.5), abs=1e-12)  # range max-min = 6, MSE = 2/4
+    assert latent_metrics(ref, ref) == (0.0, None)  # identical: PSNR infinite -> None
+
+
+def test_pareto_front_and_frontiers():
+    pts = [(1.0, 60.0), (2.0, 55.0), (1.5, 50.0), (3.0, 40.0), (2.0, 55.0), (0.9, None), (3.0, 39.0)]
+    # (1.5, 50) is beaten by (2, 55); the repeat of (2, 55) and (3, 39) go; None counts as infinite PSNR
+    assert pareto_front(pts) == [5, 0, 1, 3]
+    row = lambda policy, label, x, q, steps, group="policy": {  # noqa: E731
+        "policy": policy, "label": label, "group": group, "denoising_speedup": 2 * x, "compute_speedup": x,
+        "psnr_vs_uncached": q, "num_steps": steps, "latent_rel_l1": 0.01, "latent_psnr": 70.0, "config": {}}
+    rows = [row("none", "none", 1.0, None, 35), row("steps-only", "s18", 1.9, 56.0, 18),
+            row("steps-only", "s12", 2.9, 54.0, 12), row("worldcache", "worldcache", 2.5, 55.0, 35),
+            row("worldcache", "w18", 3.0, 56.0, 18), row("worldcache", "w12", 4.0, 50.0, 12),
+            row("worldcache", "-saliency", 5.0, 60.0, 35, "ablation")]
+    fr = frontiers(rows)
+    assert list(fr) == ["steps-only", "worldcache"]  # the re-run reference and the ablation are not frontiers
+    assert [p["label"] for p in fr["worldcache"]] == ["w18", "w12"]  # the default is dominated by 18 steps
+    assert fr["steps-only"][1] == {"label": "s12", "num_steps": 12, "speedup": 5.8, "compute_speedup": 2.9,
+                                   "psnr_vs_uncached": 54.0, "latent_rel_l1": 0.01, "latent_psnr": 70.0,
+                                   "config": {}}
+    cmp = equal_speed_comparison(rows, speed_key="compute_speedup")
+    assert cmp["speedup"] == 2.5  # steps-only interpolated between 1.9x/56 dB and 2.9x/54 dB: 56 - 0.6 x 2
+    assert cmp["baselines"]["steps-only"]["psnr_vs_uncached"] == pytest.approx(54.8)
+    assert set(cmp["baselines"]) == {"steps-only"}
+
+
+def test_match_threshold_brackets_and_bisects():
+    frac = lambda tau: 0.26 * 0.16 / tau  # noqa: E731  (compute falls as the threshold rises)
+    m = match_threshold(frac, 0.16, 0.13)  # exactly at twice the default: found by the first doubling
+    assert (m["threshold"], m["reached_fraction"], m["tries"]) == (0.32, 0.13, 2)
+    m = match_threshold(frac, 0.16, 0.26 * 0.16 / 0.2)  # inside (0.16, 0.32): 5 geometric bisections
+    assert m["tries"] == 2 + 5 and abs(math.log(m["threshold"] / 0.2)) <= math.log(2) / 32
+    assert match_threshold(frac, 0.16, 0.26)["tries"] == 1  # the default already matches
+    steps = lambda tau: 0.5 if tau < 0.1 else 0.25  # noqa: E731  (discrete fractions: the nearest one wins)
+    m = match_threshold(steps, 0.16, 0.4)
+    assert m["reached_fraction"] == 0.5 and m["threshold"] < 0.1
+
+
+def test_equal_speed_comparison_interpolates_and_never_extrapolates():
+    row = lambda policy, label, x, q: {"policy": policy, "label": label, "group": "policy",  # noqa: E731
+                                       "denoising_speedup": x, "psnr_vs_uncached": q}
+    rows = [row("none", "none", 1.0, None), row("worldcache", "worldcache", 2.0, 55.0),
+            row("teacache", "a", 1.5, 60.0), row("teacache", "b", 2.5, 50.0), row("fora", "c", 2.2, 52.0),
+            row("fora", "d", 3.0, 45.0), row("dicache", "e", 1.5, 62.0), row("dicache", "f", 1.95, 51.0),
+            row("teacache", "dominated", 2.4, 40.0)]
+    cmp = bench.equal_speed_comparison(rows)
+    assert cmp["speedup"] == 2.0 and cmp["psnr_vs_uncached"] == 55.0
+    assert cmp["baselines"]["teacache"]["psnr_vs_uncached"] == pytest.approx(55.0)  # along the frontier only
+    assert not cmp["baselines"]["teacache"]["nearest"]
+    assert cmp["baselines"]["fora"] == {"psnr_vs_uncached": None, "nearest": False, "min_speedup": 2.2,
+                                        "max_speedup": 3.0}  # 10 % away: not equal speed
+    assert cmp["baselines"]["dicache"]["psnr_vs_uncached"] == 51.0 and cmp["baselines"]["dicache"]["nearest"]
+    assert set(cmp["baselines"]) == {"teacache", "fora", "dicache"}
+    assert bench.equal_speed_comparison(rows[2:]) is None  # no WorldCache row
+
+
+def test_strip_shows_the_baseline_closest_to_uncached_at_a_similar_speed():
+    row = lambda policy, label, x, q: {"policy": policy, "label": label, "group": "policy",  # noqa: E731
+                                       "compute_speedup": x, "psnr_vs_uncached": q}
+    rows = [row("worldcache", "worldcache", 2.0, 55.0), row("teacache", "smooth", 2.1, 40.0),
+            row("fora", "fora interval=2", 1.8, 52.0), row("fbcache", "too slow", 1.2, 70.0)]
+    frames = {r["label"]: r["label"] for r in rows}
+    names = [name for name, _ in bench.strip_panels(rows, "u", frames, "gt")]
+    assert names == ["uncached", "WorldCache 2.00x", "FORA-style interval=2 1.80x", "ground truth"]
+
+
+def test_tune_chooses_by_its_rule():
+    row = lambda label, x, q, group="policy": {"label": label, "group": group, "compute_speedup": x,  # noqa: E731
+                                               "psnr_vs_uncached": q}
+    rows = [row("a", 1.5, 60.0), row("b", 3.0, 50.5), row("c", 3.5, 49.0), row("d", 3.0, 52.0),
+            row("abl", 9.0, 99.0, "ablation"), row("ref", 1.0, None)]
+    assert choose(rows, min_psnr=50)["label"] == "d"  # fastest above 50 dB; the tie at 3.0x goes to quality
+    assert choose(rows, min_speedup=2.0)["label"] == "d"
+    assert choose(rows, min_psnr=1000)["label"] == "ref"  # the reference itself is identical (infinite PSNR)
+    with pytest.raises(ValueError, match="3.5"):
+        choose(rows, min_speedup=5)
+    with pytest.raises(ValueError, match="exactly one"):
+        choose(rows)
 
 
 @pytest.mark.slow
@@ -93,7 +315,8 @@ def test_cli_bench_takes_settings_and_a_tuning_seed_range(tiny_ckpt, tmp_path, c
 
     out = tmp_path / "tune.json"
     assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", "worldcache:threshold=0.2,warp=true",
-                 "--no-ablation", "--episodes", "1", "--chunks", "1", "--denoise-steps", "3", "--first-seed", "20000",
+                 "--no-ablation", "--episodes", "1", "--chunks", "1", "--denoise-steps", "3", "--reference-steps", "3",
+                 "--first-seed", "20000",
                  "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["settings"]["env_seeds"] == [20000]
@@ -103,30 +326,3 @@ def test_cli_bench_takes_settings_and_a_tuning_seed_range(tiny_ckpt, tmp_path, c
     assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", "worldcache:threshold"]) == 2
     assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", "worldcache:thresold=0.1"]) == 2
     assert "thresold" in capsys.readouterr().err
-
-
-def test_equal_speed_comparison_interpolates_and_never_extrapolates():
-    row = lambda policy, label, x, q: {"policy": policy, "label": label, "group": "policy",  # noqa: E731
-                                       "denoising_speedup": x, "psnr_vs_uncached": q}
-    rows = [row("none", "none", 1.0, None), row("worldcache", "worldcache", 2.0, 55.0),
-            row("teacache", "a", 1.5, 60.0), row("teacache", "b", 2.5, 50.0), row("fora", "c", 2.2, 52.0),
-            row("fora", "d", 3.0, 45.0), row("dicache", "e", 1.5, 62.0), row("dicache", "f", 1.95, 51.0)]
-    cmp = bench.equal_speed_comparison(rows)
-    assert cmp["speedup"] == 2.0 and cmp["psnr_vs_uncached"] == 55.0
-    assert cmp["baselines"]["teacache"]["psnr_vs_uncached"] == pytest.approx(55.0)
-    assert not cmp["baselines"]["teacache"]["nearest"]
-    assert cmp["baselines"]["fora"] == {"psnr_vs_uncached": None, "nearest": False, "min_speedup": 2.2,
-                                        "max_speedup": 3.0}  # 10 % away: not equal speed
-    assert cmp["baselines"]["dicache"]["psnr_vs_uncached"] == 51.0 and cmp["baselines"]["dicache"]["nearest"]
-    assert set(cmp["baselines"]) == {"teacache", "fora", "dicache"}
-    assert bench.equal_speed_comparison(rows[2:]) is None  # no WorldCache row
-
-
-def test_strip_shows_the_baseline_closest_to_uncached_at_a_similar_speed():
-    row = lambda policy, label, x, q, ret: {"policy": policy, "label": label, "group": "policy",  # noqa: E731
-                                            "denoising_speedup": x, "psnr_vs_uncached": q, "psnr_retention": ret}
-    rows = [row("worldcache", "worldcache", 2.0, 55.0, 1.0), row("teacache", "smooth", 2.1, 40.0, 1.02),
-            row("fora", "faithful", 1.8, 52.0, 1.0), row("fbcache", "too slow", 1.2, 70.0, 1.0)]
-    frames = {r["label"]: r["label"] for r in rows}
-    names = [name for name, _ in bench.strip_panels(rows, "u", frames, "gt")]
-    assert names == ["uncached", "WorldCache 2.00x", "faithful 1.80x", "ground truth"]

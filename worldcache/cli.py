@@ -118,9 +118,19 @@ def _bench(args) -> int:
 
     policies = None if args.cache is None else [_policy_spec(p) for p in args.cache]
     run_bench(args.checkpoint, policies=policies, episodes=args.episodes, chunks=args.chunks,
-              num_steps=args.denoise_steps, ablation=not args.no_ablation, grid=not args.no_grid,
-              json_out=args.json, seed=args.seed, repeats=args.repeats, device=args.device,
-              first_seed=args.first_seed, dtype=args.dtype)
+              num_steps=args.reference_steps, denoise_steps=args.denoise_steps, ablation=not args.no_ablation,
+              grid=not args.no_grid, json_out=args.json, seed=args.seed, repeats=args.repeats, device=args.device,
+              first_seed=args.first_seed, dtype=args.dtype, data=args.data, holdout=args.holdout)
+    return 0
+
+
+def _tune(args) -> int:
+    from .bench import tune
+
+    tune(args.checkpoint, policies=args.cache, denoise_steps=args.denoise_steps,
+         threshold_scales=args.threshold_scales, min_psnr=args.min_psnr, min_speedup=args.min_speedup, out=args.out,
+         episodes=args.episodes, chunks=args.chunks, data=args.data, holdout=args.holdout, first_seed=args.first_seed,
+         json_out=args.json, device=args.device, dtype=args.dtype, seed=args.seed, reference_steps=args.reference_steps)
     return 0
 
 
@@ -270,14 +280,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     b.set_defaults(func=_bench_split)
 
-    bn = sub.add_parser("bench", help="speed/quality of every cache policy on held-out Pusher episodes")
+    bn = sub.add_parser("bench", help="speed/quality of every cache policy on held-out episodes, along the steps axis")
     bn.add_argument("--checkpoint", default=None)
     bn.add_argument("--cache", nargs="*", default=None,
-                    help="cache policy names (each at its small grid), YAML files, or NAME:key=value,... (exactly "
-                         "those settings); default: all policies")
+                    help="cache policy names (each at its small grid), steps-only (uncached at fewer steps), YAML "
+                         "files, or NAME:key=value,... (exactly those settings); default: all policies")
     bn.add_argument("--episodes", type=int, default=10)
     bn.add_argument("--chunks", type=int, default=2)
-    bn.add_argument("--denoise-steps", type=int, default=None, help="default: the model's")
+    bn.add_argument("--denoise-steps", type=int, nargs="+", default=None,
+                    help="the step axis every policy runs on (default: 35 18 12, cut to the reference's; full: "
+                         "35 24 18 14 12 10 8)")
+    bn.add_argument("--reference-steps", type=int, default=None,
+                    help="steps of the uncached reference (default: the model's)")
+    bn.add_argument("--data", default=None, metavar="STORE",
+                    help="take (frames, actions) episodes from this episode store's held-out split instead of "
+                         "simulating Pusher")
+    bn.add_argument("--holdout", type=float, default=0.1,
+                    help="with --data: the held-out fraction (the last ids, as train splits); 0: all episodes")
     bn.add_argument("--no-ablation", action="store_true")
     bn.add_argument("--no-grid", action="store_true", help="named policies at their default config only")
     bn.add_argument("--repeats", type=int, default=1, help="time each rollout N times, keep the fastest")
@@ -288,6 +307,33 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--device", default="cpu")
     bn.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     bn.set_defaults(func=_bench)
+
+    tu = sub.add_parser("tune", help="search steps x cache policy x threshold on tuning episodes; write a YAML")
+    tu.add_argument("--checkpoint", default=None)
+    tu.add_argument("--cache", nargs="+", default=["worldcache"],
+                    help="cache policies to search (steps-only is always a candidate)")
+    tu.add_argument("--denoise-steps", type=int, nargs="+", default=None,
+                    help="step counts to search (default: 35 18 12, cut to the reference's)")
+    tu.add_argument("--reference-steps", type=int, default=None,
+                    help="steps of the uncached reference (default: the model's)")
+    tu.add_argument("--threshold-scales", type=float, nargs="+", default=[0.5, 1.0, 2.0],
+                    help="thresholds to search, as multiples of each policy's default")
+    floor = tu.add_mutually_exclusive_group(required=True)
+    floor.add_argument("--min-psnr", type=float, default=None,
+                       help="the fastest configuration at least this close (dB) to the uncached reference")
+    floor.add_argument("--min-speedup", type=float, default=None,
+                       help="the closest configuration to the reference with at least this compute speedup")
+    tu.add_argument("--out", default="tuned.yaml", help="the cache YAML written (policy settings + num_steps)")
+    tu.add_argument("--episodes", type=int, default=2)
+    tu.add_argument("--chunks", type=int, default=2)
+    tu.add_argument("--data", default=None, metavar="STORE", help="tune on this store's training split")
+    tu.add_argument("--holdout", type=float, default=0.1)
+    tu.add_argument("--first-seed", type=int, default=20_000, help="env seed of the first tuning episode")
+    tu.add_argument("--json", default=None, help="also write the search's bench JSON (and figures) here")
+    tu.add_argument("--seed", type=int, default=0)
+    tu.add_argument("--device", default="cpu")
+    tu.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
+    tu.set_defaults(func=_tune)
 
     ep = sub.add_parser("evaluate-policies", help="rank control policies by real vs. world-model return")
     ep.add_argument("--checkpoint", default=None)

@@ -1,0 +1,88 @@
+"""`worldcache tune` on a tiny random checkpoint (1 tuning episode, 2 step counts, 2 thresholds), and the YAML it
+writes taken as is by the env, the rollout's identity (what `worldcache rollout` records and runs) and the bench."""
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import worldcache  # noqa: F401  (registers the env)
+from worldcache.bench import TUNING_SEED
+from worldcache.bench.tune import choose
+from worldcache.cache.config import ConfigError
+from worldcache.cache_yaml import load_cache
+from worldcache.world_model import WorldModel, WorldModelSpec
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tune_ckpt")
+    model = WorldModel.build(WorldModelSpec(), hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8)
+    with torch.no_grad():  # the action embedder starts as a no-op; give it weight so actions matter
+        for p in model.dit.cond_embedder.parameters():
+            p.normal_(0, 0.2)
+    model.save_pretrained(path)
+    return path
+
+
+def test_a_cache_yaml_may_carry_num_steps(tmp_path):
+    (tmp_path / "a.yaml").write_text("policy: worldcache\nthreshold: 0.2\nnum_steps: 18\n")
+    policy, steps = load_cache(tmp_path / "a.yaml")
+    assert (policy.name, policy.config.threshold, steps) == ("worldcache", 0.2, 18)
+    assert load_cache("worldcache")[1] is None and load_cache("teacache", threshold=0.3)[0].config.threshold == 0.3
+    for bad in ("0", "1.5", "true"):
+        (tmp_path / "b.yaml").write_text(f"policy: none\nnum_steps: {bad}\n")
+        with pytest.raises(ConfigError, match="num_steps must be an integer"):
+            load_cache(tmp_path / "b.yaml")
+
+
+@pytest.mark.slow
+def test_tune_writes_a_yaml_that_env_rollout_and_bench_take(tiny_ckpt, tmp_path, capsys):
+    from worldcache.bench import tune
+    from worldcache.cli import main
+    from worldcache.rollouts.config import RolloutConfig
+    from worldcache.rollouts.identity import checkpoint_files, rollout_attrs
+
+    out = tmp_path / "tuned.yaml"
+    res = tune(tiny_ckpt, policies=["worldcache"], denoise_steps=[4, 2], threshold_scales=[1.0, 2.0], min_psnr=0.0,
+               out=out, episodes=1, chunks=1, reference_steps=4, json_out=tmp_path / "search.json", verbose=False)
+    rows = res["bench"]["rows"]
+    assert sorted((r["label"], r["num_steps"]) for r in rows) == [
+        ("steps-only steps=2", 2), ("worldcache", 4), ("worldcache steps=2", 2), ("worldcache threshold=0.32", 4),
+        ("worldcache threshold=0.32 steps=2", 2)]
+    assert res["bench"]["settings"]["env_seeds"] == [TUNING_SEED]  # disjoint from the benchmark's 10000+
+    best = res["choice"]
+    assert best == choose(rows, min_psnr=0.0)
+    assert best["compute_speedup"] == max(r["compute_speedup"] for r in rows)  # every row passes a 0 dB floor
+    data = yaml.safe_load(out.read_text())
+    assert data["num_steps"] == best["num_steps"] == 2
+    assert out.read_text().startswith("# worldcache tune: the fastest")
+    policy, steps = load_cache(out)
+    assert steps == best["num_steps"] and policy.name == ("none" if best["policy"] == "steps-only" else "worldcache")
+
+    env = gym.make("WorldCache-Cosmos-v0", checkpoint=str(tiny_ckpt), cache=str(out), reward_fn=lambda f, a: 0.0)
+    assert env.unwrapped.sim.num_steps == steps and env.unwrapped.sim.policy.name == policy.name
+    env.reset(seed=0, options={"frame": np.zeros((64, 80, 3), np.uint8)})
+    _, _, _, _, info = env.step(env.action_space.sample())
+    assert info["calls"] == steps  # the prediction ran at the tuned step count
+    env.close()
+    assert gym.make("WorldCache-Cosmos-v0", checkpoint=str(tiny_ckpt), cache=str(out), num_steps=3,
+                    reward_fn=lambda f, a: 0.0).unwrapped.sim.num_steps == 3  # an explicit num_steps wins
+
+    cfg = RolloutConfig.load({"checkpoint": str(tiny_ckpt), "cache": str(out)})
+    attrs = rollout_attrs(cfg, checkpoint_files(tiny_ckpt), tiny_ckpt)
+    assert attrs["env"]["num_steps"] == steps and attrs["cache"]["policy"] == policy.name
+
+    bench_json = tmp_path / "bench.json"
+    assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", str(out), "--no-ablation", "--episodes", "1",
+                 "--chunks", "1", "--reference-steps", "4", "--json", str(bench_json)]) == 0
+    (row,) = json.loads(bench_json.read_text())["rows"]
+    assert (row["label"], row["num_steps"]) == (f"tuned steps={steps}", steps)
+
+    assert main(["tune", "--checkpoint", str(tiny_ckpt), "--denoise-steps", "2", "--threshold-scales", "1",
+                 "--reference-steps", "2", "--episodes", "1", "--chunks", "1", "--min-speedup", "1000",
+                 "--out", str(tmp_path / "never.yaml")]) == 2
+    assert "no configuration reaches 1000" in capsys.readouterr().err
+    assert not (tmp_path / "never.yaml").exists()

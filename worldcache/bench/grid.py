@@ -1,0 +1,124 @@
+"""Which configurations the benchmark runs: each policy's small settings grid times the denoising-step axis, the
+`steps-only` control (uncached at fewer steps) and the WorldCache ablation (`ablation.py`).
+
+The reference is always the uncached model at the reference step count (the model's default): every row's speed
+and quality are measured against it, whatever the row's own `num_steps`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cache.config import CACHE_CONFIG_DIR, read_yaml
+from ..cache_yaml import load_cache
+
+STEPS_ONLY = "steps-only"  # pseudo-policy: no cache, fewer steps (the control every caching claim needs)
+FULL_DENOISE_STEPS = (35, 24, 18, 14, 12, 10, 8)  # the full step axis (`--denoise-steps 35 24 18 14 12 10 8`)
+QUICK_DENOISE_STEPS = (35, 18, 12)  # the default; the full axis runs ~1.9x as many steps
+THRESHOLD_POLICIES = ("worldcache", "dicache", "teacache", "easycache", "fbcache", "magcache")
+THRESHOLD_SCALES = (0.5, 1.0, 2.0)
+# Non-threshold policies: extra settings besides their YAML defaults (fora: both intervals are listed).
+EXTRA_SETTINGS = {
+    "fora": [{"interval": 2}, {"interval": 3}],
+    "fastercache": [{}, {"spatial_attention_block_skip_range": 3}],
+    "taylorseer": [{}, {"cache_interval": 8}],
+}
+ALL_POLICIES = ("none", STEPS_ONLY, "worldcache", "dicache", "fora", "teacache", "easycache", "fbcache",
+                "fastercache", "magcache", "taylorseer")
+DISPLAY_NAMES = {"fora": "FORA-style"}  # ours reuses the whole stack, not per-layer attention/MLP outputs
+
+
+@dataclass
+class BenchConfig:
+    """One row of the benchmark: a policy name (or YAML path) plus setting overrides, at `num_steps` steps."""
+
+    label: str
+    policy: str
+    overrides: dict = field(default_factory=dict)
+    group: str = "policy"            # "policy" or "ablation"
+    num_steps: int | None = None     # None: the reference's
+    name: str | None = None          # the row's policy name where it is not the built policy's (steps-only)
+    match: dict | None = None        # the compute-matched ablation's threshold search (`ablation.py`)
+
+    def build(self):
+        return load_cache(self.policy, **self.overrides)[0]
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def display(label: str) -> str:
+    """A label as tables and figures show it ("fora interval=2" -> "FORA-style interval=2")."""
+    head, _, rest = label.partition(" ")
+    return " ".join([DISPLAY_NAMES.get(head, head)] + ([rest] if rest else []))
+
+
+def steps_axis(reference_steps: int, denoise_steps=None) -> list[int]:
+    """The step counts to run: `denoise_steps` as given (deduplicated, largest first), or the quick default axis
+    cut to the reference's steps (a model whose default is below 35 gets its default plus the smaller ones)."""
+    if denoise_steps:
+        steps = sorted({int(n) for n in denoise_steps}, reverse=True)
+        if steps[-1] < 1:
+            raise ValueError(f"--denoise-steps must be >= 1, got {steps[-1]}")
+        return steps
+    return [reference_steps] + [n for n in QUICK_DENOISE_STEPS if n < reference_steps]
+
+
+def policy_grid(name: str, scales=THRESHOLD_SCALES) -> list[tuple[str, dict]]:
+    """(label, overrides) of one policy's settings grid: threshold x `scales` of its default, or the settings in
+    `EXTRA_SETTINGS`, or just its default configuration."""
+    default = CACHE_CONFIG_DIR / f"{name}.yaml"
+    if name in THRESHOLD_POLICIES and default.is_file():
+        tau = float(read_yaml(default)["threshold"])
+        return [(name if s == 1 else f"{name} threshold={_fmt(round(tau * s, 6))}",
+                 {} if s == 1 else {"threshold": round(tau * s, 6)}) for s in scales]
+    return [(" ".join([name] + [f"{k}={_fmt(v)}" for k, v in o.items()]), dict(o))
+            for o in EXTRA_SETTINGS.get(name, [{}])]
+
+
+def with_steps(label: str, n: int, reference_steps: int) -> str:
+    return label if n == reference_steps else f"{label} steps={n}"
+
+
+def bench_configs(policies=None, ablation: bool = True, grid: bool = True, denoise_steps=None,
+                  reference_steps: int = 35, scales=THRESHOLD_SCALES) -> list[BenchConfig]:
+    """Rows to run. `policies`: None (every policy) or a list of policy names (each at its settings grid, or at
+    its default only with ``grid=False``, times the step axis), ``"steps-only"``, YAML paths (exactly that file;
+    at its own `num_steps` if it sets one, else on the step axis), or dicts ``{"policy": name, **settings}``
+    (``num_steps`` among them pins the steps). ``"none"`` runs at the reference steps only: it re-runs the
+    reference, so its speedup shows the machine's timing noise."""
+    from .ablation import ablation_grid
+
+    steps = steps_axis(reference_steps, denoise_steps)
+    out: list[BenchConfig] = []
+
+    def add(label, policy, overrides, pinned=None):
+        uncached = load_cache(policy, **overrides)[0].name == "none"
+        for n in [pinned] if pinned else steps:  # no cache at other steps than the reference's: steps-only
+            out.append(BenchConfig(with_steps(label, n, reference_steps), policy, overrides, num_steps=n,
+                                   name=STEPS_ONLY if uncached and n != reference_steps else None))
+
+    for spec in ALL_POLICIES if policies is None else policies:
+        if isinstance(spec, dict):
+            spec = dict(spec)
+            name, pinned = spec.pop("policy"), spec.pop("num_steps", None)
+            add(" ".join([name] + [f"{k}={_fmt(v)}" for k, v in spec.items()]), name, spec, pinned)
+        elif str(spec).endswith((".yaml", ".yml")):
+            add(Path(spec).stem, str(spec), {}, load_cache(spec)[1])
+        elif spec == STEPS_ONLY:
+            for n in steps:
+                if n != reference_steps:
+                    out.append(BenchConfig(f"{STEPS_ONLY} steps={n}", "none", num_steps=n, name=STEPS_ONLY))
+        elif spec == "none":
+            out.append(BenchConfig("none", "none", num_steps=reference_steps))
+        else:
+            for label, over in policy_grid(spec, scales) if grid else [(spec, {})]:
+                add(label, spec, over)
+    names = {c.build().name if c.policy.endswith((".yaml", ".yml")) else c.policy for c in out}
+    if ablation and "worldcache" in names:
+        out.extend(ablation_grid(reference_steps))
+    labels = [c.label for c in out]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ValueError(f"configurations listed twice: {dup}")
+    return out

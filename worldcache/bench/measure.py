@@ -1,0 +1,212 @@
+"""Running episodes through the world model and measuring one configuration against the uncached reference:
+wall-clock and computed speed, decision overhead, and quality of frames and of latents.
+
+Speed, two ways (both against the reference, uncached at the reference steps, on the same episodes):
+
+* ``denoising_speedup`` (wall clock): reference / configuration time of the denoising loop (sum of
+  `CallRecord.wall_ms`). Runs are interleaved per episode, so it is comparable within one run; between runs it
+  swings with the machine.
+* ``compute_speedup``: the same ratio of a cost counted from what actually ran, at unit times measured once in the
+  reference run: per call ``fixed_ms + blocks_run * block_ms + policy_ms`` (embed and head, the transformer
+  blocks that ran, the policy's own time outside blocks). Policies whose work runs inside the blocks (the
+  diffusers hooks) do not measure `policy_ms`; their calls count at their wall time. Nearly free of machine noise.
+
+Quality: PSNR/SSIM of the decoded frames against the simulator's (``psnr``, ``ssim``; ``*_retention`` = row /
+reference) and against the reference's frames (``psnr_vs_uncached``, ``ssim_vs_uncached``; ``null`` where
+identical), and on the final latents of the generated latent frames, which 8-bit frames round away:
+``latent_rel_l1`` = sum|z - z_ref| / sum|z_ref| and ``latent_psnr`` = 10 log10(range^2 / MSE) with range =
+max(z_ref) - min(z_ref), pooled over all episodes and chunks."""
+from __future__ import annotations
+
+import datetime
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..cache.base import NoCache
+from ..dit import sync
+from ..quality import psnr, ssim
+
+METRICS = ("denoising_speedup", "compute_speedup", "env_step_speedup", "computed_fraction", "overhead_ms",
+           "decision_ms", "psnr", "ssim", "psnr_retention", "ssim_retention", "psnr_vs_uncached",
+           "ssim_vs_uncached", "latent_rel_l1", "latent_psnr")
+
+
+class TimedNoCache(NoCache):
+    """The uncached reference; also times its block stack per call (the unit times of the compute model)."""
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.stack_ms: list[float] = []
+
+    def run_stack(self, stack, call):
+        out = stack(stack.x)
+        self.stack_ms.append(stack.block_ms)  # the stack times its own block forwards
+        return out
+
+
+@dataclass
+class Runs:
+    """Everything measured for one configuration, accumulated over episodes."""
+
+    frames: list = field(default_factory=list)      # (T, H, W, 3) uint8 per episode
+    latents: list = field(default_factory=list)     # (chunks, C, T_gen, h, w) float32 per episode
+    records: list = field(default_factory=list)     # CallRecords of all predictions
+    episode_loop_ms: list = field(default_factory=list)  # denoising-loop time per episode
+    episode_rollout_s: list = field(default_factory=list)  # end-to-end rollout time per episode
+    predictions: int = 0                            # env steps (chunks) predicted
+    stack_ms: list = field(default_factory=list)    # block-stack time per call (timed reference only)
+
+    @property
+    def loop_ms(self) -> float:
+        return sum(self.episode_loop_ms)
+
+    @property
+    def rollout_s(self) -> float:
+        return sum(self.episode_rollout_s)
+
+
+def needs_calibration(policy) -> bool:
+    """MagCache without `mag_ratios` calibrates on its first prediction (and skips nothing there)."""
+    return getattr(policy, "mag_ratios", ()) is None
+
+
+def warm_up(model, policies, num_steps, seed: int = 0, episode: dict | None = None) -> None:
+    """One prediction per policy on a calibration episode (warms caches and allocators, calibrates MagCache).
+    `num_steps`: one count for all, or one per policy (MagCache calibrates at the steps it will run)."""
+    if not policies:
+        return
+    if episode is None:
+        from .episodes import calibration_episode
+
+        episode = calibration_episode(model.spec)
+    steps = num_steps if isinstance(num_steps, (list, tuple)) else [num_steps] * len(policies)
+    for policy, n in zip(policies, steps):
+        model.predict(episode["obs"][:1], episode["actions"][None, :model.spec.chunk], policy=policy, num_steps=n,
+                      seed=seed)
+        policy.detach()
+
+
+def run_episode(model, ep: dict, policy, runs: Runs, num_steps, seed: int, repeats: int = 1) -> None:
+    """Roll the episode's actions out from its start frame; with repeats > 1 keep the fastest of the repeats
+    (same inputs and seeds, so the same frames: only the timing differs)."""
+    best = None
+    for _ in range(repeats):
+        stack_ms = getattr(policy, "stack_ms", [])  # the timed reference's per-call block-stack times
+        start = len(stack_ms)
+        sync(model.device)
+        t0 = time.perf_counter()
+        frames, outs = model.rollout(ep["obs"][:1], ep["actions"][None], policy=policy, num_steps=num_steps,
+                                     seed=seed, timing=True)
+        sync(model.device)
+        elapsed = time.perf_counter() - t0
+        policy.detach()  # hook policies leave the shared model clean for the next configuration
+        times = stack_ms[start:]
+        del stack_ms[start:]
+        if best is None or elapsed < best[0]:
+            best = (elapsed, frames, outs, times)
+    elapsed, frames, outs, times = best
+    records = [r for o in outs for r in o.records]
+    gen = model.spec.cond_latent_frames  # the generated latent frames; the conditioning ones are copied in
+    runs.frames.append(frames[0].cpu().numpy())
+    runs.latents.append(np.stack([o.latents[0, :, gen:].float().cpu().numpy() for o in outs]))
+    runs.records.extend(records)
+    runs.stack_ms.extend(times)
+    runs.episode_loop_ms.append(sum(r.wall_ms for r in records))
+    runs.episode_rollout_s.append(elapsed)
+    runs.predictions += len(outs)
+
+
+def unit_times(ref: Runs) -> tuple[float, float]:
+    """(fixed_ms, block_ms) from the timed reference: embed + head per call, and one block forward."""
+    if len(ref.stack_ms) != len(ref.records):
+        raise RuntimeError("one block-stack timing per uncached call expected")
+    block_ms = sum(ref.stack_ms) / sum(r.blocks_run for r in ref.records)
+    fixed_ms = float(np.mean([r.wall_ms - st for r, st in zip(ref.records, ref.stack_ms)]))
+    return fixed_ms, block_ms
+
+
+def compute_ms(records, fixed_ms: float, block_ms: float) -> float:
+    """The calls' cost from what ran: fixed + blocks_run x block + policy_ms each; wall_ms where the policy's own
+    time is unmeasured (NaN policy_ms: diffusers-hook policies)."""
+    return sum(r.wall_ms if math.isnan(r.policy_ms) else fixed_ms + r.blocks_run * block_ms + r.policy_ms
+               for r in records)
+
+
+def latent_metrics(pred, ref) -> tuple[float, float | None]:
+    """(relative L1, PSNR in dB; None where identical) of latents `pred` against `ref` (see the module doc)."""
+    p, r = np.asarray(pred, np.float64), np.asarray(ref, np.float64)
+    rel_l1 = float(np.abs(p - r).sum() / max(np.abs(r).sum(), 1e-12))
+    mse = float(np.mean((p - r) ** 2))
+    peak = float(r.max() - r.min())
+    return rel_l1, (10 * math.log10(peak ** 2 / mse) if mse > 0 else None)
+
+
+def _finite(v):
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def measure_row(cfg, policy, runs: Runs, ref: Runs, real: np.ndarray, fixed_ms: float, block_ms: float) -> dict:
+    """One row of bench.json: the keys in `METRICS` plus label, settings and per-step times."""
+    pred, ref_pred = np.stack(runs.frames), np.stack(ref.frames)
+    q = {"psnr": _finite(psnr(pred, real)), "ssim": _finite(ssim(pred, real))}
+    q_ref = {"psnr": _finite(psnr(ref_pred, real)), "ssim": _finite(ssim(ref_pred, real))}
+    n = len(runs.records)
+    config = policy.config.as_dict() if policy.config is not None else {}
+    if getattr(policy, "mag_ratios", None):  # MagCache calibrated in the warm-up: record what it used
+        config["mag_ratios"] = [round(float(v), 6) for v in policy.mag_ratios]
+    overhead = sum(r.wall_ms - fixed_ms - r.blocks_run * block_ms for r in runs.records) / n
+    rel_l1, z_psnr = latent_metrics(np.stack(runs.latents), np.stack(ref.latents))
+    row = {
+        "policy": cfg.name or policy.name, "label": cfg.label, "group": cfg.group, "num_steps": cfg.num_steps,
+        "config": config,
+        "denoising_speedup": _finite(ref.loop_ms / runs.loop_ms),
+        "compute_speedup": _finite(compute_ms(ref.records, fixed_ms, block_ms)
+                                   / compute_ms(runs.records, fixed_ms, block_ms)),
+        "env_step_speedup": _finite(ref.rollout_s / runs.rollout_s),
+        "computed_fraction": sum(r.computed for r in runs.records) / n,
+        "overhead_ms": _finite(overhead),
+        "decision_ms": _finite(float(np.mean([r.policy_ms for r in runs.records]))),
+        **q,
+        "psnr_retention": _finite(_ratio(q["psnr"], q_ref["psnr"])),
+        "ssim_retention": _finite(_ratio(q["ssim"], q_ref["ssim"])),
+        "psnr_vs_uncached": _finite(psnr(pred, ref_pred)),
+        "ssim_vs_uncached": _finite(ssim(pred, ref_pred)),
+        "latent_rel_l1": rel_l1,
+        "latent_psnr": _finite(z_psnr),
+        "denoising_speedup_per_episode": [round(a / b, 4) for a, b in zip(ref.episode_loop_ms,
+                                                                           runs.episode_loop_ms)],
+        "denoise_ms_per_step": runs.loop_ms / runs.predictions,
+        "env_step_ms": 1e3 * runs.rollout_s / runs.predictions,
+        "blocks_per_call": sum(r.blocks_run for r in runs.records) / n,
+    }
+    if cfg.match is not None:
+        row["match"] = cfg.match
+    return row
+
+
+def machine_info(device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = torch.device(device)
+    dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
+    import diffusers
+
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "device": dev_name, "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

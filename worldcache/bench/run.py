@@ -1,0 +1,116 @@
+"""`run_bench`: every configuration of the grid on the same episodes, against the uncached reference.
+
+Every configuration predicts the same start frames and action sequences with the same noise seeds, open loop
+through `WorldModel.rollout`. Runs are INTERLEAVED: for each episode the reference (uncached, reference steps)
+runs first, then every configuration, so slow phases of a shared machine hit all of them alike. Every
+configuration and the reference make one warm-up prediction first, at their own steps, on a calibration episode
+(where MagCache calibrates its `mag_ratios` when its YAML has none). On a noisy machine pass ``repeats=3``: each
+rollout is timed three times and the fastest kept (the frames are identical across repeats)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..quality import psnr, ssim
+from .ablation import match_ablation
+from .episodes import HELDOUT_SEED, TUNING_SEED, bench_episodes, calibration_episode
+from .frontier import equal_speed_comparison, frontiers
+from .grid import THRESHOLD_SCALES, bench_configs
+from .measure import Runs, TimedNoCache, _finite, machine_info, measure_row, run_episode, unit_times, warm_up
+from .report import format_table, write_outputs
+
+
+def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 2, num_steps: int | None = None,
+              ablation: bool = True, json_out=None, seed: int = 0, grid: bool = True, device: str = "cpu",
+              repeats: int = 1, verbose: bool = True, first_seed: int = HELDOUT_SEED, dtype: str = "fp32",
+              denoise_steps=None, data=None, holdout: float = 0.1, tuning: bool = False,
+              threshold_scales=THRESHOLD_SCALES, match_episodes: int = 1, match_compute: bool = True) -> dict:
+    """Benchmark cache policies on `episodes` episodes of `chunks` env steps each.
+
+    `num_steps`: the reference's steps (default: the model's); `denoise_steps`: the step axis every policy runs on
+    (default: `grid.QUICK_DENOISE_STEPS` up to the reference's). `data`: an episode store to take the episodes
+    from (its held-out split, the last `holdout` fraction; ``tuning=True``: its training split) instead of
+    simulating Pusher from env seed `first_seed` (another range, e.g. 20000, gives tuning episodes). The
+    WorldCache ablation runs at the reference steps, at compute matched to the default's on `match_episodes`
+    tuning episodes (``match_compute=False``: at the default threshold). `dtype`: the weights'.
+
+    Returns ``{"rows", "uncached", "frontiers", "at_worldcache_speed", "machine", "settings"}``; with `json_out`
+    the JSON and the figures are written (`report.write_outputs`)."""
+    from ..world_model import WorldModel
+
+    if episodes < 1 or chunks < 1 or repeats < 1:
+        raise ValueError(f"episodes, chunks and repeats must be >= 1, got {episodes}, {chunks}, {repeats}")
+    model = WorldModel.from_pretrained(checkpoint, device=device, dtype=dtype)
+    s = model.spec
+    ref_steps = num_steps or s.num_steps
+    configs = bench_configs(policies, ablation, grid, denoise_steps, ref_steps, threshold_scales)
+    frames = chunks * s.chunk
+    eps = bench_episodes(s, episodes, frames, data, first_seed, holdout, tuning)
+    real = np.stack([ep["obs"][1:] for ep in eps])
+    if len(eps) < episodes and verbose:
+        print(f"{data}: {len(eps)} of the {episodes} episodes asked for have {frames} steps; measuring those")
+    if match_compute and any(c.group == "ablation" for c in configs):
+        match_eps = bench_episodes(s, match_episodes, frames, data, TUNING_SEED, holdout, tuning=True)
+        match_ablation(model, configs, match_eps, ref_steps, seed, verbose)
+    built = [c.build() for c in configs]
+    ref_policy = TimedNoCache()
+
+    warm_up(model, [ref_policy, *built], [ref_steps] + [c.num_steps for c in configs], seed,
+            calibration_episode(s, data, holdout))
+    ref_policy.stack_ms.clear()  # warm-up timings are not used
+    ref, runs = Runs(), [Runs() for _ in configs]
+    progress = _progress(len(eps) * (1 + len(configs)), verbose)
+    for i, ep in enumerate(eps):
+        ep_seed = seed + 1000 * (i + 1)  # noise seeds: the same for every configuration of this episode
+        run_episode(model, ep, ref_policy, ref, ref_steps, ep_seed, repeats)
+        progress.update()
+        for cfg, policy, r in zip(configs, built, runs):
+            run_episode(model, ep, policy, r, cfg.num_steps, ep_seed, repeats)
+            progress.update()
+    progress.close()
+
+    fixed_ms, block_ms = unit_times(ref)
+    rows = [measure_row(c, p, r, ref, real, fixed_ms, block_ms) for c, p, r in zip(configs, built, runs)]
+    ref_pred = np.stack(ref.frames)
+    result = {
+        "rows": rows,
+        "uncached": {"num_steps": ref_steps, "psnr": _finite(psnr(ref_pred, real)),
+                     "ssim": _finite(ssim(ref_pred, real)),
+                     "denoise_ms_per_step": ref.loop_ms / ref.predictions,
+                     "env_step_ms": 1e3 * ref.rollout_s / ref.predictions,
+                     "fixed_ms_per_call": fixed_ms, "block_ms": block_ms,
+                     "call_ms": float(np.mean([r.wall_ms for r in ref.records]))},
+        "frontiers": frontiers(rows),
+        "at_worldcache_speed": {"compute": equal_speed_comparison(rows, speed_key="compute_speedup"),
+                                "wall": equal_speed_comparison(rows, speed_key="denoising_speedup")},
+        "machine": machine_info(device),
+        "settings": {"checkpoint": str(checkpoint) if checkpoint else "bundled", "episodes": len(eps),
+                     "chunks": chunks, "frames_per_episode": frames, "num_steps": ref_steps,
+                     "denoise_steps": sorted({c.num_steps for c in configs}, reverse=True), "seed": seed,
+                     "repeats": repeats, "dtype": dtype, "frontier_speed": "compute_speedup",
+                     **_source(eps, data, first_seed, holdout, tuning)},
+    }
+    for p in built:
+        p.detach()
+    if verbose:
+        print(format_table(result))
+    if json_out is not None:
+        result["files"] = write_outputs(result, json_out, eps, ref.frames,
+                                        {c.label: r.frames for c, r in zip(configs, runs)}, real)
+        if verbose:
+            print("wrote " + ", ".join(result["files"]))
+    return result
+
+
+def _source(eps, data, first_seed: int, holdout: float, tuning: bool) -> dict:
+    if data is not None:
+        part = "training" if tuning else "held-out"
+        return {"episode_source": f"{part} episodes of {data}", "data": str(data), "holdout": holdout,
+                "episode_ids": [ep["id"] for ep in eps]}
+    return {"episode_source": f"Pusher, env seeds {first_seed}+", "episode_policy": "mixed",
+            "env_seeds": [first_seed + i for i in range(len(eps))]}
+
+
+def _progress(total: int, verbose: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="bench rollouts", unit="rollout", disable=not verbose)
