@@ -95,7 +95,7 @@ def _write_store(path, n=3, frames=8, height=64, width=80, action_dim=7):
 
 
 def test_store_episodes_take_the_held_out_split_and_check_sizes(tmp_path):
-    spec = WorldModelSpec()  # 64x80 frames, 7-d actions, chunk 8
+    spec = WorldModelSpec()  # 80x96 frames, 3-d actions, chunk 8
     _write_store(tmp_path / "s.zarr", n=4, frames=8)
     held = store_episodes(tmp_path / "s.zarr", 5, 8, spec)
     assert [e["id"] for e in held] == ["ep3"]  # the last 10 % (at least one) of the sorted ids, as train splits

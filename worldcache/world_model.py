@@ -52,12 +52,12 @@ def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 @dataclass
 class WorldModelSpec:
-    height: int = 64
-    width: int = 80
+    height: int = 80                  # defaults: the bundled model's (MuJoCo Pusher, end-effector deltas x20)
+    width: int = 96
     chunk: int = 8                    # actions (and new frames) per prediction; multiple of the VAE's 4x time
-    action_dim: int = 7
-    action_low: list = field(default_factory=lambda: [-2.0] * 7)
-    action_high: list = field(default_factory=lambda: [2.0] * 7)
+    action_dim: int = 3
+    action_low: list = field(default_factory=lambda: [-1.0] * 3)
+    action_high: list = field(default_factory=lambda: [1.0] * 3)
     fps: float = 20.0
     num_steps: int = 35               # default denoising steps
     guidance_scale: float = 1.0       # <= 1: no classifier-free guidance (diffusers' gate); v + g (v - v_neg)
