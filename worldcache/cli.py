@@ -293,13 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     bn.set_defaults(func=_bench)
 
-    ep = sub.add_parser("evaluate-policies", help="rank control policies by real vs. world-model return")
+    ep = sub.add_parser("evaluate-policies", help="rank control policies by real vs. decoded world-model return")
     ep.add_argument("--checkpoint", default=None)
     ep.add_argument("--episodes", type=int, default=5)
     ep.add_argument("--env-steps", type=int, default=48, help="env steps per episode (multiple of the chunk)")
-    ep.add_argument("--control", nargs="*",
-                    default=["scripted:0", "scripted:0.3", "scripted:0.6", "scripted:1.0", "random"],
-                    help="control policies to rank")
+    ep.add_argument("--control", nargs="*", default=["equal-cost"],
+                    help="control policies to rank, or sets of them: equal-cost (default; every action has the same "
+                         "norm, so only the frames rank them) or noise-levels (the scripted controller at 4 noise "
+                         "levels, and random)")
     ep.add_argument("--cache", nargs="*", default=["none", "worldcache"])
     ep.add_argument("--denoise-steps", type=int, default=None)
     ep.add_argument("--seed", type=int, default=0)
