@@ -30,6 +30,17 @@ def tiny_ckpt(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    """32x40 frames, 4 actions per chunk, 2 blocks: the fidelity run's model calls stay cheap."""
+    path = tmp_path_factory.mktemp("small_ckpt")
+    spec = WorldModelSpec(height=32, width=40, chunk=4, action_dim=3, action_low=[-1.0] * 3, action_high=[1.0] * 3)
+    model = WorldModel.build(spec, hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8)
+    model.save_pretrained(path)
+    StateDecoder(StateDecoderConfig(height=32, width=40, channels=8, keypoints=4, hidden=16)).save(path)
+    return path
+
+
 def test_default_grid_covers_every_policy_and_the_ablation():
     configs = bench_configs()
     names = {c.policy for c in configs if c.group == "policy"}
@@ -72,9 +83,9 @@ def test_run_bench_writes_json_and_figures(tiny_ckpt, tmp_path):
     assert bench.markdown_table(res).splitlines()[1].startswith("| worldcache |")
 
 
-def test_evaluate_policies_ranks_the_equal_cost_set_end_to_end(tiny_ckpt, tmp_path):
+def test_evaluate_policies_ranks_the_equal_cost_set_end_to_end(small_ckpt, tmp_path):
     assert parse_policy("scripted:0.3") == ("scripted", 0.3, "scripted noise=0.3")
-    res = evaluate_policies(tiny_ckpt, episodes=1, steps=8, num_steps=2, cache=("none", "worldcache"),
+    res = evaluate_policies(small_ckpt, episodes=1, steps=4, num_steps=2, cache=("none", "worldcache"),
                             verbose=False, json_out=tmp_path / "f.json")
     assert [p["policy"] for p in res["policies"]] == [parse_policy(p)[2] for p in POLICY_SETS["equal-cost"]]
     assert len(res["policies"]) >= 6 and res["equal_control_cost"] is True
@@ -82,7 +93,7 @@ def test_evaluate_policies_ranks_the_equal_cost_set_end_to_end(tiny_ckpt, tmp_pa
         assert set(res[key]) == {"none", "worldcache"}
     assert "spearman_decoded_real" in res and res["same_ranking"]["none"] is True
     for p in res["policies"]:  # the same control cost, computed exactly from the actions: 0.1 |a|^2 per step
-        assert p["ctrl_return"] == pytest.approx(-0.1 * EQUAL_NORM ** 2 * 8, rel=1e-6)
+        assert p["ctrl_return"] == pytest.approx(-0.1 * EQUAL_NORM ** 2 * 4, rel=1e-6)
         assert math.isfinite(p["real_return"]) and math.isfinite(p["decoded_real_return"])
         assert p["real_return"] <= p["ctrl_return"] + 1e-6
         assert all(math.isfinite(v) for v in p["wm_return"].values())
@@ -90,14 +101,14 @@ def test_evaluate_policies_ranks_the_equal_cost_set_end_to_end(tiny_ckpt, tmp_pa
     assert len(fidelity.markdown_table(res).splitlines()) == len(res["policies"]) + 2
     assert json.loads((tmp_path / "f.json").read_text())["spearman"].keys() == res["spearman"].keys()
     with pytest.raises(ValueError, match="multiple"):
-        evaluate_policies(tiny_ckpt, episodes=1, steps=5, verbose=False)
+        evaluate_policies(small_ckpt, episodes=1, steps=5, verbose=False)
     with pytest.raises(ValueError, match="unknown control policy"):
-        evaluate_policies(tiny_ckpt, episodes=1, steps=8, policies=["teleport"], verbose=False)
+        evaluate_policies(small_ckpt, episodes=1, steps=4, policies=["teleport"], verbose=False)
 
 
 @pytest.mark.slow
-def test_evaluate_policies_noise_level_set(tiny_ckpt):
-    res = evaluate_policies(tiny_ckpt, episodes=1, steps=8, policies=["noise-levels"], num_steps=2,
+def test_evaluate_policies_noise_level_set(small_ckpt):
+    res = evaluate_policies(small_ckpt, episodes=1, steps=4, policies=["noise-levels"], num_steps=2,
                             cache=("none",), verbose=False)
     assert [p["policy"] for p in res["policies"]][-1] == "random" and res["equal_control_cost"] is False
     assert len(fidelity.markdown_table(res).splitlines()) == 5 + 3  # with the control-cost-removed row
