@@ -61,6 +61,9 @@ def test_decoder_learns_positions_and_round_trips(store, tmp_path):
     np.testing.assert_array_equal(dec.predict(frames), res["decoder"].predict(frames))
     assert position_errors(dec, frames, states) == err
     assert dec.predict(frames[:3].reshape(1, 3, H, W, 3)).shape == (1, 3, 9)
+    # init_from continues from the saved weights: 20 more steps keep the error (20 from scratch learn nothing)
+    more = train_state_decoder(store, None, steps=20, batch_size=32, lr=1e-3, holdout=0.2, blur=0.0, init_from=out)
+    assert more["heldout_errors"]["fingertip"]["mean_cm"] < 0.3 * base
     with pytest.raises(ValueError, match="uint8"):
         dec.predict(frames[:, :8])
     (out / CONFIG_FILE).write_text(json.dumps({**json.loads((out / CONFIG_FILE).read_text()), "colour": 1}))

@@ -149,12 +149,14 @@ def position_errors(decoder: StateDecoder, frames, states) -> dict:
 
 def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, steps: int = 3000, *,
                         batch_size: int = 64, lr: float = 2e-3, holdout: float = 0.1, seed: int = 0,
-                        device: str = "cpu", config: StateDecoderConfig | None = None, blur: float = 0.5) -> dict:
+                        device: str = "cpu", config: StateDecoderConfig | None = None, blur: float = 0.5,
+                        init_from: str | Path | None = None) -> dict:
     """Fit a `StateDecoder` on an episode store's frames and ``state`` extras (Pusher observations) by MSE on the
     standardised positions, and save it to `out_folder` (None: don't save).
 
     `blur`: the share of training frames blurred (3x3 box filter), so predicted frames, which are softer than
-    real ones, read alike. The last `holdout` fraction of the sorted episode ids is held out (the world-model
+    real ones, read alike. `init_from`: continue from the decoder in that folder (its sizes and normalisation;
+    `config` is then ignored). The last `holdout` fraction of the sorted episode ids is held out (the world-model
     trainer's split); its position errors are reported. Returns {"decoder", "losses", "heldout_errors" (None
     without held-out episodes), "train_frames", "heldout_frames"}."""
     from tqdm import tqdm
@@ -179,12 +181,15 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
     mean, std = y.mean(0), np.maximum(y.std(0), 1e-3)  # the goal may never move: keep its scale finite
     cfg = StateDecoderConfig(**{**asdict(config or StateDecoderConfig()), "height": frames.shape[1],
                                 "width": frames.shape[2], "mean": mean.tolist(), "std": std.tolist()})
-    target = torch.as_tensor((y - mean) / std)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    dec = StateDecoder(cfg).to(device).train()
+    dec = StateDecoder(cfg) if init_from is None else StateDecoder.load(init_from)
+    dec = dec.to(device).train()
+    mean, std = np.asarray(dec.config.mean, np.float32), np.asarray(dec.config.std, np.float32)
+    target = torch.as_tensor((y - mean) / std)
     opt = torch.optim.AdamW(dec.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(steps, 1), pct_start=0.05)
+    warm = min(0.5, max(0.05, 2 / max(steps, 1)))  # OneCycleLR divides by zero where warm * steps == 1
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(steps, 1), pct_start=warm)
     losses = []
     bar = tqdm(range(steps), desc="train state decoder", unit="step", dynamic_ncols=True)
     for _ in bar:
