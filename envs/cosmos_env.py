@@ -6,8 +6,9 @@ step is exactly one prediction, and the cache statistics in `info` describe that
 action per step and buffering them would hide the frames until the chunk is full and make step times uneven.)
 
 Besides the world model, the checkpoint folder may hold ``start_frames.npy`` (N, H, W, 3) uint8, the start states
-`reset` samples from, and a learned reward head (``reward_head.json`` + ``reward_head.safetensors``, see
-`worldcache.reward_head`), the default reward.
+`reset` samples from, and a state decoder (``state_decoder.json`` + ``state_decoder.safetensors``, see
+`worldcache.state_decoder`): the default reward is then the task's reward formula on the positions it decodes from
+each predicted frame, plus the exact control cost of each action.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class WorldSim:
         from worldcache.cache_yaml import load_cache
         from worldcache.world_model import BUNDLED, CheckpointError, WorldModel
 
-        # The folder also holds start frames and reward head. A passed-in model without a checkpoint has neither.
+        # The folder also holds start frames and state decoder. A passed-in model without a checkpoint has neither.
         self.folder = Path(checkpoint) if checkpoint is not None else (BUNDLED if model is None else None)
         # dtype: the weights' (bf16/fp16/fp32); latents, noise and timesteps stay fp32.
         self.model = model if model is not None else WorldModel.from_pretrained(self.folder, device=device, dtype=dtype)
@@ -81,16 +82,23 @@ class WorldSim:
         self.termination_fn = termination_fn or (lambda frames, actions: False)
 
     def _default_reward(self, device) -> Callable:
-        from worldcache.reward_head import RewardHead
+        from worldcache.state_decoder import CONFIG_FILE, WEIGHTS_FILE, StateDecoder
+        from worldcache.world_model import CheckpointError
 
-        if self.folder is not None and RewardHead.exists(self.folder):
-            return RewardHead.load(self.folder, device).chunk_reward
+        if self.folder is not None and StateDecoder.exists(self.folder):
+            decoder = StateDecoder.load(self.folder, device)
+            c = decoder.config
+            if (c.height, c.width) != (self.spec.height, self.spec.width):
+                raise CheckpointError(f"{self.folder / CONFIG_FILE}: the state decoder reads {c.height}x{c.width} "
+                                      f"frames, the model predicts {self.spec.height}x{self.spec.width}")
+            return decoder.chunk_reward
         key = str(self.folder)
         if key not in _warned_no_reward:  # once per folder: N envs of one vector make need not repeat it
             _warned_no_reward.add(key)
-            warnings.warn(f"no reward head in {self.folder} (reward_head.safetensors): reward is 0.0; "
-                          f"pass reward_fn= or train one with worldcache.reward_head.train_reward_head",
-                          stacklevel=3)
+            old = self.folder is not None and (self.folder / "reward_head.safetensors").is_file()
+            why = " (its reward_head.safetensors is from an older version and no longer read)" if old else ""
+            warnings.warn(f"no state decoder in {self.folder} ({WEIGHTS_FILE}){why}: reward is 0.0; pass "
+                          f"reward_fn= or train one with `worldcache train --stages decoder`", stacklevel=3)
         return lambda frames, actions: 0.0
 
     def observation_space(self, obs_mode: str, history: int) -> spaces.Space:
@@ -205,9 +213,11 @@ class CosmosWorldEnv(gym.Env):
     wrong shapes and NaN/inf raise ValueError without changing the env.
     Observation: the latest predicted frame, uint8 (H, W, 3); with ``obs_mode="history"`` a dict with that
     ``frame`` and ``history`` (history, H, W, 3), the last frames oldest first (the start frame repeated after
-    reset). Reward: ``reward_fn(frames, actions)`` over the chunk's frames and actions, by default the checkpoint's
-    learned reward head (0.0 without one). Episodes end by ``termination_fn(frames, actions)`` (default: never)
-    or by the time limit of `gym.make` (``max_episode_steps``, in chunks).
+    reset). Reward: ``reward_fn(frames, actions)`` over the chunk's frames and actions; by default, summed over the
+    chunk's steps, `task_reward` on the positions the checkpoint's state decoder reads from the frame after each
+    action, with that action's exact control cost (0.0, with a warning, without a decoder). Episodes end by
+    ``termination_fn(frames, actions)`` (default: never) or by the time limit of `gym.make` (``max_episode_steps``,
+    in chunks).
 
     Info after a step, deterministic and NaN-free (as gymnasium's `check_env` requires): ``frames`` (chunk, H, W, 3)
     all predicted frames; the prediction's cache statistics ``computed_fraction``, ``calls``, ``skipped``, per

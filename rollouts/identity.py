@@ -2,7 +2,7 @@
 
 The model's identity is a sha256 over every file the model and the env load (`checkpoint_files`): weights and
 configs of transformer, VAE and scheduler, the action embedder, the prompt embeddings, model.json, the start
-frames and the reward head. The same files travel to the workers through Ray's object store, so no worker needs
+frames and the state decoder. The same files travel to the workers through Ray's object store, so no worker needs
 the driver's checkpoint path.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .store import EpisodeStore
 ROLLOUT_FORMAT = 2  # 1: actions (T, chunk*A), 4 cache statistics; 2: actions (T, chunk, A), every CallRecord field
 MODEL_DIRS = ("transformer", "vae", "scheduler")
 MODEL_FILES = ("model.json", "action_embedder.safetensors", "prompt_embeds.safetensors", "start_frames.npy",
-               "reward_head.json", "reward_head.safetensors")
+               "state_decoder.json", "state_decoder.safetensors")
 # rollout attrs that may differ between runs into one store (the rest must match to resume)
 FREE_ATTRS = ("checkpoint", "num_envs")
 

@@ -96,7 +96,7 @@ def main() -> None:
 
     out = Path(args.out)
     model.save_pretrained(out)
-    for name in ("reward_head.json", "reward_head.safetensors", "start_frames.npy", "training.json"):
+    for name in ("state_decoder.json", "state_decoder.safetensors", "start_frames.npy", "training.json"):
         if (Path(args.old) / name).is_file():
             shutil.copyfile(Path(args.old) / name, out / name)
     (out / "migration.json").write_text(json.dumps(

@@ -4,6 +4,7 @@ Nothing here checks timings or quality values (a random model on a shared machin
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,21 +18,33 @@ from worldcache.bench.grid import display
 from worldcache.bench.tune import choose
 from worldcache.cache.base import CallRecord
 from worldcache.cache import load_policy
-from worldcache.fidelity import evaluate_policies, parse_policy
+from worldcache.fidelity import EQUAL_COST, EQUAL_NORM, POLICY_SETS, evaluate_policies, make_control, parse_policy
+from worldcache.mujoco_data import PusherRenderer, real_rollout
+from worldcache.state_decoder import StateDecoder, StateDecoderConfig
 from worldcache.world_model import WorldModel, WorldModelSpec
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench_ckpt")
-    model = WorldModel.build(WorldModelSpec(), hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8)
+    spec = WorldModelSpec(action_dim=3, action_low=[-1.0] * 3, action_high=[1.0] * 3)  # the simulator's EE actions
+    model = WorldModel.build(spec, hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8)
     with torch.no_grad():  # the action embedder starts as a no-op; give it weight so actions matter
         for p in model.dit.cond_embedder.parameters():
             p.normal_(0, 0.2)
     model.save_pretrained(path)
-    from worldcache.reward_head import RewardHead
+    StateDecoder(StateDecoderConfig(height=spec.height, width=spec.width)).save(path)  # untrained: enough to run
+    return path
 
-    RewardHead().save(path)  # untrained: fidelity only needs a head to run
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    """32x40 frames, 4 actions per chunk, 2 blocks: the fidelity run's model calls stay cheap."""
+    path = tmp_path_factory.mktemp("small_ckpt")
+    spec = WorldModelSpec(height=32, width=40, chunk=4, action_dim=3, action_low=[-1.0] * 3, action_high=[1.0] * 3)
+    model = WorldModel.build(spec, hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8)
+    model.save_pretrained(path)
+    StateDecoder(StateDecoderConfig(height=32, width=40, channels=8, keypoints=4, hidden=16)).save(path)
     return path
 
 
@@ -292,22 +305,46 @@ def test_tune_chooses_by_its_rule():
         choose(rows)
 
 
-@pytest.mark.slow
-def test_evaluate_policies_returns_correlations(tiny_ckpt):
+def test_evaluate_policies_ranks_the_equal_cost_set_end_to_end(small_ckpt, tmp_path):
     assert parse_policy("scripted:0.3") == ("scripted", 0.3, "scripted noise=0.3")
-    res = evaluate_policies(tiny_ckpt, episodes=1, steps=8, policies=["scripted:0", "random"], num_steps=3,
-                            cache=("none", "worldcache"), verbose=False)
-    assert [p["policy"] for p in res["policies"]] == ["scripted noise=0", "random"]
+    res = evaluate_policies(small_ckpt, episodes=1, steps=4, num_steps=2, cache=("none", "worldcache"),
+                            verbose=False, json_out=tmp_path / "f.json")
+    assert [p["policy"] for p in res["policies"]] == [parse_policy(p)[2] for p in POLICY_SETS["equal-cost"]]
+    assert len(res["policies"]) >= 6 and res["equal_control_cost"] is True
     for key in ("spearman", "spearman_all", "spearman_without_ctrl", "same_ranking"):
         assert set(res[key]) == {"none", "worldcache"}
-    assert res["same_ranking"]["none"] is True
-    for p in res["policies"]:
-        assert math.isfinite(p["real_return"]) and all(math.isfinite(v) for v in p["wm_return"].values())
-    assert len(fidelity.markdown_table(res).splitlines()) == 5
-    for p in res["policies"]:  # the control cost is Pusher's, computed exactly from the replayed actions
-        assert p["ctrl_return"] < 0 and p["real_return"] <= p["ctrl_return"] + 1e-6
+    assert "spearman_decoded_real" in res and res["same_ranking"]["none"] is True
+    for p in res["policies"]:  # the same control cost, computed exactly from the actions: 0.1 |a|^2 per step
+        assert p["ctrl_return"] == pytest.approx(-0.1 * EQUAL_NORM ** 2 * 4, rel=1e-6)
+        assert math.isfinite(p["real_return"]) and math.isfinite(p["decoded_real_return"])
+        assert p["real_return"] <= p["ctrl_return"] + 1e-6
+        assert all(math.isfinite(v) for v in p["wm_return"].values())
+    assert len({round(p["real_return"], 6) for p in res["policies"]}) == len(res["policies"])  # spread out
+    assert len(fidelity.markdown_table(res).splitlines()) == len(res["policies"]) + 2
+    assert json.loads((tmp_path / "f.json").read_text())["spearman"].keys() == res["spearman"].keys()
     with pytest.raises(ValueError, match="multiple"):
-        evaluate_policies(tiny_ckpt, episodes=1, steps=5, policies=["random"], verbose=False)
+        evaluate_policies(small_ckpt, episodes=1, steps=5, verbose=False)
+    with pytest.raises(ValueError, match="unknown control policy"):
+        evaluate_policies(small_ckpt, episodes=1, steps=4, policies=["teleport"], verbose=False)
+
+
+@pytest.mark.slow
+def test_evaluate_policies_noise_level_set(small_ckpt):
+    res = evaluate_policies(small_ckpt, episodes=1, steps=4, policies=["noise-levels"], num_steps=2,
+                            cache=("none",), verbose=False)
+    assert [p["policy"] for p in res["policies"]][-1] == "random" and res["equal_control_cost"] is False
+    assert len(fidelity.markdown_table(res).splitlines()) == 5 + 3  # with the control-cost-removed row
+
+
+def test_equal_cost_policies_have_equal_per_step_norms():
+    with PusherRenderer(32, 40, max_episode_steps=12) as r:
+        for name in EQUAL_COST:
+            for noise in ((None, 0.6) if name == "push" else (None,)):
+                ep = real_rollout(make_control(name, noise, r, 7), 7, 12, renderer=r)
+                np.testing.assert_allclose(np.linalg.norm(ep["actions"], axis=1), EQUAL_NORM, rtol=1e-6)
+                assert np.abs(ep["actions"]).max() <= 1.0
+    with pytest.raises(ValueError, match="noise"):
+        make_control("away", 0.3, None, 0)
 
 
 def test_cli_bench_takes_settings_and_a_tuning_seed_range(tiny_ckpt, tmp_path, capsys):
@@ -326,3 +363,26 @@ def test_cli_bench_takes_settings_and_a_tuning_seed_range(tiny_ckpt, tmp_path, c
     assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", "worldcache:threshold"]) == 2
     assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", "worldcache:thresold=0.1"]) == 2
     assert "thresold" in capsys.readouterr().err
+
+
+def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp_path, capsys):
+    from worldcache.cli import main
+    from worldcache.rollouts.store import EpisodeStore
+
+    st = EpisodeStore.create(tmp_path / "eps.zarr")
+    rng = np.random.default_rng(0)
+    for e in range(2):
+        st.write_episode(f"ep{e}", rng.integers(0, 256, (17, 64, 80, 3), dtype=np.uint8),
+                         rng.uniform(-1, 1, (16, 3)).astype(np.float32), np.zeros(16, np.float32),
+                         np.zeros(16, bool), np.zeros(16, bool))
+    out = tmp_path / "q.json"
+    assert main(["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "eps.zarr"),
+                 "--holdout", "0", "--chunks", "1", "2", "--denoise-steps", "2", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["windows"] == 2 and list(res["horizons"]) == ["1", "2"]
+    for c, r in res["horizons"].items():
+        assert r["frames"] == 2 * int(c) * 8
+        for k in ("psnr", "ssim", "psnr_moving", "psnr_repeat_last", "ssim_repeat_last", "psnr_moving_repeat_last"):
+            assert math.isfinite(r[k]), (c, k)
+        assert 0.9 < r["moving_pixel_share"] <= 1  # random frames: nearly every pixel differs from the start
+    assert "moving PSNR" in capsys.readouterr().out

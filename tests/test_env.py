@@ -1,4 +1,4 @@
-"""WorldCache-Cosmos-v0: single env, vector env, reward head. A tiny random model (16x24 frames, 4 actions per
+"""WorldCache-Cosmos-v0: single env, vector env, default reward. A tiny random model (16x24 frames, 4 actions per
 chunk, 4 denoising steps) keeps every prediction at a few tens of milliseconds."""
 import subprocess
 import sys
@@ -14,8 +14,9 @@ from gymnasium.utils.env_checker import check_env
 import worldcache  # noqa: F401  registers the env
 from worldcache.envs.cosmos_env import START_FRAMES, CosmosWorldEnv, write_start_frames
 from worldcache.envs.vector_env import CosmosWorldVectorEnv, bench_vector
-from worldcache.reward_head import RewardHead, RewardHeadConfig, train_reward_head
+from worldcache.mujoco_data import task_reward
 from worldcache.rollouts.store import EpisodeStore
+from worldcache.state_decoder import StateDecoder, StateDecoderConfig
 from worldcache.world_model import WorldModel, WorldModelSpec
 
 ID = "WorldCache-Cosmos-v0"
@@ -39,7 +40,7 @@ def ckpt(tmp_path_factory):
     rng = np.random.default_rng(0)
     np.save(path / START_FRAMES, rng.integers(0, 256, (5, H, W, 3), dtype=np.uint8))
     torch.manual_seed(0)
-    RewardHead(RewardHeadConfig(height=H, width=W, action_dim=A)).save(path)  # untrained: any function will do
+    StateDecoder(StateDecoderConfig(height=H, width=W)).save(path)  # untrained: any function of the frame will do
     return path
 
 
@@ -236,7 +237,7 @@ def test_reset_options(ckpt, model):
     np.testing.assert_array_equal(obs, starts[info["start_index"]])
 
 
-def test_model_without_start_frames_or_reward_head(model):
+def test_model_without_start_frames_or_state_decoder(model):
     with pytest.warns(UserWarning, match="reward is 0.0"):
         env = CosmosWorldEnv(model=model, cache="none")
     with pytest.raises(ValueError, match=START_FRAMES):
@@ -270,11 +271,37 @@ def test_reward_and_termination(ckpt, model):
     a[0, 0] = 5.0  # clipped to 2, which terminates
     assert env.step(a)[1:3] == (1.5, True)
     assert seen == [((K, H, W, 3), (K, A))] * 2
-    # default: the checkpoint's reward head, summed over the chunk's (frame after action, action) pairs
+    # default: the task reward on the positions the checkpoint's decoder reads off each frame after its action,
+    # plus that action's exact control cost, summed over the chunk
     env = make(ckpt, model)
     env.reset(seed=0)
     _, r, _, _, info = env.step(actions(0))
-    assert r == pytest.approx(RewardHead.load(ckpt).chunk_reward(info["frames"], actions(0)), rel=1e-5)
+    pos = StateDecoder.load(ckpt).predict(info["frames"])
+    assert r == pytest.approx(task_reward(pos[:, :3], pos[:, 3:6], pos[:, 6:], actions(0)).sum(), rel=1e-5)
+
+
+def test_default_reward_exact_values(model, tmp_path):
+    """A stub decoder that reads fixed positions off every frame (zero weights, the positions as its mean): the
+    reward is -|obj - goal| - 0.5 |tip - obj| - 0.1 |a|^2 per step, summed over the chunk."""
+    dec = StateDecoder(StateDecoderConfig(height=H, width=W, mean=[0, 0, 0, 0.3, 0.4, 0, 0.3, 0.4, 1.2]))
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.zero_()
+    dec.save(tmp_path)
+    env = make(tmp_path, model)
+    env.reset(options={"frame": np.zeros((H, W, 3), np.uint8)})
+    a = np.zeros((K, A), np.float32)
+    a[0, 0], a[1, 1], a[2, :3] = 1, 2, 1  # |a|^2 = 1, 4, 3, 0
+    assert env.step(a)[1] == pytest.approx(4 * (-1.2 - 0.25) - 0.1 * 8, abs=1e-6)  # -6.6
+    StateDecoder(StateDecoderConfig(height=H + 4, width=W)).save(tmp_path)
+    with pytest.raises(ValueError, match="state decoder reads"):
+        make(tmp_path, model)
+
+
+def test_old_reward_head_is_named_in_the_warning(model, tmp_path):
+    (tmp_path / "reward_head.safetensors").write_bytes(b"")
+    with pytest.warns(UserWarning, match="reward_head.safetensors is from an older version"):
+        make(tmp_path, model)
 
 
 def test_history_and_render(ckpt, model):
@@ -396,38 +423,18 @@ def test_bench_vector(ckpt, capsys):
     assert res["speedup"] > 0 and "speedup" in capsys.readouterr().out
 
 
-# --- reward head --------------------------------------------------------------------------------------------
+# --- start frames -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """Episodes whose reward is readable from the frame (brightness) and the action (-0.1 |a|^2), like Pusher's."""
     path = tmp_path_factory.mktemp("data") / "eps.zarr"
     st = EpisodeStore.create(path)
     rng = np.random.default_rng(0)
     for e in range(6):
         T = 8
-        level = rng.uniform(0, 1, T + 1)
-        obs = (level[:, None, None, None] * 255 * np.ones((1, H, W, 3))).astype(np.uint8)
-        acts = rng.uniform(-2, 2, (T, A)).astype(np.float32)
-        rew = -level[1:] - 0.1 * (acts ** 2).sum(1)
-        st.write_episode(f"ep{e}", obs, acts, rew, np.zeros(T, bool), np.zeros(T, bool))
+        obs = rng.integers(0, 256, (T + 1, H, W, 3), dtype=np.uint8)
+        st.write_episode(f"ep{e}", obs, rng.uniform(-2, 2, (T, A)).astype(np.float32), np.zeros(T, np.float32),
+                         np.zeros(T, bool), np.zeros(T, bool))
     return path
-
-
-def test_reward_head_trains_and_round_trips(store, tmp_path):
-    out = tmp_path / "head"
-    res = train_reward_head(store, out, steps=60, batch_size=16, lr=3e-3, holdout=0.2)
-    losses = res["losses"]
-    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
-    assert res["val_mse"] < res["val_mse_mean_baseline"]
-    head = RewardHead.load(out)
-    ep = EpisodeStore(store, mode="r").load_episode("ep0")
-    np.testing.assert_allclose(head.predict(ep["obs"][1:], ep["actions"]),
-                               res["head"].predict(ep["obs"][1:], ep["actions"]), rtol=1e-6)
-    (out / "reward_head.json").write_text("{not json")
-    with pytest.raises(ValueError, match="reward_head.json"):
-        RewardHead.load(out)
-    with pytest.raises(FileNotFoundError, match="reward_head"):
-        RewardHead.load(tmp_path)
 
 
 def test_write_start_frames(store, tmp_path):

@@ -13,11 +13,11 @@ from gymnasium import spaces
 
 from worldcache.cache import CallRecord
 from worldcache.envs.cosmos_env import START_FRAMES
-from worldcache.reward_head import RewardHead, RewardHeadConfig
 from worldcache.rollouts import (POLICIES, RolloutConfig, WindowDataset, bench_rollouts, episode_id,
                                  inspect_store, make_policy, open_store, run_rollouts)
 from worldcache.rollouts.actor import RECORD_ARRAYS
 from worldcache.rollouts.identity import ROLLOUT_FORMAT, checkpoint_files, model_sha256
+from worldcache.state_decoder import StateDecoder, StateDecoderConfig
 from worldcache.world_model import WorldModel, WorldModelSpec
 
 H, W, K, A = 16, 24, 4, 7
@@ -40,7 +40,7 @@ def ckpt(tmp_path_factory):
     WorldModel.build(spec, hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8).save_pretrained(path)
     np.save(path / START_FRAMES, np.random.default_rng(0).integers(0, 256, (5, H, W, 3), dtype=np.uint8))
     torch.manual_seed(0)
-    RewardHead(RewardHeadConfig(height=H, width=W, action_dim=A)).save(path)
+    StateDecoder(StateDecoderConfig(height=H, width=W)).save(path)
     return path
 
 

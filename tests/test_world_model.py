@@ -121,16 +121,17 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
         t = 12
         store.write_episode(f"ep{i}", rng.integers(0, 256, (t + 1, 32, 40, 3), dtype=np.uint8),
                             rng.uniform(-2, 2, (t, 7)).astype(np.float32), np.zeros(t, np.float32),
-                            np.zeros(t, bool), np.zeros(t, bool))
+                            np.zeros(t, bool), np.zeros(t, bool),
+                            extras={"state": rng.normal(size=(t + 1, 23)).astype(np.float32)})
     cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), vae_steps=3, dit_steps=3,
-                      reward_steps=3, vae_batch=2, dit_batch=2, save_every=2, holdout=0.34)
+                      decoder_steps=3, vae_batch=2, dit_batch=2, save_every=2, holdout=0.34)
     model = WorldModel.build(WorldModelSpec(height=32, width=40, chunk=4), **ARCH)
     trainer = Trainer(cfg, model=model)
     assert len(trainer.train_eps) == 2 and len(trainer.held_eps) == 1
     out = trainer.run()
     record = json.loads((out / "training.json").read_text())
     assert record["vae"]["steps"] == 3 and record["dit"]["steps"] == 3 and np.isfinite(record["dit"]["final_loss"])
-    assert record["reward"]["steps"] == 3 and np.isfinite(record["reward"]["val_mse"])
+    assert record["decoder"]["steps"] == 3 and np.isfinite(record["decoder"]["heldout_errors_cm"]["object"]["mean_cm"])
     assert np.load(out / "start_frames.npy").shape == (3, 32, 40, 3)  # the episodes' reset frames
     assert torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["step"] == 3
     # resume: a longer schedule continues from the saved step instead of starting over
@@ -150,7 +151,7 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
     assert not torch.equal(new.dit.transformer.proj_out.weight, src.dit.transformer.proj_out.weight)  # trained
     fc2 = new.dit.cond_embedder.action_embedder_B_D.fc2.weight
     assert 0 < fc2.abs().max() < 0.1  # started at zero (a no-op), then trained: not the source's weights
-    assert (moved / "reward_head.safetensors").read_bytes() == (out / "reward_head.safetensors").read_bytes()
+    assert (moved / "state_decoder.safetensors").read_bytes() == (out / "state_decoder.safetensors").read_bytes()
 
 
 def test_two_conditioning_latent_frames_take_the_last_five_frames():

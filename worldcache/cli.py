@@ -46,7 +46,7 @@ def _train(args) -> int:
 
     cfg = TrainConfig(data=args.data, out=args.out, stages=tuple(args.stages), vae_steps=args.vae_steps,
                       dit_steps=args.dit_steps, dit_batch=args.dit_batch, dit_lr=args.dit_lr,
-                      reward_steps=args.reward_steps, seed=args.seed, threads=args.threads, device=args.device,
+                      decoder_steps=args.decoder_steps, seed=args.seed, threads=args.threads, device=args.device,
                       bf16=args.bf16, init_from=args.init_from, vae_from=args.vae_from, num_layers=args.layers,
                       continue_from=args.continue_from,
                       heads=args.heads, head_dim=args.head_dim, dit_minutes=args.dit_minutes,
@@ -69,7 +69,7 @@ def _evaluate_model(args) -> int:
     import json
 
     from .cache import load_policy
-    from .quality import evaluate_open_loop
+    from .quality import evaluate_open_loop, format_scores
     from .train import load_episodes, split
     from .world_model import WorldModel
 
@@ -78,7 +78,10 @@ def _evaluate_model(args) -> int:
     held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
     res = evaluate_open_loop(model, held, chunks=args.chunks, policy=load_policy(args.cache),
                              num_steps=args.denoise_steps, max_windows=args.windows, moving=args.moving)
-    print(json.dumps(res, indent=2))
+    print(format_scores(res))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(json.dumps(res, indent=2) + "\n")
     return 0
 
 
@@ -218,11 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the world model (VAE, then DiT); resumable")
     t.add_argument("--data", default="data/pusher.zarr")
     t.add_argument("--out", default="runs/pusher")
-    t.add_argument("--stages", nargs="+", default=["vae", "dit", "reward"], choices=["vae", "dit", "reward"])
+    t.add_argument("--stages", nargs="+", default=["vae", "dit", "decoder"], choices=["vae", "dit", "decoder"],
+                   help="decoder: the state decoder (frame -> positions) the env's default reward reads")
     t.add_argument("--vae-steps", type=int, default=1500)
     t.add_argument("--dit-steps", type=int, default=3000)
     t.add_argument("--dit-batch", type=int, default=16)
-    t.add_argument("--reward-steps", type=int, default=3000)
+    t.add_argument("--decoder-steps", type=int, default=3000, help="state decoder training steps (batch 64)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--dit-lr", type=float, default=3e-4)
     t.add_argument("--threads", type=int, default=0)
@@ -257,17 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="transformer weights")
     cv.set_defaults(func=_convert)
 
-    e = sub.add_parser("evaluate-model", help="held-out open-loop PSNR/SSIM vs. the simulator's frames")
+    e = sub.add_parser("evaluate-model", help="held-out open-loop PSNR (full frame and moving region) and SSIM "
+                                              "vs. the simulator's frames, model and repeat-last")
     e.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")
     e.add_argument("--data", default="data/pusher.zarr")
     e.add_argument("--holdout", type=float, default=0.1,
                    help="evaluate on the last fraction of episodes (the trainer's held-out split); 0: all")
-    e.add_argument("--chunks", type=int, default=4)
+    e.add_argument("--chunks", type=int, nargs="+", default=[1, 4],
+                   help="horizons in chunks (one rollout of the longest per window; default 1 4)")
     e.add_argument("--windows", type=int, default=16)
     e.add_argument("--moving", type=float, default=2.0, help="min mean |pixel change| for a window to count")
     e.add_argument("--denoise-steps", type=int, default=None, help="default: the model's")
     e.add_argument("--cache", default="none")
     e.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
+    e.add_argument("--json", default=None, help="also write the scores here")
     e.set_defaults(func=_evaluate_model)
 
     b = sub.add_parser("bench-split", help="time of one env step: DiT loop vs. VAE")
@@ -335,13 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     tu.set_defaults(func=_tune)
 
-    ep = sub.add_parser("evaluate-policies", help="rank control policies by real vs. world-model return")
+    ep = sub.add_parser("evaluate-policies", help="rank control policies by real vs. decoded world-model return")
     ep.add_argument("--checkpoint", default=None)
     ep.add_argument("--episodes", type=int, default=5)
     ep.add_argument("--env-steps", type=int, default=48, help="env steps per episode (multiple of the chunk)")
-    ep.add_argument("--control", nargs="*",
-                    default=["scripted:0", "scripted:0.3", "scripted:0.6", "scripted:1.0", "random"],
-                    help="control policies to rank")
+    ep.add_argument("--control", nargs="*", default=["equal-cost"],
+                    help="control policies to rank, or sets of them: equal-cost (default; every action has the same "
+                         "norm, so only the frames rank them) or noise-levels (the scripted controller at 4 noise "
+                         "levels, and random)")
     ep.add_argument("--cache", nargs="*", default=["none", "worldcache"])
     ep.add_argument("--denoise-steps", type=int, default=None)
     ep.add_argument("--seed", type=int, default=0)

@@ -2,25 +2,25 @@
 
 For each control policy and held-out start (env seed ``bench.HELDOUT_SEED + e``, the same starts for every policy):
 
-1. the policy runs in the REAL MuJoCo Pusher env (`mujoco_data.real_rollout`); real return = sum of Pusher rewards;
+1. the policy runs in the REAL MuJoCo Pusher env from the real observations (`mujoco_data.real_rollout`); real
+   return = sum of the task rewards (`mujoco_data.task_reward` on the true positions);
 2. its recorded actions are replayed OPEN-LOOP in the world model from the same start frame (`WorldModel.rollout`),
-   uncached and with each cache policy; world-model return = sum over steps of the learned reward head
-   (`worldcache.reward_head`, loaded from the checkpoint folder) on (predicted frame after the action, action).
+   uncached and with each cache policy; world-model return = the checkpoint's state decoder reading positions off
+   each predicted frame, `task_reward` on them plus the exact control cost of each action (the env's reward).
 
-Open loop is the only comparison possible here: the scripted controller reads simulator state (joint angles,
-fingertip/object/goal positions) and the Jacobian, none of which a pixel world model provides, so the policy cannot
-be run closed-loop inside the world model. Returns of a replay measure how well the model predicts the *outcome*
-of a fixed action sequence, which is what ranking policies by a model needs.
+Open loop is the only comparison possible here: the policies read simulator state (fingertip, object and goal
+positions), which a pixel world model does not provide, so they cannot run closed-loop inside it. Returns of a
+replay measure how well the model predicts the *outcome* of a fixed action sequence, which is what ranking
+policies by a model needs.
 
-Reported: mean returns per policy (real, the reward head on the REAL frames — separating the head's error from the
-model's — and the world model per cache), the Spearman rank correlation between real and world-model mean returns
-per cache (and over all policy x episode pairs), and whether each cache ranks the policies exactly as the first
-entry of `cache` (the uncached model by default) does.
+The default policy set, ``equal-cost``, holds policies whose every action has the same norm (`EQUAL_NORM`), so
+their control cost is identical and only the frames can rank them. ``noise-levels`` is the older set of one
+controller at growing noise (its policies differ in control cost too; ``spearman_without_ctrl`` removes that).
 
-Pusher's reward includes a control cost that depends on the actions only, and noisier policies use larger torques,
-so part of any ranking comes without looking at a frame. ``spearman_without_ctrl`` removes it: the exact control
-cost of the actions is subtracted from every return (real, head and world model) before ranking, so what is left is
-ranked by the predicted frames alone (plus whatever the head got wrong about the control cost).
+Reported: mean returns per policy (real, the decoded reward on the REAL frames — separating the decoder's error
+from the model's — and the world model per cache), the Spearman rank correlation between real and decoded mean
+returns (on real frames and per cache on predicted frames, and over all policy x episode pairs), and whether each
+cache ranks the policies exactly as the first entry of `cache` (the uncached model by default) does.
 """
 from __future__ import annotations
 
@@ -33,8 +33,58 @@ import numpy as np
 
 from .bench import HELDOUT_SEED, needs_calibration, warm_up
 
-DEFAULT_POLICIES = ("scripted:0", "scripted:0.3", "scripted:0.6", "scripted:1.0", "random")
-CTRL_WEIGHT = 0.1  # Pusher-v5's reward_control_weight: reward_ctrl = -0.1 * |a|^2, known from the actions alone
+EQUAL_NORM = 0.5  # |a| of every action of the equal-cost policies: 2.5 cm per 0.05 s step (x20 actions)
+POLICY_SETS = {
+    "equal-cost": ("push", "push:0.3", "push:0.6", "hover", "to-goal", "fixed", "random-dir", "away"),
+    "noise-levels": ("scripted:0", "scripted:0.3", "scripted:0.6", "scripted:1.0", "random"),
+}
+DEFAULT_POLICIES = ("equal-cost",)
+EQUAL_COST = ("push", "hover", "to-goal", "fixed", "random-dir", "away")  # names of the equal-norm policies
+FIXED_DIRECTION = (0.0, 1.0, 0.0)  # "fixed": sideways, along the table
+
+
+class EqualNormPolicy:
+    """An end-effector policy whose every action has norm `EQUAL_NORM`: a direction, scaled.
+
+    ``push``: the scripted reach-and-push controller's direction (with ``noise``: its noisy variant's);
+    ``hover``: toward the object but at travel height, so it never pushes; ``to-goal``: straight toward the goal
+    at the object's height; ``fixed``: one fixed direction; ``random-dir``: a uniformly random direction each step;
+    ``away``: horizontally away from the object. Where a direction is undefined (already at the target), the
+    previous one is kept."""
+
+    def __init__(self, name: str, env, rng: np.random.Generator, noise: float | None = None):
+        from .mujoco_data import ScriptedPolicy
+
+        if name not in EQUAL_COST:
+            raise ValueError(f"unknown equal-cost policy {name!r}; choose from {EQUAL_COST}")
+        if noise is not None and name != "push":
+            raise ValueError(f"only 'push' takes a noise level, got {name}:{noise}")
+        self.name, self.rng = name, rng
+        self.scripted = ScriptedPolicy(env, rng, noise or 0.0)
+        self._dir = np.array([0.0, 0.0, -1.0])
+
+    def direction(self, obs: np.ndarray) -> np.ndarray:
+        from .mujoco_data import GOAL, OBJ, TIP, Z_HOVER
+
+        tip, obj, goal = obs[TIP], obs[OBJ], obs[GOAL]
+        if self.name == "push":
+            return self.scripted(obs).astype(np.float64)
+        if self.name == "hover":
+            return np.r_[obj[:2], Z_HOVER] - tip
+        if self.name == "to-goal":
+            return np.r_[goal[:2], obj[2]] - tip
+        if self.name == "fixed":
+            return np.asarray(FIXED_DIRECTION)
+        if self.name == "random-dir":
+            return self.rng.standard_normal(3)
+        return np.r_[tip[:2] - obj[:2], 0.0]  # away
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        d = self.direction(obs)
+        n = np.linalg.norm(d)
+        if n > 1e-6:
+            self._dir = d / n
+        return (EQUAL_NORM * self._dir).astype(np.float32)
 
 
 def parse_policy(spec: str) -> tuple[str, float | None, str]:
@@ -43,6 +93,27 @@ def parse_policy(spec: str) -> tuple[str, float | None, str]:
     if not noise:
         return name, None, name
     return name, float(noise), f"{name} noise={float(noise):g}"
+
+
+def expand_policies(policies) -> list[str]:
+    """Policy names, with set names (`POLICY_SETS`) replaced by their policies."""
+    out = []
+    for p in policies:
+        out.extend(POLICY_SETS.get(p, (p,)))
+    return out
+
+
+def make_control(name: str, noise: float | None, env, seed: int):
+    """The policy for one real episode (seeded from the episode's env seed, as `real_rollout` seeds named ones)."""
+    from .mujoco_data import POLICIES, make_policy
+
+    rng = np.random.default_rng([seed, 1])
+    if name in EQUAL_COST:
+        return EqualNormPolicy(name, env, rng, noise)
+    if name in POLICIES:
+        return make_policy(name, env, rng, noise)
+    raise ValueError(f"unknown control policy {name!r}; choose from {POLICIES + EQUAL_COST} or a set "
+                     f"{tuple(POLICY_SETS)}")
 
 
 def _spearman(a, b) -> tuple[float | None, float | None]:
@@ -57,68 +128,81 @@ def _spearman(a, b) -> tuple[float | None, float | None]:
 
 def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, policies=DEFAULT_POLICIES, seed: int = 0,
                       cache=("none", "worldcache"), num_steps: int | None = None, device: str = "cpu",
-                      reward_head=None, json_out=None, verbose: bool = True) -> dict:
-    """Rank `policies` (names ``scripted[:noise]``, ``random``, ``mixed[:noise]``) by real and by world-model return.
+                      decoder=None, json_out=None, verbose: bool = True) -> dict:
+    """Rank `policies` (set names of `POLICY_SETS`, or ``push[:noise]``, ``hover``, ``to-goal``, ``fixed``,
+    ``random-dir``, ``away``, ``scripted[:noise]``, ``random``, ``mixed[:noise]``) by real and by decoded return.
 
     `steps` must be a multiple of the model's chunk. `cache`: cache policy names or YAML files; the first is the
-    reference for ``same_ranking``. `reward_head`: a folder with ``reward_head.safetensors`` (default: the
-    checkpoint folder). Returns a dict with per-policy returns, ``spearman``, ``spearman_all``, ``same_ranking``.
+    reference for ``same_ranking``. `decoder`: a folder with ``state_decoder.safetensors`` (default: the
+    checkpoint folder). Returns a dict with per-policy returns, ``spearman``, ``spearman_decoded_real``,
+    ``spearman_all``, ``same_ranking``.
     """
     from scipy.stats import rankdata
 
     from .cache import load_policy
-    from .mujoco_data import PusherRenderer, real_rollout
-    from .reward_head import RewardHead
+    from .mujoco_data import PusherRenderer, control_cost, real_rollout
+    from .state_decoder import StateDecoder
     from .world_model import BUNDLED, WorldModel
 
     model = WorldModel.from_pretrained(checkpoint, device=device)
     s = model.spec
     if steps < s.chunk or steps % s.chunk:
         raise ValueError(f"steps={steps} must be a positive multiple of the model's chunk ({s.chunk})")
-    if episodes < 1 or not policies or not cache:
+    names = expand_policies(policies)
+    if episodes < 1 or not names or not cache:
         raise ValueError("need episodes >= 1, at least one policy and at least one cache entry")
-    head = RewardHead.load(reward_head or checkpoint or BUNDLED)
+    dec = StateDecoder.load(decoder or checkpoint or BUNDLED, device)
+    if (dec.config.height, dec.config.width) != (s.height, s.width):
+        raise ValueError(f"the state decoder reads {dec.config.height}x{dec.config.width} frames, the model "
+                         f"predicts {s.height}x{s.width}")
     caches = {str(c): load_policy(c) for c in cache}
-    warm_up(model, [p for p in caches.values() if needs_calibration(p)], num_steps, seed)  # MagCache w/o ratios
 
-    specs = [parse_policy(p) for p in policies]
+    specs = [parse_policy(p) for p in names]
     real = np.zeros((len(specs), episodes))
-    head_real, ctrl = np.zeros_like(real), np.zeros_like(real)
+    dec_real, ctrl = np.zeros_like(real), np.zeros_like(real)
     wm = {c: np.zeros_like(real) for c in caches}
     with PusherRenderer(s.height, s.width, max_episode_steps=steps) as renderer:
+        if renderer.action_space.shape[0] != s.action_dim:
+            raise ValueError(f"the model takes {s.action_dim}-d actions, the simulator's are "
+                             f"{renderer.action_space.shape[0]}-d (end-effector deltas): a model of older data?")
+        for name, noise, _ in specs:  # a bad name fails before any rollout
+            make_control(name, noise, renderer, 0)
+        warm_up(model, [p for p in caches.values() if needs_calibration(p)], num_steps, seed)  # MagCache ratios
         for i, (name, noise, label) in enumerate(specs):
             for e in range(episodes):
-                ep = real_rollout(name, HELDOUT_SEED + e, steps, noise=noise, renderer=renderer)
+                env_seed = HELDOUT_SEED + e
+                ep = real_rollout(make_control(name, noise, renderer, env_seed), env_seed, steps, renderer=renderer)
                 real[i, e] = ep["rewards"].sum()
-                ctrl[i, e] = -CTRL_WEIGHT * float((ep["actions"].astype(np.float64) ** 2).sum())
-                head_real[i, e] = head.predict(ep["obs"][1:], ep["actions"]).sum()
+                ctrl[i, e] = -float(control_cost(ep["actions"]).sum())
+                dec_real[i, e] = dec.rewards(ep["obs"][1:], ep["actions"]).sum()
                 for c, policy in caches.items():
                     frames, _ = model.rollout(ep["obs"][:1], ep["actions"][None], policy=policy,
                                               num_steps=num_steps, seed=seed + e)
                     policy.detach()
-                    wm[c][i, e] = head.predict(frames[0].cpu().numpy(), ep["actions"]).sum()
+                    wm[c][i, e] = dec.rewards(frames[0].cpu().numpy(), ep["actions"]).sum()
             if verbose:
-                print(f"{label}: real {real[i].mean():.2f}, " + ", ".join(
+                print(f"{label}: real {real[i].mean():.2f}, decoded(real) {dec_real[i].mean():.2f}, " + ", ".join(
                     f"wm[{c}] {wm[c][i].mean():.2f}" for c in caches), flush=True)
 
     ref = next(iter(caches))
     mean = lambda a: a.mean(axis=1)  # noqa: E731
     result = {
         "policies": [{"policy": label, "real_return": float(real[i].mean()), "real_returns": real[i].tolist(),
-                      "head_on_real_return": float(head_real[i].mean()), "ctrl_return": float(ctrl[i].mean()),
+                      "decoded_real_return": float(dec_real[i].mean()), "ctrl_return": float(ctrl[i].mean()),
                       "wm_return": {c: float(wm[c][i].mean()) for c in caches},
                       "wm_returns": {c: wm[c][i].tolist() for c in caches}}
                      for i, (_, _, label) in enumerate(specs)],
         "spearman": {c: _spearman(mean(real), mean(wm[c]))[0] for c in caches},
         "spearman_p": {c: _spearman(mean(real), mean(wm[c]))[1] for c in caches},
         "spearman_all": {c: _spearman(real.ravel(), wm[c].ravel())[0] for c in caches},
-        "spearman_head_on_real": _spearman(mean(real), mean(head_real))[0],
+        "spearman_decoded_real": _spearman(mean(real), mean(dec_real))[0],
         "spearman_without_ctrl": {c: _spearman(mean(real - ctrl), mean(wm[c] - ctrl))[0] for c in caches},
-        "spearman_head_on_real_without_ctrl": _spearman(mean(real - ctrl), mean(head_real - ctrl))[0],
+        "spearman_decoded_real_without_ctrl": _spearman(mean(real - ctrl), mean(dec_real - ctrl))[0],
         "same_ranking": {c: bool(np.array_equal(rankdata(mean(wm[c])), rankdata(mean(wm[ref])))) for c in caches},
+        "equal_control_cost": bool(np.ptp(ctrl) < 1e-6 * max(1.0, np.abs(ctrl).max())),
         "reference_cache": ref,
         "settings": {"checkpoint": str(checkpoint) if checkpoint else "bundled", "episodes": episodes,
-                     "steps": steps, "num_steps": num_steps or s.num_steps, "seed": seed,
+                     "steps": steps, "num_steps": num_steps or s.num_steps, "seed": seed, "policies": names,
                      "env_seeds": [HELDOUT_SEED + e for e in range(episodes)], "replay": "open-loop"},
     }
     if verbose:
@@ -132,18 +216,20 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
 def format_table(result: dict) -> str:
     caches = list(result["spearman"])
     fmt = lambda v, spec=".2f": "n/a" if v is None else format(v, spec)  # noqa: E731
-    head = f"{'policy':<22} {'real':>9} {'head(real)':>10} " + " ".join(f"{'wm/' + c:>14}" for c in caches)
+    head = f"{'policy':<22} {'real':>9} {'dec(real)':>10} " + " ".join(f"{'wm/' + c:>14}" for c in caches)
     lines = [f"mean returns over {result['settings']['episodes']} episodes of {result['settings']['steps']} steps "
-             f"(world model: open-loop replay of the real actions)", head, "-" * len(head)]
+             f"(world model: open-loop replay of the real actions; equal control cost: "
+             f"{'yes' if result['equal_control_cost'] else 'no'})", head, "-" * len(head)]
     for p in result["policies"]:
-        lines.append(f"{p['policy']:<22} {p['real_return']:>9.2f} {p['head_on_real_return']:>10.2f} "
+        lines.append(f"{p['policy']:<22} {p['real_return']:>9.2f} {p['decoded_real_return']:>10.2f} "
                      + " ".join(f"{p['wm_return'][c]:>14.2f}" for c in caches))
-    lines.append(f"{'Spearman vs real':<22} {'':>9} {fmt(result['spearman_head_on_real']):>10} "
+    lines.append(f"{'Spearman vs real':<22} {'':>9} {fmt(result['spearman_decoded_real']):>10} "
                  + " ".join(f"{fmt(result['spearman'][c]):>14}" for c in caches))
     lines.append(f"{'Spearman (all eps)':<22} {'':>9} {'':>10} "
                  + " ".join(f"{fmt(result['spearman_all'][c]):>14}" for c in caches))
-    lines.append(f"{'Spearman, ctrl removed':<22} {'':>9} {fmt(result['spearman_head_on_real_without_ctrl']):>10} "
-                 + " ".join(f"{fmt(result['spearman_without_ctrl'][c]):>14}" for c in caches))
+    if not result["equal_control_cost"]:
+        lines.append(f"{'Spearman, ctrl removed':<22} {'':>9} {fmt(result['spearman_decoded_real_without_ctrl']):>10} "
+                     + " ".join(f"{fmt(result['spearman_without_ctrl'][c]):>14}" for c in caches))
     ref = result["reference_cache"]
     lines.append(f"{'same ranking as ' + ref:<22} {'':>9} {'':>10} "
                  + " ".join(f"{'yes' if result['same_ranking'][c] else 'NO':>14}" for c in caches))
@@ -154,12 +240,13 @@ def markdown_table(result: dict) -> str:
     """The README's policy-evaluation table rows (plus the Spearman and same-ranking rows)."""
     caches = list(result["spearman"])
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-    rows = [f"| {p['policy']} | {p['real_return']:.2f} | {p['head_on_real_return']:.2f} | "
+    rows = [f"| {p['policy']} | {p['real_return']:.2f} | {p['decoded_real_return']:.2f} | "
             + " | ".join(f"{p['wm_return'][c]:.2f}" for c in caches) + " |" for p in result["policies"]]
-    rows.append(f"| Spearman vs. real | | {fmt(result['spearman_head_on_real'])} | "
+    rows.append(f"| Spearman vs. real | | {fmt(result['spearman_decoded_real'])} | "
                 + " | ".join(fmt(result["spearman"][c]) for c in caches) + " |")
-    rows.append(f"| Spearman, control cost removed | | {fmt(result['spearman_head_on_real_without_ctrl'])} | "
-                + " | ".join(fmt(result["spearman_without_ctrl"][c]) for c in caches) + " |")
+    if not result["equal_control_cost"]:
+        rows.append(f"| Spearman, control cost removed | | {fmt(result['spearman_decoded_real_without_ctrl'])} | "
+                    + " | ".join(fmt(result["spearman_without_ctrl"][c]) for c in caches) + " |")
     rows.append(f"| same ranking as {result['reference_cache']} | | | "
                 + " | ".join("yes" if result["same_ranking"][c] else "no" for c in caches) + " |")
     return "\n".join(rows)

@@ -22,6 +22,32 @@ def ssim(pred, target) -> float:
     return float(structural_similarity_index_measure(_as_images(pred), _as_images(target), data_range=1.0))
 
 
+MOVING_LEVELS = 30  # a pixel moves where the real frame differs from the window's start by > 30 grey levels (RGB sum)
+
+
+def moving_mask(target, start) -> np.ndarray:
+    """Moving pixels: bool (..., H, W), where uint8 `target` (..., H, W, 3) differs from the window's `start`
+    frame (broadcast against it) by more than `MOVING_LEVELS` grey levels summed over RGB."""
+    diff = np.abs(np.asarray(target, np.int16) - np.asarray(start, np.int16)).sum(-1)
+    return diff > MOVING_LEVELS
+
+
+def moving_psnr(pred, target, start) -> float:
+    """PSNR (dB) on the moving pixels only: per frame, 10 log10(1 / MSE) over the RGB values of its moving pixels
+    (in [0, 1]), averaged over the frames that have any (as `psnr` averages per-frame PSNR); NaN if none has.
+    pred, target (..., H, W, 3) uint8; start: the window's start frame(s), broadcast against target."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    mask = moving_mask(target, start).reshape(-1, *target.shape[-3:-1])
+    err = ((pred.astype(np.float64) - target) / 255.0) ** 2
+    err = err.reshape(-1, *target.shape[-3:]).sum(-1)  # per pixel, summed over RGB
+    n = mask.sum(axis=(1, 2))
+    keep = n > 0
+    if not keep.any():
+        return float("nan")
+    mse = (err * mask).sum(axis=(1, 2))[keep] / (3 * n[keep])
+    return float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-10))))
+
+
 def heldout_windows(episodes: list[dict], length: int, max_windows: int = 64, moving: float = 0.0):
     """(start frame, actions, real frames) for non-overlapping windows of `length` steps from each episode.
 
@@ -37,22 +63,51 @@ def heldout_windows(episodes: list[dict], length: int, max_windows: int = 64, mo
             starts.append(ep["obs"][t])
             acts.append(ep["actions"][t:t + length])
             reals.append(real)
+    if not starts:
+        raise ValueError(f"no held-out window of {length} steps (moving >= {moving}); use shorter windows, more "
+                         f"episodes or a smaller moving threshold")
     return np.stack(starts[:max_windows]), np.stack(acts[:max_windows]), np.stack(reals[:max_windows])
 
 
+def frame_scores(pred, real, start) -> dict:
+    """Full-frame PSNR and SSIM and moving-region PSNR of predicted windows (N, T, H, W, 3) against the real
+    ones, and the same for repeating each window's start frame (N, H, W, 3) (the trivial predictor)."""
+    repeat = np.repeat(start[:, None], real.shape[1], axis=1)
+    moving = start[:, None]
+    return {"psnr": psnr(pred, real), "ssim": ssim(pred, real), "psnr_moving": moving_psnr(pred, real, moving),
+            "psnr_repeat_last": psnr(repeat, real), "ssim_repeat_last": ssim(repeat, real),
+            "psnr_moving_repeat_last": moving_psnr(repeat, real, moving),
+            "moving_pixel_share": float(moving_mask(real, moving).mean())}
+
+
 @torch.no_grad()
-def evaluate_open_loop(model, episodes: list[dict], chunks: int = 4, policy=None, num_steps: int | None = None,
+def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, num_steps: int | None = None,
                        moving: float = 2.0, max_windows: int = 16, batch: int = 8, seed: int = 0) -> dict:
-    """PSNR/SSIM of a `chunks`-chunk open-loop rollout vs. the simulator's frames, and of repeating the start
-    frame (the trivial predictor), on held-out moving windows."""
-    starts, acts, reals = heldout_windows(episodes, chunks * model.spec.chunk, max_windows, moving)
+    """Scores (`frame_scores`) of open-loop rollouts vs. the simulator's frames on held-out moving windows, over
+    each horizon in `chunks` (chunks per rollout). One rollout of the longest horizon per window: a shorter
+    horizon is scored on its first chunks (an open-loop chunk depends only on what precedes it)."""
+    horizons = sorted({int(c) for c in np.atleast_1d(chunks)})
+    if not horizons or horizons[0] < 1:
+        raise ValueError(f"chunks must be >= 1, got {chunks}")
+    k = model.spec.chunk
+    starts, acts, reals = heldout_windows(episodes, horizons[-1] * k, max_windows, moving)
     preds = []
     for i in range(0, len(starts), batch):
         frames, _ = model.rollout(starts[i:i + batch], acts[i:i + batch], policy=policy, num_steps=num_steps,
                                   seed=seed)
         preds.append(frames.cpu().numpy())
     pred = np.concatenate(preds)
-    repeat = np.broadcast_to(starts[:, None], reals.shape)
-    return {"windows": int(len(starts)), "frames": int(reals.shape[0] * reals.shape[1]),
-            "psnr": psnr(pred, reals), "ssim": ssim(pred, reals),
-            "psnr_repeat_last": psnr(repeat, reals), "ssim_repeat_last": ssim(repeat, reals)}
+    return {"windows": int(len(starts)), "chunk": k,
+            "horizons": {str(c): {"frames": int(len(starts) * c * k), **frame_scores(pred[:, :c * k], reals[:, :c * k],
+                                                                                  starts)} for c in horizons}}
+
+
+def format_scores(res: dict) -> str:
+    """`evaluate_open_loop`'s result as a table: per horizon, the model and repeat-last, full-frame and moving."""
+    head = f"{'chunks':>6} {'frames':>6} {'predictor':<12} {'PSNR':>7} {'SSIM':>6} {'moving PSNR':>11} {'moving px':>9}"
+    lines = [f"{res['windows']} held-out windows, {res['chunk']} frames per chunk", head, "-" * len(head)]
+    for c, r in res["horizons"].items():
+        for name, sfx in (("model", ""), ("repeat-last", "_repeat_last")):
+            lines.append(f"{c:>6} {r['frames']:>6} {name:<12} {r['psnr' + sfx]:>7.2f} {r['ssim' + sfx]:>6.3f} "
+                         f"{r['psnr_moving' + sfx]:>11.2f} {100 * r['moving_pixel_share']:>8.1f}%")
+    return "\n".join(lines)

@@ -1,8 +1,8 @@
 """Training of the bundled world model: stage "vae" (Wan VAE reconstruction), stage "dit" (flow matching), and
-stage "reward" (the learned reward head the env uses). The export also holds `start_frames.npy`, reset frames
+stage "decoder" (the state decoder the env's reward reads). The export also holds `start_frames.npy`, reset frames
 of the data's episodes, from which the env samples its starts.
 
-`init_from` starts from an existing checkpoint's transformer + VAE (and prompts, spec, reward head) with a fresh
+`init_from` starts from an existing checkpoint's transformer + VAE (and prompts, spec, state decoder) with a fresh
 zero-initialised action embedder, e.g. to move a model trained with another action-embedder structure over.
 `vae_from` takes only the VAE weights of an existing checkpoint (same VAE architecture), e.g. to fine-tune it on
 frames of another camera rather than train it from scratch.
@@ -43,14 +43,14 @@ from .world_model import WorldModel, WorldModelSpec
 class TrainConfig:
     data: str
     out: str
-    stages: tuple = ("vae", "dit", "reward")
+    stages: tuple = ("vae", "dit", "decoder")
     vae_steps: int = 1500
     dit_steps: int = 3000
     vae_batch: int = 8
     dit_batch: int = 16
     vae_lr: float = 1e-3
     dit_lr: float = 3e-4
-    reward_steps: int = 3000
+    decoder_steps: int = 3000
     kl_weight: float = 1e-6
     flow_shift: float = 5.0      # training sigmas follow the sampler's shifted schedule
     holdout: float = 0.1         # fraction of episodes kept out of training (for the held-out PSNR)
@@ -281,17 +281,17 @@ class Trainer:
             self.train_dit()
         self.model.cpu().save_pretrained(self.out / "model")
         write_start_frames(self.cfg.data, self.out / "model")
-        if self.cfg.init_from and "reward" not in self.cfg.stages:  # keep the initial checkpoint's reward head
-            for name in ("reward_head.json", "reward_head.safetensors"):
+        if self.cfg.init_from and "decoder" not in self.cfg.stages:  # keep the initial checkpoint's decoder
+            for name in ("state_decoder.json", "state_decoder.safetensors"):
                 if (Path(self.cfg.init_from) / name).is_file():
                     shutil.copyfile(Path(self.cfg.init_from) / name, self.out / "model" / name)
-        if "reward" in self.cfg.stages:
-            from .reward_head import train_reward_head
+        if "decoder" in self.cfg.stages:
+            from .state_decoder import train_state_decoder
 
-            res = train_reward_head(self.cfg.data, self.out / "model", steps=self.cfg.reward_steps,
-                                    holdout=self.cfg.holdout, seed=self.cfg.seed)
-            self.record["reward"] = {"steps": self.cfg.reward_steps, "final_loss": float(np.mean(res["losses"][-50:])),
-                                     "val_mse": res["val_mse"], "val_mse_mean_baseline": res["val_mse_mean_baseline"]}
+            res = train_state_decoder(self.cfg.data, self.out / "model", steps=self.cfg.decoder_steps,
+                                      holdout=self.cfg.holdout, seed=self.cfg.seed, device=self.cfg.device)
+            self.record["decoder"] = {"steps": self.cfg.decoder_steps, "heldout_errors_cm": res["heldout_errors"],
+                                      "final_loss": float(np.mean(res["losses"][-50:]))}
         self.record["train_seconds"] = self.record.get("train_seconds", 0.0) + time.time() - start
         (self.out / "model" / "training.json").write_text(json.dumps(self.record, indent=2) + "\n")
         return self.out / "model"

@@ -1,0 +1,126 @@
+"""State decoder (frame -> fingertip/object/goal positions), the env reward built on it, and the moving-region
+PSNR. Synthetic stores whose positions are readable from the frame keep training to seconds."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from worldcache.mujoco_data import GOAL, OBJ, TIP, task_reward
+from worldcache.quality import frame_scores, moving_mask, moving_psnr
+from worldcache.rollouts.store import EpisodeStore
+from worldcache.state_decoder import (BODIES, CONFIG_FILE, StateDecoder, StateDecoderConfig, position_errors,
+                                      targets, train_state_decoder)
+
+H, W = 32, 40
+GOAL_POS = (0.45, -0.05, -0.323)
+
+
+def draw(tip, obj) -> np.ndarray:
+    """A frame with the fingertip as a white and the object as a red 3x3 square at their x/y (in [-0.5, 0.5])."""
+    f = np.zeros((H, W, 3), np.uint8)
+    for pos, colour in ((obj, (255, 0, 0)), (tip, (255, 255, 255))):
+        r, c = int(round((pos[1] + 0.5) * (H - 3))), int(round((pos[0] + 0.5) * (W - 3)))
+        f[r:r + 3, c:c + 3] = colour
+    return f
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dec") / "eps.zarr"
+    st = EpisodeStore.create(path)
+    rng = np.random.default_rng(0)
+    for e in range(20):
+        T = 15
+        state = np.zeros((T + 1, 23), np.float32)
+        state[:, TIP] = np.c_[rng.uniform(-0.5, 0.5, (T + 1, 2)), np.full(T + 1, -0.2)]
+        state[:, OBJ] = np.c_[rng.uniform(-0.5, 0.5, (T + 1, 2)), np.full(T + 1, -0.275)]
+        state[:, GOAL] = GOAL_POS
+        obs = np.stack([draw(s[TIP], s[OBJ]) for s in state])
+        st.write_episode(f"ep{e:02d}", obs, np.zeros((T, 3), np.float32), np.zeros(T, np.float32), np.zeros(T, bool),
+                         np.zeros(T, bool), extras={"state": state})
+    return path
+
+
+def test_decoder_learns_positions_and_round_trips(store, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "decoder"
+    res = train_state_decoder(store, out, steps=400, batch_size=32, lr=1e-2, holdout=0.2,  blur=0.0,
+                              config=StateDecoderConfig(channels=16, keypoints=8, hidden=64))
+    assert res["train_frames"] == 16 * 16 and res["heldout_frames"] == 4 * 16
+    err = res["heldout_errors"]
+    assert set(err) == set(BODIES)
+    # the mean predictor's error, for scale: positions spread over 1 m in x and y
+    held = [EpisodeStore(store, mode="r").load_episode(f"ep{e:02d}") for e in range(16, 20)]
+    frames, states = np.concatenate([e["obs"] for e in held]), np.concatenate([e["state"] for e in held])
+    base = 100 * np.linalg.norm(targets(states)[:, :6] - targets(states)[:, :6].mean(0), axis=1).mean()
+    assert err["fingertip"]["mean_cm"] < 0.3 * base and err["object"]["mean_cm"] < 0.3 * base, (err, base)
+    assert err["goal"]["p90_cm"] < 0.5  # it never moves: read exactly (its std is clamped, not 0)
+    assert err["fingertip"]["mean_cm"] <= err["fingertip"]["p90_cm"] * 1.5
+    dec = StateDecoder.load(out)
+    np.testing.assert_array_equal(dec.predict(frames), res["decoder"].predict(frames))
+    assert position_errors(dec, frames, states) == err
+    assert dec.predict(frames[:3].reshape(1, 3, H, W, 3)).shape == (1, 3, 9)
+    # init_from continues from the saved weights: 20 more steps keep the error (20 from scratch learn nothing)
+    more = train_state_decoder(store, None, steps=20, batch_size=32, lr=1e-3, holdout=0.2, blur=0.0, init_from=out)
+    assert more["heldout_errors"]["fingertip"]["mean_cm"] < 0.3 * base
+    with pytest.raises(ValueError, match="uint8"):
+        dec.predict(frames[:, :8])
+    (out / CONFIG_FILE).write_text(json.dumps({**json.loads((out / CONFIG_FILE).read_text()), "colour": 1}))
+    with pytest.raises(ValueError, match="colour"):
+        StateDecoder.load(out)
+    with pytest.raises(FileNotFoundError, match="state_decoder"):
+        StateDecoder.load(tmp_path)
+
+
+def test_training_needs_state_extras(tmp_path):
+    st = EpisodeStore.create(tmp_path / "s.zarr")
+    st.write_episode("ep0", np.zeros((3, H, W, 3), np.uint8), np.zeros((2, 3), np.float32), np.zeros(2, np.float32),
+                     np.zeros(2, bool), np.zeros(2, bool))
+    with pytest.raises(ValueError, match="'state'"):
+        train_state_decoder(tmp_path / "s.zarr", None, steps=1)
+
+
+def constant_decoder(tip, obj, goal) -> StateDecoder:
+    """A decoder that reads the same positions off every frame: all weights 0, the normalisation's mean = them."""
+    dec = StateDecoder(StateDecoderConfig(height=H, width=W, mean=[*tip, *obj, *goal], std=[0.1] * 9))
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.zero_()
+    return dec
+
+
+def test_rewards_are_the_task_formula_on_decoded_positions_with_the_exact_control_cost():
+    dec = constant_decoder((0, 0, 0), (0.3, 0.4, 0), (0.3, 0.4, 1.2))
+    frames = np.zeros((4, H, W, 3), np.uint8)
+    acts = np.array([[1, 0, 0], [0, 2, 0], [1, 1, 1], [0, 0, 0]], np.float32)
+    # per step: -|obj - goal| - 0.5 |tip - obj| - 0.1 |a|^2 = -1.2 - 0.25 - 0.1 * (1, 4, 3, 0)
+    np.testing.assert_allclose(dec.rewards(frames, acts), [-1.55, -1.85, -1.75, -1.45], rtol=1e-6)
+    assert dec.chunk_reward(frames, acts) == pytest.approx(-6.6, rel=1e-6)
+
+
+# --- moving-region PSNR ------------------------------------------------------------------------------------------
+def test_moving_psnr_exact_values():
+    start = np.zeros((2, 2, 3), np.uint8)
+    real = np.zeros((3, 2, 2, 3), np.uint8)
+    real[0, 0, 0] = 20        # 60 grey levels summed over RGB: moving
+    real[0, 0, 1] = 10        # 30: not moving (the threshold is "more than 30")
+    real[2] = 40              # every pixel moves; frame 1 has none and is left out
+    pred = real.copy()
+    pred[0, 0, 0, 2] += 51    # 0.2 off in one channel of the one moving pixel: MSE 0.04 / 3
+    pred[0, 0, 1] = 255       # a static pixel: ignored
+    pred[2] += 51             # 0.2 off everywhere: MSE 0.04
+    np.testing.assert_array_equal(moving_mask(real, start)[:, 0], [[True, False], [False, False], [True, True]])
+    expected = (10 * np.log10(75) + 10 * np.log10(25)) / 2  # 18.7506 and 13.9794 dB
+    assert moving_psnr(pred, real, start) == pytest.approx(expected, abs=1e-9)
+    assert moving_psnr(pred, real, start) == pytest.approx(16.365006, abs=1e-6)
+    assert np.isnan(moving_psnr(pred[1:2], real[1:2], start))
+    # frame_scores: windows (N, T) with their own start frames; repeat-last predicts the start frame. Each pixel
+    # blown up to 8x8 (SSIM needs 11x11 frames): the per-frame moving MSEs, so the PSNRs, stay the same.
+    big = lambda x: x.repeat(8, axis=-3).repeat(8, axis=-2)  # noqa: E731
+    s = frame_scores(big(pred)[None], big(real)[None], big(start)[None])
+    assert s["psnr_moving"] == pytest.approx(expected, abs=1e-9)
+    # repeat-last is 20/255 off in 3 channels on frame 0's moving pixel, 40/255 everywhere on frame 2
+    rep = (10 * np.log10(1 / (20 / 255) ** 2) + 10 * np.log10(1 / (40 / 255) ** 2)) / 2
+    assert s["psnr_moving_repeat_last"] == pytest.approx(rep, abs=1e-9)
+    assert s["moving_pixel_share"] == pytest.approx(5 / 12)
