@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .base import CallRecord, ModelCall, PolicyState, compute_rows, may_skip
+from .base import CachePolicy, CallRecord, ModelCall, PolicyState, compute_rows, may_skip
 from .config import PolicyConfig
 
 
@@ -115,3 +115,24 @@ class ProbeEngine:
         g = gamma[:, None, None]
         rec.gamma = float(gamma.mean())
         return res[-2] + g * (res[-1] - res[-2]), rho[-2] + g * (rho[-1] - rho[-2])
+
+
+class ProbePolicy(CachePolicy):
+    """A policy on the probe engine: subclasses give only their decision rule (`decide`) and approximation."""
+
+    state_cls = ProbeState
+
+    def __init__(self, config: ProbeConfig, keep_trajectory: bool = False):
+        super().__init__(config)
+        self.engine = ProbeEngine(config, keep_trajectory)
+
+    def run_stack(self, stack, call: ModelCall) -> torch.Tensor:
+        return self.engine.run(stack, call, self.states(call), self.decide, self.approximate)
+
+    def decide(self, st: ProbeState, rec: CallRecord, x, probe, grid) -> float | None:  # pragma: no cover
+        """One sample: None to compute, or the accumulated drift it keeps when it skips; fills its record."""
+        raise NotImplementedError
+
+    def approximate(self, st: ProbeState, rho_now, x, grid, rec: CallRecord) -> torch.Tensor:  # pragma: no cover
+        """One skipping sample's block-stack residual."""
+        raise NotImplementedError

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from . import register
-from .base import CachePolicy, CallRecord, ModelCall, may_skip, rel_l1
-from .probe import ProbeConfig, ProbeEngine, ProbeState
+from .base import CallRecord, ModelCall, may_skip, rel_l1
+from .probe import ProbeConfig, ProbePolicy, ProbeState
 from ..motion import laplacian, token_flow, warp_tokens
 
 
@@ -50,14 +50,12 @@ class WorldCacheConfig(ProbeConfig):
 
 
 @register
-class WorldCache(CachePolicy):
+class WorldCache(ProbePolicy):
     name = "worldcache"
     config_cls = WorldCacheConfig
-    state_cls = ProbeState
 
     def __init__(self, config: WorldCacheConfig):
-        super().__init__(config)
-        self.engine = ProbeEngine(config, keep_trajectory=config.cross_chunk)
+        super().__init__(config, keep_trajectory=config.cross_chunk)
         self.previous: dict[str, list[dict]] = {}  # branch -> per sample, the previous chunk's trajectory
         self._prev: list[dict] | None = None       # the current call's branch of it
 
@@ -77,10 +75,9 @@ class WorldCache(CachePolicy):
         if prev is not None and len(prev) != len(call):
             raise ValueError(f"cross_chunk: batch of {len(call)} samples after a chunk of {len(prev)}")
         self._prev = prev
-        return self.engine.run(stack, call, sts, self._decide, self._approximate)
+        return super().run_stack(stack, call)
 
-    def _decide(self, st: ProbeState, rec: CallRecord, x, probe, grid) -> float | None:
-        """One sample: None to compute, or the accumulated drift it keeps when it skips; fills its record."""
+    def decide(self, st: ProbeState, rec: CallRecord, x, probe, grid) -> float | None:
         cfg = self.config
         motion = float(rel_l1(x, st.x_prev)) if st.x_prev is not None else 0.0
         rec.motion = motion
@@ -133,7 +130,7 @@ class WorldCache(CachePolicy):
         return (call.branch == "uncond" and bool(st.residuals)
                 and may_skip(call, self.config.uncond_reuse_start, self.config.force_last_step))
 
-    def _approximate(self, st: ProbeState, rho_now, x, grid, rec: CallRecord) -> torch.Tensor:
+    def approximate(self, st: ProbeState, rho_now, x, grid, rec: CallRecord) -> torch.Tensor:
         """The previous chunk's rest residual on this probe (cross_chunk), or the extrapolated residual, warped
         (optional)."""
         cfg = self.config
