@@ -92,13 +92,16 @@ class WorldCache(ProbePolicy):
             acc = st.acc + drift
             rec.drift, rec.threshold = acc, tau  # a skip keeps acc (rec.drift) as the sample's accumulated drift
             vetoed = cfg.hf_veto and float(rel_l1(laplacian(x, grid), laplacian(st.x_prev, grid))) > cfg.hf_threshold
-            if acc < tau and not self.engine.capped(st) and not vetoed:
+            if self.engine.capped(st) or vetoed:
+                return None
+            if acc < tau:
                 return acc
         return self._from_previous_chunk(st, rec, probe, tau, acc)
 
     def _from_previous_chunk(self, st: ProbeState, rec: CallRecord, probe, tau: float, acc) -> float | None:
         """cross_chunk: reuse the previous chunk's rest-of-stack residual at this step where its probe output was
-        within the threshold of this one (never on a forced final step). The accumulated drift is left as it was."""
+        within the threshold of this one (never on a forced final step). The drift accumulated within this chunk
+        keeps counting, as over any skip: a reuse from the previous chunk does not reset it."""
         if self._prev is None or (self.config.force_last_step and rec.step == rec.num_steps - 1):
             return None
         hit = self._prev[rec.sample].get(rec.step)
