@@ -75,3 +75,11 @@ def test_calibrate_refuses_another_policys_yaml(tiny_ckpt, tmp_path, capsys):
     assert main(["calibrate", "teacache", "--checkpoint", str(tiny_ckpt), "--episodes", "1", "--chunks", "1",
                  "--denoise-steps", "6", "--out", str(out)]) == 2
     assert "not teacache" in capsys.readouterr().err
+
+
+def test_shipped_teacache_yaml_is_calibrated_and_says_how():
+    config = load_policy("teacache").config
+    cal = config.calibration
+    assert len(config.coefficients) == 5 and config.coefficients != [1.0, 0.0]
+    assert {"model", "checkpoint", "episodes", "env_seeds", "num_steps", "pairs", "fit_rmse", "date"} <= set(cal)
+    assert min(cal["env_seeds"]) >= 20000  # tuning episodes, disjoint from the benchmark's 10000+
