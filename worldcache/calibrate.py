@@ -111,8 +111,8 @@ def calibrate_teacache(checkpoint=None, episodes: int = 3, chunks: int = 2, num_
         "date": datetime.date.today().isoformat()}}
     if out is not None:
         Path(out).write_text(
-            "# TeaCache-style: accumulated change of the first block's modulated input (worldcache/cache/teacache.py).\n"
-            "# coefficients: its rescaling polynomial (highest power first), fitted by `worldcache calibrate teacache`\n"
-            "# as `calibration` says (worldcache/calibrate.py); re-run that command for another model.\n"
+            "# TeaCache-style: accumulated change of the first block's modulated input (cache/teacache.py).\n"
+            "# coefficients: its rescaling polynomial (highest power first), fitted by `worldcache calibrate\n"
+            "# teacache` as `calibration` says (worldcache/calibrate.py); re-run that command for another model.\n"
             + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120))
     return data
