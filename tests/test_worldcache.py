@@ -193,7 +193,7 @@ def test_yaml_defaults_load():
     paper = load_policy(CACHE_CONFIG_DIR / "worldcache_paper.yaml").config  # ../shared/METHOD.md's defaults
     assert (paper.threshold, paper.ret_ratio, paper.alpha, paper.beta, paper.phase_slope) == (0.08, 0.2, 5, 5, 4)
     assert paper.warp and not paper.warp_check and not paper.hf_veto and not paper.uncond_reuse
-    assert load_policy("dicache").config.motion_adaptive is False
+    assert load_policy("dicache").config == make_policy("dicache").config
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -137,6 +137,20 @@ def _tune(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    from .cache.config import CACHE_CONFIG_DIR
+    from .calibrate import calibrate_teacache
+
+    out = args.out or CACHE_CONFIG_DIR / "teacache.yaml"
+    data = calibrate_teacache(args.checkpoint, episodes=args.episodes, chunks=args.chunks,
+                              num_steps=args.denoise_steps, first_seed=args.first_seed, out=out,
+                              device=args.device, dtype=args.dtype)
+    cal = data["calibration"]
+    print(f"{args.policy}: coefficients {data['coefficients']} (highest power first), fit RMSE {cal['fit_rmse']} on "
+          f"{cal['pairs']} call pairs, input change in {cal['input_range']}; written to {out}")
+    return 0
+
+
 def _policy_spec(text: str):
     """"NAME" or a YAML path as is; "NAME:key=value,key=value" -> {"policy": NAME, key: value, ...} (YAML values)."""
     import yaml
@@ -394,6 +408,20 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--num-cpus", type=float, default=None, help="per worker (1 lets 2 workers fit on 2 cores)")
     br.add_argument("--out-dir", default="runs/bench")
     br.set_defaults(func=_bench_rollouts)
+
+    ca = sub.add_parser("calibrate", help="fit a cache policy's model-specific constants on tuning episodes")
+    ca.add_argument("policy", choices=["teacache"], help="teacache: its rescaling polynomial (degree 4)")
+    ca.add_argument("--checkpoint", default=None)
+    ca.add_argument("--episodes", type=int, default=3)
+    ca.add_argument("--chunks", type=int, default=2, help="chunks (predictions) per episode")
+    ca.add_argument("--denoise-steps", type=int, default=None, help="default: the model's")
+    ca.add_argument("--first-seed", type=int, default=20_000,
+                    help="env seed of the first tuning episode (disjoint from the benchmark's 10000+)")
+    ca.add_argument("--out", default=None, help="YAML to write the coefficients into (its other settings are kept); "
+                    "default: the shipped configs/cache/teacache.yaml")
+    ca.add_argument("--device", default="cpu")
+    ca.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
+    ca.set_defaults(func=_calibrate)
     return p
 
 

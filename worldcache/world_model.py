@@ -387,6 +387,8 @@ class WorldModel(nn.Module):
         frames, outs = [], []
         history = self.cond_window(frame)
         for c in range(a.shape[1] // k):
+            if policy is not None:
+                policy.begin_chunk(c)  # policies that carry state across chunks (cross_chunk) know a rollout's order
             new, out = self.predict(history, a[:, c * k:(c + 1) * k], policy=policy, num_steps=num_steps,
                                     seed=seed + c, timing=timing)
             frames.append(new)

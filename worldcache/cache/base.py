@@ -1,7 +1,7 @@
 """The one interface between the denoising loop and a cache method, and the per-call statistics record."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import torch
 
@@ -86,38 +86,57 @@ class ModelCall:
 _FIELDS = frozenset(CallRecord.field_names())
 
 
+@dataclass
+class PolicyState:
+    """Base of a policy's typed cache state (one per sample and guidance branch), as diffusers' hook states.
+
+    Subclasses declare their fields with defaults; `reset()` puts every field back to its default.
+    """
+
+    def reset(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, f.default_factory() if f.default_factory is not MISSING else f.default)
+
+
 class CachePolicy:
     """A cache method. Per model call it returns the block-stack output, computing it or approximating it.
 
     Subclasses implement `run_stack(stack, call)` (`call`: a `ModelCall`, one record per sample). State is kept
     per guidance branch, so guidance on, off or batched never mixes caches, and within a branch per sample:
-    ``self.states(call)`` is one ``self.new_state()`` (a dict) per sample, so each sample decides on its own drift
-    and its result does not depend on the other samples of the batch (`compute_rows` runs the block stack on the
-    samples that compute). ``self.state(branch)`` is one dict for the whole batch (policies that cannot decide per
-    sample). `begin` starts a new prediction (clears state). Nothing is global.
+    ``self.states(call)`` is one ``self.state_cls()`` (a `PolicyState` dataclass) per sample, so each sample decides
+    on its own drift and its result does not depend on the other samples of the batch (`compute_rows` runs the block
+    stack on the samples that compute). ``self.state(branch)`` is one state for the whole batch (policies that
+    cannot decide per sample). `begin` starts a new prediction (clears state); `begin_chunk` says which chunk of an
+    autoregressive rollout it is (policies that carry state across chunks use it). Nothing is global.
     """
 
     name = "base"
+    state_cls: type[PolicyState] = PolicyState
     works_inside_blocks = False  # True: its work runs in hooks inside the blocks, so `policy_ms` cannot see it
 
     def __init__(self, config=None):
         self.config = config
-        self._states: dict[str, dict] = {}
+        self._states: dict[str, list[PolicyState] | PolicyState] = {}
+        self.num_steps: int | None = None
+        self.chunk = 0
+
+    def begin_chunk(self, index: int) -> None:
+        """The next prediction is chunk `index` of an autoregressive rollout (0: a new rollout). Read (and set
+        back to 0) by `begin`, so a prediction nobody announced as a next chunk never sees an earlier one's state."""
+        self.chunk = index
 
     def begin(self, num_steps: int) -> None:
         self.num_steps = num_steps
         self._states = {}
+        self.chunk = 0
 
-    def state(self, branch: str) -> dict:
-        return self._states.setdefault(branch, {})
-
-    def new_state(self) -> dict:
-        """A fresh per-sample state (the policy's own keys appear as it runs)."""
-        return {}
+    def state(self, branch: str) -> PolicyState:
+        """One state for the whole batch of the branch."""
+        return self._states.setdefault(branch, self.state_cls())
 
     def states(self, call: ModelCall) -> list:
         """One state per sample of the call's branch (created on the branch's first call)."""
-        sts = self._states.setdefault(call.branch, [self.new_state() for _ in call])
+        sts = self._states.setdefault(call.branch, [self.state_cls() for _ in call])
         if len(sts) != len(call):
             raise ValueError(f"{self.name}: batch of {len(call)} samples in a prediction that started with {len(sts)}")
         return sts

@@ -1,4 +1,4 @@
 """Imports every built-in policy module so that each registers itself."""
-from . import worldcache  # noqa: F401
+from . import dicache, worldcache  # noqa: F401,E401
 from . import fora, teacache, easycache  # noqa: F401,E401
 from . import diffusers_hooks  # noqa: F401

@@ -57,7 +57,7 @@ from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK, _MAG_CACHE_LEADER_B
 from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
 
 from . import register
-from .base import CachePolicy, ModelCall
+from .base import CachePolicy, ModelCall, PolicyState
 from .config import PolicyConfig
 from ..dit import register_cosmos_block
 
@@ -184,10 +184,16 @@ class FasterCachePolicyConfig(PolicyConfig):
         self.require("attention_weight", _is_number(self.attention_weight), "must be a finite number")
 
 
+@dataclass
+class FasterCacheBranchState(PolicyState):
+    attn: list = field(default_factory=list)  # one diffusers FasterCacheBlockState per hooked attention module
+
+
 @register
 class FasterCache(DiffusersHookPolicy):
     name = "fastercache"
     config_cls = FasterCachePolicyConfig
+    state_cls = FasterCacheBranchState
     hook_names = (_FASTER_CACHE_DENOISER_HOOK, _FASTER_CACHE_BLOCK_HOOK)
 
     def _apply(self, model) -> None:
@@ -205,9 +211,10 @@ class FasterCache(DiffusersHookPolicy):
 
     def _before_call(self, model, call: ModelCall) -> None:
         self._timestep = 1000.0 * (1 - call.step / call.num_steps)
-        states = self.state(call.branch).setdefault(
-            "attn", [FasterCacheBlockState() for _ in self._block_hooks])
-        for hook, s in zip(self._block_hooks, states):  # one attention cache per branch, not one shared
+        st = self.state(call.branch)
+        if not st.attn:
+            st.attn = [FasterCacheBlockState() for _ in self._block_hooks]
+        for hook, s in zip(self._block_hooks, st.attn):  # one attention cache per branch, not one shared
             hook.state = s
 
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from . import register
-from .base import CachePolicy, ModelCall, compute_rows, may_skip, rel_l1
+from .base import rel_l1
 from .config import PolicyConfig
+from .reuse import AccumulatedReuse, ReuseState
 
 
 @dataclass
@@ -27,30 +28,26 @@ class EasyCacheConfig(PolicyConfig):
         self.check_warmup()
 
 
+@dataclass
+class EasyCacheState(ReuseState):
+    x_prev: torch.Tensor | None = None  # the previous call's stack input
+    k: float | None = None              # transformation rate from the last two computed calls
+    x_c: torch.Tensor | None = None     # input and output of the last computed call
+    out_c: torch.Tensor | None = None
+
+
 @register
-class EasyCache(CachePolicy):
+class EasyCache(AccumulatedReuse):
     name = "easycache"
     config_cls = EasyCacheConfig
+    state_cls = EasyCacheState
 
-    def run_stack(self, stack, call: ModelCall) -> torch.Tensor:
-        cfg, sts, x = self.config, self.states(call), stack.x
-        skip = []
-        for i, (st, rec) in enumerate(zip(sts, call)):  # each sample decides on its own input change
-            s = False
-            if "k" in st and may_skip(rec, cfg.ret_ratio, cfg.force_last_step):
-                rec.drift = st["acc"] + st["k"] * float(rel_l1(x[i:i + 1], st["x_prev"]))
-                rec.threshold = cfg.threshold
-                s = rec.drift < cfg.threshold
-            st["x_prev"] = x[i:i + 1]
-            rec.computed = not s
-            skip.append(s)
-        out = compute_rows(stack, skip, lambda i: x[i:i + 1] + sts[i]["residual"])
-        for i, st in enumerate(sts):
-            if skip[i]:
-                st["acc"] = call[i].drift
-                continue
-            xi, oi = x[i:i + 1], out[i:i + 1]
-            if "out_c" in st:  # transformation rate from the sample's last two computed calls
-                st["k"] = float(rel_l1(oi, st["out_c"])) / max(float(rel_l1(xi, st["x_c"])), 1e-12)
-            st["x_c"], st["out_c"], st["residual"], st["acc"] = xi, oi, oi - xi, 0.0
-        return out
+    def change(self, st: EasyCacheState, stack, i: int) -> float | None:
+        x, prev = stack.x[i:i + 1], st.x_prev
+        st.x_prev = x
+        return None if st.k is None else st.k * float(rel_l1(x, prev))
+
+    def computed(self, st: EasyCacheState, x: torch.Tensor, out: torch.Tensor) -> None:
+        if st.out_c is not None:
+            st.k = float(rel_l1(out, st.out_c)) / max(float(rel_l1(x, st.x_c)), 1e-12)
+        st.x_c, st.out_c = x, out

@@ -13,6 +13,7 @@ import torch
 from . import register
 from .base import CachePolicy, ModelCall, compute_rows
 from .config import PolicyConfig
+from .reuse import ReuseState
 
 
 @dataclass
@@ -29,6 +30,7 @@ class ForaConfig(PolicyConfig):
 class Fora(CachePolicy):
     name = "fora"
     config_cls = ForaConfig
+    state_cls = ReuseState  # only its residual: FORA measures no change
 
     def begin(self, num_steps: int) -> None:
         if self.config.warmup_steps > num_steps:
@@ -39,10 +41,10 @@ class Fora(CachePolicy):
     def run_stack(self, stack, call: ModelCall) -> torch.Tensor:
         cfg, sts, x = self.config, self.states(call), stack.x
         after = call.step - cfg.warmup_steps
-        skip = [("residual" in st and after > 0 and after % cfg.interval != 0) for st in sts]
-        out = compute_rows(stack, skip, lambda i: x[i:i + 1] + sts[i]["residual"])
+        skip = [(st.residual is not None and after > 0 and after % cfg.interval != 0) for st in sts]
+        out = compute_rows(stack, skip, lambda i: x[i:i + 1] + sts[i].residual)
         for i, (st, rec) in enumerate(zip(sts, call)):
             rec.computed = not skip[i]
             if not skip[i]:
-                st["residual"] = out[i:i + 1] - x[i:i + 1]
+                st.residual = out[i:i + 1] - x[i:i + 1]
         return out

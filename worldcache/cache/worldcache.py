@@ -1,7 +1,8 @@
-"""WorldCache and its parent DiCache: probe the first blocks, skip the rest when the probe drifts little.
+"""WorldCache: DiCache's probe-and-extrapolate (the shared `ProbeEngine`) with content-aware decisions.
 
-One engine, `WorldCache`; DiCache is the same engine with WorldCache's four additions switched off and DiCache's
-own extrapolation coefficient. See ../shared/METHOD.md (the project's method notes) for the formulation.
+Its decision rule: saliency-weighted probe drift against a motion-adaptive, phase-aware threshold; least-squares
+blending and an optional warp of the extrapolated residual; optional reuse across the chunks of a rollout
+(`cross_chunk`). See ../shared/METHOD.md (the project's method notes) for the formulation.
 """
 from __future__ import annotations
 
@@ -10,28 +11,13 @@ from dataclasses import dataclass
 import torch
 
 from . import register
-from .base import CachePolicy, CallRecord, ModelCall, compute_rows, may_skip, rel_l1
-from .config import PolicyConfig
+from .base import CallRecord, ModelCall, may_skip, rel_l1
+from .probe import ProbeConfig, ProbePolicy, ProbeState
 from ..motion import laplacian, token_flow, warp_tokens
 
 
 @dataclass
-class DiCacheConfig(PolicyConfig):
-    threshold: float = 0.08         # skip while accumulated probe drift stays below this
-    ret_ratio: float = 0.2          # warm-up: this fraction of the steps always computes
-    probe_depth: int = 1            # blocks run on every call to measure drift
-    force_last_step: bool = True    # the final step always computes
-    max_consecutive_skips: int = 0  # 0: no cap
-
-    def check(self) -> None:
-        self.nonneg("threshold")
-        self.check_warmup()
-        self.require("probe_depth", self.probe_depth >= 1, "must be >= 1")
-        self.require("max_consecutive_skips", self.max_consecutive_skips >= 0, "must be >= 0 (0: no cap)")
-
-
-@dataclass
-class WorldCacheConfig(DiCacheConfig):
+class WorldCacheConfig(ProbeConfig):
     # Tuned for the bundled model on tuning episodes disjoint from the benchmark's (README, Benchmarks); the
     # method's own defaults (threshold 0.08, ret_ratio 0.2, warp on, unchecked) are configs/cache/worldcache_paper.yaml.
     threshold: float = 0.16
@@ -52,6 +38,8 @@ class WorldCacheConfig(DiCacheConfig):
     hf_threshold: float = 0.01
     uncond_reuse: bool = False      # guidance-branch caching: the uncond branch reuses its last residual ...
     uncond_reuse_start: float = 0.5  # ... from this fraction of the steps on (separate guidance only)
+    cross_chunk: bool = False       # in a rollout, a call the rule computes may reuse the previous chunk's residual
+                                    # at the same step when its probe drifted less than the threshold from that one
 
     def check(self) -> None:
         super().check()
@@ -62,58 +50,69 @@ class WorldCacheConfig(DiCacheConfig):
 
 
 @register
-class WorldCache(CachePolicy):
+class WorldCache(ProbePolicy):
     name = "worldcache"
     config_cls = WorldCacheConfig
 
+    def __init__(self, config: WorldCacheConfig):
+        super().__init__(config, keep_trajectory=config.cross_chunk)
+        self.previous: dict[str, list[dict]] = {}  # branch -> per sample, the previous chunk's trajectory
+        self._prev: list[dict] | None = None       # the current call's branch of it
+
+    def begin(self, num_steps: int) -> None:
+        # cross_chunk: keep the finished prediction's trajectories when this one is announced as its next chunk
+        carry = self.config.cross_chunk and self.chunk > 0 and num_steps == self.num_steps
+        self.previous = ({b: [st.trajectory for st in sts] for b, sts in self._states.items()} if carry else {})
+        super().begin(num_steps)
+
     def run_stack(self, stack, call: ModelCall) -> torch.Tensor:
-        cfg, sts, x = self.config, self.states(call), stack.x
-        depth = cfg.probe_depth
-        if depth >= stack.num_blocks:
-            raise ValueError(f"probe_depth={depth} leaves no blocks to skip (model has {stack.num_blocks})")
-        if cfg.uncond_reuse and all(self._reuse_uncond(st, call) for st in sts):
+        sts, x = self.states(call), stack.x
+        if self.config.uncond_reuse and all(self._reuse_uncond(st, call) for st in sts):
             call.computed = False
             # no block runs: each sample's last computed residual of the branch, held
-            return x + torch.cat([st["residuals"][-1] for st in sts])
-        probe = stack(x, 0, depth)
-        # per sample: its own drift, threshold and decision (row i of the batch)
-        skip = [self._decide(st, rec, x[i:i + 1], probe[i:i + 1], stack.ctx.grid)
-                for i, (st, rec) in enumerate(zip(sts, call))]
-        grid = stack.ctx.grid
-        # resume from the probe (its blocks are not run twice) on the samples that compute
-        out = compute_rows(stack, skip, lambda i: x[i:i + 1] + self._approximate(
-            sts[i], probe[i:i + 1] - x[i:i + 1], x[i:i + 1], grid, call[i]), h=probe, start=depth)
-        for i, (st, rec) in enumerate(zip(sts, call)):
-            xi, pi = x[i:i + 1], probe[i:i + 1]
-            if skip[i]:
-                st["acc"], st["skips"] = rec.drift, st["skips"] + 1
-            else:
-                st.setdefault("residuals", []).append(out[i:i + 1] - xi)
-                st.setdefault("probe_residuals", []).append(pi - xi)
-                del st["residuals"][:-2], st["probe_residuals"][:-2]
-                st["x_ref"], st["acc"], st["skips"] = xi, 0.0, 0
-            rec.computed = not skip[i]
-            st["p_prev"], st["x_prev"] = pi, xi
-        return out
+            return x + torch.cat([st.residuals[-1] for st in sts])
+        prev = self.previous.get(call.branch)
+        if prev is not None and len(prev) != len(call):
+            raise ValueError(f"cross_chunk: batch of {len(call)} samples after a chunk of {len(prev)}")
+        self._prev = prev
+        return super().run_stack(stack, call)
 
-    def _decide(self, st: dict, rec: CallRecord, x, probe, grid) -> bool:
-        """One sample: whether to skip (approximate) its block stack; fills its motion/drift/threshold."""
+    def decide(self, st: ProbeState, rec: CallRecord, x, probe, grid) -> float | None:
         cfg = self.config
-        motion = float(rel_l1(x, st["x_prev"])) if "x_prev" in st else 0.0
+        motion = float(rel_l1(x, st.x_prev)) if st.x_prev is not None else 0.0
         rec.motion = motion
-        if "residuals" not in st or not may_skip(rec, cfg.ret_ratio, cfg.force_last_step):
-            return False
-        drift, rec.saliency = self._drift(probe, st["p_prev"])
-        acc = st["acc"] + drift
         tau = cfg.threshold
         if cfg.phase_aware:
             tau *= 1 + cfg.phase_slope * rec.step / rec.num_steps
         if cfg.motion_adaptive:
             tau /= 1 + cfg.alpha * motion
-        rec.drift, rec.threshold = acc, tau  # a skip keeps acc (rec.drift) as the sample's accumulated drift
-        capped = 0 < cfg.max_consecutive_skips <= st["skips"]
-        vetoed = cfg.hf_veto and float(rel_l1(laplacian(x, grid), laplacian(st["x_prev"], grid))) > cfg.hf_threshold
-        return acc < tau and not capped and not vetoed
+        acc = None
+        if self.engine.may_skip(st, rec):
+            drift, rec.saliency = self._drift(probe, st.p_prev)
+            acc = st.acc + drift
+            rec.drift, rec.threshold = acc, tau  # a skip keeps acc (rec.drift) as the sample's accumulated drift
+            vetoed = cfg.hf_veto and float(rel_l1(laplacian(x, grid), laplacian(st.x_prev, grid))) > cfg.hf_threshold
+            if self.engine.capped(st) or vetoed:
+                return None
+            if acc < tau:
+                return acc
+        return self._from_previous_chunk(st, rec, probe, tau, acc)
+
+    def _from_previous_chunk(self, st: ProbeState, rec: CallRecord, probe, tau: float, acc) -> float | None:
+        """cross_chunk: reuse the previous chunk's rest-of-stack residual at this step where its probe output was
+        within the threshold of this one (never on a forced final step). The drift accumulated within this chunk
+        keeps counting, as over any skip: a reuse from the previous chunk does not reset it."""
+        if self._prev is None or (self.config.force_last_step and rec.step == rec.num_steps - 1):
+            return None
+        hit = self._prev[rec.sample].get(rec.step)
+        if hit is None:
+            return None
+        p_then, rest = hit
+        drift, saliency = self._drift(probe, p_then)
+        if drift >= tau:
+            return None
+        st.reuse, rec.drift, rec.threshold, rec.saliency = rest, drift, tau, saliency
+        return st.acc if acc is None else acc
 
     def _drift(self, p: torch.Tensor, p_prev: torch.Tensor) -> tuple[float, float]:
         if not self.config.saliency:
@@ -125,32 +124,24 @@ class WorldCache(CachePolicy):
         drift = (w * diff).mean(dim=1) / p_prev.abs().mean(dim=(1, 2)).clamp_min(1e-12)
         return float(drift), float(w.mean())
 
-    def _reuse_uncond(self, st: dict, call: ModelCall) -> bool:
+    def _reuse_uncond(self, st: ProbeState, call: ModelCall) -> bool:
         """Guidance-branch caching: late in denoising the unconditional branch changes little."""
         if call.branch == "batched":
             raise ValueError("uncond_reuse needs guidance='separate': with batched guidance both branches share "
                              "one model call, so the unconditional one cannot be skipped alone")
         # the same window as any skip: after the first uncond_reuse_start of the steps, never a forced last step
-        return (call.branch == "uncond" and "residuals" in st
+        return (call.branch == "uncond" and bool(st.residuals)
                 and may_skip(call, self.config.uncond_reuse_start, self.config.force_last_step))
 
-    def _approximate(self, st: dict, rho_now, x, grid, call: CallRecord) -> torch.Tensor:
-        """Extrapolate the block-stack residual from the last two computed ones, then warp it (optional)."""
-        cfg, res, rho = self.config, st["residuals"], st["probe_residuals"]
-        if len(res) < 2:
-            approx, rho_hat, call.gamma = res[-1], rho[-1], 1.0
-        else:
-            dims = (1, 2)
-            a, b = rho_now - rho[-2], rho[-1] - rho[-2]
-            if cfg.blend:  # least squares: argmin_g ||a - g b||^2
-                gamma = ((a * b).sum(dims) / (b * b).sum(dims).clamp_min(1e-12)).clamp(cfg.gamma_min, cfg.gamma_max)
-            else:  # DiCache's official heuristic: ratio of the L1 means of the probe-residual changes, in [1, 2]
-                gamma = (a.abs().mean(dims) / b.abs().mean(dims).clamp_min(1e-12)).clamp(1.0, 2.0)
-            g = gamma[:, None, None]
-            approx, rho_hat = res[-2] + g * (res[-1] - res[-2]), rho[-2] + g * (rho[-1] - rho[-2])
-            call.gamma = float(gamma.mean())
+    def approximate(self, st: ProbeState, rho_now, x, grid, rec: CallRecord) -> torch.Tensor:
+        """The previous chunk's rest residual on this probe (cross_chunk), or the extrapolated residual, warped
+        (optional)."""
+        cfg = self.config
+        if st.reuse is not None:
+            return rho_now + st.reuse
+        approx, rho_hat = self.engine.extrapolate(st, rho_now, rec, cfg.blend, cfg.gamma_min, cfg.gamma_max)
         if cfg.warp:
-            approx = self._warp(approx, rho_hat, rho_now, st["x_ref"], x, grid, call)
+            approx = self._warp(approx, rho_hat, rho_now, st.x_ref, x, grid, rec)
         return approx
 
     def _warp(self, approx, rho_hat, rho_now, x_ref, x, grid, call: CallRecord) -> torch.Tensor:
@@ -173,15 +164,3 @@ class WorldCache(CachePolicy):
         keep = moved & (err(warp_tokens(rho_hat, flow, grid)) < err(rho_hat))
         call.warped = float(keep.float().mean())
         return torch.where(keep.repeat_interleave(n // frames, dim=1)[..., None], warped, approx)
-
-
-@register
-class DiCache(WorldCache):
-    """DiCache: probe drift + residual-trajectory extrapolation, fixed threshold, no content awareness."""
-
-    name = "dicache"
-    config_cls = DiCacheConfig
-
-    def __init__(self, config: DiCacheConfig):
-        off = dict(motion_adaptive=False, saliency=False, blend=False, warp=False, phase_aware=False)
-        super().__init__(WorldCacheConfig(**config.as_dict(), **off))

@@ -1,0 +1,142 @@
+"""Typed cache state, the probe engine DiCache and WorldCache share, and WorldCache's reuse across chunks."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from worldcache.cache import POLICIES, make_policy, policy_names
+from worldcache.cache.base import ModelCall, PolicyState
+from worldcache.cache.dicache import DiCache
+from worldcache.cache.probe import ProbeEngine, ProbePolicy, ProbeState
+from worldcache.cache.worldcache import WorldCache
+from worldcache.sampler import denoise, default_scheduler
+from worldcache.tiny import tiny_inputs
+
+from test_formulas import OFF, ScriptedStack, tokens
+
+
+def call(policy, stack, step, num_steps, branch="cond"):
+    rec = ModelCall.new(1, step=step, num_steps=num_steps, branch=branch)
+    return policy.run_stack(stack, rec), rec[0]
+
+
+# --- typed state ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["worldcache", "dicache", "teacache", "easycache", "fora", "fastercache"])
+def test_every_policy_state_is_a_dataclass_whose_reset_restores_the_defaults(name):
+    policy_names()
+    cls = POLICIES[name].state_cls
+    assert dataclasses.is_dataclass(cls) and issubclass(cls, PolicyState) and cls is not PolicyState
+    st, fresh = cls(), cls()
+    for f in dataclasses.fields(st):  # every field away from its default ...
+        setattr(st, f.name, {"changed": 1} if isinstance(getattr(st, f.name), dict) else [1] if isinstance(
+            getattr(st, f.name), list) else 7)
+    st.reset()  # ... and back
+    for f in dataclasses.fields(st):
+        assert getattr(st, f.name) == getattr(fresh, f.name), f.name
+    if any(isinstance(getattr(fresh, f.name), (list, dict)) for f in dataclasses.fields(fresh)):
+        st.reset()  # a reset gives new containers, never shared ones
+        mutable = next(f.name for f in dataclasses.fields(st) if isinstance(getattr(st, f.name), (list, dict)))
+        assert getattr(st, mutable) is not getattr(cls(), mutable)
+
+
+@pytest.mark.parametrize("name", ["worldcache", "dicache", "teacache", "easycache", "fora"])
+def test_policies_keep_typed_state_per_branch_and_sample_and_begin_clears_it(name):
+    p = make_policy(name, **({"warmup_steps": 0} if name == "fora" else {}))
+    p.begin(10)
+    stack = ScriptedStack(tokens(1, 1), mod=tokens(1, 1))
+    call(p, stack, 0, 10)
+    call(p, stack, 0, 10, branch="uncond")
+    assert set(p._states) == {"cond", "uncond"}
+    assert all(type(st) is p.state_cls for sts in p._states.values() for st in sts)
+    assert p._states["cond"][0].residual is not None if hasattr(p.state_cls(), "residual") else \
+        p._states["cond"][0].residuals
+    p.begin(10)
+    assert p._states == {}
+
+
+# --- the shared probe engine ------------------------------------------------------------------------------------
+def test_dicache_and_worldcache_share_the_probe_engine_not_a_subclass():
+    assert not issubclass(DiCache, WorldCache) and not issubclass(WorldCache, DiCache)
+    for name in ("dicache", "worldcache"):
+        p = make_policy(name)
+        assert isinstance(p, ProbePolicy) and isinstance(p.engine, ProbeEngine) and p.state_cls is ProbeState
+
+
+def test_worldcache_with_every_part_off_makes_dicache_decisions_and_outputs(tiny_dit):
+    # the ablation's "-all" row: the same engine with WorldCache's additions off is DiCache, to the bit
+    noise, cond, emb, _ = tiny_inputs(batch=2, seed=3)
+    outs = []
+    for p in (make_policy("dicache", threshold=0.3, ret_ratio=0.1),
+              make_policy("worldcache", threshold=0.3, ret_ratio=0.1, **OFF)):
+        outs.append(denoise(tiny_dit, default_scheduler(), noise, emb, num_steps=12, policy=p, cond_latents=cond,
+                            num_cond_frames=1))
+    a, b = outs
+    assert [r.computed for r in a.records] == [r.computed for r in b.records]
+    assert 0 < a.computed_fraction < 1
+    assert [r.gamma for r in a.records if not r.computed] == [r.gamma for r in b.records if not r.computed]
+    torch.testing.assert_close(a.latents, b.latents, rtol=0, atol=0)
+
+
+# --- across chunks ----------------------------------------------------------------------------------------------
+N = 4  # steps per prediction: warm-up ret_ratio 0.9 -> steps 0..3 are all warm-up, so only a cross-chunk reuse
+       # can skip; step 3 is the forced final step
+
+
+def chunk(policy, index, probe, rest, x=(1.0, 1.0)):
+    policy.begin_chunk(index)
+    policy.begin(N)
+    return [call(policy, ScriptedStack(tokens(*x), tokens(*probe), tokens(*rest)), s, N) for s in range(N)]
+
+
+def test_cross_chunk_reuses_the_previous_chunks_rest_residual_at_the_same_step():
+    p = make_policy("worldcache", threshold=1e9, ret_ratio=0.9, cross_chunk=True, **OFF)
+    first = chunk(p, 0, probe=(1, 2), rest=(10, 20))
+    assert [r.computed for _, r in first] == [True] * N  # nothing to reuse in the first chunk
+    second = chunk(p, 1, probe=(1.5, 2), rest=(99, 99))
+    assert [r.computed for _, r in second] == [False, False, False, True]  # the forced final step computes
+    # a reused call: this chunk's probe output + the previous chunk's rest residual (not this chunk's 99s)
+    torch.testing.assert_close(second[0][0], tokens(2.5, 3) + tokens(10, 20))
+    # drift: mean|p_now - p_then| / mean|p_then| = mean(0.5, 0) / mean(2, 3) = 0.25 / 2.5
+    assert second[0][1].drift == pytest.approx(0.1, abs=1e-12)
+    torch.testing.assert_close(second[3][0], tokens(2.5, 3) + tokens(99, 99))
+
+
+def test_cross_chunk_state_is_dropped_for_a_new_rollout_an_unannounced_prediction_and_when_off():
+    p = make_policy("worldcache", threshold=1e9, ret_ratio=0.9, cross_chunk=True, **OFF)
+    chunk(p, 0, probe=(1, 2), rest=(10, 20))
+    assert all(r.computed for _, r in chunk(p, 0, probe=(1, 2), rest=(10, 20)))  # chunk 0: a new rollout
+    p.begin(N)  # a prediction nobody announced as the next chunk
+    assert p.previous == {}
+    off = make_policy("worldcache", threshold=1e9, ret_ratio=0.9, **OFF)
+    chunk(off, 0, probe=(1, 2), rest=(10, 20))
+    assert off._states["cond"][0].trajectory == {}  # nothing kept when off
+    assert all(r.computed for _, r in chunk(off, 1, probe=(1, 2), rest=(10, 20))) and off.previous == {}
+
+
+def test_cross_chunk_refuses_when_the_probe_drifted_past_the_threshold():
+    p = make_policy("worldcache", threshold=0.1, ret_ratio=0.9, cross_chunk=True, **OFF)
+    chunk(p, 0, probe=(1, 2), rest=(10, 20))
+    assert all(r.computed for _, r in chunk(p, 1, probe=(3, 5), rest=(10, 20)))  # drift 1 > 0.1
+
+
+def test_rollout_carries_cross_chunk_state_between_its_chunks(tmp_path):
+    from worldcache.world_model import WorldModel, WorldModelSpec
+
+    spec = WorldModelSpec(height=32, width=40, chunk=4, num_steps=6)
+    model = WorldModel.build(spec, hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8)
+    frame = torch.zeros(1, 32, 40, 3, dtype=torch.uint8)
+    actions = torch.zeros(1, 8, spec.action_dim)
+    seen = []
+
+    class Spy(WorldCache):
+        def begin(self, num_steps):
+            super().begin(num_steps)
+            seen.append(sorted(self.previous))
+
+    p = Spy(make_policy("worldcache", cross_chunk=True).config)
+    model.rollout(frame, actions, policy=p)
+    assert seen == [[], ["cond"]]  # chunk 1 sees chunk 0's trajectory
+    model.predict(frame, actions[:, :4], policy=p)
+    assert seen[-1] == []
