@@ -94,7 +94,7 @@ def test_run_bench_steps_axis_writes_json_frontiers_and_figures(tiny_ckpt, tmp_p
     assert len(table) == 2 + 4
 
 
-def _write_store(path, n=3, frames=8, height=64, width=80, action_dim=7):
+def _write_store(path, n=3, frames=8, height=80, width=96, action_dim=3):
     from worldcache.rollouts.store import EpisodeStore
 
     store = EpisodeStore.create(path)
@@ -112,7 +112,7 @@ def test_store_episodes_take_the_held_out_split_and_check_sizes(tmp_path):
     _write_store(tmp_path / "s.zarr", n=4, frames=8)
     held = store_episodes(tmp_path / "s.zarr", 5, 8, spec)
     assert [e["id"] for e in held] == ["ep3"]  # the last 10 % (at least one) of the sorted ids, as train splits
-    assert held[0]["obs"].shape == (9, 64, 80, 3) and held[0]["actions"].shape == (8, 7)
+    assert held[0]["obs"].shape == (9, 80, 96, 3) and held[0]["actions"].shape == (8, 3)
     tuning = store_episodes(tmp_path / "s.zarr", 2, 8, spec, tuning=True)
     assert [e["id"] for e in tuning] == ["ep2", "ep1"]  # the training split, from its end: disjoint
     assert [e["id"] for e in store_episodes(tmp_path / "s.zarr", 9, 8, spec, holdout=0)] == [
@@ -120,19 +120,19 @@ def test_store_episodes_take_the_held_out_split_and_check_sizes(tmp_path):
     with pytest.raises(ValueError, match="no held-out episode has 16 steps"):
         store_episodes(tmp_path / "s.zarr", 1, 16, spec)
     _write_store(tmp_path / "small.zarr", n=2, height=32)
-    with pytest.raises(ValueError, match=r"frames \(32, 80, 3\)"):
+    with pytest.raises(ValueError, match=r"frames \(32, 96, 3\)"):
         store_episodes(tmp_path / "small.zarr", 1, 8, spec)
     # a rollout store: chunked actions (T, chunk, A) and every predicted frame in "frames" (T, chunk, H, W, 3)
     from worldcache.rollouts.store import EpisodeStore
 
     store = EpisodeStore.create(tmp_path / "r.zarr")
     rng = np.random.default_rng(1)
-    frames = rng.integers(0, 256, (2, 8, 64, 80, 3), dtype=np.uint8)
+    frames = rng.integers(0, 256, (2, 8, 80, 96, 3), dtype=np.uint8)
     store.write_episode("r0", obs=np.concatenate([frames[:1, 0], frames[:, -1]]),
-                        actions=rng.uniform(-1, 1, (2, 8, 7)).astype(np.float32), rewards=np.zeros(2, np.float32),
+                        actions=rng.uniform(-1, 1, (2, 8, 3)).astype(np.float32), rewards=np.zeros(2, np.float32),
                         terminated=np.zeros(2, bool), truncated=np.zeros(2, bool), extras={"frames": frames})
     (ep,) = store_episodes(tmp_path / "r.zarr", 1, 16, spec, holdout=0)
-    assert ep["actions"].shape == (16, 7) and np.array_equal(ep["obs"][1:], frames.reshape(16, 64, 80, 3))
+    assert ep["actions"].shape == (16, 3) and np.array_equal(ep["obs"][1:], frames.reshape(16, 80, 96, 3))
 
 
 @pytest.mark.slow
@@ -372,7 +372,7 @@ def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp
     st = EpisodeStore.create(tmp_path / "eps.zarr")
     rng = np.random.default_rng(0)
     for e in range(2):
-        st.write_episode(f"ep{e}", rng.integers(0, 256, (17, 64, 80, 3), dtype=np.uint8),
+        st.write_episode(f"ep{e}", rng.integers(0, 256, (17, 80, 96, 3), dtype=np.uint8),
                          rng.uniform(-1, 1, (16, 3)).astype(np.float32), np.zeros(16, np.float32),
                          np.zeros(16, bool), np.zeros(16, bool))
     out = tmp_path / "q.json"

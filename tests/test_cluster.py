@@ -54,7 +54,8 @@ def cluster():
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt")
-    WorldModel.build(WorldModelSpec(height=H, width=W, chunk=K, num_steps=4), hidden_heads=2, head_dim=16,
+    WorldModel.build(WorldModelSpec(height=H, width=W, chunk=K, num_steps=4, action_dim=A, action_low=[-2.0] * A,
+                                    action_high=[2.0] * A), hidden_heads=2, head_dim=16,
                      num_layers=2, vae_base_dim=8).save_pretrained(path)
     np.save(path / START_FRAMES, np.random.default_rng(0).integers(0, 256, (5, H, W, 3), dtype=np.uint8))
     return path

@@ -35,7 +35,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt")
-    spec = WorldModelSpec(height=H, width=W, chunk=K, num_steps=4)
+    spec = WorldModelSpec(height=H, width=W, chunk=K, num_steps=4, action_dim=A, action_low=[-2.0] * A,
+                          action_high=[2.0] * A)  # 7-d actions in [-2, 2]: the env is generic in both
     WorldModel.build(spec, hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8).save_pretrained(path)
     rng = np.random.default_rng(0)
     np.save(path / START_FRAMES, rng.integers(0, 256, (5, H, W, 3), dtype=np.uint8))

@@ -36,7 +36,8 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt")
-    spec = WorldModelSpec(height=H, width=W, chunk=K, num_steps=CALLS)
+    spec = WorldModelSpec(height=H, width=W, chunk=K, num_steps=CALLS, action_dim=A, action_low=[-2.0] * A,
+                          action_high=[2.0] * A)
     WorldModel.build(spec, hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8).save_pretrained(path)
     np.save(path / START_FRAMES, np.random.default_rng(0).integers(0, 256, (5, H, W, 3), dtype=np.uint8))
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
 """WorldModel: checkpoint round trip and errors, the trainer on a small store, action conditioning."""
+import dataclasses
 import json
 import shutil
 
@@ -10,7 +11,7 @@ from worldcache.cache import make_policy
 from worldcache.rollouts.store import EpisodeStore
 from worldcache.world_model import CheckpointError, WorldModel, WorldModelSpec
 
-SPEC = WorldModelSpec(height=32, width=40, chunk=4)
+SPEC = WorldModelSpec(height=32, width=40, chunk=4, action_dim=7, action_low=[-2.0] * 7, action_high=[2.0] * 7)
 ARCH = dict(hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8)
 
 
@@ -125,7 +126,7 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
                             extras={"state": rng.normal(size=(t + 1, 23)).astype(np.float32)})
     cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), vae_steps=3, dit_steps=3,
                       decoder_steps=3, vae_batch=2, dit_batch=2, save_every=2, holdout=0.34)
-    model = WorldModel.build(WorldModelSpec(height=32, width=40, chunk=4), **ARCH)
+    model = WorldModel.build(SPEC, **ARCH)
     trainer = Trainer(cfg, model=model)
     assert len(trainer.train_eps) == 2 and len(trainer.held_eps) == 1
     out = trainer.run()
@@ -137,7 +138,7 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
     # resume: a longer schedule continues from the saved step instead of starting over
     cfg.dit_steps, cfg.stages, cfg.bf16 = 5, ("dit",), True  # also exercises the bf16 autocast path
     assert json.loads((out / "training.json").read_text())["vae"]["steps"] == 3  # earlier stages' record kept
-    Trainer(cfg, model=WorldModel.build(WorldModelSpec(height=32, width=40, chunk=4), **ARCH)).run()
+    Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
     losses = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["losses"]
     assert len(losses) == 5 and np.isfinite(losses).all()
     WorldModel.from_pretrained(out).predict(*inputs(), num_steps=2)
@@ -155,7 +156,7 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
 
 
 def test_two_conditioning_latent_frames_take_the_last_five_frames():
-    spec = WorldModelSpec(height=32, width=40, chunk=4, cond_latent_frames=2, cond_frame_timestep=None)
+    spec = dataclasses.replace(SPEC, cond_latent_frames=2, cond_frame_timestep=None)
     model = WorldModel.build(spec, **ARCH, seed=2)
     with torch.no_grad():
         for p in model.dit.cond_embedder.parameters():

@@ -147,8 +147,9 @@ class Trainer:
             rng.bit_generator.state = st["rng"]
             torch.set_rng_state(st["torch_rng"].cpu())
             step, losses = st["step"], st["losses"]
-            total[0] = st.get("total", steps)
-            minutes = None  # a resumed run keeps the step count it set
+            if minutes is not None:  # a resumed timed run keeps the step count it set
+                total[0] = st.get("total", steps)
+            minutes = None
         module.train()
         bar = tqdm(total=total[0], initial=step, desc=f"train {stage}", unit="step", dynamic_ncols=True)
         timer, probe = time.perf_counter(), step + 20
