@@ -64,7 +64,8 @@ def test_tune_writes_a_yaml_that_env_rollout_and_bench_take(tiny_ckpt, tmp_path,
 
     env = gym.make("WorldCache-Cosmos-v0", checkpoint=str(tiny_ckpt), cache=str(out), reward_fn=lambda f, a: 0.0)
     assert env.unwrapped.sim.num_steps == steps and env.unwrapped.sim.policy.name == policy.name
-    env.reset(seed=0, options={"frame": np.zeros((64, 80, 3), np.uint8)})
+    spec = env.unwrapped.sim.spec
+    env.reset(seed=0, options={"frame": np.zeros((spec.height, spec.width, 3), np.uint8)})
     _, _, _, _, info = env.step(env.action_space.sample())
     assert info["calls"] == steps  # the prediction ran at the tuned step count
     env.close()
