@@ -113,10 +113,8 @@ def test_checkpoint_errors_name_the_file(tiny_ckpt, tmp_path):
         WorldModel.from_pretrained(badjson)
 
 
-def test_trainer_runs_resumes_and_exports(tmp_path):
-    from worldcache.train import TrainConfig, Trainer
-
-    store = EpisodeStore.create(tmp_path / "data.zarr", attrs={"fps": 20.0})
+def write_training_store(path):
+    store = EpisodeStore.create(path, attrs={"fps": 20.0})
     rng = np.random.default_rng(0)
     for i in range(3):
         t = 12
@@ -124,6 +122,12 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
                             rng.uniform(-2, 2, (t, 7)).astype(np.float32), np.zeros(t, np.float32),
                             np.zeros(t, bool), np.zeros(t, bool),
                             extras={"state": rng.normal(size=(t + 1, 23)).astype(np.float32)})
+
+
+def test_trainer_runs_resumes_and_exports(tmp_path):
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
     cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), vae_steps=3, dit_steps=3,
                       decoder_steps=3, vae_batch=2, dit_batch=2, save_every=2, holdout=0.34)
     model = WorldModel.build(SPEC, **ARCH)
@@ -153,6 +157,26 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
     fc2 = new.dit.cond_embedder.action_embedder_B_D.fc2.weight
     assert 0 < fc2.abs().max() < 0.1  # started at zero (a no-op), then trained: not the source's weights
     assert (moved / "state_decoder.safetensors").read_bytes() == (out / "state_decoder.safetensors").read_bytes()
+
+
+def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume(tmp_path, tiny_ckpt):
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=3,
+                      dit_batch=2, save_every=100, holdout=0.34, dit_minutes=1e-6, vae_from=str(tiny_ckpt))
+    model = WorldModel.build(SPEC, **ARCH, seed=5)
+    trainer = Trainer(cfg, model=model)
+    src = WorldModel.from_pretrained(tiny_ckpt)
+    assert torch.equal(model.vae.encoder.conv_in.weight, src.vae.encoder.conv_in.weight)  # --vae-from: its VAE
+    assert not torch.equal(model.dit.transformer.proj_out.weight, src.dit.transformer.proj_out.weight)  # not its DiT
+    trainer.run()
+    # ~0 minutes: the 20 steps that measure the rate, however few `dit_steps` asks for
+    st = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)
+    assert (st["step"], st["total"], st["pending"], len(st["losses"])) == (20, 20, False, 20)
+    cfg.dit_minutes = 10.0  # resumed: the count set by the first run stands, nothing more to train
+    Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
+    assert torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["step"] == 20
 
 
 def test_two_conditioning_latent_frames_take_the_last_five_frames():

@@ -109,9 +109,9 @@ class Trainer:
             model = WorldModel.build(self._spec(), num_layers=cfg.num_layers, hidden_heads=cfg.heads,
                                      head_dim=cfg.head_dim, seed=cfg.seed)
         if cfg.vae_from:  # only the VAE's weights are read: the rest of that checkpoint may differ or be absent
-            from safetensors.torch import load_file
+            from diffusers import AutoencoderKLWan
 
-            model.vae.load_state_dict(load_file(str(Path(cfg.vae_from) / "vae" / "diffusion_pytorch_model.safetensors")))
+            model.vae.load_state_dict(AutoencoderKLWan.from_pretrained(Path(cfg.vae_from) / "vae").state_dict())
         self.model = model.to(self.device)
         old = self.out / "model" / "training.json"  # stages may run in separate commands: keep both records
         self.record = json.loads(old.read_text()) if old.exists() else {}
@@ -135,6 +135,7 @@ class Trainer:
         state_file = self.out / f"state_{stage}.pt"
         opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
         total = [steps]  # the schedule reads it: a timed run sets it after its first steps
+        pending = minutes is not None  # a timed run whose step count is still to be set from its measured rate
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (
             1 + math.cos(math.pi * min(s, total[0]) / total[0])))
         rng = np.random.default_rng([self.cfg.seed, ("vae", "dit").index(stage)])
@@ -147,23 +148,12 @@ class Trainer:
             rng.bit_generator.state = st["rng"]
             torch.set_rng_state(st["torch_rng"].cpu())
             step, losses = st["step"], st["losses"]
-            if minutes is not None:  # a resumed timed run keeps the step count it set
-                total[0] = st.get("total", steps)
-            minutes = None
+            if pending:  # a resumed timed run keeps the step count it set (or measures it if it had not yet)
+                total[0], pending = st.get("total", steps), st.get("pending", True)
         module.train()
         bar = tqdm(total=total[0], initial=step, desc=f"train {stage}", unit="step", dynamic_ncols=True)
-        timer, probe = time.perf_counter(), step + 20
-        while step < total[0] or (minutes is not None and step < probe):
-            if minutes is not None and step == probe:  # rate measured over 20 steps (after 1 warm-up)
-                rate = (time.perf_counter() - timer) / 19
-                total[0] = max(probe, int(minutes * 60 / rate))
-                minutes = None
-                bar.total = total[0]
-                bar.refresh()
-                if step >= total[0]:
-                    break
-            if step == probe - 19:
-                timer = time.perf_counter()
+        timer, timed_from, timed_to = 0.0, step + 1, step + 20  # the rate: 19 steps after 1 warm-up step
+        while step < total[0] or (pending and step < timed_to):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
                 loss = loss_fn(rng)
             opt.zero_grad(set_to_none=True)
@@ -173,13 +163,19 @@ class Trainer:
             sched.step()
             step += 1
             losses.append(loss.item())
+            if step == timed_from:
+                timer = time.perf_counter()
+            if pending and step == timed_to:
+                total[0] = max(step, int(minutes * 60 * (step - timed_from) / (time.perf_counter() - timer)))
+                pending = False
+                bar.total = total[0]
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             if step % self.cfg.save_every == 0 or step == total[0]:
                 tmp = state_file.with_suffix(".tmp")  # write then rename: a kill never leaves a broken state
                 torch.save({"model": self.model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-                            "losses": losses, "total": total[0]}, tmp)
+                            "losses": losses, "total": total[0], "pending": pending}, tmp)
                 tmp.replace(state_file)
         bar.close()
         module.eval()
