@@ -36,7 +36,7 @@ class WorldSim:
                  chunk=None, reward_fn=None, termination_fn=None, model=None, timings=False,
                  normalize_actions=False, dtype="fp32"):
         from worldcache.cache import CachePolicy
-        from worldcache.cache_yaml import load_cache
+        from worldcache.cache import load_cache
         from worldcache.world_model import BUNDLED, CheckpointError, WorldModel
 
         # The folder also holds start frames and state decoder. A passed-in model without a checkpoint has neither.

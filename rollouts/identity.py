@@ -72,7 +72,7 @@ def _qualname(obj) -> str:
 
 def rollout_attrs(cfg: RolloutConfig, files: dict[str, bytes], folder: Path) -> dict:
     """The store's root attrs ``rollout``: everything an episode depends on, plus the format version."""
-    from worldcache.cache_yaml import load_cache
+    from worldcache.cache import load_cache
     from worldcache.world_model import WorldModelSpec
 
     spec = WorldModelSpec(**json.loads(files["model.json"]))

@@ -11,8 +11,8 @@ import yaml
 import worldcache  # noqa: F401  (registers the env)
 from worldcache.bench import TUNING_SEED
 from worldcache.bench.tune import choose
+from worldcache.cache import load_cache, load_policy
 from worldcache.cache.config import ConfigError
-from worldcache.cache_yaml import load_cache
 from worldcache.world_model import WorldModel, WorldModelSpec
 
 
@@ -31,6 +31,8 @@ def test_a_cache_yaml_may_carry_num_steps(tmp_path):
     (tmp_path / "a.yaml").write_text("policy: worldcache\nthreshold: 0.2\nnum_steps: 18\n")
     policy, steps = load_cache(tmp_path / "a.yaml")
     assert (policy.name, policy.config.threshold, steps) == ("worldcache", 0.2, 18)
+    with pytest.raises(ConfigError, match="num_steps=18"):
+        load_policy(tmp_path / "a.yaml")  # the policy alone would drop the tuned step count
     assert load_cache("worldcache")[1] is None and load_cache("teacache", threshold=0.3)[0].config.threshold == 0.3
     for bad in ("0", "1.5", "true"):
         (tmp_path / "b.yaml").write_text(f"policy: none\nnum_steps: {bad}\n")

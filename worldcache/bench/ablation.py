@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from ..cache.config import CACHE_CONFIG_DIR
-from ..cache_yaml import load_cache
+from ..cache import load_cache
 from .grid import BenchConfig
 
 ABLATION_PARTS = ("motion_adaptive", "saliency", "blend", "warp", "phase_aware")

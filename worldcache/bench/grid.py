@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cache.config import CACHE_CONFIG_DIR, read_yaml
-from ..cache_yaml import load_cache
+from ..cache import load_cache
 
 STEPS_ONLY = "steps-only"  # pseudo-policy: no cache, fewer steps (the control every caching claim needs)
 FULL_DENOISE_STEPS = (35, 24, 18, 14, 12, 10, 8)  # the full step axis (`--denoise-steps 35 24 18 14 12 10 8`)

@@ -32,17 +32,30 @@ def make_policy(name: str, config: dict | None = None, source: str | None = None
     return cls(build_config(cls.config_cls, values, source or f"policy {name!r}"))
 
 
-def load_policy(spec: str | Path, **overrides) -> CachePolicy:
-    """`spec` is a YAML path, or a policy name (its default file under configs/cache/ is used if present)."""
+def load_cache(spec: str | Path, **overrides) -> tuple[CachePolicy, int | None]:
+    """(policy, num_steps) from a YAML path, or a policy name (its default file under configs/cache/ is used if
+    present). A cache YAML may also carry the sampler's `num_steps` (what `worldcache tune` writes: a policy is
+    tuned together with its step count); None unless it does. The env, `rollout` and `bench` read caches here."""
     path = Path(spec)
     if path.suffix not in (".yaml", ".yml"):
         default = CACHE_CONFIG_DIR / f"{spec}.yaml"
         if not default.is_file():
-            return make_policy(str(spec), **overrides)
+            return make_policy(str(spec), **overrides), None
         path = default
     data = read_yaml(path)
-    name = data.pop("policy")
-    return make_policy(name, data, source=str(path), **overrides)
+    steps = data.pop("num_steps", None)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"{path}: num_steps must be an integer >= 1, got {steps!r}")
+    return make_policy(data.pop("policy"), data, source=str(path), **overrides), steps
+
+
+def load_policy(spec: str | Path, **overrides) -> CachePolicy:
+    """The policy alone; a YAML that also sets `num_steps` is refused (read it with `load_cache`), so the step
+    count it was tuned at is never dropped silently."""
+    policy, steps = load_cache(spec, **overrides)
+    if steps is not None:
+        raise ConfigError(f"{spec}: sets num_steps={steps}, a sampler setting; read it with load_cache")
+    return policy
 
 
 def policy_names() -> list[str]:
@@ -56,4 +69,4 @@ def _load_builtin() -> None:
 
 
 __all__ = ["CachePolicy", "CallRecord", "ConfigError", "ModelCall", "NoCache", "POLICIES", "PolicyConfig",
-           "load_policy", "make_policy", "policy_names", "register"]
+           "load_cache", "load_policy", "make_policy", "policy_names", "register"]
