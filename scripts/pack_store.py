@@ -26,7 +26,7 @@ def pack(store_path: str, out: str) -> None:
     arrays, meta = {}, {"attrs": dict(store.attrs), "episodes": {}}
     for eid in tqdm(sorted(store.episode_ids()), desc="pack", unit="ep"):
         ep = store.load_episode(eid)
-        attrs = {k: v for k, v in ep.pop("attrs").items() if k not in ("extras", "packed", *_RESERVED_EP_ATTRS)}
+        attrs = {k: v for k, v in ep.pop("attrs").items() if k not in ("packed", *_RESERVED_EP_ATTRS)}
         meta["episodes"][eid] = {"attrs": attrs, "extras": [k for k in ep if k not in CORE]}
         arrays.update({f"{eid}/{k}": v for k, v in ep.items()})
     buf = io.BytesIO()
@@ -43,8 +43,7 @@ def unpack(packed: str, store_path: str) -> None:
     store.attrs.update(meta["attrs"])
     for eid, info in tqdm(meta["episodes"].items(), desc="unpack", unit="ep"):
         core = {k: data[f"{eid}/{k}"] for k in CORE}
-        attrs = {k: v for k, v in info["attrs"].items() if k not in _RESERVED_EP_ATTRS}
-        store.write_episode(eid, **core, extras={k: data[f"{eid}/{k}"] for k in info["extras"]}, attrs=attrs)
+        store.write_episode(eid, **core, extras={k: data[f"{eid}/{k}"] for k in info["extras"]}, attrs=info["attrs"])
 
 
 if __name__ == "__main__":
