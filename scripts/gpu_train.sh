@@ -2,15 +2,24 @@
 # Train the bundled world model on a lent GPU machine (the `device` tool), in one prepared run of ~9 minutes:
 # the image there has torch but not our other dependencies, which travel as wheels in .whl/, and the training
 # store travels packed in .dev/ (scripts/pack_store.py). Outputs go to $OUT: the exported model as a tar split
-# into <16 MB parts, the training log, and the 2B-size DiT timings (scripts/gpu_timing.py).
+# into <16 MB parts, and logs.tar: the training log, and the 2B-size DiT timings (scripts/gpu_timing.py).
+# DECODER_STEPS=N also trains state decoders on the same GPU while the DiT trains (DECODERS: NAME=CHANNELS,KEYPOINTS,
+# HIDDEN each; scripts/gpu_decoder.py); the one with the lowest held-out fingertip error goes into the model.
+# BENCH_ARGS=... then benches the trained model there (`worldcache bench --checkpoint <it> $BENCH_ARGS`), into
+# bench/ in logs.tar.
 #
 #   DATA=.dev/pusher2.npz.xz VAE_MIN=1.25 DIT_MIN=4.5 bash scripts/gpu_train.sh
+#   DIT_MIN=4.5 DIT_BATCH=512 TRAIN_ARGS="--stages dit --continue-from worldcache/assets/pusher --dit-lr 2e-4" \
+#     DECODER_STEPS=15000 DECODERS="base=32,16,128 wide=64,32,256" BENCH_ARGS="--data /tmp/wc_run/data.zarr" \
+#     bash scripts/gpu_train.sh  # continue the bundled model, with new state decoders and a bench on the GPU
 #   DEVICE=cpu VAE_MIN=0.05 DIT_MIN=0.05 ARCH="--layers 2 --heads 2 --head-dim 16" bash scripts/gpu_train.sh  # smoke
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-runs/gpu_train}"; DEVICE="${DEVICE:-cuda}"; DATA="${DATA:-.dev/pusher2.npz.xz}"
 VAE_MIN="${VAE_MIN:-1.25}"; DIT_MIN="${DIT_MIN:-4.5}"; ARCH="${ARCH:-}"; RUN="${RUN:-/tmp/wc_run}"
-mkdir -p "$OUT"
+LOGS="${LOGS:-/tmp/wc_logs}"  # $OUT brings back 8 files at most: the logs travel as one tar, packed after each stage
+mkdir -p "$OUT" "$LOGS"
+pack() { tar -C "$LOGS" -cf "$OUT/logs.tar" .; }
 start=$(date +%s)
 if [[ -d .whl ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -22,17 +31,39 @@ mkdir -p /tmp/site/worldcache-0.0.0.dist-info  # the package reads its version f
 printf 'Metadata-Version: 2.1\nName: worldcache\nVersion: 0.0.0\n' > /tmp/site/worldcache-0.0.0.dist-info/METADATA
 export PYTHONPATH="$PWD:/tmp/site:${PYTHONPATH:-}"
 [[ -d "$RUN/data.zarr" ]] || python3 scripts/pack_store.py unpack "$DATA" "$RUN/data.zarr" 2>&1 | tail -1
-nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null | tee "$OUT/gpu.txt" || true
+dec_pids=()
+for spec in ${DECODER_STEPS:+${DECODERS:-base=32,16,128}}; do  # reads real frames only: trains beside the DiT
+  name=${spec%%=*}; size=${spec#*=}
+  python3 scripts/gpu_decoder.py "$RUN/data.zarr" "$RUN/dec_$name" --steps "$DECODER_STEPS" --size ${size//,/ } \
+    --batch "${DECODER_BATCH:-256}" --device "$DEVICE" > "$LOGS/decoder_$name.log" 2>&1 &
+  dec_pids+=($!)
+done
+nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null | tee "$LOGS/gpu.txt" || true
 # default: VAE fine-tuned from the bundled one, then the DiT; TRAIN_ARGS replaces that, e.g. to continue a model
 TRAIN_ARGS="${TRAIN_ARGS:---stages vae dit --vae-from worldcache/assets/pusher --vae-minutes $VAE_MIN --dit-lr 4e-4 $ARCH}"
 python3 -m worldcache.cli train --data "$RUN/data.zarr" --out "$RUN" --dit-minutes "$DIT_MIN" \
   --dit-batch "${DIT_BATCH:-128}" --device "$DEVICE" --bf16 $TRAIN_ARGS \
-  2>&1 | tr '\r' '\n' | awk 'NR % 50 == 0 || /written|Error|error|Traceback/' | tee "$OUT/train.log"
-echo "train done after $(( $(date +%s) - start )) s" | tee -a "$OUT/train.log"
+  2>&1 | tr '\r' '\n' | awk 'NR % 50 == 0 || /written|Error|error|Traceback/' | tee "$LOGS/train.log"
+echo "train done after $(( $(date +%s) - start )) s" | tee -a "$LOGS/train.log"; pack
+for pid in "${dec_pids[@]}"; do wait "$pid" || echo "decoder rc=$?"; done
+if [[ ${#dec_pids[@]} -gt 0 ]]; then
+  for f in "$LOGS"/decoder_*.log; do tr '\r' '\n' < "$f" | tail -3 > "$f.tmp"; mv "$f.tmp" "$f"; done
+  best=$(for f in "$LOGS"/decoder_*.log; do n=${f##*/decoder_}; tail -1 "$f" | python3 -c \
+    "import json,sys; print(json.load(sys.stdin)['heldout_cm']['fingertip']['mean_cm'], '${n%.log}')" 2>/dev/null
+    done | sort -g | head -1 | cut -d' ' -f2 || true)
+  if [[ -n "$best" ]]; then cp "$RUN/dec_$best"/state_decoder.* "$RUN/model/"; echo "decoder: $best" >> "$LOGS/train.log"; fi
+fi
 tar -C "$RUN" -cf - model | split -b 15M - "$OUT/model.tar.part-"
-cp "$RUN/model/training.json" "$OUT/training.json"
+cp "$RUN/model/training.json" "$LOGS/training.json"; pack
 if [[ "$DEVICE" == cuda && $(( $(date +%s) - start )) -lt "${TIMING_BEFORE:-450}" ]]; then
-  timeout 90 python3 scripts/gpu_timing.py --device cuda --dtype bf16 --json "$OUT/timing.json" > "$OUT/timing.log" 2>&1 \
-    || echo "timing rc=$?"
+  timeout 90 python3 scripts/gpu_timing.py --device cuda --dtype bf16 --json "$LOGS/timing.json" \
+    > "$LOGS/timing.log" 2>&1 || echo "timing rc=$?"
+  pack
+fi
+if [[ -n "${BENCH_ARGS:-}" ]]; then
+  mkdir -p "$LOGS/bench"
+  timeout "${BENCH_S:-150}" python3 -m worldcache.cli bench --device "$DEVICE" --checkpoint "$RUN/model" $BENCH_ARGS \
+    --json "$LOGS/bench/bench.json" > "$LOGS/bench/bench.log" 2>&1 || echo "bench rc=$?"
+  pack
 fi
 echo "all done after $(( $(date +%s) - start )) s"

@@ -42,6 +42,12 @@ def store(tmp_path_factory):
     return path
 
 
+def test_targets_are_the_observations_fingertip_object_goal():
+    states = np.arange(2 * 23, dtype=np.float32).reshape(2, 23)
+    np.testing.assert_array_equal(targets(states), np.concatenate([states[:, TIP], states[:, OBJ], states[:, GOAL]], 1))
+    assert targets(states)[1].tolist() == list(range(23 + 14, 23 + 23))
+
+
 def test_decoder_learns_positions_and_round_trips(store, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / "decoder"

@@ -128,12 +128,13 @@ class StateDecoder(nn.Module):
         return dec.to(device).eval()
 
 
-def targets(states: np.ndarray) -> np.ndarray:
-    """Pusher observations (..., 23) -> the decoder's targets (..., 9): fingertip, object, goal xyz."""
-    from .mujoco_data import GOAL, OBJ, TIP
+POSITIONS = slice(14, 23)  # in Pusher's observation: mujoco_data's TIP, OBJ, GOAL, written here without MuJoCo
 
-    s = np.asarray(states)
-    return np.concatenate([s[..., TIP], s[..., OBJ], s[..., GOAL]], axis=-1)
+
+def targets(states: np.ndarray) -> np.ndarray:
+    """Pusher observations (..., 23) -> the decoder's targets (..., 9): fingertip, object, goal xyz. Needs no
+    MuJoCo, so decoders train where it is not installed (the GPU machines)."""
+    return np.asarray(states)[..., POSITIONS]
 
 
 def position_errors(decoder: StateDecoder, frames, states) -> dict:
@@ -186,19 +187,20 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
     dec = StateDecoder(cfg) if init_from is None else StateDecoder.load(init_from)
     dec = dec.to(device).train()
     mean, std = np.asarray(dec.config.mean, np.float32), np.asarray(dec.config.std, np.float32)
-    target = torch.as_tensor((y - mean) / std)
+    target = torch.as_tensor((y - mean) / std, device=device)
+    frames = frames.to(device)  # on a GPU the whole set fits (~0.4 GB): batches are gathered there
     opt = torch.optim.AdamW(dec.parameters(), lr=lr, weight_decay=1e-4)
     warm = min(0.5, max(0.05, 2 / max(steps, 1)))  # OneCycleLR divides by zero where warm * steps == 1
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(steps, 1), pct_start=warm)
     losses = []
     bar = tqdm(range(steps), desc="train state decoder", unit="step", dynamic_ncols=True)
     for _ in bar:
-        idx = torch.as_tensor(rng.integers(len(target), size=batch_size))
-        x = frames[idx].to(device).float()
+        idx = torch.as_tensor(rng.integers(len(target), size=batch_size), device=device)
+        x = frames[idx].float()
         soft = torch.as_tensor(rng.random(batch_size) < blur, device=device)
         blurred = nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), 3, 1, 1, count_include_pad=False)
         x = torch.where(soft[:, None, None, None], blurred.permute(0, 2, 3, 1), x)
-        loss = nn.functional.mse_loss(dec(x), target[idx].to(device))
+        loss = nn.functional.mse_loss(dec(x), target[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
