@@ -18,6 +18,7 @@ from worldcache.bench.grid import display
 from worldcache.bench.tune import choose
 from worldcache.cache.base import CallRecord
 from worldcache.cache import load_policy
+from worldcache.cache.config import CACHE_CONFIG_DIR, read_yaml
 from worldcache.fidelity import EQUAL_COST, EQUAL_NORM, POLICY_SETS, evaluate_policies, make_control, parse_policy
 from worldcache.mujoco_data import PusherRenderer, real_rollout
 from worldcache.state_decoder import StateDecoder, StateDecoderConfig
@@ -178,7 +179,7 @@ def test_default_grid_covers_every_policy_on_the_steps_axis_and_the_ablation():
                      "fastercache", "magcache", "taylorseer"}
     wc = [(c.label, c.num_steps) for c in configs if c.policy == "worldcache" and c.group == "policy"]
     assert len(wc) == 3 * len(QUICK_DENOISE_STEPS)  # threshold x {0.5, 1, 2} at every step count
-    assert ("worldcache", 35) in wc and ("worldcache threshold=0.08 steps=12", 12) in wc
+    assert ("worldcache", 35) in wc and ("worldcache threshold=0.06 steps=12", 12) in wc
     assert [(c.label, c.num_steps) for c in configs if c.name == "steps-only"] == [
         ("steps-only steps=18", 18), ("steps-only steps=12", 12)]  # uncached at fewer steps: the control
     assert [c.num_steps for c in configs if c.policy == "none" and c.name is None] == [35]  # the re-run reference
@@ -360,6 +361,14 @@ def test_cli_bench_takes_settings_and_a_tuning_seed_range(tiny_ckpt, tmp_path, c
     (row,) = data["rows"]
     assert row["label"] == "worldcache threshold=0.2 warp=True"
     assert row["config"]["threshold"] == 0.2 and row["config"]["warp"] is True
+    # --threshold-scales sets each threshold policy's grid (multiples of its YAML default)
+    tau = float(read_yaml(CACHE_CONFIG_DIR / "dicache.yaml")["threshold"])
+    assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", "dicache", "--threshold-scales", "0.25", "1",
+                 "--no-ablation", "--episodes", "1", "--chunks", "1", "--denoise-steps", "3", "--reference-steps", "3",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["label"], r["config"].get("threshold")) for r in rows] == [
+        (f"dicache threshold={round(tau / 4, 6):g}", round(tau / 4, 6)), ("dicache", tau)]
     assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", "worldcache:threshold"]) == 2
     assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", "worldcache:thresold=0.1"]) == 2
     assert "thresold" in capsys.readouterr().err

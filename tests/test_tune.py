@@ -52,8 +52,8 @@ def test_tune_writes_a_yaml_that_env_rollout_and_bench_take(tiny_ckpt, tmp_path,
                out=out, episodes=1, chunks=1, reference_steps=4, json_out=tmp_path / "search.json", verbose=False)
     rows = res["bench"]["rows"]
     assert sorted((r["label"], r["num_steps"]) for r in rows) == [
-        ("steps-only steps=2", 2), ("worldcache", 4), ("worldcache steps=2", 2), ("worldcache threshold=0.32", 4),
-        ("worldcache threshold=0.32 steps=2", 2)]
+        ("steps-only steps=2", 2), ("worldcache", 4), ("worldcache steps=2", 2), ("worldcache threshold=0.24", 4),
+        ("worldcache threshold=0.24 steps=2", 2)]
     assert res["bench"]["settings"]["env_seeds"] == [TUNING_SEED]  # disjoint from the benchmark's 10000+
     best = res["choice"]
     assert best == choose(rows, min_psnr=0.0)

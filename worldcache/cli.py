@@ -123,7 +123,8 @@ def _bench(args) -> int:
     run_bench(args.checkpoint, policies=policies, episodes=args.episodes, chunks=args.chunks,
               num_steps=args.reference_steps, denoise_steps=args.denoise_steps, ablation=not args.no_ablation,
               grid=not args.no_grid, json_out=args.json, seed=args.seed, repeats=args.repeats, device=args.device,
-              first_seed=args.first_seed, dtype=args.dtype, data=args.data, holdout=args.holdout)
+              first_seed=args.first_seed, dtype=args.dtype, data=args.data, holdout=args.holdout,
+              **({} if args.threshold_scales is None else {"threshold_scales": tuple(args.threshold_scales)}))
     return 0
 
 
@@ -320,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --data: the held-out fraction (the last ids, as train splits); 0: all episodes")
     bn.add_argument("--no-ablation", action="store_true")
     bn.add_argument("--no-grid", action="store_true", help="named policies at their default config only")
+    bn.add_argument("--threshold-scales", type=float, nargs="+", default=None,
+                    help="each threshold policy's grid, as multiples of its default threshold (default: 0.5 1 2)")
     bn.add_argument("--repeats", type=int, default=1, help="time each rollout N times, keep the fastest")
     bn.add_argument("--json", default=None, help="write JSON here; the figures go next to it")
     bn.add_argument("--seed", type=int, default=0)

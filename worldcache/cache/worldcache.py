@@ -20,7 +20,7 @@ from ..motion import laplacian, token_flow, warp_tokens
 class WorldCacheConfig(ProbeConfig):
     # Tuned for the bundled model on tuning episodes disjoint from the benchmark's (README, Benchmarks); the
     # method's own defaults (threshold 0.08, ret_ratio 0.2, warp on, unchecked) are configs/cache/worldcache_paper.yaml.
-    threshold: float = 0.16
+    threshold: float = 0.12
     ret_ratio: float = 0.1
     motion_adaptive: bool = True    # tau / (1 + alpha * input velocity)
     alpha: float = 5.0
