@@ -282,6 +282,22 @@ def test_equal_speed_comparison_interpolates_and_never_extrapolates():
     assert bench.equal_speed_comparison(rows[2:]) is None  # no WorldCache row
 
 
+def test_frontier_at_reads_each_frontier_at_fixed_speeds():
+    row = lambda policy, label, x, q: {"policy": policy, "label": label, "group": "policy",  # noqa: E731
+                                       "compute_speedup": x, "psnr_vs_uncached": q}
+    rows = [row("none", "none", 1.0, None), row("steps-only", "s24", 1.46, 62.0), row("steps-only", "s12", 2.92, 54.0),
+            row("worldcache", "w1", 1.9, 66.0), row("worldcache", "w2", 3.0, 60.0), row("worldcache", "slow", 2.0, 50.0),
+            row("worldcache", "same", 1.5, None)]  # identical to the reference: bounds nothing
+    fa = bench.frontier_at(rows, speeds=(1.5, 2.0, 2.95, 3.1, 4.0))
+    assert fa["speeds"] == [1.5, 2.0, 2.95, 3.1, 4.0] and fa["speed"] == "compute_speedup"
+    s = fa["psnr_vs_uncached"]
+    assert set(s) == {"steps-only", "worldcache"}  # the `none` re-run has no frontier
+    # steps-only: 62 + (x - 1.46) / 1.46 * (54 - 62) inside; 2.95 is within 5 % of its end (2.92), 3.1 is not
+    assert s["steps-only"] == pytest.approx([62 - 8 * 0.04 / 1.46, 62 - 8 * 0.54 / 1.46, 54.0, None, None])
+    # worldcache: 1.5 is 21 % below its first finite point (1.9): n/a; 2.0: 66 - 6 * 0.1 / 1.1; 3.1: its end
+    assert s["worldcache"] == pytest.approx([None, 66 - 6 * 0.1 / 1.1, 66 - 6 * 1.05 / 1.1, 60.0, None])
+
+
 def test_strip_shows_the_baseline_closest_to_uncached_at_a_similar_speed():
     row = lambda policy, label, x, q: {"policy": policy, "label": label, "group": "policy",  # noqa: E731
                                        "compute_speedup": x, "psnr_vs_uncached": q}

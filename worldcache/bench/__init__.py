@@ -6,7 +6,7 @@ quality), `ablation` (WorldCache's parts at matched compute), `frontier` (Pareto
 speed), `report` (table, JSON, figures), `run` (`run_bench`), `tune` (`worldcache tune`)."""
 from .ablation import ABLATION_PARTS, ablation_grid, match_ablation, match_threshold
 from .episodes import CALIBRATION_SEED, HELDOUT_SEED, TUNING_SEED, heldout_episodes, store_episodes
-from .frontier import equal_speed_comparison, frontiers, pareto_front
+from .frontier import equal_speed_comparison, frontier_at, frontiers, pareto_front
 from .grid import (ALL_POLICIES, FULL_DENOISE_STEPS, QUICK_DENOISE_STEPS, STEPS_ONLY, BenchConfig, bench_configs,
                    policy_grid, steps_axis)
 from .measure import METRICS, compute_ms, latent_metrics, machine_info, needs_calibration, warm_up
@@ -16,7 +16,7 @@ from .tune import tune
 
 __all__ = ["ABLATION_PARTS", "ALL_POLICIES", "BenchConfig", "CALIBRATION_SEED", "FULL_DENOISE_STEPS", "HELDOUT_SEED",
            "METRICS", "QUICK_DENOISE_STEPS", "STEPS_ONLY", "TUNING_SEED", "ablation_grid", "bench_configs",
-           "compute_ms", "equal_speed_comparison", "format_table", "frontiers", "heldout_episodes",
+           "compute_ms", "equal_speed_comparison", "format_table", "frontier_at", "frontiers", "heldout_episodes",
            "latent_metrics", "machine_info", "markdown_table", "match_ablation", "match_threshold",
            "needs_calibration", "pareto_front", "pareto_plot", "policy_grid", "run_bench", "save_strip",
            "steps_axis", "store_episodes", "strip_panels", "tune", "warm_up"]

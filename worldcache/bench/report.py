@@ -41,6 +41,13 @@ def format_table(result: dict) -> str:
         lines.append(f"frontier {display(name)}: " + ", ".join(
             f"{p['compute_speedup']:.2f}x {_text('psnr_vs_uncached', p['psnr_vs_uncached'], '.1f')} dB "
             f"({p['num_steps']} steps)" for p in pts))
+    for axis, fa in (result.get("frontier_at") or {}).items():
+        lines.append(f"\nPSNR vs. uncached (dB) along each frontier at fixed {axis} speedups (interpolated; n/a: "
+                     "outside its span):")
+        lines.append(f"  {'policy':<12} " + " ".join(f"{v:>6.1f}x" for v in fa["speeds"]))
+        for name, vals in fa["psnr_vs_uncached"].items():
+            lines.append(f"  {display(name):<12} " + " ".join(
+                f"{'n/a' if v is None else f'{v:.1f}':>7}" for v in vals))
     for axis, cmp in (result.get("at_worldcache_speed") or {}).items():
         if not cmp:
             continue

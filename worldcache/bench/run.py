@@ -13,7 +13,7 @@ import numpy as np
 from ..quality import psnr, ssim
 from .ablation import match_ablation
 from .episodes import HELDOUT_SEED, TUNING_SEED, bench_episodes, calibration_episode
-from .frontier import equal_speed_comparison, frontiers
+from .frontier import equal_speed_comparison, frontier_at, frontiers
 from .grid import THRESHOLD_SCALES, bench_configs
 from .measure import Runs, TimedNoCache, _finite, machine_info, measure_row, run_episode, unit_times, warm_up
 from .report import format_table, write_outputs
@@ -33,7 +33,7 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
     WorldCache ablation runs at the reference steps, at compute matched to the default's on `match_episodes`
     tuning episodes (``match_compute=False``: at the default threshold). `dtype`: the weights'.
 
-    Returns ``{"rows", "uncached", "frontiers", "at_worldcache_speed", "machine", "settings"}``; with `json_out`
+    Returns ``{"rows", "uncached", "frontiers", "at_worldcache_speed", "frontier_at", "machine", "settings"}``; with `json_out`
     the JSON and the figures are written (`report.write_outputs`)."""
     from ..world_model import WorldModel
 
@@ -82,6 +82,8 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
         "frontiers": frontiers(rows),
         "at_worldcache_speed": {"compute": equal_speed_comparison(rows, speed_key="compute_speedup"),
                                 "wall": equal_speed_comparison(rows, speed_key="denoising_speedup")},
+        "frontier_at": {"compute": frontier_at(rows, speed_key="compute_speedup"),
+                        "wall": frontier_at(rows, speed_key="denoising_speedup")},
         "machine": machine_info(device),
         "settings": {"checkpoint": str(checkpoint) if checkpoint else "bundled", "episodes": len(eps),
                      "chunks": chunks, "frames_per_episode": frames, "num_steps": ref_steps,
