@@ -42,6 +42,8 @@ def format_table(result: dict) -> str:
             f"{p['compute_speedup']:.2f}x {_text('psnr_vs_uncached', p['psnr_vs_uncached'], '.1f')} dB "
             f"({p['num_steps']} steps)" for p in pts))
     for axis, fa in (result.get("frontier_at") or {}).items():
+        if not any(v is not None for vals in fa["psnr_vs_uncached"].values() for v in vals):
+            continue  # e.g. an ablation-only run: one speed, no frontier reaches the fixed speeds
         lines.append(f"\nPSNR vs. uncached (dB) along each frontier at fixed {axis} speedups (interpolated; n/a: "
                      "outside its span):")
         lines.append(f"  {'policy':<12} " + " ".join(f"{v:>6.1f}x" for v in fa["speeds"]))
