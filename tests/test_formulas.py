@@ -70,6 +70,24 @@ def test_saliency_weights_are_one_plus_beta_minmax_std():
     assert recs[1].drift == pytest.approx(3.5 / (8 / 6), abs=1e-12)
 
 
+@pytest.mark.parametrize("over, weights", [("token", [1, 1, 1, 6]), ("location", [1, 6, 1, 6])])
+def test_saliency_over_tokens_or_spatial_locations(over, weights):
+    # 2 latent frames x 2 locations, 2 channels, tokens frame-major: f0 (0,0) (0,0), f1 (1,1) (0,6).
+    # token: std over channels 0, 0, 0, 3 sqrt2 -> 0, 0, 0, 1. location (the research code's): std over frames x
+    # channels, loc0 (0,0,1,1): sqrt(1/3), loc1 (0,0,0,6): 3 -> 0, 1, shared by both frames' tokens
+    x0 = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 6.0]]], dtype=torch.float64)
+    p = make_policy("worldcache", threshold=100.0, ret_ratio=0.0, beta=5.0,
+                    **{**OFF, "saliency": True, "saliency_over": over})
+    stacks = [ScriptedStack(x0), ScriptedStack(x0 + 1)]
+    for st in stacks:
+        st.ctx.grid = (2, 1, 2)
+    recs, _ = drive(p, stacks, 10)
+    assert recs[1].saliency == pytest.approx(sum(weights) / 4, abs=1e-12)
+    assert recs[1].drift == pytest.approx(sum(weights) / 4 / 1.0, abs=1e-12)  # |p - p_prev| = 1, mean|p_prev| = 1
+    with pytest.raises(ValueError, match="saliency_over"):
+        make_policy("worldcache", saliency_over="frame")
+
+
 def three_calls(policy):
     """Calls 0 and 1 compute (warm-up 2 of 10 steps), call 2 skips (a huge threshold): probe residuals
     rho_0 = 0, rho_1 = (1, 2, 0, 1), rho_2 = (2, 1, 3, 0); stack residuals R_0 = 0 + 1, R_1 = rho_1 + 3."""

@@ -11,17 +11,23 @@ from ..cache import load_cache
 from .grid import BenchConfig
 
 ABLATION_PARTS = ("motion_adaptive", "saliency", "blend", "warp", "phase_aware")
+# a choice within a part, run as its other option (METHOD.md: compare both at equal compute before choosing)
+ABLATION_CHOICES = {"saliency_over": ("token", "location")}
 MATCH_ITERS = 5     # bisection steps after bracketing (the threshold to within a factor 2^(1/32) of the bracket)
 MATCH_EXPAND = 4    # at most this many doublings/halvings of the threshold to bracket the target
 
 
 def ablation_grid(num_steps: int) -> list[BenchConfig]:
-    """WorldCache (YAML defaults) with one of its parts toggled per row ("-part" off, "+part" on), then all of them
-    off (DiCache's decisions and extrapolation at WorldCache's warm-up), then the method's own defaults
-    (`worldcache_paper.yaml`, at its own threshold: a configuration, not a part)."""
+    """WorldCache (YAML defaults) with one of its parts toggled per row ("-part" off, "+part" on), each choice of
+    `ABLATION_CHOICES` at its other option ("key=value"), then all parts off (DiCache's decisions and extrapolation
+    at WorldCache's warm-up), then the method's own defaults (`worldcache_paper.yaml`, at its own threshold: a
+    configuration, not a part)."""
     default = load_cache("worldcache")[0].config
     rows = [BenchConfig(f"worldcache {'-' if getattr(default, p) else '+'}{p}", "worldcache",
                         {p: not getattr(default, p)}, "ablation", num_steps) for p in ABLATION_PARTS]
+    for key, options in ABLATION_CHOICES.items():
+        rows += [BenchConfig(f"worldcache {key}={v}", "worldcache", {key: v}, "ablation", num_steps)
+                 for v in options if v != getattr(default, key)]
     rows.append(BenchConfig("worldcache -all", "worldcache", dict.fromkeys(ABLATION_PARTS, False), "ablation",
                             num_steps))
     paper = str(CACHE_CONFIG_DIR / "worldcache_paper.yaml")

@@ -25,6 +25,8 @@ class WorldCacheConfig(ProbeConfig):
     motion_adaptive: bool = True    # tau / (1 + alpha * input velocity)
     alpha: float = 5.0
     saliency: bool = True           # drift weighted by 1 + beta * per-token saliency of the probe
+    saliency_over: str = "token"    # the spread: per token over channels, or "location": per spatial location
+                                    # over latent frames x channels (the research code's), shared by its tokens
     beta: float = 5.0
     blend: bool = True              # least-squares extrapolation coefficient from the probe residuals
     gamma_min: float = 0.2
@@ -46,6 +48,7 @@ class WorldCacheConfig(ProbeConfig):
         self.nonneg("alpha", "beta", "phase_slope", "hf_threshold", "gamma_min")
         self.require("gamma_max", self.gamma_max >= self.gamma_min, "must be >= gamma_min")
         self.require("flow_scale", 0 < self.flow_scale <= 1, "must be in (0, 1]")
+        self.require("saliency_over", self.saliency_over in ("token", "location"), "must be 'token' or 'location'")
         self.require("uncond_reuse_start", 0 <= self.uncond_reuse_start <= 1, "must be in [0, 1]")
 
 
@@ -88,7 +91,7 @@ class WorldCache(ProbePolicy):
             tau /= 1 + cfg.alpha * motion
         acc = None
         if self.engine.may_skip(st, rec):
-            drift, rec.saliency = self._drift(probe, st.p_prev)
+            drift, rec.saliency = self._drift(probe, st.p_prev, grid)
             acc = st.acc + drift
             rec.drift, rec.threshold = acc, tau  # a skip keeps acc (rec.drift) as the sample's accumulated drift
             vetoed = cfg.hf_veto and float(rel_l1(laplacian(x, grid), laplacian(st.x_prev, grid))) > cfg.hf_threshold
@@ -96,9 +99,9 @@ class WorldCache(ProbePolicy):
                 return None
             if acc < tau:
                 return acc
-        return self._from_previous_chunk(st, rec, probe, tau, acc)
+        return self._from_previous_chunk(st, rec, probe, tau, acc, grid)
 
-    def _from_previous_chunk(self, st: ProbeState, rec: CallRecord, probe, tau: float, acc) -> float | None:
+    def _from_previous_chunk(self, st: ProbeState, rec: CallRecord, probe, tau: float, acc, grid) -> float | None:
         """cross_chunk: reuse the previous chunk's rest-of-stack residual at this step where its probe output was
         within the threshold of this one (never on a forced final step). The drift accumulated within this chunk
         keeps counting, as over any skip: a reuse from the previous chunk does not reset it."""
@@ -108,16 +111,22 @@ class WorldCache(ProbePolicy):
         if hit is None:
             return None
         p_then, rest = hit
-        drift, saliency = self._drift(probe, p_then)
+        drift, saliency = self._drift(probe, p_then, grid)
         if drift >= tau:
             return None
         st.reuse, rec.drift, rec.threshold, rec.saliency = rest, drift, tau, saliency
         return st.acc if acc is None else acc
 
-    def _drift(self, p: torch.Tensor, p_prev: torch.Tensor) -> tuple[float, float]:
+    def _drift(self, p: torch.Tensor, p_prev: torch.Tensor, grid) -> tuple[float, float]:
         if not self.config.saliency:
             return float(rel_l1(p, p_prev)), float("nan")
-        sal = p_prev.float().std(dim=-1)  # (B, N): per-token spread across channels
+        sal = p_prev.float()
+        if self.config.saliency_over == "location":  # tokens are (T, H, W)-ordered, frames outermost
+            b, n, c = sal.shape
+            t = grid[0]
+            sal = sal.reshape(b, t, n // t, c).transpose(1, 2).reshape(b, n // t, t * c).std(dim=-1).repeat(1, t)
+        else:
+            sal = sal.std(dim=-1)  # (B, N): per-token spread across channels
         lo, hi = sal.amin(dim=1, keepdim=True), sal.amax(dim=1, keepdim=True)
         w = 1 + self.config.beta * (sal - lo) / (hi - lo).clamp_min(1e-12)
         diff = (p - p_prev).abs().mean(dim=-1)
