@@ -21,15 +21,7 @@ LOGS="${LOGS:-/tmp/wc_logs}"  # $OUT brings back 8 files at most: the logs trave
 mkdir -p "$OUT" "$LOGS"
 pack() { tar -C "$LOGS" -cf "$OUT/logs.tar" .; }
 start=$(date +%s)
-if [[ -d .whl ]]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-# the package layout as installed (envs/, rollouts/, configs/ are worldcache.envs/.rollouts/.configs)
-for d in envs rollouts configs; do [[ -e worldcache/$d ]] || ln -s "../$d" "worldcache/$d"; done
-mkdir -p /tmp/site/worldcache-0.0.0.dist-info  # the package reads its version from its metadata
-printf 'Metadata-Version: 2.1\nName: worldcache\nVersion: 0.0.0\n' > /tmp/site/worldcache-0.0.0.dist-info/METADATA
-export PYTHONPATH="$PWD:/tmp/site:${PYTHONPATH:-}"
+source scripts/device_env.sh
 [[ -d "$RUN/data.zarr" ]] || python3 scripts/pack_store.py unpack "$DATA" "$RUN/data.zarr" 2>&1 | tail -1
 dec_pids=()
 for spec in ${DECODER_STEPS:+${DECODERS:-base=32,16,128}}; do  # reads real frames only: trains beside the DiT
