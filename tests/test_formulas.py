@@ -21,7 +21,7 @@ class ScriptedStack:
         self.probe = torch.zeros_like(self.x) if probe is None else torch.as_tensor(probe, dtype=torch.float64)
         self.rest = torch.zeros_like(self.x) if rest is None else torch.as_tensor(rest, dtype=torch.float64)
         self.mod = mod
-        self.ctx = type("Ctx", (), {"grid": (1, 1, self.x.shape[1])})()
+        self.ctx = type("Ctx", (), {"grid": (1, 1, self.x.shape[1]), "cond_frames": 0})()
         self.blocks_run = 0
 
     def __call__(self, h, start=0, end=None):
@@ -86,6 +86,21 @@ def test_saliency_over_tokens_or_spatial_locations(over, weights):
     assert recs[1].drift == pytest.approx(sum(weights) / 4 / 1.0, abs=1e-12)  # |p - p_prev| = 1, mean|p_prev| = 1
     with pytest.raises(ValueError, match="saliency_over"):
         make_policy("worldcache", saliency_over="frame")
+
+
+@pytest.mark.parametrize("generated_only, drift", [(False, 5.25 / 3), (True, 0.5 / 1)])
+def test_generated_only_leaves_the_conditioning_frame_out_of_drift_and_motion(generated_only, drift):
+    # grid (2, 1, 2), frame 0 conditioning: its tokens (5, 5) move by 10, the generated frame's (1, 1) by 0.5.
+    # All tokens: mean|dx| / mean|x0| = (4 * 10 + 4 * 0.5) / 8 / ((4 * 5 + 4 * 1) / 8) = 5.25 / 3; generated: 0.5 / 1
+    x0 = torch.tensor([[[5.0, 5.0], [5.0, 5.0], [1.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)
+    x1 = x0 + torch.tensor([[[10.0], [10.0], [0.5], [0.5]]], dtype=torch.float64)
+    p = make_policy("worldcache", threshold=100.0, ret_ratio=0.0, **{**OFF, "generated_only": generated_only})
+    stacks = [ScriptedStack(x0), ScriptedStack(x1)]
+    for st in stacks:
+        st.ctx.grid, st.ctx.cond_frames = (2, 1, 2), 1
+    recs, _ = drive(p, stacks, 10)
+    assert recs[1].drift == pytest.approx(drift, abs=1e-12)  # the probe adds nothing: drift = rel. L1 of inputs
+    assert recs[1].motion == pytest.approx(drift, abs=1e-12)
 
 
 def three_calls(policy):

@@ -223,3 +223,17 @@ def test_unknown_policy_and_bad_yaml(tmp_path):
 def test_probe_depth_must_leave_blocks(tiny_dit):
     with pytest.raises(ValueError, match="probe_depth"):
         run(tiny_dit, make_policy("worldcache", probe_depth=4))
+
+
+def test_the_stack_context_counts_the_conditioning_frames_and_generated_only_uses_them(tiny_dit):
+    seen = []
+    policy = make_policy("worldcache", generated_only=True)
+    run_stack = policy.run_stack
+    policy.run_stack = lambda stack, call: (seen.append((stack.ctx.cond_frames, stack.ctx.grid)),
+                                            run_stack(stack, call))[1]
+    on = run(tiny_dit, policy)  # one conditioning latent frame of 3
+    assert {s[0] for s in seen} == {1} and seen[0][1][0] == 3
+    off = run(tiny_dit, make_policy("worldcache"))
+    # the drift differs once the conditioning frame's tokens are left out (same threshold)
+    drifts = lambda out: [r.drift for r in out.records if r.drift == r.drift]  # noqa: E731  (not NaN)
+    assert drifts(on) and drifts(on) != drifts(off)

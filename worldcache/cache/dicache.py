@@ -22,7 +22,7 @@ class DiCache(ProbePolicy):
     name = "dicache"
     config_cls = DiCacheConfig
 
-    def decide(self, st: ProbeState, rec: CallRecord, x, probe, grid) -> float | None:
+    def decide(self, st: ProbeState, rec: CallRecord, x, probe, ctx) -> float | None:
         if not self.engine.may_skip(st, rec):
             return None
         rec.drift, rec.threshold = st.acc + float(rel_l1(probe, st.p_prev)), self.config.threshold

@@ -10,7 +10,7 @@ policies hold only their decision rules.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -48,8 +48,9 @@ class ProbeState(PolicyState):
     reuse: torch.Tensor | None = None   # this call only: a rest-of-stack residual to reuse instead of extrapolating
 
 
-# decide(state, record, x, probe, grid) -> None (compute) or the accumulated drift the sample keeps when it skips
-Decide = Callable[[ProbeState, CallRecord, torch.Tensor, torch.Tensor, tuple], "float | None"]
+# decide(state, record, x, probe, ctx) -> None (compute) or the accumulated drift the sample keeps when it skips;
+# ctx: the call's StackContext (its token grid, its conditioning frames)
+Decide = Callable[[ProbeState, CallRecord, torch.Tensor, torch.Tensor, Any], "float | None"]
 # approximate(state, probe residual now, x, grid, record) -> the sample's block-stack residual
 Approximate = Callable[[ProbeState, torch.Tensor, torch.Tensor, tuple, CallRecord], torch.Tensor]
 
@@ -77,7 +78,7 @@ class ProbeEngine:
         if depth >= stack.num_blocks:
             raise ValueError(f"probe_depth={depth} leaves no blocks to skip (model has {stack.num_blocks})")
         probe = stack(x, 0, depth)
-        keep = [decide(st, rec, x[i:i + 1], probe[i:i + 1], grid) for i, (st, rec) in enumerate(zip(sts, call))]
+        keep = [decide(st, rec, x[i:i + 1], probe[i:i + 1], stack.ctx) for i, (st, rec) in enumerate(zip(sts, call))]
         skip = [k is not None for k in keep]
         # resume from the probe (its blocks are not run twice) on the samples that compute
         out = compute_rows(stack, skip, lambda i: x[i:i + 1] + approximate(
@@ -129,7 +130,7 @@ class ProbePolicy(CachePolicy):
     def run_stack(self, stack, call: ModelCall) -> torch.Tensor:
         return self.engine.run(stack, call, self.states(call), self.decide, self.approximate)
 
-    def decide(self, st: ProbeState, rec: CallRecord, x, probe, grid) -> float | None:  # pragma: no cover
+    def decide(self, st: ProbeState, rec: CallRecord, x, probe, ctx) -> float | None:  # pragma: no cover
         """One sample: None to compute, or the accumulated drift it keeps when it skips; fills its record."""
         raise NotImplementedError
 

@@ -27,6 +27,8 @@ class WorldCacheConfig(ProbeConfig):
     saliency: bool = True           # drift weighted by 1 + beta * per-token saliency of the probe
     saliency_over: str = "token"    # the spread: per token over channels, or "location": per spatial location
                                     # over latent frames x channels (the research code's), shared by its tokens
+    generated_only: bool = False    # drift, motion and saliency over the generated frames' tokens only: the sampler
+                                    # discards the model's output on the conditioning frames
     beta: float = 5.0
     blend: bool = True              # least-squares extrapolation coefficient from the probe residuals
     gamma_min: float = 0.2
@@ -80,9 +82,10 @@ class WorldCache(ProbePolicy):
         self._prev = prev
         return super().run_stack(stack, call)
 
-    def decide(self, st: ProbeState, rec: CallRecord, x, probe, grid) -> float | None:
-        cfg = self.config
-        motion = float(rel_l1(x, st.x_prev)) if st.x_prev is not None else 0.0
+    def decide(self, st: ProbeState, rec: CallRecord, x, probe, ctx) -> float | None:
+        cfg, grid = self.config, ctx.grid
+        gen, gen_grid = self._scope(ctx)
+        motion = float(rel_l1(x[:, gen], st.x_prev[:, gen])) if st.x_prev is not None else 0.0
         rec.motion = motion
         tau = cfg.threshold
         if cfg.phase_aware:
@@ -91,7 +94,7 @@ class WorldCache(ProbePolicy):
             tau /= 1 + cfg.alpha * motion
         acc = None
         if self.engine.may_skip(st, rec):
-            drift, rec.saliency = self._drift(probe, st.p_prev, grid)
+            drift, rec.saliency = self._drift(probe[:, gen], st.p_prev[:, gen], gen_grid)
             acc = st.acc + drift
             rec.drift, rec.threshold = acc, tau  # a skip keeps acc (rec.drift) as the sample's accumulated drift
             vetoed = cfg.hf_veto and float(rel_l1(laplacian(x, grid), laplacian(st.x_prev, grid))) > cfg.hf_threshold
@@ -99,9 +102,17 @@ class WorldCache(ProbePolicy):
                 return None
             if acc < tau:
                 return acc
-        return self._from_previous_chunk(st, rec, probe, tau, acc, grid)
+        return self._from_previous_chunk(st, rec, probe[:, gen], tau, acc, gen, gen_grid)
 
-    def _from_previous_chunk(self, st: ProbeState, rec: CallRecord, probe, tau: float, acc, grid) -> float | None:
+    def _scope(self, ctx) -> tuple[slice, tuple[int, int, int]]:
+        """The tokens the drift reads and their grid: all of them, or with `generated_only` the generated frames'
+        (tokens are frame-major, the conditioning frames first)."""
+        t, h, w = ctx.grid
+        c = ctx.cond_frames if self.config.generated_only else 0
+        return slice(c * h * w, None), (t - c, h, w)
+
+    def _from_previous_chunk(self, st: ProbeState, rec: CallRecord, probe, tau: float, acc, gen: slice,
+                             grid) -> float | None:
         """cross_chunk: reuse the previous chunk's rest-of-stack residual at this step where its probe output was
         within the threshold of this one (never on a forced final step). The drift accumulated within this chunk
         keeps counting, as over any skip: a reuse from the previous chunk does not reset it."""
@@ -111,7 +122,7 @@ class WorldCache(ProbePolicy):
         if hit is None:
             return None
         p_then, rest = hit
-        drift, saliency = self._drift(probe, p_then, grid)
+        drift, saliency = self._drift(probe, p_then[:, gen], grid)
         if drift >= tau:
             return None
         st.reuse, rec.drift, rec.threshold, rec.saliency = rest, drift, tau, saliency
