@@ -7,6 +7,8 @@ sinusoid before `time_embed.norm` and to the adaLN-LoRA term `temb`, as NVIDIA's
 """
 from __future__ import annotations
 
+import functools
+
 import time
 from dataclasses import dataclass
 
@@ -45,7 +47,13 @@ class StackContext:
     extra_pos_emb: torch.Tensor | None
     attention_mask: torch.Tensor | None
     grid: tuple[int, int, int]  # tokens along (T, H, W) after patchify
-    cond_frames: int = 0  # leading token frames that are conditioning: the sampler discards the output there
+    frame_is_cond: torch.Tensor | None = None  # (T,) 1 where a token frame is conditioning (shared by the batch)
+
+    @functools.cached_property
+    def cond_frames(self) -> int:
+        """Token frames that are conditioning: the sampler discards the model's output there. Read on first use
+        only (on a GPU it synchronises)."""
+        return 0 if self.frame_is_cond is None else int(self.frame_is_cond.sum())
 
     def select(self, rows: torch.Tensor, batch: int) -> "StackContext":
         """The context of the samples `rows` of a batch of `batch`: per-sample tensors (batch first) are sliced,
@@ -57,7 +65,7 @@ class StackContext:
 
         return StackContext(pick(self.encoder_hidden_states), pick(self.embedded_timestep), pick(self.temb),
                             self.image_rotary_emb, pick(self.extra_pos_emb), pick(self.attention_mask), self.grid,
-                            self.cond_frames)
+                            self.frame_is_cond)
 
 
 class BlockStack:
@@ -133,11 +141,11 @@ class DiT(torch.nn.Module):
         batch_size, _, num_frames, height, width = hidden_states.shape
         wdtype = m.patch_embed.proj.weight.dtype  # callers keep latents fp32; timesteps stay fp32 (embed_timestep)
         hidden_states = hidden_states.to(wdtype)
-        cond_frames = 0
+        frame_is_cond = None
         if condition_mask is not None:
             condition_mask = condition_mask.to(wdtype)
             hidden_states = torch.cat([hidden_states, condition_mask], dim=1)
-            cond_frames = int(condition_mask[0, 0, :, 0, 0].sum()) // self.transformer.config.patch_size[0]
+            frame_is_cond = condition_mask[0, 0, ::cfg.patch_size[0], 0, 0]
         if cfg.concat_padding_mask:
             if padding_mask is None:
                 padding_mask = hidden_states.new_zeros(1, 1, height, width)
@@ -175,7 +183,7 @@ class DiT(torch.nn.Module):
             img_context = m.img_context_proj(img_context)
         context = (text_context, img_context) if isinstance(encoder_hidden_states, tuple) else text_context
         return h, StackContext(context, embedded_timestep, temb, image_rotary_emb, extra_pos_emb, attention_mask, grid,
-                               cond_frames)
+                               frame_is_cond)
 
     def embed_timestep(self, timestep: torch.Tensor, frame_cond: torch.Tensor | None = None):
         """(B, T) timesteps (+ actions) -> temb (B, T, 3D) and embedded_timestep (B, T, D).
