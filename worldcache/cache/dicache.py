@@ -28,5 +28,5 @@ class DiCache(ProbePolicy):
         rec.drift, rec.threshold = st.acc + float(rel_l1(probe, st.p_prev)), self.config.threshold
         return rec.drift if rec.drift < rec.threshold and not self.engine.capped(st) else None
 
-    def approximate(self, st: ProbeState, rho_now, x, grid, rec: CallRecord):
+    def approximate(self, st: ProbeState, rho_now, x, ctx, rec: CallRecord):
         return self.engine.extrapolate(st, rho_now, rec, least_squares=False)[0]

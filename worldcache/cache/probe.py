@@ -48,11 +48,11 @@ class ProbeState(PolicyState):
     reuse: torch.Tensor | None = None   # this call only: a rest-of-stack residual to reuse instead of extrapolating
 
 
-# decide(state, record, x, probe, ctx) -> None (compute) or the accumulated drift the sample keeps when it skips;
-# ctx: the call's StackContext (its token grid, its conditioning frames)
+# ctx below: the call's StackContext (its token grid, its conditioning frames)
+# decide(state, record, x, probe, ctx) -> None (compute) or the accumulated drift the sample keeps when it skips
 Decide = Callable[[ProbeState, CallRecord, torch.Tensor, torch.Tensor, Any], "float | None"]
-# approximate(state, probe residual now, x, grid, record) -> the sample's block-stack residual
-Approximate = Callable[[ProbeState, torch.Tensor, torch.Tensor, tuple, CallRecord], torch.Tensor]
+# approximate(state, probe residual now, x, ctx, record) -> the sample's block-stack residual
+Approximate = Callable[[ProbeState, torch.Tensor, torch.Tensor, Any, CallRecord], torch.Tensor]
 
 
 class ProbeEngine:
@@ -74,15 +74,15 @@ class ProbeEngine:
         return 0 < self.config.max_consecutive_skips <= st.skips
 
     def run(self, stack, call: ModelCall, sts: list[ProbeState], decide: Decide, approximate: Approximate):
-        depth, x, grid = self.config.probe_depth, stack.x, stack.ctx.grid
+        depth, x, ctx = self.config.probe_depth, stack.x, stack.ctx
         if depth >= stack.num_blocks:
             raise ValueError(f"probe_depth={depth} leaves no blocks to skip (model has {stack.num_blocks})")
         probe = stack(x, 0, depth)
-        keep = [decide(st, rec, x[i:i + 1], probe[i:i + 1], stack.ctx) for i, (st, rec) in enumerate(zip(sts, call))]
+        keep = [decide(st, rec, x[i:i + 1], probe[i:i + 1], ctx) for i, (st, rec) in enumerate(zip(sts, call))]
         skip = [k is not None for k in keep]
         # resume from the probe (its blocks are not run twice) on the samples that compute
         out = compute_rows(stack, skip, lambda i: x[i:i + 1] + approximate(
-            sts[i], probe[i:i + 1] - x[i:i + 1], x[i:i + 1], grid, call[i]), h=probe, start=depth)
+            sts[i], probe[i:i + 1] - x[i:i + 1], x[i:i + 1], ctx, call[i]), h=probe, start=depth)
         for i, (st, rec) in enumerate(zip(sts, call)):
             xi, pi = x[i:i + 1], probe[i:i + 1]
             if skip[i]:
@@ -134,6 +134,6 @@ class ProbePolicy(CachePolicy):
         """One sample: None to compute, or the accumulated drift it keeps when it skips; fills its record."""
         raise NotImplementedError
 
-    def approximate(self, st: ProbeState, rho_now, x, grid, rec: CallRecord) -> torch.Tensor:  # pragma: no cover
+    def approximate(self, st: ProbeState, rho_now, x, ctx, rec: CallRecord) -> torch.Tensor:  # pragma: no cover
         """One skipping sample's block-stack residual."""
         raise NotImplementedError

@@ -153,7 +153,7 @@ class WorldCache(ProbePolicy):
         return (call.branch == "uncond" and bool(st.residuals)
                 and may_skip(call, self.config.uncond_reuse_start, self.config.force_last_step))
 
-    def approximate(self, st: ProbeState, rho_now, x, grid, rec: CallRecord) -> torch.Tensor:
+    def approximate(self, st: ProbeState, rho_now, x, ctx, rec: CallRecord) -> torch.Tensor:
         """The previous chunk's rest residual on this probe (cross_chunk), or the extrapolated residual, warped
         (optional)."""
         cfg = self.config
@@ -161,7 +161,7 @@ class WorldCache(ProbePolicy):
             return rho_now + st.reuse
         approx, rho_hat = self.engine.extrapolate(st, rho_now, rec, cfg.blend, cfg.gamma_min, cfg.gamma_max)
         if cfg.warp:
-            approx = self._warp(approx, rho_hat, rho_now, st.x_ref, x, grid, rec)
+            approx = self._warp(approx, rho_hat, rho_now, st.x_ref, x, ctx.grid, rec)
         return approx
 
     def _warp(self, approx, rho_hat, rho_now, x_ref, x, grid, call: CallRecord) -> torch.Tensor:
