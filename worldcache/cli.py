@@ -124,15 +124,20 @@ def _bench(args) -> int:
               num_steps=args.reference_steps, denoise_steps=args.denoise_steps, ablation=not args.no_ablation,
               grid=not args.no_grid, json_out=args.json, seed=args.seed, repeats=args.repeats, device=args.device,
               first_seed=args.first_seed, dtype=args.dtype, data=args.data, holdout=args.holdout,
-              **({} if args.threshold_scales is None else {"threshold_scales": tuple(args.threshold_scales)}))
+              **_threshold_scales(args))
     return 0
+
+
+def _threshold_scales(args) -> dict:
+    # unset: the bench's own default grid (bench.grid.THRESHOLD_SCALES), not imported here to keep the CLI light
+    return {} if args.threshold_scales is None else {"threshold_scales": tuple(args.threshold_scales)}
 
 
 def _tune(args) -> int:
     from .bench import tune
 
     tune(args.checkpoint, policies=args.cache, denoise_steps=args.denoise_steps,
-         threshold_scales=args.threshold_scales, min_psnr=args.min_psnr, min_speedup=args.min_speedup, out=args.out,
+         **_threshold_scales(args), min_psnr=args.min_psnr, min_speedup=args.min_speedup, out=args.out,
          episodes=args.episodes, chunks=args.chunks, data=args.data, holdout=args.holdout, first_seed=args.first_seed,
          json_out=args.json, device=args.device, dtype=args.dtype, seed=args.seed, reference_steps=args.reference_steps)
     return 0
@@ -340,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="step counts to search (default: 35 18 12, cut to the reference's)")
     tu.add_argument("--reference-steps", type=int, default=None,
                     help="steps of the uncached reference (default: the model's)")
-    tu.add_argument("--threshold-scales", type=float, nargs="+", default=[0.5, 1.0, 2.0],
-                    help="thresholds to search, as multiples of each policy's default")
+    tu.add_argument("--threshold-scales", type=float, nargs="+", default=None,
+                    help="thresholds to search, as multiples of each policy's default (default: 0.5 1 2)")
     floor = tu.add_mutually_exclusive_group(required=True)
     floor.add_argument("--min-psnr", type=float, default=None,
                        help="the fastest configuration at least this close (dB) to the uncached reference")
