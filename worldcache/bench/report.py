@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .frontier import FRONTIER_SPEED, front_rows
+from .frontier import FRONTIER_SPEED, _q, front_rows
 from .grid import STEPS_ONLY, display
 from .measure import METRICS
 
@@ -135,8 +135,8 @@ def strip_panels(rows: list[dict], uncached, frames_by_label: dict, real,
         if base:
             sw = wc[speed_key] or 1.0
             near = [r for r in base if abs(math.log(r[speed_key] / sw)) <= math.log(1.25)]
-            faithful = lambda r: math.inf if r["psnr_vs_uncached"] is None else r["psnr_vs_uncached"]  # noqa: E731
-            best = (max(near, key=faithful) if near else min(base, key=lambda r: abs(math.log(r[speed_key] / sw))))
+            best = (max(near, key=lambda r: _q(r["psnr_vs_uncached"])) if near
+                    else min(base, key=lambda r: abs(math.log(r[speed_key] / sw))))
             panels.append((f"{display(best['label'])} {best[speed_key]:.2f}x", frames_by_label[best["label"]]))
     panels.append(("ground truth", real))
     return panels
