@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from worldcache.cache.base import ModelCall, NoCache
 from worldcache.sampler import denoise, default_scheduler
 from worldcache.tiny import tiny_inputs
 
@@ -144,3 +145,28 @@ def test_low_precision_weights_keep_latents_fp32(inputs, dtype, device):
     hook.remove()
     assert out.latents.dtype == torch.float32 and set(seen) == {dtype}
     assert (out.latents - ref.latents).abs().mean() < 0.05 * ref.latents.abs().mean()
+
+
+def test_adaln_modulation_runs_per_frame_and_equals_the_per_token_one(tiny_dit):
+    """diffusers expands per-frame timestep embeddings to every token; `FrameModulation` computes the adaLN-LoRA
+    linears once per latent frame instead (T rows, not T·H·W) and broadcasts: the same output."""
+    noise, cond, emb, _ = tiny_inputs(batch=2)
+    b, _, t, h, w = noise.shape
+    cm = torch.zeros(b, 1, t, h, w)
+    cm[:, :, :1] = 1
+    ts = torch.tensor([[0.9, 0.5, 0.2], [0.3, 0.7, 0.1]]).view(b, 1, t, 1, 1)  # every frame and sample differs
+    x = torch.cat([cond[:, :, :1], noise[:, :, 1:]], 2)
+    rows = []
+    lin = tiny_dit.transformer.transformer_blocks[0].norm1.linear_1
+    handle = lin.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[:-1]))
+    try:
+        with torch.no_grad():
+            ours = tiny_dit(NoCache(), ModelCall.new(b, step=0, num_steps=1, branch="cond", sigma=0.5),
+                            hidden_states=x, timestep=ts, encoder_hidden_states=emb, condition_mask=cm)
+            theirs = tiny_dit.transformer(x, ts, emb, condition_mask=cm, padding_mask=torch.zeros(1, 1, h, w),
+                                          return_dict=False)[0]
+    finally:
+        handle.remove()
+    tokens = t * (h // 2) * (w // 2)
+    assert rows == [(b, t, 1), (b, tokens)]  # ours: one row per frame; diffusers' own forward: one per token
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)

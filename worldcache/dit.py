@@ -3,7 +3,8 @@
 `CosmosTransformer3DModel.forward` (diffusers) is one monolithic function; caching needs the stack input and
 the ability to run blocks ``[start, end)`` on their own. `DiT` calls diffusers' own submodules in the same order as
 that forward (tests check equality to 1e-6), plus one addition: Cosmos' action embedding, added to the timestep
-sinusoid before `time_embed.norm` and to the adaLN-LoRA term `temb`, as NVIDIA's action-conditioned models do.
+sinusoid before `time_embed.norm` and to the adaLN-LoRA term `temb`, as NVIDIA's action-conditioned models do. With per-frame timesteps the adaLN
+modulation is computed per latent frame, as NVIDIA's DiT does, not per token (`FrameModulation`): the same numbers.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import CosmosTransformer3DModel
+from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.models.transformers.transformer_cosmos import CosmosTransformerBlock
 from torchvision import transforms
@@ -36,13 +38,48 @@ def register_cosmos_block() -> None:
         )
 
 
+class FrameModulation(ModelHook):
+    """Cosmos' adaLN modulation computed once per latent frame, then broadcast over the frame's tokens.
+
+    diffusers' forward expands per-frame timestep embeddings to every token before the blocks, so the LoRA linears
+    of the three adaLN norms of every block (and of the head's) run on T·H·W rows of which only T differ; NVIDIA's
+    own DiT modulates per frame. Given per-frame embeddings (B, T, C), this hook hands the norm the tokens grouped by
+    frame, (B, T, H·W, D), so diffusers' own norm broadcasts; outputs come back as (B, T·H·W, D). Per-token or
+    per-sample embeddings (diffusers' own forward) pass through untouched."""
+
+    def pre_forward(self, module, hidden_states, embedded_timestep, temb=None):
+        b, n, d = hidden_states.shape
+        if embedded_timestep.ndim != 3 or embedded_timestep.shape[1] == n:
+            return (hidden_states, embedded_timestep, temb), {}
+        t = embedded_timestep.shape[1]
+        return (hidden_states.view(b, t, n // t, d), embedded_timestep.unsqueeze(2),
+                None if temb is None else temb.unsqueeze(2)), {}
+
+    def post_forward(self, module, output):
+        h, gate = output if isinstance(output, tuple) else (output, None)
+        if h.ndim != 4:
+            return output
+        if gate is None:  # the head's CosmosAdaLayerNorm
+            return h.flatten(1, 2)
+        return h.flatten(1, 2), gate.expand(-1, -1, h.shape[2], -1).flatten(1, 2)
+
+
+def modulate_per_frame(transformer: CosmosTransformer3DModel) -> None:
+    """Registers `FrameModulation` on every adaLN norm of `transformer` (once; state-dict keys are unchanged)."""
+    norms = [getattr(b, n) for b in transformer.transformer_blocks for n in ("norm1", "norm2", "norm3")]
+    for norm in norms + [transformer.norm_out]:
+        registry = HookRegistry.check_if_exists_or_initialize(norm)
+        if registry.get_hook("frame_modulation") is None:
+            registry.register_hook(FrameModulation(), "frame_modulation")
+
+
 @dataclass
 class StackContext:
     """Everything the blocks need besides the hidden states; fixed for one model call."""
 
     encoder_hidden_states: torch.Tensor
-    embedded_timestep: torch.Tensor
-    temb: torch.Tensor
+    embedded_timestep: torch.Tensor  # (B, D), or (B, T, D) per token frame (`FrameModulation` broadcasts it)
+    temb: torch.Tensor  # (B, 3D), or (B, T, 3D)
     image_rotary_emb: torch.Tensor
     extra_pos_emb: torch.Tensor | None
     attention_mask: torch.Tensor | None
@@ -133,6 +170,7 @@ class DiT(torch.nn.Module):
     def __init__(self, transformer: CosmosTransformer3DModel, cond_embedder: torch.nn.Module | None = None):
         super().__init__()
         self.transformer = transformer
+        modulate_per_frame(transformer)
         self.cond_embedder = cond_embedder  # (actions, T_latent) -> (temb add (B, T, 3D), sinusoid add (B, T, D))
 
     def embed(self, hidden_states, timestep, encoder_hidden_states, condition_mask=None, padding_mask=None,
@@ -169,9 +207,8 @@ class DiT(torch.nn.Module):
             if timestep.shape != (batch_size, 1, num_frames, 1, 1):
                 raise ValueError(f"Expected timestep of shape [B, 1, T, 1, 1], got {tuple(timestep.shape)}")
             temb, embedded_timestep = self.embed_timestep(timestep.view(batch_size, num_frames), frame_cond)
-            temb, embedded_timestep = (
-                v.to(h.dtype).view(batch_size, grid[0], 1, 1, -1).expand(-1, -1, grid[1], grid[2], -1).flatten(1, 3)
-                for v in (temb, embedded_timestep))
+            # Kept per frame (diffusers expands them to every token here): `FrameModulation` broadcasts.
+            temb, embedded_timestep = temb.to(h.dtype), embedded_timestep.to(h.dtype)
         else:
             raise ValueError(f"Expected timestep of shape [B, 1, T, 1, 1] or [B], got {tuple(timestep.shape)}")
 
