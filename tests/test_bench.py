@@ -199,8 +199,9 @@ def test_default_grid_covers_every_policy_on_the_steps_axis_and_the_ablation():
     assert [(c.label, c.num_steps) for c in bench_configs(
         ["steps-only", {"policy": "fora", "interval": 3, "num_steps": 9}], ablation=False, denoise_steps=[14, 35],
         reference_steps=35)] == [("steps-only steps=14", 14), ("fora interval=3 steps=9", 9)]
-    # none + 6 steps-only + 6 threshold policies x 3 thresholds x 7 + fora, fastercache, taylorseer x 2 x 7
-    assert len(bench_configs(ablation=False, denoise_steps=FULL_DENOISE_STEPS)) == 1 + 6 + 6 * 3 * 7 + 3 * 2 * 7
+    # none + 7 steps-only + 6 threshold policies x 3 thresholds x 8 + fora, fastercache, taylorseer x 2 x 8
+    assert FULL_DENOISE_STEPS == (35, 30, 24, 18, 14, 12, 10, 8)
+    assert len(bench_configs(ablation=False, denoise_steps=FULL_DENOISE_STEPS)) == 1 + 7 + 6 * 3 * 8 + 3 * 2 * 8
     assert display("fora interval=2") == "FORA-style interval=2" and display("fora") == "FORA-style"
     with pytest.raises(ValueError, match="twice"):
         bench_configs(["worldcache", "worldcache"], ablation=False)

@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--chunks", type=int, default=2)
     bn.add_argument("--denoise-steps", type=int, nargs="+", default=None,
                     help="the step axis every policy runs on (default: 35 18 12, cut to the reference's; full: "
-                         "35 24 18 14 12 10 8)")
+                         "35 30 24 18 14 12 10 8)")
     bn.add_argument("--reference-steps", type=int, default=None,
                     help="steps of the uncached reference (default: the model's)")
     bn.add_argument("--data", default=None, metavar="STORE",
