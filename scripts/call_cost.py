@@ -52,14 +52,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     models = {path: WorldModel.from_pretrained(path) for path in args.checkpoints}
+    starts = {path: np.load(f"{path}/start_frames.npy") for path in args.checkpoints}
     modes = ["per-frame"] + (["per-token"] if args.per_token else [])
     calls = {(p, m): [] for p in models for m in modes}
     shares = {(p, m): [] for p in models for m in modes}
     for rep in range(args.repeats):
         for path, model in models.items():
             s = model.spec
-            starts = np.load(f"{path}/start_frames.npy")
-            frame = starts[rep % len(starts)][None]
+            frame = starts[path][rep % len(starts[path])][None]
             actions = np.random.default_rng(rep).uniform(-1, 1, (1, s.chunk, s.action_dim)).astype(np.float32)
             for mode in modes:
                 with per_token_modulation() if mode == "per-token" else contextlib.nullcontext():

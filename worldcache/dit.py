@@ -3,13 +3,13 @@
 `CosmosTransformer3DModel.forward` (diffusers) is one monolithic function; caching needs the stack input and
 the ability to run blocks ``[start, end)`` on their own. `DiT` calls diffusers' own submodules in the same order as
 that forward (tests check equality to 1e-6), plus one addition: Cosmos' action embedding, added to the timestep
-sinusoid before `time_embed.norm` and to the adaLN-LoRA term `temb`, as NVIDIA's action-conditioned models do. With per-frame timesteps the adaLN
-modulation is computed per latent frame, as NVIDIA's DiT does, not per token (`FrameModulation`): the same numbers.
+sinusoid before `time_embed.norm` and to the adaLN-LoRA term `temb`, as NVIDIA's action-conditioned models do.
+With per-frame timesteps the adaLN modulation is computed per latent frame, as NVIDIA's DiT does, not per token
+(`FrameModulation`): the same numbers.
 """
 from __future__ import annotations
 
 import functools
-
 import time
 from dataclasses import dataclass
 
