@@ -302,6 +302,22 @@ def test_frontier_at_reads_each_frontier_at_fixed_speeds():
     assert s["worldcache"] == pytest.approx([None, 66 - 6 * 0.1 / 1.1, 66 - 6 * 1.05 / 1.1, 60.0, None])
 
 
+def test_frontier_at_over_latent_psnr_has_its_own_frontier():
+    # the frames tie (70 dB at the 8-bit floor, so each policy's fastest row dominates); the latents rank the rows
+    row = lambda policy, label, x, q, z: {"policy": policy, "label": label, "group": "policy",  # noqa: E731
+                                          "compute_speedup": x, "psnr_vs_uncached": q, "latent_psnr": z}
+    rows = [row("worldcache", "w1", 1.4, 70.0, 80.0), row("worldcache", "w2", 1.8, 70.0, 72.0),
+            row("dicache", "d1", 1.4, 70.0, 78.0), row("dicache", "d2", 1.8, 70.0, 66.0)]
+    frames = bench.frontier_at(rows, speeds=(1.5, 1.8))
+    assert frames["quality"] == "psnr_vs_uncached"
+    assert frames["psnr_vs_uncached"] == {"worldcache": [None, 70.0], "dicache": [None, 70.0]}
+    fa = bench.frontier_at(rows, speeds=(1.5, 1.7), quality_key="latent_psnr")
+    assert fa["quality"] == "latent_psnr" and fa["speed"] == "compute_speedup" and "psnr_vs_uncached" not in fa
+    # worldcache: 80 - 8 * (x - 1.4) / 0.4; dicache: 78 - 12 * (x - 1.4) / 0.4
+    assert fa["latent_psnr"]["worldcache"] == pytest.approx([78.0, 74.0])
+    assert fa["latent_psnr"]["dicache"] == pytest.approx([75.0, 69.0])
+
+
 def test_strip_shows_the_baseline_closest_to_uncached_at_a_similar_speed():
     row = lambda policy, label, x, q: {"policy": policy, "label": label, "group": "policy",  # noqa: E731
                                        "compute_speedup": x, "psnr_vs_uncached": q}

@@ -41,13 +41,16 @@ def format_table(result: dict) -> str:
         lines.append(f"frontier {display(name)}: " + ", ".join(
             f"{p['compute_speedup']:.2f}x {_text('psnr_vs_uncached', p['psnr_vs_uncached'], '.1f')} dB "
             f"({p['num_steps']} steps)" for p in pts))
-    for axis, fa in (result.get("frontier_at") or {}).items():
-        if not any(v is not None for vals in fa["psnr_vs_uncached"].values() for v in vals):
+    for fa in (result.get("frontier_at") or {}).values():
+        quality = fa.get("quality", "psnr_vs_uncached")
+        if not any(v is not None for vals in fa[quality].values() for v in vals):
             continue  # e.g. an ablation-only run: one speed, no frontier reaches the fixed speeds
-        lines.append(f"\nPSNR vs. uncached (dB) along each frontier at fixed {axis} speedups (interpolated; n/a: "
+        what = "latent PSNR" if quality == "latent_psnr" else "PSNR"
+        axis = "compute" if fa["speed"] == "compute_speedup" else "wall"
+        lines.append(f"\n{what} vs. uncached (dB) along each frontier at fixed {axis} speedups (interpolated; n/a: "
                      "outside its span):")
         lines.append(f"  {'policy':<12} " + " ".join(f"{v:>6.1f}x" for v in fa["speeds"]))
-        for name, vals in fa["psnr_vs_uncached"].items():
+        for name, vals in fa[quality].items():
             lines.append(f"  {display(name):<12} " + " ".join(
                 f"{'n/a' if v is None else f'{v:.1f}':>7}" for v in vals))
     for axis, cmp in (result.get("at_worldcache_speed") or {}).items():
@@ -92,7 +95,7 @@ def pareto_plot(rows: list[dict], path) -> None:
     for k, (xkey, ykey, ylabel) in enumerate(PARETO_PANELS):
         ax = fig.add_subplot(1, len(PARETO_PANELS), k + 1)
         ok = [r for r in rows if r[xkey] is not None and r[ykey] is not None]
-        fronts = front_rows([dict(r, psnr_vs_uncached=r[ykey]) for r in ok], xkey)
+        fronts = front_rows(ok, xkey, ykey)
         for i, name in enumerate(policies):
             style = (dict(color="crimson", lw=2.2, marker="*", markersize=12, zorder=5) if name == "worldcache" else
                      dict(color="black", ls="--", marker="x") if name == STEPS_ONLY else
