@@ -302,6 +302,14 @@ def test_frontier_at_reads_each_frontier_at_fixed_speeds():
     assert s["worldcache"] == pytest.approx([None, 66 - 6 * 0.1 / 1.1, 66 - 6 * 1.05 / 1.1, 60.0, None])
 
 
+def test_run_order_shuffles_reference_and_configurations_per_episode():
+    orders = [bench.run_order(12, episode, seed=0) for episode in range(3)]
+    assert all(sorted(o) == list(range(13)) for o in orders)  # the reference (0) and every configuration, once
+    assert orders[0] == bench.run_order(12, 0, seed=0)  # a function of (seed, episode): reruns time alike
+    assert orders[0] != orders[1] != orders[2] and orders[0] != bench.run_order(12, 0, seed=1)
+    assert orders[0] != list(range(13))
+
+
 def test_frontier_at_over_latent_psnr_has_its_own_frontier():
     # the frames tie (70 dB at the 8-bit floor, so each policy's fastest row dominates); the latents rank the rows
     row = lambda policy, label, x, q, z: {"policy": policy, "label": label, "group": "policy",  # noqa: E731
