@@ -42,7 +42,7 @@ def format_table(result: dict) -> str:
             f"{p['compute_speedup']:.2f}x {_text('psnr_vs_uncached', p['psnr_vs_uncached'], '.1f')} dB "
             f"({p['num_steps']} steps)" for p in pts))
     for fa in (result.get("frontier_at") or {}).values():
-        quality = fa.get("quality", "psnr_vs_uncached")
+        quality = fa["quality"]
         if not any(v is not None for vals in fa[quality].values() for v in vals):
             continue  # e.g. an ablation-only run: one speed, no frontier reaches the fixed speeds
         what = "latent PSNR" if quality == "latent_psnr" else "PSNR"

@@ -59,14 +59,13 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
             calibration_episode(s, data, holdout))
     ref_policy.stack_ms.clear()  # warm-up timings are not used
     ref, runs = Runs(), [Runs() for _ in configs]
-    progress = _progress(len(eps) * (1 + len(configs)), verbose)
+    jobs = [(ref_policy, ref, ref_steps)] + [(p, r, c.num_steps) for p, r, c in zip(built, runs, configs)]
+    progress = _progress(len(eps) * len(jobs), verbose)
     for i, ep in enumerate(eps):
         ep_seed = seed + 1000 * (i + 1)  # noise seeds: the same for every configuration of this episode
         for k in run_order(len(configs), i, seed):
-            if k == 0:
-                run_episode(model, ep, ref_policy, ref, ref_steps, ep_seed, repeats)
-            else:
-                run_episode(model, ep, built[k - 1], runs[k - 1], configs[k - 1].num_steps, ep_seed, repeats)
+            policy, r, n = jobs[k]
+            run_episode(model, ep, policy, r, n, ep_seed, repeats)
             progress.update()
     progress.close()
 
