@@ -203,6 +203,12 @@ def test_default_grid_covers_every_policy_on_the_steps_axis_and_the_ablation():
     assert FULL_DENOISE_STEPS == (35, 30, 24, 18, 14, 12, 10, 8)
     assert len(bench_configs(ablation=False, denoise_steps=FULL_DENOISE_STEPS)) == 1 + 7 + 6 * 3 * 8 + 3 * 2 * 8
     assert display("fora interval=2") == "FORA-style interval=2" and display("fora") == "FORA-style"
+    # a setting off the policy's own grid (GRID_KEYS: threshold, fora's interval, ...) makes a variant
+    specs = [{"policy": "worldcache", "threshold": 0.05}, {"policy": "worldcache", "saliency": False, "threshold": 0.05},
+             {"policy": "fora", "interval": 4}]
+    assert [(c.label, c.variant) for c in bench_configs(specs, ablation=False, denoise_steps=[35])] == [
+        ("worldcache threshold=0.05", None), ("worldcache saliency=False threshold=0.05", "worldcache saliency=False"),
+        ("fora interval=4", None)]
     with pytest.raises(ValueError, match="twice"):
         bench_configs(["worldcache", "worldcache"], ablation=False)
 
@@ -300,6 +306,23 @@ def test_frontier_at_reads_each_frontier_at_fixed_speeds():
     assert s["steps-only"] == pytest.approx([62 - 8 * 0.04 / 1.46, 62 - 8 * 0.54 / 1.46, 54.0, None, None])
     # worldcache: 1.5 is 21 % below its first finite point (1.9): n/a; 2.0: 66 - 6 * 0.1 / 1.1; 3.1: its end
     assert s["worldcache"] == pytest.approx([None, 66 - 6 * 0.1 / 1.1, 66 - 6 * 1.05 / 1.1, 60.0, None])
+
+
+def test_variants_have_their_own_frontiers():
+    row = lambda policy, label, x, q, variant=None: {"policy": policy, "variant": variant or policy,  # noqa: E731
+                                                     "label": label, "group": "policy", "compute_speedup": x,
+                                                     "psnr_vs_uncached": q}
+    rows = [row("worldcache", "w1", 1.5, 70.0), row("worldcache", "w2", 2.5, 60.0),
+            row("worldcache", "v1", 2.0, 68.0, "worldcache saliency=False"),
+            row("worldcache", "v2", 3.0, 50.0, "worldcache saliency=False")]
+    fr = bench.frontiers(rows)
+    # grouped by policy alone, one frontier would hold all four rows; each variant keeps its own
+    assert {k: [p["label"] for p in v] for k, v in fr.items()} == {"worldcache": ["w1", "w2"],
+                                                                  "worldcache saliency=False": ["v1", "v2"]}
+    fa = bench.frontier_at(rows, speeds=(2.0, 2.5))["psnr_vs_uncached"]
+    assert fa == {"worldcache": [65.0, 60.0], "worldcache saliency=False": [68.0, 59.0]}
+    del rows[0]["variant"]  # bench.json before variants: the policy is the frontier
+    assert [p["label"] for p in bench.frontiers(rows)["worldcache"]] == ["w1", "w2"]
 
 
 def test_run_order_shuffles_reference_and_configurations_per_episode():

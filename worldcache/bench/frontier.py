@@ -32,21 +32,26 @@ def pareto_front(points: list[tuple[float, float | None]]) -> list[int]:
     return sorted(keep, key=lambda i: points[i][0])
 
 
+def variant(row: dict) -> str:
+    """The frontier a row belongs to: its policy's, or a variant's (`grid.GRID_KEYS`; older bench.json: policy)."""
+    return row.get("variant") or row["policy"]
+
+
 def front_rows(rows: list[dict], speed_key: str = FRONTIER_SPEED,
                quality_key: str = "psnr_vs_uncached") -> dict[str, list[dict]]:
-    """Per policy (the policy group's rows, `steps-only` included, the `none` re-run not), its rows on the
-    frontier over (`speed_key`, `quality_key`: PSNR vs. uncached, or the latents' `latent_psnr`), by speedup
+    """Per policy or variant (the policy group's rows, `steps-only` included, the `none` re-run not), its rows on
+    the frontier over (`speed_key`, `quality_key`: PSNR vs. uncached, or the latents' `latent_psnr`), by speedup
     ascending."""
     out = {}
-    names = dict.fromkeys(r["policy"] for r in rows if r["group"] == "policy" and r["policy"] != "none")
+    names = dict.fromkeys(variant(r) for r in rows if r["group"] == "policy" and r["policy"] != "none")
     for name in names:
-        rs = [r for r in rows if r["policy"] == name and r["group"] == "policy" and r.get(speed_key) is not None]
+        rs = [r for r in rows if variant(r) == name and r["group"] == "policy" and r.get(speed_key) is not None]
         out[name] = [rs[i] for i in pareto_front([(r[speed_key], r[quality_key]) for r in rs])]
     return out
 
 
 def frontiers(rows: list[dict], speed_key: str = FRONTIER_SPEED) -> dict[str, list[dict]]:
-    """bench.json's `frontiers`: per policy its frontier points ``{label, num_steps, speedup (wall clock),
+    """bench.json's `frontiers`: per policy (or variant) its frontier points ``{label, num_steps, speedup (wall clock),
     compute_speedup, psnr_vs_uncached, latent_rel_l1, latent_psnr, config}``, by speedup ascending."""
     return {name: [{k: r.get("denoising_speedup" if k == "speedup" else k) for k in POINT_KEYS} for r in rs]
             for name, rs in front_rows(rows, speed_key).items()}
@@ -92,7 +97,7 @@ def equal_speed_comparison(rows: list[dict], label: str = "worldcache", speed_ke
     speed, out = ref[speed_key], {}
     for name, rs in front_rows(rows, speed_key).items():
         pts = _finite_points(rs, speed_key)
-        if name == ref["policy"] or not pts:  # the reference itself (infinite PSNR) bounds nothing
+        if name == variant(ref) or not pts:  # the reference itself (infinite PSNR) bounds nothing
             continue
         value, near = _at(pts, speed)
         out[name] = {"psnr_vs_uncached": value, "nearest": near, "min_speedup": pts[0][0], "max_speedup": pts[-1][0]}

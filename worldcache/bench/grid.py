@@ -24,6 +24,9 @@ EXTRA_SETTINGS = {
     "fastercache": [{}, {"spatial_attention_block_skip_range": 3}],
     "taylorseer": [{}, {"cache_interval": 8}],
 }
+# Settings that move a policy along its own grid; a spec that sets any other one (e.g. worldcache:saliency=false)
+# is a variant with its own frontier, so one command compares the variants' frontiers.
+GRID_KEYS = frozenset({"threshold", *(k for opts in EXTRA_SETTINGS.values() for o in opts for k in o)})
 ALL_POLICIES = ("none", STEPS_ONLY, "worldcache", "dicache", "fora", "teacache", "easycache", "fbcache",
                 "fastercache", "magcache", "taylorseer")
 DISPLAY_NAMES = {"fora": "FORA-style"}  # ours reuses the whole stack, not per-layer attention/MLP outputs
@@ -40,6 +43,7 @@ class BenchConfig:
     num_steps: int | None = None     # None: the reference's
     name: str | None = None          # the row's policy name where it is not the built policy's (steps-only)
     match: dict | None = None        # the compute-matched ablation's threshold search (`ablation.py`)
+    variant: str | None = None       # the frontier the row belongs to where it is not its policy's (`GRID_KEYS`)
 
     def build(self):
         return load_cache(self.policy, **self.overrides)[0]
@@ -87,24 +91,28 @@ def bench_configs(policies=None, ablation: bool = True, grid: bool = True, denoi
     """Rows to run. `policies`: None (every policy) or a list of policy names (each at its settings grid, or at
     its default only with ``grid=False``, times the step axis), ``"steps-only"``, YAML paths (exactly that file;
     at its own `num_steps` if it sets one, else on the step axis), or dicts ``{"policy": name, **settings}``
-    (``num_steps`` among them pins the steps). ``"none"`` runs at the reference steps only: it re-runs the
+    (``num_steps`` among them pins the steps; a setting outside `GRID_KEYS` makes the row a variant with its own
+    frontier, e.g. "worldcache saliency=False"). ``"none"`` runs at the reference steps only: it re-runs the
     reference, so its speedup shows the machine's timing noise."""
     from .ablation import ablation_grid
 
     steps = steps_axis(reference_steps, denoise_steps)
     out: list[BenchConfig] = []
 
-    def add(label, policy, overrides, pinned=None):
+    def add(label, policy, overrides, pinned=None, variant=None):
         uncached = load_cache(policy, **overrides)[0].name == "none"
         for n in [pinned] if pinned else steps:  # no cache at other steps than the reference's: steps-only
             out.append(BenchConfig(with_steps(label, n, reference_steps), policy, overrides, num_steps=n,
-                                   name=STEPS_ONLY if uncached and n != reference_steps else None))
+                                   name=STEPS_ONLY if uncached and n != reference_steps else None,
+                                   variant=variant))
 
     for spec in ALL_POLICIES if policies is None else policies:
         if isinstance(spec, dict):
             spec = dict(spec)
             name, pinned = spec.pop("policy"), spec.pop("num_steps", None)
-            add(" ".join([name] + [f"{k}={_fmt(v)}" for k, v in spec.items()]), name, spec, pinned)
+            own = [f"{k}={_fmt(v)}" for k, v in spec.items() if k not in GRID_KEYS]
+            add(" ".join([name] + [f"{k}={_fmt(v)}" for k, v in spec.items()]), name, spec, pinned,
+                " ".join([name] + own) if own else None)
         elif str(spec).endswith((".yaml", ".yml")):
             add(Path(spec).stem, str(spec), {}, load_cache(spec)[1])
         elif spec == STEPS_ONLY:

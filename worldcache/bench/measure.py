@@ -166,9 +166,10 @@ def measure_row(cfg, policy, runs: Runs, ref: Runs, real: np.ndarray, fixed_ms: 
         config["mag_ratios"] = [round(float(v), 6) for v in policy.mag_ratios]
     overhead = sum(r.wall_ms - fixed_ms - r.blocks_run * block_ms for r in runs.records) / n
     rel_l1, z_psnr = latent_metrics(np.stack(runs.latents), np.stack(ref.latents))
+    name = cfg.name or policy.name
     row = {
-        "policy": cfg.name or policy.name, "label": cfg.label, "group": cfg.group, "num_steps": cfg.num_steps,
-        "config": config,
+        "policy": name, "variant": cfg.variant or name, "label": cfg.label, "group": cfg.group,
+        "num_steps": cfg.num_steps, "config": config,
         "denoising_speedup": _finite(ref.loop_ms / runs.loop_ms),
         "compute_speedup": _finite(compute_ms(ref.records, fixed_ms, block_ms)
                                    / compute_ms(runs.records, fixed_ms, block_ms)),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .frontier import FRONTIER_SPEED, _q, front_rows
+from .frontier import FRONTIER_SPEED, _q, front_rows, variant
 from .grid import STEPS_ONLY, display
 from .measure import METRICS
 
@@ -91,7 +91,7 @@ def pareto_plot(rows: list[dict], path) -> None:
 
     fig = Figure(figsize=(19, 5.5), dpi=110)
     markers = "osD^v<>ph8"
-    policies = list(dict.fromkeys(r["policy"] for r in rows if r["group"] == "policy" and r["policy"] != "none"))
+    policies = list(dict.fromkeys(variant(r) for r in rows if r["group"] == "policy" and r["policy"] != "none"))
     for k, (xkey, ykey, ylabel) in enumerate(PARETO_PANELS):
         ax = fig.add_subplot(1, len(PARETO_PANELS), k + 1)
         ok = [r for r in rows if r[xkey] is not None and r[ykey] is not None]
@@ -100,7 +100,7 @@ def pareto_plot(rows: list[dict], path) -> None:
             style = (dict(color="crimson", lw=2.2, marker="*", markersize=12, zorder=5) if name == "worldcache" else
                      dict(color="black", ls="--", marker="x") if name == STEPS_ONLY else
                      dict(color=f"C{i % 10}", marker=markers[i % len(markers)], alpha=0.8))
-            pts = [r for r in ok if r["policy"] == name and r["group"] == "policy"]
+            pts = [r for r in ok if variant(r) == name and r["group"] == "policy"]
             ax.plot([r[xkey] for r in pts], [r[ykey] for r in pts], ls="none", marker=style["marker"],
                     color=style["color"], alpha=0.25, markersize=5)
             front = fronts.get(name, [])
