@@ -185,7 +185,8 @@ def test_default_grid_covers_every_policy_on_the_steps_axis_and_the_ablation():
     assert [c.num_steps for c in configs if c.policy == "none" and c.name is None] == [35]  # the re-run reference
     assert sorted(c.label for c in configs if c.group == "ablation") == [
         "worldcache +warp", "worldcache -all", "worldcache -blend", "worldcache -motion_adaptive",
-        "worldcache -phase_aware", "worldcache -saliency", "worldcache generated_only=True",
+        "worldcache -phase_aware", "worldcache -saliency", "worldcache extrapolation=parabola",
+        "worldcache extrapolation=sigma", "worldcache extrapolation=sigma2", "worldcache generated_only=True",
         "worldcache paper defaults", "worldcache saliency_over=location"]
     assert next(c for c in configs if c.label == "worldcache saliency_over=location").build().config.saliency_over \
         == "location"

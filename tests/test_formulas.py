@@ -7,6 +7,7 @@ import torch
 
 from worldcache.cache import make_policy
 from worldcache.cache.base import ModelCall
+from worldcache.cache.probe import lagrange_weights
 
 OFF = dict(motion_adaptive=False, saliency=False, blend=False, warp=False, phase_aware=False)
 
@@ -38,11 +39,12 @@ def tokens(*values):
     return torch.tensor(values, dtype=torch.float64).view(1, -1, 1)
 
 
-def drive(policy, stacks, num_steps):
+def drive(policy, stacks, num_steps, sigmas=None):
     policy.begin(num_steps)
     records, outs = [], []
     for step, stack in enumerate(stacks):
-        call = ModelCall.new(1, step=step, num_steps=num_steps, branch="cond")  # one sample
+        sigma = float("nan") if sigmas is None else sigmas[step]
+        call = ModelCall.new(1, step=step, num_steps=num_steps, branch="cond", sigma=sigma)  # one sample
         outs.append(policy.run_stack(stack, call))
         records.append(call[0])
     return records, outs
@@ -135,6 +137,37 @@ def test_dicache_gamma_is_the_ratio_of_l1_means_clipped_to_1_2():
     gamma, out, expected = three_calls(make_policy("dicache", threshold=1e9, ret_ratio=0.2))
     assert gamma == pytest.approx(1.5, abs=1e-12)
     torch.testing.assert_close(out, expected)
+
+
+def test_extrapolation_options_line_or_parabola_in_step_or_noise_level():
+    assert lagrange_weights([4, 6, 8], 10) == [1.0, -3.0, 3.0]
+    assert lagrange_weights([4, 6, 8], 9) == [0.375, -1.25, 1.875]
+    # steps 0-2 compute (warm-up 3 of 10), step 3 skips; noise levels 1, 0.75, 0.25, 0 (uneven, as a shifted
+    # schedule's); block-stack residuals R = (s^2, 2s + 1, 1, s^3) at s = 0, 1, 2, 3; the probe adds 0.5 s on token 0
+    sigmas, x = [1.0, 0.75, 0.25, 0.0], tokens(1, 1, 1, 1)
+    res = [tokens(s * s, 2 * s + 1, 1, s ** 3) for s in range(4)]
+    stacks = [ScriptedStack(x, tokens(0.5 * s, 0, 0, 0), r - tokens(0.5 * s, 0, 0, 0)) for s, r in enumerate(res)]
+    run = lambda **kw: drive(make_policy("worldcache", threshold=1e9, ret_ratio=0.3, **{**OFF, **kw}),  # noqa: E731
+                             stacks, 10, sigmas)
+    # the line in sigma through R_1 (0.75), R_2 (0.25) at 0: gamma = (0 - 0.75) / (0.25 - 0.75) = 1.5
+    recs, outs = run(extrapolation="sigma")
+    assert [r.computed for r in recs] == [True, True, True, False] and recs[3].gamma == 1.5
+    torch.testing.assert_close(outs[3], x + res[1] + 1.5 * (res[2] - res[1]))  # (5.5, 6, 1, 11.5)
+    # the parabola in sigma through (1, 0.75, 0.25) at 0: weights (1, -2, 2) -> R_0 - 2 R_1 + 2 R_2 = (6, 5, 1, 14)
+    assert lagrange_weights(sigmas[:3], 0.0) == [1.0, -2.0, 2.0]
+    recs, outs = run(extrapolation="sigma2")
+    assert recs[3].gamma != recs[3].gamma  # NaN: no line coefficient
+    torch.testing.assert_close(outs[3], x + tokens(6, 5, 1, 14))
+    # the parabola in step index through steps 0, 1, 2 at 3: weights (1, -3, 3) -> (9, 7, 1, 21), exact but for s^3
+    recs, outs = run(extrapolation="parabola")
+    assert recs[3].gamma != recs[3].gamma
+    torch.testing.assert_close(outs[3], x + tokens(9, 7, 1, 21))
+    # the method's line ("probe", blend off): DiCache's gamma from the probe residuals, 1 / 0.5 = 2
+    recs, outs = run()
+    assert recs[3].gamma == 2.0
+    torch.testing.assert_close(outs[3], x + res[1] + 2 * (res[2] - res[1]))
+    with pytest.raises(Exception, match="extrapolation"):
+        make_policy("worldcache", extrapolation="cubic")
 
 
 def test_teacache_applies_its_rescaling_polynomial():

@@ -9,6 +9,7 @@ policies hold only their decision rules.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -40,8 +41,10 @@ class ProbeState(PolicyState):
     x_prev: torch.Tensor | None = None  # the previous call's stack input
     p_prev: torch.Tensor | None = None  # the previous call's probe output
     x_ref: torch.Tensor | None = None   # the last computed call's stack input
-    residuals: list = field(default_factory=list)        # the last two computed block-stack residuals (out - x)
+    residuals: list = field(default_factory=list)        # the last three computed block-stack residuals (out - x)
     probe_residuals: list = field(default_factory=list)  # and their probe residuals (probe - x)
+    steps: list = field(default_factory=list)            # and their steps
+    sigmas: list = field(default_factory=list)           # and noise levels
     acc: float = 0.0                    # drift accumulated over the skips since the last compute
     skips: int = 0                      # consecutive skips since the last compute
     trajectory: dict = field(default_factory=dict)  # step -> (probe output, rest-of-stack residual), computed calls
@@ -88,8 +91,9 @@ class ProbeEngine:
             if skip[i]:
                 st.acc, st.skips = keep[i], st.skips + 1
             else:
-                st.residuals = [*st.residuals[-1:], out[i:i + 1] - xi]
-                st.probe_residuals = [*st.probe_residuals[-1:], pi - xi]
+                st.residuals = [*st.residuals[-2:], out[i:i + 1] - xi]
+                st.probe_residuals = [*st.probe_residuals[-2:], pi - xi]
+                st.steps, st.sigmas = [*st.steps[-2:], rec.step], [*st.sigmas[-2:], rec.sigma]
                 st.x_ref, st.acc, st.skips = xi, 0.0, 0
                 if self.keep_trajectory:
                     st.trajectory[rec.step] = (pi, out[i:i + 1] - pi)
@@ -99,14 +103,26 @@ class ProbeEngine:
 
     @staticmethod
     def extrapolate(st: ProbeState, rho_now: torch.Tensor, rec: CallRecord, least_squares: bool,
-                    gamma_min: float = 0.2, gamma_max: float = 1.8) -> tuple[torch.Tensor, torch.Tensor]:
+                    gamma_min: float = 0.2, gamma_max: float = 1.8,
+                    along: str = "probe") -> tuple[torch.Tensor, torch.Tensor]:
         """The extrapolated block-stack residual and probe residual ``r₋₂ + γ (r₋₁ − r₋₂)`` (with one computed
-        residual: ``r₋₁``, γ = 1). γ: least squares on the probe residuals clamped to [gamma_min, gamma_max]
-        (WorldCache's blending), or DiCache's official ratio of L1 means clipped to [1, 2]. Sets ``rec.gamma``."""
+        residual: ``r₋₁``, γ = 1). `along` "probe": γ from the probe residuals, least squares clamped to
+        [gamma_min, gamma_max] (WorldCache's blending) or DiCache's official ratio of L1 means clipped to [1, 2].
+        "sigma": the line in noise level, γ = (σ − σ₋₂) / (σ₋₁ − σ₋₂). "parabola" / "sigma2": the parabola through
+        the last three residuals in step index / in noise level (`lagrange_weights`; ``rec.gamma`` NaN), until
+        three exist the probe's / the σ line. Sets ``rec.gamma``."""
         res, rho = st.residuals, st.probe_residuals
         if len(res) < 2:
             rec.gamma = 1.0
             return res[-1], rho[-1]
+        if along in ("parabola", "sigma2") and len(res) == 3:
+            w = (lagrange_weights(st.steps, rec.step) if along == "parabola" else
+                 lagrange_weights(st.sigmas, rec.sigma))
+            return sum(wj * r for wj, r in zip(w, res)), sum(wj * r for wj, r in zip(w, rho))
+        if along in ("sigma", "sigma2"):
+            g = (rec.sigma - st.sigmas[-2]) / (st.sigmas[-1] - st.sigmas[-2])
+            rec.gamma = g
+            return res[-2] + g * (res[-1] - res[-2]), rho[-2] + g * (rho[-1] - rho[-2])
         dims = (1, 2)
         a, b = rho_now - rho[-2], rho[-1] - rho[-2]
         if least_squares:  # argmin_g ||a - g b||^2
@@ -116,6 +132,12 @@ class ProbeEngine:
         g = gamma[:, None, None]
         rec.gamma = float(gamma.mean())
         return res[-2] + g * (res[-1] - res[-2]), rho[-2] + g * (rho[-1] - rho[-2])
+
+
+def lagrange_weights(xs, x: float) -> list[float]:
+    """Weights of the parabola through values at the three distinct abscissae `xs`, read at `x`: the extrapolation
+    is ``sum(w_j r_j)``. E.g. xs (4, 6, 8) at 10: (1, -3, 3)."""
+    return [math.prod((x - xs[k]) / (xs[j] - xs[k]) for k in range(3) if k != j) for j in range(3)]
 
 
 class ProbePolicy(CachePolicy):

@@ -16,6 +16,9 @@ from .probe import ProbeConfig, ProbePolicy, ProbeState
 from ..motion import laplacian, token_flow, warp_tokens
 
 
+EXTRAPOLATIONS = ("probe", "parabola", "sigma", "sigma2")  # `ProbeEngine.extrapolate`'s `along`
+
+
 @dataclass
 class WorldCacheConfig(ProbeConfig):
     # Tuned for the bundled model on tuning episodes disjoint from the benchmark's (README, Benchmarks); the
@@ -33,6 +36,9 @@ class WorldCacheConfig(ProbeConfig):
     blend: bool = True              # least-squares extrapolation coefficient from the probe residuals
     gamma_min: float = 0.2
     gamma_max: float = 1.8
+    extrapolation: str = "probe"    # a skip's residual on the line through the last two, its γ from the probe
+                                    # (blend); "sigma": the line in noise level; "parabola" / "sigma2": through the
+                                    # last three in step index / noise level (README: none beat the default here)
     warp: bool = False              # warp the cached residual along the token-grid flow
     warp_check: bool = True         # keep the warp only in latent frames where it also fits the probe better
     flow_scale: float = 0.5         # flow estimated at this fraction of the token grid
@@ -51,6 +57,8 @@ class WorldCacheConfig(ProbeConfig):
         self.require("gamma_max", self.gamma_max >= self.gamma_min, "must be >= gamma_min")
         self.require("flow_scale", 0 < self.flow_scale <= 1, "must be in (0, 1]")
         self.require("saliency_over", self.saliency_over in ("token", "location"), "must be 'token' or 'location'")
+        self.require("extrapolation", self.extrapolation in EXTRAPOLATIONS,
+                     f"must be one of {', '.join(EXTRAPOLATIONS)}")
         self.require("uncond_reuse_start", 0 <= self.uncond_reuse_start <= 1, "must be in [0, 1]")
 
 
@@ -159,7 +167,8 @@ class WorldCache(ProbePolicy):
         cfg = self.config
         if st.reuse is not None:
             return rho_now + st.reuse
-        approx, rho_hat = self.engine.extrapolate(st, rho_now, rec, cfg.blend, cfg.gamma_min, cfg.gamma_max)
+        approx, rho_hat = self.engine.extrapolate(st, rho_now, rec, cfg.blend, cfg.gamma_min, cfg.gamma_max,
+                                                  cfg.extrapolation)
         if cfg.warp:
             approx = self._warp(approx, rho_hat, rho_now, st.x_ref, x, ctx.grid, rec)
         return approx
