@@ -168,6 +168,9 @@ def test_extrapolation_options_line_or_parabola_in_step_or_noise_level():
     torch.testing.assert_close(outs[3], x + res[1] + 2 * (res[2] - res[1]))
     with pytest.raises(Exception, match="extrapolation"):
         make_policy("worldcache", extrapolation="cubic")
+    # residuals kept per sample and branch: three only for a parabola (each is one activation)
+    assert [make_policy("worldcache", extrapolation=e).engine.keep for e in ("probe", "sigma", "parabola", "sigma2")] \
+        == [2, 2, 3, 3] and make_policy("dicache").engine.keep == 2
 
 
 def test_teacache_applies_its_rescaling_polynomial():

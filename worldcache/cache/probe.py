@@ -41,7 +41,7 @@ class ProbeState(PolicyState):
     x_prev: torch.Tensor | None = None  # the previous call's stack input
     p_prev: torch.Tensor | None = None  # the previous call's probe output
     x_ref: torch.Tensor | None = None   # the last computed call's stack input
-    residuals: list = field(default_factory=list)        # the last three computed block-stack residuals (out - x)
+    residuals: list = field(default_factory=list)        # the last computed block-stack residuals (out - x): 2 or 3
     probe_residuals: list = field(default_factory=list)  # and their probe residuals (probe - x)
     steps: list = field(default_factory=list)            # and their steps
     sigmas: list = field(default_factory=list)           # and noise levels
@@ -68,6 +68,8 @@ class ProbeEngine:
 
     def __init__(self, config: ProbeConfig, keep_trajectory: bool = False):
         self.config, self.keep_trajectory = config, keep_trajectory
+        # residuals kept: three for a parabola, else two (each one activation per sample and branch)
+        self.keep = 3 if getattr(config, "extrapolation", "probe") in ("parabola", "sigma2") else 2
 
     def may_skip(self, st: ProbeState, rec: CallRecord) -> bool:
         """There is a residual to extrapolate and the call is in the window where skips are allowed."""
@@ -91,9 +93,10 @@ class ProbeEngine:
             if skip[i]:
                 st.acc, st.skips = keep[i], st.skips + 1
             else:
-                st.residuals = [*st.residuals[-2:], out[i:i + 1] - xi]
-                st.probe_residuals = [*st.probe_residuals[-2:], pi - xi]
-                st.steps, st.sigmas = [*st.steps[-2:], rec.step], [*st.sigmas[-2:], rec.sigma]
+                k = 1 - self.keep
+                st.residuals = [*st.residuals[k:], out[i:i + 1] - xi]
+                st.probe_residuals = [*st.probe_residuals[k:], pi - xi]
+                st.steps, st.sigmas = [*st.steps[k:], rec.step], [*st.sigmas[k:], rec.sigma]
                 st.x_ref, st.acc, st.skips = xi, 0.0, 0
                 if self.keep_trajectory:
                     st.trajectory[rec.step] = (pi, out[i:i + 1] - pi)
