@@ -7,13 +7,14 @@ from __future__ import annotations
 import math
 
 from ..cache.config import CACHE_CONFIG_DIR
+from ..cache.probe import EXTRAPOLATIONS
 from ..cache import load_cache
 from .grid import BenchConfig
 
 ABLATION_PARTS = ("motion_adaptive", "saliency", "blend", "warp", "phase_aware")
 # a choice within a part, run as its other option (METHOD.md: compare both at equal compute before choosing)
 ABLATION_CHOICES = {"saliency_over": ("token", "location"), "generated_only": (False, True),
-                    "extrapolation": ("probe", "parabola", "sigma", "sigma2")}
+                    "extrapolation": EXTRAPOLATIONS}
 MATCH_ITERS = 5     # bisection steps after bracketing (the threshold to within a factor 2^(1/32) of the bracket)
 MATCH_EXPAND = 4    # at most this many doublings/halvings of the threshold to bracket the target
 

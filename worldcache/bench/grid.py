@@ -110,9 +110,9 @@ def bench_configs(policies=None, ablation: bool = True, grid: bool = True, denoi
         if isinstance(spec, dict):
             spec = dict(spec)
             name, pinned = spec.pop("policy"), spec.pop("num_steps", None)
-            own = [f"{k}={_fmt(v)}" for k, v in spec.items() if k not in GRID_KEYS]
-            add(" ".join([name] + [f"{k}={_fmt(v)}" for k, v in spec.items()]), name, spec, pinned,
-                " ".join([name] + own) if own else None)
+            parts = {k: f"{k}={_fmt(v)}" for k, v in spec.items()}
+            own = [p for k, p in parts.items() if k not in GRID_KEYS]
+            add(" ".join([name, *parts.values()]), name, spec, pinned, " ".join([name, *own]) if own else None)
         elif str(spec).endswith((".yaml", ".yml")):
             add(Path(spec).stem, str(spec), {}, load_cache(spec)[1])
         elif spec == STEPS_ONLY:

@@ -51,6 +51,10 @@ class ProbeState(PolicyState):
     reuse: torch.Tensor | None = None   # this call only: a rest-of-stack residual to reuse instead of extrapolating
 
 
+EXTRAPOLATIONS = ("probe", "parabola", "sigma", "sigma2")  # `ProbeEngine.extrapolate`'s `along`
+PARABOLAS = ("parabola", "sigma2")  # the forms through three residuals; the others need two
+
+
 # ctx below: the call's StackContext (its token grid, its conditioning frames)
 # decide(state, record, x, probe, ctx) -> None (compute) or the accumulated drift the sample keeps when it skips
 Decide = Callable[[ProbeState, CallRecord, torch.Tensor, torch.Tensor, Any], "float | None"]
@@ -63,13 +67,12 @@ class ProbeEngine:
 
     `keep_trajectory`: also keep, per computed step, the probe output and the rest of the stack's residual
     (``out - probe``) in `ProbeState.trajectory` (for reuse across the chunks of a rollout; memory: two activations
-    per computed step).
+    per computed step). `keep`: how many computed residuals to keep (each one activation per sample and branch):
+    two for a line, three for a parabola.
     """
 
-    def __init__(self, config: ProbeConfig, keep_trajectory: bool = False):
-        self.config, self.keep_trajectory = config, keep_trajectory
-        # residuals kept: three for a parabola, else two (each one activation per sample and branch)
-        self.keep = 3 if getattr(config, "extrapolation", "probe") in ("parabola", "sigma2") else 2
+    def __init__(self, config: ProbeConfig, keep_trajectory: bool = False, keep: int = 2):
+        self.config, self.keep_trajectory, self.keep = config, keep_trajectory, keep
 
     def may_skip(self, st: ProbeState, rec: CallRecord) -> bool:
         """There is a residual to extrapolate and the call is in the window where skips are allowed."""
@@ -118,22 +121,21 @@ class ProbeEngine:
         if len(res) < 2:
             rec.gamma = 1.0
             return res[-1], rho[-1]
-        if along in ("parabola", "sigma2") and len(res) == 3:
+        if along in PARABOLAS and len(res) == 3:
             w = (lagrange_weights(st.steps, rec.step) if along == "parabola" else
                  lagrange_weights(st.sigmas, rec.sigma))
             return sum(wj * r for wj, r in zip(w, res)), sum(wj * r for wj, r in zip(w, rho))
         if along in ("sigma", "sigma2"):
-            g = (rec.sigma - st.sigmas[-2]) / (st.sigmas[-1] - st.sigmas[-2])
-            rec.gamma = g
-            return res[-2] + g * (res[-1] - res[-2]), rho[-2] + g * (rho[-1] - rho[-2])
-        dims = (1, 2)
-        a, b = rho_now - rho[-2], rho[-1] - rho[-2]
-        if least_squares:  # argmin_g ||a - g b||^2
-            gamma = ((a * b).sum(dims) / (b * b).sum(dims).clamp_min(1e-12)).clamp(gamma_min, gamma_max)
+            g = rec.gamma = (rec.sigma - st.sigmas[-2]) / (st.sigmas[-1] - st.sigmas[-2])
         else:
-            gamma = (a.abs().mean(dims) / b.abs().mean(dims).clamp_min(1e-12)).clamp(1.0, 2.0)
-        g = gamma[:, None, None]
-        rec.gamma = float(gamma.mean())
+            dims = (1, 2)
+            a, b = rho_now - rho[-2], rho[-1] - rho[-2]
+            if least_squares:  # argmin_g ||a - g b||^2
+                gamma = ((a * b).sum(dims) / (b * b).sum(dims).clamp_min(1e-12)).clamp(gamma_min, gamma_max)
+            else:
+                gamma = (a.abs().mean(dims) / b.abs().mean(dims).clamp_min(1e-12)).clamp(1.0, 2.0)
+            g = gamma[:, None, None]
+            rec.gamma = float(gamma.mean())
         return res[-2] + g * (res[-1] - res[-2]), rho[-2] + g * (rho[-1] - rho[-2])
 
 
@@ -148,9 +150,9 @@ class ProbePolicy(CachePolicy):
 
     state_cls = ProbeState
 
-    def __init__(self, config: ProbeConfig, keep_trajectory: bool = False):
+    def __init__(self, config: ProbeConfig, keep_trajectory: bool = False, keep: int = 2):
         super().__init__(config)
-        self.engine = ProbeEngine(config, keep_trajectory)
+        self.engine = ProbeEngine(config, keep_trajectory, keep)
 
     def run_stack(self, stack, call: ModelCall) -> torch.Tensor:
         return self.engine.run(stack, call, self.states(call), self.decide, self.approximate)

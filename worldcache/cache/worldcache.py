@@ -12,11 +12,8 @@ import torch
 
 from . import register
 from .base import CallRecord, ModelCall, may_skip, rel_l1
-from .probe import ProbeConfig, ProbePolicy, ProbeState
+from .probe import EXTRAPOLATIONS, PARABOLAS, ProbeConfig, ProbePolicy, ProbeState
 from ..motion import laplacian, token_flow, warp_tokens
-
-
-EXTRAPOLATIONS = ("probe", "parabola", "sigma", "sigma2")  # `ProbeEngine.extrapolate`'s `along`
 
 
 @dataclass
@@ -68,7 +65,8 @@ class WorldCache(ProbePolicy):
     config_cls = WorldCacheConfig
 
     def __init__(self, config: WorldCacheConfig):
-        super().__init__(config, keep_trajectory=config.cross_chunk)
+        super().__init__(config, keep_trajectory=config.cross_chunk,
+                         keep=3 if config.extrapolation in PARABOLAS else 2)
         self.previous: dict[str, list[dict]] = {}  # branch -> per sample, the previous chunk's trajectory
         self._prev: list[dict] | None = None       # the current call's branch of it
 
