@@ -185,14 +185,17 @@ def test_default_grid_covers_every_policy_on_the_steps_axis_and_the_ablation():
     assert [c.num_steps for c in configs if c.policy == "none" and c.name is None] == [35]  # the re-run reference
     assert sorted(c.label for c in configs if c.group == "ablation") == [
         "worldcache +warp", "worldcache -all", "worldcache -blend", "worldcache -motion_adaptive",
-        "worldcache -phase_aware", "worldcache -saliency", "worldcache extrapolation=parabola",
+        "worldcache -phase_aware", "worldcache -saliency", "worldcache extrapolation=probe",
         "worldcache extrapolation=sigma", "worldcache extrapolation=sigma2", "worldcache generated_only=True",
         "worldcache paper defaults", "worldcache saliency_over=location"]
     assert next(c for c in configs if c.label == "worldcache saliency_over=location").build().config.saliency_over \
         == "location"
     assert {c.num_steps for c in configs if c.group == "ablation"} == {35}
     paper = next(c for c in configs if c.label == "worldcache paper defaults").build().config
-    assert (paper.threshold, paper.ret_ratio, paper.warp, paper.warp_check) == (0.08, 0.2, True, False)
+    assert (paper.threshold, paper.ret_ratio, paper.warp, paper.warp_check, paper.extrapolation) == (
+        0.08, 0.2, True, False, "probe")
+    every_off = next(c for c in configs if c.label == "worldcache -all").build().config  # DiCache's line, too
+    assert (every_off.extrapolation, every_off.blend, every_off.saliency) == ("probe", False, False)
     for c in configs:  # every configuration builds (validated settings)
         c.build().detach()
     assert [c.label for c in bench_configs(["worldcache"], ablation=False, grid=False, reference_steps=20)] == [

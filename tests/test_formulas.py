@@ -9,7 +9,8 @@ from worldcache.cache import make_policy
 from worldcache.cache.base import ModelCall
 from worldcache.cache.probe import lagrange_weights
 
-OFF = dict(motion_adaptive=False, saliency=False, blend=False, warp=False, phase_aware=False)
+OFF = dict(motion_adaptive=False, saliency=False, blend=False, warp=False, phase_aware=False,
+           extrapolation="probe")  # the method's line; the parabola is tested on its own
 
 
 class ScriptedStack:
@@ -155,13 +156,21 @@ def test_extrapolation_options_line_or_parabola_in_step_or_noise_level():
     torch.testing.assert_close(outs[3], x + res[1] + 1.5 * (res[2] - res[1]))  # (5.5, 6, 1, 11.5)
     # the parabola in sigma through (1, 0.75, 0.25) at 0: weights (1, -2, 2) -> R_0 - 2 R_1 + 2 R_2 = (6, 5, 1, 14)
     assert lagrange_weights(sigmas[:3], 0.0) == [1.0, -2.0, 2.0]
-    recs, outs = run(extrapolation="sigma2")
+    recs, outs = run(extrapolation="sigma2", parabola_min_steps=10)
     assert recs[3].gamma != recs[3].gamma  # NaN: no line coefficient
     torch.testing.assert_close(outs[3], x + tokens(6, 5, 1, 14))
     # the parabola in step index through steps 0, 1, 2 at 3: weights (1, -3, 3) -> (9, 7, 1, 21), exact but for s^3
-    recs, outs = run(extrapolation="parabola")
+    recs, outs = run(extrapolation="parabola", parabola_min_steps=10)
     assert recs[3].gamma != recs[3].gamma
     torch.testing.assert_close(outs[3], x + tokens(9, 7, 1, 21))
+    # a prediction of fewer than parabola_min_steps steps (10 < 11; the default 30) takes the parabola's line:
+    # the probe's (below) / the sigma line (above)
+    for kw in ({"parabola_min_steps": 11}, {}):
+        recs, outs = run(extrapolation="parabola", **kw)
+        assert recs[3].gamma == 2.0
+        torch.testing.assert_close(outs[3], x + res[1] + 2 * (res[2] - res[1]))
+    recs, outs = run(extrapolation="sigma2", parabola_min_steps=11)
+    assert recs[3].gamma == 1.5
     # the method's line ("probe", blend off): DiCache's gamma from the probe residuals, 1 / 0.5 = 2
     recs, outs = run()
     assert recs[3].gamma == 2.0

@@ -108,6 +108,7 @@ def test_layout(ckpt, store_run):
         c = ep["cache/computed"]
         assert (ep["cache/blocks_run"][c] == 2).all() and (ep["cache/blocks_run"][~c] == 1).all()  # probe only
         assert np.isfinite(ep["cache/sigma"]).all() and (ep["cache/wall_ms"] > 0).all()
+        # the line's gamma on every skip: CALLS steps are below the default parabola_min_steps
         assert np.isnan(ep["cache/gamma"][c]).all() and np.isfinite(ep["cache/gamma"][~c]).all()
         assert ep["truncated"][-1] and not ep["terminated"].any()
         assert (ep["obs"][1:] == ep["frames"][:, -1]).all()  # obs: the last frame of each chunk

@@ -76,7 +76,8 @@ def test_skipping_stays_close_to_uncached(tiny_dit):
 
 
 # --- one test per WorldCache part: each fails if the part were a no-op ---------------------------------------
-BASE = dict(motion_adaptive=False, saliency=False, blend=False, warp=False, phase_aware=False)
+BASE = dict(motion_adaptive=False, saliency=False, blend=False, warp=False, phase_aware=False,
+            extrapolation="probe")  # the method's line; the parabola is tested on its own
 
 
 @pytest.mark.slow

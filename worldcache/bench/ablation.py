@@ -21,17 +21,17 @@ MATCH_EXPAND = 4    # at most this many doublings/halvings of the threshold to b
 
 def ablation_grid(num_steps: int) -> list[BenchConfig]:
     """WorldCache (YAML defaults) with one of its parts toggled per row ("-part" off, "+part" on), each choice of
-    `ABLATION_CHOICES` at its other option ("key=value"), then all parts off (DiCache's decisions and extrapolation
-    at WorldCache's warm-up), then the method's own defaults (`worldcache_paper.yaml`, at its own threshold: a
-    configuration, not a part)."""
+    `ABLATION_CHOICES` at its other option ("key=value"), then all parts off (DiCache's decisions and its line
+    extrapolation at WorldCache's warm-up), then the method's own defaults (`worldcache_paper.yaml`, at its own
+    threshold: a configuration, not a part)."""
     default = load_cache("worldcache")[0].config
     rows = [BenchConfig(f"worldcache {'-' if getattr(default, p) else '+'}{p}", "worldcache",
                         {p: not getattr(default, p)}, "ablation", num_steps) for p in ABLATION_PARTS]
     for key, options in ABLATION_CHOICES.items():
         rows += [BenchConfig(f"worldcache {key}={v}", "worldcache", {key: v}, "ablation", num_steps)
                  for v in options if v != getattr(default, key)]
-    rows.append(BenchConfig("worldcache -all", "worldcache", dict.fromkeys(ABLATION_PARTS, False), "ablation",
-                            num_steps))
+    rows.append(BenchConfig("worldcache -all", "worldcache", {**dict.fromkeys(ABLATION_PARTS, False),
+                                                             "extrapolation": "probe"}, "ablation", num_steps))
     paper = str(CACHE_CONFIG_DIR / "worldcache_paper.yaml")
     rows.append(BenchConfig("worldcache paper defaults", paper, {}, "ablation", num_steps))
     return rows

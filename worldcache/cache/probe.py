@@ -52,7 +52,7 @@ class ProbeState(PolicyState):
 
 
 EXTRAPOLATIONS = ("probe", "parabola", "sigma", "sigma2")  # `ProbeEngine.extrapolate`'s `along`
-PARABOLAS = ("parabola", "sigma2")  # the forms through three residuals; the others need two
+PARABOLAS = {"parabola": "probe", "sigma2": "sigma"}  # the forms through three residuals -> their line (two)
 
 
 # ctx below: the call's StackContext (its token grid, its conditioning frames)

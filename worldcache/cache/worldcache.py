@@ -30,12 +30,14 @@ class WorldCacheConfig(ProbeConfig):
     generated_only: bool = False    # drift, motion and saliency over the generated frames' tokens only: the sampler
                                     # discards the model's output on the conditioning frames
     beta: float = 5.0
-    blend: bool = True              # least-squares extrapolation coefficient from the probe residuals
-    gamma_min: float = 0.2
+    blend: bool = True              # least-squares γ of the probe's line (extrapolation "probe", or a parabola's
+    gamma_min: float = 0.2          # line: below parabola_min_steps, and until three residuals exist)
     gamma_max: float = 1.8
-    extrapolation: str = "probe"    # a skip's residual on the line through the last two, its γ from the probe
-                                    # (blend); "sigma": the line in noise level; "parabola" / "sigma2": through the
-                                    # last three in step index / noise level (README: none beat the default here)
+    extrapolation: str = "parabola"  # a skip's residual on the parabola through the last three in step index (ours:
+                                    # a higher frontier on the bundled model, README); "probe": the method's line
+                                    # through the last two, γ from the probe; "sigma" / "sigma2": line / parabola in σ
+    parabola_min_steps: int = 30    # predictions of fewer steps use the parabola's line instead (probe / sigma):
+                                    # the parabola gained at 35 and 30 steps and lost at 24 and 18 (README)
     warp: bool = False              # warp the cached residual along the token-grid flow
     warp_check: bool = True         # keep the warp only in latent frames where it also fits the probe better
     flow_scale: float = 0.5         # flow estimated at this fraction of the token grid
@@ -50,7 +52,7 @@ class WorldCacheConfig(ProbeConfig):
 
     def check(self) -> None:
         super().check()
-        self.nonneg("alpha", "beta", "phase_slope", "hf_threshold", "gamma_min")
+        self.nonneg("alpha", "beta", "phase_slope", "hf_threshold", "gamma_min", "parabola_min_steps")
         self.require("gamma_max", self.gamma_max >= self.gamma_min, "must be >= gamma_min")
         self.require("flow_scale", 0 < self.flow_scale <= 1, "must be in (0, 1]")
         self.require("saliency_over", self.saliency_over in ("token", "location"), "must be 'token' or 'location'")
@@ -165,8 +167,10 @@ class WorldCache(ProbePolicy):
         cfg = self.config
         if st.reuse is not None:
             return rho_now + st.reuse
-        approx, rho_hat = self.engine.extrapolate(st, rho_now, rec, cfg.blend, cfg.gamma_min, cfg.gamma_max,
-                                                  cfg.extrapolation)
+        along = cfg.extrapolation
+        if along in PARABOLAS and rec.num_steps < cfg.parabola_min_steps:
+            along = PARABOLAS[along]
+        approx, rho_hat = self.engine.extrapolate(st, rho_now, rec, cfg.blend, cfg.gamma_min, cfg.gamma_max, along)
         if cfg.warp:
             approx = self._warp(approx, rho_hat, rho_now, st.x_ref, x, ctx.grid, rec)
         return approx
