@@ -125,7 +125,7 @@ class ProbeEngine:
             w = (lagrange_weights(st.steps, rec.step) if along == "parabola" else
                  lagrange_weights(st.sigmas, rec.sigma))
             return sum(wj * r for wj, r in zip(w, res)), sum(wj * r for wj, r in zip(w, rho))
-        if along in ("sigma", "sigma2"):
+        if PARABOLAS.get(along, along) == "sigma":  # the σ line, or the σ parabola's until three residuals exist
             g = rec.gamma = (rec.sigma - st.sigmas[-2]) / (st.sigmas[-1] - st.sigmas[-2])
         else:
             dims = (1, 2)
