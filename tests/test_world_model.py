@@ -179,6 +179,23 @@ def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume
     assert torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["step"] == 20
 
 
+@pytest.mark.slow
+def test_compiled_training_exports_the_same_keys_and_loads(tmp_path, tiny_ckpt):
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=2,
+                      dit_batch=2, holdout=0.34, init_from=str(tiny_ckpt), compile=True)
+    trainer = Trainer(cfg)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    out = trainer.run()
+    st = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)
+    assert st["step"] == 2 and len(st["losses"]) == 2 and all(np.isfinite(st["losses"]))
+    back = WorldModel.from_pretrained(out)
+    assert back.state_dict().keys() == before.keys()  # Module.compile adds no `_orig_mod.` prefix
+    assert not torch.equal(back.dit.transformer.proj_out.weight, before["dit.transformer.proj_out.weight"])
+
+
 def test_two_conditioning_latent_frames_take_the_last_five_frames():
     spec = dataclasses.replace(SPEC, cond_latent_frames=2, cond_frame_timestep=None)
     model = WorldModel.build(spec, **ARCH, seed=2)

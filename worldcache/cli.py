@@ -50,7 +50,7 @@ def _train(args) -> int:
                       bf16=args.bf16, init_from=args.init_from, vae_from=args.vae_from, num_layers=args.layers,
                       continue_from=args.continue_from,
                       heads=args.heads, head_dim=args.head_dim, dit_minutes=args.dit_minutes,
-                      vae_minutes=args.vae_minutes)
+                      vae_minutes=args.vae_minutes, compile=args.compile)
     print(f"model written to {Trainer(cfg).run()}")
     return 0
 
@@ -263,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dit-minutes", type=float, default=None,
                    help="train the DiT about this long: its step count is set from the measured step rate")
     t.add_argument("--vae-minutes", type=float, default=None, help="the same for the VAE stage")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the DiT's blocks (~1 min first; fuses the many small kernels of a GPU step)")
     t.set_defaults(func=_train)
 
     cv = sub.add_parser("convert", help="NVIDIA's action-conditioned Cosmos checkpoint -> a WorldModel folder")

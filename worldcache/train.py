@@ -13,8 +13,8 @@ timestep embedding, no learnable extra positional embedding. The architecture (l
 action box come from the config and the data.
 
 ``dit_minutes`` / ``vae_minutes``: train for about that long instead of a fixed step count. The stage times its
-first steps and sets its step count (and so its cosine schedule) from the rate; the count is recorded and a
-resumed run keeps it.
+first steps and sets its step count (and so its cosine schedule) from the rate and the time left, so that a slow
+first step (``compile``) counts within the budget; the count is recorded and a resumed run keeps it.
 
 Resumable: every `save_every` steps the stage's state (weights, optimiser, step, RNG) goes to
 ``OUT/state_<stage>.pt``; re-running the same command continues from it. The exported checkpoint lands in
@@ -66,6 +66,7 @@ class TrainConfig:
     heads: int = 4
     head_dim: int = 32
     dit_minutes: float | None = None  # train about this long (sets dit_steps from the measured step rate)
+    compile: bool = False         # torch.compile the DiT's blocks (regional: one block's graph serves all)
     vae_minutes: float | None = None
 
 
@@ -153,6 +154,7 @@ class Trainer:
         module.train()
         bar = tqdm(total=total[0], initial=step, desc=f"train {stage}", unit="step", dynamic_ncols=True)
         timer, timed_from, timed_to = 0.0, step + 1, step + 20  # the rate: 19 steps after 1 warm-up step
+        began = time.perf_counter()
         while step < total[0] or (pending and step < timed_to):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
                 loss = loss_fn(rng)
@@ -166,7 +168,8 @@ class Trainer:
             if step == timed_from:
                 timer = time.perf_counter()
             if pending and step == timed_to:
-                total[0] = max(step, int(minutes * 60 * (step - timed_from) / (time.perf_counter() - timer)))
+                now = time.perf_counter()
+                total[0] = max(step, step + int((minutes * 60 - (now - began)) * (step - timed_from) / (now - timer)))
                 pending = False
                 bar.total = total[0]
             bar.update(1)
@@ -238,6 +241,13 @@ class Trainer:
             torch.save((latents, actions), cache)
         for p in m.vae.parameters():
             p.requires_grad_(False)
+        if self.cfg.compile:  # Module.compile keeps the state-dict keys, so the export is unchanged
+            blocks = m.dit.transformer.transformer_blocks
+            # torch 2.11 (the lent GPUs) compiles each block on its own: past the default limit of 8 the rest
+            # ran eagerly there
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(blocks))
+            for block in blocks:
+                block.compile()
         latents, actions = latents.to(self.device), actions.to(self.device)  # small: indexed where they live
         gen = torch.Generator(self.device).manual_seed(self.cfg.seed)
         shift = self.cfg.flow_shift
