@@ -119,3 +119,44 @@ def test_make_policy_names_and_noise():
         assert a.shape == (3,) and a.dtype == np.float32 and np.all(np.abs(a) <= 1)
         with pytest.raises(ValueError, match="unknown policy"):
             md.make_policy("expert", r, rng)
+
+
+def test_explore_segments_reach_random_targets_or_hold_a_direction():
+    obs = np.zeros(23)
+    obs[md.TIP] = [0.5, -0.3, 0.0]
+    rng = np.random.default_rng(7)
+    # the same draws, in the policy's order: length, speed, kind, then the target or the direction
+    length, speed, kind = int(rng.integers(6, 25)), float(rng.uniform(0.4, 1.0)), rng.random()
+    pol = md.ExplorePolicy(None, np.random.default_rng(7))
+    a = pol(obs)
+    if kind < 0.5:
+        target = rng.uniform(md.ExplorePolicy.box[0], md.ExplorePolicy.box[1])
+        want = md.ACTION_SCALE * (target - obs[md.TIP])
+        want *= min(1.0, speed / np.abs(want).max())
+    else:
+        d = rng.standard_normal(3)
+        want = speed * d / np.abs(d).max()
+    np.testing.assert_allclose(a, want, rtol=1e-6)
+    assert np.abs(a).max() == pytest.approx(speed, rel=1e-6)  # 20x the delta to any target exceeds the speed
+    for _ in range(length - 1):  # the segment holds: the same action while the tip stands still
+        np.testing.assert_array_equal(pol(obs), a)
+    assert pol._left == 0
+
+
+def test_explore_actions_do_not_follow_the_object_and_varied_draws_both():
+    """In mixed data the action points at the object (so the frame predicts it); explore's do not."""
+    steps, cos = 48, {}
+    with md.PusherRenderer(max_episode_steps=steps) as r:
+        for name in ("mixed", "explore"):
+            out = []
+            for s in range(4):
+                ep = md.real_rollout(md.make_policy(name, r, np.random.default_rng([s, 1])), s, steps=steps,
+                                     renderer=r)
+                to_obj = (ep["state"][:-1, md.OBJ] - ep["state"][:-1, md.TIP])[:, :2]
+                a = ep["actions"][:, :2]
+                out.append((to_obj * a).sum(1) / (np.linalg.norm(to_obj, axis=1) * np.linalg.norm(a, axis=1) + 1e-9))
+            cos[name] = np.concatenate(out)
+        kinds = {md.make_policy("varied", r, np.random.default_rng([s, 1])).kind for s in range(8)}
+    assert np.median(cos["mixed"]) > 0.7  # measured 0.81 (mean 0.45)
+    assert abs(cos["explore"].mean()) < 0.3 and np.median(cos["explore"]) < 0.2  # measured -0.20, -0.46
+    assert kinds == {"mixed", "explore"}

@@ -5,8 +5,9 @@
   end-effector (fingertip) position deltas, x20 as the real robot model's Bridge actions are, executed by a
   damped-least-squares IK controller at the simulator's substep rate: the effect of an action is visible in the
   next frame, so a frame-conditioned model can predict it.
-* Exploration policies (``make_policy``): ``random`` (correlated random deltas), ``scripted``
-  (a reach-and-push controller in fingertip space with a noise level), ``mixed``.
+* Exploration policies (``make_policy``): ``random`` (uniform random deltas), ``scripted``
+  (a reach-and-push controller in fingertip space with a noise level), ``mixed``, ``explore`` (motion that
+  ignores the task: only the actions tell where the arm goes), ``varied`` (per episode ``mixed`` or ``explore``).
 * ``generate``: writes seeded, reproducible, resumable episodes into an ``EpisodeStore``.
 * ``real_rollout``: one episode in the real simulator for a given policy, for fidelity checks.
 
@@ -48,7 +49,7 @@ HEIGHT, WIDTH = 80, 96
 ACTION_SCALE = 20.0  # action = fingertip position delta per control step x 20 (m/s), as Bridge's deltas x20
 ACTION_LIMIT = 1.0   # per axis: at most 5 cm per 0.05 s step
 SUPERSAMPLE = 2  # render 2x and area-downsample: anti-aliasing far cheaper than MSAA in software GL
-POLICIES = ("random", "scripted", "mixed")
+POLICIES = ("random", "scripted", "mixed", "explore", "varied")
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -227,15 +228,72 @@ class MixedPolicy:
         return a
 
 
+class ExplorePolicy:
+    """Motion that ignores the task: segments of 6-24 steps, each a reach toward a random fingertip target in the
+    workspace or a constant random direction, at a random speed (the largest axis at 0.4-1 of the action box).
+
+    In ``mixed`` data the arm nearly always heads for the object, so the frame alone predicts where it goes, and a
+    model trained on it follows that habit over the actions: the bundled model, under a constant sideways action
+    held 48 steps, drew the fingertip down to the table and pushed the object. Here only the actions say where
+    the arm goes."""
+
+    kind = "explore"
+    # fingertip targets: about the 1-99 % range of the tip in `mixed` data (x 0.13-0.82, y -0.76..-0.04, z up to
+    # 0.21), y widened to +0.2 so sideways motion past the object area is seen too, z kept near the table
+    box = np.array([[0.15, -0.75, Z_LOW], [0.85, 0.2, 0.1]])
+
+    def __init__(self, env, rng: np.random.Generator):
+        self.rng, self._left, self._target, self._dir, self._speed = rng, 0, None, np.zeros(3), 1.0
+
+    def _new_segment(self) -> None:
+        self._left = int(self.rng.integers(6, 25))
+        self._speed = float(self.rng.uniform(0.4, 1.0)) * ACTION_LIMIT
+        if self.rng.random() < 0.5:
+            self._target = self.rng.uniform(self.box[0], self.box[1])
+        else:
+            d = self.rng.standard_normal(3)
+            self._target, self._dir = None, d / np.abs(d).max()
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        if self._left == 0:
+            self._new_segment()
+        self._left -= 1
+        if self._target is None:
+            a = self._speed * self._dir
+        else:  # toward the target, its largest axis capped at the segment's speed
+            a = ACTION_SCALE * (self._target - obs[TIP])
+            a = a * min(1.0, self._speed / max(np.abs(a).max(), 1e-9))
+        return np.clip(a, -ACTION_LIMIT, ACTION_LIMIT).astype(np.float32)
+
+
+class VariedPolicy:
+    """Per episode (one draw), ``mixed`` or ``explore`` with equal odds: purposeful pushes and action-led motion
+    in one store, with one held-out split across both."""
+
+    def __init__(self, env, rng: np.random.Generator, noise: float | None = None):
+        explore = rng.random() < 0.5
+        self.policy = ExplorePolicy(env, rng) if explore else MixedPolicy(env, rng, noise)
+        self.kind = "explore" if explore else "mixed"
+        self.noise = getattr(self.policy, "noise", None)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.policy(obs)
+
+
 def make_policy(name: str, env, rng: np.random.Generator, noise: float | None = None) -> Policy:
     """``obs -> action`` policy for one episode. ``scripted`` (noise default 0), ``random``,
-    ``mixed`` (noise drawn per episode unless given). Create a new one per episode."""
+    ``mixed`` (noise drawn per episode unless given), ``explore``, ``varied`` (``mixed`` or ``explore``, drawn
+    per episode). Create a new one per episode."""
     if name == "scripted":
         return ScriptedPolicy(env, rng, 0.0 if noise is None else noise)
     if name == "random":
         return RandomPolicy(env, rng)
     if name == "mixed":
         return MixedPolicy(env, rng, noise)
+    if name == "explore":
+        return ExplorePolicy(env, rng)
+    if name == "varied":
+        return VariedPolicy(env, rng, noise)
     raise ValueError(f"unknown policy {name!r}; choose from {POLICIES}")
 
 
@@ -330,7 +388,7 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
             pol = make_policy(policy, renderer, np.random.default_rng([es, 1]))  # stream apart from env's
             ep = _rollout(renderer, pol, es, steps)
             meta = {"seed": seed, "index": i, "episode_seed": es, "policy": policy,
-                    "noise": getattr(pol, "noise", None)}
+                    "kind": getattr(pol, "kind", policy), "noise": getattr(pol, "noise", None)}
             state = ep.pop("state")
             store.write_episode(eid, **ep, extras={"state": state}, attrs=meta)
             written += 1
