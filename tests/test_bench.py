@@ -445,16 +445,23 @@ def test_cli_bench_takes_settings_and_a_tuning_seed_range(tiny_ckpt, tmp_path, c
     assert "thresold" in capsys.readouterr().err
 
 
-def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp_path, capsys):
-    from worldcache.cli import main
+def random_store(path, steps: int, states: bool = False, seed: int = 0) -> None:
+    """Two episodes of random 80x96 frames and actions (with random simulator states if asked)."""
     from worldcache.rollouts.store import EpisodeStore
 
-    st = EpisodeStore.create(tmp_path / "eps.zarr")
-    rng = np.random.default_rng(0)
+    st = EpisodeStore.create(path)
+    rng = np.random.default_rng(seed)
     for e in range(2):
-        st.write_episode(f"ep{e}", rng.integers(0, 256, (17, 80, 96, 3), dtype=np.uint8),
-                         rng.uniform(-1, 1, (16, 3)).astype(np.float32), np.zeros(16, np.float32),
-                         np.zeros(16, bool), np.zeros(16, bool))
+        st.write_episode(f"ep{e}", rng.integers(0, 256, (steps + 1, 80, 96, 3), dtype=np.uint8),
+                         rng.uniform(-1, 1, (steps, 3)).astype(np.float32), np.zeros(steps, np.float32),
+                         np.zeros(steps, bool), np.zeros(steps, bool),
+                         extras={"state": rng.normal(size=(steps + 1, 23)).astype(np.float32)} if states else None)
+
+
+def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp_path, capsys):
+    from worldcache.cli import main
+
+    random_store(tmp_path / "eps.zarr", 16)
     out = tmp_path / "q.json"
     assert main(["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "eps.zarr"),
                  "--holdout", "0", "--chunks", "1", "2", "--denoise-steps", "2", "--json", str(out)]) == 0
@@ -465,4 +472,24 @@ def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp
         for k in ("psnr", "ssim", "psnr_moving", "psnr_repeat_last", "ssim_repeat_last", "psnr_moving_repeat_last"):
             assert math.isfinite(r[k]), (c, k)
         assert 0.9 < r["moving_pixel_share"] <= 1  # random frames: nearly every pixel differs from the start
+        assert "positions" not in r  # the tiny checkpoint has no state decoder, the store no states
     assert "moving PSNR" in capsys.readouterr().out
+
+
+def test_cli_evaluate_model_reports_decoded_position_errors(tiny_ckpt, tmp_path, capsys):
+    from worldcache.cli import main
+    from worldcache.state_decoder import StateDecoder
+
+    random_store(tmp_path / "eps.zarr", 8, states=True, seed=1)
+    StateDecoder().save(tmp_path / "dec")  # untrained: the errors are large but must be computed and reported
+    out = tmp_path / "q.json"
+    args = ["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "eps.zarr"), "--holdout", "0",
+            "--chunks", "1", "--denoise-steps", "2"]
+    assert main(args + ["--decoder", str(tmp_path / "dec"), "--json", str(out)]) == 0
+    pos = json.loads(out.read_text())["horizons"]["1"]["positions"]
+    for name in ("model", "repeat_last", "real"):
+        for body in ("fingertip", "object"):
+            assert math.isfinite(pos[name][body]["mean_cm"]) and pos[name][body]["mean_cm"] > 0
+    assert "tip cm" in capsys.readouterr().out
+    assert main(args + ["--decoder", str(tmp_path)]) == 2  # a folder without a decoder is named, not ignored
+    assert "no state_decoder.json" in capsys.readouterr().err

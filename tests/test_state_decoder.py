@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from worldcache.mujoco_data import GOAL, OBJ, TIP, task_reward
-from worldcache.quality import frame_scores, moving_mask, moving_psnr
+from worldcache.quality import frame_scores, moving_mask, moving_psnr, position_scores
 from worldcache.rollouts.store import EpisodeStore
 from worldcache.state_decoder import (BODIES, CONFIG_FILE, StateDecoder, StateDecoderConfig, position_errors,
                                       targets, train_state_decoder)
@@ -130,3 +130,29 @@ def test_moving_psnr_exact_values():
     rep = (10 * np.log10(1 / (20 / 255) ** 2) + 10 * np.log10(1 / (40 / 255) ** 2)) / 2
     assert s["psnr_moving_repeat_last"] == pytest.approx(rep, abs=1e-9)
     assert s["moving_pixel_share"] == pytest.approx(5 / 12)
+
+
+def test_position_scores_exact_values():
+    """Decoded fingertip/object errors of predicted windows, of the repeated start frame and of the real frames."""
+    class Stub:  # reads the fingertip's x as the first pixel's red value / 100, the object's x as twice that
+        def predict(self, frames):
+            v = frames[:, 0, 0, 0].astype(np.float64) / 100
+            out = np.zeros((len(frames), 9))
+            out[:, 0], out[:, 3] = v, 2 * v
+            return out
+
+    frame = lambda v: np.full((4, 4, 3), v, np.uint8)  # noqa: E731
+    start = frame(10)[None]
+    real = np.stack([frame(30), frame(50)])[None]
+    pred = np.stack([frame(30), frame(20)])[None]
+    states = np.zeros((1, 2, 23))
+    states[0, :, TIP.start] = [0.3, 0.5]
+    states[0, :, OBJ.start] = [0.6, 1.0]
+    s = position_scores(Stub(), pred, real, start, states)
+    assert set(s) == {"model", "repeat_last", "real"} and set(s["model"]) == {"fingertip", "object"}
+    # model: tip 0 and 30 cm off, object 0 and 60; repeat-last: tip 20 and 40, object 40 and 80; real: exact
+    assert s["model"]["fingertip"] == pytest.approx({"mean_cm": 15.0, "p90_cm": 27.0})
+    assert s["model"]["object"] == pytest.approx({"mean_cm": 30.0, "p90_cm": 54.0})
+    assert s["repeat_last"]["fingertip"] == pytest.approx({"mean_cm": 30.0, "p90_cm": 38.0})
+    assert s["repeat_last"]["object"] == pytest.approx({"mean_cm": 60.0, "p90_cm": 76.0})
+    assert s["real"]["fingertip"] == pytest.approx({"mean_cm": 0.0, "p90_cm": 0.0})

@@ -69,15 +69,23 @@ def _evaluate_model(args) -> int:
     import json
 
     from .cache import load_policy
+    from pathlib import Path
+
     from .quality import evaluate_open_loop, format_scores
+    from .state_decoder import StateDecoder
     from .train import load_episodes, split
-    from .world_model import WorldModel
+    from .world_model import BUNDLED, WorldModel
 
     model = WorldModel.from_pretrained(args.checkpoint, dtype=args.dtype)
     episodes, _ = load_episodes(args.data)
     held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
+    folder = args.decoder or args.checkpoint or BUNDLED
+    decoder = StateDecoder.load(folder) if (Path(folder) / "state_decoder.json").is_file() else None
+    if args.decoder and decoder is None:
+        raise FileNotFoundError(f"{args.decoder}: no state_decoder.json")
     res = evaluate_open_loop(model, held, chunks=args.chunks, policy=load_policy(args.cache),
-                             num_steps=args.denoise_steps, max_windows=args.windows, moving=args.moving)
+                             num_steps=args.denoise_steps, max_windows=args.windows, moving=args.moving,
+                             decoder=decoder)
     print(format_scores(res))
     if args.json:
         with open(args.json, "w") as f:
@@ -284,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="transformer weights")
     cv.set_defaults(func=_convert)
 
-    e = sub.add_parser("evaluate-model", help="held-out open-loop PSNR (full frame and moving region) and SSIM "
-                                              "vs. the simulator's frames, model and repeat-last")
+    e = sub.add_parser("evaluate-model", help="held-out open-loop PSNR (full frame and moving region), SSIM and "
+                                              "decoded fingertip/object errors vs. the simulator, model and "
+                                              "repeat-last")
     e.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")
     e.add_argument("--data", default="data/pusher.zarr")
     e.add_argument("--holdout", type=float, default=0.1,
@@ -297,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--denoise-steps", type=int, default=None, help="default: the model's")
     e.add_argument("--cache", default="none")
     e.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
+    e.add_argument("--decoder", default=None, metavar="DIR",
+                   help="state decoder folder for the decoded-position errors (default: the checkpoint's, if any)")
     e.add_argument("--json", default=None, help="also write the scores here")
     e.set_defaults(func=_evaluate_model)
 

@@ -49,12 +49,14 @@ def moving_psnr(pred, target, start) -> float:
 
 
 def heldout_windows(episodes: list[dict], length: int, max_windows: int = 64, moving: float = 0.0):
-    """(start frame, actions, real frames) for non-overlapping windows of `length` steps from each episode.
+    """(start frame, actions, real frames, states) for non-overlapping windows of `length` steps from each episode;
+    states: the real frames' simulator states (N, length, S), or None unless every episode has a ``state``.
 
     `moving` > 0 keeps only windows whose real frames differ from their first frame by at least that mean
     absolute pixel value (so "repeat the last frame" cannot score well by a static scene).
     """
-    starts, acts, reals = [], [], []
+    starts, acts, reals, states = [], [], [], []
+    with_state = all("state" in ep for ep in episodes)
     for ep in episodes:
         for t in range(0, len(ep["actions"]) - length + 1, length):
             real = ep["obs"][t + 1:t + 1 + length]
@@ -63,10 +65,27 @@ def heldout_windows(episodes: list[dict], length: int, max_windows: int = 64, mo
             starts.append(ep["obs"][t])
             acts.append(ep["actions"][t:t + length])
             reals.append(real)
+            if with_state:
+                states.append(ep["state"][t + 1:t + 1 + length])
     if not starts:
         raise ValueError(f"no held-out window of {length} steps (moving >= {moving}); use shorter windows, more "
                          f"episodes or a smaller moving threshold")
-    return np.stack(starts[:max_windows]), np.stack(acts[:max_windows]), np.stack(reals[:max_windows])
+    n = max_windows
+    return (np.stack(starts[:n]), np.stack(acts[:n]), np.stack(reals[:n]),
+            np.stack(states[:n]) if with_state else None)
+
+
+def position_scores(decoder, pred, real, start, states) -> dict:
+    """Where the state decoder reads the fingertip and the object, against the simulator's positions (cm, mean
+    and p90 over frames), on predicted windows (N, T, H, W, 3), on the start frame repeated, and on the real
+    frames (the decoder's own error: the floor). A prediction that loses the arm scores far above the floor."""
+    from .state_decoder import position_errors
+
+    flat = lambda a: a.reshape(-1, *a.shape[2:])  # noqa: E731
+    repeat = np.repeat(start[:, None], real.shape[1], axis=1)
+    keep = ("fingertip", "object")
+    return {name: {b: e for b, e in position_errors(decoder, flat(frames), flat(states)).items() if b in keep}
+            for name, frames in (("model", pred), ("repeat_last", repeat), ("real", real))}
 
 
 def frame_scores(pred, real, start) -> dict:
@@ -82,32 +101,45 @@ def frame_scores(pred, real, start) -> dict:
 
 @torch.no_grad()
 def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, num_steps: int | None = None,
-                       moving: float = 2.0, max_windows: int = 16, batch: int = 8, seed: int = 0) -> dict:
+                       moving: float = 2.0, max_windows: int = 16, batch: int = 8, seed: int = 0,
+                       decoder=None) -> dict:
     """Scores (`frame_scores`) of open-loop rollouts vs. the simulator's frames on held-out moving windows, over
     each horizon in `chunks` (chunks per rollout). One rollout of the longest horizon per window: a shorter
-    horizon is scored on its first chunks (an open-loop chunk depends only on what precedes it)."""
+    horizon is scored on its first chunks (an open-loop chunk depends only on what precedes it). With a state
+    `decoder` and episodes that carry their states, each horizon also gets ``positions`` (`position_scores`)."""
     horizons = sorted({int(c) for c in np.atleast_1d(chunks)})
     if not horizons or horizons[0] < 1:
         raise ValueError(f"chunks must be >= 1, got {chunks}")
     k = model.spec.chunk
-    starts, acts, reals = heldout_windows(episodes, horizons[-1] * k, max_windows, moving)
+    starts, acts, reals, states = heldout_windows(episodes, horizons[-1] * k, max_windows, moving)
     preds = []
     for i in range(0, len(starts), batch):
         frames, _ = model.rollout(starts[i:i + batch], acts[i:i + batch], policy=policy, num_steps=num_steps,
                                   seed=seed)
         preds.append(frames.cpu().numpy())
     pred = np.concatenate(preds)
-    return {"windows": int(len(starts)), "chunk": k,
-            "horizons": {str(c): {"frames": int(len(starts) * c * k), **frame_scores(pred[:, :c * k], reals[:, :c * k],
-                                                                                  starts)} for c in horizons}}
+    out = {"windows": int(len(starts)), "chunk": k,
+           "horizons": {str(c): {"frames": int(len(starts) * c * k), **frame_scores(pred[:, :c * k], reals[:, :c * k],
+                                                                                 starts)} for c in horizons}}
+    if decoder is not None and states is not None:
+        for c in horizons:
+            out["horizons"][str(c)]["positions"] = position_scores(decoder, pred[:, :c * k], reals[:, :c * k], starts,
+                                                                   states[:, :c * k])
+    return out
 
 
 def format_scores(res: dict) -> str:
     """`evaluate_open_loop`'s result as a table: per horizon, the model and repeat-last, full-frame and moving."""
+    pos = all("positions" in r for r in res["horizons"].values())
     head = f"{'chunks':>6} {'frames':>6} {'predictor':<12} {'PSNR':>7} {'SSIM':>6} {'moving PSNR':>11} {'moving px':>9}"
+    head += f" {'tip cm':>7} {'obj cm':>7}" if pos else ""
     lines = [f"{res['windows']} held-out windows, {res['chunk']} frames per chunk", head, "-" * len(head)]
+    cm = lambda r, name: (f" {r['positions'][name]['fingertip']['mean_cm']:>7.2f}"  # noqa: E731
+                          f" {r['positions'][name]['object']['mean_cm']:>7.2f}") if pos else ""
     for c, r in res["horizons"].items():
-        for name, sfx in (("model", ""), ("repeat-last", "_repeat_last")):
+        for name, sfx, key in (("model", "", "model"), ("repeat-last", "_repeat_last", "repeat_last")):
             lines.append(f"{c:>6} {r['frames']:>6} {name:<12} {r['psnr' + sfx]:>7.2f} {r['ssim' + sfx]:>6.3f} "
-                         f"{r['psnr_moving' + sfx]:>11.2f} {100 * r['moving_pixel_share']:>8.1f}%")
+                         f"{r['psnr_moving' + sfx]:>11.2f} {100 * r['moving_pixel_share']:>8.1f}%" + cm(r, key))
+        if pos:  # the decoder on the real frames: its own error, the floor of the two rows above
+            lines.append(f"{c:>6} {r['frames']:>6} {'real frames':<12} {'':>7} {'':>6} {'':>11} {'':>9}" + cm(r, "real"))
     return "\n".join(lines)
