@@ -196,6 +196,31 @@ def test_compiled_training_exports_the_same_keys_and_loads(tmp_path, tiny_ckpt):
     assert not torch.equal(back.dit.transformer.proj_out.weight, before["dit.transformer.proj_out.weight"])
 
 
+def test_cond_noise_perturbs_only_the_conditioning_latents_by_a_drawn_std(tmp_path, tiny_ckpt):
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=1,
+                      dit_batch=2, holdout=0.34, vae_from=str(tiny_ckpt), cond_noise=0.5)
+    trainer = Trainer(cfg, model=WorldModel.build(SPEC, **ARCH, seed=5))
+    seen = []
+    trainer.model.dit.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["hidden_states"].clone()),
+                                                with_kwargs=True)
+    trainer.run()
+    latents, _ = torch.load(tmp_path / "run" / "dit_windows.pt")
+    rng = np.random.default_rng([0, 1])  # the DiT stage's draws, in its order: windows, sigmas, conditioning stds
+    idx, u, sc = rng.choice(len(latents), 2), rng.random(2), rng.random(2) * 0.5
+    x0 = latents[torch.from_numpy(idx)]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    sigma = torch.from_numpy(5 * u / (1 + 4 * u)).float().view(2, 1, 1, 1, 1)
+    xt = seen[0]
+    torch.testing.assert_close(xt[:, :, :1], x0[:, :, :1] + torch.tensor(sc).float().view(2, 1, 1, 1, 1)
+                               * noise[:, :, :1])
+    torch.testing.assert_close(xt[:, :, 1:], (1 - sigma) * x0[:, :, 1:] + sigma * noise[:, :, 1:])
+    with pytest.raises(ValueError, match="cond_noise"):
+        Trainer(dataclasses.replace(cfg, cond_noise=-0.1), model=WorldModel.build(SPEC, **ARCH))
+
+
 def test_two_conditioning_latent_frames_take_the_last_five_frames():
     spec = dataclasses.replace(SPEC, cond_latent_frames=2, cond_frame_timestep=None)
     model = WorldModel.build(spec, **ARCH, seed=2)

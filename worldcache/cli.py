@@ -50,7 +50,7 @@ def _train(args) -> int:
                       bf16=args.bf16, init_from=args.init_from, vae_from=args.vae_from, num_layers=args.layers,
                       continue_from=args.continue_from,
                       heads=args.heads, head_dim=args.head_dim, dit_minutes=args.dit_minutes,
-                      vae_minutes=args.vae_minutes, compile=args.compile)
+                      vae_minutes=args.vae_minutes, compile=args.compile, cond_noise=args.cond_noise)
     print(f"model written to {Trainer(cfg).run()}")
     return 0
 
@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dit-minutes", type=float, default=None,
                    help="train the DiT about this long: its step count is set from the measured step rate")
     t.add_argument("--vae-minutes", type=float, default=None, help="the same for the VAE stage")
+    t.add_argument("--cond-noise", type=float, default=0.0, metavar="S",
+                   help="DiT stage: noise of std U(0, S) on the conditioning latents, for robustness to a rollout's "
+                        "own frames (default 0: off)")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the DiT's blocks (~1 min first; fuses the many small kernels of a GPU step)")
     t.set_defaults(func=_train)

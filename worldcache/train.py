@@ -67,6 +67,9 @@ class TrainConfig:
     head_dim: int = 32
     dit_minutes: float | None = None  # train about this long (sets dit_steps from the measured step rate)
     compile: bool = False         # torch.compile the DiT's blocks (regional: one block's graph serves all)
+    # DiT stage: Gaussian noise of a std drawn per sample from U(0, cond_noise) on the conditioning latent frames,
+    # so the model learns to read imperfect conditioning frames (0: off; sampling always conditions on clean ones)
+    cond_noise: float = 0.0
     vae_minutes: float | None = None
 
 
@@ -93,6 +96,8 @@ def windows(episodes: list, length: int, stride: int) -> list[tuple[int, int]]:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, model: WorldModel | None = None):
+        if cfg.cond_noise < 0:
+            raise ValueError(f"cond_noise must be >= 0, got {cfg.cond_noise}")
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -261,7 +266,11 @@ class Trainer:
             noise = torch.randn(x0.shape, generator=gen, device=self.device)
             cond = torch.zeros(b, 1, x0.shape[2], 1, 1, device=self.device)
             cond[:, :, :m.spec.cond_latent_frames] = 1
-            xt = cond * x0 + (1 - cond) * ((1 - sigma) * x0 + sigma * noise)
+            clean = x0
+            if self.cfg.cond_noise > 0:  # an imperfect conditioning frame, as a rollout's own predictions are
+                sc = torch.from_numpy(rng.random(b) * self.cfg.cond_noise).float().view(b, 1, 1, 1, 1).to(self.device)
+                clean = x0 + sc * noise  # read only in the conditioning frames, whose noise is otherwise unused
+            xt = cond * clean + (1 - cond) * ((1 - sigma) * x0 + sigma * noise)
             ct = m.spec.cond_frame_timestep
             seen = torch.floor(sigma * 1000) / 1000 if m.spec.quantise_timestep else sigma  # as the sampler feeds it
             ts = seen.expand_as(cond) if ct is None else cond * ct + (1 - cond) * seen
