@@ -492,4 +492,4 @@ def test_cli_evaluate_model_reports_decoded_position_errors(tiny_ckpt, tmp_path,
             assert math.isfinite(pos[name][body]["mean_cm"]) and pos[name][body]["mean_cm"] > 0
     assert "tip cm" in capsys.readouterr().out
     assert main(args + ["--decoder", str(tmp_path)]) == 2  # a folder without a decoder is named, not ignored
-    assert "no state_decoder.json" in capsys.readouterr().err
+    assert f"{tmp_path / 'state_decoder.json'}: missing" in capsys.readouterr().err

@@ -68,21 +68,20 @@ def _convert(args) -> int:
 def _evaluate_model(args) -> int:
     import json
 
-    from .cache import load_policy
     from pathlib import Path
 
+    from .cache import load_policy
     from .quality import evaluate_open_loop, format_scores
-    from .state_decoder import StateDecoder
+    from .state_decoder import CONFIG_FILE, StateDecoder
     from .train import load_episodes, split
     from .world_model import BUNDLED, WorldModel
 
     model = WorldModel.from_pretrained(args.checkpoint, dtype=args.dtype)
     episodes, _ = load_episodes(args.data)
     held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
-    folder = args.decoder or args.checkpoint or BUNDLED
-    decoder = StateDecoder.load(folder) if (Path(folder) / "state_decoder.json").is_file() else None
-    if args.decoder and decoder is None:
-        raise FileNotFoundError(f"{args.decoder}: no state_decoder.json")
+    own = Path(args.checkpoint or BUNDLED)  # its decoder if it has one; a folder given must hold one (load says)
+    decoder = (StateDecoder.load(args.decoder) if args.decoder else
+               StateDecoder.load(own) if (own / CONFIG_FILE).is_file() else None)
     res = evaluate_open_loop(model, held, chunks=args.chunks, policy=load_policy(args.cache),
                              num_steps=args.denoise_steps, max_windows=args.windows, moving=args.moving,
                              decoder=decoder)
@@ -243,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--height", type=int, default=80)
     m.add_argument("--width", type=int, default=96)
-    m.add_argument("--policy", default="mixed", help="exploration policy: mixed, scripted, random, explore (motion that ignores the task) or "
+    m.add_argument("--policy", default="mixed",
+                   help="exploration policy: mixed, scripted, random, explore (motion that ignores the task) or "
                         "varied (mixed or explore, drawn per episode)")
     m.set_defaults(func=_make_data)
 

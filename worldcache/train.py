@@ -66,11 +66,11 @@ class TrainConfig:
     heads: int = 4
     head_dim: int = 32
     dit_minutes: float | None = None  # train about this long (sets dit_steps from the measured step rate)
+    vae_minutes: float | None = None
     compile: bool = False         # torch.compile the DiT's blocks (regional: one block's graph serves all)
     # DiT stage: Gaussian noise of a std drawn per sample from U(0, cond_noise) on the conditioning latent frames,
     # so the model learns to read imperfect conditioning frames (0: off; sampling always conditions on clean ones)
     cond_noise: float = 0.0
-    vae_minutes: float | None = None
 
 
 def load_episodes(path: str) -> tuple[list[dict], dict]:
@@ -248,8 +248,8 @@ class Trainer:
             p.requires_grad_(False)
         if self.cfg.compile:  # Module.compile keeps the state-dict keys, so the export is unchanged
             blocks = m.dit.transformer.transformer_blocks
-            # torch 2.11 (the lent GPUs) compiles each block on its own: past the default limit of 8 the rest
-            # ran eagerly there
+            # torch 2.11 (the lent GPUs) compiled each block on its own and warned at the default limit of 8
+            # (past it the rest run eagerly)
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(blocks))
             for block in blocks:
                 block.compile()
@@ -266,11 +266,11 @@ class Trainer:
             noise = torch.randn(x0.shape, generator=gen, device=self.device)
             cond = torch.zeros(b, 1, x0.shape[2], 1, 1, device=self.device)
             cond[:, :, :m.spec.cond_latent_frames] = 1
-            clean = x0
+            x_cond = x0
             if self.cfg.cond_noise > 0:  # an imperfect conditioning frame, as a rollout's own predictions are
                 sc = torch.from_numpy(rng.random(b) * self.cfg.cond_noise).float().view(b, 1, 1, 1, 1).to(self.device)
-                clean = x0 + sc * noise  # read only in the conditioning frames, whose noise is otherwise unused
-            xt = cond * clean + (1 - cond) * ((1 - sigma) * x0 + sigma * noise)
+                x_cond = x0 + sc * noise  # read only in the conditioning frames, whose noise is otherwise unused
+            xt = cond * x_cond + (1 - cond) * ((1 - sigma) * x0 + sigma * noise)
             ct = m.spec.cond_frame_timestep
             seen = torch.floor(sigma * 1000) / 1000 if m.spec.quantise_timestep else sigma  # as the sampler feeds it
             ts = seen.expand_as(cond) if ct is None else cond * ct + (1 - cond) * seen
