@@ -221,6 +221,47 @@ def test_cond_noise_perturbs_only_the_conditioning_latents_by_a_drawn_std(tmp_pa
         Trainer(dataclasses.replace(cfg, cond_noise=-0.1), model=WorldModel.build(SPEC, **ARCH))
 
 
+def test_self_cond_conditions_a_fraction_of_the_batch_on_the_models_own_prediction(tmp_path, tiny_ckpt):
+    from worldcache.train import SELF_COND_STEPS, TrainConfig, Trainer, load_episodes, split
+
+    write_training_store(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=1,
+                      dit_batch=4, holdout=0.34, vae_from=str(tiny_ckpt), self_cond=0.5, self_cond_windows=3)
+    trainer = Trainer(cfg, model=WorldModel.build(SPEC, **ARCH, seed=5))
+    m, k = trainer.model, SPEC.chunk
+    # the windows (e, t) of 4 actions from 2 training episodes of 12 actions: t = 0..8; own conditioning for t >= 4
+    rng = np.random.default_rng([0, 2])
+    pick = np.sort(rng.choice([e * 9 + t for e in range(2) for t in range(4, 9)], 3, replace=False))
+    seeds = rng.integers(0, 2**31, 3)
+    train_eps, _ = split(load_episodes(cfg.data)[0], 0.34)
+    want = []
+    for i, seed in zip(pick, seeds):  # from the real frame t - k and the real actions t-k .. t-1: frame t
+        e, t = divmod(int(i), 9)
+        new, _ = m.predict(train_eps[e]["obs"][t - k][None], train_eps[e]["actions"][t - k:t][None],
+                           num_steps=SELF_COND_STEPS, seed=int(seed))
+        want.append(m.encode(new[:, -1:]))
+    seen = []
+    m.dit.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["hidden_states"].clone()), with_kwargs=True)
+    trainer.run()
+    own_idx, own = torch.load(tmp_path / "run" / "own_conditioning_3.pt")
+    assert own_idx.tolist() == pick.tolist()
+    torch.testing.assert_close(own, torch.cat(want), atol=1e-4, rtol=1e-4)
+    latents, _ = torch.load(tmp_path / "run" / "dit_windows.pt")
+    rng = np.random.default_rng([0, 1])  # the step's draws, in order: windows, own windows, sigmas
+    idx, j, u = rng.choice(len(latents), 4), rng.choice(3, 2), rng.random(4)
+    idx[:2] = pick[j]
+    x0 = latents[torch.from_numpy(idx)]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    sigma = torch.from_numpy(5 * u / (1 + 4 * u)).float().view(4, 1, 1, 1, 1)
+    xt = seen[-1]  # the training step's call (the predictions before it called the DiT too)
+    torch.testing.assert_close(xt[:2, :, :1], own[torch.from_numpy(j)])  # half the batch: its own conditioning
+    torch.testing.assert_close(xt[2:, :, :1], x0[2:, :, :1])  # the rest: the real frame
+    torch.testing.assert_close(xt[:, :, 1:], (1 - sigma) * x0[:, :, 1:] + sigma * noise[:, :, 1:])
+    for bad in (dict(self_cond=1.5), dict(self_cond=-0.1), dict(self_cond_windows=0)):
+        with pytest.raises(ValueError, match="self_cond"):
+            Trainer(dataclasses.replace(cfg, **bad), model=WorldModel.build(SPEC, **ARCH))
+
+
 def test_two_conditioning_latent_frames_take_the_last_five_frames():
     spec = dataclasses.replace(SPEC, cond_latent_frames=2, cond_frame_timestep=None)
     model = WorldModel.build(spec, **ARCH, seed=2)

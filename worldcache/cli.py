@@ -50,7 +50,8 @@ def _train(args) -> int:
                       bf16=args.bf16, init_from=args.init_from, vae_from=args.vae_from, num_layers=args.layers,
                       continue_from=args.continue_from,
                       heads=args.heads, head_dim=args.head_dim, dit_minutes=args.dit_minutes,
-                      vae_minutes=args.vae_minutes, compile=args.compile, cond_noise=args.cond_noise)
+                      vae_minutes=args.vae_minutes, compile=args.compile, cond_noise=args.cond_noise,
+                      self_cond=args.self_cond, self_cond_windows=args.self_cond_windows)
     print(f"model written to {Trainer(cfg).run()}")
     return 0
 
@@ -275,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cond-noise", type=float, default=0.0, metavar="S",
                    help="DiT stage: noise of std U(0, S) on the conditioning latents, for robustness to a rollout's "
                         "own frames (default 0: off)")
+    t.add_argument("--self-cond", type=float, default=0.0, metavar="P",
+                   help="DiT stage: condition this fraction of each batch on the model's own prediction of the "
+                        "conditioning frame, made from the real frame one chunk earlier, as a rollout's later chunks "
+                        "are (default 0: off)")
+    t.add_argument("--self-cond-windows", type=int, default=2048, metavar="N",
+                   help="training windows whose own conditioning is predicted (once, before training; default 2048)")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the DiT's blocks (~1 min first; fuses the many small kernels of a GPU step)")
     t.set_defaults(func=_train)

@@ -38,6 +38,10 @@ from .cache.base import ModelCall, NoCache
 from .envs.cosmos_env import write_start_frames
 from .world_model import WorldModel, WorldModelSpec
 
+# Sampling steps of the model's own conditioning predictions (--self-cond): on v2's step-count curve 8 steps land
+# 54 dB from 35, and this pass runs over thousands of windows.
+SELF_COND_STEPS = 8
+
 
 @dataclass
 class TrainConfig:
@@ -71,6 +75,11 @@ class TrainConfig:
     # DiT stage: Gaussian noise of a std drawn per sample from U(0, cond_noise) on the conditioning latent frames,
     # so the model learns to read imperfect conditioning frames (0: off; sampling always conditions on clean ones)
     cond_noise: float = 0.0
+    # DiT stage: this fraction of each batch is conditioned on the model's own prediction of its conditioning
+    # frames (from the frames one chunk earlier and the real actions), as a rollout's second chunk is; targets stay
+    # the real frames. The predictions are made once, before training, for `self_cond_windows` training windows.
+    self_cond: float = 0.0
+    self_cond_windows: int = 2048
 
 
 def load_episodes(path: str) -> tuple[list[dict], dict]:
@@ -98,6 +107,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: WorldModel | None = None):
         if cfg.cond_noise < 0:
             raise ValueError(f"cond_noise must be >= 0, got {cfg.cond_noise}")
+        if not 0 <= cfg.self_cond <= 1:
+            raise ValueError(f"self_cond must be a fraction in [0, 1], got {cfg.self_cond}")
+        if cfg.self_cond > 0 and cfg.self_cond_windows < 1:
+            raise ValueError(f"self_cond_windows must be >= 1, got {cfg.self_cond_windows}")
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -236,14 +249,45 @@ class Trainer:
                                     for e, t in part]))
         return torch.cat(lat).cpu(), torch.cat(act).float()
 
+    @torch.no_grad()
+    def _own_conditioning(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """For `self_cond_windows` random training windows that have a chunk before them: the indices of those
+        windows (in `_encode_windows`' order) and their conditioning latents as the model itself predicts them from
+        the real frames one chunk earlier and the real actions in between."""
+        m, n = self.model, self.cfg.self_cond_windows
+        k, c = m.spec.chunk, m.spec.cond_frames
+        wins = windows(self.train_eps, k + c - 1, 1)
+        rng = np.random.default_rng([self.cfg.seed, 2])
+        after = [i for i, (_, t) in enumerate(wins) if t >= k]
+        if not after:
+            raise ValueError(f"self_cond needs training episodes longer than two chunks ({2 * k + c - 1} actions)")
+        pick = np.sort(rng.choice(after, min(n, len(after)), replace=False))
+        seeds = rng.integers(0, 2**31, len(pick))
+        lat = []
+        for j in tqdm(range(0, len(pick), 32), desc="predict own conditioning", unit="batch", dynamic_ncols=True):
+            part = [wins[i] for i in pick[j:j + 32]]
+            # frames t-k .. t-k+c-1 and their k actions predict frames t-k+c .. t+c-1, whose last c condition (e, t)
+            hist = torch.stack([torch.from_numpy(self.train_eps[e]["obs"][t - k:t - k + c]) for e, t in part])
+            act = np.stack([self.train_eps[e]["actions"][t - k + c - 1:t + c - 1] for e, t in part])
+            new, _ = m.predict(hist, act, num_steps=SELF_COND_STEPS, seed=seeds[j:j + 32].tolist())
+            lat.append(m.encode(new[:, -c:]).cpu())
+        return torch.from_numpy(pick), torch.cat(lat)
+
+    def _cached(self, name: str, make):
+        file = self.out / name  # made once per run: a resumed run reads it back
+        if file.exists():
+            return torch.load(file)
+        value = make()
+        torch.save(value, file)
+        return value
+
     def train_dit(self) -> None:
         m = self.model
-        cache = self.out / "dit_windows.pt"
-        if cache.exists():
-            latents, actions = torch.load(cache)
-        else:
-            latents, actions = self._encode_windows(self.train_eps)
-            torch.save((latents, actions), cache)
+        latents, actions = self._cached("dit_windows.pt", lambda: self._encode_windows(self.train_eps))
+        if self.cfg.self_cond > 0:
+            own_idx, own = self._cached(f"own_conditioning_{self.cfg.self_cond_windows}.pt", self._own_conditioning)
+            own_idx, own = own_idx.to(self.device), own.to(self.device)
+            n_own = int(round(self.cfg.self_cond * self.cfg.dit_batch))
         for p in m.vae.parameters():
             p.requires_grad_(False)
         if self.cfg.compile:  # Module.compile keeps the state-dict keys, so the export is unchanged
@@ -259,6 +303,9 @@ class Trainer:
 
         def loss_fn(rng):
             idx = torch.from_numpy(rng.choice(len(latents), self.cfg.dit_batch)).to(self.device)
+            if self.cfg.self_cond > 0:  # the first n_own samples: windows with the model's own conditioning
+                j = torch.from_numpy(rng.choice(len(own_idx), n_own)).to(self.device)
+                idx[:n_own] = own_idx[j]
             x0, a = latents[idx], actions[idx]
             b = x0.shape[0]
             u = torch.from_numpy(rng.random(b)).float()
@@ -267,9 +314,12 @@ class Trainer:
             cond = torch.zeros(b, 1, x0.shape[2], 1, 1, device=self.device)
             cond[:, :, :m.spec.cond_latent_frames] = 1
             x_cond = x0
+            if self.cfg.self_cond > 0:
+                x_cond = x0.clone()
+                x_cond[:n_own, :, :m.spec.cond_latent_frames] = own[j]
             if self.cfg.cond_noise > 0:  # an imperfect conditioning frame, as a rollout's own predictions are
                 sc = torch.from_numpy(rng.random(b) * self.cfg.cond_noise).float().view(b, 1, 1, 1, 1).to(self.device)
-                x_cond = x0 + sc * noise  # read only in the conditioning frames, whose noise is otherwise unused
+                x_cond = x_cond + sc * noise  # read only in the conditioning frames, whose noise is otherwise unused
             xt = cond * x_cond + (1 - cond) * ((1 - sigma) * x0 + sigma * noise)
             ct = m.spec.cond_frame_timestep
             seen = torch.floor(sigma * 1000) / 1000 if m.spec.quantise_timestep else sigma  # as the sampler feeds it
