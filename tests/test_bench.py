@@ -486,10 +486,13 @@ def test_cli_evaluate_model_reports_decoded_position_errors(tiny_ckpt, tmp_path,
     args = ["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "eps.zarr"), "--holdout", "0",
             "--chunks", "1", "--denoise-steps", "2"]
     assert main(args + ["--decoder", str(tmp_path / "dec"), "--json", str(out)]) == 0
-    pos = json.loads(out.read_text())["horizons"]["1"]["positions"]
+    res = json.loads(out.read_text())
+    pos = res["horizons"]["1"]["positions"]
     for name in ("model", "repeat_last", "real"):
         for body in ("fingertip", "object"):
             assert math.isfinite(pos[name][body]["mean_cm"]) and pos[name][body]["mean_cm"] > 0
-    assert "tip cm" in capsys.readouterr().out
+    assert len(res["follow"]) == 1 and res["follow"][0]["tip_end_cm"] > 0  # one chunk per window
+    printed = capsys.readouterr().out
+    assert "tip cm" in printed and "  chunk 1: " in printed
     assert main(args + ["--decoder", str(tmp_path)]) == 2  # a folder without a decoder is named, not ignored
     assert f"{tmp_path / 'state_decoder.json'}: missing" in capsys.readouterr().err

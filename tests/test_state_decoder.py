@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from worldcache.mujoco_data import GOAL, OBJ, TIP, task_reward
-from worldcache.quality import frame_scores, moving_mask, moving_psnr, position_scores
+from worldcache.quality import follow_scores, frame_scores, moving_mask, moving_psnr, position_scores
 from worldcache.rollouts.store import EpisodeStore
 from worldcache.state_decoder import (BODIES, CONFIG_FILE, StateDecoder, StateDecoderConfig, position_errors,
                                       targets, train_state_decoder)
@@ -156,3 +156,35 @@ def test_position_scores_exact_values():
     assert s["repeat_last"]["fingertip"] == pytest.approx({"mean_cm": 30.0, "p90_cm": 38.0})
     assert s["repeat_last"]["object"] == pytest.approx({"mean_cm": 60.0, "p90_cm": 76.0})
     assert s["real"]["fingertip"] == pytest.approx({"mean_cm": 0.0, "p90_cm": 0.0})
+
+
+def test_follow_scores_exact_values():
+    """Per chunk: slope and r of the predicted fingertip displacement (x, y) on the simulator's, and the tip's error
+    at the chunk's end; the first chunk's displacements start from the tip read off the start frame."""
+    class Stub:  # reads the fingertip's x and y as the first pixel's red and green values / 100
+        def predict(self, frames):
+            out = np.zeros((len(frames), 9))
+            out[:, :2] = frames[:, 0, 0, :2].astype(np.float64) / 100
+            return out
+
+    frame = lambda x, y: np.full((4, 4, 3), (x, y, 0), np.uint8)  # noqa: E731
+    start = np.stack([frame(10, 10), frame(20, 0)])
+    # 2 windows of 2 chunks of 2 frames; the tip as the stub reads it (cm): frames 0-3
+    pred = np.stack([np.stack([frame(10, 10), frame(30, 10), frame(30, 20), frame(30, 40)]),
+                     np.stack([frame(20, 0), frame(10, 20), frame(10, 20), frame(10, 20)])])
+    states = np.zeros((2, 4, 23))
+    states[0, :, TIP.start:TIP.start + 2] = [[0.4, 0.1], [0.4, 0.1], [0.4, 0.2], [0.4, 0.3]]
+    states[1, :, TIP.start:TIP.start + 2] = [[0.2, 0.0], [0.2, 0.3], [0.2, 0.3], [0.2, 0.3]]
+    f = follow_scores(Stub(), pred, start, states, chunk=2)
+    assert len(f) == 2
+    # chunk 1, from the start frames' tips: predicted (0.2, 0), (-0.1, 0.2); real (0.3, 0), (0, 0.3)
+    assert f[0]["slope"] == pytest.approx(2 / 3)
+    assert f[0]["r"] == pytest.approx(5 / (3 * np.sqrt(3)))
+    assert f[0]["tip_end_cm"] == pytest.approx(5 + 5 * np.sqrt(2))
+    # chunk 2, from each own tip at frame 1: predicted (0, 0.3), (0, 0); real (0, 0.2), (0, 0)
+    assert f[1] == pytest.approx({"slope": 1.5, "r": 1.0, "tip_end_cm": 10 * np.sqrt(2)})
+    # a tip that does not move leaves slope and r undefined
+    at_start = np.zeros((2, 2, 23))
+    at_start[:, :, TIP.start:TIP.start + 2] = np.array([[0.1, 0.1], [0.2, 0.0]])[:, None]
+    still = follow_scores(Stub(), np.repeat(start[:, None], 2, axis=1), start, at_start, chunk=2)
+    assert np.isnan(still[0]["slope"]) and np.isnan(still[0]["r"])

@@ -88,6 +88,29 @@ def position_scores(decoder, pred, real, start, states) -> dict:
             for name, frames in (("model", pred), ("repeat_last", repeat), ("real", real))}
 
 
+def follow_scores(decoder, pred, start, states, chunk: int) -> list[dict]:
+    """Does the predicted arm move as commanded, chunk by chunk: per chunk of predicted windows (N, T, H, W, 3), the
+    fingertip's displacement over the chunk (x and y, pooled over windows) as the decoder reads it off the predicted
+    frames, against the simulator's: the least-squares ``slope`` of one on the other and their correlation ``r``;
+    and the tip's mean error at the chunk's end (``tip_end_cm``). Both displacements over the first chunk start from
+    the tip read off the start frame, for which a window holds no simulator state."""
+    from .state_decoder import targets
+
+    n, t = pred.shape[:2]
+    tip = decoder.predict(pred.reshape(-1, *pred.shape[2:]))[:, :3].reshape(n, t, 3)
+    real = targets(states)[..., :3]
+    tip0 = decoder.predict(start)[:, :3]
+    out = []
+    for end in range(chunk - 1, t, chunk):
+        before_p, before_r = (tip0, tip0) if end < chunk else (tip[:, end - chunk], real[:, end - chunk])
+        dp, dr = (tip[:, end] - before_p)[:, :2].ravel(), (real[:, end] - before_r)[:, :2].ravel()
+        nan = float("nan")  # where the tip (or its prediction) did not move, slope or r is undefined
+        out.append({"slope": float(dp @ dr / (dr @ dr)) if dr.any() else nan,
+                    "r": float(np.corrcoef(dp, dr)[0, 1]) if dp.std() > 0 and dr.std() > 0 else nan,
+                    "tip_end_cm": float(100 * np.linalg.norm(tip[:, end] - real[:, end], axis=1).mean())})
+    return out
+
+
 def frame_scores(pred, real, start) -> dict:
     """Full-frame PSNR and SSIM and moving-region PSNR of predicted windows (N, T, H, W, 3) against the real
     ones, and the same for repeating each window's start frame (N, H, W, 3) (the trivial predictor)."""
@@ -106,7 +129,8 @@ def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, 
     """Scores (`frame_scores`) of open-loop rollouts vs. the simulator's frames on held-out moving windows, over
     each horizon in `chunks` (chunks per rollout). One rollout of the longest horizon per window: a shorter
     horizon is scored on its first chunks (an open-loop chunk depends only on what precedes it). With a state
-    `decoder` and episodes that carry their states, each horizon also gets ``positions`` (`position_scores`)."""
+    `decoder` and episodes that carry their states, each horizon also gets ``positions`` (`position_scores`), and the
+    longest rollout gets ``follow`` (`follow_scores`, one entry per chunk)."""
     horizons = sorted({int(c) for c in np.atleast_1d(chunks)})
     if not horizons or horizons[0] < 1:
         raise ValueError(f"chunks must be >= 1, got {chunks}")
@@ -125,6 +149,7 @@ def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, 
         for c in horizons:
             out["horizons"][str(c)]["positions"] = position_scores(decoder, pred[:, :c * k], reals[:, :c * k], starts,
                                                                    states[:, :c * k])
+        out["follow"] = follow_scores(decoder, pred, starts, states, k)
     return out
 
 
@@ -142,4 +167,8 @@ def format_scores(res: dict) -> str:
                          f"{r['psnr_moving' + sfx]:>11.2f} {100 * r['moving_pixel_share']:>8.1f}%" + cm(r, key))
         if pos:  # the decoder on the real frames: its own error, the floor of the two rows above
             lines.append(f"{c:>6} {r['frames']:>6} {'real frames':<12} {'':>7} {'':>6} {'':>11} {'':>9}" + cm(r, "real"))
+    if "follow" in res:
+        lines += ["", "fingertip per chunk of the rollout, model vs simulator: displacement slope / r, error at the "
+                  "chunk's end"] + [f"  chunk {i}: {f['slope']:.2f} / {f['r']:.2f}, {f['tip_end_cm']:.1f} cm"
+                                   for i, f in enumerate(res["follow"], 1)]
     return "\n".join(lines)
