@@ -283,3 +283,42 @@ def test_two_conditioning_latent_frames_take_the_last_five_frames():
     assert (a3d[:, :2] == 0).all() and (ad[:, :2] == 0).all() and (ad[:, 2] != 0).any()
     frames8, outs = model.rollout(frames[:, -1], np.zeros((1, 8, 7), np.float32), num_steps=2)
     assert frames8.shape == (1, 8, 32, 40, 3) and len(outs) == 2
+
+
+def test_run_folder_files_are_made_again_only_when_their_inputs_change(tmp_path, tiny_ckpt, capsys):
+    from worldcache.train import TrainConfig, Trainer, fingerprint
+
+    write_training_store(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=1,
+                      dit_batch=2, holdout=0.34, vae_from=str(tiny_ckpt))
+    made, own_made = [], []
+
+    def run(cfg, seed=5):  # as a run killed before its export resumes: from the model it was given
+        shutil.rmtree(tmp_path / "run" / "model", ignore_errors=True)
+        trainer = Trainer(cfg, model=WorldModel.build(SPEC, **ARCH, seed=seed))
+        encode, own = trainer._encode_windows, trainer._own_conditioning
+        trainer._encode_windows = lambda eps: made.append(len(eps)) or encode(eps)
+        trainer._own_conditioning = lambda: own_made.append(seed) or own()
+        trainer.run()
+
+    run(cfg)
+    assert made == [2]
+    run(cfg, seed=6)  # another DiT, the same VAE (vae_from) and data: the encoded windows are read back
+    assert made == [2] and "making it again" not in capsys.readouterr().err
+    run(dataclasses.replace(cfg, holdout=0.67))  # other training episodes: made again, and said
+    assert made == [2, 1]
+    assert "dit_windows.pt: made from other data, weights or settings; making it again" in capsys.readouterr().err
+    (tmp_path / "run" / "dit_windows.pt.inputs").unlink()  # no record of its inputs (an older run): made again
+    run(dataclasses.replace(cfg, holdout=0.67))
+    assert made == [2, 1, 1]
+    own = dataclasses.replace(cfg, holdout=0.67, self_cond=0.5, self_cond_windows=2)
+    run(own)
+    run(own)  # the model's own predictions, read back
+    run(own, seed=6)  # another DiT predicts them otherwise: made again (the windows are not)
+    assert own_made == [5, 6] and made == [2, 1, 1]
+    x = np.arange(6, dtype=np.float32)
+    t = torch.from_numpy(x)
+    assert fingerprint(x, 1, "a") == fingerprint(x.copy(), 1, "a") and fingerprint(t) == fingerprint(t.clone())
+    # values, dtype, shape and every part count; a bf16 tensor (no numpy dtype) by its bytes
+    assert len({fingerprint(x), fingerprint(x.astype(np.float64)), fingerprint(x.reshape(2, 3)), fingerprint(x + 1),
+                fingerprint(x, 1), fingerprint(t), fingerprint(t.bfloat16()), fingerprint(t.bfloat16() + 1)}) == 8

@@ -22,6 +22,7 @@ Resumable: every `save_every` steps the stage's state (weights, optimiser, step,
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -101,6 +102,21 @@ def split(episodes: list, holdout: float) -> tuple[list, list]:
 
 def windows(episodes: list, length: int, stride: int) -> list[tuple[int, int]]:
     return [(e, t) for e, ep in enumerate(episodes) for t in range(0, len(ep["actions"]) - length + 1, stride)]
+
+
+def fingerprint(*parts) -> str:
+    """A hash of arrays, tensors and plain values (by their bytes and repr): equal parts, equal fingerprint."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        if isinstance(p, torch.Tensor):  # by its bytes: numpy has no bfloat16
+            h.update(repr((p.dtype, tuple(p.shape))).encode())
+            h.update(p.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().data)
+        elif isinstance(p, np.ndarray):
+            h.update(repr((p.dtype.str, p.shape)).encode())
+            h.update(np.ascontiguousarray(p).data)
+        else:
+            h.update(repr(p).encode())
+    return h.hexdigest()
 
 
 class Trainer:
@@ -273,19 +289,30 @@ class Trainer:
             lat.append(m.encode(new[:, -c:]).cpu())
         return torch.from_numpy(pick), torch.cat(lat)
 
-    def _cached(self, name: str, make):
-        file = self.out / name  # made once per run: a resumed run reads it back
-        if file.exists():
+    def _cached(self, name: str, make, inputs: str):
+        """`make()`, saved in the run folder so that a resumed run reads it back; `inputs` fingerprints what it was
+        made from (`fingerprint`), so a folder reused with other data, weights or settings makes it again."""
+        file, key = self.out / name, self.out / f"{name}.inputs"
+        if file.exists() and key.exists() and key.read_text() == inputs:
             return torch.load(file)
+        if file.exists():
+            print(f"{file}: made from other data, weights or settings; making it again", file=sys.stderr)
+        key.unlink(missing_ok=True)  # the key last: a kill in between leaves a file that is made again
         value = make()
         torch.save(value, file)
+        key.write_text(inputs)
         return value
 
     def train_dit(self) -> None:
-        m = self.model
-        latents, actions = self._cached("dit_windows.pt", lambda: self._encode_windows(self.train_eps))
-        if self.cfg.self_cond > 0:
-            own_idx, own = self._cached(f"own_conditioning_{self.cfg.self_cond_windows}.pt", self._own_conditioning)
+        m, c = self.model, self.cfg
+        # before any DiT step or resume, the weights are the stage's starting ones, as when the files were made
+        data = fingerprint(*(ep[key] for ep in self.train_eps for key in ("obs", "actions")))
+        windows_in = fingerprint(data, m.spec.chunk, m.spec.cond_frames, *m.vae.state_dict().values(),
+                                 m.latents_mean, m.latents_std)
+        latents, actions = self._cached("dit_windows.pt", lambda: self._encode_windows(self.train_eps), windows_in)
+        if c.self_cond > 0:
+            own_in = fingerprint(windows_in, c.seed, c.self_cond_windows, SELF_COND_STEPS, *m.state_dict().values())
+            own_idx, own = self._cached(f"own_conditioning_{c.self_cond_windows}.pt", self._own_conditioning, own_in)
             own_idx, own = own_idx.to(self.device), own.to(self.device)
             n_own = int(round(self.cfg.self_cond * self.cfg.dit_batch))
         for p in m.vae.parameters():
