@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -322,3 +323,39 @@ def test_run_folder_files_are_made_again_only_when_their_inputs_change(tmp_path,
     # values, dtype, shape and every part count; a bf16 tensor (no numpy dtype) by its bytes
     assert len({fingerprint(x), fingerprint(x.astype(np.float64)), fingerprint(x.reshape(2, 3)), fingerprint(x + 1),
                 fingerprint(x, 1), fingerprint(t), fingerprint(t.bfloat16()), fingerprint(t.bfloat16() + 1)}) == 8
+
+
+def test_decoder_on_own_frames_script_writes_the_models_predictions_and_fine_tunes(tmp_path, tiny_ckpt):
+    import importlib.util
+
+    from worldcache.rollouts.store import EpisodeStore
+    from worldcache.state_decoder import StateDecoder, StateDecoderConfig
+    from worldcache.train import load_episodes, split
+
+    spec = importlib.util.spec_from_file_location("own", Path(__file__).parents[1] / "scripts/decoder_on_own_frames.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    StateDecoder(StateDecoderConfig(height=32, width=40)).save(ckpt)
+    write_training_store(tmp_path / "data.zarr")
+    args = ["--checkpoint", str(ckpt), "--data", str(tmp_path / "data.zarr"), "--store", str(tmp_path / "own.zarr"),
+            "--out", str(tmp_path / "dec"), "--episodes", "5", "--chunks", "2", "--denoise-steps", "2",
+            "--holdout", "0.34", "--steps", "2", "--batch", "4"]
+    assert script.main(args) == 0
+    train, _ = split(load_episodes(tmp_path / "data.zarr")[0], 0.34)  # 2 training episodes of 12 actions
+    store = EpisodeStore(tmp_path / "own.zarr", mode="r")
+    assert sorted(store.episode_ids()) == ["a0000", "a0001", "b0000_00", "b0000_04", "b0001_00", "b0001_04"]
+    starts = np.stack([train[e]["obs"][t] for e, t in ((0, 0), (0, 4), (1, 0), (1, 4))])
+    acts = np.stack([train[e]["actions"][t:t + 8] for e, t in ((0, 0), (0, 4), (1, 0), (1, 4))])
+    frames, _ = WorldModel.from_pretrained(ckpt).rollout(starts, acts, num_steps=2, seed=0)  # one batch: seed 0
+    for i, (e, t) in enumerate(((0, 0), (0, 4), (1, 0), (1, 4))):
+        ep = store.load_episode(f"b{e:04d}_{t:02d}")
+        np.testing.assert_array_equal(ep["obs"][0], train[e]["obs"][t])
+        np.testing.assert_array_equal(ep["obs"][1:], frames[i].cpu().numpy())
+        np.testing.assert_array_equal(ep["state"], train[e]["state"][t:t + 9])
+    np.testing.assert_array_equal(store.load_episode("a0001")["obs"], train[1]["obs"])
+    before, after = StateDecoder.load(ckpt).state_dict(), StateDecoder.load(tmp_path / "dec").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # fine-tuned from the checkpoint's decoder
+    with pytest.raises(ValueError, match="no training episode has 16 steps"):
+        script.main(args + ["--chunks", "4"])  # 12 actions per episode

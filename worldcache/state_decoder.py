@@ -190,7 +190,7 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
     target = torch.as_tensor((y - mean) / std, device=device)
     frames = frames.to(device)  # on a GPU the whole set fits (~0.4 GB): batches are gathered there
     opt = torch.optim.AdamW(dec.parameters(), lr=lr, weight_decay=1e-4)
-    warm = min(0.5, max(0.05, 2 / max(steps, 1)))  # OneCycleLR divides by zero where warm * steps == 1
+    warm = min(0.75, max(0.05, 2 / max(steps, 1)))  # OneCycleLR divides by zero where warm * steps == 1 (2 steps)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(steps, 1), pct_start=warm)
     losses = []
     bar = tqdm(range(steps), desc="train state decoder", unit="step", dynamic_ncols=True)
