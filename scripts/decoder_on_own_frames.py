@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from worldcache.rollouts.store import EpisodeStore
 from worldcache.state_decoder import train_state_decoder
 from worldcache.train import load_episodes, split
-from worldcache.world_model import WorldModel
+from worldcache.world_model import BUNDLED, WorldModel
 
 
 def write_own_frames(model: WorldModel, train: list[dict], store_path: str, episodes: int, chunks: int,
@@ -66,10 +67,6 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     args = p.parse_args(argv)
-    from pathlib import Path
-
-    from worldcache.world_model import BUNDLED
-
     model = WorldModel.from_pretrained(args.checkpoint)
     train, _ = split(load_episodes(args.data)[0], args.holdout)
     n = write_own_frames(model, train, args.store, args.episodes, args.chunks, args.denoise_steps)
