@@ -8,7 +8,7 @@ beside the real training episodes into one store (predicted frames with the simu
 the checkpoint's decoder on it (`train_state_decoder`, init from the checkpoint's decoder).
 
     python scripts/decoder_on_own_frames.py --data data/pusher2.zarr --store data/own_frames.zarr \\
-        --out runs/own_decoder --episodes 120 --steps 3000   # the bundled decoder (after DiT run 5): ~13 min, 2 cores
+        --out runs/own_decoder --episodes 120 --steps 3000   # the bundled decoder (after DiT run 5): ~12 min, 2 cores
 """
 from __future__ import annotations
 
