@@ -29,6 +29,7 @@ from torch import nn
 from .cache.base import CachePolicy
 from .dit import DiT
 from .sampler import SampleOutput, denoise
+from .vae_kernels import use_fast_kernels
 
 SPEC_FILE = "model.json"
 BUNDLED = Path(__file__).resolve().parent / "assets" / "pusher"
@@ -153,6 +154,7 @@ class WorldModel(nn.Module):
         super().__init__()
         spec.check()
         self.spec, self.vae, self.scheduler = spec, vae, scheduler
+        use_fast_kernels(vae)
         self.dit = DiT(transformer, action_embedder)
         self.register_buffer("prompt_embeds", prompt_embeds)
         self.register_buffer("negative_prompt_embeds", negative_prompt_embeds)

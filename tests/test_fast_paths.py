@@ -1,0 +1,77 @@
+"""The speed paths give the plain results: the VAE's CPU kernels (`vae_kernels`)."""
+import numpy as np
+import pytest
+import torch
+
+from worldcache import vae_kernels
+from worldcache.world_model import WorldModel, WorldModelSpec
+
+SPEC = WorldModelSpec(height=32, width=40, chunk=4, action_dim=3, action_low=[-1.0] * 3, action_high=[1.0] * 3)
+
+
+def tiny(seed=1) -> WorldModel:
+    model = WorldModel.build(SPEC, hidden_heads=2, head_dim=16, num_layers=3, vae_base_dim=8, seed=seed)
+    with torch.no_grad():  # the action embedder starts as a no-op; give it weight so actions matter
+        for p in model.dit.cond_embedder.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+def inputs(batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    frame = rng.integers(0, 256, (batch, SPEC.height, SPEC.width, 3), dtype=np.uint8)
+    return frame, rng.uniform(-1, 1, (batch, SPEC.chunk, SPEC.action_dim)).astype(np.float32)
+
+
+def plain(vae):
+    """diffusers' own VAE path: drop the instance attributes `use_fast_kernels` set."""
+    for m in vae.modules():
+        for name in ("_conv_forward", "forward"):
+            m.__dict__.pop(name, None)
+
+
+def test_vae_kernels_give_diffusers_results_and_leave_training_alone(monkeypatch):
+    calls = []
+    mkldnn = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *a: calls.append(1) or mkldnn(*a))
+    fast = tiny(seed=2)
+    slow = tiny(seed=2)
+    plain(slow.vae)
+    frames = torch.as_tensor(inputs(batch=2, seed=5)[0])[:, None].expand(-1, 5, -1, -1, -1)
+    with torch.no_grad():
+        z_fast, z_slow = fast.encode(frames), slow.encode(frames)
+        n = len(calls)
+        assert n > 0  # the causal convolutions went through oneDNN
+        torch.testing.assert_close(z_fast, z_slow, rtol=0, atol=1e-5)
+        x_fast, x_slow = (m.vae.decode(z_slow).sample for m in (fast, slow))
+        torch.testing.assert_close(x_fast, x_slow, rtol=0, atol=1e-5)
+        assert len(calls) > n
+        assert torch.equal(fast.decode(z_slow), slow.decode(z_slow))
+    # with autograd (VAE training): diffusers' own kernels, the same loss, and gradients
+    n = len(calls)
+    x = torch.randn(1, 3, 5, SPEC.height, SPEC.width)
+    losses = []
+    for m in (fast, slow):
+        m.vae.zero_grad()
+        loss = m.vae(x).sample.square().mean()
+        loss.backward()
+        losses.append(loss)
+    assert len(calls) == n
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    assert fast.vae.decoder.conv_out.weight.grad.abs().sum() > 0
+
+
+def test_rms_norm_formula():
+    """The channel-first RMS norm: x / max(||x||_2 over channels, 1e-12) * sqrt(C) * gamma + bias."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+
+    norm = WanRMS_norm(4, images=False)
+    vae_kernels.use_fast_kernels(torch.nn.Sequential(norm))
+    with torch.no_grad():
+        norm.gamma.copy_(torch.tensor([1.0, 2.0, 0.5, -1.0]).view(4, 1, 1, 1))
+        norm.bias = torch.tensor(0.25)
+        x = torch.zeros(1, 4, 1, 1, 2)
+        x[0, :, 0, 0, 0] = torch.tensor([3.0, 4.0, 0.0, 0.0])  # norm 5; scale sqrt(4) = 2
+        out = norm(x)
+    assert out[0, :, 0, 0, 0].tolist() == pytest.approx([3 / 5 * 2 * 1 + 0.25, 4 / 5 * 2 * 2 + 0.25, 0.25, 0.25])
+    assert out[0, :, 0, 0, 1].tolist() == [0.25] * 4  # all-zero channels: eps keeps it finite
