@@ -35,12 +35,12 @@ class CosmosWorldVectorEnv(VectorEnv):
                  num_steps: int | None = None, chunk: int | None = None, reward_fn: Callable | None = None,
                  termination_fn: Callable | None = None, obs_mode: str = "frame", history: int = 4,
                  render_mode: str | None = None, model=None, timings: bool = False, normalize_actions: bool = False,
-                 dtype: str = "fp32"):
+                 dtype: str = "fp32", compile: bool = False):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         check_view_args(obs_mode, history, render_mode, self.metadata["render_modes"])
         self.sim = WorldSim(checkpoint, cache, cache_config, device, num_steps, chunk, reward_fn, termination_fn,
-                            model, timings, normalize_actions, dtype)
+                            model, timings, normalize_actions, dtype, compile)
         self.num_envs, self.max_episode_steps = num_envs, max_episode_steps
         self.obs_mode, self.history, self.render_mode = obs_mode, int(history), render_mode
         self.metadata = {**self.metadata, "render_fps": self.sim.render_fps}
@@ -119,13 +119,13 @@ class CosmosWorldVectorEnv(VectorEnv):
 
 
 def bench_vector(num_envs: int = 4, steps: int = 3, checkpoint: str | Path | None = None, cache: str = "worldcache",
-                 num_steps: int | None = None, seed: int = 0, device: str = "cpu") -> dict:
+                 num_steps: int | None = None, seed: int = 0, device: str = "cpu", compile: bool = False) -> dict:
     """Per-env step time of `num_envs` single envs stepped one after another vs. one vector env of `num_envs`
     (one batched prediction per step), all sharing one loaded model. Prints a table; returns the numbers."""
     from worldcache.world_model import BUNDLED, WorldModel
 
     folder = Path(checkpoint) if checkpoint is not None else BUNDLED
-    model = WorldModel.from_pretrained(folder, device=device)
+    model = WorldModel.from_pretrained(folder, device=device, compile=compile)
     kw = dict(checkpoint=folder, cache=cache, num_steps=num_steps, model=model, device=device)
     singles = [CosmosWorldEnv(**kw) for _ in range(num_envs)]
     vec = CosmosWorldVectorEnv(num_envs, max_episode_steps=None, **kw)  # no autoreset inside the timed steps

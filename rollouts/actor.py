@@ -91,7 +91,8 @@ class RolloutWorker:
             name, data = policy_file
             self.cfg.policy = str(write_files({f"policy/{name}": data}, self._tmp.name) / "policy" / name)
         self.device = device
-        self.model = WorldModel.from_pretrained(self.folder, device=device, dtype=self.cfg.dtype)
+        self.model = WorldModel.from_pretrained(self.folder, device=device, dtype=self.cfg.dtype,
+                                                compile=self.cfg.compile)
         store = EpisodeStore(self.cfg.out, mode="a", storage_options=self.cfg.storage_options, lease=lease)
         self.writer = EpisodeWriter(store, self.cfg.write_queue)
         self.policy = None

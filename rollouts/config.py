@@ -32,6 +32,7 @@ class RolloutConfig:
     num_gpus: float = 0.5                # per actor, only when the model runs on a GPU (fractional: share it)
     device: str = "auto"                 # auto: cuda when the Ray cluster has GPUs, else cpu
     dtype: str = "fp32"                  # model weights: bf16, fp16 or fp32 (latents stay fp32)
+    compile: bool = False                # torch.compile the DiT's blocks in each actor (~30% faster CPU calls)
     torch_threads: int | None = None     # per actor; None: max(1, int(num_cpus))
     save_chunk_frames: bool = True       # store every predicted frame (T, chunk, H, W, 3), the video
     max_restarts: int = 2                # Ray actor restarts after a crash
@@ -60,6 +61,8 @@ class RolloutConfig:
                 raise ValueError(f"rollout config {key}={getattr(cfg, key)!r}: must be an integer >= 1")
         if cfg.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"rollout config device={cfg.device!r}: must be auto, cpu or cuda")
+        if not isinstance(cfg.compile, bool):
+            raise ValueError(f"rollout config compile={cfg.compile!r}: must be true or false")
         if cfg.dtype not in ("bf16", "fp16", "fp32"):
             raise ValueError(f"rollout config dtype={cfg.dtype!r}: must be bf16, fp16 or fp32")
         return cfg

@@ -18,8 +18,9 @@ ROLLOUT_FORMAT = 2  # 1: actions (T, chunk*A), 4 cache statistics; 2: actions (T
 MODEL_DIRS = ("transformer", "vae", "scheduler")
 MODEL_FILES = ("model.json", "action_embedder.safetensors", "prompt_embeds.safetensors", "start_frames.npy",
                "state_decoder.json", "state_decoder.safetensors")
-# rollout attrs that may differ between runs into one store (the rest must match to resume)
-FREE_ATTRS = ("checkpoint", "num_envs")
+# rollout attrs that may differ between runs into one store (the rest must match to resume); like the batch size,
+# compiling changes results only by float rounding
+FREE_ATTRS = ("checkpoint", "num_envs", "compile")
 
 
 class RolloutFormatError(ValueError):
@@ -87,6 +88,7 @@ def rollout_attrs(cfg: RolloutConfig, files: dict[str, bytes], folder: Path) -> 
                 "frame_shape": [spec.height, spec.width, 3], "save_chunk_frames": cfg.save_chunk_frames,
                 "dtype": cfg.dtype},
         "num_envs": cfg.num_envs,
+        "compile": cfg.compile,
         "policy": cfg.policy if isinstance(cfg.policy, str) else _qualname(cfg.policy),
         "policy_kwargs": cfg.policy_kwargs,
         "seed": cfg.seed,

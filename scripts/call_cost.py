@@ -4,10 +4,11 @@ Each repeat predicts one chunk at 2 and at 12 denoising steps from one of the ch
 is the difference / 10, and the rest of the 2-step prediction (VAE, embedding the actions, ...) gives the DiT's
 share of a 35-step env step. Checkpoints alternate within each repeat, so machine drift hits them alike: compare
 figures of one run only. `--per-token` also times each checkpoint with diffusers' per-token adaLN modulation
-(what `FrameModulation` replaces).
+(what `FrameModulation` replaces); `--compile` also with its DiT's blocks compiled (`WorldModel.compile_dit`;
+compiled before the first repeat, so the timed calls never compile).
 
     python scripts/call_cost.py                                   # the bundled model
-    python scripts/call_cost.py worldcache/assets/pusher /tmp/old/worldcache/assets/pusher --per-token
+    python scripts/call_cost.py worldcache/assets/pusher /tmp/old/worldcache/assets/pusher --per-token --compile
 """
 from __future__ import annotations
 
@@ -49,11 +50,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--per-token", action="store_true", help="also time diffusers' per-token adaLN modulation")
+    ap.add_argument("--compile", action="store_true", help="also time the model with its DiT's blocks compiled")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     models = {path: WorldModel.from_pretrained(path) for path in args.checkpoints}
     starts = {path: np.load(f"{path}/start_frames.npy") for path in args.checkpoints}
-    modes = ["per-frame"] + (["per-token"] if args.per_token else [])
+    modes = ["per-frame"] + (["per-token"] if args.per_token else []) + (["compiled"] if args.compile else [])
+    compiled = {}
+    for path, model in models.items():
+        if args.compile:
+            compiled[path] = model.compile_dit().dit.compiled_blocks
+            model.dit.compiled_blocks = None
     calls = {(p, m): [] for p in models for m in modes}
     shares = {(p, m): [] for p in models for m in modes}
     for rep in range(args.repeats):
@@ -62,6 +69,7 @@ def main() -> None:
             frame = starts[path][rep % len(starts[path])][None]
             actions = np.random.default_rng(rep).uniform(-1, 1, (1, s.chunk, s.action_dim)).astype(np.float32)
             for mode in modes:
+                model.dit.compiled_blocks = compiled[path] if mode == "compiled" else None
                 with per_token_modulation() if mode == "per-token" else contextlib.nullcontext():
                     if rep == 0:
                         model.predict(frame, actions, num_steps=2)  # warm-up

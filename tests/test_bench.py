@@ -425,10 +425,10 @@ def test_cli_bench_takes_settings_and_a_tuning_seed_range(tiny_ckpt, tmp_path, c
     out = tmp_path / "tune.json"
     assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", "worldcache:threshold=0.2,warp=true",
                  "--no-ablation", "--episodes", "1", "--chunks", "1", "--denoise-steps", "3", "--reference-steps", "3",
-                 "--first-seed", "20000",
+                 "--first-seed", "20000", "--compile",
                  "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert data["settings"]["env_seeds"] == [20000]
+    assert data["settings"]["env_seeds"] == [20000] and data["settings"]["compile"] is True
     (row,) = data["rows"]
     assert row["label"] == "worldcache threshold=0.2 warp=True"
     assert row["config"]["threshold"] == 0.2 and row["config"]["warp"] is True

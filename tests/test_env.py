@@ -332,6 +332,17 @@ def test_gym_make_loads_checkpoint(ckpt):
     assert obs.shape == (H, W, 3) and env.step(actions(0))[4]["calls"] == 2
 
 
+def test_gym_make_compiled_steps_as_the_eager_env(ckpt):
+    envs = [gym.make(ID, checkpoint=str(ckpt), num_steps=3, cache="none", compile=c) for c in (False, True)]
+    assert envs[0].unwrapped.sim.model.dit.compiled_blocks is None
+    assert envs[1].unwrapped.sim.model.dit.compiled_blocks is not None
+    obs = [env.reset(seed=4)[0] for env in envs]
+    assert np.array_equal(obs[0], obs[1])
+    steps = [env.step(actions(1)) for env in envs]
+    assert np.abs(steps[0][0].astype(int) - steps[1][0]).max() <= 1  # float rounding only
+    assert steps[0][4]["calls"] == steps[1][4]["calls"] == 3
+
+
 # --- vector env ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def predict_calls(monkeypatch):

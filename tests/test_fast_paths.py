@@ -1,9 +1,11 @@
-"""The speed paths give the plain results: the VAE's CPU kernels (`vae_kernels`)."""
+"""The speed paths give the plain results: the DiT's compiled blocks (`WorldModel.compile_dit`) and the VAE's CPU
+kernels (`vae_kernels`)."""
 import numpy as np
 import pytest
 import torch
 
 from worldcache import vae_kernels
+from worldcache.cache import make_policy
 from worldcache.world_model import WorldModel, WorldModelSpec
 
 SPEC = WorldModelSpec(height=32, width=40, chunk=4, action_dim=3, action_low=[-1.0] * 3, action_high=[1.0] * 3)
@@ -21,6 +23,64 @@ def inputs(batch=2, seed=0):
     rng = np.random.default_rng(seed)
     frame = rng.integers(0, 256, (batch, SPEC.height, SPEC.width, 3), dtype=np.uint8)
     return frame, rng.uniform(-1, 1, (batch, SPEC.chunk, SPEC.action_dim)).astype(np.float32)
+
+
+class Counted:
+    """Wraps a block callable and counts its calls."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    eager, compiled = tiny(), tiny()
+    keys = compiled.state_dict().keys()
+    assert compiled.compile_dit() is compiled
+    blocks = compiled.dit.compiled_blocks
+    compiled.compile_dit()  # idempotent: the same compiled blocks
+    assert compiled.dit.compiled_blocks is blocks and len(blocks) == 3
+    assert all(isinstance(b, torch._dynamo.eval_frame.OptimizedModule) for b in blocks)
+    assert compiled.state_dict().keys() == keys  # the compiled blocks are not submodules: checkpoints unchanged
+    compiled.dit.compiled_blocks = [Counted(b) for b in blocks]
+    return eager, compiled
+
+
+@pytest.mark.parametrize("policy", ["none", "worldcache"])
+def test_compiled_blocks_give_the_eager_predictions(pair, policy):
+    eager, compiled = pair
+    counted = compiled.dit.compiled_blocks
+    before = sum(b.calls for b in counted)
+    frame, actions = inputs()
+    kw = dict(num_steps=8, seed=3)
+    cfg = {"threshold": 0.3} if policy == "worldcache" else {}
+    a, out_a = eager.predict(frame, actions, policy=make_policy(policy, **cfg), **kw)
+    b, out_b = compiled.predict(frame, actions, policy=make_policy(policy, **cfg), **kw)
+    torch.testing.assert_close(out_b.latents, out_a.latents, rtol=0, atol=1e-4)
+    assert (a.int() - b.int()).abs().max() <= 1
+    assert [(r.computed, r.blocks_run) for r in out_b.records] == [(r.computed, r.blocks_run) for r in out_a.records]
+    runs = sum(r.blocks_run for r in out_b.records) // 2  # a batch of 2: each block forward counts per sample
+    assert sum(b.calls for b in counted) - before == runs > 0  # every block forward went through a compiled block
+    if policy == "worldcache":
+        assert not all(r.computed for r in out_b.records)  # the threshold skips: partial stacks ran compiled too
+
+
+def test_hook_policies_keep_the_eager_blocks(pair):
+    """diffusers' caches work in hooks inside the blocks: a compiled block would trace them, so they run the
+    modules, with the same bookkeeping as on the eager model."""
+    eager, compiled = pair
+    counted = compiled.dit.compiled_blocks
+    before = sum(b.calls for b in counted)
+    frame, actions = inputs(batch=1)
+    _, out_a = eager.predict(frame, actions, policy=make_policy("fbcache", threshold=0.2), num_steps=8)
+    _, out_b = compiled.predict(frame, actions, policy=make_policy("fbcache", threshold=0.2), num_steps=8)
+    assert sum(b.calls for b in counted) == before
+    assert [r.blocks_run for r in out_b.records] == [r.blocks_run for r in out_a.records]
+    assert 0 < sum(r.blocks_run for r in out_b.records) < 3 * 8
 
 
 def plain(vae):

@@ -123,7 +123,8 @@ def test_resume_writes_only_missing(ckpt, store_run, tmp_path):
     shutil.copytree(store_run[0], out)
     before = {e: os.path.getmtime(out / "episodes" / e / "zarr.json") for e in open_store(out).episode_ids()}
     old = open_store(out)[episode_id(2, 0)]
-    summary = run_rollouts(config(ckpt, out), episodes=7, progress=False)
+    # compile is free, as num_envs: the 2 new episodes come from actors with compiled blocks
+    summary = run_rollouts(config(ckpt, out, compile=True), episodes=7, progress=False)
     assert summary["episodes_written"] == 2 and summary["episodes_skipped"] == 5
     store = open_store(out)
     assert store.episode_ids() == [episode_id(i, 0) for i in range(7)]
@@ -141,6 +142,8 @@ def test_store_with_other_settings_is_refused(ckpt, store_run, tmp_path):
         run_rollouts(config(ckpt, out, num_steps=CALLS + 1), progress=False)
     with pytest.raises(ValueError, match="bogus"):
         RolloutConfig.load({"bogus": 1})
+    with pytest.raises(ValueError, match="compile"):
+        RolloutConfig.load({"compile": "yes"})
 
 
 @pytest.mark.slow

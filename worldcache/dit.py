@@ -107,13 +107,16 @@ class StackContext:
 
 class BlockStack:
     """Runs blocks of the stack for one model call. `x` is the stack input; policies call `self(h, start, end)`,
-    or ``self.subset(rows)(h[rows], start)`` to run only the samples `rows` of the batch."""
+    or ``self.subset(rows)(h[rows], start)`` to run only the samples `rows` of the batch. `compiled`: run the
+    DiT's compiled blocks (`DiT.compile_blocks`) instead of the modules."""
 
     def __init__(self, dit: "DiT", x: torch.Tensor, ctx: StackContext, root: "BlockStack | None" = None,
-                 rows: list[int] | None = None, timing: bool = False):
+                 rows: list[int] | None = None, timing: bool = False, compiled: bool = False):
         self.dit, self.x, self.ctx = dit, x, ctx
         self.root = root or self  # a subset counts its work in the whole call's stack
         self.timing = self.root.timing if root is not None else timing
+        self.blocks = (self.root.blocks if root is not None else
+                       dit.compiled_blocks if compiled and dit.compiled_blocks else dit.transformer.transformer_blocks)
         self.rows = list(range(len(x))) if rows is None else rows  # its samples, as rows of the whole batch
         if root is None:
             self.sample_blocks = [0] * len(x)  # block forwards per sample in this call: what a skipped call saves
@@ -147,7 +150,7 @@ class BlockStack:
         if self.timing:  # a GPU sync per timed span: only when timings are asked for, never in production rollouts
             sync(h.device)
             t0 = time.perf_counter()
-        for block in self.dit.transformer.transformer_blocks[start:end]:
+        for block in self.blocks[start:end]:
             h = block(h, c.encoder_hidden_states, c.embedded_timestep, c.temb, c.image_rotary_emb,
                       c.extra_pos_emb, c.attention_mask, None)
             for r in self.rows:
@@ -172,6 +175,20 @@ class DiT(torch.nn.Module):
         self.transformer = transformer
         modulate_per_frame(transformer)
         self.cond_embedder = cond_embedder  # (actions, T_latent) -> (temb add (B, T, 3D), sinusoid add (B, T, D))
+        self.compiled_blocks: list | None = None  # a plain list: not submodules, so the state dict is unchanged
+
+    def compile_blocks(self) -> None:
+        """torch.compile every block (regional compilation: one block graph, not the whole call, so a cache policy
+        can still run any range of blocks). It fuses the many small kernels between the matmuls of these narrow
+        blocks: on 2 CPU cores a bundled-model call takes ~30% less time (README), after a first compile of ~20 s
+        (seconds once torch's on-disk cache holds it). Policies whose work runs in hooks inside the blocks
+        (diffusers' caches) keep the eager modules, so their hooks and bookkeeping run as written. Idempotent."""
+        if self.compiled_blocks is None:
+            blocks = self.transformer.transformer_blocks
+            # torch compiles each block object on its own (graphs of one structure, mostly from its cache), and a
+            # new batch size compiles once more; past the limit (default 8) the rest would silently run eagerly
+            torch._dynamo.config.recompile_limit += 4 * len(blocks)
+            self.compiled_blocks = [torch.compile(block) for block in blocks]
 
     def embed(self, hidden_states, timestep, encoder_hidden_states, condition_mask=None, padding_mask=None,
               fps=None, attention_mask=None, frame_cond=None) -> tuple[torch.Tensor, StackContext]:
@@ -252,7 +269,7 @@ class DiT(torch.nn.Module):
         block stack output is obtained. With `timing`, the policy's own time (outside block forwards) goes to
         `policy_ms`."""
         x, ctx = self.embed(**inputs)
-        stack = BlockStack(self, x, ctx, timing=timing)
+        stack = BlockStack(self, x, ctx, timing=timing, compiled=not policy.works_inside_blocks)
         if timing:
             sync(x.device)
             t0 = time.perf_counter()

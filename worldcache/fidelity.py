@@ -128,14 +128,14 @@ def _spearman(a, b) -> tuple[float | None, float | None]:
 
 def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, policies=DEFAULT_POLICIES, seed: int = 0,
                       cache=("none", "worldcache"), num_steps: int | None = None, device: str = "cpu",
-                      decoder=None, json_out=None, verbose: bool = True) -> dict:
+                      decoder=None, json_out=None, verbose: bool = True, compile: bool = False) -> dict:
     """Rank `policies` (set names of `POLICY_SETS`, or ``push[:noise]``, ``hover``, ``to-goal``, ``fixed``,
     ``random-dir``, ``away``, ``scripted[:noise]``, ``random``, ``mixed[:noise]``) by real and by decoded return.
 
     `steps` must be a multiple of the model's chunk. `cache`: cache policy names or YAML files; the first is the
     reference for ``same_ranking``. `decoder`: a folder with ``state_decoder.safetensors`` (default: the
     checkpoint folder). Returns a dict with per-policy returns, ``spearman``, ``spearman_decoded_real``,
-    ``spearman_all``, ``same_ranking``.
+    ``spearman_all``, ``same_ranking``. `compile`: torch.compile the DiT's blocks (`WorldModel.compile_dit`).
     """
     from scipy.stats import rankdata
 
@@ -144,7 +144,7 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     from .state_decoder import StateDecoder
     from .world_model import BUNDLED, WorldModel
 
-    model = WorldModel.from_pretrained(checkpoint, device=device)
+    model = WorldModel.from_pretrained(checkpoint, device=device, compile=compile)
     s = model.spec
     if steps < s.chunk or steps % s.chunk:
         raise ValueError(f"steps={steps} must be a positive multiple of the model's chunk ({s.chunk})")

@@ -226,10 +226,11 @@ class WorldModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
                         dtype: torch.dtype | str = torch.float32,
-                        fresh_action_embedder: bool = False) -> "WorldModel":
+                        fresh_action_embedder: bool = False, compile: bool = False) -> "WorldModel":
         """Load a checkpoint folder (default: the bundled Pusher model) with weights in `dtype` (bf16, fp16 or
         fp32). Errors name the file at fault. `fresh_action_embedder`: ignore the folder's action embedder and
-        start a zero-initialised one of the official widths (training from a checkpoint of another structure)."""
+        start a zero-initialised one of the official widths (training from a checkpoint of another structure).
+        `compile`: torch.compile the DiT's blocks (`compile_dit()`)."""
         from diffusers import AutoencoderKLWan, CosmosTransformer3DModel, UniPCMultistepScheduler
         from safetensors.torch import load_file
 
@@ -299,7 +300,14 @@ class WorldModel(nn.Module):
                                   f"{transformer.config.in_channels} (= z_dim + 1 condition-mask channel)")
         model = cls(transformer, vae, scheduler, embedder, prompts["prompt"].to(dtype),
                     prompts["negative"].to(dtype), spec)
-        return model.to(device)
+        return model.to(device).compile_dit() if compile else model.to(device)
+
+    def compile_dit(self) -> "WorldModel":
+        """torch.compile the DiT's blocks (`DiT.compile_blocks`): ~30% faster calls on 2 CPU cores after a first
+        compile of ~20 s (needs a C++ compiler on CPU). Results equal the eager model's up to float rounding.
+        Returns the model."""
+        self.dit.compile_blocks()
+        return self
 
     # --- pixels <-> latents -----------------------------------------------------------------------------------
     @property

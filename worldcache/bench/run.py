@@ -24,7 +24,8 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
               ablation: bool = True, json_out=None, seed: int = 0, grid: bool = True, device: str = "cpu",
               repeats: int = 1, verbose: bool = True, first_seed: int = HELDOUT_SEED, dtype: str = "fp32",
               denoise_steps=None, data=None, holdout: float = 0.1, tuning: bool = False,
-              threshold_scales=THRESHOLD_SCALES, match_episodes: int = 1, match_compute: bool = True) -> dict:
+              threshold_scales=THRESHOLD_SCALES, match_episodes: int = 1, match_compute: bool = True,
+              compile: bool = False) -> dict:
     """Benchmark cache policies on `episodes` episodes of `chunks` env steps each.
 
     `num_steps`: the reference's steps (default: the model's); `denoise_steps`: the step axis every policy runs on
@@ -32,7 +33,9 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
     from (its held-out split, the last `holdout` fraction; ``tuning=True``: its training split) instead of
     simulating Pusher from env seed `first_seed` (another range, e.g. 20000, gives tuning episodes). The
     WorldCache ablation runs at the reference steps, at compute matched to the default's on `match_episodes`
-    tuning episodes (``match_compute=False``: at the default threshold). `dtype`: the weights'.
+    tuning episodes (``match_compute=False``: at the default threshold). `dtype`: the weights'. `compile`:
+    torch.compile the DiT's blocks (`WorldModel.compile_dit`); diffusers' hook policies still run the eager blocks,
+    so their wall clock is then not comparable with the others' (their compute speedup is).
 
     Returns ``{"rows", "uncached", "frontiers", "at_worldcache_speed", "frontier_at", "machine", "settings"}``; with `json_out`
     the JSON and the figures are written (`report.write_outputs`)."""
@@ -40,7 +43,7 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
 
     if episodes < 1 or chunks < 1 or repeats < 1:
         raise ValueError(f"episodes, chunks and repeats must be >= 1, got {episodes}, {chunks}, {repeats}")
-    model = WorldModel.from_pretrained(checkpoint, device=device, dtype=dtype)
+    model = WorldModel.from_pretrained(checkpoint, device=device, dtype=dtype, compile=compile)
     s = model.spec
     ref_steps = num_steps or s.num_steps
     configs = bench_configs(policies, ablation, grid, denoise_steps, ref_steps, threshold_scales)
@@ -90,7 +93,7 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
         "settings": {"checkpoint": str(checkpoint) if checkpoint else "bundled", "episodes": len(eps),
                      "chunks": chunks, "frames_per_episode": frames, "num_steps": ref_steps,
                      "denoise_steps": sorted({c.num_steps for c in configs}, reverse=True), "seed": seed,
-                     "repeats": repeats, "dtype": dtype, "frontier_speed": "compute_speedup",
+                     "repeats": repeats, "dtype": dtype, "compile": compile, "frontier_speed": "compute_speedup",
                      **_source(eps, data, first_seed, holdout, tuning)},
     }
     for p in built:

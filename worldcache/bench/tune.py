@@ -62,7 +62,7 @@ def tune(checkpoint=None, policies=("worldcache",), denoise_steps=None, threshol
          min_psnr: float | None = None, min_speedup: float | None = None, out="tuned.yaml", episodes: int = 2,
          chunks: int = 2, data=None, holdout: float = 0.1, first_seed: int = TUNING_SEED, json_out=None,
          device: str = "cpu", dtype: str = "fp32", seed: int = 0, reference_steps: int | None = None,
-         verbose: bool = True) -> dict:
+         verbose: bool = True, compile: bool = False) -> dict:
     """Search and write `out`. Returns ``{"choice": row, "yaml": path, "bench": run_bench result}``.
     `reference_steps`: the uncached reference's steps (default: the model's)."""
     from .run import run_bench
@@ -74,7 +74,7 @@ def tune(checkpoint=None, policies=("worldcache",), denoise_steps=None, threshol
                     ablation=False, json_out=json_out,
                     seed=seed, device=device, verbose=verbose, first_seed=first_seed, dtype=dtype,
                     denoise_steps=denoise_steps, data=data, holdout=holdout, tuning=True,
-                    threshold_scales=threshold_scales)
+                    threshold_scales=threshold_scales, compile=compile)
     row = choose(res["rows"], min_psnr, min_speedup)
     rule = (f"the fastest (compute speedup) with PSNR >= {min_psnr} dB vs. the uncached reference"
             if min_psnr is not None else f"the closest to the uncached reference with compute speedup >= "
