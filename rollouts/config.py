@@ -32,7 +32,7 @@ class RolloutConfig:
     num_gpus: float = 0.5                # per actor, only when the model runs on a GPU (fractional: share it)
     device: str = "auto"                 # auto: cuda when the Ray cluster has GPUs, else cpu
     dtype: str = "fp32"                  # model weights: bf16, fp16 or fp32 (latents stay fp32)
-    compile: bool = False                # torch.compile the DiT's blocks in each actor (~30% faster CPU calls)
+    compile: bool = False                # torch.compile the DiT's blocks in each actor (~28% less time per CPU call)
     torch_threads: int | None = None     # per actor; None: max(1, int(num_cpus))
     save_chunk_frames: bool = True       # store every predicted frame (T, chunk, H, W, 3), the video
     max_restarts: int = 2                # Ray actor restarts after a crash

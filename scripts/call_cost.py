@@ -3,8 +3,9 @@
 Each repeat predicts one chunk at 2 and at 12 denoising steps from one of the checkpoint's own start frames; a call
 is the difference / 10, and the rest of the 2-step prediction (VAE, embedding the actions, ...) gives the DiT's
 share of a 35-step env step. Checkpoints alternate within each repeat, so machine drift hits them alike: compare
-figures of one run only. `--per-token` also times each checkpoint with diffusers' per-token adaLN modulation
-(what `FrameModulation` replaces); `--compile` also with its DiT's blocks compiled (`WorldModel.compile_dit`;
+figures of one run only, and best the per-repeat ratios (the last column), which cancel drift between repeats.
+`--per-token` also times each checkpoint with diffusers' per-token adaLN modulation (what `FrameModulation`
+replaces); `--compile` also with its DiT's blocks compiled (`WorldModel.compile_dit`;
 compiled before the first repeat, so the timed calls never compile).
 
     python scripts/call_cost.py                                   # the bundled model
@@ -83,9 +84,13 @@ def main() -> None:
                 rest = t2 * 1e3 - 2 * call
                 calls[(path, mode)].append(call)
                 shares[(path, mode)].append(35 * call / (35 * call + rest))
+    base = next(iter(calls))
     for (path, mode), v in calls.items():
+        # the machine's speed drifts over minutes; a ratio within each repeat cancels the drift
+        ratio = statistics.median(np.divide(v, calls[base]))
         print(f"{path} [{mode}]: model call ms {np.round(v, 1).tolist()} median {statistics.median(v):.1f}; "
-              f"DiT share of a 35-step env step {statistics.median(shares[(path, mode)]):.3f}")
+              f"DiT share of a 35-step env step {statistics.median(shares[(path, mode)]):.3f}; "
+              f"median ratio per repeat to {base[0]} [{base[1]}] {ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -180,7 +180,7 @@ class DiT(torch.nn.Module):
     def compile_blocks(self) -> None:
         """torch.compile every block (regional compilation: one block graph, not the whole call, so a cache policy
         can still run any range of blocks). It fuses the many small kernels between the matmuls of these narrow
-        blocks: on 2 CPU cores a bundled-model call takes ~30% less time (README), after a first compile of ~20 s
+        blocks: on 2 CPU cores a bundled-model call takes ~28% less time (README), after a first compile of ~20 s
         (seconds once torch's on-disk cache holds it). Policies whose work runs in hooks inside the blocks
         (diffusers' caches) keep the eager modules, so their hooks and bookkeeping run as written. Idempotent."""
         if self.compiled_blocks is None:
