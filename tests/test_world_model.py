@@ -158,6 +158,14 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
     fc2 = new.dit.cond_embedder.action_embedder_B_D.fc2.weight
     assert 0 < fc2.abs().max() < 0.1  # started at zero (a no-op), then trained: not the source's weights
     assert (moved / "state_decoder.safetensors").read_bytes() == (out / "state_decoder.safetensors").read_bytes()
+    # --continue-from: every weight of that checkpoint, its state decoder too
+    cont = TrainConfig(data=cfg.data, out=str(tmp_path / "cont"), stages=("dit",), dit_steps=2, dit_batch=2,
+                       holdout=0.34, continue_from=str(out))
+    went_on = WorldModel.from_pretrained(Trainer(cont).run())
+    assert torch.equal(went_on.vae.encoder.conv_in.weight, src.vae.encoder.conv_in.weight)
+    assert not torch.equal(went_on.dit.transformer.proj_out.weight, src.dit.transformer.proj_out.weight)
+    assert (tmp_path / "cont/model/state_decoder.safetensors").read_bytes() == \
+        (out / "state_decoder.safetensors").read_bytes()
 
 
 def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume(tmp_path, tiny_ckpt):

@@ -369,10 +369,11 @@ class Trainer:
             self.train_dit()
         self.model.cpu().save_pretrained(self.out / "model")
         write_start_frames(self.cfg.data, self.out / "model")
-        if self.cfg.init_from and "decoder" not in self.cfg.stages:  # keep the initial checkpoint's decoder
+        source = self.cfg.init_from or self.cfg.continue_from
+        if source and "decoder" not in self.cfg.stages:  # keep the starting checkpoint's state decoder
             for name in ("state_decoder.json", "state_decoder.safetensors"):
-                if (Path(self.cfg.init_from) / name).is_file():
-                    shutil.copyfile(Path(self.cfg.init_from) / name, self.out / "model" / name)
+                if (Path(source) / name).is_file():
+                    shutil.copyfile(Path(source) / name, self.out / "model" / name)
         if "decoder" in self.cfg.stages:
             from .state_decoder import train_state_decoder
 
