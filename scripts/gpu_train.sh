@@ -6,12 +6,15 @@
 # DECODER_STEPS=N also trains state decoders on the same GPU while the DiT trains (DECODERS: NAME=CHANNELS,KEYPOINTS,
 # HIDDEN each; scripts/gpu_decoder.py); the one with the lowest held-out fingertip error goes into the model.
 # BENCH_ARGS=... then benches the trained model there (`worldcache bench --checkpoint <it> $BENCH_ARGS`), into
-# bench/ in logs.tar.
+# bench/ in logs.tar. EVAL_ARGS=... judges it there on the held-out windows of the store (`worldcache evaluate-model
+# --checkpoint <it> --data <the store> $EVAL_ARGS`), into eval/ in logs.tar.
 #
 #   DATA=.dev/pusher2.npz.xz VAE_MIN=1.25 DIT_MIN=4.5 bash scripts/gpu_train.sh
 #   DIT_MIN=4.5 DIT_BATCH=512 TRAIN_ARGS="--stages dit --continue-from worldcache/assets/pusher --dit-lr 2e-4" \
 #     DECODER_STEPS=15000 DECODERS="base=32,16,128 wide=64,32,256" BENCH_ARGS="--data /tmp/wc_run/data.zarr" \
 #     bash scripts/gpu_train.sh  # continue the bundled model, with new state decoders and a bench on the GPU
+#   DIT_MIN=6.5 DIT_BATCH=512 TIMING_BEFORE=0 EVAL_ARGS="--chunks 1 4 --windows 40" TRAIN_ARGS="--stages dit \
+#     --continue-from worldcache/assets/pusher --dit-lr 2e-4 --compile --self-cond 0.5" bash scripts/gpu_train.sh
 #   DEVICE=cpu VAE_MIN=0.05 DIT_MIN=0.05 ARCH="--layers 2 --heads 2 --head-dim 16" bash scripts/gpu_train.sh  # smoke
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -56,6 +59,12 @@ if [[ -n "${BENCH_ARGS:-}" ]]; then
   mkdir -p "$LOGS/bench"
   timeout "${BENCH_S:-150}" python3 -m worldcache.cli bench --device "$DEVICE" --checkpoint "$RUN/model" $BENCH_ARGS \
     --json "$LOGS/bench/bench.json" > "$LOGS/bench/bench.log" 2>&1 || echo "bench rc=$?"
+  pack
+fi
+if [[ -n "${EVAL_ARGS:-}" ]]; then
+  mkdir -p "$LOGS/eval"
+  timeout "${EVAL_S:-150}" python3 -m worldcache.cli evaluate-model --device "$DEVICE" --checkpoint "$RUN/model" \
+    --data "$RUN/data.zarr" $EVAL_ARGS --json "$LOGS/eval/eval.json" > "$LOGS/eval/eval.log" 2>&1 || echo "eval rc=$?"
   pack
 fi
 echo "all done after $(( $(date +%s) - start )) s"

@@ -464,7 +464,8 @@ def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp
     random_store(tmp_path / "eps.zarr", 16)
     out = tmp_path / "q.json"
     assert main(["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "eps.zarr"),
-                 "--holdout", "0", "--chunks", "1", "2", "--denoise-steps", "2", "--json", str(out)]) == 0
+                 "--holdout", "0", "--chunks", "1", "2", "--denoise-steps", "2", "--device", "cpu", "--compile",
+                 "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["windows"] == 2 and list(res["horizons"]) == ["1", "2"]
     for c, r in res["horizons"].items():

@@ -22,7 +22,7 @@ def test_one_name_per_meaning():
     assert "--cache" in opts["bench"] and "--cache" in opts["evaluate-policies"]
     assert "--control" in opts["evaluate-policies"]
     for name in ("bench", "bench-split", "bench-vec", "evaluate-model", "evaluate-policies", "tune"):
-        assert "--compile" in opts[name]
+        assert "--compile" in opts[name] and "--device" in opts[name]
 
 
 def test_bad_input_is_one_line(capsys, tmp_path):

@@ -77,7 +77,7 @@ def _evaluate_model(args) -> int:
     from .train import load_episodes, split
     from .world_model import BUNDLED, WorldModel
 
-    model = WorldModel.from_pretrained(args.checkpoint, dtype=args.dtype, compile=args.compile)
+    model = WorldModel.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, compile=args.compile)
     episodes, _ = load_episodes(args.data)
     held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
     own = Path(args.checkpoint or BUNDLED)  # its decoder if it has one; a folder given must hold one (load says)
@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--moving", type=float, default=2.0, help="min mean |pixel change| for a window to count")
     e.add_argument("--denoise-steps", type=int, default=None, help="default: the model's")
     e.add_argument("--cache", default="none")
+    e.add_argument("--device", default="cpu")
     e.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     _add_compile(e)
     e.add_argument("--decoder", default=None, metavar="DIR",
