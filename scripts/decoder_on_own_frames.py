@@ -66,8 +66,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--compile", action="store_true", help="compiled DiT blocks for the rollouts (faster on CPU; the "
+                   "predicted frames equal up to float rounding)")
     args = p.parse_args(argv)
-    model = WorldModel.from_pretrained(args.checkpoint)
+    model = WorldModel.from_pretrained(args.checkpoint, compile=args.compile)
     train, _ = split(load_episodes(args.data)[0], args.holdout)
     n = write_own_frames(model, train, args.store, args.episodes, args.chunks, args.denoise_steps)
     res = train_state_decoder(args.store, args.out, steps=args.steps, batch_size=args.batch, lr=args.lr, holdout=0.0,
