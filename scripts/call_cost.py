@@ -57,11 +57,8 @@ def main() -> None:
     models = {path: WorldModel.from_pretrained(path) for path in args.checkpoints}
     starts = {path: np.load(f"{path}/start_frames.npy") for path in args.checkpoints}
     modes = ["per-frame"] + (["per-token"] if args.per_token else []) + (["compiled"] if args.compile else [])
-    compiled = {}
-    for path, model in models.items():
-        if args.compile:
-            compiled[path] = model.compile_dit().dit.compiled_blocks
-            model.dit.compiled_blocks = None
+    # each mode below sets the blocks it runs
+    compiled = {path: model.compile_dit().dit.compiled_blocks for path, model in models.items()} if args.compile else {}
     calls = {(p, m): [] for p in models for m in modes}
     shares = {(p, m): [] for p in models for m in modes}
     for rep in range(args.repeats):
