@@ -55,16 +55,13 @@ if [[ "$DEVICE" == cuda && $(( $(date +%s) - start )) -lt "${TIMING_BEFORE:-450}
     > "$LOGS/timing.log" 2>&1 || echo "timing rc=$?"
   pack
 fi
-if [[ -n "${BENCH_ARGS:-}" ]]; then
-  mkdir -p "$LOGS/bench"
-  timeout "${BENCH_S:-150}" python3 -m worldcache.cli bench --device "$DEVICE" --checkpoint "$RUN/model" $BENCH_ARGS \
-    --json "$LOGS/bench/bench.json" > "$LOGS/bench/bench.log" 2>&1 || echo "bench rc=$?"
+on_model() {  # on_model NAME SECONDS COMMAND ARGS...: a CLI command on the trained model, its log and JSON in NAME/
+  local name=$1 secs=$2; shift 2
+  mkdir -p "$LOGS/$name"
+  timeout "$secs" python3 -m worldcache.cli "$@" --device "$DEVICE" --checkpoint "$RUN/model" \
+    --json "$LOGS/$name/$name.json" > "$LOGS/$name/$name.log" 2>&1 || echo "$name rc=$?"
   pack
-fi
-if [[ -n "${EVAL_ARGS:-}" ]]; then
-  mkdir -p "$LOGS/eval"
-  timeout "${EVAL_S:-150}" python3 -m worldcache.cli evaluate-model --device "$DEVICE" --checkpoint "$RUN/model" \
-    --data "$RUN/data.zarr" $EVAL_ARGS --json "$LOGS/eval/eval.json" > "$LOGS/eval/eval.log" 2>&1 || echo "eval rc=$?"
-  pack
-fi
+}
+if [[ -n "${BENCH_ARGS:-}" ]]; then on_model bench "${BENCH_S:-150}" bench $BENCH_ARGS; fi
+if [[ -n "${EVAL_ARGS:-}" ]]; then on_model eval "${EVAL_S:-150}" evaluate-model --data "$RUN/data.zarr" $EVAL_ARGS; fi
 echo "all done after $(( $(date +%s) - start )) s"
