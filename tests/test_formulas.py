@@ -7,7 +7,9 @@ import torch
 
 from worldcache.cache import make_policy
 from worldcache.cache.base import ModelCall
-from worldcache.cache.probe import lagrange_weights
+from worldcache.cache.base import CallRecord
+from worldcache.cache.probe import ProbeEngine, ProbeState, lagrange_weights
+from worldcache.cache.worldcache import spread
 
 OFF = dict(motion_adaptive=False, saliency=False, blend=False, warp=False, phase_aware=False,
            extrapolation="probe")  # the method's line; the parabola is tested on its own
@@ -71,6 +73,14 @@ def test_saliency_weights_are_one_plus_beta_minmax_std():
     assert recs[1].saliency == pytest.approx((1 + 3.5 + 6) / 3, abs=1e-12)
     # drift = mean_tokens(w * mean_channels|p - p_prev|) / mean|p_prev| = 3.5 / (8 / 6)
     assert recs[1].drift == pytest.approx(3.5 / (8 / 6), abs=1e-12)
+
+
+def test_spread_is_the_bessel_corrected_std_over_the_last_dimension():
+    # (1, 2, 3, 4): squares about the mean 2.5 sum to 5, over n - 1 = 3
+    assert spread(torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)).item() == pytest.approx((5 / 3) ** 0.5,
+                                                                                                      abs=1e-15)
+    x = torch.randn(2, 360, 128, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    torch.testing.assert_close(spread(x), x.std(dim=-1), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("over, weights", [("token", [1, 1, 1, 6]), ("location", [1, 6, 1, 6])])
@@ -138,6 +148,25 @@ def test_dicache_gamma_is_the_ratio_of_l1_means_clipped_to_1_2():
     gamma, out, expected = three_calls(make_policy("dicache", threshold=1e9, ret_ratio=0.2))
     assert gamma == pytest.approx(1.5, abs=1e-12)
     torch.testing.assert_close(out, expected)
+
+
+def test_probe_residual_is_extrapolated_only_when_asked_and_with_the_same_weights():
+    # residuals R = (1, 2), (3, 6); probe residuals rho = (0, 0), (1, 1); rho now (2, 2): least-squares gamma 2
+    st = ProbeState(residuals=[tokens(1, 2), tokens(3, 6)], probe_residuals=[tokens(0, 0), tokens(1, 1)],
+                    steps=[0, 1], sigmas=[1.0, 0.5])
+    rec = CallRecord(step=2, num_steps=10, branch="cond", sigma=0.25)
+    args = (st, tokens(2, 2), rec, True, 0.2, 3.0)
+    torch.testing.assert_close(ProbeEngine.extrapolate(*args), tokens(5, 10))  # R_-2 + 2 (R_-1 - R_-2)
+    both = ProbeEngine.extrapolate(*args, probe_too=True)
+    torch.testing.assert_close(both[0], tokens(5, 10))
+    torch.testing.assert_close(both[1], tokens(2, 2))
+    # the sigma line: gamma = (0.25 - 1) / (0.5 - 1) = 1.5, applied to both
+    both = ProbeEngine.extrapolate(*args, along="sigma", probe_too=True)
+    torch.testing.assert_close(both[0], tokens(4, 8))
+    torch.testing.assert_close(both[1], tokens(1.5, 1.5))
+    # one computed residual: the last one of each
+    st.residuals, st.probe_residuals = st.residuals[1:], st.probe_residuals[1:]
+    assert [t.flatten().tolist() for t in ProbeEngine.extrapolate(*args, probe_too=True)] == [[3, 6], [1, 1]]
 
 
 def test_extrapolation_options_line_or_parabola_in_step_or_noise_level():

@@ -29,4 +29,4 @@ class DiCache(ProbePolicy):
         return rec.drift if rec.drift < rec.threshold and not self.engine.capped(st) else None
 
     def approximate(self, st: ProbeState, rho_now, x, ctx, rec: CallRecord):
-        return self.engine.extrapolate(st, rho_now, rec, least_squares=False)[0]
+        return self.engine.extrapolate(st, rho_now, rec, least_squares=False)

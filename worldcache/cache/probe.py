@@ -109,34 +109,38 @@ class ProbeEngine:
 
     @staticmethod
     def extrapolate(st: ProbeState, rho_now: torch.Tensor, rec: CallRecord, least_squares: bool,
-                    gamma_min: float = 0.2, gamma_max: float = 1.8,
-                    along: str = "probe") -> tuple[torch.Tensor, torch.Tensor]:
-        """The extrapolated block-stack residual and probe residual ``r₋₂ + γ (r₋₁ − r₋₂)`` (with one computed
-        residual: ``r₋₁``, γ = 1). `along` "probe": γ from the probe residuals, least squares clamped to
-        [gamma_min, gamma_max] (WorldCache's blending) or DiCache's official ratio of L1 means clipped to [1, 2].
-        "sigma": the line in noise level, γ = (σ − σ₋₂) / (σ₋₁ − σ₋₂). "parabola" / "sigma2": the parabola through
-        the last three residuals in step index / in noise level (`lagrange_weights`; ``rec.gamma`` NaN), until
-        three exist the probe's / the σ line. Sets ``rec.gamma``."""
+                    gamma_min: float = 0.2, gamma_max: float = 1.8, along: str = "probe",
+                    probe_too: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The extrapolated block-stack residual ``r₋₂ + γ (r₋₁ − r₋₂)`` (with one computed residual: ``r₋₁``,
+        γ = 1); with `probe_too`, (it, the probe residual extrapolated alike), which only WorldCache's warp check
+        reads, so a plain skip does not pay for it. `along` "probe": γ from the probe residuals, least squares
+        clamped to [gamma_min, gamma_max] (WorldCache's blending) or DiCache's official ratio of L1 means clipped to
+        [1, 2]. "sigma": the line in noise level, γ = (σ − σ₋₂) / (σ₋₁ − σ₋₂). "parabola" / "sigma2": the parabola
+        through the last three residuals in step index / in noise level (`lagrange_weights`; ``rec.gamma`` NaN),
+        until three exist the probe's / the σ line. Sets ``rec.gamma``."""
         res, rho = st.residuals, st.probe_residuals
+        series = (res, rho) if probe_too else (res,)
         if len(res) < 2:
             rec.gamma = 1.0
-            return res[-1], rho[-1]
-        if along in PARABOLAS and len(res) == 3:
+            out = [s[-1] for s in series]
+        elif along in PARABOLAS and len(res) == 3:
             w = (lagrange_weights(st.steps, rec.step) if along == "parabola" else
                  lagrange_weights(st.sigmas, rec.sigma))
-            return sum(wj * r for wj, r in zip(w, res)), sum(wj * r for wj, r in zip(w, rho))
-        if PARABOLAS.get(along, along) == "sigma":  # the σ line, or the σ parabola's until three residuals exist
-            g = rec.gamma = (rec.sigma - st.sigmas[-2]) / (st.sigmas[-1] - st.sigmas[-2])
+            out = [sum(wj * r for wj, r in zip(w, s)) for s in series]
         else:
-            dims = (1, 2)
-            a, b = rho_now - rho[-2], rho[-1] - rho[-2]
-            if least_squares:  # argmin_g ||a - g b||^2
-                gamma = ((a * b).sum(dims) / (b * b).sum(dims).clamp_min(1e-12)).clamp(gamma_min, gamma_max)
+            if PARABOLAS.get(along, along) == "sigma":  # the σ line, or the σ parabola's until three residuals exist
+                g = rec.gamma = (rec.sigma - st.sigmas[-2]) / (st.sigmas[-1] - st.sigmas[-2])
             else:
-                gamma = (a.abs().mean(dims) / b.abs().mean(dims).clamp_min(1e-12)).clamp(1.0, 2.0)
-            g = gamma[:, None, None]
-            rec.gamma = float(gamma.mean())
-        return res[-2] + g * (res[-1] - res[-2]), rho[-2] + g * (rho[-1] - rho[-2])
+                dims = (1, 2)
+                a, b = rho_now - rho[-2], rho[-1] - rho[-2]
+                if least_squares:  # argmin_g ||a - g b||^2
+                    gamma = ((a * b).sum(dims) / (b * b).sum(dims).clamp_min(1e-12)).clamp(gamma_min, gamma_max)
+                else:
+                    gamma = (a.abs().mean(dims) / b.abs().mean(dims).clamp_min(1e-12)).clamp(1.0, 2.0)
+                g = gamma[:, None, None]
+                rec.gamma = float(gamma.mean())
+            out = [s[-2] + g * (s[-1] - s[-2]) for s in series]
+        return tuple(out) if probe_too else out[0]
 
 
 def lagrange_weights(xs, x: float) -> list[float]:

