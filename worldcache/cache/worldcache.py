@@ -178,11 +178,9 @@ class WorldCache(ProbePolicy):
         along = cfg.extrapolation
         if along in PARABOLAS and rec.num_steps < cfg.parabola_min_steps:
             along = PARABOLAS[along]
-        if not cfg.warp:
-            return self.engine.extrapolate(st, rho_now, rec, cfg.blend, cfg.gamma_min, cfg.gamma_max, along)
-        approx, rho_hat = self.engine.extrapolate(st, rho_now, rec, cfg.blend, cfg.gamma_min, cfg.gamma_max, along,
-                                                  probe_too=True)
-        return self._warp(approx, rho_hat, rho_now, st.x_ref, x, ctx.grid, rec)
+        out = self.engine.extrapolate(st, rho_now, rec, cfg.blend, cfg.gamma_min, cfg.gamma_max, along,
+                                      probe_too=cfg.warp)  # (residual, probe residual) for the warp check
+        return self._warp(*out, rho_now, st.x_ref, x, ctx.grid, rec) if cfg.warp else out
 
     def _warp(self, approx, rho_hat, rho_now, x_ref, x, grid, call: CallRecord) -> torch.Tensor:
         """Resample the extrapolated residual along the token flow from the last computed input to this one.
