@@ -188,6 +188,29 @@ def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume
     assert torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["step"] == 20
 
 
+def test_timed_dit_training_counts_its_preparation_within_the_budget(tmp_path, tiny_ckpt, monkeypatch):
+    import time
+
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+    skew, real = [0.0], time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + skew[0])
+    encode = Trainer._encode_windows
+
+    def slow_encode(self, episodes):  # a preparation that takes the whole 30-second budget, on the clock
+        skew[0] += 30.0
+        return encode(self, episodes)
+
+    monkeypatch.setattr(Trainer, "_encode_windows", slow_encode)
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=3,
+                      dit_batch=2, save_every=100, holdout=0.34, dit_minutes=0.5, vae_from=str(tiny_ckpt))
+    Trainer(cfg, model=WorldModel.build(SPEC, **ARCH, seed=5)).run()
+    # nothing of the budget is left after the preparation: only the 20 steps that measure the rate
+    st = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)
+    assert (st["step"], st["total"]) == (20, 20)
+
+
 @pytest.mark.slow
 def test_compiled_training_exports_the_same_keys_and_loads(tmp_path, tiny_ckpt):
     from worldcache.train import TrainConfig, Trainer

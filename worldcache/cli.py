@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--heads", type=int, default=4, help="attention heads of a new model (default 4)")
     t.add_argument("--head-dim", type=int, default=32, help="width of a head of a new model (default 32)")
     t.add_argument("--dit-minutes", type=float, default=None,
-                   help="train the DiT about this long: its step count is set from the measured step rate")
+                   help="train the DiT about this long, its preparation (encoding windows, --self-cond's own frames) "
+                   "included: its step count is set from the measured step rate")
     t.add_argument("--vae-minutes", type=float, default=None, help="the same for the VAE stage")
     t.add_argument("--cond-noise", type=float, default=0.0, metavar="S",
                    help="DiT stage: noise of std U(0, S) on the conditioning latents, for robustness to a rollout's "

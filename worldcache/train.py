@@ -14,7 +14,9 @@ action box come from the config and the data.
 
 ``dit_minutes`` / ``vae_minutes``: train for about that long instead of a fixed step count. The stage times its
 first steps and sets its step count (and so its cosine schedule) from the rate and the time left, so that a slow
-first step (``compile``) counts within the budget; the count is recorded and a resumed run keeps it.
+first step (``compile``) counts within the budget; the count is recorded and a resumed run keeps it. The DiT
+stage's budget starts before its preparation (encoding its windows, predicting its own conditioning frames with
+``self_cond``), so a time-boxed machine is not overrun by a long preparation pass.
 
 Resumable: every `save_every` steps the stage's state (weights, optimiser, step, RNG) goes to
 ``OUT/state_<stage>.pt``; re-running the same command continues from it. The exported checkpoint lands in
@@ -165,8 +167,9 @@ class Trainer:
 
     # --- generic resumable loop --------------------------------------------------------------------------------
     def _run(self, stage: str, module: torch.nn.Module, steps: int, lr: float, loss_fn,
-             minutes: float | None = None) -> list[float]:
-        """Train `module` for `steps` steps (or about `minutes`: see the module doc); returns the losses."""
+             minutes: float | None = None, began: float | None = None) -> list[float]:
+        """Train `module` for `steps` steps (or about `minutes`: see the module doc); returns the losses.
+        `began`: when the budget of `minutes` started (`time.perf_counter`; default now)."""
         state_file = self.out / f"state_{stage}.pt"
         opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
         total = [steps]  # the schedule reads it: a timed run sets it after its first steps
@@ -188,7 +191,7 @@ class Trainer:
         module.train()
         bar = tqdm(total=total[0], initial=step, desc=f"train {stage}", unit="step", dynamic_ncols=True)
         timer, timed_from, timed_to = 0.0, step + 1, step + 20  # the rate: 19 steps after 1 warm-up step
-        began = time.perf_counter()
+        began = time.perf_counter() if began is None else began
         while step < total[0] or (pending and step < timed_to):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
                 loss = loss_fn(rng)
@@ -304,6 +307,7 @@ class Trainer:
         return value
 
     def train_dit(self) -> None:
+        began = time.perf_counter()  # `dit_minutes` counts the preparation below
         m, c = self.model, self.cfg
         # before any DiT step or resume, the weights are the stage's starting ones, as when the files were made
         data = fingerprint(*(ep[key] for ep in self.train_eps for key in ("obs", "actions")))
@@ -354,7 +358,7 @@ class Trainer:
             n = x0.shape[2]
             return (((v - (noise - x0)) ** 2) * (1 - cond)).mean() * n / (n - m.spec.cond_latent_frames)
 
-        losses = self._run("dit", m.dit, self.cfg.dit_steps, self.cfg.dit_lr, loss_fn, self.cfg.dit_minutes)
+        losses = self._run("dit", m.dit, self.cfg.dit_steps, self.cfg.dit_lr, loss_fn, self.cfg.dit_minutes, began)
         self.record["dit"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:]))}
 
     def run(self) -> Path:
