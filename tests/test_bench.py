@@ -394,6 +394,13 @@ def test_evaluate_policies_ranks_the_equal_cost_set_end_to_end(small_ckpt, tmp_p
     assert len({round(p["real_return"], 6) for p in res["policies"]}) == len(res["policies"])  # spread out
     assert len(fidelity.markdown_table(res).splitlines()) == len(res["policies"]) + 2
     assert json.loads((tmp_path / "f.json").read_text())["spearman"].keys() == res["spearman"].keys()
+    # other starts (tuning seeds), the same model: other real returns; a decoder from another folder is read
+    other = evaluate_policies(small_ckpt, episodes=1, steps=4, num_steps=2, cache=("none",), policies=["push", "away"],
+                              verbose=False, first_seed=20_000, decoder=small_ckpt)
+    assert res["settings"]["env_seeds"] == [10_000] and other["settings"]["env_seeds"] == [20_000]
+    assert other["policies"][0]["real_return"] != res["policies"][0]["real_return"]
+    with pytest.raises(FileNotFoundError):
+        evaluate_policies(small_ckpt, episodes=1, steps=4, verbose=False, decoder=tmp_path / "no_decoder")
     with pytest.raises(ValueError, match="multiple"):
         evaluate_policies(small_ckpt, episodes=1, steps=5, verbose=False)
     with pytest.raises(ValueError, match="unknown control policy"):

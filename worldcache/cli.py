@@ -187,7 +187,8 @@ def _evaluate_policies(args) -> int:
 
     evaluate_policies(args.checkpoint, episodes=args.episodes, steps=args.env_steps, policies=args.control,
                       seed=args.seed, cache=tuple(args.cache), num_steps=args.denoise_steps,
-                      device=args.device, json_out=args.json, compile=args.compile)
+                      device=args.device, json_out=args.json, compile=args.compile, first_seed=args.first_seed,
+                      decoder=args.decoder)
     return 0
 
 
@@ -412,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--cache", nargs="*", default=["none", "worldcache"])
     ep.add_argument("--denoise-steps", type=int, default=None)
     ep.add_argument("--seed", type=int, default=0)
+    ep.add_argument("--first-seed", type=int, default=10_000,
+                    help="env seed of the first start (held-out: 10000; tuning starts: e.g. 20000)")
+    ep.add_argument("--decoder", default=None,
+                    help="folder of the state decoder that reads the frames (default: the checkpoint's)")
     ep.add_argument("--device", default="cpu")
     ep.add_argument("--json", default=None)
     _add_compile(ep)
