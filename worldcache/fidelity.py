@@ -205,7 +205,8 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
         "same_ranking": {c: bool(np.array_equal(rankdata(mean(wm[c])), rankdata(mean(wm[ref])))) for c in caches},
         "equal_control_cost": bool(np.ptp(ctrl) < 1e-6 * max(1.0, np.abs(ctrl).max())),
         "reference_cache": ref,
-        "settings": {"checkpoint": str(checkpoint) if checkpoint else "bundled", "episodes": episodes,
+        "settings": {"checkpoint": str(checkpoint) if checkpoint else "bundled",
+                     "decoder": str(decoder) if decoder else "the checkpoint's", "episodes": episodes,
                      "steps": steps, "num_steps": num_steps or s.num_steps, "seed": seed, "policies": names,
                      "env_seeds": [first_seed + e for e in range(episodes)], "replay": "open-loop"},
     }
