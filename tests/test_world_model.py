@@ -290,6 +290,15 @@ def test_self_cond_conditions_a_fraction_of_the_batch_on_the_models_own_predicti
     torch.testing.assert_close(xt[:2, :, :1], own[torch.from_numpy(j)])  # half the batch: its own conditioning
     torch.testing.assert_close(xt[2:, :, :1], x0[2:, :, :1])  # the rest: the real frame
     torch.testing.assert_close(xt[:, :, 1:], (1 - sigma) * x0[:, :, 1:] + sigma * noise[:, :, 1:])
+    # predicted in batches of the training batch (a GPU is launch-bound at small ones); each window's own seed
+    # makes the latents independent of it: batches of 2 and 1 give the same as one of 3 and three of 1
+    small = Trainer(dataclasses.replace(cfg, dit_batch=2, out=str(tmp_path / "run2")),
+                    model=WorldModel.build(SPEC, **ARCH, seed=5))
+    sizes, predict = [], small.model.predict
+    small.model.predict = lambda hist, *a, **kw: sizes.append(len(hist)) or predict(hist, *a, **kw)
+    idx2, own2 = small._own_conditioning()
+    assert sizes == [2, 1] and idx2.tolist() == pick.tolist()
+    torch.testing.assert_close(own2, torch.cat(want), atol=1e-4, rtol=1e-4)
     for bad in (dict(self_cond=1.5), dict(self_cond=-0.1), dict(self_cond_windows=0)):
         with pytest.raises(ValueError, match="self_cond"):
             Trainer(dataclasses.replace(cfg, **bad), model=WorldModel.build(SPEC, **ARCH))

@@ -259,9 +259,9 @@ class Trainer:
     def _encode_windows(self, episodes) -> tuple[torch.Tensor, torch.Tensor]:
         k, c = self.model.spec.chunk, self.model.spec.cond_frames
         wins = windows(episodes, k + c - 1, 1)  # c conditioning frames, then the frames of k actions
-        lat, act = [], []
-        for i in tqdm(range(0, len(wins), 32), desc="encode windows", unit="batch", dynamic_ncols=True):
-            part = wins[i:i + 32]
+        lat, act, b = [], [], self.cfg.dit_batch  # in training batches: a GPU is launch-bound at 32
+        for i in tqdm(range(0, len(wins), b), desc="encode windows", unit="batch", dynamic_ncols=True):
+            part = wins[i:i + b]
             frames = torch.stack([torch.from_numpy(episodes[e]["obs"][t:t + c + k]) for e, t in part])
             lat.append(self.model.encode(frames))
             act.append(torch.stack([torch.from_numpy(episodes[e]["actions"][t + c - 1:t + c - 1 + k])
@@ -282,13 +282,13 @@ class Trainer:
             raise ValueError(f"self_cond needs training episodes longer than two chunks ({2 * k + c - 1} actions)")
         pick = np.sort(rng.choice(after, min(n, len(after)), replace=False))
         seeds = rng.integers(0, 2**31, len(pick))
-        lat = []
-        for j in tqdm(range(0, len(pick), 32), desc="predict own conditioning", unit="batch", dynamic_ncols=True):
-            part = [wins[i] for i in pick[j:j + 32]]
+        lat, b = [], self.cfg.dit_batch  # per-window seeds: the batch size changes only the speed
+        for j in tqdm(range(0, len(pick), b), desc="predict own conditioning", unit="batch", dynamic_ncols=True):
+            part = [wins[i] for i in pick[j:j + b]]
             # frames t-k .. t-k+c-1 and their k actions predict frames t-k+c .. t+c-1, whose last c condition (e, t)
             hist = torch.stack([torch.from_numpy(self.train_eps[e]["obs"][t - k:t - k + c]) for e, t in part])
             act = np.stack([self.train_eps[e]["actions"][t - k + c - 1:t + c - 1] for e, t in part])
-            new, _ = m.predict(hist, act, num_steps=SELF_COND_STEPS, seed=seeds[j:j + 32].tolist())
+            new, _ = m.predict(hist, act, num_steps=SELF_COND_STEPS, seed=seeds[j:j + b].tolist())
             lat.append(m.encode(new[:, -c:]).cpu())
         return torch.from_numpy(pick), torch.cat(lat)
 
