@@ -166,6 +166,13 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
     assert not torch.equal(went_on.dit.transformer.proj_out.weight, src.dit.transformer.proj_out.weight)
     assert (tmp_path / "cont/model/state_decoder.safetensors").read_bytes() == \
         (out / "state_decoder.safetensors").read_bytes()
+    # each record holds the record of the checkpoint it started from: the whole lineage
+    first = json.loads((out / "training.json").read_text())
+    assert json.loads((moved / "training.json").read_text())["started_from"] == {"checkpoint": str(out),
+                                                                                  "record": first}
+    went = json.loads((tmp_path / "cont/model/training.json").read_text())
+    assert went["started_from"] == {"checkpoint": str(out), "record": first} and went["dit"]["steps"] == 2
+    assert "started_from" not in first
 
 
 def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume(tmp_path, tiny_ckpt):

@@ -154,6 +154,10 @@ class Trainer:
         self.record = json.loads(old.read_text()) if old.exists() else {}
         self.record.update({"command": " ".join(sys.argv), "config": asdict(self.cfg), "data_attrs": self.data_attrs,
                             "train_episodes": len(self.train_eps), "heldout_episodes": len(self.held_eps)})
+        source = cfg.continue_from or cfg.init_from
+        if source and (Path(source) / "training.json").is_file():  # the lineage: how the starting weights were made
+            self.record["started_from"] = {"checkpoint": str(source),
+                                           "record": json.loads((Path(source) / "training.json").read_text())}
 
     def _spec(self) -> WorldModelSpec:
         """A new model's spec: frame size and action box from the data, sampling conventions of the real model."""
