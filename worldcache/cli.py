@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoder: the state decoder (frame -> positions) the env's default reward reads")
     t.add_argument("--vae-steps", type=int, default=1500)
     t.add_argument("--dit-steps", type=int, default=3000)
-    t.add_argument("--dit-batch", type=int, default=16)
+    t.add_argument("--dit-batch", type=int, default=16,
+                   help="DiT training batch; also the batch of its preparation (encoding windows, own frames)")
     t.add_argument("--decoder-steps", type=int, default=3000, help="state decoder training steps (batch 64)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--dit-lr", type=float, default=3e-4)
@@ -273,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-from", default=None, metavar="DIR",
                    help="start from this checkpoint's transformer + VAE with a fresh action embedder")
     t.add_argument("--continue-from", default=None, metavar="DIR",
-                   help="continue training this checkpoint: all its weights, a new schedule")
+                   help="continue training this checkpoint: all its weights and state decoder, a new schedule; "
+                        "its training.json is kept in the new one's (started_from)")
     t.add_argument("--vae-from", default=None, metavar="DIR", help="start the VAE from this checkpoint's VAE")
     t.add_argument("--layers", type=int, default=12, help="DiT blocks of a new model (default 12)")
     t.add_argument("--heads", type=int, default=4, help="attention heads of a new model (default 4)")
