@@ -173,6 +173,8 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
     went = json.loads((tmp_path / "cont/model/training.json").read_text())
     assert went["started_from"] == {"checkpoint": str(out), "record": first} and went["dit"]["steps"] == 2
     assert "started_from" not in first
+    with pytest.raises(ValueError, match="give one"):  # two starting checkpoints: which one's weights is unclear
+        Trainer(dataclasses.replace(cont, init_from=str(out)))
 
 
 def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume(tmp_path, tiny_ckpt):

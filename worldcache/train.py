@@ -129,7 +129,10 @@ class Trainer:
             raise ValueError(f"self_cond must be a fraction in [0, 1], got {cfg.self_cond}")
         if cfg.self_cond > 0 and cfg.self_cond_windows < 1:
             raise ValueError(f"self_cond_windows must be >= 1, got {cfg.self_cond_windows}")
+        if cfg.init_from and cfg.continue_from:
+            raise ValueError("init_from and continue_from both name a starting checkpoint: give one")
         self.cfg = cfg
+        self.source = cfg.continue_from or cfg.init_from  # the checkpoint the weights, decoder and lineage come from
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
@@ -154,10 +157,9 @@ class Trainer:
         self.record = json.loads(old.read_text()) if old.exists() else {}
         self.record.update({"command": " ".join(sys.argv), "config": asdict(self.cfg), "data_attrs": self.data_attrs,
                             "train_episodes": len(self.train_eps), "heldout_episodes": len(self.held_eps)})
-        source = cfg.continue_from or cfg.init_from
-        if source and (Path(source) / "training.json").is_file():  # the lineage: how the starting weights were made
-            self.record["started_from"] = {"checkpoint": str(source),
-                                           "record": json.loads((Path(source) / "training.json").read_text())}
+        if self.source and (Path(self.source) / "training.json").is_file():  # the lineage of the starting weights
+            self.record["started_from"] = {"checkpoint": str(self.source),
+                                           "record": json.loads((Path(self.source) / "training.json").read_text())}
 
     def _spec(self) -> WorldModelSpec:
         """A new model's spec: frame size and action box from the data, sampling conventions of the real model."""
@@ -377,11 +379,10 @@ class Trainer:
             self.train_dit()
         self.model.cpu().save_pretrained(self.out / "model")
         write_start_frames(self.cfg.data, self.out / "model")
-        source = self.cfg.init_from or self.cfg.continue_from
-        if source and "decoder" not in self.cfg.stages:  # keep the starting checkpoint's state decoder
+        if self.source and "decoder" not in self.cfg.stages:  # keep the starting checkpoint's state decoder
             for name in ("state_decoder.json", "state_decoder.safetensors"):
-                if (Path(source) / name).is_file():
-                    shutil.copyfile(Path(source) / name, self.out / "model" / name)
+                if (Path(self.source) / name).is_file():
+                    shutil.copyfile(Path(self.source) / name, self.out / "model" / name)
         if "decoder" in self.cfg.stages:
             from .state_decoder import train_state_decoder
 
