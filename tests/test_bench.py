@@ -476,13 +476,15 @@ def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp
                  "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["windows"] == 2 and list(res["horizons"]) == ["1", "2"]
+    assert len(res["cond_error"]) == 1 and 0 < res["cond_error"][0] < 100  # chunk 2's conditioning frame
     for c, r in res["horizons"].items():
         assert r["frames"] == 2 * int(c) * 8
         for k in ("psnr", "ssim", "psnr_moving", "psnr_repeat_last", "ssim_repeat_last", "psnr_moving_repeat_last"):
             assert math.isfinite(r[k]), (c, k)
         assert 0.9 < r["moving_pixel_share"] <= 1  # random frames: nearly every pixel differs from the start
         assert "positions" not in r  # the tiny checkpoint has no state decoder, the store no states
-    assert "moving PSNR" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "moving PSNR" in printed and f"chunk 2: {res['cond_error'][0]:.3f}" in printed
 
 
 def test_cli_evaluate_model_reports_decoded_position_errors(tiny_ckpt, tmp_path, capsys):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from worldcache.mujoco_data import GOAL, OBJ, TIP, task_reward
-from worldcache.quality import follow_scores, frame_scores, moving_mask, moving_psnr, position_scores
+from worldcache.quality import (conditioning_error, follow_scores, frame_scores, moving_mask, moving_psnr,
+                                position_scores)
 from worldcache.rollouts.store import EpisodeStore
 from worldcache.state_decoder import (BODIES, CONFIG_FILE, StateDecoder, StateDecoderConfig, position_errors,
                                       targets, train_state_decoder)
@@ -188,3 +189,26 @@ def test_follow_scores_exact_values():
     at_start[:, :, TIP.start:TIP.start + 2] = np.array([[0.1, 0.1], [0.2, 0.0]])[:, None]
     still = follow_scores(Stub(), np.repeat(start[:, None], 2, axis=1), start, at_start, chunk=2)
     assert np.isnan(still[0]["slope"]) and np.isnan(still[0]["r"])
+
+
+def test_conditioning_error_exact_values():
+    """Per chunk but the last: the RMS latent difference of the last `cond_frames` frames, predicted vs real."""
+    class Stub:  # a "latent" per frame: its first pixel's red value; chunks of 2 frames
+        def __init__(self, cond_frames):
+            self.spec = type("Spec", (), {"chunk": 2, "cond_frames": cond_frames})()
+
+        def encode(self, frames):
+            return frames[..., 0, 0, 0].float()
+
+    def windows(*reds):  # (windows, frames) red values -> uint8 frames (windows, frames, 2, 2, 3)
+        x = np.zeros((*np.shape(reds), 2, 2, 3), np.uint8)
+        x[..., 0] = np.array(reds)[..., None, None]
+        return x
+
+    real = windows([0, 7, 0, 5, 0, 0], [0, 7, 0, 5, 0, 0])
+    pred = windows([0, 10, 0, 5, 0, 0], [9, 8, 0, 1, 0, 0])
+    # 3 chunks: chunks 2 and 3 are conditioned on frames 1 and 3; differences (3, 1) and (0, -4)
+    assert conditioning_error(Stub(1), pred, real) == pytest.approx([np.sqrt(5), np.sqrt(8)])
+    # two conditioning frames: frames 0-1 and 2-3; differences (0, 3, 9, 1) and (0, 0, 0, -4)
+    assert conditioning_error(Stub(2), pred, real) == pytest.approx([np.sqrt(91 / 4), 2.0])
+    assert conditioning_error(Stub(1), pred[:, :2], real[:, :2]) == []  # one chunk: nothing conditions on it

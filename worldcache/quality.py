@@ -111,6 +111,20 @@ def follow_scores(decoder, pred, start, states, chunk: int) -> list[dict]:
     return out
 
 
+@torch.no_grad()
+def conditioning_error(model, pred, real) -> list[float]:
+    """How far a rollout's own conditioning frames are from the real ones: for each chunk but the last of predicted
+    windows (N, T, H, W, 3), the RMS difference between the encoded last `spec.cond_frames` frames of the chunk,
+    predicted and real, in the normalised latent units the DiT reads (and `train --cond-noise` perturbs; the real
+    latents' RMS: 1.2 on the bundled model). The next chunk is conditioned on exactly these frames."""
+    k, n = model.spec.chunk, model.spec.cond_frames
+    out = []
+    for end in range(k, pred.shape[1], k):
+        d = model.encode(torch.as_tensor(pred[:, end - n:end])) - model.encode(torch.as_tensor(real[:, end - n:end]))
+        out.append(float(d.float().pow(2).mean().sqrt()))
+    return out
+
+
 def frame_scores(pred, real, start) -> dict:
     """Full-frame PSNR and SSIM and moving-region PSNR of predicted windows (N, T, H, W, 3) against the real
     ones, and the same for repeating each window's start frame (N, H, W, 3) (the trivial predictor)."""
@@ -130,7 +144,8 @@ def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, 
     each horizon in `chunks` (chunks per rollout). One rollout of the longest horizon per window: a shorter
     horizon is scored on its first chunks (an open-loop chunk depends only on what precedes it). With a state
     `decoder` and episodes that carry their states, each horizon also gets ``positions`` (`position_scores`), and the
-    longest rollout gets ``follow`` (`follow_scores`, one entry per chunk)."""
+    longest rollout gets ``follow`` (`follow_scores`, one entry per chunk). A rollout of more than one chunk also
+    gets ``cond_error`` (`conditioning_error`, one entry per chunk after the first)."""
     horizons = sorted({int(c) for c in np.atleast_1d(chunks)})
     if not horizons or horizons[0] < 1:
         raise ValueError(f"chunks must be >= 1, got {chunks}")
@@ -145,6 +160,8 @@ def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, 
     out = {"windows": int(len(starts)), "chunk": k,
            "horizons": {str(c): {"frames": int(len(starts) * c * k), **frame_scores(pred[:, :c * k], reals[:, :c * k],
                                                                                  starts)} for c in horizons}}
+    if horizons[-1] > 1:
+        out["cond_error"] = conditioning_error(model, pred, reals)
     if decoder is not None and states is not None:
         for c in horizons:
             out["horizons"][str(c)]["positions"] = position_scores(decoder, pred[:, :c * k], reals[:, :c * k], starts,
@@ -171,4 +188,8 @@ def format_scores(res: dict) -> str:
         lines += ["", "fingertip per chunk of the rollout, model vs simulator: displacement slope / r, error at the "
                   "chunk's end"] + [f"  chunk {i}: {f['slope']:.2f} / {f['r']:.2f}, {f['tip_end_cm']:.1f} cm"
                                    for i, f in enumerate(res["follow"], 1)]
+    if res.get("cond_error"):
+        per_chunk = ", ".join(f"chunk {i}: {e:.3f}" for i, e in enumerate(res["cond_error"], 2))
+        lines += ["", "conditioning frames of the rollout vs the real ones, RMS latent difference (normalised units, "
+                  f"as train --cond-noise): {per_chunk}"]
     return "\n".join(lines)
