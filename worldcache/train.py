@@ -132,7 +132,8 @@ class Trainer:
         if cfg.init_from and cfg.continue_from:
             raise ValueError("init_from and continue_from both name a starting checkpoint: give one")
         self.cfg = cfg
-        self.source = cfg.continue_from or cfg.init_from  # the checkpoint the weights, decoder and lineage come from
+        source = cfg.continue_from or cfg.init_from
+        self.source = Path(source) if source else None  # the checkpoint the weights, decoder and lineage come from
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
@@ -157,9 +158,9 @@ class Trainer:
         self.record = json.loads(old.read_text()) if old.exists() else {}
         self.record.update({"command": " ".join(sys.argv), "config": asdict(self.cfg), "data_attrs": self.data_attrs,
                             "train_episodes": len(self.train_eps), "heldout_episodes": len(self.held_eps)})
-        if self.source and (Path(self.source) / "training.json").is_file():  # the lineage of the starting weights
+        if self.source and (self.source / "training.json").is_file():  # the lineage of the starting weights
             self.record["started_from"] = {"checkpoint": str(self.source),
-                                           "record": json.loads((Path(self.source) / "training.json").read_text())}
+                                           "record": json.loads((self.source / "training.json").read_text())}
 
     def _spec(self) -> WorldModelSpec:
         """A new model's spec: frame size and action box from the data, sampling conventions of the real model."""
@@ -381,8 +382,8 @@ class Trainer:
         write_start_frames(self.cfg.data, self.out / "model")
         if self.source and "decoder" not in self.cfg.stages:  # keep the starting checkpoint's state decoder
             for name in ("state_decoder.json", "state_decoder.safetensors"):
-                if (Path(self.source) / name).is_file():
-                    shutil.copyfile(Path(self.source) / name, self.out / "model" / name)
+                if (self.source / name).is_file():
+                    shutil.copyfile(self.source / name, self.out / "model" / name)
         if "decoder" in self.cfg.stages:
             from .state_decoder import train_state_decoder
 
