@@ -15,7 +15,8 @@
 #     bash scripts/gpu_train.sh  # continue the bundled model, with new state decoders and a bench on the GPU
 #   DIT_MIN=6.5 DIT_BATCH=512 TIMING_BEFORE=0 EVAL_ARGS="--chunks 1 4 --windows 40" TRAIN_ARGS="--stages dit \
 #     --continue-from worldcache/assets/pusher --dit-lr 2e-4 --compile --self-cond 0.5 --self-cond-windows 12000" \
-#     bash scripts/gpu_train.sh  # on its own frames too (all 11,880 windows with a chunk before them; not better: README)
+#     bash scripts/gpu_train.sh  # on its own frames too (all 11,880 windows with a chunk before them;
+#                                # not better: docs/experiments.md)
 #   DEVICE=cpu VAE_MIN=0.05 DIT_MIN=0.05 ARCH="--layers 2 --heads 2 --head-dim 16" bash scripts/gpu_train.sh  # smoke
 set -euo pipefail
 export PYTHONUNBUFFERED=1

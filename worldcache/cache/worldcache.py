@@ -18,7 +18,7 @@ from ..motion import laplacian, token_flow, warp_tokens
 
 @dataclass
 class WorldCacheConfig(ProbeConfig):
-    # Tuned for the bundled model on tuning episodes disjoint from the benchmark's (README, Benchmarks); the
+    # Tuned for the bundled model on tuning episodes disjoint from the benchmark's (docs/experiments.md); the
     # method's own defaults (threshold 0.08, ret_ratio 0.2, warp on, unchecked) are configs/cache/worldcache_paper.yaml.
     threshold: float = 0.12
     ret_ratio: float = 0.1
@@ -34,10 +34,11 @@ class WorldCacheConfig(ProbeConfig):
     gamma_min: float = 0.2          # line: below parabola_min_steps, and until three residuals exist)
     gamma_max: float = 1.8
     extrapolation: str = "parabola"  # a skip's residual on the parabola through the last three in step index (ours:
-                                    # a higher frontier on the bundled model, README); "probe": the method's line
-                                    # through the last two, γ from the probe; "sigma" / "sigma2": line / parabola in σ
+                                    # a higher frontier on the bundled model, docs/experiments.md); "probe": the
+                                    # method's line through the last two, γ from the probe; "sigma" / "sigma2": line /
+                                    # parabola in σ
     parabola_min_steps: int = 30    # predictions of fewer steps use the parabola's line instead (probe / sigma):
-                                    # the parabola gained at 35 and 30 steps and lost at 24 and 18 (README)
+                                    # the parabola gained at 35 and 30 steps and lost at 24 and 18 (docs/experiments.md)
     warp: bool = False              # warp the cached residual along the token-grid flow
     warp_check: bool = True         # keep the warp only in latent frames where it also fits the probe better
     flow_scale: float = 0.5         # flow estimated at this fraction of the token grid
