@@ -138,6 +138,9 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
     record = json.loads((out / "training.json").read_text())
     assert record["vae"]["steps"] == 3 and record["dit"]["steps"] == 3 and np.isfinite(record["dit"]["final_loss"])
     assert record["decoder"]["steps"] == 3 and np.isfinite(record["decoder"]["heldout_errors_cm"]["object"]["mean_cm"])
+    fixed = record["dit"]["fixed_sigma_loss"]  # every window (fewer than eval_windows): 2 x 9 training, 1 x 9 held out
+    assert (fixed["train_windows"], fixed["heldout_windows"]) == (18, 9)
+    assert np.isfinite([fixed["train"], fixed["heldout"]]).all()
     assert np.load(out / "start_frames.npy").shape == (3, 32, 40, 3)  # the episodes' reset frames
     assert torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["step"] == 3
     # resume: a longer schedule continues from the saved step instead of starting over
@@ -207,9 +210,9 @@ def test_timed_dit_training_counts_its_preparation_within_the_budget(tmp_path, t
     monkeypatch.setattr(time, "perf_counter", lambda: real() + skew[0])
     encode = Trainer._encode_windows
 
-    def slow_encode(self, episodes):  # a preparation that takes the whole 30-second budget, on the clock
+    def slow_encode(self, episodes, pick=None):  # a preparation that takes the whole 30-second budget, on the clock
         skew[0] += 30.0
-        return encode(self, episodes)
+        return encode(self, episodes, pick)
 
     monkeypatch.setattr(Trainer, "_encode_windows", slow_encode)
     cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=3,
@@ -243,7 +246,7 @@ def test_cond_noise_perturbs_only_the_conditioning_latents_by_a_drawn_std(tmp_pa
 
     write_training_store(tmp_path / "data.zarr")
     cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=1,
-                      dit_batch=2, holdout=0.34, vae_from=str(tiny_ckpt), cond_noise=0.5)
+                      dit_batch=2, holdout=0.34, vae_from=str(tiny_ckpt), cond_noise=0.5, eval_windows=0)
     trainer = Trainer(cfg, model=WorldModel.build(SPEC, **ARCH, seed=5))
     seen = []
     trainer.model.dit.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["hidden_states"].clone()),
@@ -259,8 +262,35 @@ def test_cond_noise_perturbs_only_the_conditioning_latents_by_a_drawn_std(tmp_pa
     torch.testing.assert_close(xt[:, :, :1], x0[:, :, :1] + torch.tensor(sc).float().view(2, 1, 1, 1, 1)
                                * noise[:, :, :1])
     torch.testing.assert_close(xt[:, :, 1:], (1 - sigma) * x0[:, :, 1:] + sigma * noise[:, :, 1:])
+    assert len(seen) == 1  # eval_windows=0: no scoring after training
+    assert "fixed_sigma_loss" not in json.loads((tmp_path / "run" / "model" / "training.json").read_text())["dit"]
     with pytest.raises(ValueError, match="cond_noise"):
         Trainer(dataclasses.replace(cfg, cond_noise=-0.1), model=WorldModel.build(SPEC, **ARCH))
+
+
+def test_fixed_sigma_loss_scores_each_window_at_fixed_noise_levels(tmp_path, monkeypatch):
+    from worldcache.train import EVAL_U, TrainConfig, Trainer
+
+    np.testing.assert_allclose(EVAL_U, [0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95])
+    write_training_store(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_batch=3,
+                      holdout=0.34)
+    trainer = Trainer(cfg, model=WorldModel.build(SPEC, **ARCH))
+    # a DiT whose velocity is its input x_t gives the loss a closed form that depends on sigma
+    monkeypatch.setattr(trainer.model.dit, "forward", lambda policy, call, hidden_states, **kw: hidden_states)
+    x0, a = torch.randn(5, 4, 3, 2, 2, generator=torch.Generator().manual_seed(1)), torch.zeros(5, SPEC.chunk, 7)
+    g, expected = torch.Generator().manual_seed(7), 0.0
+    for u in EVAL_U:  # the noise drawn level by level, for all windows at once
+        noise, s = torch.randn(x0.shape, generator=g), 5 * u / (1 + 4 * u)  # flow_shift 5
+        err = ((1 - s) * x0 + s * noise - (noise - x0))[:, :, 1:]  # on the generated latent frames
+        expected += float((err ** 2).mean(dim=(1, 2, 3, 4)).sum())
+    expected /= 5 * len(EVAL_U)
+    assert trainer.fixed_sigma_loss(x0, a, seed=7) == pytest.approx(expected, rel=1e-6)  # in batches of 3 and 2
+    trainer.cfg.dit_batch = 2  # batches of 2, 2 and 1: the same noise per window, the same loss
+    assert trainer.fixed_sigma_loss(x0, a, seed=7) == pytest.approx(expected, rel=1e-6)
+    assert trainer.fixed_sigma_loss(x0, a, seed=8) != pytest.approx(expected, rel=1e-3)
+    with pytest.raises(ValueError, match="eval_windows"):
+        Trainer(dataclasses.replace(cfg, eval_windows=-1), model=WorldModel.build(SPEC, **ARCH))
 
 
 def test_self_cond_conditions_a_fraction_of_the_batch_on_the_models_own_prediction(tmp_path, tiny_ckpt):
@@ -268,7 +298,8 @@ def test_self_cond_conditions_a_fraction_of_the_batch_on_the_models_own_predicti
 
     write_training_store(tmp_path / "data.zarr")
     cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=1,
-                      dit_batch=4, holdout=0.34, vae_from=str(tiny_ckpt), self_cond=0.5, self_cond_windows=3)
+                      dit_batch=4, holdout=0.34, vae_from=str(tiny_ckpt), self_cond=0.5, self_cond_windows=3,
+                      eval_windows=0)  # the training step's DiT call is the last
     trainer = Trainer(cfg, model=WorldModel.build(SPEC, **ARCH, seed=5))
     m, k = trainer.model, SPEC.chunk
     # the windows (e, t) of 4 actions from 2 training episodes of 12 actions: t = 0..8; own conditioning for t >= 4
@@ -341,7 +372,7 @@ def test_run_folder_files_are_made_again_only_when_their_inputs_change(tmp_path,
 
     write_training_store(tmp_path / "data.zarr")
     cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=1,
-                      dit_batch=2, holdout=0.34, vae_from=str(tiny_ckpt))
+                      dit_batch=2, holdout=0.34, vae_from=str(tiny_ckpt), eval_windows=0)  # encodes for training only
     made, own_made = [], []
 
     def run(cfg, seed=5):  # as a run killed before its export resumes: from the model it was given
@@ -409,3 +440,19 @@ def test_decoder_on_own_frames_script_writes_the_models_predictions_and_fine_tun
     assert any(not torch.equal(before[k], after[k]) for k in before)  # fine-tuned from the checkpoint's decoder
     with pytest.raises(ValueError, match="no training episode has 16 steps"):
         script.main(args + ["--chunks", "4"])  # 12 actions per episode
+
+
+def test_train_cli_records_the_fixed_sigma_loss_of_eval_windows(tmp_path, tiny_ckpt, capsys):
+    from worldcache import cli
+
+    write_training_store(tmp_path / "data.zarr")
+    args = ["train", "--data", str(tmp_path / "data.zarr"), "--stages", "dit", "--dit-steps", "1", "--dit-batch", "2",
+            "--vae-from", str(tiny_ckpt), "--layers", "2", "--heads", "2", "--head-dim", "16"]
+    assert cli.main(args + ["--out", str(tmp_path / "a"), "--eval-windows", "4"]) == 0
+    fixed = json.loads((tmp_path / "a" / "model" / "training.json").read_text())["dit"]["fixed_sigma_loss"]
+    assert (fixed["train_windows"], fixed["heldout_windows"]) == (4, 4)  # of 18 training and 9 held-out windows
+    assert "DiT loss at fixed noise levels" in capsys.readouterr().out
+    assert cli.main(args + ["--out", str(tmp_path / "b"), "--eval-windows", "0"]) == 0
+    assert "fixed_sigma_loss" not in json.loads((tmp_path / "b" / "model" / "training.json").read_text())["dit"]
+    assert cli.main(args + ["--out", str(tmp_path / "c"), "--eval-windows", "-1"]) == 2
+    assert "eval_windows must be >= 0" in capsys.readouterr().err

@@ -21,6 +21,10 @@ stage's budget starts before its preparation (encoding its windows, predicting i
 Resumable: every `save_every` steps the stage's state (weights, optimiser, step, RNG) goes to
 ``OUT/state_<stage>.pt``; re-running the same command continues from it. The exported checkpoint lands in
 ``OUT/model`` and a record of the run (command, data, steps, losses) in ``OUT/model/training.json``.
+
+After the DiT stage, ``eval_windows`` training windows and as many held-out ones are scored at fixed noise levels
+with fixed noise (`Trainer.fixed_sigma_loss`), so the record says how far the training loss carries over to unseen
+episodes, comparably across runs (the training losses are of random draws).
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ from .world_model import WorldModel, WorldModelSpec
 # Sampling steps of the model's own conditioning predictions (--self-cond): on v2's step-count curve 8 steps land
 # 54 dB from 35, and this pass runs over thousands of windows.
 SELF_COND_STEPS = 8
+# Where the fixed-sigma loss scores every window: evenly spaced draws of the training's uniform u (before the shift)
+EVAL_U = np.linspace(0.05, 0.95, 10)
 
 
 @dataclass
@@ -83,6 +89,8 @@ class TrainConfig:
     # the real frames. The predictions are made once, before training, for `self_cond_windows` training windows.
     self_cond: float = 0.0
     self_cond_windows: int = 2048
+    # after the DiT stage: training and held-out windows scored by `Trainer.fixed_sigma_loss` (0: off)
+    eval_windows: int = 256
 
 
 def load_episodes(path: str) -> tuple[list[dict], dict]:
@@ -106,6 +114,11 @@ def windows(episodes: list, length: int, stride: int) -> list[tuple[int, int]]:
     return [(e, t) for e, ep in enumerate(episodes) for t in range(0, len(ep["actions"]) - length + 1, stride)]
 
 
+def train_sigma(u, shift: float):
+    """The training noise level of a uniform draw u: the sampler's shifted schedule."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
 def fingerprint(*parts) -> str:
     """A hash of arrays, tensors and plain values (by their bytes and repr): equal parts, equal fingerprint."""
     h = hashlib.blake2b(digest_size=16)
@@ -127,6 +140,8 @@ class Trainer:
             raise ValueError(f"cond_noise must be >= 0, got {cfg.cond_noise}")
         if not 0 <= cfg.self_cond <= 1:
             raise ValueError(f"self_cond must be a fraction in [0, 1], got {cfg.self_cond}")
+        if cfg.eval_windows < 0:
+            raise ValueError(f"eval_windows must be >= 0, got {cfg.eval_windows}")
         if cfg.self_cond > 0 and cfg.self_cond_windows < 1:
             raise ValueError(f"self_cond_windows must be >= 1, got {cfg.self_cond_windows}")
         if cfg.init_from and cfg.continue_from:
@@ -263,9 +278,11 @@ class Trainer:
 
     # --- stage 2: DiT ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _encode_windows(self, episodes) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_windows(self, episodes, pick=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents and actions of every window of `episodes` (or of the windows `pick`, indices into them)."""
         k, c = self.model.spec.chunk, self.model.spec.cond_frames
         wins = windows(episodes, k + c - 1, 1)  # c conditioning frames, then the frames of k actions
+        wins = wins if pick is None else [wins[i] for i in pick]
         lat, act, b = [], [], self.cfg.dit_batch  # in training batches: a GPU is launch-bound at 32
         for i in tqdm(range(0, len(wins), b), desc="encode windows", unit="batch", dynamic_ncols=True):
             part = wins[i:i + b]
@@ -342,10 +359,8 @@ class Trainer:
             x0, a = latents[idx], actions[idx]
             b = x0.shape[0]
             u = torch.from_numpy(rng.random(b)).float()
-            sigma = (shift * u / (1 + (shift - 1) * u)).view(b, 1, 1, 1, 1).to(self.device)
+            sigma = train_sigma(u, shift).view(b, 1, 1, 1, 1).to(self.device)
             noise = torch.randn(x0.shape, generator=gen, device=self.device)
-            cond = torch.zeros(b, 1, x0.shape[2], 1, 1, device=self.device)
-            cond[:, :, :m.spec.cond_latent_frames] = 1
             x_cond = x0
             if self.cfg.self_cond > 0:
                 x_cond = x0.clone()
@@ -353,20 +368,60 @@ class Trainer:
             if self.cfg.cond_noise > 0:  # an imperfect conditioning frame, as a rollout's own predictions are
                 sc = torch.from_numpy(rng.random(b) * self.cfg.cond_noise).float().view(b, 1, 1, 1, 1).to(self.device)
                 x_cond = x_cond + sc * noise  # read only in the conditioning frames, whose noise is otherwise unused
-            xt = cond * x_cond + (1 - cond) * ((1 - sigma) * x0 + sigma * noise)
-            ct = m.spec.cond_frame_timestep
-            seen = torch.floor(sigma * 1000) / 1000 if m.spec.quantise_timestep else sigma  # as the sampler feeds it
-            ts = seen.expand_as(cond) if ct is None else cond * ct + (1 - cond) * seen
-            mask = cond.expand(-1, -1, -1, *x0.shape[-2:])
-            call = ModelCall.new(len(xt), step=0, num_steps=1, branch="train")
-            v = m.dit(NoCache(), call, hidden_states=xt, timestep=ts,
-                      encoder_hidden_states=m.prompt_embeds.expand(b, -1, -1), condition_mask=mask,
-                      frame_cond=a).float()
-            n = x0.shape[2]
-            return (((v - (noise - x0)) ** 2) * (1 - cond)).mean() * n / (n - m.spec.cond_latent_frames)
+            return self._flow_loss(x0, x_cond, a, sigma, noise)
 
         losses = self._run("dit", m.dit, self.cfg.dit_steps, self.cfg.dit_lr, loss_fn, self.cfg.dit_minutes, began)
         self.record["dit"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:]))}
+        if c.eval_windows > 0:
+            self.record["dit"]["fixed_sigma_loss"] = self.fixed_sigma_losses()
+
+    def _flow_loss(self, x0, x_cond, a, sigma, noise) -> torch.Tensor:
+        """The DiT's flow-matching loss on windows `x0` at noise levels `sigma`: the conditioning latent frames are
+        read from `x_cond` (clean, or perturbed), the velocity target is on the other frames."""
+        m, b = self.model, x0.shape[0]
+        cond = torch.zeros(b, 1, x0.shape[2], 1, 1, device=x0.device)
+        cond[:, :, :m.spec.cond_latent_frames] = 1
+        xt = cond * x_cond + (1 - cond) * ((1 - sigma) * x0 + sigma * noise)
+        ct = m.spec.cond_frame_timestep
+        seen = torch.floor(sigma * 1000) / 1000 if m.spec.quantise_timestep else sigma  # as the sampler feeds it
+        ts = seen.expand_as(cond) if ct is None else cond * ct + (1 - cond) * seen
+        mask = cond.expand(-1, -1, -1, *x0.shape[-2:])
+        call = ModelCall.new(len(xt), step=0, num_steps=1, branch="train")
+        v = m.dit(NoCache(), call, hidden_states=xt, timestep=ts,
+                  encoder_hidden_states=m.prompt_embeds.expand(b, -1, -1), condition_mask=mask, frame_cond=a).float()
+        n = x0.shape[2]
+        return (((v - (noise - x0)) ** 2) * (1 - cond)).mean() * n / (n - m.spec.cond_latent_frames)
+
+    @torch.no_grad()
+    def fixed_sigma_loss(self, latents: torch.Tensor, actions: torch.Tensor, seed: int = 0) -> float:
+        """Mean flow-matching loss of the windows (`latents`, `actions`) at each noise level of `EVAL_U`, with noise
+        drawn from `seed` (level by level, for all windows at once, so the batch size changes nothing), in fp32:
+        the same windows score the same for any weights, so runs compare, and training windows with held-out ones."""
+        g, total, b = torch.Generator().manual_seed(seed), 0.0, self.cfg.dit_batch
+        for u in EVAL_U:
+            noise = torch.randn(latents.shape, generator=g)
+            for i in range(0, len(latents), b):
+                x0, a = latents[i:i + b].to(self.device), actions[i:i + b].to(self.device)
+                sigma = torch.full((len(x0), 1, 1, 1, 1), train_sigma(float(u), self.cfg.flow_shift),
+                                   device=self.device)
+                total += float(self._flow_loss(x0, x0, a, sigma, noise[i:i + b].to(self.device))) * len(x0)
+        return total / (len(latents) * len(EVAL_U))
+
+    def fixed_sigma_losses(self) -> dict:
+        """`fixed_sigma_loss` of up to `eval_windows` training windows and as many held-out ones, picked by the seed
+        and encoded by the model's VAE: what the record keeps after the DiT stage; any checkpoint can be scored
+        alike (`Trainer(TrainConfig(data, out, continue_from=CKPT)).fixed_sigma_losses()`)."""
+        n, rng, s = self.cfg.eval_windows, np.random.default_rng([self.cfg.seed, 3]), self.model.spec
+        out = {"u": EVAL_U.tolist()}
+        for name, eps in (("train", self.train_eps), ("heldout", self.held_eps)):
+            wins = windows(eps, s.chunk + s.cond_frames - 1, 1)
+            if wins:
+                pick = np.sort(rng.choice(len(wins), min(n, len(wins)), replace=False))
+                out[f"{name}_windows"] = len(pick)
+                out[name] = self.fixed_sigma_loss(*self._encode_windows(eps, pick))
+        print("DiT loss at fixed noise levels: " + ", ".join(
+            f"{out[k]:.4f} on {out[f'{k}_windows']} {k} windows" for k in ("train", "heldout") if k in out))
+        return out
 
     def run(self) -> Path:
         start = time.time()
