@@ -277,11 +277,17 @@ class Trainer:
         m.latents_std.copy_(std.view(1, -1, 1, 1, 1))
 
     # --- stage 2: DiT ------------------------------------------------------------------------------------------
+    def _windows(self, episodes) -> list[tuple[int, int]]:
+        """The DiT's training windows (episode, start) of `episodes`: `cond_frames` conditioning frames, then the
+        frames of `chunk` actions; every index into them (`pick`, own conditioning) refers to this order."""
+        s = self.model.spec
+        return windows(episodes, s.chunk + s.cond_frames - 1, 1)
+
     @torch.no_grad()
     def _encode_windows(self, episodes, pick=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents and actions of every window of `episodes` (or of the windows `pick`, indices into them)."""
         k, c = self.model.spec.chunk, self.model.spec.cond_frames
-        wins = windows(episodes, k + c - 1, 1)  # c conditioning frames, then the frames of k actions
+        wins = self._windows(episodes)
         wins = wins if pick is None else [wins[i] for i in pick]
         lat, act, b = [], [], self.cfg.dit_batch  # in training batches: a GPU is launch-bound at 32
         for i in tqdm(range(0, len(wins), b), desc="encode windows", unit="batch", dynamic_ncols=True):
@@ -299,7 +305,7 @@ class Trainer:
         the real frames one chunk earlier and the real actions in between."""
         m, n = self.model, self.cfg.self_cond_windows
         k, c = m.spec.chunk, m.spec.cond_frames
-        wins = windows(self.train_eps, k + c - 1, 1)
+        wins = self._windows(self.train_eps)
         rng = np.random.default_rng([self.cfg.seed, 2])
         after = [i for i, (_, t) in enumerate(wins) if t >= k]
         if not after:
@@ -411,10 +417,10 @@ class Trainer:
         """`fixed_sigma_loss` of up to `eval_windows` training windows and as many held-out ones, picked by the seed
         and encoded by the model's VAE: what the record keeps after the DiT stage; any checkpoint can be scored
         alike (`Trainer(TrainConfig(data, out, continue_from=CKPT)).fixed_sigma_losses()`)."""
-        n, rng, s = self.cfg.eval_windows, np.random.default_rng([self.cfg.seed, 3]), self.model.spec
+        n, rng = self.cfg.eval_windows, np.random.default_rng([self.cfg.seed, 3])
         out = {"u": EVAL_U.tolist()}
         for name, eps in (("train", self.train_eps), ("heldout", self.held_eps)):
-            wins = windows(eps, s.chunk + s.cond_frames - 1, 1)
+            wins = self._windows(eps)
             if wins:
                 pick = np.sort(rng.choice(len(wins), min(n, len(wins)), replace=False))
                 out[f"{name}_windows"] = len(pick)
