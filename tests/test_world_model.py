@@ -456,3 +456,54 @@ def test_train_cli_records_the_fixed_sigma_loss_of_eval_windows(tmp_path, tiny_c
     assert "fixed_sigma_loss" not in json.loads((tmp_path / "b" / "model" / "training.json").read_text())["dit"]
     assert cli.main(args + ["--out", str(tmp_path / "c"), "--eval-windows", "-1"]) == 2
     assert "eval_windows must be >= 0" in capsys.readouterr().err
+    assert cli.main(args + ["--out", str(tmp_path / "d"), "--eval-windows", "0", "--dit-ema", "0.5"]) == 0
+    assert json.loads((tmp_path / "d" / "model" / "training.json").read_text())["dit"]["ema"]["decay"] == 0.5
+    assert cli.main(args + ["--out", str(tmp_path / "e"), "--dit-ema", "1"]) == 2
+    assert "dit_ema must be a decay in [0, 1)" in capsys.readouterr().err
+
+
+def test_dit_ema_exports_the_moving_average_of_the_raw_weights_and_resumes_it(tmp_path, tiny_ckpt):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=3,
+                      dit_batch=2, save_every=2, holdout=0.34, vae_from=str(tiny_ckpt), dit_ema=0.2, eval_windows=2)
+    seen, stop = [], [True]  # proj_out's raw weight after each optimiser step; the first run dies in step 3
+
+    def after_step(opt, args, kwargs):
+        seen.append(trainer.model.dit.transformer.proj_out.weight.detach().clone())
+        if len(seen) == 3 and stop[0]:
+            raise KeyboardInterrupt
+
+    handle = register_optimizer_step_post_hook(after_step)
+    try:
+        trainer = Trainer(cfg, model=WorldModel.build(SPEC, **ARCH, seed=5))
+        with pytest.raises(KeyboardInterrupt):
+            trainer.run()
+        stop[0] = False  # the same command again: resumes from step 2, with the average saved there
+        trainer = Trainer(cfg, model=WorldModel.build(SPEC, **ARCH, seed=5))
+        out = trainer.run()
+    finally:
+        handle.remove()
+    p1, p2, p3 = seen[0], seen[1], seen[3]
+    # diffusers' EMAModel: decay 0 at step 1 (a copy), then k/(9+k) up to the cap: 2/11 at step 2, min(3/12, 0.2)
+    e2 = 2 / 11 * p1 + 9 / 11 * p2
+    expected = 0.2 * e2 + 0.8 * p3
+    torch.testing.assert_close(WorldModel.from_pretrained(out).dit.transformer.proj_out.weight, expected)
+    raw = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["model"]
+    torch.testing.assert_close(raw["dit.transformer.proj_out.weight"], p3)  # the raw weights stay in the state
+    assert not torch.allclose(expected, p3)
+    rec = json.loads((out / "training.json").read_text())["dit"]
+    assert rec["ema"]["decay"] == 0.2 and rec["ema"]["final_decay"] == pytest.approx(0.2)
+    assert rec["ema"]["raw_fixed_sigma_loss"]["train_windows"] == rec["fixed_sigma_loss"]["train_windows"] == 2
+    assert rec["ema"]["raw_fixed_sigma_loss"]["train"] != rec["fixed_sigma_loss"]["train"]  # each scores its weights
+    # a state saved without an average cannot resume with one: its average would start from the resumed weights
+    plain = dataclasses.replace(cfg, out=str(tmp_path / "plain"), dit_ema=0.0, dit_steps=2, eval_windows=0)
+    Trainer(plain, model=WorldModel.build(SPEC, **ARCH, seed=5)).run()
+    with pytest.raises(ValueError, match="without a moving average"):
+        Trainer(dataclasses.replace(plain, dit_ema=0.5, dit_steps=3), model=WorldModel.build(SPEC, **ARCH)).run()
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="dit_ema"):
+            Trainer(dataclasses.replace(cfg, dit_ema=bad), model=WorldModel.build(SPEC, **ARCH))

@@ -52,7 +52,7 @@ def _train(args) -> int:
                       heads=args.heads, head_dim=args.head_dim, dit_minutes=args.dit_minutes,
                       vae_minutes=args.vae_minutes, compile=args.compile, cond_noise=args.cond_noise,
                       self_cond=args.self_cond, self_cond_windows=args.self_cond_windows,
-                      eval_windows=args.eval_windows)
+                      eval_windows=args.eval_windows, dit_ema=args.dit_ema)
     print(f"model written to {Trainer(cfg).run()}")
     return 0
 
@@ -291,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-windows", type=int, default=256, metavar="N",
                    help="after the DiT stage: the loss at fixed noise levels of N training and N held-out windows, "
                         "in training.json (0: off)")
+    t.add_argument("--dit-ema", type=float, default=0.0, metavar="DECAY",
+                   help="export the DiT's exponential moving average of weights, e.g. 0.999 (decay ramps as "
+                        "k/(9+k) up to DECAY; default 0: the raw weights)")
     t.add_argument("--self-cond", type=float, default=0.0, metavar="P",
                    help="DiT stage: condition this fraction of each batch on the model's own prediction of the "
                         "conditioning frame, made from the real frame one chunk earlier, as a rollout's later chunks "

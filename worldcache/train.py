@@ -22,6 +22,10 @@ Resumable: every `save_every` steps the stage's state (weights, optimiser, step,
 ``OUT/state_<stage>.pt``; re-running the same command continues from it. The exported checkpoint lands in
 ``OUT/model`` and a record of the run (command, data, steps, losses) in ``OUT/model/training.json``.
 
+``dit_ema``: the DiT is exported as an exponential moving average of its weights (diffusers' `EMAModel`, whose
+decay ramps as k / (9 + k) over the first steps up to ``dit_ema``), as NVIDIA exports Cosmos (``*_ema_bf16.pt``):
+the average smooths out the noise of small batches. The raw weights stay in ``OUT/state_dit.pt``.
+
 After the DiT stage, ``eval_windows`` training windows and as many held-out ones are scored at fixed noise levels
 with fixed noise (`Trainer.fixed_sigma_loss`), so the record says how far the training loss carries over to unseen
 episodes, comparably across runs (the training losses are of random draws).
@@ -91,6 +95,8 @@ class TrainConfig:
     self_cond_windows: int = 2048
     # after the DiT stage: training and held-out windows scored by `Trainer.fixed_sigma_loss` (0: off)
     eval_windows: int = 256
+    # DiT stage: export the exponential moving average of the weights with this (final) decay (0: off; the raw ones)
+    dit_ema: float = 0.0
 
 
 def load_episodes(path: str) -> tuple[list[dict], dict]:
@@ -140,6 +146,8 @@ class Trainer:
             raise ValueError(f"cond_noise must be >= 0, got {cfg.cond_noise}")
         if not 0 <= cfg.self_cond <= 1:
             raise ValueError(f"self_cond must be a fraction in [0, 1], got {cfg.self_cond}")
+        if not 0 <= cfg.dit_ema < 1:
+            raise ValueError(f"dit_ema must be a decay in [0, 1), got {cfg.dit_ema}")
         if cfg.eval_windows < 0:
             raise ValueError(f"eval_windows must be >= 0, got {cfg.eval_windows}")
         if cfg.self_cond > 0 and cfg.self_cond_windows < 1:
@@ -189,11 +197,18 @@ class Trainer:
 
     # --- generic resumable loop --------------------------------------------------------------------------------
     def _run(self, stage: str, module: torch.nn.Module, steps: int, lr: float, loss_fn,
-             minutes: float | None = None, began: float | None = None) -> list[float]:
-        """Train `module` for `steps` steps (or about `minutes`: see the module doc); returns the losses.
+             minutes: float | None = None, began: float | None = None, ema_decay: float = 0.0):
+        """Train `module` for `steps` steps (or about `minutes`: see the module doc); returns the losses and the
+        moving average of its weights (`ema_decay` > 0; else None), which the caller copies in or not.
         `began`: when the budget of `minutes` started (`time.perf_counter`; default now)."""
         state_file = self.out / f"state_{stage}.pt"
-        opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+        params = [p for p in module.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        ema = None
+        if ema_decay > 0:
+            from diffusers.training_utils import EMAModel
+
+            ema = EMAModel(params, decay=ema_decay, foreach=True)
         total = [steps]  # the schedule reads it: a timed run sets it after its first steps
         pending = minutes is not None  # a timed run whose step count is still to be set from its measured rate
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (
@@ -208,6 +223,11 @@ class Trainer:
             rng.bit_generator.state = st["rng"]
             torch.set_rng_state(st["torch_rng"].cpu())
             step, losses = st["step"], st["losses"]
+            if ema is not None:
+                if "ema" not in st:
+                    raise ValueError(f"{state_file}: saved without a moving average; resume without an EMA decay, "
+                                     "or train in a new folder")
+                ema.load_state_dict(st["ema"])
             if pending:  # a resumed timed run keeps the step count it set (or measures it if it had not yet)
                 total[0], pending = st.get("total", steps), st.get("pending", True)
         module.train()
@@ -222,6 +242,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.step(params)
             step += 1
             losses.append(loss.item())
             if step == timed_from:
@@ -237,11 +259,12 @@ class Trainer:
                 tmp = state_file.with_suffix(".tmp")  # write then rename: a kill never leaves a broken state
                 torch.save({"model": self.model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-                            "losses": losses, "total": total[0], "pending": pending}, tmp)
+                            "losses": losses, "total": total[0], "pending": pending,
+                            **({"ema": ema.state_dict()} if ema is not None else {})}, tmp)
                 tmp.replace(state_file)
         bar.close()
         module.eval()
-        return losses
+        return losses, ema
 
     # --- stage 1: VAE ------------------------------------------------------------------------------------------
     def train_vae(self) -> None:
@@ -258,7 +281,7 @@ class Trainer:
             rec = vae.decode(post.mode() + post.std * torch.randn_like(post.std)).sample.float()
             return (rec - x).abs().mean() + ((rec - x) ** 2).mean() + self.cfg.kl_weight * post.kl().mean()
 
-        losses = self._run("vae", vae, self.cfg.vae_steps, self.cfg.vae_lr, loss_fn, self.cfg.vae_minutes)
+        losses, _ = self._run("vae", vae, self.cfg.vae_steps, self.cfg.vae_lr, loss_fn, self.cfg.vae_minutes)
         self.record["vae"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:]))}
         self._set_latent_stats()
 
@@ -376,10 +399,15 @@ class Trainer:
                 x_cond = x_cond + sc * noise  # read only in the conditioning frames, whose noise is otherwise unused
             return self._flow_loss(x0, x_cond, a, sigma, noise)
 
-        losses = self._run("dit", m.dit, self.cfg.dit_steps, self.cfg.dit_lr, loss_fn, self.cfg.dit_minutes, began)
-        self.record["dit"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:]))}
+        losses, ema = self._run("dit", m.dit, c.dit_steps, c.dit_lr, loss_fn, c.dit_minutes, began, c.dit_ema)
+        rec = self.record["dit"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:]))}
+        if ema is not None:  # the raw weights scored too: what the average changed
+            rec["ema"] = {"decay": c.dit_ema, "final_decay": ema.cur_decay_value}
+            if c.eval_windows > 0:
+                rec["ema"]["raw_fixed_sigma_loss"] = self.fixed_sigma_losses()
+            ema.copy_to(p for p in m.dit.parameters() if p.requires_grad)
         if c.eval_windows > 0:
-            self.record["dit"]["fixed_sigma_loss"] = self.fixed_sigma_losses()
+            rec["fixed_sigma_loss"] = self.fixed_sigma_losses()
 
     def _flow_loss(self, x0, x_cond, a, sigma, noise) -> torch.Tensor:
         """The DiT's flow-matching loss on windows `x0` at noise levels `sigma`: the conditioning latent frames are
