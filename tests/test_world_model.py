@@ -507,3 +507,33 @@ def test_dit_ema_exports_the_moving_average_of_the_raw_weights_and_resumes_it(tm
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="dit_ema"):
             Trainer(dataclasses.replace(cfg, dit_ema=bad), model=WorldModel.build(SPEC, **ARCH))
+
+
+def test_an_interrupted_and_resumed_dit_run_ends_where_an_uninterrupted_one_does(tmp_path, tiny_ckpt):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "whole"), stages=("dit",), dit_steps=4,
+                      dit_batch=2, save_every=2, holdout=0.34, vae_from=str(tiny_ckpt), eval_windows=0)
+    whole = WorldModel.from_pretrained(Trainer(cfg, model=WorldModel.build(SPEC, **ARCH, seed=5)).run())
+    steps = [0]
+
+    def die_in_step_3(opt, args, kwargs):
+        steps[0] += 1
+        if steps[0] == 3:
+            raise KeyboardInterrupt
+
+    cut = dataclasses.replace(cfg, out=str(tmp_path / "cut"))
+    handle = register_optimizer_step_post_hook(die_in_step_3)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(cut, model=WorldModel.build(SPEC, **ARCH, seed=5)).run()
+    finally:
+        handle.remove()
+    assert torch.load(tmp_path / "cut" / "state_dit.pt", weights_only=False)["step"] == 2
+    resumed = WorldModel.from_pretrained(Trainer(cut, model=WorldModel.build(SPEC, **ARCH, seed=5)).run())
+    # every draw after step 2 (windows, noise levels, noise) continues where it stopped, so the weights are equal
+    for (name, a), b in zip(whole.dit.state_dict().items(), resumed.dit.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -197,10 +197,12 @@ class Trainer:
 
     # --- generic resumable loop --------------------------------------------------------------------------------
     def _run(self, stage: str, module: torch.nn.Module, steps: int, lr: float, loss_fn,
-             minutes: float | None = None, began: float | None = None, ema_decay: float = 0.0):
+             minutes: float | None = None, began: float | None = None, ema_decay: float = 0.0,
+             gen: torch.Generator | None = None):
         """Train `module` for `steps` steps (or about `minutes`: see the module doc); returns the losses and the
         moving average of its weights (`ema_decay` > 0; else None), which the caller copies in or not.
-        `began`: when the budget of `minutes` started (`time.perf_counter`; default now)."""
+        `began`: when the budget of `minutes` started (`time.perf_counter`; default now). `gen`: a generator
+        `loss_fn` draws from, saved and restored with the state, so a resumed run draws what an unbroken one would."""
         state_file = self.out / f"state_{stage}.pt"
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -222,6 +224,8 @@ class Trainer:
             sched.load_state_dict(st["sched"])
             rng.bit_generator.state = st["rng"]
             torch.set_rng_state(st["torch_rng"].cpu())
+            if gen is not None and "gen" in st:  # states saved before it was kept restart its draws
+                gen.set_state(st["gen"].cpu())
             step, losses = st["step"], st["losses"]
             if ema is not None:
                 if "ema" not in st:
@@ -260,7 +264,8 @@ class Trainer:
                 torch.save({"model": self.model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
                             "losses": losses, "total": total[0], "pending": pending,
-                            **({"ema": ema.state_dict()} if ema is not None else {})}, tmp)
+                            **({"ema": ema.state_dict()} if ema is not None else {}),
+                            **({"gen": gen.get_state()} if gen is not None else {})}, tmp)
                 tmp.replace(state_file)
         bar.close()
         module.eval()
@@ -399,7 +404,7 @@ class Trainer:
                 x_cond = x_cond + sc * noise  # read only in the conditioning frames, whose noise is otherwise unused
             return self._flow_loss(x0, x_cond, a, sigma, noise)
 
-        losses, ema = self._run("dit", m.dit, c.dit_steps, c.dit_lr, loss_fn, c.dit_minutes, began, c.dit_ema)
+        losses, ema = self._run("dit", m.dit, c.dit_steps, c.dit_lr, loss_fn, c.dit_minutes, began, c.dit_ema, gen)
         rec = self.record["dit"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:]))}
         if ema is not None:  # the raw weights scored too: what the average changed
             rec["ema"] = {"decay": c.dit_ema, "final_decay": ema.cur_decay_value}
