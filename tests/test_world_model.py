@@ -499,10 +499,13 @@ def test_dit_ema_exports_the_moving_average_of_the_raw_weights_and_resumes_it(tm
     assert rec["ema"]["decay"] == 0.2 and rec["ema"]["final_decay"] == pytest.approx(0.2)
     assert rec["ema"]["raw_fixed_sigma_loss"]["train_windows"] == rec["fixed_sigma_loss"]["train_windows"] == 2
     assert rec["ema"]["raw_fixed_sigma_loss"]["train"] != rec["fixed_sigma_loss"]["train"]  # each scores its weights
-    # a state saved without an average cannot resume with one: its average would start from the resumed weights
+    # a run resumes with the decay it began with: an average begun later would start from the resumed weights
+    for decay in (0.0, 0.5):
+        with pytest.raises(ValueError, match=f"saved with EMA decay 0.2, resumed with {decay}"):
+            Trainer(dataclasses.replace(cfg, dit_ema=decay, dit_steps=4), model=WorldModel.build(SPEC, **ARCH)).run()
     plain = dataclasses.replace(cfg, out=str(tmp_path / "plain"), dit_ema=0.0, dit_steps=2, eval_windows=0)
     Trainer(plain, model=WorldModel.build(SPEC, **ARCH, seed=5)).run()
-    with pytest.raises(ValueError, match="without a moving average"):
+    with pytest.raises(ValueError, match="saved with EMA decay 0.0, resumed with 0.5"):
         Trainer(dataclasses.replace(plain, dit_ema=0.5, dit_steps=3), model=WorldModel.build(SPEC, **ARCH)).run()
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="dit_ema"):

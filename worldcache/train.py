@@ -227,10 +227,11 @@ class Trainer:
             if gen is not None and "gen" in st:  # states saved before it was kept restart its draws
                 gen.set_state(st["gen"].cpu())
             step, losses = st["step"], st["losses"]
+            saved = st["ema"]["decay"] if "ema" in st else 0.0  # an average is continued as it was begun, or not
+            if saved != ema_decay:
+                raise ValueError(f"{state_file}: saved with EMA decay {saved}, resumed with {ema_decay}: resume "
+                                 "with the same decay, or train in a new folder")
             if ema is not None:
-                if "ema" not in st:
-                    raise ValueError(f"{state_file}: saved without a moving average; resume without an EMA decay, "
-                                     "or train in a new folder")
                 ema.load_state_dict(st["ema"])
             if pending:  # a resumed timed run keeps the step count it set (or measures it if it had not yet)
                 total[0], pending = st.get("total", steps), st.get("pending", True)
@@ -407,7 +408,7 @@ class Trainer:
         losses, ema = self._run("dit", m.dit, c.dit_steps, c.dit_lr, loss_fn, c.dit_minutes, began, c.dit_ema, gen)
         rec = self.record["dit"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:]))}
         if ema is not None:  # the raw weights scored too: what the average changed
-            rec["ema"] = {"decay": c.dit_ema, "final_decay": ema.cur_decay_value}
+            rec["ema"] = {"decay": c.dit_ema, "final_decay": ema.get_decay(ema.optimization_step)}
             if c.eval_windows > 0:
                 rec["ema"]["raw_fixed_sigma_loss"] = self.fixed_sigma_losses()
             ema.copy_to(p for p in m.dit.parameters() if p.requires_grad)
