@@ -462,7 +462,7 @@ def test_train_cli_records_the_fixed_sigma_loss_of_eval_windows(tmp_path, tiny_c
     assert "dit_ema must be a decay in [0, 1)" in capsys.readouterr().err
 
 
-def test_dit_ema_exports_the_moving_average_of_the_raw_weights_and_resumes_it(tmp_path, tiny_ckpt):
+def test_dit_ema_exports_the_moving_average_of_the_raw_weights_and_resumes_it(tmp_path, tiny_ckpt, monkeypatch):
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from worldcache.train import TrainConfig, Trainer
@@ -483,10 +483,14 @@ def test_dit_ema_exports_the_moving_average_of_the_raw_weights_and_resumes_it(tm
         with pytest.raises(KeyboardInterrupt):
             trainer.run()
         stop[0] = False  # the same command again: resumes from step 2, with the average saved there
+        encoded, encode = [], Trainer._encode_windows  # which encodings pick windows: the scoring's
+        monkeypatch.setattr(Trainer, "_encode_windows",
+                            lambda self, eps, pick=None: encoded.append(pick is not None) or encode(self, eps, pick))
         trainer = Trainer(cfg, model=WorldModel.build(SPEC, **ARCH, seed=5))
         out = trainer.run()
     finally:
         handle.remove()
+    assert encoded.count(True) == 2  # training and held-out scoring windows, encoded once for both sets of weights
     p1, p2, p3 = seen[0], seen[1], seen[3]
     # diffusers' EMAModel: decay 0 at step 1 (a copy), then k/(9+k) up to the cap: 2/11 at step 2, min(3/12, 0.2)
     e2 = 2 / 11 * p1 + 9 / 11 * p2
@@ -499,6 +503,7 @@ def test_dit_ema_exports_the_moving_average_of_the_raw_weights_and_resumes_it(tm
     assert rec["ema"]["decay"] == 0.2 and rec["ema"]["final_decay"] == pytest.approx(0.2)
     assert rec["ema"]["raw_fixed_sigma_loss"]["train_windows"] == rec["fixed_sigma_loss"]["train_windows"] == 2
     assert rec["ema"]["raw_fixed_sigma_loss"]["train"] != rec["fixed_sigma_loss"]["train"]  # each scores its weights
+    assert trainer.fixed_sigma_losses() == rec["fixed_sigma_loss"]  # a fresh encoding scores the export alike
     # a run resumes with the decay it began with: an average begun later would start from the resumed weights
     for decay in (0.0, 0.5):
         with pytest.raises(ValueError, match=f"saved with EMA decay 0.2, resumed with {decay}"):

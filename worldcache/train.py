@@ -407,13 +407,14 @@ class Trainer:
 
         losses, ema = self._run("dit", m.dit, c.dit_steps, c.dit_lr, loss_fn, c.dit_minutes, began, c.dit_ema, gen)
         rec = self.record["dit"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:]))}
+        scoring = self.scoring_windows() if c.eval_windows > 0 else None
         if ema is not None:  # the raw weights scored too: what the average changed
             rec["ema"] = {"decay": c.dit_ema, "final_decay": ema.get_decay(ema.optimization_step)}
-            if c.eval_windows > 0:
-                rec["ema"]["raw_fixed_sigma_loss"] = self.fixed_sigma_losses()
+            if scoring is not None:
+                rec["ema"]["raw_fixed_sigma_loss"] = self.fixed_sigma_losses(scoring)
             ema.copy_to(p for p in m.dit.parameters() if p.requires_grad)
-        if c.eval_windows > 0:
-            rec["fixed_sigma_loss"] = self.fixed_sigma_losses()
+        if scoring is not None:
+            rec["fixed_sigma_loss"] = self.fixed_sigma_losses(scoring)
 
     def _flow_loss(self, x0, x_cond, a, sigma, noise) -> torch.Tensor:
         """The DiT's flow-matching loss on windows `x0` at noise levels `sigma`: the conditioning latent frames are
@@ -447,18 +448,25 @@ class Trainer:
                 total += float(self._flow_loss(x0, x0, a, sigma, noise[i:i + b].to(self.device))) * len(x0)
         return total / (len(latents) * len(EVAL_U))
 
-    def fixed_sigma_losses(self) -> dict:
-        """`fixed_sigma_loss` of up to `eval_windows` training windows and as many held-out ones, picked by the seed
-        and encoded by the model's VAE: what the record keeps after the DiT stage; any checkpoint can be scored
-        alike (`Trainer(TrainConfig(data, out, continue_from=CKPT)).fixed_sigma_losses()`)."""
+    def scoring_windows(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Up to `eval_windows` training windows and as many held-out ones (latents, actions), picked by the seed and
+        encoded by the model's VAE: what `fixed_sigma_losses` scores."""
         n, rng = self.cfg.eval_windows, np.random.default_rng([self.cfg.seed, 3])
-        out = {"u": EVAL_U.tolist()}
+        out = {}
         for name, eps in (("train", self.train_eps), ("heldout", self.held_eps)):
             wins = self._windows(eps)
             if wins:
-                pick = np.sort(rng.choice(len(wins), min(n, len(wins)), replace=False))
-                out[f"{name}_windows"] = len(pick)
-                out[name] = self.fixed_sigma_loss(*self._encode_windows(eps, pick))
+                out[name] = self._encode_windows(eps, np.sort(rng.choice(len(wins), min(n, len(wins)), replace=False)))
+        return out
+
+    def fixed_sigma_losses(self, windows: dict | None = None) -> dict:
+        """`fixed_sigma_loss` of the `scoring_windows` (or of `windows`, as it returned them, so that two sets of
+        weights are scored on one encoding): what the record keeps after the DiT stage; any checkpoint can be
+        scored alike (`Trainer(TrainConfig(data, out, continue_from=CKPT)).fixed_sigma_losses()`)."""
+        out = {"u": EVAL_U.tolist()}
+        for name, (z, a) in (self.scoring_windows() if windows is None else windows).items():
+            out[f"{name}_windows"] = len(z)
+            out[name] = self.fixed_sigma_loss(z, a)
         print("DiT loss at fixed noise levels: " + ", ".join(
             f"{out[k]:.4f} on {out[f'{k}_windows']} {k} windows" for k in ("train", "heldout") if k in out))
         return out
