@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import numpy as np
-
 from worldcache import bench, fidelity
 from worldcache.bench import (FULL_DENOISE_STEPS, METRICS, QUICK_DENOISE_STEPS, bench_configs, compute_ms,
                               equal_speed_comparison, frontiers, latent_metrics, match_threshold, pareto_front,
@@ -485,6 +483,31 @@ def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp
         assert "positions" not in r  # the tiny checkpoint has no state decoder, the store no states
     printed = capsys.readouterr().out
     assert "moving PSNR" in printed and f"chunk 2: {res['cond_error'][0]:.3f}" in printed
+
+
+def test_cli_evaluate_model_real_cond_conditions_each_chunk_on_the_real_frames(tiny_ckpt, tmp_path, capsys):
+    from worldcache.cli import main
+    from worldcache.quality import frame_scores, heldout_windows
+    from worldcache.train import load_episodes
+    from worldcache.world_model import WorldModel
+
+    random_store(tmp_path / "eps.zarr", 16)
+    out = tmp_path / "q.json"
+    assert main(["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "eps.zarr"),
+                 "--holdout", "0", "--chunks", "1", "2", "--denoise-steps", "2", "--real-cond", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    one, two = res["horizons"]["1"], res["horizons"]["2"]
+    assert one["real_cond"] == {k: one[k] for k in ("psnr", "ssim", "psnr_moving")}  # chunk 1: the same prediction
+    # chunk 2 by hand: from the simulator's last frame of chunk 1, with the rollout's seed for chunk 2
+    model = WorldModel.from_pretrained(tiny_ckpt)
+    starts, acts, reals, _ = heldout_windows(load_episodes(tmp_path / "eps.zarr")[0], 16, 16, 2.0)
+    first, _ = model.predict(starts, acts[:, :8], num_steps=2, seed=0)
+    second, _ = model.predict(reals[:, 7], acts[:, 8:], num_steps=2, seed=1)
+    want = frame_scores(np.concatenate([first.numpy(), second.numpy()], axis=1), reals, starts)
+    assert two["real_cond"] == {k: want[k] for k in ("psnr", "ssim", "psnr_moving")}
+    assert two["real_cond"]["psnr"] != two["psnr"]  # open loop conditions chunk 2 on its own frame
+    printed = capsys.readouterr().out
+    assert f"{'real cond':<12} {two['real_cond']['psnr']:>7.2f}" in printed and "teacher-forced" in printed
 
 
 def test_cli_evaluate_model_reports_decoded_position_errors(tiny_ckpt, tmp_path, capsys):

@@ -86,7 +86,7 @@ def _evaluate_model(args) -> int:
                StateDecoder.load(own) if (own / CONFIG_FILE).is_file() else None)
     res = evaluate_open_loop(model, held, chunks=args.chunks, policy=load_policy(args.cache),
                              num_steps=args.denoise_steps, max_windows=args.windows, moving=args.moving,
-                             decoder=decoder)
+                             decoder=decoder, real_cond=args.real_cond)
     print(format_scores(res))
     if args.json:
         with open(args.json, "w") as f:
@@ -338,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compile(e)
     e.add_argument("--decoder", default=None, metavar="DIR",
                    help="state decoder folder for the decoded-position errors (default: the checkpoint's, if any)")
+    e.add_argument("--real-cond", action="store_true",
+                   help="also score the model with every chunk conditioned on the real frames (teacher-forced): "
+                        "the gap to open loop is what compounding costs (twice the time)")
     e.add_argument("--json", default=None, help="also write the scores here")
     e.set_defaults(func=_evaluate_model)
 

@@ -137,15 +137,33 @@ def frame_scores(pred, real, start) -> dict:
 
 
 @torch.no_grad()
+def teacher_forced(model, starts, acts, reals, policy=None, num_steps: int | None = None, seed: int = 0,
+                   batch: int = 8) -> np.ndarray:
+    """Each chunk of the windows predicted from the simulator's frames before it (the start frame, then the real
+    frames), not from the model's own: what a rollout would score if its errors did not compound. Chunk c gets the
+    rollout's seed (`seed + c`); each chunk is a new prediction for `policy`."""
+    k = model.spec.chunk
+    history = np.concatenate([starts[:, None], reals], axis=1)  # the window's frame t at index t
+    out = []
+    for i in range(0, len(starts), batch):
+        out.append(np.concatenate([model.predict(history[i:i + batch, :c * k + 1], acts[i:i + batch, c * k:(c + 1) * k],
+                                                 policy=policy, num_steps=num_steps, seed=seed + c)[0].cpu().numpy()
+                                   for c in range(acts.shape[1] // k)], axis=1))
+    return np.concatenate(out)
+
+
+@torch.no_grad()
 def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, num_steps: int | None = None,
                        moving: float = 2.0, max_windows: int = 16, batch: int = 8, seed: int = 0,
-                       decoder=None) -> dict:
+                       decoder=None, real_cond: bool = False) -> dict:
     """Scores (`frame_scores`) of open-loop rollouts vs. the simulator's frames on held-out moving windows, over
     each horizon in `chunks` (chunks per rollout). One rollout of the longest horizon per window: a shorter
     horizon is scored on its first chunks (an open-loop chunk depends only on what precedes it). With a state
     `decoder` and episodes that carry their states, each horizon also gets ``positions`` (`position_scores`), and the
     longest rollout gets ``follow`` (`follow_scores`, one entry per chunk). A rollout of more than one chunk also
-    gets ``cond_error`` (`conditioning_error`, one entry per chunk after the first)."""
+    gets ``cond_error`` (`conditioning_error`, one entry per chunk after the first). `real_cond`: each horizon also
+    gets ``real_cond``, the model's full-frame and moving-region PSNR and SSIM with every chunk conditioned on the
+    real frames (`teacher_forced`): the gap to the open-loop figures is what compounding costs."""
     horizons = sorted({int(c) for c in np.atleast_1d(chunks)})
     if not horizons or horizons[0] < 1:
         raise ValueError(f"chunks must be >= 1, got {chunks}")
@@ -162,6 +180,11 @@ def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, 
                                                                                  starts)} for c in horizons}}
     if horizons[-1] > 1:
         out["cond_error"] = conditioning_error(model, pred, reals)
+    if real_cond:
+        tf = teacher_forced(model, starts, acts, reals, policy, num_steps, seed, batch)
+        for c in horizons:
+            r = frame_scores(tf[:, :c * k], reals[:, :c * k], starts)
+            out["horizons"][str(c)]["real_cond"] = {key: r[key] for key in ("psnr", "ssim", "psnr_moving")}
     if decoder is not None and states is not None:
         for c in horizons:
             out["horizons"][str(c)]["positions"] = position_scores(decoder, pred[:, :c * k], reals[:, :c * k], starts,
@@ -182,8 +205,15 @@ def format_scores(res: dict) -> str:
         for name, sfx, key in (("model", "", "model"), ("repeat-last", "_repeat_last", "repeat_last")):
             lines.append(f"{c:>6} {r['frames']:>6} {name:<12} {r['psnr' + sfx]:>7.2f} {r['ssim' + sfx]:>6.3f} "
                          f"{r['psnr_moving' + sfx]:>11.2f} {100 * r['moving_pixel_share']:>8.1f}%" + cm(r, key))
+        if "real_cond" in r:  # the model again, every chunk conditioned on the real frames
+            t = r["real_cond"]
+            lines.append(f"{c:>6} {r['frames']:>6} {'real cond':<12} {t['psnr']:>7.2f} {t['ssim']:>6.3f} "
+                         f"{t['psnr_moving']:>11.2f}")
         if pos:  # the decoder on the real frames: its own error, the floor of the two rows above
             lines.append(f"{c:>6} {r['frames']:>6} {'real frames':<12} {'':>7} {'':>6} {'':>11} {'':>9}" + cm(r, "real"))
+    if any("real_cond" in r for r in res["horizons"].values()):
+        lines += ["", "real cond: the model with every chunk conditioned on the simulator's frame before it, not on "
+                  "its own (teacher-forced); its gap to the model's row is what compounding costs"]
     if "follow" in res:
         lines += ["", "fingertip per chunk of the rollout, model vs simulator: displacement slope / r, error at the "
                   "chunk's end"] + [f"  chunk {i}: {f['slope']:.2f} / {f['r']:.2f}, {f['tip_end_cm']:.1f} cm"
