@@ -37,6 +37,7 @@ def test_loop_equals_plain_diffusers(tiny_dit, inputs):
     ref = plain_diffusers_loop(tiny_dit.transformer, noise, cond, emb, 8)
     out = denoise(tiny_dit, default_scheduler(), noise, emb, num_steps=8, cond_latents=cond, num_cond_frames=1)
     assert torch.allclose(out.latents, ref, atol=1e-6)
+    assert out.latents.is_inference()  # the loop runs under inference_mode: no autograd bookkeeping per op
     assert len(out.records) == 8 and all(r.computed for r in out.records)
     assert all(r.blocks_run == 4 for r in out.records)
     # no timing asked for: no measurements (and on a GPU no synchronisation)

@@ -37,7 +37,7 @@ class SampleOutput:
         return sum(r.wall_ms for r in self.sample_records(0))
 
 
-@torch.no_grad()
+@torch.inference_mode()  # not just no_grad: it skips autograd's per-op bookkeeping too (~5 % of an eager call)
 def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: torch.Tensor, *,
             num_steps: int, policy: CachePolicy | None = None, cond_latents: torch.Tensor | None = None,
             num_cond_frames: int = 0, negative_encoder_hidden_states: torch.Tensor | None = None,
