@@ -493,8 +493,8 @@ def test_cli_evaluate_model_real_cond_conditions_each_chunk_on_the_real_frames(t
 
     random_store(tmp_path / "eps.zarr", 16)
     out = tmp_path / "q.json"
-    assert main(["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "eps.zarr"),
-                 "--holdout", "0", "--chunks", "1", "2", "--denoise-steps", "2", "--real-cond", "--json", str(out)]) == 0
+    assert main(["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "eps.zarr"), "--holdout",
+                 "0", "--chunks", "1", "2", "--denoise-steps", "2", "--real-cond", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     one, two = res["horizons"]["1"], res["horizons"]["2"]
     assert one["real_cond"] == {k: one[k] for k in ("psnr", "ssim", "psnr_moving")}  # chunk 1: the same prediction

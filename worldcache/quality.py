@@ -146,7 +146,8 @@ def teacher_forced(model, starts, acts, reals, policy=None, num_steps: int | Non
     history = np.concatenate([starts[:, None], reals], axis=1)  # the window's frame t at index t
     out = []
     for i in range(0, len(starts), batch):
-        out.append(np.concatenate([model.predict(history[i:i + batch, :c * k + 1], acts[i:i + batch, c * k:(c + 1) * k],
+        rows = slice(i, i + batch)
+        out.append(np.concatenate([model.predict(history[rows, :c * k + 1], acts[rows, c * k:(c + 1) * k],
                                                  policy=policy, num_steps=num_steps, seed=seed + c)[0].cpu().numpy()
                                    for c in range(acts.shape[1] // k)], axis=1))
     return np.concatenate(out)
