@@ -17,6 +17,9 @@
 #     --continue-from worldcache/assets/pusher --dit-lr 2e-4 --compile --self-cond 0.5 --self-cond-windows 12000" \
 #     bash scripts/gpu_train.sh  # on its own frames too (all 11,880 windows with a chunk before them;
 #                                # not better: docs/experiments.md)
+#   DATA=.dev/pusher800.npz.xz DIT_MIN=6.0 DIT_BATCH=512 TIMING_BEFORE=0 TRAIN_ARGS="--stages dit \
+#     --continue-from worldcache/assets/pusher --dit-lr 2e-4 --compile" bash scripts/gpu_train.sh  # 720 episodes
+#     (seventeenth session: not better; add --cond-blur 1.5 for the blur-robust probe, this run its control)
 #   DEVICE=cpu VAE_MIN=0.05 DIT_MIN=0.05 ARCH="--layers 2 --heads 2 --head-dim 16" bash scripts/gpu_train.sh  # smoke
 set -euo pipefail
 export PYTHONUNBUFFERED=1

@@ -293,6 +293,41 @@ def test_fixed_sigma_loss_scores_each_window_at_fixed_noise_levels(tmp_path, mon
         Trainer(dataclasses.replace(cfg, eval_windows=-1), model=WorldModel.build(SPEC, **ARCH))
 
 
+def test_cond_blur_conditions_each_window_on_its_frame_blurred_by_a_drawn_sigma(tmp_path, tiny_ckpt):
+    import cv2
+
+    from worldcache.train import TrainConfig, Trainer, load_episodes, split
+
+    write_training_store(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=1,
+                      dit_batch=4, holdout=0.34, vae_from=str(tiny_ckpt), cond_blur=2.0, eval_windows=0)
+    trainer = Trainer(cfg, model=WorldModel.build(SPEC, **ARCH, seed=5))
+    seen = []
+    trainer.model.dit.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["hidden_states"].clone()),
+                                                with_kwargs=True)
+    trainer.run()
+    # the windows (e, t) of 4 actions from 2 training episodes of 12 actions: t = 0..8, conditioned on frame t
+    train_eps, _ = split(load_episodes(cfg.data)[0], 0.34)
+    sigmas = np.random.default_rng([0, 4]).random(18) * 2.0
+    frames = np.stack([cv2.GaussianBlur(train_eps[e]["obs"][t], (0, 0), sigmas[e * 9 + t])[None]
+                       for e in range(2) for t in range(9)])
+    want = trainer.model.encode(torch.from_numpy(frames))
+    blurred = torch.load(tmp_path / "run" / "blurred_conditioning_2.0.pt")
+    torch.testing.assert_close(blurred, want)
+    latents, _ = torch.load(tmp_path / "run" / "dit_windows.pt")
+    sharp = (blurred - latents[:, :, :1]).flatten(1).abs().amax(1)
+    assert (sharp[torch.from_numpy(sigmas > 0.5)] > 1e-3).all()  # blurred frames encode to other latents
+    rng = np.random.default_rng([0, 1])  # the step's draws, in order: windows, sigmas
+    idx, u = rng.choice(len(latents), 4), rng.random(4)
+    x0 = latents[torch.from_numpy(idx)]
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    sigma = torch.from_numpy(5 * u / (1 + 4 * u)).float().view(4, 1, 1, 1, 1)
+    torch.testing.assert_close(seen[0][:, :, :1], blurred[torch.from_numpy(idx)])  # every sample: its blurred frame
+    torch.testing.assert_close(seen[0][:, :, 1:], (1 - sigma) * x0[:, :, 1:] + sigma * noise[:, :, 1:])
+    with pytest.raises(ValueError, match="cond_blur"):
+        Trainer(dataclasses.replace(cfg, cond_blur=-0.5), model=WorldModel.build(SPEC, **ARCH))
+
+
 def test_self_cond_conditions_a_fraction_of_the_batch_on_the_models_own_prediction(tmp_path, tiny_ckpt):
     from worldcache.train import SELF_COND_STEPS, TrainConfig, Trainer, load_episodes, split
 
@@ -460,6 +495,11 @@ def test_train_cli_records_the_fixed_sigma_loss_of_eval_windows(tmp_path, tiny_c
     assert json.loads((tmp_path / "d" / "model" / "training.json").read_text())["dit"]["ema"]["decay"] == 0.5
     assert cli.main(args + ["--out", str(tmp_path / "e"), "--dit-ema", "1"]) == 2
     assert "dit_ema must be a decay in [0, 1)" in capsys.readouterr().err
+    assert cli.main(args + ["--out", str(tmp_path / "f"), "--eval-windows", "0", "--cond-blur", "1.5"]) == 0
+    assert json.loads((tmp_path / "f" / "model" / "training.json").read_text())["config"]["cond_blur"] == 1.5
+    assert (tmp_path / "f" / "blurred_conditioning_1.5.pt").is_file()
+    assert cli.main(args + ["--out", str(tmp_path / "g"), "--cond-blur", "-1"]) == 2
+    assert "cond_blur must be >= 0" in capsys.readouterr().err
 
 
 def test_dit_ema_exports_the_moving_average_of_the_raw_weights_and_resumes_it(tmp_path, tiny_ckpt, monkeypatch):

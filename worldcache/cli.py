@@ -51,6 +51,7 @@ def _train(args) -> int:
                       continue_from=args.continue_from,
                       heads=args.heads, head_dim=args.head_dim, dit_minutes=args.dit_minutes,
                       vae_minutes=args.vae_minutes, compile=args.compile, cond_noise=args.cond_noise,
+                      cond_blur=args.cond_blur,
                       self_cond=args.self_cond, self_cond_windows=args.self_cond_windows,
                       eval_windows=args.eval_windows, dit_ema=args.dit_ema)
     print(f"model written to {Trainer(cfg).run()}")
@@ -288,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cond-noise", type=float, default=0.0, metavar="S",
                    help="DiT stage: noise of std U(0, S) on the conditioning latents, for robustness to a rollout's "
                         "own frames (default 0: off)")
+    t.add_argument("--cond-blur", type=float, default=0.0, metavar="S",
+                   help="DiT stage: each window's conditioning frames blurred by a Gaussian of sigma U(0, S) px, for "
+                        "robustness to a rollout's own, softer frames (default 0: off)")
     t.add_argument("--eval-windows", type=int, default=256, metavar="N",
                    help="after the DiT stage: the loss at fixed noise levels of N training and N held-out windows, "
                         "in training.json (0: off)")

@@ -88,6 +88,10 @@ class TrainConfig:
     # DiT stage: Gaussian noise of a std drawn per sample from U(0, cond_noise) on the conditioning latent frames,
     # so the model learns to read imperfect conditioning frames (0: off; sampling always conditions on clean ones)
     cond_noise: float = 0.0
+    # DiT stage: each training window's conditioning frames Gaussian-blurred by a sigma (px) drawn once per window from
+    # U(0, cond_blur), then encoded, so the model learns to read soft conditioning frames as a rollout's own are (0:
+    # off; sampling always conditions on the frames as given). The blurred latents are made once, before training.
+    cond_blur: float = 0.0
     # DiT stage: this fraction of each batch is conditioned on the model's own prediction of its conditioning
     # frames (from the frames one chunk earlier and the real actions), as a rollout's second chunk is; targets stay
     # the real frames. The predictions are made once, before training, for `self_cond_windows` training windows.
@@ -144,6 +148,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: WorldModel | None = None):
         if cfg.cond_noise < 0:
             raise ValueError(f"cond_noise must be >= 0, got {cfg.cond_noise}")
+        if cfg.cond_blur < 0:
+            raise ValueError(f"cond_blur must be >= 0, got {cfg.cond_blur}")
         if not 0 <= cfg.self_cond <= 1:
             raise ValueError(f"self_cond must be a fraction in [0, 1], got {cfg.self_cond}")
         if not 0 <= cfg.dit_ema < 1:
@@ -328,6 +334,23 @@ class Trainer:
         return torch.cat(lat).cpu(), torch.cat(act).float()
 
     @torch.no_grad()
+    def _blurred_conditioning(self) -> torch.Tensor:
+        """The conditioning latent frames of every training window (in `_encode_windows`' order), encoded from its
+        conditioning frames blurred by a Gaussian of sigma ~ U(0, `cond_blur`) px, one sigma per window."""
+        import cv2
+
+        m, c = self.model, self.model.spec.cond_frames
+        wins = self._windows(self.train_eps)
+        sigmas = np.random.default_rng([self.cfg.seed, 4]).random(len(wins)) * self.cfg.cond_blur
+        lat, b = [], self.cfg.dit_batch
+        for i in tqdm(range(0, len(wins), b), desc="encode blurred conditioning", unit="batch", dynamic_ncols=True):
+            frames = np.stack([[cv2.GaussianBlur(f, (0, 0), s) if s > 1e-3 else f  # OpenCV needs sigma > 0
+                                for f in self.train_eps[e]["obs"][t:t + c]]
+                               for (e, t), s in zip(wins[i:i + b], sigmas[i:i + b])])
+            lat.append(m.encode(torch.from_numpy(frames)).cpu())
+        return torch.cat(lat)
+
+    @torch.no_grad()
     def _own_conditioning(self) -> tuple[torch.Tensor, torch.Tensor]:
         """For `self_cond_windows` random training windows that have a chunk before them: the indices of those
         windows (in `_encode_windows`' order) and their conditioning latents as the model itself predicts them from
@@ -378,6 +401,10 @@ class Trainer:
             own_idx, own = self._cached(f"own_conditioning_{c.self_cond_windows}.pt", self._own_conditioning, own_in)
             own_idx, own = own_idx.to(self.device), own.to(self.device)
             n_own = int(round(self.cfg.self_cond * self.cfg.dit_batch))
+        if c.cond_blur > 0:
+            blur_in = fingerprint(windows_in, c.seed, c.cond_blur)
+            blurred = self._cached(f"blurred_conditioning_{c.cond_blur}.pt", self._blurred_conditioning,
+                                   blur_in).to(self.device)
         for p in m.vae.parameters():
             p.requires_grad_(False)
         if self.cfg.compile:  # the blocks' weights stay the modules': the export is unchanged
@@ -397,8 +424,11 @@ class Trainer:
             sigma = train_sigma(u, shift).view(b, 1, 1, 1, 1).to(self.device)
             noise = torch.randn(x0.shape, generator=gen, device=self.device)
             x_cond = x0
-            if self.cfg.self_cond > 0:
+            if self.cfg.cond_blur > 0 or self.cfg.self_cond > 0:
                 x_cond = x0.clone()
+            if self.cfg.cond_blur > 0:
+                x_cond[:, :, :m.spec.cond_latent_frames] = blurred[idx]
+            if self.cfg.self_cond > 0:
                 x_cond[:n_own, :, :m.spec.cond_latent_frames] = own[j]
             if self.cfg.cond_noise > 0:  # an imperfect conditioning frame, as a rollout's own predictions are
                 sc = torch.from_numpy(rng.random(b) * self.cfg.cond_noise).float().view(b, 1, 1, 1, 1).to(self.device)
