@@ -241,17 +241,26 @@ def test_compiled_training_exports_the_same_keys_and_loads(tmp_path, tiny_ckpt):
     assert not torch.equal(back.dit.transformer.proj_out.weight, before["dit.transformer.proj_out.weight"])
 
 
-def test_cond_noise_perturbs_only_the_conditioning_latents_by_a_drawn_std(tmp_path, tiny_ckpt):
+def one_dit_step(tmp_path, tiny_ckpt, **options):
+    """One DiT step on the tiny training store with `options`: its config, its trainer, and the latents the DiT
+    was called on (every call's `hidden_states`)."""
     from worldcache.train import TrainConfig, Trainer
 
     write_training_store(tmp_path / "data.zarr")
     cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=1,
-                      dit_batch=2, holdout=0.34, vae_from=str(tiny_ckpt), cond_noise=0.5, eval_windows=0)
+                      holdout=0.34, vae_from=str(tiny_ckpt), eval_windows=0, **options)
     trainer = Trainer(cfg, model=WorldModel.build(SPEC, **ARCH, seed=5))
     seen = []
     trainer.model.dit.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["hidden_states"].clone()),
                                                 with_kwargs=True)
     trainer.run()
+    return cfg, trainer, seen
+
+
+def test_cond_noise_perturbs_only_the_conditioning_latents_by_a_drawn_std(tmp_path, tiny_ckpt):
+    from worldcache.train import Trainer
+
+    cfg, _, seen = one_dit_step(tmp_path, tiny_ckpt, dit_batch=2, cond_noise=0.5)
     latents, _ = torch.load(tmp_path / "run" / "dit_windows.pt")
     rng = np.random.default_rng([0, 1])  # the DiT stage's draws, in its order: windows, sigmas, conditioning stds
     idx, u, sc = rng.choice(len(latents), 2), rng.random(2), rng.random(2) * 0.5
@@ -296,16 +305,9 @@ def test_fixed_sigma_loss_scores_each_window_at_fixed_noise_levels(tmp_path, mon
 def test_cond_blur_conditions_each_window_on_its_frame_blurred_by_a_drawn_sigma(tmp_path, tiny_ckpt):
     import cv2
 
-    from worldcache.train import TrainConfig, Trainer, load_episodes, split
+    from worldcache.train import Trainer, load_episodes, split
 
-    write_training_store(tmp_path / "data.zarr")
-    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=1,
-                      dit_batch=4, holdout=0.34, vae_from=str(tiny_ckpt), cond_blur=2.0, eval_windows=0)
-    trainer = Trainer(cfg, model=WorldModel.build(SPEC, **ARCH, seed=5))
-    seen = []
-    trainer.model.dit.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["hidden_states"].clone()),
-                                                with_kwargs=True)
-    trainer.run()
+    cfg, trainer, seen = one_dit_step(tmp_path, tiny_ckpt, dit_batch=4, cond_blur=2.0)
     # the windows (e, t) of 4 actions from 2 training episodes of 12 actions: t = 0..8, conditioned on frame t
     train_eps, _ = split(load_episodes(cfg.data)[0], 0.34)
     sigmas = np.random.default_rng([0, 4]).random(18) * 2.0
