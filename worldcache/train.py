@@ -319,36 +319,43 @@ class Trainer:
         return windows(episodes, s.chunk + s.cond_frames - 1, 1)
 
     @torch.no_grad()
+    def _encode_each(self, n: int, frames, desc: str) -> torch.Tensor:
+        """The model's latents of `frames(j)` (uint8 (T, H, W, 3)) for j < n, on the CPU, encoded in batches of the
+        training batch (a GPU is launch-bound at 32)."""
+        lat, b = [], self.cfg.dit_batch
+        for i in tqdm(range(0, n, b), desc=desc, unit="batch", dynamic_ncols=True):
+            batch = np.stack([frames(j) for j in range(i, min(i + b, n))])
+            lat.append(self.model.encode(torch.from_numpy(batch)).cpu())
+        return torch.cat(lat)
+
     def _encode_windows(self, episodes, pick=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents and actions of every window of `episodes` (or of the windows `pick`, indices into them)."""
         k, c = self.model.spec.chunk, self.model.spec.cond_frames
         wins = self._windows(episodes)
         wins = wins if pick is None else [wins[i] for i in pick]
-        lat, act, b = [], [], self.cfg.dit_batch  # in training batches: a GPU is launch-bound at 32
-        for i in tqdm(range(0, len(wins), b), desc="encode windows", unit="batch", dynamic_ncols=True):
-            part = wins[i:i + b]
-            frames = torch.stack([torch.from_numpy(episodes[e]["obs"][t:t + c + k]) for e, t in part])
-            lat.append(self.model.encode(frames))
-            act.append(torch.stack([torch.from_numpy(episodes[e]["actions"][t + c - 1:t + c - 1 + k])
-                                    for e, t in part]))
-        return torch.cat(lat).cpu(), torch.cat(act).float()
 
-    @torch.no_grad()
+        def window(j):
+            e, t = wins[j]
+            return episodes[e]["obs"][t:t + c + k]
+
+        act = np.stack([episodes[e]["actions"][t + c - 1:t + c - 1 + k] for e, t in wins])
+        return self._encode_each(len(wins), window, "encode windows"), torch.from_numpy(act).float()
+
     def _blurred_conditioning(self) -> torch.Tensor:
         """The conditioning latent frames of every training window (in `_encode_windows`' order), encoded from its
         conditioning frames blurred by a Gaussian of sigma ~ U(0, `cond_blur`) px, one sigma per window."""
         import cv2
 
-        m, c = self.model, self.model.spec.cond_frames
+        c = self.model.spec.cond_frames
         wins = self._windows(self.train_eps)
         sigmas = np.random.default_rng([self.cfg.seed, 4]).random(len(wins)) * self.cfg.cond_blur
-        lat, b = [], self.cfg.dit_batch
-        for i in tqdm(range(0, len(wins), b), desc="encode blurred conditioning", unit="batch", dynamic_ncols=True):
-            frames = np.stack([[cv2.GaussianBlur(f, (0, 0), s) if s > 1e-3 else f  # OpenCV needs sigma > 0
-                                for f in self.train_eps[e]["obs"][t:t + c]]
-                               for (e, t), s in zip(wins[i:i + b], sigmas[i:i + b])])
-            lat.append(m.encode(torch.from_numpy(frames)).cpu())
-        return torch.cat(lat)
+
+        def blurred(j):
+            (e, t), s = wins[j], sigmas[j]
+            return np.stack([cv2.GaussianBlur(f, (0, 0), s) if s > 1e-3 else f  # OpenCV needs sigma > 0
+                             for f in self.train_eps[e]["obs"][t:t + c]])
+
+        return self._encode_each(len(wins), blurred, "encode blurred conditioning")
 
     @torch.no_grad()
     def _own_conditioning(self) -> tuple[torch.Tensor, torch.Tensor]:
