@@ -284,16 +284,20 @@ class Trainer:
         # to the next, and a VAE trained on single groups (5 frames) decodes every later group badly (~15 dB).
         vae, clip = self.model.vae, 1 + self.model.spec.chunk
         wins = windows(self.train_eps, clip - 1, 1)
+        # the posterior's noise from a generator on the device, saved with the state: CUDA's default generator is not
+        gen = torch.Generator(self.device).manual_seed(self.cfg.seed)
 
         def loss_fn(rng):
             idx = rng.choice(len(wins), self.cfg.vae_batch)
             x = torch.stack([torch.from_numpy(self.train_eps[e]["obs"][t:t + clip]) for e, t in (wins[i] for i in idx)])
             x = x.to(self.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
             post = vae.encode(x).latent_dist
-            rec = vae.decode(post.mode() + post.std * torch.randn_like(post.std)).sample.float()
+            eps = torch.randn(post.std.shape, generator=gen, device=self.device, dtype=post.std.dtype)
+            rec = vae.decode(post.mode() + post.std * eps).sample.float()
             return (rec - x).abs().mean() + ((rec - x) ** 2).mean() + self.cfg.kl_weight * post.kl().mean()
 
-        losses, _ = self._run("vae", vae, self.cfg.vae_steps, self.cfg.vae_lr, loss_fn, self.cfg.vae_minutes)
+        losses, _ = self._run("vae", vae, self.cfg.vae_steps, self.cfg.vae_lr, loss_fn, self.cfg.vae_minutes,
+                                gen=gen)
         self.record["vae"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:]))}
         self._set_latent_stats()
 
