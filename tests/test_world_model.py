@@ -180,6 +180,24 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
         Trainer(dataclasses.replace(cont, init_from=str(out)))
 
 
+def test_vae_decoder_only_trains_the_decoder_and_keeps_the_latents_a_trained_dit_reads(tmp_path, tiny_ckpt):
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("vae",), vae_steps=2,
+                      vae_batch=2, holdout=0.34, continue_from=str(tiny_ckpt), vae_decoder_only=True)
+    src, new = WorldModel.from_pretrained(tiny_ckpt), WorldModel.from_pretrained(Trainer(cfg).run())
+    before, after = src.state_dict(), new.state_dict()
+    kept = [k for k in before if not k.startswith(("vae.decoder.", "vae.post_quant_conv."))]
+    for k in kept:  # the encoder, the latent statistics, the DiT: as they were
+        assert torch.equal(before[k], after[k]), k
+    assert any(k.startswith("vae.encoder.") for k in kept) and any("latents_" in k for k in kept)
+    assert not torch.equal(before["vae.decoder.conv_out.weight"], after["vae.decoder.conv_out.weight"])
+    frames = torch.from_numpy(inputs(2)[0])[:, None]
+    torch.testing.assert_close(new.encode(frames), src.encode(frames), rtol=0, atol=0)
+    assert json.loads((tmp_path / "run" / "model" / "training.json").read_text())["vae"]["decoder_only"] is True
+
+
 def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume(tmp_path, tiny_ckpt):
     from worldcache.train import TrainConfig, Trainer
 
@@ -379,6 +397,35 @@ def test_self_cond_conditions_a_fraction_of_the_batch_on_the_models_own_predicti
     for bad in (dict(self_cond=1.5), dict(self_cond=-0.1), dict(self_cond_windows=0)):
         with pytest.raises(ValueError, match="self_cond"):
             Trainer(dataclasses.replace(cfg, **bad), model=WorldModel.build(SPEC, **ARCH))
+
+
+def test_self_cond_source_vae_conditions_on_the_real_chunk_before_through_the_vae(tmp_path, tiny_ckpt):
+    from worldcache.train import Trainer, load_episodes, split
+
+    cfg, trainer, seen = one_dit_step(tmp_path, tiny_ckpt, dit_batch=4, self_cond=0.5, self_cond_windows=3,
+                                      self_cond_source="vae")
+    m, k = trainer.model, SPEC.chunk  # the VAE is frozen in the DiT stage: as it was when the file was made
+    # the windows (e, t) of 4 actions from 2 training episodes of 12 actions: t = 0..8; a chunk before for t >= 4
+    pick = np.sort(np.random.default_rng([0, 2]).choice([e * 9 + t for e in range(2) for t in range(4, 9)], 3,
+                                                         replace=False))
+    train_eps, _ = split(load_episodes(cfg.data)[0], 0.34)
+    want = []
+    for i in pick:  # frames t-k .. t encoded and decoded, as a rollout decodes a chunk; its last frame encoded
+        e, t = divmod(int(i), 9)
+        decoded = m.decode(m.encode(torch.from_numpy(train_eps[e]["obs"][t - k:t + 1])[None]))
+        want.append(m.encode(decoded[:, -1:]))
+    own_idx, own = torch.load(tmp_path / "run" / "vae_conditioning_3.pt")
+    assert own_idx.tolist() == pick.tolist()
+    torch.testing.assert_close(own, torch.cat(want))
+    latents, _ = torch.load(tmp_path / "run" / "dit_windows.pt")
+    assert (own - latents[torch.from_numpy(pick), :, :1]).flatten(1).abs().amax(1).min() > 1e-3  # not the real one
+    rng = np.random.default_rng([0, 1])  # the step's draws, in order: windows, the round-tripped windows
+    idx, j = rng.choice(len(latents), 4), rng.choice(3, 2)
+    assert len(seen) == 1  # no prediction before the step: the frames come from the VAE alone
+    torch.testing.assert_close(seen[0][:2, :, :1], own[torch.from_numpy(j)])  # half the batch: round-tripped
+    torch.testing.assert_close(seen[0][2:, :, :1], latents[torch.from_numpy(idx[2:]), :, :1])  # the rest: real
+    with pytest.raises(ValueError, match="self_cond_source"):
+        Trainer(dataclasses.replace(cfg, self_cond_source="simulator"), model=WorldModel.build(SPEC, **ARCH))
 
 
 def test_two_conditioning_latent_frames_take_the_last_five_frames():

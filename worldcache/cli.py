@@ -50,9 +50,11 @@ def _train(args) -> int:
                       bf16=args.bf16, init_from=args.init_from, vae_from=args.vae_from, num_layers=args.layers,
                       continue_from=args.continue_from,
                       heads=args.heads, head_dim=args.head_dim, dit_minutes=args.dit_minutes,
-                      vae_minutes=args.vae_minutes, compile=args.compile, cond_noise=args.cond_noise,
+                      vae_minutes=args.vae_minutes, vae_lr=args.vae_lr, vae_decoder_only=args.vae_decoder_only,
+                      compile=args.compile, cond_noise=args.cond_noise,
                       cond_blur=args.cond_blur,
                       self_cond=args.self_cond, self_cond_windows=args.self_cond_windows,
+                      self_cond_source=args.self_cond_source,
                       eval_windows=args.eval_windows, dit_ema=args.dit_ema)
     print(f"model written to {Trainer(cfg).run()}")
     return 0
@@ -286,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the DiT about this long, its preparation (encoding windows, --self-cond's own frames) "
                    "included: its step count is set from the measured step rate")
     t.add_argument("--vae-minutes", type=float, default=None, help="the same for the VAE stage")
+    t.add_argument("--vae-lr", type=float, default=1e-3, help="VAE stage learning rate (default 1e-3)")
+    t.add_argument("--vae-decoder-only", action="store_true",
+                   help="VAE stage: train only the decoder; the encoder and latent statistics stay, so a trained "
+                        "DiT reads and predicts the same latents (e.g. with --continue-from)")
     t.add_argument("--cond-noise", type=float, default=0.0, metavar="S",
                    help="DiT stage: noise of std U(0, S) on the conditioning latents, for robustness to a rollout's "
                         "own frames (default 0: off)")
@@ -304,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "are (default 0: off)")
     t.add_argument("--self-cond-windows", type=int, default=2048, metavar="N",
                    help="training windows whose own conditioning is predicted (once, before training; default 2048)")
+    t.add_argument("--self-cond-source", choices=("model", "vae"), default="model",
+                   help="--self-cond's conditioning frames: the model's prediction (default), or the real frames of "
+                        "the chunk before through the VAE (encoded, decoded), as a rollout hands them on had the DiT "
+                        "been exact")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the DiT's blocks (~1 min first; fuses the many small kernels of a GPU step)")
     t.set_defaults(func=_train)

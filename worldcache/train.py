@@ -52,6 +52,7 @@ from .world_model import WorldModel, WorldModelSpec
 # Sampling steps of the model's own conditioning predictions (--self-cond): on v2's step-count curve 8 steps land
 # 54 dB from 35, and this pass runs over thousands of windows.
 SELF_COND_STEPS = 8
+SELF_COND_SOURCES = ("model", "vae")
 # Where the fixed-sigma loss scores every window: evenly spaced draws of the training's uniform u (before the shift)
 EVAL_U = np.linspace(0.05, 0.95, 10)
 
@@ -84,6 +85,9 @@ class TrainConfig:
     head_dim: int = 32
     dit_minutes: float | None = None  # train about this long (sets dit_steps from the measured step rate)
     vae_minutes: float | None = None
+    # VAE stage: train only the decoder; the encoder and the latent statistics stay, so the latents a trained DiT
+    # reads (and predicts) are unchanged and the DiT needs no retraining
+    vae_decoder_only: bool = False
     compile: bool = False         # torch.compile the DiT's blocks (regional: one block's graph serves all)
     # DiT stage: Gaussian noise of a std drawn per sample from U(0, cond_noise) on the conditioning latent frames,
     # so the model learns to read imperfect conditioning frames (0: off; sampling always conditions on clean ones)
@@ -97,6 +101,9 @@ class TrainConfig:
     # the real frames. The predictions are made once, before training, for `self_cond_windows` training windows.
     self_cond: float = 0.0
     self_cond_windows: int = 2048
+    # where those conditioning frames come from: "model" (its prediction) or "vae" (the real frames of that chunk
+    # encoded and decoded: what a DiT that predicted the real latents exactly would hand the next chunk)
+    self_cond_source: str = "model"
     # after the DiT stage: training and held-out windows scored by `Trainer.fixed_sigma_loss` (0: off)
     eval_windows: int = 256
     # DiT stage: export the exponential moving average of the weights with this (final) decay (0: off; the raw ones)
@@ -156,6 +163,8 @@ class Trainer:
             raise ValueError(f"dit_ema must be a decay in [0, 1), got {cfg.dit_ema}")
         if cfg.eval_windows < 0:
             raise ValueError(f"eval_windows must be >= 0, got {cfg.eval_windows}")
+        if cfg.self_cond_source not in SELF_COND_SOURCES:
+            raise ValueError(f"self_cond_source must be one of {SELF_COND_SOURCES}, got {cfg.self_cond_source!r}")
         if cfg.self_cond > 0 and cfg.self_cond_windows < 1:
             raise ValueError(f"self_cond_windows must be >= 1, got {cfg.self_cond_windows}")
         if cfg.init_from and cfg.continue_from:
@@ -284,6 +293,9 @@ class Trainer:
         # to the next, and a VAE trained on single groups (5 frames) decodes every later group badly (~15 dB).
         vae, clip = self.model.vae, 1 + self.model.spec.chunk
         wins = windows(self.train_eps, clip - 1, 1)
+        if self.cfg.vae_decoder_only:
+            vae.encoder.requires_grad_(False)
+            vae.quant_conv.requires_grad_(False)
         # the posterior's noise from a generator on the device, saved with the state: CUDA's default generator is not
         gen = torch.Generator(self.device).manual_seed(self.cfg.seed)
 
@@ -298,8 +310,10 @@ class Trainer:
 
         losses, _ = self._run("vae", vae, self.cfg.vae_steps, self.cfg.vae_lr, loss_fn, self.cfg.vae_minutes,
                                 gen=gen)
-        self.record["vae"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:]))}
-        self._set_latent_stats()
+        self.record["vae"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:])),
+                              "decoder_only": self.cfg.vae_decoder_only}
+        if not self.cfg.vae_decoder_only:
+            self._set_latent_stats()
 
     @torch.no_grad()
     def _set_latent_stats(self) -> None:
@@ -365,7 +379,8 @@ class Trainer:
     def _own_conditioning(self) -> tuple[torch.Tensor, torch.Tensor]:
         """For `self_cond_windows` random training windows that have a chunk before them: the indices of those
         windows (in `_encode_windows`' order) and their conditioning latents as the model itself predicts them from
-        the real frames one chunk earlier and the real actions in between."""
+        the real frames one chunk earlier and the real actions in between (`self_cond_source` "model"), or as the
+        VAE hands them on from that chunk's real frames ("vae": encoded with the frames before them, decoded)."""
         m, n = self.model, self.cfg.self_cond_windows
         k, c = m.spec.chunk, m.spec.cond_frames
         wins = self._windows(self.train_eps)
@@ -376,12 +391,16 @@ class Trainer:
         pick = np.sort(rng.choice(after, min(n, len(after)), replace=False))
         seeds = rng.integers(0, 2**31, len(pick))
         lat, b = [], self.cfg.dit_batch  # per-window seeds: the batch size changes only the speed
-        for j in tqdm(range(0, len(pick), b), desc="predict own conditioning", unit="batch", dynamic_ncols=True):
+        desc = "predict own conditioning" if self.cfg.self_cond_source == "model" else "conditioning through the VAE"
+        for j in tqdm(range(0, len(pick), b), desc=desc, unit="batch", dynamic_ncols=True):
             part = [wins[i] for i in pick[j:j + b]]
             # frames t-k .. t-k+c-1 and their k actions predict frames t-k+c .. t+c-1, whose last c condition (e, t)
-            hist = torch.stack([torch.from_numpy(self.train_eps[e]["obs"][t - k:t - k + c]) for e, t in part])
-            act = np.stack([self.train_eps[e]["actions"][t - k + c - 1:t + c - 1] for e, t in part])
-            new, _ = m.predict(hist, act, num_steps=SELF_COND_STEPS, seed=seeds[j:j + b].tolist())
+            clip = torch.stack([torch.from_numpy(self.train_eps[e]["obs"][t - k:t + c]) for e, t in part])
+            if self.cfg.self_cond_source == "vae":  # the frames a rollout decodes, had the DiT been exact
+                new = m.decode(m.encode(clip))
+            else:
+                act = np.stack([self.train_eps[e]["actions"][t - k + c - 1:t + c - 1] for e, t in part])
+                new, _ = m.predict(clip[:, :c], act, num_steps=SELF_COND_STEPS, seed=seeds[j:j + b].tolist())
             lat.append(m.encode(new[:, -c:]).cpu())
         return torch.from_numpy(pick), torch.cat(lat)
 
@@ -409,7 +428,8 @@ class Trainer:
         latents, actions = self._cached("dit_windows.pt", lambda: self._encode_windows(self.train_eps), windows_in)
         if c.self_cond > 0:
             own_in = fingerprint(windows_in, c.seed, c.self_cond_windows, SELF_COND_STEPS, *m.state_dict().values())
-            own_idx, own = self._cached(f"own_conditioning_{c.self_cond_windows}.pt", self._own_conditioning, own_in)
+            name = f"{'own' if c.self_cond_source == 'model' else 'vae'}_conditioning_{c.self_cond_windows}.pt"
+            own_idx, own = self._cached(name, self._own_conditioning, own_in)
             own_idx, own = own_idx.to(self.device), own.to(self.device)
             n_own = int(round(self.cfg.self_cond * self.cfg.dit_batch))
         if c.cond_blur > 0:
