@@ -20,6 +20,9 @@
 #   DATA=.dev/pusher800.npz.xz DIT_MIN=6.0 DIT_BATCH=512 TIMING_BEFORE=0 TRAIN_ARGS="--stages dit \
 #     --continue-from worldcache/assets/pusher --dit-lr 2e-4 --compile" bash scripts/gpu_train.sh  # 720 episodes
 #     (seventeenth session: not better; add --cond-blur 1.5 for the blur-robust probe, this run its control)
+#   TIMING_BEFORE=0 TRAIN_ARGS="--stages vae --continue-from worldcache/assets/pusher --vae-decoder-only --vae-lr 3e-4 \
+#     --vae-minutes 6" bash scripts/gpu_train.sh  # the VAE's decoder alone, the DiT kept (eighteenth session: 2581
+#     steps of 8 on CPU made a candidate; docs/experiments.md, "A decoder-only VAE fine-tune on CPU")
 #   DEVICE=cpu VAE_MIN=0.05 DIT_MIN=0.05 ARCH="--layers 2 --heads 2 --head-dim 16" bash scripts/gpu_train.sh  # smoke
 set -euo pipefail
 export PYTHONUNBUFFERED=1

@@ -549,6 +549,16 @@ def test_train_cli_records_the_fixed_sigma_loss_of_eval_windows(tmp_path, tiny_c
     assert (tmp_path / "f" / "blurred_conditioning_1.5.pt").is_file()
     assert cli.main(args + ["--out", str(tmp_path / "g"), "--cond-blur", "-1"]) == 2
     assert "cond_blur must be >= 0" in capsys.readouterr().err
+    tiny = ["train", "--data", str(tmp_path / "data.zarr"), "--continue-from", str(tiny_ckpt)]  # chunks of 4
+    assert cli.main(tiny + ["--stages", "dit", "--dit-steps", "1", "--dit-batch", "2", "--eval-windows", "0",
+                            "--self-cond", "0.5", "--self-cond-windows", "2", "--self-cond-source", "vae",
+                            "--out", str(tmp_path / "h")]) == 0
+    assert json.loads((tmp_path / "h" / "model" / "training.json").read_text())["config"]["self_cond_source"] == "vae"
+    assert (tmp_path / "h" / "vae_conditioning_2.pt").is_file()
+    assert cli.main(tiny + ["--stages", "vae", "--vae-steps", "1", "--vae-batch", "2", "--vae-lr", "1e-4",
+                            "--vae-decoder-only", "--out", str(tmp_path / "i")]) == 0
+    rec = json.loads((tmp_path / "i" / "model" / "training.json").read_text())
+    assert (rec["config"]["vae_batch"], rec["config"]["vae_lr"], rec["vae"]["decoder_only"]) == (2, 1e-4, True)
 
 
 def test_dit_ema_exports_the_moving_average_of_the_raw_weights_and_resumes_it(tmp_path, tiny_ckpt, monkeypatch):

@@ -50,7 +50,8 @@ def _train(args) -> int:
                       bf16=args.bf16, init_from=args.init_from, vae_from=args.vae_from, num_layers=args.layers,
                       continue_from=args.continue_from,
                       heads=args.heads, head_dim=args.head_dim, dit_minutes=args.dit_minutes,
-                      vae_minutes=args.vae_minutes, vae_lr=args.vae_lr, vae_decoder_only=args.vae_decoder_only,
+                      vae_minutes=args.vae_minutes, vae_lr=args.vae_lr, vae_batch=args.vae_batch,
+                      vae_decoder_only=args.vae_decoder_only,
                       compile=args.compile, cond_noise=args.cond_noise,
                       cond_blur=args.cond_blur,
                       self_cond=args.self_cond, self_cond_windows=args.self_cond_windows,
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "included: its step count is set from the measured step rate")
     t.add_argument("--vae-minutes", type=float, default=None, help="the same for the VAE stage")
     t.add_argument("--vae-lr", type=float, default=1e-3, help="VAE stage learning rate (default 1e-3)")
+    t.add_argument("--vae-batch", type=int, default=8, help="VAE stage batch of clips (default 8)")
     t.add_argument("--vae-decoder-only", action="store_true",
                    help="VAE stage: train only the decoder; the encoder and latent statistics stay, so a trained "
                         "DiT reads and predicts the same latents (e.g. with --continue-from)")
