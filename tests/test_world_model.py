@@ -196,6 +196,8 @@ def test_vae_decoder_only_trains_the_decoder_and_keeps_the_latents_a_trained_dit
     frames = torch.from_numpy(inputs(2)[0])[:, None]
     torch.testing.assert_close(new.encode(frames), src.encode(frames), rtol=0, atol=0)
     assert json.loads((tmp_path / "run" / "model" / "training.json").read_text())["vae"]["decoder_only"] is True
+    with pytest.raises(ValueError, match="start from a trained VAE"):  # a random encoder kept would be useless
+        Trainer(dataclasses.replace(cfg, continue_from=None))
 
 
 def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume(tmp_path, tiny_ckpt):

@@ -163,6 +163,9 @@ class Trainer:
             raise ValueError(f"dit_ema must be a decay in [0, 1), got {cfg.dit_ema}")
         if cfg.eval_windows < 0:
             raise ValueError(f"eval_windows must be >= 0, got {cfg.eval_windows}")
+        if cfg.vae_decoder_only and model is None and not (cfg.continue_from or cfg.init_from or cfg.vae_from):
+            raise ValueError("vae_decoder_only keeps the encoder: start from a trained VAE (continue_from, init_from "
+                             "or vae_from)")
         if cfg.self_cond_source not in SELF_COND_SOURCES:
             raise ValueError(f"self_cond_source must be one of {SELF_COND_SOURCES}, got {cfg.self_cond_source!r}")
         if cfg.self_cond > 0 and cfg.self_cond_windows < 1:
@@ -308,8 +311,7 @@ class Trainer:
             rec = vae.decode(post.mode() + post.std * eps).sample.float()
             return (rec - x).abs().mean() + ((rec - x) ** 2).mean() + self.cfg.kl_weight * post.kl().mean()
 
-        losses, _ = self._run("vae", vae, self.cfg.vae_steps, self.cfg.vae_lr, loss_fn, self.cfg.vae_minutes,
-                                gen=gen)
+        losses, _ = self._run("vae", vae, self.cfg.vae_steps, self.cfg.vae_lr, loss_fn, self.cfg.vae_minutes, gen=gen)
         self.record["vae"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:])),
                               "decoder_only": self.cfg.vae_decoder_only}
         if not self.cfg.vae_decoder_only:
