@@ -381,8 +381,10 @@ def test_evaluate_policies_ranks_the_equal_cost_set_end_to_end(small_ckpt, tmp_p
                             verbose=False, json_out=tmp_path / "f.json")
     assert [p["policy"] for p in res["policies"]] == [parse_policy(p)[2] for p in POLICY_SETS["equal-cost"]]
     assert len(res["policies"]) >= 6 and res["equal_control_cost"] is True
-    for key in ("spearman", "spearman_all", "spearman_without_ctrl", "same_ranking"):
+    for key in ("spearman", "spearman_all", "spearman_ci90", "spearman_without_ctrl", "same_ranking"):
         assert set(res[key]) == {"none", "worldcache"}
+    for c, rho in res["spearman"].items():  # one start: nothing to resample, the interval is the point
+        assert res["spearman_ci90"][c] == (None if rho is None else [pytest.approx(rho)] * 2)
     assert "spearman_decoded_real" in res and res["same_ranking"]["none"] is True
     for p in res["policies"]:  # the same control cost, computed exactly from the actions: 0.1 |a|^2 per step
         assert p["ctrl_return"] == pytest.approx(-0.1 * EQUAL_NORM ** 2 * 4, rel=1e-6)
@@ -530,3 +532,41 @@ def test_cli_evaluate_model_reports_decoded_position_errors(tiny_ckpt, tmp_path,
     assert "tip cm" in printed and "  chunk 1: " in printed
     assert main(args + ["--decoder", str(tmp_path)]) == 2  # a folder without a decoder is named, not ignored
     assert f"{tmp_path / 'state_decoder.json'}: missing" in capsys.readouterr().err
+
+
+def test_spearman_draws_resample_the_starts_alike_for_every_policy():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    real, wm = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    draws = fidelity.spearman_draws(real, wm, draws=50, seed=7)
+    # the same draws, one at a time: resample the episode columns, then Spearman of the policies' means
+    idx = np.random.default_rng(7).integers(0, 5, (50, 5))
+    expected = [spearmanr(real[:, i].mean(1), wm[:, i].mean(1))[0] for i in idx]
+    np.testing.assert_allclose(draws, expected, rtol=1e-12)
+    one = fidelity.spearman_draws(real[:, :1], wm[:, :1], draws=20)  # one start: every draw is the point figure
+    np.testing.assert_allclose(one, spearmanr(real[:, 0], wm[:, 0])[0], rtol=1e-12)
+    assert np.isnan(fidelity.spearman_draws(real, np.ones_like(wm), draws=3)).all()  # a tie throughout: undefined
+    with pytest.raises(ValueError, match="draws"):
+        fidelity.spearman_draws(real, wm[:, :4])
+
+
+def _fidelity_result(real, wm):
+    return {"policies": [{"policy": f"p{i}", "real_returns": r.tolist(), "wm_returns": {"none": w.tolist()}}
+                         for i, (r, w) in enumerate(zip(real, wm))],
+            "spearman": {"none": fidelity._spearman(real.mean(1), wm.mean(1))[0]}}
+
+
+def test_compare_results_is_paired_and_refuses_other_starts():
+    real = np.array([[0.0, 1, 2, 3], [1, 2, 3, 5], [3, 3, 4, 6], [4, 6, 5, 8]])  # policies ranked p0 < p1 < p2 < p3
+    a = _fidelity_result(real, real + np.array([[0.0], [2], [0], [0]]))  # A swaps p1 and p2
+    same = fidelity.compare_results(a, a, draws=200)
+    assert same["difference_mean"] == 0 and same["difference_ci90"] == [0, 0] and same["p_b_lower"] == 0
+    b = fidelity.compare_results(a, _fidelity_result(real, real), draws=200)  # B: the real returns themselves
+    assert (b["a"], b["b"]) == (pytest.approx(1 - 6 * 2 / 60), 1.0)  # one swap of 4: Σd² = 2
+    assert b["p_b_lower"] == 0 and b["p_b_higher"] > 0.9 and b["difference_ci90"][1] > 0 and b["draws"] == 200
+    other = _fidelity_result(real + 1, real)  # other starts: other real returns
+    with pytest.raises(ValueError, match="same starts"):
+        fidelity.compare_results(a, other)
+    with pytest.raises(ValueError, match="'worldcache'"):
+        fidelity.compare_results(a, a, cache="worldcache")

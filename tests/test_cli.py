@@ -62,3 +62,21 @@ def test_input_error_classification():
         ours()
     except ValueError as e:
         assert not cli.is_input_error(e)  # the raising frame belongs to a test module, not to worldcache
+
+
+def test_compare_fidelity(capsys, tmp_path):
+    import json
+
+    real = [[0.0, 1, 2, 3], [1, 2, 3, 5], [3, 3, 4, 6], [4, 6, 5, 8]]
+    swapped = [real[0], [v + 2 for v in real[1]], *real[2:]]  # ranks p1 above p2
+    for name, wm, rho in (("a", swapped, 0.8), ("b", real, 1.0), ("other", real, 1.0)):
+        shift = 1 if name == "other" else 0  # other starts: other real returns
+        res = {"policies": [{"policy": f"p{i}", "real_returns": [v + shift for v in r], "wm_returns": {"none": w}}
+                            for i, (r, w) in enumerate(zip(real, wm))], "spearman": {"none": rho}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(res))
+    assert cli.main(["compare-fidelity", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--draws", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "A 0.800, B 1.000" in out and "100 paired resamples of the 4 starts" in out and "P(B lower) 0.00" in out
+    assert cli.main(["compare-fidelity", str(tmp_path / "a.json"), str(tmp_path / "other.json")]) == 2
+    err = capsys.readouterr().err
+    assert "same starts" in err and err.count("\n") == 1

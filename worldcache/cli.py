@@ -197,6 +197,22 @@ def _evaluate_policies(args) -> int:
     return 0
 
 
+def _compare_fidelity(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .fidelity import compare_results
+
+    a, b = (json.loads(Path(f).read_text()) for f in (args.a, args.b))
+    r = compare_results(a, b, cache=args.cache, draws=args.draws)
+    lo, hi = r["difference_ci90"]
+    print(f"Spearman of mean returns ({args.cache}): A {r['a']:.3f}, B {r['b']:.3f}\n"
+          f"B - A over {r['draws']} paired resamples of the {len(a['policies'][0]['real_returns'])} starts: "
+          f"mean {r['difference_mean']:+.3f}, 90 % interval [{lo:+.3f}, {hi:+.3f}], "
+          f"P(B lower) {r['p_b_lower']:.2f}, P(B higher) {r['p_b_higher']:.2f}")
+    return 0
+
+
 def _bench_vec(args) -> int:
     from .envs.vector_env import bench_vector
 
@@ -449,6 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--json", default=None)
     _add_compile(ep)
     ep.set_defaults(func=_evaluate_policies)
+
+    cf = sub.add_parser("compare-fidelity", help="paired bootstrap of two evaluate-policies JSONs on the same "
+                                                 "starts (e.g. two checkpoints): is B's ranking better than A's?")
+    cf.add_argument("a", help="evaluate-policies --json of A (e.g. the bundled model)")
+    cf.add_argument("b", help="evaluate-policies --json of B, on the same starts and policies")
+    cf.add_argument("--cache", default="none", help="which rows to compare (a --cache entry of both runs)")
+    cf.add_argument("--draws", type=int, default=2000, help="bootstrap resamples of the starts")
+    cf.set_defaults(func=_compare_fidelity)
 
     v = sub.add_parser("bench-vec", help="per-env step time: N single envs in turn vs. one batched vector env")
     v.add_argument("--num-envs", type=int, default=4)

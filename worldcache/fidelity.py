@@ -21,7 +21,9 @@ controller at growing noise (its policies differ in control cost too; ``spearman
 Reported: mean returns per policy (real, the decoded reward on the REAL frames — separating the decoder's error
 from the model's — and the world model per cache), the Spearman rank correlation between real and decoded mean
 returns (on real frames and per cache on predicted frames, and over all policy x episode pairs), and whether each
-cache ranks the policies exactly as the first entry of `cache` (the uncached model by default) does.
+cache ranks the policies exactly as the first entry of `cache` (the uncached model by default) does. A Spearman of
+mean returns over a few starts moves a lot with the starts, so each comes with a 90 % bootstrap interval over them
+(``spearman_ci90``), and `compare_results` compares two results on the same starts pairwise.
 """
 from __future__ import annotations
 
@@ -127,6 +129,55 @@ def _spearman(a, b) -> tuple[float | None, float | None]:
     return ok(rho), ok(p)
 
 
+BOOTSTRAP_DRAWS = 2000
+
+
+def spearman_draws(real, wm, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> np.ndarray:
+    """Spearman of the mean returns of `real` and `wm` ((policies, episodes) arrays) over `draws` bootstrap
+    resamples of the episodes (the same resample for every policy; NaN where a draw's means tie throughout).
+
+    How far a ranking over a few starts could move with other starts. The resamples depend only on `seed` and the
+    episode count, so two results on the same starts are resampled alike: their draw-by-draw difference is a paired
+    comparison (`compare_results`)."""
+    from scipy.stats import rankdata
+
+    real, wm = np.asarray(real, dtype=float), np.asarray(wm, dtype=float)
+    if draws < 1 or real.ndim != 2 or real.shape != wm.shape or real.shape[1] < 1:
+        raise ValueError(f"need draws >= 1 and two (policies, episodes) arrays of one shape; got draws={draws}, "
+                         f"{real.shape} and {wm.shape}")
+    idx = np.random.default_rng(seed).integers(0, real.shape[1], (draws, real.shape[1]))
+    r, w = (rankdata(a[:, idx].mean(axis=-1).T, axis=1) for a in (real, wm))  # (draws, policies) ranks
+    r, w = r - r.mean(axis=1, keepdims=True), w - w.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (r * w).sum(axis=1) / np.sqrt((r * r).sum(axis=1) * (w * w).sum(axis=1))
+
+
+def _interval(draws: np.ndarray) -> list[float] | None:
+    ok = draws[np.isfinite(draws)]
+    return [float(v) for v in np.percentile(ok, [5, 95])] if ok.size else None
+
+
+def compare_results(a: dict, b: dict, cache: str = "none", draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> dict:
+    """Paired bootstrap of two `evaluate_policies` results on the same starts and policies (e.g. two checkpoints):
+    the Spearman of mean returns of B minus A for `cache`, over the same resamples of the starts. Returns
+    {"a", "b" (the point figures), "difference_mean", "difference_ci90", "p_b_lower", "p_b_higher", "draws"}."""
+    def arrays(res, name):
+        if cache not in res["spearman"]:
+            raise ValueError(f"{name} has no {cache!r} rows; it has {sorted(res['spearman'])}")
+        return (np.array([p["real_returns"] for p in res["policies"]]),
+                np.array([p["wm_returns"][cache] for p in res["policies"]]))
+
+    (ra, wa), (rb, wb) = arrays(a, "A"), arrays(b, "B")
+    if [p["policy"] for p in a["policies"]] != [p["policy"] for p in b["policies"]] or ra.shape != rb.shape \
+            or not np.allclose(ra, rb):
+        raise ValueError("A and B must rank the same policies on the same starts (their real returns differ)")
+    d = spearman_draws(rb, wb, draws, seed) - spearman_draws(ra, wa, draws, seed)
+    d = d[np.isfinite(d)]
+    return {"a": a["spearman"][cache], "b": b["spearman"][cache], "difference_mean": float(d.mean()),
+            "difference_ci90": _interval(d), "p_b_lower": float((d < 0).mean()),
+            "p_b_higher": float((d > 0).mean()), "draws": int(d.size)}
+
+
 def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, policies=DEFAULT_POLICIES, seed: int = 0,
                       cache=("none", "worldcache"), num_steps: int | None = None, device: str = "cpu",
                       decoder=None, json_out=None, verbose: bool = True, compile: bool = False,
@@ -199,6 +250,7 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
         "spearman": {c: _spearman(mean(real), mean(wm[c]))[0] for c in caches},
         "spearman_p": {c: _spearman(mean(real), mean(wm[c]))[1] for c in caches},
         "spearman_all": {c: _spearman(real.ravel(), wm[c].ravel())[0] for c in caches},
+        "spearman_ci90": {c: _interval(spearman_draws(real, wm[c], seed=seed)) for c in caches},
         "spearman_decoded_real": _spearman(mean(real), mean(dec_real))[0],
         "spearman_without_ctrl": {c: _spearman(mean(real - ctrl), mean(wm[c] - ctrl))[0] for c in caches},
         "spearman_decoded_real_without_ctrl": _spearman(mean(real - ctrl), mean(dec_real - ctrl))[0],
@@ -230,6 +282,9 @@ def format_table(result: dict) -> str:
                      + " ".join(f"{p['wm_return'][c]:>14.2f}" for c in caches))
     lines.append(f"{'Spearman vs real':<22} {'':>9} {fmt(result['spearman_decoded_real']):>10} "
                  + " ".join(f"{fmt(result['spearman'][c]):>14}" for c in caches))
+    ci = lambda v: "n/a" if v is None else f"[{v[0]:.2f}, {v[1]:.2f}]"  # noqa: E731
+    lines.append(f"{'  90 % CI over starts':<22} {'':>9} {'':>10} "
+                 + " ".join(f"{ci(result['spearman_ci90'][c]):>14}" for c in caches))
     lines.append(f"{'Spearman (all eps)':<22} {'':>9} {'':>10} "
                  + " ".join(f"{fmt(result['spearman_all'][c]):>14}" for c in caches))
     if not result["equal_control_cost"]:
