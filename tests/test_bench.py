@@ -570,3 +570,6 @@ def test_compare_results_is_paired_and_refuses_other_starts():
         fidelity.compare_results(a, other)
     with pytest.raises(ValueError, match="'worldcache'"):
         fidelity.compare_results(a, a, cache="worldcache")
+    flat = _fidelity_result(real, np.ones_like(real))  # predicts one return for every policy
+    with pytest.raises(ValueError, match="ties"):
+        fidelity.compare_results(a, flat, draws=10)

@@ -173,6 +173,8 @@ def compare_results(a: dict, b: dict, cache: str = "none", draws: int = BOOTSTRA
         raise ValueError("A and B must rank the same policies on the same starts (their real returns differ)")
     d = spearman_draws(rb, wb, draws, seed) - spearman_draws(ra, wa, draws, seed)
     d = d[np.isfinite(d)]
+    if not d.size:
+        raise ValueError(f"every resample ties A's or B's {cache!r} mean returns throughout: no Spearman to compare")
     return {"a": a["spearman"][cache], "b": b["spearman"][cache], "difference_mean": float(d.mean()),
             "difference_ci90": _interval(d), "p_b_lower": float((d < 0).mean()),
             "p_b_higher": float((d > 0).mean()), "draws": int(d.size)}
