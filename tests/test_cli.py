@@ -77,6 +77,11 @@ def test_compare_fidelity(capsys, tmp_path):
     assert cli.main(["compare-fidelity", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--draws", "100"]) == 0
     out = capsys.readouterr().out
     assert "A 0.800, B 1.000" in out and "100 paired resamples of the 4 starts" in out and "P(B lower) 0.00" in out
+    tied = json.loads((tmp_path / "a.json").read_text())  # its point figure undefined (every policy tied): n/a
+    tied["spearman"]["none"] = None
+    (tmp_path / "tied.json").write_text(json.dumps(tied))
+    assert cli.main(["compare-fidelity", str(tmp_path / "tied.json"), str(tmp_path / "b.json"), "--draws", "10"]) == 0
+    assert "A n/a, B 1.000" in capsys.readouterr().out
     assert cli.main(["compare-fidelity", str(tmp_path / "a.json"), str(tmp_path / "other.json")]) == 2
     err = capsys.readouterr().err
     assert "same starts" in err and err.count("\n") == 1
