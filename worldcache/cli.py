@@ -304,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--head-dim", type=int, default=32, help="width of a head of a new model (default 32)")
     t.add_argument("--dit-minutes", type=float, default=None,
                    help="train the DiT about this long, its preparation (encoding windows, --self-cond's own frames) "
-                   "included: its step count is set from the measured step rate")
+                   "included: its step count is set from the rate of its first steps, so a machine that slows later runs "
+                   "longer (seen on 2 shared cores: 75 minutes took 91)")
     t.add_argument("--vae-minutes", type=float, default=None, help="the same for the VAE stage")
     t.add_argument("--vae-lr", type=float, default=1e-3, help="VAE stage learning rate (default 1e-3)")
     t.add_argument("--vae-batch", type=int, default=8, help="VAE stage batch of clips (default 8)")
