@@ -106,7 +106,9 @@ def test_vae_kernels_give_diffusers_results_and_leave_training_alone(monkeypatch
         x_fast, x_slow = (m.vae.decode(z_slow).sample for m in (fast, slow))
         torch.testing.assert_close(x_fast, x_slow, rtol=0, atol=1e-5)
         assert len(calls) > n
-        assert torch.equal(fast.decode(z_slow), slow.decode(z_slow))
+        # uint8 frames: float sums within 1e-5 may round across a grey level (seen on AMD EPYC's oneDNN paths)
+        u_fast, u_slow = fast.decode(z_slow).int(), slow.decode(z_slow).int()
+        assert (u_fast - u_slow).abs().max() <= 1 and (u_fast != u_slow).float().mean() < 1e-3
     # with autograd (VAE training): diffusers' own kernels, the same loss, and gradients
     n = len(calls)
     x = torch.randn(1, 3, 5, SPEC.height, SPEC.width)

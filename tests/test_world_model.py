@@ -418,7 +418,9 @@ def test_self_cond_source_vae_conditions_on_the_real_chunk_before_through_the_va
         want.append(m.encode(decoded[:, -1:]))
     own_idx, own = torch.load(tmp_path / "run" / "vae_conditioning_3.pt")
     assert own_idx.tolist() == pick.tolist()
-    torch.testing.assert_close(own, torch.cat(want))
+    # batched and single encodes differ in float rounding by CPU (6e-5 seen on AMD EPYC); the round trip itself
+    # moves the latents by more than 1e-3 (checked below)
+    torch.testing.assert_close(own, torch.cat(want), rtol=0, atol=5e-4)
     latents, _ = torch.load(tmp_path / "run" / "dit_windows.pt")
     assert (own - latents[torch.from_numpy(pick), :, :1]).flatten(1).abs().amax(1).min() > 1e-3  # not the real one
     rng = np.random.default_rng([0, 1])  # the step's draws, in order: windows, the round-tripped windows
