@@ -201,13 +201,12 @@ def _compare_fidelity(args) -> int:
     import json
     from pathlib import Path
 
-    from .fidelity import compare_results
+    from .fidelity import compare_results, fmt
 
     a, b = (json.loads(Path(f).read_text()) for f in (args.a, args.b))
     r = compare_results(a, b, cache=args.cache, draws=args.draws)
     lo, hi = r["difference_ci90"]
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731  (all policies tied: undefined)
-    print(f"Spearman of mean returns ({args.cache}): A {fmt(r['a'])}, B {fmt(r['b'])}\n"
+    print(f"Spearman of mean returns ({args.cache}): A {fmt(r['a'], '.3f')}, B {fmt(r['b'], '.3f')}\n"
           f"B - A over {r['draws']} paired resamples of the {len(a['policies'][0]['real_returns'])} starts: "
           f"mean {r['difference_mean']:+.3f}, 90 % interval [{lo:+.3f}, {hi:+.3f}], "
           f"P(B lower) {r['p_b_lower']:.2f}, P(B higher) {r['p_b_higher']:.2f}")

@@ -272,9 +272,13 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     return result
 
 
+def fmt(v: float | None, spec: str = ".2f") -> str:
+    """A Spearman figure for a table; None (all policies tied, so undefined) reads "n/a"."""
+    return "n/a" if v is None else format(v, spec)
+
+
 def format_table(result: dict) -> str:
     caches = list(result["spearman"])
-    fmt = lambda v, spec=".2f": "n/a" if v is None else format(v, spec)  # noqa: E731
     head = f"{'policy':<22} {'real':>9} {'dec(real)':>10} " + " ".join(f"{'wm/' + c:>14}" for c in caches)
     lines = [f"mean returns over {result['settings']['episodes']} episodes of {result['settings']['steps']} steps "
              f"(world model: open-loop replay of the real actions; equal control cost: "
@@ -301,7 +305,6 @@ def format_table(result: dict) -> str:
 def markdown_table(result: dict) -> str:
     """The README's policy-evaluation table rows (plus the Spearman and same-ranking rows)."""
     caches = list(result["spearman"])
-    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     rows = [f"| {p['policy']} | {p['real_return']:.2f} | {p['decoded_real_return']:.2f} | "
             + " | ".join(f"{p['wm_return'][c]:.2f}" for c in caches) + " |" for p in result["policies"]]
     rows.append(f"| Spearman vs. real | | {fmt(result['spearman_decoded_real'])} | "
