@@ -125,8 +125,8 @@ def write_training_store(path):
                             extras={"state": rng.normal(size=(t + 1, 23)).astype(np.float32)})
 
 
-def test_trainer_runs_resumes_and_exports(tmp_path):
-    from worldcache.train import TrainConfig, Trainer
+def test_trainer_runs_resumes_and_exports(tmp_path, capsys):
+    from worldcache.train import TrainConfig, Trainer, slow_bf16
 
     write_training_store(tmp_path / "data.zarr")
     cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), vae_steps=3, dit_steps=3,
@@ -146,7 +146,10 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
     # resume: a longer schedule continues from the saved step instead of starting over
     cfg.dit_steps, cfg.stages, cfg.bf16 = 5, ("dit",), True  # also exercises the bf16 autocast path
     assert json.loads((out / "training.json").read_text())["vae"]["steps"] == 3  # earlier stages' record kept
+    capsys.readouterr()
     Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
+    warned = "warning: --bf16 on a CPU without AVX512-BF16 or AMX" in capsys.readouterr().err
+    assert warned == (slow_bf16(torch.device("cpu")) is not None)  # this machine's CPU decides which
     losses = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["losses"]
     assert len(losses) == 5 and np.isfinite(losses).all()
     WorldModel.from_pretrained(out).predict(*inputs(), num_steps=2)
@@ -178,6 +181,51 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
     assert "started_from" not in first
     with pytest.raises(ValueError, match="give one"):  # two starting checkpoints: which one's weights is unclear
         Trainer(dataclasses.replace(cont, init_from=str(out)))
+
+
+def _timed_run(budget, seconds_per_step) -> tuple[dict, int, float]:
+    """Drive a StepBudget as Trainer._run does, on a simulated clock: (counts set at steps, last step, time)."""
+    counts, total, step, now = {}, 10**9, 0, 0.0
+    while step < total:
+        step += 1
+        now += seconds_per_step(step)
+        if (count := budget.update(step, now)) is not None:
+            counts[step] = total = count
+    return counts, step, now
+
+
+def test_step_budget_sets_the_count_again_from_the_recent_rate():
+    from worldcache.train import StepBudget
+
+    # 20 slow steps (another job shares the cores), then 1 s a step: first 20 + 500 s x 19/95 steps/s = 120, then,
+    # every 5 % of the 600 s (30 s), from the rate since: 50 + 470 x 1 = 520, so the run ends at its budget
+    counts, step, now = _timed_run(StepBudget(10, 0.0, 0), lambda s: 5.0 if s <= 20 else 1.0)
+    assert list(counts.items())[:3] == [(20, 120), (50, 520), (80, 520)] and (step, now) == (520, 600.0)
+    # fast steps: a count every 50 steps (before 30 s pass): 20 + 590 x 2 = 1200, 70 + 565 x 2 = 1200, ...
+    counts, step, now = _timed_run(StepBudget(10, 0.0, 0), lambda s: 0.5)
+    assert list(counts.items())[:3] == [(20, 1200), (70, 1200), (120, 1200)] and (step, now) == (1200, 600.0)
+    # the machine slows 100x after the first count (600): each step past 30 s counts again, 21 + 480 x 0.01 = 25,
+    # and the run stops at 25 steps (520 s) instead of running 600 steps of 100 s
+    counts, step, now = _timed_run(StepBudget(10, 0.0, 0), lambda s: 1.0 if s <= 20 else 100.0)
+    assert counts == {20: 600, 21: 25, 22: 25, 23: 25, 24: 25, 25: 25} and (step, now) == (25, 520.0)
+    # a budget begun 300 s before the first step (the DiT's preparation): 300 s left at 1 step/s
+    counts, step, now = _timed_run(StepBudget(10, -300.0, 0), lambda s: 1.0)
+    assert counts[20] == 20 + 280 and step == 300
+
+
+def test_slow_bf16_names_cpus_that_emulate_bf16(monkeypatch):
+    from worldcache.train import slow_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    why = slow_bf16(torch.device("cpu"))
+    assert why.startswith("--bf16 on a CPU without AVX512-BF16 or AMX (") and why.endswith("drop --bf16")
+    assert slow_bf16(torch.device("cuda")) is None  # GPUs have bf16 matmuls (a device object needs no GPU)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert slow_bf16(torch.device("cpu")) is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert slow_bf16(torch.device("cpu")) is None
 
 
 def test_vae_decoder_only_trains_the_decoder_and_keeps_the_latents_a_trained_dit_reads(tmp_path, tiny_ckpt):

@@ -14,7 +14,9 @@ action box come from the config and the data.
 
 ``dit_minutes`` / ``vae_minutes``: train for about that long instead of a fixed step count. The stage times its
 first steps and sets its step count (and so its cosine schedule) from the rate and the time left, so that a slow
-first step (``compile``) counts within the budget; the count is recorded and a resumed run keeps it. The DiT
+first step (``compile``) counts within the budget; it sets the count again from the recent rate as it goes
+(`StepBudget`), so a machine that slows down or speeds up mid-run still ends near the budget. The count is
+recorded, and a resumed run keeps the last one. The DiT
 stage's budget starts before its preparation (encoding its windows, predicting its own conditioning frames with
 ``self_cond``), so a time-boxed machine is not overrun by a long preparation pass.
 
@@ -76,7 +78,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0             # torch threads (0: torch's default)
     device: str = "cpu"          # "cuda" when a GPU is at hand; the export is always written from CPU
-    bf16: bool = False           # bf16 autocast: ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs
+    bf16: bool = False           # bf16 autocast: ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs, far slower on others
     init_from: str | None = None  # start from this checkpoint's transformer + VAE, with a fresh action embedder
     vae_from: str | None = None   # start the VAE from this checkpoint's VAE weights
     continue_from: str | None = None  # continue training this checkpoint (all its weights, its spec)
@@ -125,6 +127,44 @@ def split(episodes: list, holdout: float) -> tuple[list, list]:
     only one episode: it is needed for training)."""
     n_hold = max(1, int(round(len(episodes) * holdout))) if holdout > 0 and len(episodes) > 1 else 0
     return episodes[: len(episodes) - n_hold], episodes[len(episodes) - n_hold:]
+
+
+class StepBudget:
+    """The step count of a run timed to `minutes` from `began` (`time.perf_counter`), its steps counted from
+    `start`. First set from the rate of the 19 steps after one warm-up step (which may compile), then set again
+    from the rate since the last count every `every` steps or every 5 % of the budget, whichever comes first: so a
+    run whose machine slows down or speeds up (another job on the cores) still ends near its budget. A count may
+    fall to the steps already done, which ends the run."""
+
+    def __init__(self, minutes: float, began: float, start: int, every: int = 50):
+        self.deadline, self.every, self.period = began + minutes * 60, every, minutes * 60 / 20
+        self.warm, self.first_count = start + 1, start + 20
+        self.mark: tuple[int, float] | None = None  # (step, time) the next rate is measured from
+
+    def update(self, step: int, now: float) -> int | None:
+        """After each step: the new step count when one is due, else None."""
+        if step == self.warm:
+            self.mark = (step, now)
+        if self.mark is None or step < self.first_count:
+            return None
+        due = step == self.first_count or step >= self.mark[0] + self.every or now >= self.mark[1] + self.period
+        if not due:
+            return None
+        rate = (step - self.mark[0]) / max(now - self.mark[1], 1e-9)
+        self.mark = (step, now)
+        return max(step, step + int((self.deadline - now) * rate))
+
+
+def slow_bf16(device: torch.device) -> str | None:
+    """Why `--bf16` would slow training on `device`, or None. A CPU without AVX512-BF16 or AMX has no bf16 matmul:
+    torch emulates it, and autocast then runs this model's matmuls ~30x slower than float32 (an AVX2 EPYC)."""
+    if device.type != "cpu":
+        return None
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return None if native else (
+        f"--bf16 on a CPU without AVX512-BF16 or AMX ({torch.backends.cpu.get_cpu_capability()}): bf16 is "
+        "emulated there, and a training step runs many times slower than in float32; drop --bf16")
 
 
 def windows(episodes: list, length: int, stride: int) -> list[tuple[int, int]]:
@@ -182,6 +222,8 @@ class Trainer:
         episodes, self.data_attrs = load_episodes(cfg.data)
         self.train_eps, self.held_eps = split(episodes, cfg.holdout)
         self.device = torch.device(cfg.device)
+        if cfg.bf16 and (why := slow_bf16(self.device)):
+            print(f"warning: {why}", file=sys.stderr)
         if model is None and cfg.continue_from:
             model = WorldModel.from_pretrained(cfg.continue_from)
         if model is None and cfg.init_from:
@@ -255,9 +297,8 @@ class Trainer:
                 total[0], pending = st.get("total", steps), st.get("pending", True)
         module.train()
         bar = tqdm(total=total[0], initial=step, desc=f"train {stage}", unit="step", dynamic_ncols=True)
-        timer, timed_from, timed_to = 0.0, step + 1, step + 20  # the rate: 19 steps after 1 warm-up step
-        began = time.perf_counter() if began is None else began
-        while step < total[0] or (pending and step < timed_to):
+        budget = StepBudget(minutes, time.perf_counter() if began is None else began, step) if pending else None
+        while step < total[0] or (pending and step < budget.first_count):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
                 loss = loss_fn(rng)
             opt.zero_grad(set_to_none=True)
@@ -269,12 +310,8 @@ class Trainer:
                 ema.step(params)
             step += 1
             losses.append(loss.item())
-            if step == timed_from:
-                timer = time.perf_counter()
-            if pending and step == timed_to:
-                now = time.perf_counter()
-                total[0] = max(step, step + int((minutes * 60 - (now - began)) * (step - timed_from) / (now - timer)))
-                pending = False
+            if budget is not None and (count := budget.update(step, time.perf_counter())) is not None:
+                total[0], pending = count, False
                 bar.total = total[0]
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
