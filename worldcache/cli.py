@@ -291,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dit-lr", type=float, default=3e-4)
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda")
-    t.add_argument("--bf16", action="store_true", help="bf16 autocast: faster on GPUs and on CPUs with AVX512-BF16 or AMX; on other CPUs "
-                   "bf16 is emulated and a step runs many times slower (a warning says so)")
+    t.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast: faster on GPUs and on CPUs with AVX512-BF16 or AMX; on other CPUs bf16 is "
+                   "emulated and a step runs many times slower (a warning says so)")
     t.add_argument("--init-from", default=None, metavar="DIR",
                    help="start from this checkpoint's transformer + VAE with a fresh action embedder")
     t.add_argument("--continue-from", default=None, metavar="DIR",
@@ -304,9 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--head-dim", type=int, default=32, help="width of a head of a new model (default 32)")
     t.add_argument("--dit-minutes", type=float, default=None,
                    help="train the DiT about this long, its preparation (encoding windows, --self-cond's own frames) "
-                   "included: its step count is set from the rate of its first steps and set again from the recent rate "
-                   "every 50 steps or 5 %% of the time, so a machine that slows down or speeds up mid-run still ends "
-                   "near it")
+                   "included: its step count is set from the rate of its first steps and set again from the recent "
+                   "rate every 50 steps or 5 %% of the time, so a machine that slows down or speeds up mid-run still "
+                   "ends near it")
     t.add_argument("--vae-minutes", type=float, default=None, help="the same for the VAE stage")
     t.add_argument("--vae-lr", type=float, default=1e-3, help="VAE stage learning rate (default 1e-3)")
     t.add_argument("--vae-batch", type=int, default=8, help="VAE stage batch of clips (default 8)")

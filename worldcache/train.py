@@ -78,7 +78,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0             # torch threads (0: torch's default)
     device: str = "cpu"          # "cuda" when a GPU is at hand; the export is always written from CPU
-    bf16: bool = False           # bf16 autocast: ~2x faster on CPUs with AVX512-BF16/AMX and on GPUs, far slower on others
+    bf16: bool = False           # bf16 autocast: ~2x faster on GPUs and CPUs with AVX512-BF16/AMX, far slower on others
     init_from: str | None = None  # start from this checkpoint's transformer + VAE, with a fresh action embedder
     vae_from: str | None = None   # start the VAE from this checkpoint's VAE weights
     continue_from: str | None = None  # continue training this checkpoint (all its weights, its spec)
