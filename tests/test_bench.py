@@ -408,6 +408,17 @@ def test_evaluate_policies_ranks_the_equal_cost_set_end_to_end(small_ckpt, tmp_p
         evaluate_policies(small_ckpt, episodes=1, steps=4, policies=["teleport"], verbose=False)
 
 
+def test_evaluate_policies_start_is_a_function_of_its_env_seed(small_ckpt):
+    """A start measured alone gives what it gave inside a longer call, so starts split over calls pool exactly."""
+    kw = dict(steps=4, num_steps=2, cache=("none",), policies=["push"], verbose=False)
+    both = evaluate_policies(small_ckpt, episodes=2, **kw)["policies"][0]
+    second = evaluate_policies(small_ckpt, episodes=1, first_seed=10_001, **kw)["policies"][0]
+    assert second["real_returns"] == both["real_returns"][1:]
+    assert second["wm_returns"]["none"] == both["wm_returns"]["none"][1:]
+    other_noise = evaluate_policies(small_ckpt, episodes=1, first_seed=10_001, seed=1, **kw)["policies"][0]
+    assert other_noise["wm_returns"]["none"] != second["wm_returns"]["none"]  # the noise does reach the returns
+
+
 @pytest.mark.slow
 def test_evaluate_policies_noise_level_set(small_ckpt):
     res = evaluate_policies(small_ckpt, episodes=1, steps=4, policies=["noise-levels"], num_steps=2,

@@ -20,9 +20,9 @@ import torch
 import yaml
 
 from .cache.base import NoCache, PolicyState, rel_l1
+from .bench.episodes import TUNING_SEED
 from .cache.config import CACHE_CONFIG_DIR, ConfigError, read_yaml
 
-TUNING_SEED = 20_000  # env seeds of tuning episodes: TUNING_SEED + i (the benchmark's start at 10000)
 DEGREE = 4            # TeaCache's polynomial degree
 
 

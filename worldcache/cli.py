@@ -462,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--denoise-steps", type=int, default=None)
     ep.add_argument("--seed", type=int, default=0)
     ep.add_argument("--first-seed", type=int, default=10_000,
-                    help="env seed of the first start (held-out: 10000; tuning starts: e.g. 20000)")
+                    help="env seed of the first start (held-out: 10000; tuning starts: e.g. 20000). A start's "
+                         "returns depend on its env seed only, so starts split over calls pool exactly")
     ep.add_argument("--decoder", default=None,
                     help="folder of the state decoder that reads the frames (default: the checkpoint's)")
     ep.add_argument("--device", default="cpu")

@@ -232,9 +232,10 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                 real[i, e] = ep["rewards"].sum()
                 ctrl[i, e] = -float(control_cost(ep["actions"]).sum())
                 dec_real[i, e] = dec.rewards(ep["obs"][1:], ep["actions"]).sum()
-                for c, policy in caches.items():
+                for c, policy in caches.items():  # a start's noise follows its env seed, not its place in
+                    # this call, so starts split over calls pool exactly; held-out starts keep seed + e
                     frames, _ = model.rollout(ep["obs"][:1], ep["actions"][None], policy=policy,
-                                              num_steps=num_steps, seed=seed + e)
+                                              num_steps=num_steps, seed=seed + env_seed - HELDOUT_SEED)
                     policy.detach()
                     wm[c][i, e] = dec.rewards(frames[0].cpu().numpy(), ep["actions"]).sum()
             if verbose:
