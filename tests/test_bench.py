@@ -408,15 +408,21 @@ def test_evaluate_policies_ranks_the_equal_cost_set_end_to_end(small_ckpt, tmp_p
         evaluate_policies(small_ckpt, episodes=1, steps=4, policies=["teleport"], verbose=False)
 
 
-def test_evaluate_policies_start_is_a_function_of_its_env_seed(small_ckpt):
-    """A start measured alone gives what it gave inside a longer call, so starts split over calls pool exactly."""
-    kw = dict(steps=4, num_steps=2, cache=("none",), policies=["push"], verbose=False)
-    both = evaluate_policies(small_ckpt, episodes=2, **kw)["policies"][0]
-    second = evaluate_policies(small_ckpt, episodes=1, first_seed=10_001, **kw)["policies"][0]
-    assert second["real_returns"] == both["real_returns"][1:]
-    assert second["wm_returns"]["none"] == both["wm_returns"]["none"][1:]
-    other_noise = evaluate_policies(small_ckpt, episodes=1, first_seed=10_001, seed=1, **kw)["policies"][0]
-    assert other_noise["wm_returns"]["none"] != second["wm_returns"]["none"]  # the noise does reach the returns
+def test_evaluate_policies_starts_split_over_calls_pool_exactly(small_ckpt, tmp_path, capsys):
+    """A start measured alone gives what it gave inside a longer call, so `pool-fidelity` of split calls is the
+    one call: every figure, the bootstrap interval included."""
+    from worldcache import cli
+
+    kw = dict(steps=4, num_steps=2, cache=("none",), policies=["push", "away"], verbose=False)
+    whole = evaluate_policies(small_ckpt, episodes=2, **kw)
+    evaluate_policies(small_ckpt, episodes=1, first_seed=10_001, json_out=tmp_path / "last.json", **kw)
+    evaluate_policies(small_ckpt, episodes=1, json_out=tmp_path / "first.json", **kw)
+    assert cli.main(["pool-fidelity", str(tmp_path / "last.json"), str(tmp_path / "first.json"),
+                     "--json", str(tmp_path / "pooled.json")]) == 0
+    assert "mean returns over 2 episodes" in capsys.readouterr().out
+    assert json.loads((tmp_path / "pooled.json").read_text()) == json.loads(json.dumps(whole))
+    other_noise = evaluate_policies(small_ckpt, episodes=1, first_seed=10_001, seed=1, **kw)
+    assert other_noise["policies"][0]["wm_returns"]["none"] != whole["policies"][0]["wm_returns"]["none"][1:]
 
 
 @pytest.mark.slow

@@ -85,3 +85,25 @@ def test_compare_fidelity(capsys, tmp_path):
     assert cli.main(["compare-fidelity", str(tmp_path / "a.json"), str(tmp_path / "other.json")]) == 2
     err = capsys.readouterr().err
     assert "same starts" in err and err.count("\n") == 1
+
+
+def test_pool_fidelity_refuses_what_cannot_pool(capsys, tmp_path):
+    import json
+
+    def result(seeds, steps=48, per_episode=True):
+        p = {"policy": "push", "real_returns": [1.0] * len(seeds), "wm_returns": {"none": [1.0] * len(seeds)}}
+        if per_episode:
+            p |= {"decoded_real_returns": [1.0] * len(seeds), "ctrl_returns": [-1.0] * len(seeds)}
+        return {"policies": [p], "spearman": {"none": None},
+                "settings": {"steps": steps, "seed": 0, "episodes": len(seeds), "env_seeds": seeds}}
+
+    cases = {"overlap": ([10000, 10001], [10001], "share starts (env seeds [10001])"),
+             "settings": ([10000], {"steps": 24}, "differs from result 0"),
+             "old": ([10000], {"per_episode": False}, "measure it again")}
+    for name, (a, b, message) in cases.items():
+        (tmp_path / "a.json").write_text(json.dumps(result(a)))
+        (tmp_path / "b.json").write_text(json.dumps(result([10005], **b) if isinstance(b, dict) else result(b)))
+        assert cli.main(["pool-fidelity", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2, name
+        assert message in capsys.readouterr().err, name
+    assert cli.main(["pool-fidelity", str(tmp_path / "a.json")]) == 2
+    assert "at least two" in capsys.readouterr().err

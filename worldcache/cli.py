@@ -213,6 +213,16 @@ def _compare_fidelity(args) -> int:
     return 0
 
 
+def _pool_fidelity(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .fidelity import format_table, pool_results
+
+    print(format_table(pool_results([json.loads(Path(f).read_text()) for f in args.results], json_out=args.json)))
+    return 0
+
+
 def _bench_vec(args) -> int:
     from .envs.vector_env import bench_vector
 
@@ -478,6 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--cache", default="none", help="which rows to compare (a --cache entry of both runs)")
     cf.add_argument("--draws", type=int, default=2000, help="bootstrap resamples of the starts")
     cf.set_defaults(func=_compare_fidelity)
+
+    pf = sub.add_parser("pool-fidelity", help="one evaluate-policies result from JSONs on disjoint starts with the "
+                                              "same settings (starts split over calls or machines by --first-seed)")
+    pf.add_argument("results", nargs="+", help="evaluate-policies --json files")
+    pf.add_argument("--json", default=None, help="write the pooled result here")
+    pf.set_defaults(func=_pool_fidelity)
 
     v = sub.add_parser("bench-vec", help="per-env step time: N single envs in turn vs. one batched vector env")
     v.add_argument("--num-envs", type=int, default=4)

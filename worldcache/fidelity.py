@@ -194,8 +194,6 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     `first_seed`: env seed of the first start (default the held-out ``HELDOUT_SEED``; e.g. ``TUNING_SEED`` to try a
     change on starts that the reported figures do not use).
     """
-    from scipy.stats import rankdata
-
     from .cache import load_policy
     from .mujoco_data import PusherRenderer, control_cost, real_rollout
     from .state_decoder import StateDecoder
@@ -242,35 +240,80 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                 print(f"{label}: real {real[i].mean():.2f}, decoded(real) {dec_real[i].mean():.2f}, " + ", ".join(
                     f"wm[{c}] {wm[c][i].mean():.2f}" for c in caches), flush=True)
 
-    ref = next(iter(caches))
-    mean = lambda a: a.mean(axis=1)  # noqa: E731
-    result = {
-        "policies": [{"policy": label, "real_return": float(real[i].mean()), "real_returns": real[i].tolist(),
-                      "decoded_real_return": float(dec_real[i].mean()), "ctrl_return": float(ctrl[i].mean()),
-                      "wm_return": {c: float(wm[c][i].mean()) for c in caches},
-                      "wm_returns": {c: wm[c][i].tolist() for c in caches}}
-                     for i, (_, _, label) in enumerate(specs)],
-        "spearman": {c: _spearman(mean(real), mean(wm[c]))[0] for c in caches},
-        "spearman_p": {c: _spearman(mean(real), mean(wm[c]))[1] for c in caches},
-        "spearman_all": {c: _spearman(real.ravel(), wm[c].ravel())[0] for c in caches},
-        "spearman_ci90": {c: _interval(spearman_draws(real, wm[c], seed=seed)) for c in caches},
-        "spearman_decoded_real": _spearman(mean(real), mean(dec_real))[0],
-        "spearman_without_ctrl": {c: _spearman(mean(real - ctrl), mean(wm[c] - ctrl))[0] for c in caches},
-        "spearman_decoded_real_without_ctrl": _spearman(mean(real - ctrl), mean(dec_real - ctrl))[0],
-        "same_ranking": {c: bool(np.array_equal(rankdata(mean(wm[c])), rankdata(mean(wm[ref])))) for c in caches},
-        "equal_control_cost": bool(np.ptp(ctrl) < 1e-6 * max(1.0, np.abs(ctrl).max())),
-        "reference_cache": ref,
-        "settings": {"checkpoint": str(checkpoint) if checkpoint else "bundled",
-                     "decoder": str(decoder) if decoder else "the checkpoint's", "episodes": episodes,
-                     "steps": steps, "num_steps": num_steps or s.num_steps, "seed": seed, "policies": names,
-                     "env_seeds": [first_seed + e for e in range(episodes)], "replay": "open-loop"},
-    }
+    settings = {"checkpoint": str(checkpoint) if checkpoint else "bundled",
+                "decoder": str(decoder) if decoder else "the checkpoint's", "episodes": episodes, "steps": steps,
+                "num_steps": num_steps or s.num_steps, "seed": seed, "policies": names,
+                "env_seeds": [first_seed + e for e in range(episodes)], "replay": "open-loop"}
+    result = summarize([label for _, _, label in specs], real, dec_real, ctrl, wm, settings)
     if verbose:
         print(format_table(result))
+    return _save(result, json_out)
+
+
+def _save(result: dict, json_out) -> dict:
     if json_out is not None:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def summarize(labels: list[str], real, dec_real, ctrl, wm: dict, settings: dict) -> dict:
+    """The result of `evaluate_policies` from its per-episode returns ((policies, episodes) arrays; `wm`: one per
+    cache, the first the reference for ``same_ranking``): mean returns, Spearman figures, the bootstrap interval
+    (seeded with ``settings["seed"]``) and the settings."""
+    from scipy.stats import rankdata
+
+    real, dec_real, ctrl = (np.asarray(a, dtype=float) for a in (real, dec_real, ctrl))
+    wm = {c: np.asarray(a, dtype=float) for c, a in wm.items()}
+    ref, seed = next(iter(wm)), settings["seed"]
+    mean = lambda a: a.mean(axis=1)  # noqa: E731
+    return {
+        "policies": [{"policy": label, "real_return": float(real[i].mean()), "real_returns": real[i].tolist(),
+                      "decoded_real_return": float(dec_real[i].mean()), "decoded_real_returns": dec_real[i].tolist(),
+                      "ctrl_return": float(ctrl[i].mean()), "ctrl_returns": ctrl[i].tolist(),
+                      "wm_return": {c: float(wm[c][i].mean()) for c in wm},
+                      "wm_returns": {c: wm[c][i].tolist() for c in wm}}
+                     for i, label in enumerate(labels)],
+        "spearman": {c: _spearman(mean(real), mean(wm[c]))[0] for c in wm},
+        "spearman_p": {c: _spearman(mean(real), mean(wm[c]))[1] for c in wm},
+        "spearman_all": {c: _spearman(real.ravel(), wm[c].ravel())[0] for c in wm},
+        "spearman_ci90": {c: _interval(spearman_draws(real, wm[c], seed=seed)) for c in wm},
+        "spearman_decoded_real": _spearman(mean(real), mean(dec_real))[0],
+        "spearman_without_ctrl": {c: _spearman(mean(real - ctrl), mean(wm[c] - ctrl))[0] for c in wm},
+        "spearman_decoded_real_without_ctrl": _spearman(mean(real - ctrl), mean(dec_real - ctrl))[0],
+        "same_ranking": {c: bool(np.array_equal(rankdata(mean(wm[c])), rankdata(mean(wm[ref])))) for c in wm},
+        "equal_control_cost": bool(np.ptp(ctrl) < 1e-6 * max(1.0, np.abs(ctrl).max())),
+        "reference_cache": ref,
+        "settings": settings,
+    }
+
+
+def pool_results(results: list[dict], json_out=None) -> dict:
+    """One result from `evaluate_policies` results on disjoint starts with the same settings otherwise (e.g. starts
+    split over calls or machines with ``first_seed``), its episodes in env-seed order: equal to one call over all
+    the starts, since a start's returns depend on its env seed only."""
+    if len(results) < 2:
+        raise ValueError("pooling needs at least two results")
+    same = lambda r: {k: v for k, v in r["settings"].items() if k not in ("env_seeds", "episodes")}  # noqa: E731
+    for i, r in enumerate(results):
+        if same(r) != same(results[0]) or [p["policy"] for p in r["policies"]] != \
+                [p["policy"] for p in results[0]["policies"]] or list(r["spearman"]) != list(results[0]["spearman"]):
+            raise ValueError(f"result {i} differs from result 0 in its settings, policies or caches: "
+                             f"{same(r)} against {same(results[0])}")
+        if "decoded_real_returns" not in r["policies"][0]:
+            raise ValueError(f"result {i} has no per-episode decoded and control returns (made before they were "
+                             "saved): measure it again")
+    seeds = [e for r in results for e in r["settings"]["env_seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"the results share starts (env seeds {sorted({e for e in seeds if seeds.count(e) > 1})})")
+    order = np.argsort(seeds, kind="stable")
+    joined = lambda key, c=None: np.concatenate(  # noqa: E731
+        [[p[key] if c is None else p[key][c] for p in r["policies"]] for r in results], axis=1)[:, order]
+    caches = list(results[0]["spearman"])
+    settings = {**results[0]["settings"], "episodes": len(seeds), "env_seeds": sorted(seeds)}
+    return _save(summarize([p["policy"] for p in results[0]["policies"]], joined("real_returns"),
+                           joined("decoded_real_returns"), joined("ctrl_returns"),
+                           {c: joined("wm_returns", c) for c in caches}, settings), json_out)
 
 
 def fmt(v: float | None, spec: str = ".2f") -> str:
