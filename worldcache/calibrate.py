@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import yaml
 
-from .cache.base import NoCache, PolicyState, rel_l1
 from .bench.episodes import TUNING_SEED
+from .cache.base import NoCache, PolicyState, rel_l1
 from .cache.config import CACHE_CONFIG_DIR, ConfigError, read_yaml
 
 DEGREE = 4            # TeaCache's polynomial degree

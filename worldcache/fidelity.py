@@ -226,14 +226,16 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
         for i, (name, noise, label) in enumerate(specs):
             for e in range(episodes):
                 env_seed = first_seed + e
+                # the noise follows the env seed, not the start's place in this call, so starts split over calls
+                # pool exactly; held-out starts keep seed + e
+                noise_seed = seed + env_seed - HELDOUT_SEED
                 ep = real_rollout(make_control(name, noise, renderer, env_seed), env_seed, steps, renderer=renderer)
                 real[i, e] = ep["rewards"].sum()
                 ctrl[i, e] = -float(control_cost(ep["actions"]).sum())
                 dec_real[i, e] = dec.rewards(ep["obs"][1:], ep["actions"]).sum()
-                for c, policy in caches.items():  # a start's noise follows its env seed, not its place in
-                    # this call, so starts split over calls pool exactly; held-out starts keep seed + e
+                for c, policy in caches.items():
                     frames, _ = model.rollout(ep["obs"][:1], ep["actions"][None], policy=policy,
-                                              num_steps=num_steps, seed=seed + env_seed - HELDOUT_SEED)
+                                              num_steps=num_steps, seed=noise_seed)
                     policy.detach()
                     wm[c][i, e] = dec.rewards(frames[0].cpu().numpy(), ep["actions"]).sum()
             if verbose:
