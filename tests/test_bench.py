@@ -425,6 +425,37 @@ def test_evaluate_policies_starts_split_over_calls_pool_exactly(small_ckpt, tmp_
     assert other_noise["policies"][0]["wm_returns"]["none"] != whole["policies"][0]["wm_returns"]["none"][1:]
 
 
+def test_evaluate_policies_real_cond_predicts_each_chunk_from_the_simulators_frames(small_ckpt, tmp_path, capsys):
+    """The diagnostic: chunk 2 is predicted from the simulator's last frame of chunk 1 with the rollout's seed for
+    chunk 2, not from the model's own; a one-chunk episode is the open-loop prediction itself."""
+    from worldcache import cli
+    from worldcache.mujoco_data import PusherRenderer, real_rollout
+    from worldcache.state_decoder import StateDecoder
+    from worldcache.world_model import WorldModel
+
+    kw = dict(num_steps=2, cache=("none",), policies=["push", "away"], verbose=False, first_seed=10_001)
+    one = evaluate_policies(small_ckpt, episodes=1, steps=4, **kw)
+    assert cli.main(["evaluate-policies", "--checkpoint", str(small_ckpt), "--episodes", "1", "--env-steps", "4",
+                     "--denoise-steps", "2", "--cache", "none", "--control", "push", "away", "--first-seed", "10001",
+                     "--real-cond", "--json", str(tmp_path / "rc.json")]) == 0
+    assert "each chunk from the simulator's frames before it" in capsys.readouterr().out
+    one_rc = json.loads((tmp_path / "rc.json").read_text())
+    assert one_rc["policies"] == json.loads(json.dumps(one["policies"])) and one_rc["settings"]["replay"] == "real-cond"
+    two = evaluate_policies(small_ckpt, episodes=1, steps=8, real_cond=True, **kw)
+    model, dec = WorldModel.from_pretrained(small_ckpt), StateDecoder.load(small_ckpt, "cpu")
+    with PusherRenderer(32, 40, max_episode_steps=8) as renderer:
+        for p, name in zip(two["policies"], ("push", "away")):
+            ep = real_rollout(make_control(name, None, renderer, 10_001), 10_001, 8, renderer=renderer)
+            first, _ = model.predict(ep["obs"][:1], ep["actions"][None, :4], num_steps=2, seed=1)  # seed + 10001 - 10000
+            second, _ = model.predict(ep["obs"][4:5], ep["actions"][None, 4:], num_steps=2, seed=2)
+            frames = np.concatenate([first[0].numpy(), second[0].numpy()])
+            assert p["wm_returns"]["none"] == [pytest.approx(dec.rewards(frames, ep["actions"]).sum(), abs=1e-9)]
+    open_loop = evaluate_policies(small_ckpt, episodes=1, steps=8, **kw)
+    assert [p["wm_returns"] for p in open_loop["policies"]] != [p["wm_returns"] for p in two["policies"]]
+    with pytest.raises(ValueError, match="settings"):  # the two replays never pool into one figure
+        fidelity.pool_results([one, one_rc])
+
+
 @pytest.mark.slow
 def test_evaluate_policies_noise_level_set(small_ckpt):
     res = evaluate_policies(small_ckpt, episodes=1, steps=4, policies=["noise-levels"], num_steps=2,

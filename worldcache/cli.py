@@ -193,7 +193,7 @@ def _evaluate_policies(args) -> int:
     evaluate_policies(args.checkpoint, episodes=args.episodes, steps=args.env_steps, policies=args.control,
                       seed=args.seed, cache=tuple(args.cache), num_steps=args.denoise_steps,
                       device=args.device, json_out=args.json, compile=args.compile, first_seed=args.first_seed,
-                      decoder=args.decoder)
+                      decoder=args.decoder, real_cond=args.real_cond)
     return 0
 
 
@@ -476,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "returns depend on its env seed only, so starts split over calls pool exactly")
     ep.add_argument("--decoder", default=None,
                     help="folder of the state decoder that reads the frames (default: the checkpoint's)")
+    ep.add_argument("--real-cond", action="store_true",
+                    help="diagnostic: predict every chunk from the simulator's frames before it (teacher-forced), "
+                         "not the model's own, to see what compounding costs the ranking")
     ep.add_argument("--device", default="cpu")
     ep.add_argument("--json", default=None)
     _add_compile(ep)

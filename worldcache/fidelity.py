@@ -8,6 +8,8 @@ starts for every policy):
 2. its recorded actions are replayed OPEN-LOOP in the world model from the same start frame (`WorldModel.rollout`),
    uncached and with each cache policy; world-model return = the checkpoint's state decoder reading positions off
    each predicted frame, `task_reward` on them plus the exact control cost of each action (the env's reward).
+   ``real_cond`` instead predicts each chunk from the simulator's frames before it: a diagnostic of what
+   compounding costs the ranking.
 
 Open loop is the only comparison possible here: the policies read simulator state (fingertip, object and goal
 positions), which a pixel world model does not provide, so they cannot run closed-loop inside it. Returns of a
@@ -183,7 +185,7 @@ def compare_results(a: dict, b: dict, cache: str = "none", draws: int = BOOTSTRA
 def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, policies=DEFAULT_POLICIES, seed: int = 0,
                       cache=("none", "worldcache"), num_steps: int | None = None, device: str = "cpu",
                       decoder=None, json_out=None, verbose: bool = True, compile: bool = False,
-                      first_seed: int = HELDOUT_SEED) -> dict:
+                      first_seed: int = HELDOUT_SEED, real_cond: bool = False) -> dict:
     """Rank `policies` (set names of `POLICY_SETS`, or ``push[:noise]``, ``hover``, ``to-goal``, ``fixed``,
     ``random-dir``, ``away``, ``scripted[:noise]``, ``random``, ``mixed[:noise]``) by real and by decoded return.
 
@@ -192,10 +194,13 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     checkpoint folder). Returns a dict with per-policy returns, ``spearman``, ``spearman_decoded_real``,
     ``spearman_all``, ``same_ranking``. `compile`: torch.compile the DiT's blocks (`WorldModel.compile_dit`).
     `first_seed`: env seed of the first start (default the held-out ``HELDOUT_SEED``; e.g. ``TUNING_SEED`` to try a
-    change on starts that the reported figures do not use).
+    change on starts that the reported figures do not use). `real_cond`: a diagnostic, not a policy evaluation (it
+    needs the simulator's frames): every chunk is predicted from the simulator's frames before it, not from the
+    model's own (`quality.teacher_forced`), so the gap to the open-loop figures is what compounding costs the ranking.
     """
     from .cache import load_policy
     from .mujoco_data import PusherRenderer, control_cost, real_rollout
+    from .quality import teacher_forced
     from .state_decoder import StateDecoder
     from .world_model import BUNDLED, WorldModel
 
@@ -234,10 +239,14 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                 ctrl[i, e] = -float(control_cost(ep["actions"]).sum())
                 dec_real[i, e] = dec.rewards(ep["obs"][1:], ep["actions"]).sum()
                 for c, policy in caches.items():
-                    frames, _ = model.rollout(ep["obs"][:1], ep["actions"][None], policy=policy,
-                                              num_steps=num_steps, seed=noise_seed)
+                    if real_cond:
+                        frames = teacher_forced(model, ep["obs"][:1], ep["actions"][None], ep["obs"][None, 1:],
+                                                policy, num_steps, noise_seed, batch=1)[0]
+                    else:
+                        frames = model.rollout(ep["obs"][:1], ep["actions"][None], policy=policy,
+                                               num_steps=num_steps, seed=noise_seed)[0][0].cpu().numpy()
                     policy.detach()
-                    wm[c][i, e] = dec.rewards(frames[0].cpu().numpy(), ep["actions"]).sum()
+                    wm[c][i, e] = dec.rewards(frames, ep["actions"]).sum()
             if verbose:
                 print(f"{label}: real {real[i].mean():.2f}, decoded(real) {dec_real[i].mean():.2f}, " + ", ".join(
                     f"wm[{c}] {wm[c][i].mean():.2f}" for c in caches), flush=True)
@@ -245,7 +254,8 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     settings = {"checkpoint": str(checkpoint) if checkpoint else "bundled",
                 "decoder": str(decoder) if decoder else "the checkpoint's", "episodes": episodes, "steps": steps,
                 "num_steps": num_steps or s.num_steps, "seed": seed, "policies": names,
-                "env_seeds": [first_seed + e for e in range(episodes)], "replay": "open-loop"}
+                "env_seeds": [first_seed + e for e in range(episodes)],
+                "replay": "real-cond" if real_cond else "open-loop"}
     result = summarize([label for _, _, label in specs], real, dec_real, ctrl, wm, settings)
     if verbose:
         print(format_table(result))
@@ -323,11 +333,15 @@ def fmt(v: float | None, spec: str = ".2f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+REPLAYS = {"open-loop": "open-loop replay of the real actions",
+           "real-cond": "the real actions, each chunk from the simulator's frames before it"}
+
+
 def format_table(result: dict) -> str:
     caches = list(result["spearman"])
     head = f"{'policy':<22} {'real':>9} {'dec(real)':>10} " + " ".join(f"{'wm/' + c:>14}" for c in caches)
     lines = [f"mean returns over {result['settings']['episodes']} episodes of {result['settings']['steps']} steps "
-             f"(world model: open-loop replay of the real actions; equal control cost: "
+             f"(world model: {REPLAYS[result['settings'].get('replay', 'open-loop')]}; equal control cost: "
              f"{'yes' if result['equal_control_cost'] else 'no'})", head, "-" * len(head)]
     for p in result["policies"]:
         lines.append(f"{p['policy']:<22} {p['real_return']:>9.2f} {p['decoded_real_return']:>10.2f} "
