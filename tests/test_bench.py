@@ -446,7 +446,7 @@ def test_evaluate_policies_real_cond_predicts_each_chunk_from_the_simulators_fra
     with PusherRenderer(32, 40, max_episode_steps=8) as renderer:
         for p, name in zip(two["policies"], ("push", "away")):
             ep = real_rollout(make_control(name, None, renderer, 10_001), 10_001, 8, renderer=renderer)
-            first, _ = model.predict(ep["obs"][:1], ep["actions"][None, :4], num_steps=2, seed=1)  # seed + 10001 - 10000
+            first, _ = model.predict(ep["obs"][:1], ep["actions"][None, :4], num_steps=2, seed=1)  # 10001 - 10000
             second, _ = model.predict(ep["obs"][4:5], ep["actions"][None, 4:], num_steps=2, seed=2)
             frames = np.concatenate([first[0].numpy(), second[0].numpy()])
             assert p["wm_returns"]["none"] == [pytest.approx(dec.rewards(frames, ep["actions"]).sum(), abs=1e-9)]
