@@ -248,6 +248,41 @@ def test_vae_decoder_only_trains_the_decoder_and_keeps_the_latents_a_trained_dit
         Trainer(dataclasses.replace(cfg, continue_from=None))
 
 
+def test_handover_loss_is_the_squared_conditioning_error_and_trains_only_the_decoder(tmp_path, tiny_ckpt):
+    from worldcache.quality import conditioning_error
+    from worldcache.train import TrainConfig, Trainer, handover_loss
+
+    m = WorldModel.from_pretrained(tiny_ckpt)
+    k, rng = m.spec.chunk, np.random.default_rng(3)
+    real = rng.integers(0, 256, (2, k + 1, SPEC.height, SPEC.width, 3), dtype=np.uint8)
+    own = real.copy()
+    own[:, -1] = rng.integers(0, 256, own[:, -1].shape, dtype=np.uint8)  # only the hand-over frame differs
+    px = lambda f: torch.from_numpy(f).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # noqa: E731
+    with torch.no_grad():
+        got = handover_loss(m, px(own), px(real))
+        # the same units as the rollout's conditioning error (its square) at the one hand-over of 2 predicted chunks
+        want = conditioning_error(m, np.concatenate([own[:, 1:]] * 2, 1), np.concatenate([real[:, 1:]] * 2, 1))
+    assert len(want) == 1 and float(got) == pytest.approx(want[0] ** 2, rel=1e-5)
+    assert float(got) > 1e-4 and float(handover_loss(m, px(real), px(real))) < 1e-12
+    rec = px(own).requires_grad_()
+    handover_loss(m, rec, px(real)).backward()
+    assert rec.grad[:, :, :-1].abs().sum() == 0 and rec.grad[:, :, -1].abs().sum() > 0  # the last frame alone
+
+    write_training_store(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("vae",), vae_steps=2,
+                      vae_batch=2, holdout=0.34, continue_from=str(tiny_ckpt), vae_decoder_only=True,
+                      vae_handover=1.0)
+    new = WorldModel.from_pretrained(Trainer(cfg).run())
+    for key, v in m.state_dict().items():  # the encoder the loss backpropagates through stays as it was
+        if not key.startswith(("vae.decoder.", "vae.post_quant_conv.")):
+            assert torch.equal(v, new.state_dict()[key]), key
+    assert json.loads((tmp_path / "run" / "model" / "training.json").read_text())["vae"]["handover"] == 1.0
+    with pytest.raises(ValueError, match="give vae_decoder_only too"):
+        Trainer(dataclasses.replace(cfg, vae_decoder_only=False))
+    with pytest.raises(ValueError, match="vae_handover must be >= 0"):
+        Trainer(dataclasses.replace(cfg, vae_handover=-1.0))
+
+
 def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume(tmp_path, tiny_ckpt):
     from worldcache.train import TrainConfig, Trainer
 
@@ -608,9 +643,10 @@ def test_train_cli_records_the_fixed_sigma_loss_of_eval_windows(tmp_path, tiny_c
     assert json.loads((tmp_path / "h" / "model" / "training.json").read_text())["config"]["self_cond_source"] == "vae"
     assert (tmp_path / "h" / "vae_conditioning_2.pt").is_file()
     assert cli.main(tiny + ["--stages", "vae", "--vae-steps", "1", "--vae-batch", "2", "--vae-lr", "1e-4",
-                            "--vae-decoder-only", "--out", str(tmp_path / "i")]) == 0
+                            "--vae-decoder-only", "--vae-handover", "0.5", "--out", str(tmp_path / "i")]) == 0
     rec = json.loads((tmp_path / "i" / "model" / "training.json").read_text())
     assert (rec["config"]["vae_batch"], rec["config"]["vae_lr"], rec["vae"]["decoder_only"]) == (2, 1e-4, True)
+    assert rec["vae"]["handover"] == 0.5
 
 
 def test_dit_ema_exports_the_moving_average_of_the_raw_weights_and_resumes_it(tmp_path, tiny_ckpt, monkeypatch):

@@ -51,7 +51,7 @@ def _train(args) -> int:
                       continue_from=args.continue_from,
                       heads=args.heads, head_dim=args.head_dim, dit_minutes=args.dit_minutes,
                       vae_minutes=args.vae_minutes, vae_lr=args.vae_lr, vae_batch=args.vae_batch,
-                      vae_decoder_only=args.vae_decoder_only,
+                      vae_decoder_only=args.vae_decoder_only, vae_handover=args.vae_handover,
                       compile=args.compile, cond_noise=args.cond_noise,
                       cond_blur=args.cond_blur,
                       self_cond=args.self_cond, self_cond_windows=args.self_cond_windows,
@@ -324,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vae-decoder-only", action="store_true",
                    help="VAE stage: train only the decoder; the encoder and latent statistics stay, so a trained "
                         "DiT reads and predicts the same latents (e.g. with --continue-from)")
+    t.add_argument("--vae-handover", type=float, default=0.0, metavar="W",
+                   help="with --vae-decoder-only: add W x the hand-over loss, the squared latent difference between "
+                        "the reconstructed and the real last frames of a clip, each encoded as the next chunk's "
+                        "conditioning frames are (default 0: off)")
     t.add_argument("--cond-noise", type=float, default=0.0, metavar="S",
                    help="DiT stage: noise of std U(0, S) on the conditioning latents, for robustness to a rollout's "
                         "own frames (default 0: off)")

@@ -90,6 +90,9 @@ class TrainConfig:
     # VAE stage: train only the decoder; the encoder and the latent statistics stay, so the latents a trained DiT
     # reads (and predicts) are unchanged and the DiT needs no retraining
     vae_decoder_only: bool = False
+    # VAE stage, decoder only: weight of `handover_loss`, which teaches the decoder frames that encode back to the
+    # real frames' latents, so the hand-over between chunks (decode, then encode the last frames) loses less (0: off)
+    vae_handover: float = 0.0
     compile: bool = False         # torch.compile the DiT's blocks (regional: one block's graph serves all)
     # DiT stage: Gaussian noise of a std drawn per sample from U(0, cond_noise) on the conditioning latent frames,
     # so the model learns to read imperfect conditioning frames (0: off; sampling always conditions on clean ones)
@@ -191,6 +194,18 @@ def fingerprint(*parts) -> str:
     return h.hexdigest()
 
 
+def handover_loss(model: WorldModel, rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """What the hand-over between chunks loses: the mean squared difference, in the normalised latent units the DiT
+    reads (`quality.conditioning_error`'s, squared), between the last `cond_frames` frames of the reconstructed
+    clips `rec` and of the real clips `x` (both (B, 3, T, H, W) in [-1, 1]), each encoded alone as the next chunk's
+    conditioning frames are. Differentiable in `rec`; the real side is a constant."""
+    n, vae = model.spec.cond_frames, model.vae
+    with torch.no_grad():
+        real = vae.encode(x[:, :, -n:]).latent_dist.mode().float()
+    own = vae.encode(rec[:, :, -n:].clamp(-1, 1)).latent_dist.mode().float()  # decode() clamps what it hands on
+    return ((own - real) / model.latents_std).pow(2).mean()
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, model: WorldModel | None = None):
         if cfg.cond_noise < 0:
@@ -206,6 +221,10 @@ class Trainer:
         if cfg.vae_decoder_only and model is None and not (cfg.continue_from or cfg.init_from or cfg.vae_from):
             raise ValueError("vae_decoder_only keeps the encoder: start from a trained VAE (continue_from, init_from "
                              "or vae_from)")
+        if cfg.vae_handover < 0:
+            raise ValueError(f"vae_handover must be >= 0, got {cfg.vae_handover}")
+        if cfg.vae_handover and not cfg.vae_decoder_only:  # an encoder free to move could shrink the latents instead
+            raise ValueError("vae_handover trains the decoder against the fixed encoder: give vae_decoder_only too")
         if cfg.self_cond_source not in SELF_COND_SOURCES:
             raise ValueError(f"self_cond_source must be one of {SELF_COND_SOURCES}, got {cfg.self_cond_source!r}")
         if cfg.self_cond > 0 and cfg.self_cond_windows < 1:
@@ -346,11 +365,14 @@ class Trainer:
             post = vae.encode(x).latent_dist
             eps = torch.randn(post.std.shape, generator=gen, device=self.device, dtype=post.std.dtype)
             rec = vae.decode(post.mode() + post.std * eps).sample.float()
-            return (rec - x).abs().mean() + ((rec - x) ** 2).mean() + self.cfg.kl_weight * post.kl().mean()
+            loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + self.cfg.kl_weight * post.kl().mean()
+            if self.cfg.vae_handover:
+                loss = loss + self.cfg.vae_handover * handover_loss(self.model, rec, x)
+            return loss
 
         losses, _ = self._run("vae", vae, self.cfg.vae_steps, self.cfg.vae_lr, loss_fn, self.cfg.vae_minutes, gen=gen)
         self.record["vae"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:])),
-                              "decoder_only": self.cfg.vae_decoder_only}
+                              "decoder_only": self.cfg.vae_decoder_only, "handover": self.cfg.vae_handover}
         if not self.cfg.vae_decoder_only:
             self._set_latent_stats()
 
