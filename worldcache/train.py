@@ -199,11 +199,11 @@ def handover_loss(model: WorldModel, rec: torch.Tensor, x: torch.Tensor) -> torc
     reads (`quality.conditioning_error`'s, squared), between the last `cond_frames` frames of the reconstructed
     clips `rec` and of the real clips `x` (both (B, 3, T, H, W) in [-1, 1]), each encoded alone as the next chunk's
     conditioning frames are. Differentiable in `rec`; the real side is a constant."""
-    n, vae = model.spec.cond_frames, model.vae
+    n = model.spec.cond_frames
     with torch.no_grad():
-        real = vae.encode(x[:, :, -n:]).latent_dist.mode().float()
-    own = vae.encode(rec[:, :, -n:].clamp(-1, 1)).latent_dist.mode().float()  # decode() clamps what it hands on
-    return ((own - real) / model.latents_std).pow(2).mean()
+        real = model.encode_pixels(x[:, :, -n:])
+    own = model.encode_pixels(rec[:, :, -n:].clamp(-1, 1))  # decode() clamps what it hands on
+    return (own - real).pow(2).mean()
 
 
 class Trainer:

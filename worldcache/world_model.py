@@ -321,8 +321,11 @@ class WorldModel(nn.Module):
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (B, T, H, W, 3) -> normalised fp32 latents (B, 16, 1 + (T-1)/4, h, w)."""
-        x = frames.to(self.device, self.vae.dtype).permute(0, 4, 1, 2, 3) / 127.5 - 1
-        z = self.vae.encode(x).latent_dist.mode().float()
+        return self.encode_pixels(frames.to(self.device, self.vae.dtype).permute(0, 4, 1, 2, 3) / 127.5 - 1)
+
+    def encode_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """`encode` of pixels already in the VAE's layout, (B, 3, T, H, W) in [-1, 1]; differentiable in them."""
+        z = self.vae.encode(x.to(self.device, self.vae.dtype)).latent_dist.mode().float()
         return (z - self.latents_mean) / self.latents_std
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
