@@ -392,6 +392,22 @@ def test_evaluate_policies_ranks_the_equal_cost_set_end_to_end(small_ckpt, tmp_p
         assert p["real_return"] <= p["ctrl_return"] + 1e-6
         assert all(math.isfinite(v) for v in p["wm_return"].values())
     assert len({round(p["real_return"], 6) for p in res["policies"]}) == len(res["policies"])  # spread out
+    # the returns split into the reward's position terms: with the exact control cost they add up to the returns
+    assert res["term_names"] == ["object-goal", "tip-object"]
+    for p in res["policies"]:
+        t = p["terms"]
+        assert sum(t["real"]) + p["ctrl_return"] == pytest.approx(p["real_return"], rel=1e-6)  # rewards: float32
+        assert sum(t["decoded_real"]) + p["ctrl_return"] == pytest.approx(p["decoded_real_return"], rel=1e-9)
+        for c in ("none", "worldcache"):
+            assert sum(t["wm"][c]) + p["ctrl_return"] == pytest.approx(p["wm_return"][c], rel=1e-9)
+        assert p["terms_episodes"]["real"] == [t["real"]]  # one start
+    with PusherRenderer(32, 40, max_episode_steps=4) as renderer:  # the real terms, from the simulator's states
+        st = real_rollout(make_control("away", None, renderer, 10_000), 10_000, 4, renderer=renderer)["state"][1:]
+    away = res["policies"][-1]
+    assert away["policy"] == "away" and away["terms"]["real"] == pytest.approx(
+        [-np.linalg.norm(st[:, 17:20] - st[:, 20:23], axis=1).sum(),
+         -0.5 * np.linalg.norm(st[:, 14:17] - st[:, 17:20], axis=1).sum()], rel=1e-9)
+    assert len(fidelity.format_terms(res).splitlines()) == len(res["policies"]) + 4
     assert len(fidelity.markdown_table(res).splitlines()) == len(res["policies"]) + 2
     assert json.loads((tmp_path / "f.json").read_text())["spearman"].keys() == res["spearman"].keys()
     # other starts (tuning seeds), the same model: other real returns; a decoder from another folder is read
@@ -420,7 +436,13 @@ def test_evaluate_policies_starts_split_over_calls_pool_exactly(small_ckpt, tmp_
     assert cli.main(["pool-fidelity", str(tmp_path / "last.json"), str(tmp_path / "first.json"),
                      "--json", str(tmp_path / "pooled.json")]) == 0
     assert "mean returns over 2 episodes" in capsys.readouterr().out
-    assert json.loads((tmp_path / "pooled.json").read_text()) == json.loads(json.dumps(whole))
+    assert json.loads((tmp_path / "pooled.json").read_text()) == json.loads(json.dumps(whole))  # terms included
+    old = json.loads((tmp_path / "first.json").read_text())  # a result saved before the terms were kept
+    for p in old["policies"]:
+        del p["terms"], p["terms_episodes"]
+    pooled = fidelity.pool_results([old, json.loads((tmp_path / "last.json").read_text())])
+    assert pooled["term_names"] is None and fidelity.format_terms(pooled) == ""
+    assert pooled["spearman"] == whole["spearman"]
     other_noise = evaluate_policies(small_ckpt, episodes=1, first_seed=10_001, seed=1, **kw)
     assert other_noise["policies"][0]["wm_returns"]["none"] != whole["policies"][0]["wm_returns"]["none"][1:]
 

@@ -106,6 +106,14 @@ def test_task_reward_formula():
     tip, obj, goal = np.array([0.0, 0.0, 0.0]), np.array([0.3, 0.4, 0.0]), np.array([0.3, 0.4, 1.0])
     # -1 * |obj - goal| - 0.5 * |tip - obj| - 0.1 * |a|^2 = -1 - 0.25 - 0.1 * 0.5
     assert md.task_reward(tip, obj, goal, np.array([0.5, 0.5, 0.0])) == pytest.approx(-1.3)
+    # its two position terms apart, in TERMS' order, and the reward rebuilt from them bit for bit
+    assert md.TERMS == ("object-goal", "tip-object")
+    np.testing.assert_allclose(md.reward_terms(tip, obj, goal), [-1.0, -0.25], rtol=1e-12)
+    pos = np.random.default_rng(0).normal(size=(3, 5, 3))
+    acts = np.random.default_rng(1).normal(size=(5, 3))
+    assert np.array_equal(md.reward_from_terms(md.reward_terms(*pos), acts),
+                          -np.linalg.norm(pos[1] - pos[2], axis=-1) - 0.5 * np.linalg.norm(pos[0] - pos[1], axis=-1)
+                          - md.control_cost(acts))
     np.testing.assert_allclose(md.control_cost(np.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]])), [0.1, 0.1])
 
 

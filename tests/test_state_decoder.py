@@ -103,6 +103,7 @@ def test_rewards_are_the_task_formula_on_decoded_positions_with_the_exact_contro
     acts = np.array([[1, 0, 0], [0, 2, 0], [1, 1, 1], [0, 0, 0]], np.float32)
     # per step: -|obj - goal| - 0.5 |tip - obj| - 0.1 |a|^2 = -1.2 - 0.25 - 0.1 * (1, 4, 3, 0)
     np.testing.assert_allclose(dec.rewards(frames, acts), [-1.55, -1.85, -1.75, -1.45], rtol=1e-6)
+    np.testing.assert_allclose(dec.terms(frames), [[-1.2, -0.25]] * 4, rtol=1e-6)  # the two position terms apart
     assert dec.chunk_reward(frames, acts) == pytest.approx(-6.6, rel=1e-6)
 
 

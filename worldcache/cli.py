@@ -217,9 +217,10 @@ def _pool_fidelity(args) -> int:
     import json
     from pathlib import Path
 
-    from .fidelity import format_table, pool_results
+    from .fidelity import format_table, format_terms, pool_results
 
-    print(format_table(pool_results([json.loads(Path(f).read_text()) for f in args.results], json_out=args.json)))
+    result = pool_results([json.loads(Path(f).read_text()) for f in args.results], json_out=args.json)
+    print("\n".join(filter(None, (format_table(result), format_terms(result)))))
     return 0
 
 

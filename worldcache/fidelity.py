@@ -23,9 +23,10 @@ controller at growing noise (its policies differ in control cost too; ``spearman
 Reported: mean returns per policy (real, the decoded reward on the REAL frames — separating the decoder's error
 from the model's — and the world model per cache), the Spearman rank correlation between real and decoded mean
 returns (on real frames and per cache on predicted frames, and over all policy x episode pairs), and whether each
-cache ranks the policies exactly as the first entry of `cache` (the uncached model by default) does. A Spearman of
-mean returns over a few starts moves a lot with the starts, so each comes with a 90 % bootstrap interval over them
-(``spearman_ci90``), and `compare_results` compares two results on the same starts pairwise.
+cache ranks the policies exactly as the first entry of `cache` (the uncached model by default) does; and the returns
+split into the reward's position terms (`format_terms`), which say whether the model or its reader is wrong. A
+Spearman of mean returns over a few starts moves a lot with the starts, so each comes with a 90 % bootstrap interval
+over them (``spearman_ci90``), and `compare_results` compares two results on the same starts pairwise.
 """
 from __future__ import annotations
 
@@ -199,7 +200,8 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     model's own (`quality.teacher_forced`), so the gap to the open-loop figures is what compounding costs the ranking.
     """
     from .cache import load_policy
-    from .mujoco_data import PusherRenderer, control_cost, real_rollout
+    from .mujoco_data import GOAL, OBJ, TIP, PusherRenderer, control_cost, real_rollout, reward_from_terms, \
+        reward_terms
     from .quality import teacher_forced
     from .state_decoder import StateDecoder
     from .world_model import BUNDLED, WorldModel
@@ -221,6 +223,8 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     real = np.zeros((len(specs), episodes))
     dec_real, ctrl = np.zeros_like(real), np.zeros_like(real)
     wm = {c: np.zeros_like(real) for c in caches}
+    terms = {"real": np.zeros((*real.shape, 2)), "decoded_real": np.zeros((*real.shape, 2)),  # summed per episode
+             "wm": {c: np.zeros((*real.shape, 2)) for c in caches}}
     with PusherRenderer(s.height, s.width, max_episode_steps=steps) as renderer:
         if renderer.action_space.shape[0] != s.action_dim:
             raise ValueError(f"the model takes {s.action_dim}-d actions, the simulator's are "
@@ -237,7 +241,10 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                 ep = real_rollout(make_control(name, noise, renderer, env_seed), env_seed, steps, renderer=renderer)
                 real[i, e] = ep["rewards"].sum()
                 ctrl[i, e] = -float(control_cost(ep["actions"]).sum())
-                dec_real[i, e] = dec.rewards(ep["obs"][1:], ep["actions"]).sum()
+                st = ep["state"][1:]
+                terms["real"][i, e] = reward_terms(st[:, TIP], st[:, OBJ], st[:, GOAL]).sum(0)
+                t = dec.terms(ep["obs"][1:])
+                dec_real[i, e], terms["decoded_real"][i, e] = reward_from_terms(t, ep["actions"]).sum(), t.sum(0)
                 for c, policy in caches.items():
                     if real_cond:
                         frames = teacher_forced(model, ep["obs"][:1], ep["actions"][None], ep["obs"][None, 1:],
@@ -246,7 +253,8 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                         frames = model.rollout(ep["obs"][:1], ep["actions"][None], policy=policy,
                                                num_steps=num_steps, seed=noise_seed)[0][0].cpu().numpy()
                     policy.detach()
-                    wm[c][i, e] = dec.rewards(frames, ep["actions"]).sum()
+                    t = dec.terms(frames)
+                    wm[c][i, e], terms["wm"][c][i, e] = reward_from_terms(t, ep["actions"]).sum(), t.sum(0)
             if verbose:
                 print(f"{label}: real {real[i].mean():.2f}, decoded(real) {dec_real[i].mean():.2f}, " + ", ".join(
                     f"wm[{c}] {wm[c][i].mean():.2f}" for c in caches), flush=True)
@@ -256,9 +264,9 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                 "num_steps": num_steps or s.num_steps, "seed": seed, "policies": names,
                 "env_seeds": [first_seed + e for e in range(episodes)],
                 "replay": "real-cond" if real_cond else "open-loop"}
-    result = summarize([label for _, _, label in specs], real, dec_real, ctrl, wm, settings)
+    result = summarize([label for _, _, label in specs], real, dec_real, ctrl, wm, settings, terms)
     if verbose:
-        print(format_table(result))
+        print(format_table(result) + "\n" + format_terms(result))
     return _save(result, json_out)
 
 
@@ -269,23 +277,35 @@ def _save(result: dict, json_out) -> dict:
     return result
 
 
-def summarize(labels: list[str], real, dec_real, ctrl, wm: dict, settings: dict) -> dict:
+def summarize(labels: list[str], real, dec_real, ctrl, wm: dict, settings: dict, terms: dict | None = None) -> dict:
     """The result of `evaluate_policies` from its per-episode returns ((policies, episodes) arrays; `wm`: one per
     cache, the first the reference for ``same_ranking``): mean returns, Spearman figures, the bootstrap interval
-    (seeded with ``settings["seed"]``) and the settings."""
+    (seeded with ``settings["seed"]``) and the settings. `terms`: the returns' position terms
+    (`mujoco_data.TERMS`), {"real", "decoded_real": (policies, episodes, 2), "wm": {cache: the same}}; kept per
+    policy as means (``terms``) and per episode (``terms_episodes``)."""
     from scipy.stats import rankdata
+
+    from .mujoco_data import TERMS
 
     real, dec_real, ctrl = (np.asarray(a, dtype=float) for a in (real, dec_real, ctrl))
     wm = {c: np.asarray(a, dtype=float) for c, a in wm.items()}
     ref, seed = next(iter(wm)), settings["seed"]
     mean = lambda a: a.mean(axis=1)  # noqa: E731
+    policies = [{"policy": label, "real_return": float(real[i].mean()), "real_returns": real[i].tolist(),
+                 "decoded_real_return": float(dec_real[i].mean()), "decoded_real_returns": dec_real[i].tolist(),
+                 "ctrl_return": float(ctrl[i].mean()), "ctrl_returns": ctrl[i].tolist(),
+                 "wm_return": {c: float(wm[c][i].mean()) for c in wm},
+                 "wm_returns": {c: wm[c][i].tolist() for c in wm}}
+                for i, label in enumerate(labels)]
+    if terms is not None:
+        per = lambda f: {"real": f(terms["real"]), "decoded_real": f(terms["decoded_real"]),  # noqa: E731
+                         "wm": {c: f(terms["wm"][c]) for c in wm}}
+        for i, p in enumerate(policies):
+            p["terms"] = per(lambda a: np.asarray(a, dtype=float)[i].mean(axis=0).tolist())
+            p["terms_episodes"] = per(lambda a: np.asarray(a, dtype=float)[i].tolist())
     return {
-        "policies": [{"policy": label, "real_return": float(real[i].mean()), "real_returns": real[i].tolist(),
-                      "decoded_real_return": float(dec_real[i].mean()), "decoded_real_returns": dec_real[i].tolist(),
-                      "ctrl_return": float(ctrl[i].mean()), "ctrl_returns": ctrl[i].tolist(),
-                      "wm_return": {c: float(wm[c][i].mean()) for c in wm},
-                      "wm_returns": {c: wm[c][i].tolist() for c in wm}}
-                     for i, label in enumerate(labels)],
+        "policies": policies,
+        "term_names": list(TERMS) if terms is not None else None,
         "spearman": {c: _spearman(mean(real), mean(wm[c]))[0] for c in wm},
         "spearman_p": {c: _spearman(mean(real), mean(wm[c]))[1] for c in wm},
         "spearman_all": {c: _spearman(real.ravel(), wm[c].ravel())[0] for c in wm},
@@ -319,13 +339,17 @@ def pool_results(results: list[dict], json_out=None) -> dict:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"the results share starts (env seeds {sorted({e for e in seeds if seeds.count(e) > 1})})")
     order = np.argsort(seeds, kind="stable")
-    joined = lambda key, c=None: np.concatenate(  # noqa: E731
-        [[p[key] if c is None else p[key][c] for p in r["policies"]] for r in results], axis=1)[:, order]
+    joined = lambda get: np.concatenate(  # noqa: E731
+        [[get(p) for p in r["policies"]] for r in results], axis=1)[:, order]
     caches = list(results[0]["spearman"])
     settings = {**results[0]["settings"], "episodes": len(seeds), "env_seeds": sorted(seeds)}
-    return _save(summarize([p["policy"] for p in results[0]["policies"]], joined("real_returns"),
-                           joined("decoded_real_returns"), joined("ctrl_returns"),
-                           {c: joined("wm_returns", c) for c in caches}, settings), json_out)
+    terms = None  # results saved before the terms were kept pool without them
+    if all("terms_episodes" in r["policies"][0] for r in results):
+        terms = {k: joined(lambda p: p["terms_episodes"][k]) for k in ("real", "decoded_real")}
+        terms["wm"] = {c: joined(lambda p: p["terms_episodes"]["wm"][c]) for c in caches}
+    return _save(summarize([p["policy"] for p in results[0]["policies"]], joined(lambda p: p["real_returns"]),
+                           joined(lambda p: p["decoded_real_returns"]), joined(lambda p: p["ctrl_returns"]),
+                           {c: joined(lambda p: p["wm_returns"][c]) for c in caches}, settings, terms), json_out)
 
 
 def fmt(v: float | None, spec: str = ".2f") -> str:
@@ -359,6 +383,28 @@ def format_table(result: dict) -> str:
     ref = result["reference_cache"]
     lines.append(f"{'same ranking as ' + ref:<22} {'':>9} {'':>10} "
                  + " ".join(f"{'yes' if result['same_ranking'][c] else 'NO':>14}" for c in caches))
+    return "\n".join(lines)
+
+
+def format_terms(result: dict) -> str:
+    """The mean returns split into the reward's position terms (real, decoded off the real frames, and per cache off
+    the predicted frames): which term a model or its reader gets wrong, and for which policy. "" for a result saved
+    before the terms were kept."""
+    names = result.get("term_names")
+    if not names:
+        return ""
+    caches = list(result["spearman"])
+    cols = ["real", "dec(real)"] + [f"wm/{c}" for c in caches]
+    w = max(10, *(len(c) + 1 for c in cols))
+    head = f"{'':<22} " + " | ".join(f"{n:^{w * len(cols)}}" for n in names)
+    sub = f"{'policy':<22} " + " | ".join("".join(f"{c:>{w}}" for c in cols) for _ in names)
+    lines = [f"the same returns split into the reward's position terms (summed over each episode; the control cost "
+             f"is exact)", head, sub, "-" * len(sub)]
+    for p in result["policies"]:
+        t = p["terms"]
+        lines.append(f"{p['policy']:<22} " + " | ".join(
+            "".join(f"{v:>{w}.2f}" for v in [t["real"][k], t["decoded_real"][k]] + [t["wm"][c][k] for c in caches])
+            for k in range(len(names))))
     return "\n".join(lines)
 
 

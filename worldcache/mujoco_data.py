@@ -74,11 +74,25 @@ def control_cost(actions: np.ndarray) -> np.ndarray:
     return W_CTRL * np.square(np.asarray(actions, np.float64)).sum(-1)
 
 
-def task_reward(tip: np.ndarray, obj: np.ndarray, goal: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """Pusher's reward formula on (..., 3) positions, with the control cost taken on the end-effector actions."""
+TERMS = ("object-goal", "tip-object")  # the reward's position terms, in `reward_terms`' order
+
+
+def reward_terms(tip: np.ndarray, obj: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """Pusher's position terms on (..., 3) positions, (..., 2): ``-W_DIST |object - goal|`` and
+    ``-W_NEAR |tip - object|`` (`TERMS`). Apart, they say which one a world model's frames get wrong."""
     dist = np.linalg.norm(np.asarray(obj, np.float64) - goal, axis=-1)
     near = np.linalg.norm(np.asarray(tip, np.float64) - obj, axis=-1)
-    return -W_DIST * dist - W_NEAR * near - control_cost(actions)
+    return np.stack([-W_DIST * dist, -W_NEAR * near], axis=-1)
+
+
+def reward_from_terms(terms: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """The task reward from `reward_terms` (..., 2) and the end-effector actions (..., 3)."""
+    return terms[..., 0] + terms[..., 1] - control_cost(actions)
+
+
+def task_reward(tip: np.ndarray, obj: np.ndarray, goal: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """Pusher's reward formula on (..., 3) positions, with the control cost taken on the end-effector actions."""
+    return reward_from_terms(reward_terms(tip, obj, goal), actions)
 
 
 class PusherRenderer:

@@ -83,13 +83,20 @@ class StateDecoder(nn.Module):
         out = torch.cat(out).double().cpu().numpy() if out else np.zeros((0, 9))
         return out.reshape(*frames.shape[:-3], 9)
 
+    def terms(self, frames) -> np.ndarray:
+        """Per-step position terms of the task reward (`mujoco_data.reward_terms`) on the decoded positions:
+        frames (..., H, W, 3) -> (..., 2)."""
+        from .mujoco_data import reward_terms
+
+        pos = self.predict(frames)
+        return reward_terms(pos[..., 0:3], pos[..., 3:6], pos[..., 6:9])
+
     def rewards(self, frames, actions) -> np.ndarray:
         """Per-step task rewards: `task_reward` on the positions decoded from each frame after its action, with
         the exact control cost of that action. frames (..., T, H, W, 3), actions (..., T, A) -> (..., T)."""
-        from .mujoco_data import task_reward
+        from .mujoco_data import reward_from_terms
 
-        pos = self.predict(frames)
-        return task_reward(pos[..., 0:3], pos[..., 3:6], pos[..., 6:9], actions)
+        return reward_from_terms(self.terms(frames), actions)
 
     def chunk_reward(self, frames, actions) -> float:
         """An env step's reward: the sum over the chunk of its steps' rewards (the env's default reward_fn)."""
