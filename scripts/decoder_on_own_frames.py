@@ -27,16 +27,17 @@ from worldcache.world_model import BUNDLED, WorldModel
 
 
 def write_own_frames(model: WorldModel, train: list[dict], store_path: str, episodes: int, chunks: int,
-                     num_steps: int, batch: int = 8) -> int:
-    """The real training episodes, then the model's predictions of windows at steps 0 and `length` / 2 of the first
-    `episodes` of them; returns the number of predicted windows."""
+                     num_steps: int, batch: int = 8, stride: int = 1) -> int:
+    """The real training episodes, then the model's predictions of windows at steps 0 and `length` / 2 of
+    `episodes` of them: the first, or every `stride`-th (a store of several datasets one after another); returns the
+    number of predicted windows."""
     store = EpisodeStore.create(store_path, attrs={"fps": 20.0}, overwrite=True)
     for i, ep in enumerate(train):
         t = len(ep["actions"])
         store.write_episode(f"a{i:04d}", ep["obs"], ep["actions"], np.zeros(t, np.float32), np.zeros(t, bool),
                             np.zeros(t, bool), extras={"state": ep["state"]})
     length = chunks * model.spec.chunk
-    wins = [(e, t) for e in range(min(episodes, len(train))) for t in (0, length // 2)
+    wins = [(e, t) for e in range(len(train))[::stride][:episodes] for t in (0, length // 2)
             if t + length <= len(train[e]["actions"])]
     if not wins:
         raise ValueError(f"no training episode has {length} steps: use fewer --chunks")
@@ -60,6 +61,8 @@ def main(argv=None) -> int:
     p.add_argument("--store", required=True, help="where to write the real + predicted training store")
     p.add_argument("--out", required=True, help="folder for the fine-tuned state decoder")
     p.add_argument("--episodes", type=int, default=120, help="training episodes to predict 2 windows of")
+    p.add_argument("--stride", type=int, default=1, help="predict every STRIDE-th training episode (default: the "
+                   "first EPISODES), so a store of two datasets one after another has windows of both")
     p.add_argument("--chunks", type=int, default=4)
     p.add_argument("--denoise-steps", type=int, default=8, help="8 land ~54 dB from 35 on the bundled model")
     p.add_argument("--holdout", type=float, default=0.1, help="the trainer's held-out fraction, never used here")
@@ -69,9 +72,12 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="compiled DiT blocks for the rollouts (faster on CPU; the "
                    "predicted frames equal up to float rounding)")
     args = p.parse_args(argv)
+    if args.stride < 1 or args.episodes < 1:
+        p.error("--stride and --episodes must be >= 1")
     model = WorldModel.from_pretrained(args.checkpoint, compile=args.compile)
     train, _ = split(load_episodes(args.data)[0], args.holdout)
-    n = write_own_frames(model, train, args.store, args.episodes, args.chunks, args.denoise_steps)
+    n = write_own_frames(model, train, args.store, args.episodes, args.chunks, args.denoise_steps,
+                         stride=args.stride)
     res = train_state_decoder(args.store, args.out, steps=args.steps, batch_size=args.batch, lr=args.lr, holdout=0.0,
                               seed=0, init_from=Path(args.checkpoint or BUNDLED))
     print(json.dumps({"predicted_windows": n, "train_frames": res["train_frames"],

@@ -611,6 +611,13 @@ def test_decoder_on_own_frames_script_writes_the_models_predictions_and_fine_tun
     assert any(not torch.equal(before[k], after[k]) for k in before)  # fine-tuned from the checkpoint's decoder
     with pytest.raises(ValueError, match="no training episode has 16 steps"):
         script.main(args + ["--chunks", "4"])  # 12 actions per episode
+    # every 2nd training episode: episode 0 alone of the 2
+    assert script.main(args + ["--stride", "2", "--store", str(tmp_path / "own2.zarr")]) == 0
+    strided = EpisodeStore(tmp_path / "own2.zarr", mode="r")
+    assert sorted(strided.episode_ids()) == ["a0000", "a0001", "b0000_00", "b0000_04"]
+    np.testing.assert_array_equal(strided.load_episode("b0000_04")["state"], train[0]["state"][4:13])
+    with pytest.raises(SystemExit):
+        script.main(args + ["--stride", "0"])
 
 
 def test_train_cli_records_the_fixed_sigma_loss_of_eval_windows(tmp_path, tiny_ckpt, capsys):
