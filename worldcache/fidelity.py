@@ -191,13 +191,14 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     ``random-dir``, ``away``, ``scripted[:noise]``, ``random``, ``mixed[:noise]``) by real and by decoded return.
 
     `steps` must be a multiple of the model's chunk. `cache`: cache policy names or YAML files; the first is the
-    reference for ``same_ranking``. `decoder`: a folder with ``state_decoder.safetensors`` (default: the
-    checkpoint folder). Returns a dict with per-policy returns, ``spearman``, ``spearman_decoded_real``,
-    ``spearman_all``, ``same_ranking``. `compile`: torch.compile the DiT's blocks (`WorldModel.compile_dit`).
-    `first_seed`: env seed of the first start (default the held-out ``HELDOUT_SEED``; e.g. ``TUNING_SEED`` to try a
-    change on starts that the reported figures do not use). `real_cond`: a diagnostic, not a policy evaluation (it
-    needs the simulator's frames): every chunk is predicted from the simulator's frames before it, not from the
-    model's own (`quality.teacher_forced`), so the gap to the open-loop figures is what compounding costs the ranking.
+    reference for ``same_ranking``. `decoder`: a folder with ``state_decoder.safetensors`` (default: the checkpoint
+    folder). Returns a dict with per-policy returns (and their position terms), ``spearman``,
+    ``spearman_decoded_real``, ``spearman_all``, ``same_ranking``. `compile`: torch.compile the DiT's blocks
+    (`WorldModel.compile_dit`). `first_seed`: env seed of the first start (default the held-out ``HELDOUT_SEED``;
+    e.g. ``TUNING_SEED`` to try a change on starts that the reported figures do not use). `real_cond`: a diagnostic,
+    not a policy evaluation (it needs the simulator's frames): every chunk is predicted from the simulator's frames
+    before it, not from the model's own (`quality.teacher_forced`), so the gap to the open-loop figures is what
+    compounding costs the ranking.
     """
     from .cache import load_policy
     from .mujoco_data import GOAL, OBJ, TIP, PusherRenderer, control_cost, real_rollout, reward_from_terms, \
