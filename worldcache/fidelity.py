@@ -226,6 +226,11 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     wm = {c: np.zeros_like(real) for c in caches}
     terms = {"real": np.zeros((*real.shape, 2)), "decoded_real": np.zeros((*real.shape, 2)),  # summed per episode
              "wm": {c: np.zeros((*real.shape, 2)) for c in caches}}
+
+    def read(frames, actions):  # the decoded return and its position terms, each summed over the episode
+        t = dec.terms(frames)
+        return reward_from_terms(t, actions).sum(), t.sum(0)
+
     with PusherRenderer(s.height, s.width, max_episode_steps=steps) as renderer:
         if renderer.action_space.shape[0] != s.action_dim:
             raise ValueError(f"the model takes {s.action_dim}-d actions, the simulator's are "
@@ -244,8 +249,7 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                 ctrl[i, e] = -float(control_cost(ep["actions"]).sum())
                 st = ep["state"][1:]
                 terms["real"][i, e] = reward_terms(st[:, TIP], st[:, OBJ], st[:, GOAL]).sum(0)
-                t = dec.terms(ep["obs"][1:])
-                dec_real[i, e], terms["decoded_real"][i, e] = reward_from_terms(t, ep["actions"]).sum(), t.sum(0)
+                dec_real[i, e], terms["decoded_real"][i, e] = read(ep["obs"][1:], ep["actions"])
                 for c, policy in caches.items():
                     if real_cond:
                         frames = teacher_forced(model, ep["obs"][:1], ep["actions"][None], ep["obs"][None, 1:],
@@ -254,8 +258,7 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                         frames = model.rollout(ep["obs"][:1], ep["actions"][None], policy=policy,
                                                num_steps=num_steps, seed=noise_seed)[0][0].cpu().numpy()
                     policy.detach()
-                    t = dec.terms(frames)
-                    wm[c][i, e], terms["wm"][c][i, e] = reward_from_terms(t, ep["actions"]).sum(), t.sum(0)
+                    wm[c][i, e], terms["wm"][c][i, e] = read(frames, ep["actions"])
             if verbose:
                 print(f"{label}: real {real[i].mean():.2f}, decoded(real) {dec_real[i].mean():.2f}, " + ", ".join(
                     f"wm[{c}] {wm[c][i].mean():.2f}" for c in caches), flush=True)
