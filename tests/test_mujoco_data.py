@@ -129,16 +129,17 @@ def test_make_policy_names_and_noise():
             md.make_policy("expert", r, rng)
 
 
-def test_explore_segments_reach_random_targets_or_hold_a_direction():
+@pytest.mark.parametrize("cls, seed", [(md.ExplorePolicy, 7), (md.WideExplorePolicy, 7), (md.WideExplorePolicy, 1)])
+def test_explore_segments_reach_random_targets_or_hold_a_direction(cls, seed):
     obs = np.zeros(23)
     obs[md.TIP] = [0.5, -0.3, 0.0]
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     # the same draws, in the policy's order: length, speed, kind, then the target or the direction
     length, speed, kind = int(rng.integers(6, 25)), float(rng.uniform(0.4, 1.0)), rng.random()
-    pol = md.ExplorePolicy(None, np.random.default_rng(7))
+    pol = cls(None, np.random.default_rng(seed))
     a = pol(obs)
     if kind < 0.5:
-        target = rng.uniform(md.ExplorePolicy.box[0], md.ExplorePolicy.box[1])
+        target = rng.uniform(cls.box[0], cls.box[1])
         want = md.ACTION_SCALE * (target - obs[md.TIP])
         want *= min(1.0, speed / np.abs(want).max())
     else:
@@ -168,3 +169,19 @@ def test_explore_actions_do_not_follow_the_object_and_varied_draws_both():
     assert np.median(cos["mixed"]) > 0.7  # measured 0.81 (mean 0.45)
     assert abs(cos["explore"].mean()) < 0.3 and np.median(cos["explore"]) < 0.2  # measured -0.20, -0.46
     assert kinds == {"mixed", "explore"}
+
+
+def test_explore_wide_takes_the_arm_where_away_goes_and_varied_wide_draws_like_varied():
+    """The fidelity check's away policy takes the fingertip to y = -1.35, out of view; explore's targets stop at
+    y = -0.75. explore-wide's reach to y = -1.4, so its episodes spend more steps beyond that. varied-wide draws
+    mixed or explore-wide exactly where varied draws mixed or explore."""
+    np.testing.assert_array_equal(md.WideExplorePolicy.box, [[0.15, -1.4, md.Z_LOW], [0.85, 0.2, 0.35]])
+    beyond = {}
+    with md.PusherRenderer(max_episode_steps=48) as r:
+        for name in ("explore", "explore-wide"):
+            tips = np.concatenate([md.real_rollout(name, s, 48, renderer=r)["state"][:, md.TIP] for s in range(8)])
+            beyond[name] = (tips[:, 1] < -0.75).mean()
+        kinds = [md.make_policy("varied", r, np.random.default_rng([s, 1])).kind for s in range(8)]
+        wide = [md.make_policy("varied-wide", r, np.random.default_rng([s, 1])).kind for s in range(8)]
+    assert beyond["explore-wide"] > 2 * beyond["explore"]  # measured 0.13 against 0.038
+    assert set(kinds) == {"mixed", "explore"} and wide == [k.replace("explore", "explore-wide") for k in kinds]

@@ -284,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--height", type=int, default=80)
     m.add_argument("--width", type=int, default=96)
     m.add_argument("--policy", default="mixed",
-                   help="exploration policy: mixed, scripted, random, explore (motion that ignores the task) or "
-                        "varied (mixed or explore, drawn per episode)")
+                   help="exploration policy: mixed, scripted, random, explore (motion that ignores the task), "
+                        "varied (mixed or explore, drawn per episode), explore-wide or varied-wide (the same over "
+                        "the arm's whole reach, out of view included)")
     m.set_defaults(func=_make_data)
 
     t = sub.add_parser("train", help="train the world model (VAE, then DiT); resumable")

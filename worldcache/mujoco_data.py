@@ -7,7 +7,8 @@
   next frame, so a frame-conditioned model can predict it.
 * Exploration policies (``make_policy``): ``random`` (uniform random deltas), ``scripted``
   (a reach-and-push controller in fingertip space with a noise level), ``mixed``, ``explore`` (motion that
-  ignores the task: only the actions tell where the arm goes), ``varied`` (per episode ``mixed`` or ``explore``).
+  ignores the task: only the actions tell where the arm goes), ``varied`` (per episode ``mixed`` or ``explore``),
+  ``explore-wide`` and ``varied-wide`` (the same over the arm's whole reach, out of view included).
 * ``generate``: writes seeded, reproducible, resumable episodes into an ``EpisodeStore``.
 * ``real_rollout``: one episode in the real simulator for a given policy, for fidelity checks.
 
@@ -49,7 +50,7 @@ HEIGHT, WIDTH = 80, 96
 ACTION_SCALE = 20.0  # action = fingertip position delta per control step x 20 (m/s), as Bridge's deltas x20
 ACTION_LIMIT = 1.0   # per axis: at most 5 cm per 0.05 s step
 SUPERSAMPLE = 2  # render 2x and area-downsample: anti-aliasing far cheaper than MSAA in software GL
-POLICIES = ("random", "scripted", "mixed", "explore", "varied")
+POLICIES = ("random", "scripted", "mixed", "explore", "varied", "explore-wide", "varied-wide")
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -279,14 +280,23 @@ class ExplorePolicy:
         return np.clip(a, -ACTION_LIMIT, ACTION_LIMIT).astype(np.float32)
 
 
-class VariedPolicy:
-    """Per episode (one draw), ``mixed`` or ``explore`` with equal odds: purposeful pushes and action-led motion
-    in one store, with one held-out split across both."""
+class WideExplorePolicy(ExplorePolicy):
+    """``explore`` over the arm's whole reach, out of the camera's view included. The fidelity check's ``away``
+    takes the fingertip to y = -1.35, out of view (78 % of its steps outside ``ExplorePolicy.box``), and
+    ``random-dir`` up to z = 0.33, so a state decoder must learn those poses from the visible arm."""
 
-    def __init__(self, env, rng: np.random.Generator, noise: float | None = None):
+    kind = "explore-wide"
+    box = np.array([[0.15, -1.4, Z_LOW], [0.85, 0.2, 0.35]])
+
+
+class VariedPolicy:
+    """Per episode (one draw), ``mixed`` or ``explore`` (``wide``: ``explore-wide``) with equal odds: purposeful
+    pushes and action-led motion in one store, with one held-out split across both."""
+
+    def __init__(self, env, rng: np.random.Generator, noise: float | None = None, wide: bool = False):
         explore = rng.random() < 0.5
-        self.policy = ExplorePolicy(env, rng) if explore else MixedPolicy(env, rng, noise)
-        self.kind = "explore" if explore else "mixed"
+        self.policy = (WideExplorePolicy if wide else ExplorePolicy)(env, rng) if explore else MixedPolicy(env, rng, noise)
+        self.kind = self.policy.kind if explore else "mixed"
         self.noise = getattr(self.policy, "noise", None)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
@@ -296,7 +306,8 @@ class VariedPolicy:
 def make_policy(name: str, env, rng: np.random.Generator, noise: float | None = None) -> Policy:
     """``obs -> action`` policy for one episode. ``scripted`` (noise default 0), ``random``,
     ``mixed`` (noise drawn per episode unless given), ``explore``, ``varied`` (``mixed`` or ``explore``, drawn
-    per episode). Create a new one per episode."""
+    per episode), ``explore-wide`` and ``varied-wide`` (the same over the arm's whole reach). Create a new one per
+    episode."""
     if name == "scripted":
         return ScriptedPolicy(env, rng, 0.0 if noise is None else noise)
     if name == "random":
@@ -307,6 +318,10 @@ def make_policy(name: str, env, rng: np.random.Generator, noise: float | None = 
         return ExplorePolicy(env, rng)
     if name == "varied":
         return VariedPolicy(env, rng, noise)
+    if name == "explore-wide":
+        return WideExplorePolicy(env, rng)
+    if name == "varied-wide":
+        return VariedPolicy(env, rng, noise, wide=True)
     raise ValueError(f"unknown policy {name!r}; choose from {POLICIES}")
 
 
