@@ -447,6 +447,32 @@ def test_evaluate_policies_starts_split_over_calls_pool_exactly(small_ckpt, tmp_
     assert other_noise["policies"][0]["wm_returns"]["none"] != whole["policies"][0]["wm_returns"]["none"][1:]
 
 
+def test_evaluate_policies_several_decoders_read_the_same_rollouts(small_ckpt, tmp_path, capsys):
+    """One call with several state decoders gives, per decoder, exactly what a call with that decoder alone gives
+    (the same rollouts, so readers compare pairwise at the cost of one call); the CLI writes one JSON each."""
+    from worldcache import cli
+
+    torch.manual_seed(5)  # another decoder: other weights, so other decoded returns
+    StateDecoder(StateDecoderConfig(height=32, width=40, channels=8, keypoints=4, hidden=16)).save(tmp_path / "b")
+    kw = dict(steps=4, num_steps=2, cache=("none",), policies=["push", "away"], verbose=False)
+    both = evaluate_policies(small_ckpt, episodes=1, decoder=[small_ckpt, tmp_path / "b"], **kw)
+    alone = [evaluate_policies(small_ckpt, episodes=1, decoder=d, **kw) for d in (small_ckpt, tmp_path / "b")]
+    assert isinstance(both, list) and len(both) == 2
+    assert [json.loads(json.dumps(r)) for r in both] == [json.loads(json.dumps(r)) for r in alone]
+    assert both[0]["policies"][0]["wm_returns"] != both[1]["policies"][0]["wm_returns"]  # two readers, two returns
+    assert both[0]["policies"][0]["real_returns"] == both[1]["policies"][0]["real_returns"]
+    args = ["evaluate-policies", "--checkpoint", str(small_ckpt), "--episodes", "1", "--env-steps", "4",
+            "--denoise-steps", "2", "--cache", "none", "--control", "push", "away", "--decoder", str(small_ckpt),
+            str(tmp_path / "b")]
+    assert cli.main(args + ["--json", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    printed = capsys.readouterr().out
+    assert f"decoder {small_ckpt}:" in printed and f"decoder {tmp_path / 'b'}:" in printed
+    for f, r in zip(("a.json", "b.json"), alone):
+        assert json.loads((tmp_path / f).read_text()) == json.loads(json.dumps(r))
+    assert cli.main(args + ["--json", str(tmp_path / "a.json")]) == 2  # two decoders, one path: said, not guessed
+    assert "2 decoder(s) need as many JSON paths" in capsys.readouterr().err
+
+
 def test_evaluate_policies_real_cond_predicts_each_chunk_from_the_simulators_frames(small_ckpt, tmp_path, capsys):
     """The diagnostic: chunk 2 is predicted from the simulator's last frame of chunk 1 with the rollout's seed for
     chunk 2, not from the model's own; a one-chunk episode is the open-loop prediction itself."""

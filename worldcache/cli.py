@@ -192,9 +192,14 @@ def _evaluate_policies(args) -> int:
 
     evaluate_policies(args.checkpoint, episodes=args.episodes, steps=args.env_steps, policies=args.control,
                       seed=args.seed, cache=tuple(args.cache), num_steps=args.denoise_steps,
-                      device=args.device, json_out=args.json, compile=args.compile, first_seed=args.first_seed,
-                      decoder=args.decoder, real_cond=args.real_cond)
+                      device=args.device, json_out=_one_or_list(args.json), compile=args.compile,
+                      first_seed=args.first_seed, decoder=_one_or_list(args.decoder), real_cond=args.real_cond)
     return 0
+
+
+def _one_or_list(values: list | None):
+    """An option of nargs="+": its one value, or the list of several."""
+    return values if values is None or len(values) > 1 else values[0]
 
 
 def _compare_fidelity(args) -> int:
@@ -480,13 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--first-seed", type=int, default=10_000,
                     help="env seed of the first start (held-out: 10000; tuning starts: e.g. 20000). A start's "
                          "returns depend on its env seed only, so starts split over calls pool exactly")
-    ep.add_argument("--decoder", default=None,
-                    help="folder of the state decoder that reads the frames (default: the checkpoint's)")
+    ep.add_argument("--decoder", nargs="+", default=None, metavar="DIR",
+                    help="folder of the state decoder that reads the frames (default: the checkpoint's); several: "
+                         "each reads the same rollouts, one table and one --json file each, in this order")
     ep.add_argument("--real-cond", action="store_true",
                     help="diagnostic: predict every chunk from the simulator's frames before it (teacher-forced), "
                          "not the model's own, to see what compounding costs the ranking")
     ep.add_argument("--device", default="cpu")
-    ep.add_argument("--json", default=None)
+    ep.add_argument("--json", nargs="+", default=None, help="write the result here (one path per --decoder)")
     _add_compile(ep)
     ep.set_defaults(func=_evaluate_policies)
 

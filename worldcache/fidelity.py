@@ -193,7 +193,10 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     `steps` must be a multiple of the model's chunk. `cache`: cache policy names or YAML files; the first is the
     reference for ``same_ranking``. `decoder`: a folder with ``state_decoder.safetensors`` (default: the checkpoint
     folder). Returns a dict with per-policy returns (and their position terms), ``spearman``,
-    ``spearman_decoded_real``, ``spearman_all``, ``same_ranking``. `compile`: torch.compile the DiT's blocks
+    ``spearman_decoded_real``, ``spearman_all``, ``same_ranking``. `decoder` may also be a list of folders (`json_out`
+    then a list of as many paths, or None): each reads the same rollouts, and the result is a list, one per
+    decoder, each equal to a call with that decoder alone, so readers compare pairwise (`compare_results`) at the
+    cost of one call. `compile`: torch.compile the DiT's blocks
     (`WorldModel.compile_dit`). `first_seed`: env seed of the first start (default the held-out ``HELDOUT_SEED``;
     e.g. ``TUNING_SEED`` to try a change on starts that the reported figures do not use). `real_cond`: a diagnostic,
     not a policy evaluation (it needs the simulator's frames): every chunk is predicted from the simulator's frames
@@ -214,21 +217,29 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     names = expand_policies(policies)
     if episodes < 1 or not names or not cache:
         raise ValueError("need episodes >= 1, at least one policy and at least one cache entry")
-    dec = StateDecoder.load(decoder or checkpoint or BUNDLED, device)
-    if (dec.config.height, dec.config.width) != (s.height, s.width):
-        raise ValueError(f"the state decoder reads {dec.config.height}x{dec.config.width} frames, the model "
-                         f"predicts {s.height}x{s.width}")
+    several = isinstance(decoder, (list, tuple))
+    folders = list(decoder) if several else [decoder]
+    outs = [None] * len(folders) if json_out is None else \
+        list(json_out) if isinstance(json_out, (list, tuple)) else [json_out]
+    if not folders or len(outs) != len(folders):
+        raise ValueError(f"{len(folders)} decoder(s) need as many JSON paths (or none), got {len(outs)}: {outs}")
+    decs = [StateDecoder.load(d or checkpoint or BUNDLED, device) for d in folders]
+    for dec in decs:
+        if (dec.config.height, dec.config.width) != (s.height, s.width):
+            raise ValueError(f"the state decoder reads {dec.config.height}x{dec.config.width} frames, the model "
+                             f"predicts {s.height}x{s.width}")
     caches = {str(c): load_policy(c) for c in cache}
 
     specs = [parse_policy(p) for p in names]
     real = np.zeros((len(specs), episodes))
-    dec_real, ctrl = np.zeros_like(real), np.zeros_like(real)
-    wm = {c: np.zeros_like(real) for c in caches}
-    terms = {"real": np.zeros((*real.shape, 2)), "decoded_real": np.zeros((*real.shape, 2)),  # summed per episode
-             "wm": {c: np.zeros((*real.shape, 2)) for c in caches}}
+    ctrl, real_terms = np.zeros_like(real), np.zeros((*real.shape, 2))
+    dec_real = [np.zeros_like(real) for _ in decs]  # one per decoder from here on
+    wm = [{c: np.zeros_like(real) for c in caches} for _ in decs]
+    terms = [{"real": real_terms, "decoded_real": np.zeros((*real.shape, 2)),  # summed per episode
+              "wm": {c: np.zeros((*real.shape, 2)) for c in caches}} for _ in decs]
 
-    def read(frames, actions):  # the decoded return and its position terms, each summed over the episode
-        t = dec.terms(frames)
+    def read(frames, actions, k):  # decoder k's return and its position terms, each summed over the episode
+        t = decs[k].terms(frames)
         return reward_from_terms(t, actions).sum(), t.sum(0)
 
     with PusherRenderer(s.height, s.width, max_episode_steps=steps) as renderer:
@@ -248,8 +259,9 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                 real[i, e] = ep["rewards"].sum()
                 ctrl[i, e] = -float(control_cost(ep["actions"]).sum())
                 st = ep["state"][1:]
-                terms["real"][i, e] = reward_terms(st[:, TIP], st[:, OBJ], st[:, GOAL]).sum(0)
-                dec_real[i, e], terms["decoded_real"][i, e] = read(ep["obs"][1:], ep["actions"])
+                real_terms[i, e] = reward_terms(st[:, TIP], st[:, OBJ], st[:, GOAL]).sum(0)
+                for k in range(len(decs)):
+                    dec_real[k][i, e], terms[k]["decoded_real"][i, e] = read(ep["obs"][1:], ep["actions"], k)
                 for c, policy in caches.items():
                     if real_cond:
                         frames = teacher_forced(model, ep["obs"][:1], ep["actions"][None], ep["obs"][None, 1:],
@@ -258,20 +270,27 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                         frames = model.rollout(ep["obs"][:1], ep["actions"][None], policy=policy,
                                                num_steps=num_steps, seed=noise_seed)[0][0].cpu().numpy()
                     policy.detach()
-                    wm[c][i, e], terms["wm"][c][i, e] = read(frames, ep["actions"])
+                    for k in range(len(decs)):
+                        wm[k][c][i, e], terms[k]["wm"][c][i, e] = read(frames, ep["actions"], k)
             if verbose:
-                print(f"{label}: real {real[i].mean():.2f}, decoded(real) {dec_real[i].mean():.2f}, " + ", ".join(
-                    f"wm[{c}] {wm[c][i].mean():.2f}" for c in caches), flush=True)
+                for k, d in enumerate(folders):
+                    print(f"{label}: real {real[i].mean():.2f}, " + (f"[decoder {d}] " if several else "")
+                          + f"decoded(real) {dec_real[k][i].mean():.2f}, "
+                          + ", ".join(f"wm[{c}] {wm[k][c][i].mean():.2f}" for c in caches), flush=True)
 
-    settings = {"checkpoint": str(checkpoint) if checkpoint else "bundled",
-                "decoder": str(decoder) if decoder else "the checkpoint's", "episodes": episodes, "steps": steps,
-                "num_steps": num_steps or s.num_steps, "seed": seed, "policies": names,
-                "env_seeds": [first_seed + e for e in range(episodes)],
-                "replay": "real-cond" if real_cond else "open-loop"}
-    result = summarize([label for _, _, label in specs], real, dec_real, ctrl, wm, settings, terms)
-    if verbose:
-        print(format_table(result) + "\n" + format_terms(result))
-    return _save(result, json_out)
+    results = []
+    for k, d in enumerate(folders):
+        settings = {"checkpoint": str(checkpoint) if checkpoint else "bundled",
+                    "decoder": str(d) if d else "the checkpoint's", "episodes": episodes, "steps": steps,
+                    "num_steps": num_steps or s.num_steps, "seed": seed, "policies": names,
+                    "env_seeds": [first_seed + e for e in range(episodes)],
+                    "replay": "real-cond" if real_cond else "open-loop"}
+        results.append(summarize([label for _, _, label in specs], real, dec_real[k], ctrl, wm[k], settings,
+                                 terms[k]))
+        if verbose:
+            print((f"decoder {d}:\n" if several else "") + format_table(results[k]) + "\n" + format_terms(results[k]))
+        _save(results[k], outs[k])
+    return results if several else results[0]
 
 
 def _save(result: dict, json_out) -> dict:
