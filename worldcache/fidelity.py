@@ -210,6 +210,12 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     from .state_decoder import StateDecoder
     from .world_model import BUNDLED, WorldModel
 
+    several = isinstance(decoder, (list, tuple))  # before the model loads: bad input fails at once
+    folders = list(decoder) if several else [decoder]
+    outs = [None] * len(folders) if json_out is None else \
+        list(json_out) if isinstance(json_out, (list, tuple)) else [json_out]
+    if not folders or len(outs) != len(folders):
+        raise ValueError(f"{len(folders)} decoder(s) need as many JSON paths (or none), got {len(outs)}: {outs}")
     model = WorldModel.from_pretrained(checkpoint, device=device, compile=compile)
     s = model.spec
     if steps < s.chunk or steps % s.chunk:
@@ -217,12 +223,6 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     names = expand_policies(policies)
     if episodes < 1 or not names or not cache:
         raise ValueError("need episodes >= 1, at least one policy and at least one cache entry")
-    several = isinstance(decoder, (list, tuple))
-    folders = list(decoder) if several else [decoder]
-    outs = [None] * len(folders) if json_out is None else \
-        list(json_out) if isinstance(json_out, (list, tuple)) else [json_out]
-    if not folders or len(outs) != len(folders):
-        raise ValueError(f"{len(folders)} decoder(s) need as many JSON paths (or none), got {len(outs)}: {outs}")
     decs = [StateDecoder.load(d or checkpoint or BUNDLED, device) for d in folders]
     for dec in decs:
         if (dec.config.height, dec.config.width) != (s.height, s.width):
