@@ -290,13 +290,13 @@ class WideExplorePolicy(ExplorePolicy):
 
 
 class VariedPolicy:
-    """Per episode (one draw), ``mixed`` or ``explore`` (``wide``: ``explore-wide``) with equal odds: purposeful
-    pushes and action-led motion in one store, with one held-out split across both."""
+    """Per episode (one draw), ``mixed`` or ``explore`` (`explore`: its class, e.g. ``WideExplorePolicy``) with
+    equal odds: purposeful pushes and action-led motion in one store, with one held-out split across both."""
 
-    def __init__(self, env, rng: np.random.Generator, noise: float | None = None, wide: bool = False):
-        explore = rng.random() < 0.5
-        self.policy = (WideExplorePolicy if wide else ExplorePolicy)(env, rng) if explore else MixedPolicy(env, rng, noise)
-        self.kind = self.policy.kind if explore else "mixed"
+    def __init__(self, env, rng: np.random.Generator, noise: float | None = None, explore=ExplorePolicy):
+        drew_explore = rng.random() < 0.5
+        self.policy = explore(env, rng) if drew_explore else MixedPolicy(env, rng, noise)
+        self.kind = self.policy.kind if drew_explore else "mixed"
         self.noise = getattr(self.policy, "noise", None)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
@@ -321,7 +321,7 @@ def make_policy(name: str, env, rng: np.random.Generator, noise: float | None = 
     if name == "explore-wide":
         return WideExplorePolicy(env, rng)
     if name == "varied-wide":
-        return VariedPolicy(env, rng, noise, wide=True)
+        return VariedPolicy(env, rng, noise, explore=WideExplorePolicy)
     raise ValueError(f"unknown policy {name!r}; choose from {POLICIES}")
 
 
