@@ -116,13 +116,42 @@ def test_generated_only_leaves_the_conditioning_frame_out_of_drift_and_motion(ge
     assert recs[1].motion == pytest.approx(drift, abs=1e-12)
 
 
-def three_calls(policy):
+def test_drift_accumulates_over_consecutive_skips_and_resets_when_a_call_computes():
+    # probe outputs p_k = 1 + 0.1 k on every token (x = 1, probe residual 0.1 k): each call's drift is
+    # 0.1 / (1 + 0.1 (k - 1)). Calls 1-3 skip while the sum stays below 0.3; call 4 takes it to 0.351 and
+    # computes; call 5 starts again from its own drift alone.
+    x = tokens(1, 1, 1, 1)
+    stacks = [ScriptedStack(x, torch.full_like(x, 0.1 * k)) for k in range(6)]
+    recs, _ = drive(make_policy("worldcache", threshold=0.3, ret_ratio=0.0, **OFF), stacks, 10)
+    assert [r.computed for r in recs] == [True, False, False, False, True, False]
+    acc = [0.1, 0.1 + 1 / 11, 0.1 + 1 / 11 + 1 / 12, 0.1 + 1 / 11 + 1 / 12 + 1 / 13, 1 / 14]
+    assert [r.drift for r in recs[1:]] == pytest.approx(acc, abs=1e-12)
+    assert recs[0].drift != recs[0].drift  # NaN: the first call has nothing to drift from
+
+
+@pytest.mark.parametrize("threshold, computed", [(0.25, True), (0.25 + 1e-9, False)])
+def test_a_call_skips_only_when_its_drift_is_strictly_below_the_threshold(threshold, computed):
+    x = tokens(1, 1)  # p_0 = 1, p_1 = 1.25: drift 0.25 exactly in binary
+    stacks = [ScriptedStack(x), ScriptedStack(x, torch.full_like(x, 0.25))]
+    recs, _ = drive(make_policy("worldcache", threshold=threshold, ret_ratio=0.0, **OFF), stacks, 10)
+    assert recs[1].drift == 0.25 and recs[1].computed is computed
+
+
+@pytest.mark.parametrize("ret_ratio, num_steps, warmup", [
+    (0.2, 35, 7), (0.1, 35, 4), (0.1, 25, 3), (0.1, 15, 2), (0.1, 5, 1), (0.1, 24, 2), (0.2, 12, 2), (0.0, 35, 0)])
+def test_warmup_is_ret_ratio_times_steps_rounded_half_up(ret_ratio, num_steps, warmup):
+    from worldcache.cache.base import in_warmup
+    assert [in_warmup(CallRecord(step=s, num_steps=num_steps, branch="cond"), ret_ratio)
+            for s in range(num_steps)] == [s < warmup for s in range(num_steps)]
+
+
+def three_calls(policy, rho_2=(2, 1, 3, 0)):
     """Calls 0 and 1 compute (warm-up 2 of 10 steps), call 2 skips (a huge threshold): probe residuals
     rho_0 = 0, rho_1 = (1, 2, 0, 1), rho_2 = (2, 1, 3, 0); stack residuals R_0 = 0 + 1, R_1 = rho_1 + 3."""
     x = tokens(1, 1, 1, 1)
     stacks = [ScriptedStack(x, tokens(0, 0, 0, 0), tokens(1, 1, 1, 1)),
               ScriptedStack(x, tokens(1, 2, 0, 1), tokens(3, 3, 3, 3)),
-              ScriptedStack(x, tokens(2, 1, 3, 0), tokens(9, 9, 9, 9))]
+              ScriptedStack(x, tokens(*rho_2), tokens(9, 9, 9, 9))]
     recs, outs = drive(policy, stacks, 10)
     assert [r.computed for r in recs] == [True, True, False]
     r0, r1 = tokens(1, 1, 1, 1), tokens(4, 5, 3, 4)
@@ -141,6 +170,11 @@ def test_least_squares_gamma_is_clamped():
     gamma, _, _ = three_calls(make_policy("worldcache", threshold=1e9, ret_ratio=0.2, gamma_max=0.5,
                                           **{**OFF, "blend": True}))
     assert gamma == 0.5
+    # the default lower bound: rho_2 = (0, 0, 0, 0.1) gives <a,b>/<b,b> = 0.1 / 6, clamped up to 0.2
+    gamma, out, expected = three_calls(make_policy("worldcache", threshold=1e9, ret_ratio=0.2,
+                                                   **{**OFF, "blend": True}), rho_2=(0, 0, 0, 0.1))
+    assert gamma == pytest.approx(0.2, abs=1e-12)
+    torch.testing.assert_close(out, expected)
 
 
 def test_dicache_gamma_is_the_ratio_of_l1_means_clipped_to_1_2():
@@ -148,6 +182,11 @@ def test_dicache_gamma_is_the_ratio_of_l1_means_clipped_to_1_2():
     gamma, out, expected = three_calls(make_policy("dicache", threshold=1e9, ret_ratio=0.2))
     assert gamma == pytest.approx(1.5, abs=1e-12)
     torch.testing.assert_close(out, expected)
+    # clipped: mean|a| = 0.25 -> 1, mean|a| = 3 -> 2 (mean|b| = 1)
+    for rho_2, clipped in [((0.5, 0.5, 0, 0), 1.0), ((4, 4, 4, 0), 2.0)]:
+        gamma, out, expected = three_calls(make_policy("dicache", threshold=1e9, ret_ratio=0.2), rho_2=rho_2)
+        assert gamma == clipped
+        torch.testing.assert_close(out, expected)
 
 
 def test_probe_residual_is_extrapolated_only_when_asked_and_with_the_same_weights():
