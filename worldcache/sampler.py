@@ -41,7 +41,7 @@ class SampleOutput:
 def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: torch.Tensor, *,
             num_steps: int, policy: CachePolicy | None = None, cond_latents: torch.Tensor | None = None,
             num_cond_frames: int = 0, negative_encoder_hidden_states: torch.Tensor | None = None,
-            guidance_scale: float = 1.0, guidance: str = "separate", frame_cond: torch.Tensor | None = None,
+            guidance_scale: float = 0.0, guidance: str = "separate", frame_cond: torch.Tensor | None = None,
             cond_frame_timestep: float | None = 1e-4, fps: int | None = None, sigmas=None,
             quantise_timestep: bool = False, timing: bool = False) -> SampleOutput:
     """Denoise `noise` (B, C, T, H, W) in `num_steps` steps; the first `num_cond_frames` latent frames are
@@ -58,9 +58,11 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if guidance not in GUIDANCE_MODES:
         raise ValueError(f"guidance must be one of {GUIDANCE_MODES}, got {guidance!r}")
-    use_cfg = guidance_scale > 1.0  # diffusers' gate
+    # NVIDIA's sampler applies v + g (v - v_neg) for any g (g = 0: the conditional velocity alone), where
+    # diffusers' Cosmos pipeline skips guidance up to g = 1; so only g = 0 saves the unconditional call here
+    use_cfg = guidance_scale != 0.0
     if use_cfg and negative_encoder_hidden_states is None:
-        raise ValueError("guidance_scale > 1 needs negative_encoder_hidden_states")
+        raise ValueError(f"guidance_scale {guidance_scale} needs negative_encoder_hidden_states (0: no guidance)")
     policy = policy or NoCache()
     scheduler = type(scheduler).from_config(scheduler.config)  # multistep solvers keep state: fresh per call
     scheduler.set_timesteps(None if sigmas is not None else num_steps, device=noise.device, sigmas=sigmas)

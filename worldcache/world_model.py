@@ -19,6 +19,7 @@ Checkpoint folder (diffusers layout plus two files of ours)::
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -61,7 +62,7 @@ class WorldModelSpec:
     action_high: list = field(default_factory=lambda: [1.0] * 3)
     fps: float = 20.0
     num_steps: int = 35               # default denoising steps
-    guidance_scale: float = 1.0       # <= 1: no classifier-free guidance (diffusers' gate); v + g (v - v_neg)
+    guidance_scale: float = 0.0       # v + g (v - v_neg), NVIDIA's, for any g; 0: no guidance (one call a step)
     cond_frame_timestep: float | None = 1e-4  # None: the noisy frames' timestep (the official 2.5 action model)
     cond_latent_frames: int = 1       # 1 (one pixel frame) or 2 (five pixel frames), as Cosmos video2world
     action_per_frame: bool = True     # actions grouped per latent frame (2.5); False: one per chunk (Predict2)
@@ -251,6 +252,10 @@ class WorldModel(nn.Module):
         if unknown:
             raise CheckpointError(f"{path / SPEC_FILE}: unknown keys {sorted(unknown)}")
         spec = WorldModelSpec(**raw)
+        if 0 < spec.guidance_scale <= 1:
+            warnings.warn(f"{path / SPEC_FILE}: guidance_scale {spec.guidance_scale} now guides (NVIDIA's v + g (v - "
+                          "v_neg) for any g != 0); before 2026-12-06 up to 1 meant none, as in diffusers. Set it to 0 "
+                          "for none", stacklevel=2)
 
         def load(what, fn, file):
             try:
