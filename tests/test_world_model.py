@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,24 @@ def test_checkpoint_errors_name_the_file(tiny_ckpt, tmp_path):
     (badjson / "model.json").write_text('{"height": 32, "colour": 1}')
     with pytest.raises(CheckpointError, match="colour"):
         WorldModel.from_pretrained(badjson)
+
+
+def test_guidance_scale_up_to_one_warns_on_load_and_guides(tiny_ckpt, tmp_path):
+    # before 2026-12-06 a model.json's 1.0 meant no guidance (diffusers' gate); now any g != 0 guides, as NVIDIA's
+    old = tmp_path / "old"
+    shutil.copytree(tiny_ckpt, old)
+    spec = json.loads((old / "model.json").read_text())
+    assert spec["guidance_scale"] == 0.0  # the default: none
+    (old / "model.json").write_text(json.dumps({**spec, "guidance_scale": 1.0}))
+    with pytest.warns(UserWarning, match="guidance_scale 1.0 now guides"):
+        model = WorldModel.from_pretrained(old)
+    frame, actions = inputs()
+    _, out = model.predict(frame, actions, num_steps=2, seed=3)
+    assert [r.branch for r in out.records] == ["cond", "uncond"] * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, out = WorldModel.from_pretrained(tiny_ckpt).predict(frame, actions, num_steps=2, seed=3)
+    assert [r.branch for r in out.records] == ["cond"] * 2
 
 
 def write_training_store(path):
