@@ -122,8 +122,10 @@ def test_every_tensor_lands_bit_equal(files, variant):
         want = F.gelu(files["prompts"][k].float() @ w.T + b)  # crossattn_proj: Linear -> GELU
         torch.testing.assert_close(stored[k], want, rtol=1e-6, atol=1e-6)
     s = model.spec
+    # 2.5: the conditioning frame at the noisy frames' timestep, quantised; Predict2: sigma 1e-4 -> t 1e-4 / 1.0001
     assert (s.cond_frame_timestep, s.cosmos_sigmas, s.quantise_timestep, s.fp32_time_embedding) == (
-        None, True, True, True)
+        (None, True, True, True) if variant == "2.5" else (1e-4 / 1.0001, True, False, True))
+    assert ("NOT NVIDIA's" in f["summary"].sampling) == (variant == "2")
     assert s.action_per_frame == (variant == "2.5") and s.chunk == K and s.spatial_compression == 8
     assert model.dit.transformer.time_embed.norm.weight.dtype == torch.float32
 
@@ -306,6 +308,24 @@ def test_wan_vae_in_the_original_layout_maps_and_decodes_equal(tmp_path):
     torch.save(broken, tmp_path / "broken.pth")
     with pytest.raises(CheckpointError, match=r"decoder\.conv_out\.weight: expected shape"):
         load_vae(tmp_path / "broken.pth")
+
+
+def test_variant_2_without_prompts_gets_nvidias_zero_text_and_2_5_is_refused(files, tmp_path):
+    # NVIDIA's Predict2 action pipeline feeds zeros [B, 512, 1024] (T5's width) to the cross-attention, unprojected
+    summary = convert(files["2"]["src"], files["vae"], None, tmp_path / "zeros", height=32, width=48)
+    stored = load_file(str(tmp_path / "zeros" / "prompt_embeds.safetensors"))
+    for k in ("prompt", "negative"):
+        assert stored[k].shape == (1, 512, C_TEXT) and not stored[k].any()
+    assert summary.prompts.startswith(f"zeros [1, 512, {C_TEXT}]") and "crossattn_proj dropped unused" in summary.prompts
+    model = WorldModel.from_pretrained(tmp_path / "zeros")
+    assert not model.dit.transformer.config.use_crossattn_projection
+    s = model.spec
+    frame = np.zeros((1, s.height, s.width, 3), np.uint8)
+    frames, _ = model.predict(frame, np.zeros((1, s.chunk, s.action_dim), np.float32), num_steps=2, seed=0)
+    assert frames.shape == (1, s.chunk, s.height, s.width, 3)
+    with pytest.raises(CheckpointError, match="2.5 needs --prompt-embeds"):
+        convert(files["2.5"]["src"], files["vae"], None, tmp_path / "none")
+    assert not (tmp_path / "none").exists()
 
 
 def test_a_folder_that_keeps_the_projection_takes_the_raw_embeddings(files, tmp_path):

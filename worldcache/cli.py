@@ -364,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv = sub.add_parser("convert", help="NVIDIA's action-conditioned Cosmos checkpoint -> a WorldModel folder")
     cv.add_argument("transformer", help="official *_ema_bf16.pt (2.5) or model-480p-4fps.pt (2)")
     cv.add_argument("--vae", required=True, help="diffusers AutoencoderKLWan folder, or Wan2.1_VAE.pth / tokenizer.pth")
-    cv.add_argument("--prompt-embeds", required=True, help="safetensors/torch file with 'prompt' and 'negative'")
+    cv.add_argument("--prompt-embeds", help="safetensors/torch file with 'prompt' and 'negative' (2.5: required; "
+                    "2: default zeros [1, 512, 1024], as NVIDIA's Predict2 action pipeline)")
     cv.add_argument("--out", required=True)
     cv.add_argument("--variant", default="auto", choices=["auto", "2.5", "2"],
                     help="2.5: actions per latent frame; 2: one embedding per chunk (auto: from fc1's width)")

@@ -7,7 +7,13 @@ Inputs are local files only (nothing is downloaded):
   `{"model": ...}` or `{"state_dict": ...}`;
 - the Wan 2.1 VAE: a diffusers `AutoencoderKLWan` folder, or the original `Wan2.1_VAE.pth` / `tokenizer.pth`
   (mapped by diffusers' own `convert_wan_vae_to_diffusers`);
-- the fixed text embeddings: a safetensors or torch file with `prompt` and `negative` tensors.
+- the fixed text embeddings: a safetensors or torch file with `prompt` and `negative` tensors (2.5: required;
+  2: optional, by default zeros [1, 512, 1024], as NVIDIA's Predict2 action pipeline feeds its network).
+
+Variant 2 is converted to run with 2.5's sampler (UniPC, shift 5): NVIDIA samples it with its own
+`RectifiedFlowAB2Scheduler` (Karras sigmas 80 -> 0.002, rho 7, a second-order exponential step, a final clean
+pass), which diffusers lacks and this package does not implement. Its conditioning frame's timestep (sigma 1e-4,
+t = 1e-4 / 1.0001) and unquantised timesteps are NVIDIA's; the convert summary says so.
 
 Key accounting is strict: every source tensor lands at its diffusers key (diffusers' Cosmos 2.0 rename table,
 which its converter also uses for 2.5), in the action embedder, or on `DROPPED` (buffers and training counters).
@@ -317,6 +323,7 @@ class ConvertSummary:
     prompts: str
     vae: str
     spec: dict
+    sampling: str = ""
 
     def text(self) -> str:
         return "\n".join([
@@ -325,6 +332,7 @@ class ConvertSummary:
             f"  action embedder: {self.action_tensors} tensors, widths in/hidden/D = {self.action_widths}",
             f"  dropped ({len(self.dropped)}): {', '.join(sorted({_kind(k) for k in self.dropped}))}",
             f"  prompts: {self.prompts}",
+            f"  sampling: {self.sampling}",
             f"  VAE: {self.vae}",
             f"  model.json: {self.spec['height']}x{self.spec['width']}, chunk {self.spec['chunk']}, "
             f"{self.spec['action_dim']}-D actions in [{self.spec['action_low']}, {self.spec['action_high']}]",
@@ -335,7 +343,12 @@ def _kind(key: str) -> str:
     return "*._extra_state" if key.endswith(EXTRA_STATE) else key
 
 
-def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path, out: str | Path, *,
+# NVIDIA's Predict2 video2world (and so its action model): the conditioning frame at sigma 1e-4, seen as t = s / (s + 1)
+PREDICT2_COND_T = 1e-4 / (1 + 1e-4)
+PREDICT2_TEXT_TOKENS = 512  # its action pipeline's zero T5 embeddings: [B, 512, 1024]
+
+
+def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path | None, out: str | Path, *,
             variant: str = "auto", unsafe_pickle: bool = False, action_low: list | None = None,
             action_high: list | None = None, dtype: torch.dtype | str = torch.bfloat16, action_dim: int = 7,
             chunk: int = 12, height: int | None = None, width: int | None = None) -> ConvertSummary:
@@ -349,13 +362,20 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path,
     out = Path(out)
     state = strip_net(load_torch(transformer, unsafe_pickle))
     plan = make_plan(state, variant, action_dim=action_dim, chunk=chunk)
-    prompts = load_prompts(prompt_embeds, unsafe_pickle)
+    if prompt_embeds is None and plan.variant == "2.5":
+        raise CheckpointError("variant 2.5 needs --prompt-embeds: Cosmos-Reason1-7B's embeddings of the empty prompt "
+                              "and of the default negative prompt, each [1, 512, 100352]")
+    prompts = load_prompts(prompt_embeds, unsafe_pickle) if prompt_embeds is not None else None
     vae_model = load_vae(vae, unsafe_pickle)
     cfg = plan.config
     if vae_model.config.z_dim + 1 != cfg["in_channels"]:
         raise CheckpointError(f"{vae}: VAE z_dim {vae_model.config.z_dim} does not fit the transformer's "
                               f"{cfg['in_channels']} input channels (z_dim + 1 condition mask)")
 
+    if prompts is None:  # variant 2: NVIDIA feeds zeros straight to the cross-attention (T5 width, no projection)
+        zeros = torch.zeros(1, PREDICT2_TEXT_TOKENS, cfg["text_embed_dim"])
+        prompts = {"prompt": zeros, "negative": zeros.clone()}
+        cfg = dict(cfg, use_crossattn_projection=False)
     text_in = cfg["crossattn_proj_in_channels"] if cfg["use_crossattn_projection"] else cfg["text_embed_dim"]
     for k, v in prompts.items():
         if v.shape[-1] != text_in:
@@ -367,6 +387,9 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path,
         prompts = {k: torch.nn.functional.gelu(torch.nn.functional.linear(v.float(), w, b)) for k, v in prompts.items()}
         prompt_note = f"crossattn_proj applied once ({text_in} -> {w.shape[0]}) and dropped from the transformer"
         cfg = dict(cfg, use_crossattn_projection=False)
+    elif prompt_embeds is None:
+        prompt_note = (f"zeros [1, {PREDICT2_TEXT_TOKENS}, {text_in}] (NVIDIA's Predict2 action pipeline)"
+                       + (", crossattn_proj dropped unused" if plan.crossattn_proj else ""))
     else:
         prompt_note = f"{text_in}-d, stored as given"
 
@@ -375,8 +398,9 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path,
     spec = WorldModelSpec(
         height=height or default_hw[0], width=width or default_hw[1], chunk=chunk, action_dim=action_dim,
         action_low=list(action_low or DEFAULT_ACTION_LOW), action_high=list(action_high or DEFAULT_ACTION_HIGH),
-        fps=4.0, num_steps=35, guidance_scale=0.0, cond_frame_timestep=None, cond_latent_frames=1,
-        action_per_frame=plan.variant == "2.5", cosmos_sigmas=True, quantise_timestep=True,
+        fps=4.0, num_steps=35, guidance_scale=0.0, cond_latent_frames=1, action_per_frame=plan.variant == "2.5",
+        cosmos_sigmas=True, **(dict(cond_frame_timestep=None, quantise_timestep=True) if plan.variant == "2.5" else
+                               dict(cond_frame_timestep=PREDICT2_COND_T, quantise_timestep=False)),
         fp32_time_embedding=True, temporal_compression=vae_model.config.scale_factor_temporal,
         spatial_compression=vae_model.config.scale_factor_spatial, name=f"cosmos-action-{plan.variant}")
     spec.check()
@@ -399,5 +423,9 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path,
         transformer_params=sum(v.numel() for v in tensors.values()), action_tensors=len(action),
         action_widths=(fc1.shape[1], fc1.shape[0], state["action_embedder_B_D.fc2.weight"].shape[0]),
         dropped=plan.dropped + plan.crossattn_proj, prompts=prompt_note,
+        sampling=("NVIDIA's: UniPC flow matching, shift 5, sigmas linspace(0.999, 0), same-t conditioning frame"
+                  if plan.variant == "2.5" else "NOT NVIDIA's: 2.5's UniPC schedule; NVIDIA samples Predict2 with "
+                  "RectifiedFlowAB2 (Karras sigmas 80 -> 0.002, a final clean pass), not implemented here. "
+                  "Conditioning frame at sigma 1e-4 and unquantised timesteps, as NVIDIA's"),
         vae=f"{'diffusers folder' if Path(vae).is_dir() else 'original Wan layout, mapped'} {vae}",
         spec=asdict(spec))
