@@ -122,10 +122,13 @@ def test_every_tensor_lands_bit_equal(files, variant):
         want = F.gelu(files["prompts"][k].float() @ w.T + b)  # crossattn_proj: Linear -> GELU
         torch.testing.assert_close(stored[k], want, rtol=1e-6, atol=1e-6)
     s = model.spec
-    # 2.5: the conditioning frame at the noisy frames' timestep, quantised; Predict2: sigma 1e-4 -> t 1e-4 / 1.0001
-    assert (s.cond_frame_timestep, s.cosmos_sigmas, s.quantise_timestep, s.fp32_time_embedding) == (
-        (None, True, True, True) if variant == "2.5" else (1e-4 / 1.0001, True, False, True))
-    assert ("NOT NVIDIA's" in f["summary"].sampling) == (variant == "2")
+    # each variant sampled as NVIDIA samples it: 2.5 UniPC, the conditioning frame at the noisy frames' timestep,
+    # quantised; Predict2 its RectifiedFlowAB2 (35 steps + the clean pass), the conditioning frame at sigma 1e-4
+    assert (s.num_steps, s.cond_frame_timestep, s.cosmos_sigmas, s.quantise_timestep, s.fp32_time_embedding) == (
+        (35, None, True, True, True) if variant == "2.5" else (36, 1e-4 / 1.0001, False, False, True))
+    assert type(model.scheduler).__name__ == (
+        "UniPCMultistepScheduler" if variant == "2.5" else "RectifiedFlowAB2Scheduler")
+    assert ("RectifiedFlowAB2" in f["summary"].sampling) == (variant == "2")
     assert s.action_per_frame == (variant == "2.5") and s.chunk == K and s.spatial_compression == 8
     assert model.dit.transformer.time_embed.norm.weight.dtype == torch.float32
 

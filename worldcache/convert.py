@@ -10,10 +10,10 @@ Inputs are local files only (nothing is downloaded):
 - the fixed text embeddings: a safetensors or torch file with `prompt` and `negative` tensors (2.5: required;
   2: optional, by default zeros [1, 512, 1024], as NVIDIA's Predict2 action pipeline feeds its network).
 
-Variant 2 is converted to run with 2.5's sampler (UniPC, shift 5): NVIDIA samples it with its own
-`RectifiedFlowAB2Scheduler` (Karras sigmas 80 -> 0.002, rho 7, a second-order exponential step, a final clean
-pass), which diffusers lacks and this package does not implement. Its conditioning frame's timestep (sigma 1e-4,
-t = 1e-4 / 1.0001) and unquantised timesteps are NVIDIA's; the convert summary says so.
+Each variant gets its own sampling, as NVIDIA samples it: 2.5 UniPC flow matching (shift 5, NVIDIA's sigmas, the
+conditioning frame at the noisy frames' timestep, quantised timesteps); 2 NVIDIA's Predict2 sampler
+(`predict2_scheduler.RectifiedFlowAB2Scheduler`: Karras sigmas 80 -> 0.002, 35 steps and a final clean pass, 36
+calls), the conditioning frame at sigma 1e-4 (t = 1e-4 / 1.0001), unquantised timesteps.
 
 Key accounting is strict: every source tensor lands at its diffusers key (diffusers' Cosmos 2.0 rename table,
 which its converter also uses for 2.5), in the action embedder, or on `DROPPED` (buffers and training counters).
@@ -356,6 +356,7 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
     from diffusers import CosmosTransformer3DModel
     from safetensors.torch import save_file
 
+    from .predict2_scheduler import RectifiedFlowAB2Scheduler
     from .sampler import default_scheduler
 
     dtype = parse_dtype(dtype)
@@ -398,9 +399,10 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
     spec = WorldModelSpec(
         height=height or default_hw[0], width=width or default_hw[1], chunk=chunk, action_dim=action_dim,
         action_low=list(action_low or DEFAULT_ACTION_LOW), action_high=list(action_high or DEFAULT_ACTION_HIGH),
-        fps=4.0, num_steps=35, guidance_scale=0.0, cond_latent_frames=1, action_per_frame=plan.variant == "2.5",
-        cosmos_sigmas=True, **(dict(cond_frame_timestep=None, quantise_timestep=True) if plan.variant == "2.5" else
-                               dict(cond_frame_timestep=PREDICT2_COND_T, quantise_timestep=False)),
+        fps=4.0, guidance_scale=0.0, cond_latent_frames=1, action_per_frame=plan.variant == "2.5",
+        **(dict(num_steps=35, cosmos_sigmas=True, cond_frame_timestep=None, quantise_timestep=True)
+           if plan.variant == "2.5" else  # 35 AB2 steps + the clean pass
+           dict(num_steps=36, cosmos_sigmas=False, cond_frame_timestep=PREDICT2_COND_T, quantise_timestep=False)),
         fp32_time_embedding=True, temporal_compression=vae_model.config.scale_factor_temporal,
         spatial_compression=vae_model.config.scale_factor_spatial, name=f"cosmos-action-{plan.variant}")
     spec.check()
@@ -415,7 +417,8 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
     save_file(action, str(out / "action_embedder.safetensors"))
     save_file({k: v.contiguous() for k, v in prompts.items()}, str(out / "prompt_embeds.safetensors"))
     vae_model.save_pretrained(out / "vae")
-    default_scheduler().save_pretrained(out / "scheduler")  # UniPC, flow sigmas, shift 5 (NVIDIA's sampler)
+    # NVIDIA's samplers: 2.5 UniPC on flow sigmas, shift 5; Predict2 its RectifiedFlowAB2
+    (default_scheduler() if plan.variant == "2.5" else RectifiedFlowAB2Scheduler()).save_pretrained(out / "scheduler")
 
     (out / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
     return ConvertSummary(
@@ -423,9 +426,9 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
         transformer_params=sum(v.numel() for v in tensors.values()), action_tensors=len(action),
         action_widths=(fc1.shape[1], fc1.shape[0], state["action_embedder_B_D.fc2.weight"].shape[0]),
         dropped=plan.dropped + plan.crossattn_proj, prompts=prompt_note,
-        sampling=("NVIDIA's: UniPC flow matching, shift 5, sigmas linspace(0.999, 0), same-t conditioning frame"
-                  if plan.variant == "2.5" else "NOT NVIDIA's: 2.5's UniPC schedule; NVIDIA samples Predict2 with "
-                  "RectifiedFlowAB2 (Karras sigmas 80 -> 0.002, a final clean pass), not implemented here. "
-                  "Conditioning frame at sigma 1e-4 and unquantised timesteps, as NVIDIA's"),
+        sampling=("NVIDIA's 2.5: UniPC flow matching, shift 5, sigmas linspace(0.999, 0), the conditioning frame at "
+                  "the noisy frames' timestep, quantised" if plan.variant == "2.5" else
+                  "NVIDIA's Predict2: RectifiedFlowAB2, Karras sigmas 80 -> 0.002 (rho 7), 35 steps + a clean pass "
+                  "(num_steps 36), the conditioning frame at sigma 1e-4, unquantised"),
         vae=f"{'diffusers folder' if Path(vae).is_dir() else 'original Wan layout, mapped'} {vae}",
         spec=asdict(spec))

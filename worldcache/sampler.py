@@ -74,7 +74,7 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
     cond_indicator[:, :, :num_cond_frames] = 1.0
     cond_mask = cond_indicator.expand(-1, -1, -1, hh, ww)
     cond_latents = torch.zeros_like(noise) if cond_latents is None else cond_latents.float()
-    latents = noise
+    latents = noise * scheduler.init_noise_sigma  # 1 for flow-matching UniPC; NVIDIA's Predict2 starts at 80/81
     gt_velocity = (latents - cond_latents) * cond_mask
     records: list[CallRecord] = []
 

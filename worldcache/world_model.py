@@ -12,7 +12,8 @@ Checkpoint folder (diffusers layout plus two files of ours)::
     model.json                     WorldModelSpec: frames, actions, resolution, steps (see below)
     transformer/                   CosmosTransformer3DModel.save_pretrained
     vae/                           AutoencoderKLWan.save_pretrained (latents_mean/std in its config)
-    scheduler/                     UniPCMultistepScheduler.save_pretrained
+    scheduler/                     the scheduler's save_pretrained: UniPCMultistepScheduler (2.5 and the bundled
+                                   model) or RectifiedFlowAB2Scheduler (NVIDIA's Predict2 sampler)
     action_embedder.safetensors    ActionEmbedder weights (NVIDIA's key names without `net.`)
     prompt_embeds.safetensors      "prompt" and "negative": fixed text embeddings (no text encoder at run time)
 """
@@ -41,6 +42,19 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 class CheckpointError(ValueError):
     """A checkpoint folder that is missing files, is corrupt, or whose parts do not fit together."""
+
+
+def load_scheduler(folder: Path):
+    """The scheduler a checkpoint names (`_class_name`): diffusers' UniPC or NVIDIA's Predict2 sampler."""
+    from diffusers import UniPCMultistepScheduler
+
+    from .predict2_scheduler import RectifiedFlowAB2Scheduler
+
+    classes = {c.__name__: c for c in (UniPCMultistepScheduler, RectifiedFlowAB2Scheduler)}
+    name = json.loads((folder / "scheduler_config.json").read_text()).get("_class_name")
+    if name not in classes:
+        raise CheckpointError(f"{folder}: scheduler {name!r} is not one of {sorted(classes)}")
+    return classes[name].from_pretrained(folder)
 
 
 def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -232,7 +246,7 @@ class WorldModel(nn.Module):
         fp32). Errors name the file at fault. `fresh_action_embedder`: ignore the folder's action embedder and
         start a zero-initialised one of the official widths (training from a checkpoint of another structure).
         `compile`: torch.compile the DiT's blocks (`compile_dit()`)."""
-        from diffusers import AutoencoderKLWan, CosmosTransformer3DModel, UniPCMultistepScheduler
+        from diffusers import AutoencoderKLWan, CosmosTransformer3DModel
         from safetensors.torch import load_file
 
         dtype = parse_dtype(dtype)
@@ -268,8 +282,7 @@ class WorldModel(nn.Module):
         transformer = load("transformer", lambda: CosmosTransformer3DModel.from_pretrained(
             path / "transformer", torch_dtype=dtype), "transformer")
         vae = load("VAE", lambda: AutoencoderKLWan.from_pretrained(path / "vae", torch_dtype=dtype), "vae")
-        scheduler = load("scheduler", lambda: UniPCMultistepScheduler.from_pretrained(path / "scheduler"),
-                         "scheduler")
+        scheduler = load("scheduler", lambda: load_scheduler(path / "scheduler"), "scheduler")
         hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
         want_in = spec.action_dim * (spec.temporal_compression if spec.action_per_frame else spec.chunk)
         if fresh_action_embedder:
