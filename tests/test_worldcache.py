@@ -14,7 +14,7 @@ from test_motion import GRID, shifted_pair
 STEPS = 20
 
 
-def run(dit, policy, batch=1, scale=1.0, mode="separate", seed=0):
+def run(dit, policy, batch=1, scale=0.0, mode="separate", seed=0):
     noise, cond, emb, neg = tiny_inputs(batch=batch, seed=seed)
     return denoise(dit, default_scheduler(), noise, emb, num_steps=STEPS, policy=policy, cond_latents=cond,
                    num_cond_frames=1, negative_encoder_hidden_states=neg, guidance_scale=scale, guidance=mode)
