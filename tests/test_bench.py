@@ -3,6 +3,7 @@ documented keys with finite numbers, the figures are written, and the fidelity r
 Nothing here checks timings or quality values (a random model on a shared machine)."""
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from worldcache.cache import load_policy
 from worldcache.cache.config import CACHE_CONFIG_DIR, read_yaml
 from worldcache.fidelity import EQUAL_COST, EQUAL_NORM, POLICY_SETS, evaluate_policies, make_control, parse_policy
 from worldcache.mujoco_data import PusherRenderer, real_rollout
+from worldcache.rollouts.identity import model_sha256
 from worldcache.state_decoder import StateDecoder, StateDecoderConfig
 from worldcache.world_model import WorldModel, WorldModelSpec
 
@@ -443,6 +445,19 @@ def test_evaluate_policies_starts_split_over_calls_pool_exactly(small_ckpt, tmp_
     pooled = fidelity.pool_results([old, json.loads((tmp_path / "last.json").read_text())])
     assert pooled["term_names"] is None and fidelity.format_terms(pooled) == ""
     assert pooled["spearman"] == whole["spearman"]
+    # the same model and reader copied to another folder (another machine): the files' hashes match, so it pools
+    moved = shutil.copytree(small_ckpt, tmp_path / "moved")
+    there = evaluate_policies(moved, episodes=1, first_seed=10_001, **kw)
+    assert there["settings"]["checkpoint"] == str(moved) and there["settings"]["decoder"] == "the checkpoint's"
+    assert there["settings"]["model_sha256"] == model_sha256(small_ckpt) == whole["settings"]["model_sha256"]
+    pooled = fidelity.pool_results([json.loads((tmp_path / "first.json").read_text()), there])
+    assert {k: v for k, v in pooled.items() if k != "settings"} == \
+        {k: v for k, v in json.loads(json.dumps(whole)).items() if k != "settings"}
+    (moved / "state_decoder.safetensors").write_bytes(b"other weights")  # other files: another hash, refused
+    assert model_sha256(moved) != model_sha256(small_ckpt)
+    there["settings"]["model_sha256"] = model_sha256(moved)  # as a result measured on them would say
+    with pytest.raises(ValueError, match="differs from result 0"):
+        fidelity.pool_results([whole, there])
     other_noise = evaluate_policies(small_ckpt, episodes=1, first_seed=10_001, seed=1, **kw)
     assert other_noise["policies"][0]["wm_returns"]["none"] != whole["policies"][0]["wm_returns"]["none"][1:]
 
@@ -461,6 +476,8 @@ def test_evaluate_policies_several_decoders_read_the_same_rollouts(small_ckpt, t
     assert [json.loads(json.dumps(r)) for r in both] == [json.loads(json.dumps(r)) for r in alone]
     assert both[0]["policies"][0]["wm_returns"] != both[1]["policies"][0]["wm_returns"]  # two readers, two returns
     assert both[0]["policies"][0]["real_returns"] == both[1]["policies"][0]["real_returns"]
+    assert both[0]["settings"]["model_sha256"] == both[1]["settings"]["model_sha256"]  # one model, two readers
+    assert both[0]["settings"]["decoder_sha256"] != both[1]["settings"]["decoder_sha256"]
     args = ["evaluate-policies", "--checkpoint", str(small_ckpt), "--episodes", "1", "--env-steps", "4",
             "--denoise-steps", "2", "--cache", "none", "--control", "push", "away", "--decoder", str(small_ckpt),
             str(tmp_path / "b")]

@@ -207,7 +207,8 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     from .mujoco_data import GOAL, OBJ, TIP, PusherRenderer, control_cost, real_rollout, reward_from_terms, \
         reward_terms
     from .quality import teacher_forced
-    from .state_decoder import StateDecoder
+    from .rollouts.identity import model_sha256
+    from .state_decoder import CONFIG_FILE, WEIGHTS_FILE, StateDecoder
     from .world_model import BUNDLED, WorldModel
 
     several = isinstance(decoder, (list, tuple))  # before the model loads: bad input fails at once
@@ -280,8 +281,12 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
 
     results = []
     for k, d in enumerate(folders):
+        reader = Path(d or checkpoint or BUNDLED)
         settings = {"checkpoint": str(checkpoint) if checkpoint else "bundled",
-                    "decoder": str(d) if d else "the checkpoint's", "episodes": episodes, "steps": steps,
+                    "decoder": str(d) if d else "the checkpoint's",
+                    "model_sha256": model_sha256(checkpoint or BUNDLED),
+                    "decoder_sha256": model_sha256({n: (reader / n).read_bytes() for n in (CONFIG_FILE, WEIGHTS_FILE)}),
+                    "episodes": episodes, "steps": steps,
                     "num_steps": num_steps or s.num_steps, "seed": seed, "policies": names,
                     "env_seeds": [first_seed + e for e in range(episodes)],
                     "replay": "real-cond" if real_cond else "open-loop"}
@@ -346,10 +351,13 @@ def summarize(labels: list[str], real, dec_real, ctrl, wm: dict, settings: dict,
 def pool_results(results: list[dict], json_out=None) -> dict:
     """One result from `evaluate_policies` results on disjoint starts with the same settings otherwise (e.g. starts
     split over calls or machines with ``first_seed``), its episodes in env-seed order: equal to one call over all
-    the starts, since a start's returns depend on its env seed only."""
+    the starts, since a start's returns depend on its env seed only. Results that name their model and state
+    decoder by the files' sha256 pool across paths (a copy on another machine); older ones by the paths."""
     if len(results) < 2:
         raise ValueError("pooling needs at least two results")
-    same = lambda r: {k: v for k, v in r["settings"].items() if k not in ("env_seeds", "episodes")}  # noqa: E731
+    def same(r):  # the files' hashes name the model and the reader where saved: the same ones at another path pool
+        paths = ("checkpoint", "decoder") if "model_sha256" in r["settings"] else ()
+        return {k: v for k, v in r["settings"].items() if k not in ("env_seeds", "episodes", *paths)}
     for i, r in enumerate(results):
         if same(r) != same(results[0]) or [p["policy"] for p in r["policies"]] != \
                 [p["policy"] for p in results[0]["policies"]] or list(r["spearman"]) != list(results[0]["spearman"]):
