@@ -218,13 +218,16 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     if not folders or len(outs) != len(folders):
         raise ValueError(f"{len(folders)} decoder(s) need as many JSON paths (or none), got {len(outs)}: {outs}")
     model = WorldModel.from_pretrained(checkpoint, device=device, compile=compile)
+    model_id = model_sha256(checkpoint or BUNDLED)  # the files as loaded, before the long run
     s = model.spec
     if steps < s.chunk or steps % s.chunk:
         raise ValueError(f"steps={steps} must be a positive multiple of the model's chunk ({s.chunk})")
     names = expand_policies(policies)
     if episodes < 1 or not names or not cache:
         raise ValueError("need episodes >= 1, at least one policy and at least one cache entry")
-    decs = [StateDecoder.load(d or checkpoint or BUNDLED, device) for d in folders]
+    readers = [Path(d or checkpoint or BUNDLED) for d in folders]
+    decs = [StateDecoder.load(r, device) for r in readers]
+    dec_ids = [model_sha256({n: (r / n).read_bytes() for n in (CONFIG_FILE, WEIGHTS_FILE)}) for r in readers]
     for dec in decs:
         if (dec.config.height, dec.config.width) != (s.height, s.width):
             raise ValueError(f"the state decoder reads {dec.config.height}x{dec.config.width} frames, the model "
@@ -281,12 +284,9 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
 
     results = []
     for k, d in enumerate(folders):
-        reader = Path(d or checkpoint or BUNDLED)
         settings = {"checkpoint": str(checkpoint) if checkpoint else "bundled",
-                    "decoder": str(d) if d else "the checkpoint's",
-                    "model_sha256": model_sha256(checkpoint or BUNDLED),
-                    "decoder_sha256": model_sha256({n: (reader / n).read_bytes() for n in (CONFIG_FILE, WEIGHTS_FILE)}),
-                    "episodes": episodes, "steps": steps,
+                    "decoder": str(d) if d else "the checkpoint's", "model_sha256": model_id,
+                    "decoder_sha256": dec_ids[k], "episodes": episodes, "steps": steps,
                     "num_steps": num_steps or s.num_steps, "seed": seed, "policies": names,
                     "env_seeds": [first_seed + e for e in range(episodes)],
                     "replay": "real-cond" if real_cond else "open-loop"}
