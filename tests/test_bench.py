@@ -217,6 +217,25 @@ def test_default_grid_covers_every_policy_on_the_steps_axis_and_the_ablation():
         bench_configs(["worldcache", "worldcache"], ablation=False)
 
 
+def test_a_yaml_file_is_a_frontier_of_its_own(tmp_path):
+    """A policy's YAML with other settings (here TeaCache refitted: other coefficients) is not one more point of
+    the policy's grid: its rows form their own frontier, named by the file."""
+    refit = tmp_path / "teacache_refit.yaml"
+    shipped = (CACHE_CONFIG_DIR / "teacache.yaml").read_text()
+    refit.write_text(shipped.replace("coefficients: [603.176,", "coefficients: [373.561,"))
+    assert refit.read_text() != shipped
+    configs = bench_configs(["teacache", str(refit)], ablation=False, grid=False, denoise_steps=[35, 18])
+    assert [(c.label, c.variant) for c in configs] == [
+        ("teacache", None), ("teacache steps=18", None),
+        ("teacache_refit", "teacache_refit"), ("teacache_refit steps=18", "teacache_refit")]
+    rows = [{"policy": "teacache", "variant": c.variant or "teacache", "label": c.label, "group": "policy",
+             "compute_speedup": x, "psnr_vs_uncached": q}
+            for c, x, q in zip(configs, (2, 3, 2.5, 3.5), (60, 55, 50, 45))]  # as measure.py writes them
+    assert {k: [r["label"] for r in v] for k, v in frontiers(rows, "compute_speedup").items()} == {
+        "teacache": ["teacache", "teacache steps=18"],
+        "teacache_refit": ["teacache_refit", "teacache_refit steps=18"]}
+
+
 def _record(blocks_run, policy_ms, wall_ms, computed=True):
     return CallRecord(step=0, num_steps=1, branch="cond", computed=computed, blocks_run=blocks_run,
                       policy_ms=policy_ms, wall_ms=wall_ms)

@@ -90,9 +90,9 @@ def bench_configs(policies=None, ablation: bool = True, grid: bool = True, denoi
                   reference_steps: int = 35, scales=THRESHOLD_SCALES) -> list[BenchConfig]:
     """Rows to run. `policies`: None (every policy) or a list of policy names (each at its settings grid, or at
     its default only with ``grid=False``, times the step axis), ``"steps-only"``, YAML paths (exactly that file;
-    at its own `num_steps` if it sets one, else on the step axis), or dicts ``{"policy": name, **settings}``
-    (``num_steps`` among them pins the steps; a setting outside `GRID_KEYS` makes the row a variant with its own
-    frontier, e.g. "worldcache saliency=False"). ``"none"`` runs at the reference steps only: it re-runs the
+    at its own `num_steps` if it sets one, else on the step axis; a frontier of its own, named by the file), or
+    dicts ``{"policy": name, **settings}`` (``num_steps`` among them pins the steps; a setting outside `GRID_KEYS`
+    makes the row a variant with its own frontier, e.g. "worldcache saliency=False"). ``"none"`` runs at the reference steps only: it re-runs the
     reference, so its speedup shows the machine's timing noise."""
     from .ablation import ablation_grid
 
@@ -113,8 +113,8 @@ def bench_configs(policies=None, ablation: bool = True, grid: bool = True, denoi
             parts = {k: f"{k}={_fmt(v)}" for k, v in spec.items()}
             own = [p for k, p in parts.items() if k not in GRID_KEYS]
             add(" ".join([name, *parts.values()]), name, spec, pinned, " ".join([name, *own]) if own else None)
-        elif str(spec).endswith((".yaml", ".yml")):
-            add(Path(spec).stem, str(spec), {}, load_cache(spec)[1])
+        elif str(spec).endswith((".yaml", ".yml")):  # a file of its own settings: its own frontier, by its name
+            add(Path(spec).stem, str(spec), {}, load_cache(spec)[1], Path(spec).stem)
         elif spec == STEPS_ONLY:
             for n in steps:
                 if n != reference_steps:
