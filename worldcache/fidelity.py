@@ -355,6 +355,7 @@ def pool_results(results: list[dict], json_out=None) -> dict:
     decoder by the files' sha256 pool across paths (a copy on another machine); older ones by the paths."""
     if len(results) < 2:
         raise ValueError("pooling needs at least two results")
+
     def same(r):  # the files' hashes name the model and the reader where saved: the same ones at another path pool
         paths = ("checkpoint", "decoder") if "model_sha256" in r["settings"] else ()
         return {k: v for k, v in r["settings"].items() if k not in ("env_seeds", "episodes", *paths)}

@@ -92,8 +92,8 @@ def bench_configs(policies=None, ablation: bool = True, grid: bool = True, denoi
     its default only with ``grid=False``, times the step axis), ``"steps-only"``, YAML paths (exactly that file;
     at its own `num_steps` if it sets one, else on the step axis; a frontier of its own, named by the file), or
     dicts ``{"policy": name, **settings}`` (``num_steps`` among them pins the steps; a setting outside `GRID_KEYS`
-    makes the row a variant with its own frontier, e.g. "worldcache saliency=False"). ``"none"`` runs at the reference steps only: it re-runs the
-    reference, so its speedup shows the machine's timing noise."""
+    makes the row a variant with its own frontier, e.g. "worldcache saliency=False"). ``"none"`` runs at the
+    reference steps only: it re-runs the reference, so its speedup shows the machine's timing noise."""
     from .ablation import ablation_grid
 
     steps = steps_axis(reference_steps, denoise_steps)
