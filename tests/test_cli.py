@@ -107,3 +107,18 @@ def test_pool_fidelity_refuses_what_cannot_pool(capsys, tmp_path):
         assert message in capsys.readouterr().err, name
     assert cli.main(["pool-fidelity", str(tmp_path / "a.json")]) == 2
     assert "at least two" in capsys.readouterr().err
+
+
+def test_scale_check(capsys, tmp_path):
+    """Synthetic episodes shaped as configs/rollout.yaml's on the bundled model, read back; it never overwrites."""
+    from worldcache.rollouts.store import EpisodeStore
+
+    out = tmp_path / "s.zarr"
+    assert cli.main(["scale-check", "--out", str(out), "--episodes", "2"]) == 0
+    assert "2 episodes of 12 steps x 8 frames (80x96), 3-D actions, 35 model calls per step" in capsys.readouterr().out
+    store = EpisodeStore(str(out), mode="r")
+    ep = store.load_episode(store.episode_ids()[0])
+    assert ep["obs"].shape == (13, 80, 96, 3) and ep["actions"].shape == (12, 8, 3)
+    assert store.episode_array(store.episode_ids()[1], "frames").shape == (12, 8, 80, 96, 3)
+    assert cli.main(["scale-check", "--out", str(out), "--episodes", "1"]) == 2  # exists: refused, kept
+    assert "exists" in capsys.readouterr().err and len(EpisodeStore(str(out), mode="r")) == 2
