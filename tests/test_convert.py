@@ -52,6 +52,32 @@ def official_shapes(variant: str, heads=HEADS, head_dim=HEAD_DIM, layers=LAYERS,
     return s
 
 
+def diffusers_names(layers=LAYERS) -> dict:
+    """REAL_MODEL.md §3's table, official key -> diffusers key, written out by hand (not from the converter's
+    renames), so a converter that swapped two keys of one shape (norm1/norm2, norm_q/norm_k) fails."""
+    names = {"x_embedder.proj.1.weight": "patch_embed.proj.weight",
+             "t_embedder.1.linear_1.weight": "time_embed.t_embedder.linear_1.weight",
+             "t_embedder.1.linear_2.weight": "time_embed.t_embedder.linear_2.weight",
+             "t_embedding_norm.weight": "time_embed.norm.weight",
+             "final_layer.linear.weight": "proj_out.weight",
+             "final_layer.adaln_modulation.1.weight": "norm_out.linear_1.weight",
+             "final_layer.adaln_modulation.2.weight": "norm_out.linear_2.weight"}
+    for i in range(layers):
+        b, t = f"blocks.{i}.", f"transformer_blocks.{i}."
+        for official, ours in (("self_attn", "attn1"), ("cross_attn", "attn2")):
+            names.update({b + f"{official}.q_proj.weight": t + f"{ours}.to_q.weight",
+                          b + f"{official}.k_proj.weight": t + f"{ours}.to_k.weight",
+                          b + f"{official}.v_proj.weight": t + f"{ours}.to_v.weight",
+                          b + f"{official}.output_proj.weight": t + f"{ours}.to_out.0.weight",
+                          b + f"{official}.q_norm.weight": t + f"{ours}.norm_q.weight",
+                          b + f"{official}.k_norm.weight": t + f"{ours}.norm_k.weight"})
+        names.update({b + "mlp.layer1.weight": t + "ff.net.0.proj.weight", b + "mlp.layer2.weight": t + "ff.net.2.weight"})
+        for official, ours in (("self_attn", "norm1"), ("cross_attn", "norm2"), ("mlp", "norm3")):
+            names.update({b + f"adaln_modulation_{official}.1.weight": t + f"{ours}.linear_1.weight",
+                          b + f"adaln_modulation_{official}.2.weight": t + f"{ours}.linear_2.weight"})
+    return names
+
+
 def official_state(variant: str, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     state = {f"net.{k}": (torch.randn(shape, generator=g) * (0.3 if len(shape) == 1 else 1 / math.sqrt(shape[-1]))
@@ -99,13 +125,14 @@ def test_every_tensor_lands_bit_equal(files, variant):
     assert f["summary"].variant == variant
     model = WorldModel.from_pretrained(f["out"], dtype="bf16")
     tsd, asd = model.dit.transformer.state_dict(), model.dit.cond_embedder.state_dict()
-    plan = make_plan(strip_net(f["state"]), variant)
+    assert make_plan(strip_net(f["state"]), variant).transformer == diffusers_names()
+    names = diffusers_names()
     checked = 0
     for key, value in strip_net(f["state"]).items():
         if key.startswith("action_embedder_"):
             assert torch.equal(asd[key], value), key
-        elif key in plan.transformer:  # time_embed is kept in fp32 (official): the bf16 values upcast exactly
-            assert torch.equal(tsd[plan.transformer[key]].to(torch.bfloat16), value), key
+        elif key in names:  # time_embed is kept in fp32 (official): the bf16 values upcast exactly
+            assert torch.equal(tsd[names[key]].to(torch.bfloat16), value), key
         else:
             continue
         checked += 1
@@ -256,6 +283,7 @@ def test_2b_plan_matches_the_2b_model_on_meta():
     with torch.device("meta"):
         model = CosmosTransformer3DModel(**config)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert plan.transformer == diffusers_names(28)
     got = {plan.transformer[k]: shapes[k] for k in plan.transformer}
     got.update({k: shapes[k] for k in plan.crossattn_proj})  # same name in diffusers
     assert got == want

@@ -21,7 +21,7 @@ A missing, unexpected or misshapen key is a `CheckpointError` naming the key and
 expected keys and shapes come from `CosmosTransformer3DModel` built on the `meta` device with the config read
 from the checkpoint's shapes, so the plan for a 2B checkpoint can be checked without its memory.
 
-`crossattn_proj` (Linear 100352 -> 1024, then GELU; ~400 MB in bf16) is applied once to the two fixed prompts and
+`crossattn_proj` (Linear 100352 -> 1024, then GELU; ~205 MB in bf16) is applied once to the two fixed prompts and
 dropped: the written transformer then takes 1024-d text embeddings directly (exact up to rounding; done in fp32).
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ REAL_2B_CONFIG = dict(
     crossattn_proj_in_channels=100352, encoder_hidden_states_channels=1024)
 
 # Real-model settings for model.json (REAL_MODEL.md §5). Action bounds: the official model has none; the default
-# covers NVIDIA's Bridge actions (end-effector deltas x20 in [-1, 1], gripper state in [0, 1]).
+# is our assumption (end-effector deltas x20 in [-1, 1], gripper state in [0, 1]); --action-low/--action-high.
 DEFAULT_ACTION_LOW = [-1.0] * 6 + [0.0]
 DEFAULT_ACTION_HIGH = [1.0] * 7
 VARIANTS = ("auto", "2.5", "2")
@@ -382,7 +382,7 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
         if v.shape[-1] != text_in:
             raise CheckpointError(f"{prompt_embeds}: '{k}' has {v.shape[-1]} channels, the transformer's text input "
                                   f"takes {text_in}")
-    if cfg["use_crossattn_projection"]:  # apply once to the fixed prompts and drop the projection (exact, -400 MB)
+    if cfg["use_crossattn_projection"]:  # apply once to the fixed prompts and drop the projection (exact, -205 MB in bf16)
         w, b = (state[k].float() for k in CROSSATTN_PROJ)
         # crossattn_proj is Linear -> GELU (NVIDIA's and diffusers' nn.Sequential)
         prompts = {k: torch.nn.functional.gelu(torch.nn.functional.linear(v.float(), w, b)) for k, v in prompts.items()}
