@@ -70,6 +70,12 @@ def test_loop_rejects_bad_arguments(tiny_dit, inputs):
         denoise(tiny_dit, default_scheduler(), noise, emb, num_steps=2, guidance_scale=3.0)
     with pytest.raises(ValueError, match="guidance"):
         denoise(tiny_dit, default_scheduler(), noise, emb, num_steps=2, guidance="both")
+    # policies schedule by num_steps (phase, warm-up, the forced last step): sigmas must agree with it
+    with pytest.raises(ValueError, match="10 sigmas for num_steps=5"):
+        denoise(tiny_dit, default_scheduler(), noise, emb, num_steps=5, sigmas=np.linspace(0.999, 0, 11)[:-1])
+    for n in (-1, noise.shape[2]):
+        with pytest.raises(ValueError, match="num_cond_frames"):
+            denoise(tiny_dit, default_scheduler(), noise, emb, num_steps=2, cond_latents=cond, num_cond_frames=n)
 
 
 def test_policy_time_excludes_block_forwards(tiny_dit):

@@ -66,9 +66,13 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
     policy = policy or NoCache()
     scheduler = type(scheduler).from_config(scheduler.config)  # multistep solvers keep state: fresh per call
     scheduler.set_timesteps(None if sigmas is not None else num_steps, device=noise.device, sigmas=sigmas)
+    if len(scheduler.timesteps) != num_steps:  # policies schedule by num_steps (phase, warm-up, the forced last step)
+        raise ValueError(f"{len(scheduler.timesteps)} sigmas for num_steps={num_steps}: give one sigma per step")
+    b, _, t, hh, ww = noise.shape
+    if not 0 <= num_cond_frames < t:
+        raise ValueError(f"num_cond_frames={num_cond_frames}: must be in [0, {t}) for {t} latent frames")
     policy.begin(num_steps)
 
-    b, _, t, hh, ww = noise.shape
     noise = noise.float()
     cond_indicator = torch.zeros(b, 1, t, 1, 1, device=noise.device)
     cond_indicator[:, :, :num_cond_frames] = 1.0
