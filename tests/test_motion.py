@@ -29,3 +29,28 @@ def test_few_channels_suffice():
     src, dst = shifted_pair()
     for k in (8, 32, 256):  # the default uses 16; estimates stay near the true shift either way
         assert 0.6 < token_flow(src, dst, GRID, max_channels=k)[..., 0].mean() < 1.6
+
+
+def test_warp_along_an_exact_shift_is_exact():
+    """Warping by a constant (1, 0) flow samples src one token right: dst exactly, but for the last column, which
+    reflection padding fills from the column before it."""
+    src, dst = shifted_pair()
+    flow = torch.zeros(3, 8, 10, 2)
+    flow[..., 0] = 1.0
+    grid = lambda x: x.reshape(3, 8, 10, -1)  # noqa: E731
+    out = grid(warp_tokens(src, flow, GRID))
+    torch.testing.assert_close(out[:, :, :9], grid(dst)[:, :, :9], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[:, :, 9], grid(src)[:, :, 8], rtol=0, atol=1e-6)  # q + 1 = 10 reflects to 8
+
+
+def test_bf16_features_warp_in_fp32():
+    """With bf16 weights the coordinates stay fp32: a zero flow is the identity (to fp32 coordinates' ~5e-6), and
+    the flow estimated from bf16 features equals the fp32 one on the same (bf16-rounded) values."""
+    torch.manual_seed(0)
+    grid = (2, 16, 20)  # on 8 x 10 bf16 coordinates happen to round back exactly; on 16 x 20 they moved by ~0.1
+    lo = torch.randn(1, 2 * 16 * 20, 64).to(torch.bfloat16)
+    torch.testing.assert_close(warp_tokens(lo, torch.zeros(2, 16, 20, 2), grid), lo, rtol=0, atol=1e-5)
+    src, dst = shifted_pair()
+    lo = src.to(torch.bfloat16)
+    flow32 = token_flow(src.to(torch.bfloat16).float(), dst.to(torch.bfloat16).float(), GRID)
+    assert torch.equal(token_flow(lo, dst.to(torch.bfloat16), GRID), flow32)

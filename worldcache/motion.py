@@ -53,7 +53,7 @@ def token_flow(src: torch.Tensor, dst: torch.Tensor, grid: tuple[int, int, int],
     the flow is most of WorldCache's decision overhead (2.4 -> 0.75 ms per skipped call on one CPU thread).
     """
     step = max(1, src.shape[-1] // max_channels)
-    a, b = _frames(src[..., ::step], grid), _frames(dst[..., ::step], grid)
+    a, b = _frames(src[..., ::step].float(), grid), _frames(dst[..., ::step].float(), grid)  # fp32 whatever the weights
     h, w = a.shape[-2:]
     sh, sw = max(2, round(h * scale)), max(2, round(w * scale))
     if (sh, sw) != (h, w):
@@ -66,11 +66,12 @@ def token_flow(src: torch.Tensor, dst: torch.Tensor, grid: tuple[int, int, int],
 
 
 def warp_tokens(feat: torch.Tensor, flow: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """Resample (B, N, C) features at q + flow(q) (bilinear, reflection padding)."""
+    """Resample (B, N, C) features at q + flow(q) (bilinear, reflection padding). Coordinates and interpolation run
+    in fp32 whatever the features' dtype: in bf16 even a zero flow moves features (coordinates round)."""
     b, n, c = feat.shape
     t, h, w = grid
     img = feat.reshape(b, t, h, w, c).permute(0, 1, 4, 2, 3).reshape(b * t, c, h, w)
-    out = _sample(img, flow.to(feat.dtype))
+    out = _sample(img.float(), flow.float()).to(feat.dtype)
     return out.reshape(b, t, c, h, w).permute(0, 1, 3, 4, 2).reshape(b, n, c)
 
 
