@@ -204,10 +204,24 @@ def test_yaml_defaults_load():
     (dict(alpha="fast"), "alpha"),
     (dict(gamma_min=1.5, gamma_max=1.0), "gamma_max"),
     (dict(uncond_reuse_start=1.5), "uncond_reuse_start"),
+    (dict(probe_depth=1.5), "probe_depth must be a whole number, got 1.5"),
+    (dict(max_consecutive_skips=0.5), "max_consecutive_skips must be a whole number"),
+    (dict(extrapolation=["line"]), "extrapolation must be a string"),
 ])
 def test_bad_configs_raise_clear_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         make_policy("worldcache", **kwargs)
+
+
+def test_config_types_are_checked_for_every_policy():
+    # a whole float is the integer it names (YAML users write 2.0); a list stays a list
+    assert make_policy("fora", interval=2.0).config.interval == 2 and type(make_policy("fora", interval=2.0).config.interval) is int
+    with pytest.raises(ConfigError, match="interval must be a whole number, got 2.5"):
+        make_policy("fora", interval=2.5)
+    with pytest.raises(ConfigError, match="taylor_factors_dtype must be a string"):
+        make_policy("taylorseer", taylor_factors_dtype=["bfloat16"])
+    with pytest.raises(ConfigError, match="coefficients must be a list"):
+        make_policy("teacache", coefficients=3.0)
 
 
 def test_unknown_policy_and_bad_yaml(tmp_path):

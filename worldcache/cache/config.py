@@ -62,6 +62,13 @@ def build_config(config_cls: type[PolicyConfig], values: dict[str, Any] | None, 
                 raise ConfigError(f"{source}: {k} must be a number, got {v!r}")
             if isinstance(default, float):
                 values[k] = float(v)
+            elif isinstance(v, float) and not v.is_integer():  # counts and depths: 2.5 would be used as 2 or fail
+                raise ConfigError(f"{source}: {k} must be a whole number, got {v!r}")
+            else:
+                values[k] = int(v)
+        for kind, name in ((str, "a string"), (list, "a list"), (dict, "a mapping")):
+            if isinstance(default, kind) and not isinstance(v, (tuple, list) if kind is list else kind):
+                raise ConfigError(f"{source}: {k} must be {name}, got {v!r}")
     cfg = config_cls(**values)
     try:
         cfg.check()
