@@ -103,6 +103,11 @@ class WorldSim:
                           f"reward_fn= or train one with `worldcache train --stages decoder`", stacklevel=3)
         return lambda frames, actions: 0.0
 
+    def frames_kept(self, history: int) -> int:
+        """Frames an env keeps: those it shows (`history`) and those the model conditions on (1, or 5 with two
+        conditioning latent frames), so that an observation setting never changes the dynamics."""
+        return max(int(history), self.spec.cond_frames)
+
     def observation_space(self, obs_mode: str, history: int) -> spaces.Space:
         frame = spaces.Box(0, 255, self.frame_shape, np.uint8)
         if obs_mode == "frame":
@@ -246,13 +251,14 @@ class CosmosWorldEnv(gym.Env):
         self.metadata = {**self.metadata, "render_fps": self.sim.render_fps}
         self.action_space = self.sim.action_space
         self.observation_space = self.sim.observation_space(obs_mode, self.history)
-        self._frames: np.ndarray | None = None  # the last `history` frames; None until reset
+        self._keep = self.sim.frames_kept(self.history)
+        self._frames: np.ndarray | None = None  # the last `_keep` frames; None until reset
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         frame = self.sim.parse_options(options)  # before seeding: a rejected reset changes nothing
         super().reset(seed=seed)
         frame, info = self.sim.start(self.np_random, frame)
-        self._frames = np.repeat(frame[None], self.history, axis=0)
+        self._frames = np.repeat(frame[None], self._keep, axis=0)
         return self._obs(), info
 
     def step(self, action):
@@ -263,14 +269,14 @@ class CosmosWorldEnv(gym.Env):
         frames, infos = self.sim.predict(self._frames[None], a, [seed])  # the model takes the last 1 or 5
         frames, a, info = frames[0], a[0], infos[0]
         reward, terminated = self.sim.outcome(frames, a)
-        self._frames = np.concatenate([self._frames, frames])[-self.history:]
+        self._frames = np.concatenate([self._frames, frames])[-self._keep:]
         info.update(frames=frames, action_clipped=bool(clipped[0]), noise_seed=seed)
         return self._obs(), reward, terminated, False, info
 
     def _obs(self):
         if self.obs_mode == "frame":
             return self._frames[-1].copy()
-        return {"frame": self._frames[-1].copy(), "history": self._frames.copy()}
+        return {"frame": self._frames[-1].copy(), "history": self._frames[-self.history:].copy()}
 
     def render(self):
         if self.render_mode == "rgb_array" and self._frames is not None:

@@ -49,7 +49,8 @@ class CosmosWorldVectorEnv(VectorEnv):
         self.single_observation_space = self.sim.observation_space(obs_mode, self.history)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self._rngs: list[np.random.Generator | None] = [None] * num_envs
-        self._frames: np.ndarray | None = None  # (N, history, H, W, 3); None until reset
+        self._keep = self.sim.frames_kept(self.history)  # shown and conditioned on: history never sets dynamics
+        self._frames: np.ndarray | None = None  # (N, _keep, H, W, 3); None until reset
         self._steps = np.zeros(num_envs, np.int64)
         self._autoreset = np.zeros(num_envs, bool)
         self.records: list[list] = [[] for _ in range(num_envs)]  # each env's CallRecords of its last prediction
@@ -66,7 +67,7 @@ class CosmosWorldVectorEnv(VectorEnv):
             if s is not None or self._rngs[i] is None:
                 self._rngs[i] = seeding.np_random(s)[0]
         infos: dict = {}
-        self._frames = np.empty((n, self.history, *self.sim.frame_shape), np.uint8)
+        self._frames = np.empty((n, self._keep, *self.sim.frame_shape), np.uint8)
         for i in range(n):
             infos = self._reset_env(i, None if frames is None else frames[i], infos)
         self._autoreset[:] = False
@@ -93,7 +94,7 @@ class CosmosWorldVectorEnv(VectorEnv):
             for j, i in enumerate(run):
                 rewards[i], terminated[i] = self.sim.outcome(frames[j], a[i])
                 self.records[i] = self.sim.records[j]
-                self._frames[i] = np.concatenate([self._frames[i], frames[j]])[-self.history:]
+                self._frames[i] = np.concatenate([self._frames[i], frames[j]])[-self._keep:]
                 self._steps[i] += 1
                 infos = self._add_info(infos, {**each[j], "frames": frames[j], "action_clipped": bool(clipped[i]),
                                                "noise_seed": seeds[j]}, i)
@@ -107,7 +108,7 @@ class CosmosWorldVectorEnv(VectorEnv):
     def _obs(self):
         if self.obs_mode == "frame":
             return self._frames[:, -1].copy()
-        return {"frame": self._frames[:, -1].copy(), "history": self._frames.copy()}
+        return {"frame": self._frames[:, -1].copy(), "history": self._frames[:, -self.history:].copy()}
 
     def render(self):
         if self.render_mode == "rgb_array" and self._frames is not None:

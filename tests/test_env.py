@@ -453,3 +453,26 @@ def test_write_start_frames(store, tmp_path):
     frames = write_start_frames(store, tmp_path, count=4)
     assert frames.shape == (4, H, W, 3)
     np.testing.assert_array_equal(np.load(tmp_path / START_FRAMES), frames)
+
+
+def test_history_never_changes_the_dynamics_of_a_five_frame_model():
+    """A model on two conditioning latent frames reads the last 5 frames: the env keeps them whatever `history`
+    shows, so history=1 and history=8 step to the same frames, single and vector env alike."""
+    spec = WorldModelSpec(height=H, width=W, chunk=K, num_steps=2, action_dim=A, action_low=[-2.0] * A,
+                          action_high=[2.0] * A, cond_latent_frames=2, cond_frame_timestep=None)
+    torch.manual_seed(0)
+    five = WorldModel.build(spec, hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8)
+    start = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    runs = {}
+    for history in (1, 8):
+        env = CosmosWorldEnv(model=five, cache="none", obs_mode="history", history=history)
+        env.reset(seed=0, options={"frame": start})
+        vec = CosmosWorldVectorEnv(1, model=five, cache="none", obs_mode="history", history=history)
+        vec.reset(seed=0, options={"frame": start[None]})
+        for t in range(3):  # from the 2nd step on, the model reads frames of earlier steps
+            obs, *_ = env.step(actions(t))
+            vobs, *_ = vec.step(actions(t, 1))
+            assert obs["history"].shape == (history, H, W, 3) and vobs["history"].shape == (1, history, H, W, 3)
+        runs[history] = (obs["frame"], vobs["frame"][0])
+    np.testing.assert_array_equal(runs[1][0], runs[8][0])
+    np.testing.assert_array_equal(runs[1][1], runs[8][1])
