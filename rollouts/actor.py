@@ -6,7 +6,7 @@ prediction per env step). Each episode has its own env seed and policy generator
 floating point, see the README). Finished episodes go to an `EpisodeWriter`, whose thread writes episode k while
 the model predicts the next batch.
 
-Nothing is lost: the driver calls `flush` before it stops an actor. An actor that dies with episodes still queued
+Nothing is lost: the driver calls `flush` before it stops an actor, after a failed batch too. An actor that dies with episodes still queued
 loses them for this run only: they never got their ``complete`` marker, the driver sees them missing and runs them
 again (and a later run would too).
 """
@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import RolloutConfig, episode_id, episode_seed, policy_rng
 from .identity import write_files
-from .store import EpisodeStore
+from .store import EpisodeStore, read_lease
 
 # CallRecord fields stored per episode as (T, n) arrays, and their dtype; step and branch are the same at every
 # env step (episode attrs ``cache_calls``); sample (a position in the batch) is not part of the episode.
@@ -93,6 +93,12 @@ class RolloutWorker:
         self.device = device
         self.model = WorldModel.from_pretrained(self.folder, device=device, dtype=self.cfg.dtype,
                                                 compile=self.cfg.compile)
+        if lease is not None and (read_lease(self.cfg.out, self.cfg.storage_options) or {}).get("token") != lease:
+            import socket
+
+            raise ValueError(f"{self.cfg.out}: this worker (host {socket.gethostname()}) does not see the driver's "
+                             f"lease there: a local path that is not shared between the nodes? Use a shared file "
+                             f"system or an object store URL (s3://, gs://) on a multi-node cluster")
         store = EpisodeStore(self.cfg.out, mode="a", storage_options=self.cfg.storage_options, lease=lease)
         self.writer = EpisodeWriter(store, self.cfg.write_queue)
         self.policy = None

@@ -56,9 +56,14 @@ class RolloutConfig:
         if unknown:
             raise ValueError(f"unknown rollout config key(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
         cfg = cls(**config)
-        for key in ("episodes", "steps", "workers", "num_envs", "write_queue"):
-            if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
-                raise ValueError(f"rollout config {key}={getattr(cfg, key)!r}: must be an integer >= 1")
+        for key, low in (("episodes", 1), ("steps", 1), ("workers", 1), ("num_envs", 1), ("write_queue", 1),
+                         ("seed", 0), ("max_restarts", 0), ("max_task_retries", 0)):
+            v = getattr(cfg, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ValueError(f"rollout config {key}={v!r}: must be an integer >= {low}")
+        for key in ("cache_config", "policy_kwargs", "storage_options"):
+            if not isinstance(getattr(cfg, key), dict):
+                raise ValueError(f"rollout config {key}={getattr(cfg, key)!r}: must be a mapping")
         if cfg.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"rollout config device={cfg.device!r}: must be auto, cpu or cuda")
         if not isinstance(cfg.compile, bool):

@@ -23,6 +23,9 @@ from .identity import checkpoint_files, checkpoint_folder, init_or_check, rollou
 from .store import EpisodeStore, _local_path, acquire_lease, release_lease
 
 
+FLUSH_ON_ERROR_S = 60  # how long a failing run waits for the actors' writers before it stops them
+
+
 def _init_ray(address: str | None) -> bool:
     """Use the caller's Ray, join `address` ("auto": a running cluster), or start a local one. True if started."""
     import ray
@@ -133,6 +136,10 @@ def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: Ep
             if todo:
                 raise RuntimeError(f"{len(todo)} episodes could not be written: {errors[:3] or todo[:5]}")
         dt = time.perf_counter() - t0
+    except BaseException:
+        # a failed batch (or Ctrl-C): the live actors first write what they hold, so finished episodes are kept
+        ray.wait([a.flush.remote() for a in actors], num_returns=len(actors), timeout=FLUSH_ON_ERROR_S)
+        raise
     finally:
         for a in actors:
             ray.kill(a)

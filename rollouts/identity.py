@@ -71,6 +71,23 @@ def _qualname(obj) -> str:
     return f"{f.__module__}:{f.__qualname__}"
 
 
+def _check_policy(cfg: RolloutConfig, spec) -> None:
+    """Build the action policy once here: a wrong name or keyword fails before the store's attrs are written or
+    any actor loads a model (in the actors it would fail only after both)."""
+    import numpy as np
+    from gymnasium import spaces
+
+    from .policies import make_policy
+
+    shape = (spec.chunk, spec.action_dim)
+    space = spaces.Box(np.broadcast_to(np.float32(spec.action_low), shape),
+                       np.broadcast_to(np.float32(spec.action_high), shape), dtype=np.float32)
+    try:
+        make_policy(cfg.policy, space, **cfg.policy_kwargs)
+    except TypeError as e:  # an unknown or missing keyword of the policy's constructor
+        raise ValueError(f"policy {cfg.policy!r} with policy_kwargs {cfg.policy_kwargs}: {e}") from None
+
+
 def rollout_attrs(cfg: RolloutConfig, files: dict[str, bytes], folder: Path) -> dict:
     """The store's root attrs ``rollout``: everything an episode depends on, plus the format version."""
     from worldcache.cache import load_cache
@@ -78,6 +95,8 @@ def rollout_attrs(cfg: RolloutConfig, files: dict[str, bytes], folder: Path) -> 
 
     spec = WorldModelSpec(**json.loads(files["model.json"]))
     cache, yaml_steps = load_cache(cfg.cache, **cfg.cache_config)  # validates the cache config before any actor starts
+    _check_policy(cfg, spec)
+    policy_file = isinstance(cfg.policy, str) and Path(cfg.policy).is_file()
     attrs = {
         "model_sha256": model_sha256(files),
         "checkpoint": str(folder),
@@ -91,6 +110,10 @@ def rollout_attrs(cfg: RolloutConfig, files: dict[str, bytes], folder: Path) -> 
         "compile": cfg.compile,
         "policy": cfg.policy if isinstance(cfg.policy, str) else _qualname(cfg.policy),
         "policy_kwargs": cfg.policy_kwargs,
+        # a policy file is known by its bytes: an edited file must not resume into the old one's store
+        "policy_sha256": hashlib.sha256(Path(cfg.policy).read_bytes()).hexdigest() if policy_file else None,
+        # hook caches decide per batch, so there the batch size is part of what an episode depends on
+        "decision_batch": None if cache.decides_per_sample else cfg.num_envs,
         "seed": cfg.seed,
         "format_version": ROLLOUT_FORMAT,
     }

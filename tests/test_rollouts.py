@@ -75,6 +75,21 @@ def half_policy(obs, rngs):
     return np.full((len(obs), K, A), 0.5, np.float32)
 
 
+class FailSecondBatch:
+    """Constant actions; raises when an actor starts its second batch of episodes."""
+
+    def __init__(self):
+        self.batches = 0
+
+    def reset(self, rngs):
+        self.batches += 1
+        if self.batches == 2:
+            raise RuntimeError("policy failed on purpose")
+
+    def __call__(self, obs, rngs):
+        return half_policy(obs, rngs)
+
+
 def groups(out):
     """Every episode group on disk, complete or not."""
     return sorted(d.name for d in (out / "episodes").iterdir() if d.is_dir())
@@ -144,6 +159,64 @@ def test_store_with_other_settings_is_refused(ckpt, store_run, tmp_path):
         RolloutConfig.load({"bogus": 1})
     with pytest.raises(ValueError, match="compile"):
         RolloutConfig.load({"compile": "yes"})
+    for bad in (dict(seed=-1), dict(seed=1.5), dict(max_task_retries=-1), dict(max_restarts=True)):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}=.*must be an integer >= 0"):
+            RolloutConfig.load(bad)
+    with pytest.raises(ValueError, match="policy_kwargs=.*must be a mapping"):
+        RolloutConfig.load({"policy_kwargs": [0.5]})
+
+
+def test_a_failed_batch_keeps_the_finished_episodes(ckpt, tmp_path):
+    # one actor: batch 1 (episodes 0, 1) finishes and is queued for writing, batch 2 fails; the driver lets the
+    # writer finish before it stops the actor, so episodes 0 and 1 are complete and a rerun adds only 2 and 3
+    out = tmp_path / "failed.zarr"
+    cfg = config(ckpt, out, episodes=4, workers=1, policy="test_rollouts:FailSecondBatch")
+    with pytest.raises(Exception, match="policy failed on purpose"):
+        run_rollouts(cfg, progress=False)
+    assert open_store(out).episode_ids() == [episode_id(0, 0), episode_id(1, 0)]
+    assert run_rollouts(cfg, progress=False)["episodes_written"] == 2  # one batch now: this actor's first
+    assert open_store(out).episode_ids() == [episode_id(i, 0) for i in range(4)]
+
+
+def test_a_worker_that_cannot_see_the_lease_refuses_to_write(ckpt, tmp_path):
+    # a node whose `out` is another disk than the driver's (a local path on a multi-node cluster) sees no lease
+    from dataclasses import asdict
+
+    from worldcache.rollouts.actor import RolloutWorker
+    from worldcache.rollouts.store import EpisodeStore, acquire_lease, release_lease
+
+    out = str(tmp_path / "leased.zarr")
+    EpisodeStore(out, mode="a")  # as the driver: the store, then its lease
+    token = acquire_lease(out)
+    cfg = asdict(RolloutConfig.load(config(ckpt, out)))
+    with pytest.raises(ValueError, match="does not see the driver's lease"):
+        RolloutWorker(cfg, checkpoint_files(ckpt), "cpu", "another-token")
+    RolloutWorker(cfg, checkpoint_files(ckpt), "cpu", token)  # the holder's token: fine
+    release_lease(out, token)
+
+
+def test_a_bad_policy_fails_before_the_store_is_made(ckpt, tmp_path):
+    # a keyword typo: refused on the driver, before the store's attrs or any actor (no Ray needed)
+    out = tmp_path / "typo.zarr"
+    with pytest.raises(ValueError, match="policy 'sinusoid' with policy_kwargs .*'amplitud'"):
+        run_rollouts(config(ckpt, out, policy="sinusoid", policy_kwargs={"amplitud": 0.5}), progress=False)
+    with pytest.raises(ValueError, match="unknown policy 'sinusiod'"):
+        run_rollouts(config(ckpt, out, policy="sinusiod"), progress=False)
+    assert not out.exists()
+
+
+def test_what_a_store_records_of_policy_file_and_batch(ckpt, tmp_path):
+    from worldcache.rollouts.identity import rollout_attrs
+
+    files = checkpoint_files(ckpt)
+    attrs = lambda **kw: rollout_attrs(RolloutConfig.load(config(ckpt, tmp_path / "x.zarr", **kw)), files, ckpt)  # noqa: E731
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(H * W * 3, K * A)), tmp_path / "p.pth")
+    first = attrs(policy=str(tmp_path / "p.pth"))["policy_sha256"]
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(H * W * 3, K * A)), tmp_path / "p.pth")
+    assert first != attrs(policy=str(tmp_path / "p.pth"))["policy_sha256"]  # same path, other weights
+    assert attrs()["policy_sha256"] is None  # a registered policy: its name and kwargs say it all
+    # per-sample caches: the batch size is free on resume; diffusers' hooks decide per batch, so it is recorded
+    assert attrs(num_envs=3)["decision_batch"] is None and attrs(cache="fbcache", num_envs=3)["decision_batch"] == 3
 
 
 @pytest.mark.slow

@@ -114,6 +114,7 @@ class CachePolicy:
     name = "base"
     state_cls: type[PolicyState] = PolicyState
     works_inside_blocks = False  # True: its work runs in hooks inside the blocks, so `policy_ms` cannot see it
+    decides_per_sample = True  # False: one decision for the whole batch (a sample's result depends on the batch)
 
     def __init__(self, config=None):
         self.config = config

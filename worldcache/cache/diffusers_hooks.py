@@ -71,13 +71,13 @@ class DiffusersHookPolicy(CachePolicy):
 
     hook_names: tuple[str, ...] = ()
     works_inside_blocks = True
+    decides_per_sample = False  # diffusers' hooks keep one state for the batch
 
     def __init__(self, config):
         super().__init__(config)
         self._model = None
         self._handles: list = []
         self._fired: set = set()
-        self.num_steps = None
 
     # --- per method -------------------------------------------------------------------------------------------
     def _apply(self, model) -> None:
