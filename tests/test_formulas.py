@@ -116,6 +116,35 @@ def test_generated_only_leaves_the_conditioning_frame_out_of_drift_and_motion(ge
     assert recs[1].motion == pytest.approx(drift, abs=1e-12)
 
 
+def veto_stacks(frames: int):
+    """Each frame's tokens (0, 1, 0, 1) on a 1 x 4 grid; the next call adds (0, d, 0, 0) per frame, d = 5 on the
+    conditioning frame (when there are 2 frames) and 0.5 on the generated one. The Laplacian with replicate padding
+    of (0, 1, 0, 1) is (1, -2, 2, -1), mean |.| 1.5; of (0, d, 0, 0) it is (d, -2d, d, 0), mean |.| d."""
+    x0 = torch.tensor([0.0, 1, 0, 1] * frames, dtype=torch.float64).view(1, -1, 1)
+    step = torch.tensor(([0.0, 5, 0, 0] if frames == 2 else []) + [0.0, 0.5, 0, 0], dtype=torch.float64)
+    stacks = [ScriptedStack(x0), ScriptedStack(x0 + step.view(1, -1, 1))]
+    for st in stacks:
+        st.ctx.grid, st.ctx.cond_frames = (frames, 1, 4), frames - 1
+    return stacks
+
+
+@pytest.mark.parametrize("margin, computed", [(1e-9, False), (-1e-9, True)])
+def test_hf_veto_is_the_laplacians_relative_l1(margin, computed):
+    # the generated frame's Laplacian drifts by 0.5 / 1.5 = 1/3: a threshold just above lets the call skip
+    p = make_policy("worldcache", threshold=100.0, ret_ratio=0.0, **OFF, hf_veto=True, hf_threshold=1 / 3 + margin)
+    recs, _ = drive(p, veto_stacks(1), 10)
+    assert recs[1].computed is computed
+
+
+@pytest.mark.parametrize("generated_only, computed", [(False, True), (True, False)])
+def test_hf_veto_reads_the_tokens_the_drift_reads(generated_only, computed):
+    # all tokens: (5 + 0.5) / (1.5 + 1.5) = 1.83 > 0.5, vetoed; generated frame only: 1/3 < 0.5, skips
+    p = make_policy("worldcache", threshold=100.0, ret_ratio=0.0, **OFF, hf_veto=True, hf_threshold=0.5,
+                    generated_only=generated_only)
+    recs, _ = drive(p, veto_stacks(2), 10)
+    assert recs[1].computed is computed
+
+
 def test_drift_accumulates_over_consecutive_skips_and_resets_when_a_call_computes():
     # probe outputs p_k = 1 + 0.1 k on every token (x = 1, probe residual 0.1 k): each call's drift is
     # 0.1 / (1 + 0.1 (k - 1)). Calls 1-3 skip while the sum stays below 0.3; call 4 takes it to 0.351 and
@@ -248,6 +277,19 @@ def test_extrapolation_options_line_or_parabola_in_step_or_noise_level():
     # residuals kept per sample and branch: three only for a parabola (each is one activation)
     assert [make_policy("worldcache", extrapolation=e).engine.keep for e in ("probe", "sigma", "parabola", "sigma2")] \
         == [2, 2, 3, 3] and make_policy("dicache").engine.keep == 2
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3])
+def test_the_engine_keeps_the_last_keep_computed_calls(keep):
+    p = make_policy("dicache", threshold=0.0, ret_ratio=0.0)  # threshold 0: every call computes
+    p.engine = ProbeEngine(p.config, keep=keep)
+    x = tokens(1, 1)
+    drive(p, [ScriptedStack(x, rest=torch.full_like(x, float(k))) for k in range(5)], 10)
+    st = p.states(ModelCall.new(1, step=0, num_steps=10, branch="cond", sigma=0.0))[0]
+    assert st.steps == list(range(5))[-keep:]
+    assert [float(r.flatten()[0]) for r in st.residuals] == [float(k) for k in range(5)][-keep:]
+    with pytest.raises(ValueError, match="keep=0"):
+        ProbeEngine(p.config, keep=0)
 
 
 def test_teacache_applies_its_rescaling_polynomial():

@@ -72,6 +72,8 @@ class ProbeEngine:
     """
 
     def __init__(self, config: ProbeConfig, keep_trajectory: bool = False, keep: int = 2):
+        if keep < 1:
+            raise ValueError(f"keep={keep}: must be >= 1")
         self.config, self.keep_trajectory, self.keep = config, keep_trajectory, keep
 
     def may_skip(self, st: ProbeState, rec: CallRecord) -> bool:
@@ -96,10 +98,10 @@ class ProbeEngine:
             if skip[i]:
                 st.acc, st.skips = keep[i], st.skips + 1
             else:
-                k = 1 - self.keep
-                st.residuals = [*st.residuals[k:], out[i:i + 1] - xi]
-                st.probe_residuals = [*st.probe_residuals[k:], pi - xi]
-                st.steps, st.sigmas = [*st.steps[k:], rec.step], [*st.sigmas[k:], rec.sigma]
+                k = self.keep  # the last `keep` computed calls
+                st.residuals = [*st.residuals, out[i:i + 1] - xi][-k:]
+                st.probe_residuals = [*st.probe_residuals, pi - xi][-k:]
+                st.steps, st.sigmas = [*st.steps, rec.step][-k:], [*st.sigmas, rec.sigma][-k:]
                 st.x_ref, st.acc, st.skips = xi, 0.0, 0
                 if self.keep_trajectory:
                     st.trajectory[rec.step] = (pi, out[i:i + 1] - pi)

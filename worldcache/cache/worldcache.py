@@ -100,7 +100,7 @@ class WorldCache(ProbePolicy):
         return super().run_stack(stack, call)
 
     def decide(self, st: ProbeState, rec: CallRecord, x, probe, ctx) -> float | None:
-        cfg, grid = self.config, ctx.grid
+        cfg = self.config
         gen, gen_grid = self._scope(ctx)
         motion = float(rel_l1(x[:, gen], st.x_prev[:, gen])) if st.x_prev is not None else 0.0
         rec.motion = motion
@@ -114,7 +114,8 @@ class WorldCache(ProbePolicy):
             drift, rec.saliency = self._drift(probe[:, gen], st.p_prev[:, gen], gen_grid)
             acc = st.acc + drift
             rec.drift, rec.threshold = acc, tau  # a skip keeps acc (rec.drift) as the sample's accumulated drift
-            vetoed = cfg.hf_veto and float(rel_l1(laplacian(x, grid), laplacian(st.x_prev, grid))) > cfg.hf_threshold
+            vetoed = cfg.hf_veto and float(rel_l1(laplacian(x[:, gen], gen_grid),
+                                                   laplacian(st.x_prev[:, gen], gen_grid))) > cfg.hf_threshold
             if self.engine.capped(st) or vetoed:
                 return None
             if acc < tau:
