@@ -6,9 +6,9 @@ prediction per env step). Each episode has its own env seed and policy generator
 floating point, see the README). Finished episodes go to an `EpisodeWriter`, whose thread writes episode k while
 the model predicts the next batch.
 
-Nothing is lost: the driver calls `flush` before it stops an actor, after a failed batch too. An actor that dies with episodes still queued
-loses them for this run only: they never got their ``complete`` marker, the driver sees them missing and runs them
-again (and a later run would too).
+Nothing is lost: the driver calls `flush` before it stops an actor, after a failed batch too. An actor that dies
+with episodes still queued loses them for this run only: they never got their ``complete`` marker, the driver sees
+them missing and runs them again (and a later run would too).
 """
 from __future__ import annotations
 
@@ -84,6 +84,12 @@ class RolloutWorker:
         from worldcache.world_model import WorldModel
 
         self.cfg = RolloutConfig(**cfg)
+        if lease is not None and (read_lease(self.cfg.out, self.cfg.storage_options) or {}).get("token") != lease:
+            import socket
+
+            raise ValueError(f"{self.cfg.out}: this worker (host {socket.gethostname()}) does not see the driver's "
+                             f"lease there: a local path that is not shared between the nodes? Use a shared file "
+                             f"system or an object store URL (s3://, gs://) on a multi-node cluster")
         torch.set_num_threads(self.cfg.torch_threads or max(1, int(self.cfg.num_cpus)))
         self._tmp = tempfile.TemporaryDirectory(prefix="worldcache-ckpt-")  # removed with the actor
         self.folder = write_files(files, self._tmp.name)
@@ -93,12 +99,6 @@ class RolloutWorker:
         self.device = device
         self.model = WorldModel.from_pretrained(self.folder, device=device, dtype=self.cfg.dtype,
                                                 compile=self.cfg.compile)
-        if lease is not None and (read_lease(self.cfg.out, self.cfg.storage_options) or {}).get("token") != lease:
-            import socket
-
-            raise ValueError(f"{self.cfg.out}: this worker (host {socket.gethostname()}) does not see the driver's "
-                             f"lease there: a local path that is not shared between the nodes? Use a shared file "
-                             f"system or an object store URL (s3://, gs://) on a multi-node cluster")
         store = EpisodeStore(self.cfg.out, mode="a", storage_options=self.cfg.storage_options, lease=lease)
         self.writer = EpisodeWriter(store, self.cfg.write_queue)
         self.policy = None

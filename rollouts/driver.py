@@ -137,8 +137,8 @@ def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: Ep
                 raise RuntimeError(f"{len(todo)} episodes could not be written: {errors[:3] or todo[:5]}")
         dt = time.perf_counter() - t0
     except BaseException:
-        # a failed batch (or Ctrl-C): the live actors first write what they hold, so finished episodes are kept
-        ray.wait([a.flush.remote() for a in actors], num_returns=len(actors), timeout=FLUSH_ON_ERROR_S)
+        if actors:  # a failed batch (or Ctrl-C): the live actors first write what they hold, finished episodes stay
+            ray.wait([a.flush.remote() for a in actors], num_returns=len(actors), timeout=FLUSH_ON_ERROR_S)
         raise
     finally:
         for a in actors:
