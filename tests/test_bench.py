@@ -262,6 +262,70 @@ def test_latent_metrics_exact():
     assert latent_metrics(ref, ref) == (0.0, None)  # identical: PSNR infinite -> None
 
 
+def _frame(bright: int) -> np.ndarray:
+    """A black 100x100 RGB frame with its first `bright` values at 255: MSE against black = bright / 30000 in the
+    [0, 1] range the quality metrics read uint8 frames in."""
+    f = np.zeros(100 * 100 * 3, np.uint8)
+    f[:bright] = 255
+    return f.reshape(100, 100, 3)
+
+
+def test_psnr_is_the_mean_of_per_frame_psnr():
+    from worldcache.quality import psnr
+
+    # per-frame MSE 1e-2 and 1e-4: 20 and 40 dB, mean 30; a pooled MSE (5.05e-3) would give 22.97 dB
+    pred, black = np.stack([_frame(300), _frame(3)]), np.zeros((2, 100, 100, 3), np.uint8)
+    assert psnr(pred, black) == pytest.approx(30.0, abs=1e-4)
+    assert psnr(pred[None], black[None]) == pytest.approx(30.0, abs=1e-4)  # (episodes, T, ...): every frame alike
+    assert psnr(pred[:1], black[:1]) == pytest.approx(20.0, abs=1e-4)  # data range 1 for frames / 255, not 255
+
+
+def test_unit_times_and_measure_row_are_the_documented_formulas():
+    from types import SimpleNamespace
+
+    from worldcache.bench.grid import BenchConfig
+    from worldcache.bench.measure import Runs, measure_row, unit_times
+    from worldcache.quality import ssim
+
+    # the reference: 3 uncached calls of 4 blocks, block stacks 8, 10, 12 ms, whole calls 11, 12, 16 ms
+    ref_recs = [_record(4, 0.0, w) for w in (11.0, 12.0, 16.0)]
+    ref = Runs(frames=[np.stack([_frame(300), _frame(3)])], latents=[np.array([[0.0, 2.0]])], records=ref_recs,
+               episode_loop_ms=[39.0], episode_rollout_s=[0.5], predictions=1, stack_ms=[8.0, 10.0, 12.0])
+    fixed_ms, block_ms = unit_times(ref)
+    assert block_ms == 30 / 12  # all block-stack time over all blocks run
+    assert fixed_ms == 3.0  # mean of wall - stack: (3 + 2 + 4) / 3
+    # a cache: one full call, a 1-block probe, a skip without probe (the policy's own time 0.5, 1, 0.25 ms)
+    recs = [_record(4, 0.5, 14.0), _record(1, 1.0, 7.0, computed=False), _record(0, 0.25, 3.5, computed=False)]
+    runs = Runs(frames=[np.stack([_frame(3000), _frame(300)])], latents=[np.array([[1.0, 2.0]])], records=recs,
+                episode_loop_ms=[24.5], episode_rollout_s=[0.25], predictions=1)
+    real = np.zeros((1, 2, 100, 100, 3), np.uint8)
+    cfg, policy = BenchConfig("wc test", "worldcache", num_steps=4), SimpleNamespace(name="worldcache", config=None)
+    row = measure_row(cfg, policy, runs, ref, real, fixed_ms, block_ms)
+    assert (row["policy"], row["variant"], row["label"], row["num_steps"]) == ("worldcache", "worldcache", "wc test", 4)
+    assert row["denoising_speedup"] == 39.0 / 24.5 and row["denoising_speedup_per_episode"] == [round(39 / 24.5, 4)]
+    assert row["env_step_speedup"] == 2.0  # 0.5 s / 0.25 s of rollout
+    # per call fixed + blocks x block + policy_ms: the reference 3 x 13 ms, the cache 13.5 + 6.5 + 3.25
+    assert row["compute_speedup"] == 39.0 / 23.25
+    assert row["computed_fraction"] == 1 / 3 and row["blocks_per_call"] == 5 / 3
+    # overhead: wall beyond fixed + the blocks that ran, per call: (1 + 1.5 + 0.5) / 3; decision: mean policy_ms
+    assert row["overhead_ms"] == pytest.approx(1.0, abs=1e-12)
+    assert row["decision_ms"] == pytest.approx(1.75 / 3, abs=1e-12)
+    assert row["denoise_ms_per_step"] == 24.5 and row["env_step_ms"] == 250.0
+    # frames against the simulator's: the cache 10 and 20 dB (MSE 0.1, 0.01), the reference 20 and 40 dB
+    assert row["psnr"] == pytest.approx(15.0, abs=1e-4)
+    assert row["psnr_retention"] == pytest.approx(15.0 / 30.0, abs=1e-5)  # row / reference, not the reverse
+    cache_frames, ref_frames = np.stack(runs.frames), np.stack(ref.frames)
+    assert row["ssim_retention"] == pytest.approx(ssim(cache_frames, real) / ssim(ref_frames, real), rel=1e-12)
+    # against the reference's frames: 2700 and 297 of 30000 values differ
+    assert row["psnr_vs_uncached"] == pytest.approx((10 * math.log10(30000 / 2700) + 10 * math.log10(30000 / 297))
+                                                    / 2, abs=1e-4)
+    assert row["ssim_vs_uncached"] == pytest.approx(ssim(cache_frames, ref_frames), rel=1e-12)
+    # latents [1, 2] against [0, 2]: rel L1 1/2, PSNR 10 log10(2^2 / 0.5)
+    assert row["latent_rel_l1"] == 0.5 and row["latent_psnr"] == pytest.approx(10 * math.log10(8), abs=1e-12)
+    with pytest.raises(RuntimeError, match="one block-stack timing"):
+        unit_times(Runs(records=ref_recs, stack_ms=[8.0]))
+
+
 def test_pareto_front_and_frontiers():
     pts = [(1.0, 60.0), (2.0, 55.0), (1.5, 50.0), (3.0, 40.0), (2.0, 55.0), (0.9, None), (3.0, 39.0)]
     # (1.5, 50) is beaten by (2, 55); the repeat of (2, 55) and (3, 39) go; None counts as infinite PSNR
@@ -583,6 +647,40 @@ def test_cli_bench_takes_settings_and_a_tuning_seed_range(tiny_ckpt, tmp_path, c
     assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", "worldcache:threshold"]) == 2
     assert main(["bench", "--checkpoint", str(tiny_ckpt), "--cache", "worldcache:thresold=0.1"]) == 2
     assert "thresold" in capsys.readouterr().err
+
+
+def test_cli_demo_prints_the_uncached_row_as_the_baseline(capsys):
+    from worldcache.cli import main
+
+    assert main(["demo", "--denoise-steps", "4"]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split() == ["policy", "time_s", "speedup", "computed", "rel_err"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines}
+    assert list(rows) == ["none", "worldcache", "dicache"]  # the uncached reference first, then the defaults
+    _, speedup, computed, err = rows["none"]
+    assert (speedup, computed, err) == ("1.00", "1.00", "0.0000")  # the reference against itself
+    for name in ("worldcache", "dicache"):  # they skip calls, so their latents differ from the reference's
+        _, speedup, computed, err = rows[name]
+        assert float(computed) < 1 and float(err) > 0 and float(speedup) > 0
+
+
+def test_cli_bench_split_divides_the_step_time_between_dit_loop_and_the_rest(capsys):
+    import re
+
+    from worldcache.cli import main
+    from worldcache.world_model import BUNDLED
+
+    assert main(["bench-split", "--denoise-steps", "2", "--repeats", "1"]) == 0  # the bundled model
+    out = capsys.readouterr().out
+    chunk = json.loads((BUNDLED / "model.json").read_text())["chunk"]
+    assert out.startswith(f"per env step (one chunk of {chunk} frames, batch 1, 2 steps, cache=none, 1 repeats):")
+    (dit_s, dit_pct), (rest_s, rest_pct) = [
+        (float(s), float(pct)) for s, pct in re.findall(r"^  (?:DiT denoising loop|VAE and the rest) +([\d.]+) s  "
+                                                        r"\( *([\d.]+) %\)$", out, re.M)]
+    assert abs(dit_pct + rest_pct - 100.0) <= 0.1 + 1e-9  # two shares of one total, each rounded to 0.1 %
+    # each share is its time over the sum of both, as far as the printed 3-decimal seconds tell
+    shares = [100 * (dit_s + a) / (dit_s + a + rest_s + b) for a in (-5e-4, 5e-4) for b in (-5e-4, 5e-4)]
+    assert min(shares) - 0.05 <= dit_pct <= max(shares) + 0.05
 
 
 def random_store(path, steps: int, states: bool = False, seed: int = 0) -> None:
