@@ -1,5 +1,6 @@
 """WorldCache-Cosmos-v0: single env, vector env, default reward. A tiny random model (16x24 frames, 4 actions per
 chunk, 4 denoising steps) keeps every prediction at a few tens of milliseconds."""
+import re
 import subprocess
 import sys
 import warnings
@@ -12,6 +13,7 @@ from gymnasium.error import ResetNeeded
 from gymnasium.utils.env_checker import check_env
 
 import worldcache  # noqa: F401  registers the env
+from worldcache.cache import make_policy
 from worldcache.envs.cosmos_env import START_FRAMES, CosmosWorldEnv, write_start_frames
 from worldcache.envs.vector_env import CosmosWorldVectorEnv, bench_vector
 from worldcache.mujoco_data import task_reward
@@ -256,6 +258,29 @@ def test_constructor_errors(ckpt, model):
         make(ckpt, model, render_mode="human")
     with pytest.raises(ValueError, match="threshhold"):
         make(ckpt, model, cache="worldcache", cache_config={"threshhold": 0.1})
+    policy = make_policy("fora")
+    with pytest.raises(ValueError, match="cache_config only applies when cache is a policy name"):
+        make(ckpt, model, cache=policy, cache_config={"interval": 2})  # a built policy: its config is fixed
+    assert make(ckpt, model, cache=policy).sim.policy is policy  # without cache_config: used as given
+
+
+def test_close_detaches_hook_policies_from_the_shared_model(ckpt, model):
+    """fbcache attaches diffusers hooks to the (shared) model's transformer: close() must take them all off, or
+    every later env on the model would run the cache (the check of test_baselines' test_detach_restores_plain_model)."""
+    transformer = model.dit.transformer
+
+    def hooked():
+        pre = any(m._forward_pre_hooks for m in transformer.modules())
+        regs = [getattr(m, "_diffusers_hook", None) for m in transformer.modules()]
+        return pre, any(r and set(r.hooks) - {"frame_modulation"} for r in regs)
+
+    assert hooked() == (False, False)
+    env = make(ckpt, model, cache="fbcache", num_steps=4)
+    env.reset(seed=0)
+    env.step(actions(0))
+    assert hooked() == (True, True)  # attached while the env runs: the check below can see them
+    env.close()
+    assert hooked() == (False, False) and not hasattr(transformer, "_worldcache_hook_policy")
 
 
 def test_reward_and_termination(ckpt, model):
@@ -430,9 +455,56 @@ def test_vector_bad_input_and_options(ckpt, model):
     vec.close()
 
 
-def test_bench_vector(ckpt, capsys):
-    res = bench_vector(num_envs=2, steps=1, checkpoint=ckpt, cache="none", num_steps=2)
-    assert res["speedup"] > 0 and "speedup" in capsys.readouterr().out
+def test_bench_vector(ckpt, capsys, monkeypatch):
+    """On a simulated clock (a single env step takes 3 s, a batched step of both envs 2 s): 2 timed steps after the
+    untimed warm-up give 2 x 2 x 3 s / 4 env steps = 3 s and 2 x 2 s / 4 = 1 s per env step, speedup 3.
+    No cache: every call computes in both runs."""
+    from types import SimpleNamespace
+
+    from worldcache.envs import vector_env
+
+    clock = [0.0]
+    monkeypatch.setattr(vector_env, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    for cls, cost in ((CosmosWorldEnv, 3.0), (CosmosWorldVectorEnv, 2.0)):
+        def timed(self, action, _step=cls.step, _cost=cost):
+            clock[0] += _cost
+            return _step(self, action)
+        monkeypatch.setattr(cls, "step", timed)
+    res = bench_vector(num_envs=2, steps=2, checkpoint=ckpt, cache="none", num_steps=2)
+    assert res == {"num_envs": 2, "steps": 2, "cache": "none", "num_steps": 2, "single_s_per_env_step": 3.0,
+                   "vector_s_per_env_step": 1.0, "single_computed_fraction": 1.0, "vector_computed_fraction": 1.0,
+                   "speedup": 3.0}
+    out = capsys.readouterr().out
+    assert "2 envs, 2 steps of one chunk each, cache=none, 2 denoising steps" in out
+    assert "single envs, in turn        3.000      1.00\n" in out
+    assert "vector env, batched         1.000      1.00\n" in out
+    assert "speedup (single / vector): 3.00x" in out
+
+
+def test_bench_vec_cli(ckpt, capsys):
+    from worldcache import cli
+
+    args = ["bench-vec", "--num-envs", "1", "--env-steps", "1", "--checkpoint", str(ckpt), "--cache", "none",
+            "--denoise-steps", "1"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out  # the options reach bench_vector: 1 env, 1 step, no cache, 1 denoising step
+    assert "1 envs, 1 steps of one chunk each, cache=none, 1 denoising steps" in out
+    assert re.search(r"single envs, in turn +\d+\.\d{3} +1\.00\n", out)
+    assert re.search(r"vector env, batched +\d+\.\d{3} +1\.00\n", out)
+    assert re.search(r"speedup \(single / vector\): \d+\.\d\dx", out)
+
+
+def test_vector_constructor_and_seed_errors(ckpt, model):
+    with pytest.raises(ValueError, match="num_envs must be >= 1, got 0"):
+        CosmosWorldVectorEnv(0, checkpoint=ckpt, model=model, cache="none")
+    vec = CosmosWorldVectorEnv(2, checkpoint=ckpt, model=model, cache="none")
+    for seeds in ([1], [1, 2, 3]):
+        with pytest.raises(ValueError, match=rf"seed list must have num_envs=2 entries, got {len(seeds)}"):
+            vec.reset(seed=seeds)
+    with pytest.raises(ResetNeeded):  # the rejected resets left the envs unreset
+        vec.step(actions(0, 2))
+    obs, _ = vec.reset(seed=[3, None])  # a right-length list with None is fine
+    assert obs.shape == (2, H, W, 3)
 
 
 # --- start frames -------------------------------------------------------------------------------------------
@@ -450,9 +522,24 @@ def store(tmp_path_factory):
 
 
 def test_write_start_frames(store, tmp_path):
-    frames = write_start_frames(store, tmp_path, count=4)
-    assert frames.shape == (4, H, W, 3)
-    np.testing.assert_array_equal(np.load(tmp_path / START_FRAMES), frames)
+    """The reset frame (obs[0]) of episodes spread evenly over the sorted ids: of 6, count=4 picks
+    round(linspace(0, 5, 4)) = ids 0, 2, 3, 5; a count beyond the store's size takes every episode."""
+    st = EpisodeStore(store, mode="r")
+    ids = st.episode_ids()
+    assert ids == [f"ep{e}" for e in range(6)]
+
+    def first_frames(picked):
+        return np.stack([st.episode_array(ids[i], "obs")[0] for i in picked])
+
+    for count, picked in [(4, [0, 2, 3, 5]), (10, range(6)), (1, [0])]:
+        frames = write_start_frames(store, tmp_path, count=count)
+        np.testing.assert_array_equal(frames, first_frames(picked))
+        np.testing.assert_array_equal(np.load(tmp_path / START_FRAMES), frames)
+    EpisodeStore.create(tmp_path / "empty.zarr")
+    (tmp_path / START_FRAMES).unlink()
+    with pytest.raises(ValueError, match="no complete episodes"):
+        write_start_frames(tmp_path / "empty.zarr", tmp_path)
+    assert not (tmp_path / START_FRAMES).exists()
 
 
 def test_history_never_changes_the_dynamics_of_a_five_frame_model():

@@ -62,11 +62,27 @@ def test_cache_policy_applies_to_predictions(tiny_ckpt):
 
 
 def test_rollout_chains_chunks(tiny_ckpt):
+    """Chunk c of a rollout is exactly one prediction from the last frame of chunk c-1 (the start frame for c=0)
+    with that chunk's actions and noise seed `seed + c`: bit for bit the same frames."""
     model = WorldModel.from_pretrained(tiny_ckpt)
+    k = SPEC.chunk
     frame, _ = inputs()
-    actions = np.zeros((1, 3 * SPEC.chunk, SPEC.action_dim), np.float32)
-    frames, outs = model.rollout(frame, actions, num_steps=3)
-    assert frames.shape == (1, 3 * SPEC.chunk, SPEC.height, SPEC.width, 3) and len(outs) == 3
+    actions = np.random.default_rng(1).uniform(-2, 2, (1, 3 * k, SPEC.action_dim)).astype(np.float32)
+    frames, outs = model.rollout(frame, actions, num_steps=3, seed=7)
+    assert frames.shape == (1, 3 * k, SPEC.height, SPEC.width, 3) and frames.dtype == torch.uint8
+    assert len(outs) == 3 and all(len(o.records) == 3 for o in outs)
+    prev = frame
+    for c in range(3):
+        chunk, out = model.predict(prev, actions[:, c * k:(c + 1) * k], num_steps=3, seed=7 + c)
+        assert torch.equal(frames[:, c * k:(c + 1) * k], chunk), c
+        assert torch.equal(outs[c].latents, out.latents), c
+        prev = frames[:, (c + 1) * k - 1].numpy()
+    assert not torch.equal(frames[:, :k], frames[:, k:2 * k])  # the chunks differ: the comparison has teeth
+    # the default seed is 0: chunk 0 with seed 0, chunk 1 with seed 1
+    frames0, _ = model.rollout(frame, actions[:, :2 * k], num_steps=3)
+    assert torch.equal(frames0[:, :k], model.predict(frame, actions[:, :k], num_steps=3, seed=0)[0])
+    assert torch.equal(frames0[:, k:], model.predict(frames0[:, k - 1].numpy(), actions[:, k:2 * k], num_steps=3,
+                                                     seed=1)[0])
 
 
 @pytest.mark.parametrize("bad_frame, bad_actions, match", [
