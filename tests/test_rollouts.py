@@ -205,6 +205,7 @@ def test_a_bad_policy_fails_before_the_store_is_made(ckpt, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_what_a_store_records_of_policy_file_and_batch(ckpt, tmp_path):
     from worldcache.rollouts.identity import rollout_attrs
 
