@@ -280,6 +280,21 @@ def test_psnr_is_the_mean_of_per_frame_psnr():
     assert psnr(pred[:1], black[:1]) == pytest.approx(20.0, abs=1e-4)  # data range 1 for frames / 255, not 255
 
 
+def test_one_exact_frame_does_not_make_the_mean_infinite():
+    # an exact frame counts as one of its 30000 values one grey level off: 10 log10(30000 * 255^2 / 255^2 * ...)
+    # = 10 log10(30000) + 20 log10(255) = 92.90 dB; with a 20 dB frame the mean is finite. inf: every frame exact
+    from worldcache.quality import moving_psnr, psnr
+
+    black = np.zeros((2, 100, 100, 3), np.uint8)
+    exact = 10 * math.log10(30000) + 20 * math.log10(255)
+    assert psnr(np.stack([_frame(300), black[0]]), black) == pytest.approx((20 + exact) / 2, abs=1e-9)
+    assert psnr(black, black) == float("inf")
+    # the moving region alike: a frame whose moving pixels are exact counts one of their values one level off
+    start, real = np.zeros((100, 100, 3), np.uint8), np.zeros((1, 100, 100, 3), np.uint8)
+    real[0, :10] = 200  # 1000 moving pixels, 3000 values
+    assert moving_psnr(real, real, start) == pytest.approx(10 * math.log10(3000) + 20 * math.log10(255), abs=1e-9)
+
+
 def test_unit_times_and_measure_row_are_the_documented_formulas():
     from types import SimpleNamespace
 
