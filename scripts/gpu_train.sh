@@ -33,7 +33,7 @@ mkdir -p "$OUT" "$LOGS"
 pack() { tar -C "$LOGS" -cf "$OUT/logs.tar" .; }
 start=$(date +%s)
 source scripts/device_env.sh
-[[ -d "$RUN/data.zarr" ]] || python3 scripts/pack_store.py unpack "$DATA" "$RUN/data.zarr" 2>&1 | tail -1
+python3 scripts/pack_store.py unpack "$DATA" "$RUN/data.zarr" 2>&1 | tail -1  # resumes a half-done unpack
 dec_pids=()
 for spec in ${DECODER_STEPS:+${DECODERS:-base=32,16,128}}; do  # reads real frames only: trains beside the DiT
   name=${spec%%=*}; size=${spec#*=}
@@ -54,7 +54,18 @@ if [[ ${#dec_pids[@]} -gt 0 ]]; then
   best=$(for f in "$LOGS"/decoder_*.log; do n=${f##*/decoder_}; tail -1 "$f" | python3 -c \
     "import json,sys; print(json.load(sys.stdin)['heldout_cm']['fingertip']['mean_cm'], '${n%.log}')" 2>/dev/null
     done | sort -g | head -1 | cut -d' ' -f2 || true)
-  if [[ -n "$best" ]]; then cp "$RUN/dec_$best"/state_decoder.* "$RUN/model/"; echo "decoder: $best" >> "$LOGS/train.log"; fi
+  if [[ -n "$best" ]]; then
+    cp "$RUN/dec_$best"/state_decoder.* "$RUN/model/"; echo "decoder: $best" >> "$LOGS/train.log"
+    for spec in ${DECODERS:-base=32,16,128}; do [[ ${spec%%=*} == "$best" ]] && size=${spec#*=}; done
+    python3 - "$RUN/model/training.json" "python3 scripts/gpu_decoder.py DATA OUT --steps $DECODER_STEPS --size \
+${size//,/ } --batch ${DECODER_BATCH:-256} --device $DEVICE" "$best" <<'PY'  # the record names the decoder's command
+import json, sys
+path, command, name = sys.argv[1:]
+record = json.load(open(path))
+record["state_decoder"] = {"command": command, "chosen": name, "data": record["config"]["data"]}
+json.dump(record, open(path, "w"), indent=2)
+PY
+  fi
 fi
 tar -C "$RUN" -cf - model | split -b 15M - "$OUT/model.tar.part-"
 cp "$RUN/model/training.json" "$LOGS/training.json"; pack

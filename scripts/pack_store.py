@@ -42,6 +42,8 @@ def unpack(packed: str, store_path: str) -> None:
     store = EpisodeStore(store_path, mode="a")
     store.attrs.update(meta["attrs"])
     for eid, info in tqdm(meta["episodes"].items(), desc="unpack", unit="ep"):
+        if store.exists(eid):  # an interrupted unpack resumes: complete episodes stay, a partial one is rewritten
+            continue
         core = {k: data[f"{eid}/{k}"] for k in CORE}
         store.write_episode(eid, **core, extras={k: data[f"{eid}/{k}"] for k in info["extras"]}, attrs=info["attrs"])
 

@@ -52,6 +52,9 @@ def test_generate_is_reproducible_and_resumable(generated):
     assert (again["written"], again["skipped"], again["episodes_total"]) == (1, 2, 3)
     with pytest.raises(ValueError, match="different settings"):
         md.generate(root / "a.zarr", episodes=1, steps=STEPS + 1, seed=3, progress=False)
+    # another policy under the same seed would find "its" episodes there already: refused before writing
+    with pytest.raises(ValueError, match="seed 3 already holds 'mixed' episodes; give 'random' another --seed"):
+        md.generate(root / "a.zarr", episodes=1, steps=STEPS, seed=3, policy="random", progress=False)
 
 
 def test_frames_change_when_the_arm_moves(generated):

@@ -182,7 +182,10 @@ def test_trainer_runs_resumes_and_exports(tmp_path, capsys):
     cfg.dit_steps, cfg.stages, cfg.bf16 = 5, ("dit",), True  # also exercises the bf16 autocast path
     assert json.loads((out / "training.json").read_text())["vae"]["steps"] == 3  # earlier stages' record kept
     capsys.readouterr()
-    Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
+    Trainer(cfg, model=WorldModel.build(SPEC, **ARCH), command="worldcache train --stages dit").run()
+    commands = json.loads((out / "training.json").read_text())["commands"]  # both commands, in order
+    assert [c["stages"] for c in commands] == [["vae", "dit", "decoder"], ["dit"]]
+    assert commands[1]["command"] == "worldcache train --stages dit"
     warned = "warning: --bf16 on a CPU without AVX512-BF16 or AMX" in capsys.readouterr().err
     assert warned == (slow_bf16(torch.device("cpu")) is not None)  # this machine's CPU decides which
     losses = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["losses"]
@@ -741,9 +744,29 @@ def test_dit_ema_exports_the_moving_average_of_the_raw_weights_and_resumes_it(tm
     Trainer(plain, model=WorldModel.build(SPEC, **ARCH, seed=5)).run()
     with pytest.raises(ValueError, match="saved with EMA decay 0.0, resumed with 0.5"):
         Trainer(dataclasses.replace(plain, dit_ema=0.5, dit_steps=3), model=WorldModel.build(SPEC, **ARCH)).run()
+    # another run's state in the folder (other learning rate and seed): refused, not resumed under this record
+    with pytest.raises(ValueError, match=r"state_dit.pt: saved by a run with other settings \(dit_lr: 0.0003 there, "
+                                         r"1e-07 now, seed: 0 there, 5 now\)"):
+        Trainer(dataclasses.replace(plain, dit_lr=1e-7, seed=5, dit_steps=3), model=WorldModel.build(SPEC, **ARCH)).run()
+    with pytest.raises(FileNotFoundError, match="no vae/ folder"):  # a typo is not taken for a Hub repo id
+        Trainer(dataclasses.replace(plain, out=str(tmp_path / "v"), vae_from="someuser"))
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="dit_ema"):
             Trainer(dataclasses.replace(cfg, dit_ema=bad), model=WorldModel.build(SPEC, **ARCH))
+
+
+def test_train_command_records_itself_as_typed(tmp_path, tiny_ckpt):
+    import shlex
+
+    from worldcache.cli import main
+
+    write_training_store(tmp_path / "data.zarr")
+    args = ["train", "--data", str(tmp_path / "data.zarr"), "--out", str(tmp_path / "run"), "--stages", "dit",
+            "--continue-from", str(tiny_ckpt), "--dit-steps", "1", "--dit-batch", "2", "--eval-windows", "0"]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "run" / "model" / "training.json").read_text())
+    assert record["command"] == shlex.join(["worldcache", *args])  # runnable again, not this process's argv
+    assert record["commands"] == [{"command": record["command"], "stages": ["dit"]}]
 
 
 @pytest.mark.parametrize("stage", ["vae", "dit"])

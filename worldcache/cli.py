@@ -5,6 +5,7 @@ One name per meaning across all subcommands: ``--denoise-steps`` (denoising step
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 
@@ -57,7 +58,8 @@ def _train(args) -> int:
                       self_cond=args.self_cond, self_cond_windows=args.self_cond_windows,
                       self_cond_source=args.self_cond_source,
                       eval_windows=args.eval_windows, dit_ema=args.dit_ema)
-    print(f"model written to {Trainer(cfg).run()}")
+    command = shlex.join(["worldcache", *args.argv])  # as typed, runnable again (not this file's path)
+    print(f"model written to {Trainer(cfg, command=command).run()}")
     return 0
 
 
@@ -569,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

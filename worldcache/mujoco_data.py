@@ -401,6 +401,10 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
     else:
         store.attrs.update({"generator": config, "frame_shape": [height, width, 3], "action_dim": int(renderer.action_space.shape[0])})
     runs = dict(store.attrs.get("runs", {}))
+    clash = sorted({r["policy"] for r in runs.values() if r["seed"] == seed and r["policy"] != policy})
+    if clash:  # episode ids are seed{seed}_ep{i}: another policy's episodes would be taken for this one's
+        renderer.close()
+        raise ValueError(f"{out_path}: seed {seed} already holds {clash[0]!r} episodes; give {policy!r} another --seed")
     runs[f"seed{seed}_{policy}"] = {"seed": seed, "policy": policy, "episodes": episodes}
     store.attrs["runs"] = runs
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
 import shutil
 import sys
 import time
@@ -113,6 +114,17 @@ class TrainConfig:
     eval_windows: int = 256
     # DiT stage: export the exponential moving average of the weights with this (final) decay (0: off; the raw ones)
     dit_ema: float = 0.0
+
+
+# settings a resumed stage may change: where and how it runs, and how long (a longer schedule continues a run);
+# the rest (data, seed, starting weights, architecture, batches, learning rates, losses) must match the saved state.
+# dit_ema has a check of its own.
+RESUME_FREE = ("out", "stages", "threads", "device", "save_every", "eval_windows", "compile", "bf16", "vae_steps",
+               "dit_steps", "decoder_steps", "vae_minutes", "dit_minutes", "dit_ema")
+
+
+def resume_settings(cfg: TrainConfig) -> dict:
+    return {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}
 
 
 def load_episodes(path: str) -> tuple[list[dict], dict]:
@@ -207,7 +219,8 @@ def handover_loss(model: WorldModel, rec: torch.Tensor, x: torch.Tensor) -> torc
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, model: WorldModel | None = None):
+    def __init__(self, cfg: TrainConfig, model: WorldModel | None = None, command: str | None = None):
+        """`command`: the command line to record (the CLI passes its own; default: this process's arguments)."""
         if cfg.cond_noise < 0:
             raise ValueError(f"cond_noise must be >= 0, got {cfg.cond_noise}")
         if cfg.cond_blur < 0:
@@ -254,11 +267,21 @@ class Trainer:
         if cfg.vae_from:  # only the VAE's weights are read: the rest of that checkpoint may differ or be absent
             from diffusers import AutoencoderKLWan
 
+            if not (Path(cfg.vae_from) / "vae").is_dir():  # else diffusers would take the path for a Hub repo id
+                raise FileNotFoundError(f"--vae-from {cfg.vae_from}: no vae/ folder there")
             model.vae.load_state_dict(AutoencoderKLWan.from_pretrained(Path(cfg.vae_from) / "vae").state_dict())
         self.model = model.to(self.device)
         old = self.out / "model" / "training.json"  # stages may run in separate commands: keep both records
         self.record = json.loads(old.read_text()) if old.exists() else {}
-        self.record.update({"command": " ".join(sys.argv), "config": asdict(self.cfg), "data_attrs": self.data_attrs,
+        command = command or shlex.join(sys.argv)
+        # every command that trained into this folder, in order (stages may run in separate commands); the latest's
+        # config in full
+        history = self.record.get("commands") or ([{"command": self.record["command"],
+                                                     "stages": list(self.record["config"]["stages"])}]
+                                                   if "command" in self.record else [])
+        self.record.update({"command": command, "commands": [*history, {"command": command,
+                                                                        "stages": list(cfg.stages)}],
+                            "config": asdict(self.cfg), "data_attrs": self.data_attrs,
                             "train_episodes": len(self.train_eps), "heldout_episodes": len(self.held_eps)})
         if self.source and (self.source / "training.json").is_file():  # the lineage of the starting weights
             self.record["started_from"] = {"checkpoint": str(self.source),
@@ -298,6 +321,12 @@ class Trainer:
         step, losses = 0, []
         if state_file.exists():
             st = torch.load(state_file, weights_only=False, map_location=self.device)
+            now = resume_settings(self.cfg)
+            diff = sorted(k for k in set(st.get("config", now)) | set(now) if st.get("config", now).get(k) != now.get(k))
+            if diff:  # another run's state: resuming it would train (and export) that run's weights under this record
+                raise ValueError(f"{state_file}: saved by a run with other settings ("
+                                 + ", ".join(f"{k}: {st['config'].get(k)!r} there, {now.get(k)!r} now" for k in diff)
+                                 + "); resume with the same settings, or train into another --out")
             self.model.load_state_dict(st["model"])
             opt.load_state_dict(st["opt"])
             sched.load_state_dict(st["sched"])
@@ -339,6 +368,7 @@ class Trainer:
                 torch.save({"model": self.model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
                             "losses": losses, "total": total[0], "pending": pending,
+                            "config": resume_settings(self.cfg),
                             **({"ema": ema.state_dict()} if ema is not None else {}),
                             **({"gen": gen.get_state()} if gen is not None else {})}, tmp)
                 tmp.replace(state_file)
