@@ -152,6 +152,9 @@ def test_run_bench_on_store_episodes_compares_with_the_stored_frames(tiny_ckpt, 
     with pytest.raises(ValueError, match="no held-out episode"):
         run_bench(tiny_ckpt, policies=["none"], data=tmp_path / "s.zarr", episodes=1, chunks=2, num_steps=2,
                   ablation=False, verbose=False)
+    with pytest.raises(ValueError, match="--holdout 0 .* add --no-ablation"):  # nothing left to match thresholds on
+        run_bench(tiny_ckpt, policies=["worldcache"], data=tmp_path / "s.zarr", episodes=1, chunks=1, num_steps=2,
+                  holdout=0, verbose=False)
 
 
 @pytest.mark.slow

@@ -53,6 +53,9 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
     if len(eps) < episodes and verbose:
         print(f"{data}: {len(eps)} of the {episodes} episodes asked for have {frames} steps; measuring those")
     if match_compute and any(c.group == "ablation" for c in configs):
+        if data is not None and holdout == 0:  # the thresholds are matched on the training split, never measured
+            raise ValueError("--holdout 0 measures the whole store and leaves no training episodes to match the "
+                             "ablation's thresholds on: add --no-ablation, or keep a --holdout")
         match_eps = bench_episodes(s, match_episodes, frames, data, TUNING_SEED, holdout, tuning=True)
         match_ablation(model, configs, match_eps, ref_steps, seed, verbose)
     built = [c.build() for c in configs]
