@@ -61,6 +61,26 @@ def test_cache_policy_applies_to_predictions(tiny_ckpt):
     assert frames.shape[0] == 2 and out.computed_fraction < 1.0
 
 
+def test_seeds_that_do_not_fit_are_clear_errors(tiny_ckpt, tmp_path):
+    from worldcache.train import TrainConfig, Trainer
+
+    model = WorldModel.from_pretrained(tiny_ckpt)
+    frame, actions = inputs()
+    two = (np.repeat(frame, 2, 0), np.repeat(actions, 2, 0))
+    with pytest.raises(ValueError, match="1 seeds for a batch of 2"):
+        model.predict(*two, num_steps=2, seed=[0])
+    with pytest.raises(ValueError, match="rollout seed must be an int"):
+        model.rollout(frame, actions, num_steps=2, seed=None)
+    # episodes shorter than a chunk: said before training, not inside numpy's sampling
+    store = EpisodeStore.create(tmp_path / "short.zarr")
+    t = SPEC.chunk - 1
+    store.write_episode("ep0", np.zeros((t + 1, 32, 40, 3), np.uint8), np.zeros((t, 7), np.float32),
+                        np.zeros(t, np.float32), np.zeros(t, bool), np.zeros(t, bool))
+    with pytest.raises(ValueError, match="no training episode has 4 steps"):
+        Trainer(TrainConfig(data=str(tmp_path / "short.zarr"), out=str(tmp_path / "r"), holdout=0.0),
+                model=WorldModel.build(SPEC, **ARCH))
+
+
 def test_rollout_chains_chunks(tiny_ckpt):
     """Chunk c of a rollout is exactly one prediction from the last frame of chunk c-1 (the start frame for c=0)
     with that chunk's actions and noise seed `seed + c`: bit for bit the same frames."""

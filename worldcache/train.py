@@ -271,6 +271,9 @@ class Trainer:
                 raise FileNotFoundError(f"--vae-from {cfg.vae_from}: no vae/ folder there")
             model.vae.load_state_dict(AutoencoderKLWan.from_pretrained(Path(cfg.vae_from) / "vae").state_dict())
         self.model = model.to(self.device)
+        if not windows(self.train_eps, self.model.spec.chunk, 1):  # else the first step fails inside numpy
+            raise ValueError(f"{cfg.data}: no training episode has {self.model.spec.chunk} steps (one chunk); "
+                             f"make longer episodes (make-data --env-steps)")
         old = self.out / "model" / "training.json"  # stages may run in separate commands: keep both records
         self.record = json.loads(old.read_text()) if old.exists() else {}
         command = command or shlex.join(sys.argv)

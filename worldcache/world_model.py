@@ -413,6 +413,8 @@ class WorldModel(nn.Module):
         frame(s). Returns uint8 frames (B, n*chunk, H, W, 3) and one SampleOutput per chunk."""
         a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
         k = self.spec.chunk
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):  # chunk c draws seed + c
+            raise ValueError(f"rollout seed must be an int (chunk c uses seed + c), got {seed!r}")
         if a.ndim != 3 or a.shape[1] % k:
             raise ValueError(f"actions must be (batch, n*{k}, {self.spec.action_dim}), got {tuple(a.shape)}")
         frames, outs = [], []
@@ -429,6 +431,8 @@ class WorldModel(nn.Module):
 
     def _noise(self, shape, seed) -> torch.Tensor:
         seeds = seed if isinstance(seed, (list, tuple)) else [seed] * shape[0]
+        if len(seeds) != shape[0]:
+            raise ValueError(f"seed: {len(seeds)} seeds for a batch of {shape[0]} (one int, or one per sample)")
         gens = [torch.Generator().manual_seed(int(x)) if x is not None else None for x in seeds]
         noise = torch.stack([torch.randn(shape[1:], generator=g) for g in gens])
         return noise.to(self.device)  # fp32 whatever the weights' dtype, as diffusers' Cosmos 2.5 pipeline
