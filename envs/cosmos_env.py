@@ -29,6 +29,13 @@ SEED_HIGH = 2**31  # noise seeds are drawn from the env's np_random: same env se
 _warned_no_reward: set[str] = set()
 
 
+def action_box(low, high, chunk: int, action_dim: int) -> spaces.Box:
+    """One env step's action space: `chunk` actions of `action_dim`, each within [low, high] (scalars or per dim)."""
+    shape = (chunk, action_dim)
+    return spaces.Box(np.broadcast_to(low, shape).astype(np.float32), np.broadcast_to(high, shape).astype(np.float32),
+                      dtype=np.float32)
+
+
 class WorldSim:
     """What the single and the vector env share: model, cache policy, start frames, reward and termination."""
 
@@ -63,9 +70,7 @@ class WorldSim:
         # normalize_actions: RL libraries expect Box[-1, 1]; actions are then mapped affinely onto the model's bounds
         self.normalize_actions = bool(normalize_actions)
         lo, hi = (-1.0, 1.0) if self.normalize_actions else (self.low, self.high)
-        shape = (s.chunk, s.action_dim)
-        self.action_space = spaces.Box(np.broadcast_to(lo, shape).astype(np.float32),
-                                       np.broadcast_to(hi, shape).astype(np.float32), dtype=np.float32)
+        self.action_space = action_box(lo, hi, s.chunk, s.action_dim)
         self.frame_shape = (s.height, s.width, 3)
         self.render_fps = s.fps / s.chunk  # render() gives one frame per step, and a step is `chunk` frames
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import RolloutConfig, episode_id, episode_seed, policy_rng
 from .identity import write_files
-from .store import EpisodeStore, read_lease
+from .store import EpisodeStore, holds_lease
 
 # CallRecord fields stored per episode as (T, n) arrays, and their dtype; step and branch are the same at every
 # env step (episode attrs ``cache_calls``); sample (a position in the batch) is not part of the episode.
@@ -84,7 +84,7 @@ class RolloutWorker:
         from worldcache.world_model import WorldModel
 
         self.cfg = RolloutConfig(**cfg)
-        if lease is not None and (read_lease(self.cfg.out, self.cfg.storage_options) or {}).get("token") != lease:
+        if lease is not None and not holds_lease(self.cfg.out, lease, self.cfg.storage_options):
             import socket
 
             raise ValueError(f"{self.cfg.out}: this worker (host {socket.gethostname()}) does not see the driver's "

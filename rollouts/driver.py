@@ -15,11 +15,10 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from .actor import RolloutWorker
 from .config import RolloutConfig, episode_id
-from .identity import checkpoint_files, checkpoint_folder, init_or_check, rollout_attrs
+from .identity import checkpoint_files, checkpoint_folder, init_or_check, policy_file, rollout_attrs
 from .store import EpisodeStore, _local_path, acquire_lease, release_lease
 
 
@@ -42,13 +41,6 @@ def _resolve(cfg: RolloutConfig, **overrides) -> RolloutConfig:
     if local is not None:  # a local store: the same absolute path for every actor on this machine
         cfg.out = os.path.abspath(local)
     return cfg
-
-
-def _policy_file(cfg: RolloutConfig) -> tuple[str, bytes] | None:
-    """A torch policy file on the driver travels with the actors (as the checkpoint does)."""
-    if isinstance(cfg.policy, str) and Path(cfg.policy).is_file():
-        return Path(cfg.policy).name, Path(cfg.policy).read_bytes()
-    return None
 
 
 def run_rollouts(config, out: str | None = None, episodes: int | None = None, workers: int | None = None,
@@ -103,7 +95,7 @@ def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: Ep
             num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus if gpu else 0, max_restarts=cfg.max_restarts,
             max_task_retries=cfg.max_task_retries)
         files_ref = ray.put(files)  # the checkpoint reaches every node through the object store
-        actors = [Worker.remote(asdict(cfg), files_ref, "cuda" if gpu else "cpu", lease, _policy_file(cfg))
+        actors = [Worker.remote(asdict(cfg), files_ref, "cuda" if gpu else "cpu", lease, policy_file(cfg))
                   for _ in range(n_workers)]
         nodes = set(ray.get([a.ready.remote() for a in actors]))  # model loading is not rollout time
         tot = {"episodes_written": 0, "steps": 0, "calls": 0, "computed": 0, "write_s": 0.0, "store_s": 0.0,

@@ -71,19 +71,24 @@ def _qualname(obj) -> str:
     return f"{f.__module__}:{f.__qualname__}"
 
 
+def policy_file(cfg: RolloutConfig) -> tuple[str, bytes] | None:
+    """A torch policy file on the driver (its name and bytes): it travels with the actors, as the checkpoint does,
+    and the store knows it by its bytes."""
+    if isinstance(cfg.policy, str) and Path(cfg.policy).is_file():
+        return Path(cfg.policy).name, Path(cfg.policy).read_bytes()
+    return None
+
+
 def _check_policy(cfg: RolloutConfig, spec) -> None:
     """Build the action policy once here: a wrong name or keyword fails before the store's attrs are written or
     any actor loads a model (in the actors it would fail only after both)."""
-    import numpy as np
-    from gymnasium import spaces
+    from worldcache.envs.cosmos_env import action_box
 
     from .policies import make_policy
 
-    shape = (spec.chunk, spec.action_dim)
-    space = spaces.Box(np.broadcast_to(np.float32(spec.action_low), shape),
-                       np.broadcast_to(np.float32(spec.action_high), shape), dtype=np.float32)
-    try:
-        make_policy(cfg.policy, space, **cfg.policy_kwargs)
+    try:  # the space the actors' envs give it
+        make_policy(cfg.policy, action_box(spec.action_low, spec.action_high, spec.chunk, spec.action_dim),
+                    **cfg.policy_kwargs)
     except TypeError as e:  # an unknown or missing keyword of the policy's constructor
         raise ValueError(f"policy {cfg.policy!r} with policy_kwargs {cfg.policy_kwargs}: {e}") from None
 
@@ -96,7 +101,7 @@ def rollout_attrs(cfg: RolloutConfig, files: dict[str, bytes], folder: Path) -> 
     spec = WorldModelSpec(**json.loads(files["model.json"]))
     cache, yaml_steps = load_cache(cfg.cache, **cfg.cache_config)  # validates the cache config before any actor starts
     _check_policy(cfg, spec)
-    policy_file = isinstance(cfg.policy, str) and Path(cfg.policy).is_file()
+    pfile = policy_file(cfg)
     attrs = {
         "model_sha256": model_sha256(files),
         "checkpoint": str(folder),
@@ -111,7 +116,7 @@ def rollout_attrs(cfg: RolloutConfig, files: dict[str, bytes], folder: Path) -> 
         "policy": cfg.policy if isinstance(cfg.policy, str) else _qualname(cfg.policy),
         "policy_kwargs": cfg.policy_kwargs,
         # a policy file is known by its bytes: an edited file must not resume into the old one's store
-        "policy_sha256": hashlib.sha256(Path(cfg.policy).read_bytes()).hexdigest() if policy_file else None,
+        "policy_sha256": hashlib.sha256(pfile[1]).hexdigest() if pfile else None,
         # hook caches decide per batch, so there the batch size is part of what an episode depends on
         "decision_batch": None if cache.decides_per_sample else cfg.num_envs,
         "seed": cfg.seed,
@@ -148,4 +153,4 @@ def init_or_check(store: EpisodeStore, attrs: dict) -> None:
 
 
 __all__ = ["FREE_ATTRS", "ROLLOUT_FORMAT", "RolloutFormatError", "check_format", "checkpoint_files",
-           "checkpoint_folder", "init_or_check", "model_sha256", "rollout_attrs", "write_files"]
+           "checkpoint_folder", "init_or_check", "model_sha256", "policy_file", "rollout_attrs", "write_files"]

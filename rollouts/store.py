@@ -133,6 +133,11 @@ def read_lease(url: str, storage_options: dict | None = None) -> dict | None:
         return None
 
 
+def holds_lease(url: str, token: str, storage_options: dict | None = None) -> bool:
+    """Whether the lease file at `url` is there and holds `token` (as the one writing it sees it)."""
+    return (read_lease(str(url), storage_options) or {}).get("token") == token
+
+
 def acquire_lease(url: str, storage_options: dict | None = None, break_lease: bool = False) -> str:
     """Take the store's lease; returns its token. Raises `LeaseError` while another holds it (unless
     `break_lease`: for a lease left by a driver that died)."""
@@ -155,7 +160,7 @@ def acquire_lease(url: str, storage_options: dict | None = None, break_lease: bo
             raise LeaseError(f"{url}: another driver took the lease just now") from None
     else:
         fs.pipe_file(path, doc.encode())
-    if (read_lease(url, storage_options) or {}).get("token") != token:
+    if not holds_lease(url, token, storage_options):
         raise LeaseError(f"{url}: another driver took the lease just now")
     return token
 
@@ -163,7 +168,7 @@ def acquire_lease(url: str, storage_options: dict | None = None, break_lease: bo
 def release_lease(url: str, token: str, storage_options: dict | None = None) -> None:
     """Give the lease back (only if `token` still holds it)."""
     fs, root = _fs(str(url), storage_options)
-    if (read_lease(str(url), storage_options) or {}).get("token") == token:
+    if holds_lease(url, token, storage_options):
         fs.rm_file(f"{root}/{LEASE}")
 
 
