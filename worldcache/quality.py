@@ -22,11 +22,11 @@ def frame_psnr(mse: np.ndarray, values: int) -> np.ndarray:
 def psnr(pred, target) -> float:
     """Mean over frames of per-frame PSNR (dB); inf only when every frame equals its reference."""
     pred, target = np.asarray(pred), np.asarray(target)
-    err = ((pred.astype(np.float64) - target) / 255.0) ** 2
-    mse = err.reshape(-1, int(np.prod(target.shape[-3:]))).mean(1)
+    values = int(np.prod(target.shape[-3:]))  # per frame
+    mse = (((pred.astype(np.float64) - target) / 255.0) ** 2).reshape(-1, values).mean(1)
     if not mse.any():
         return float("inf")
-    return float(frame_psnr(mse, int(np.prod(target.shape[-3:]))).mean())
+    return float(frame_psnr(mse, values).mean())
 
 
 def ssim(pred, target) -> float:

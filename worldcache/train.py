@@ -325,10 +325,11 @@ class Trainer:
         if state_file.exists():
             st = torch.load(state_file, weights_only=False, map_location=self.device)
             now = resume_settings(self.cfg)
-            diff = sorted(k for k in set(st.get("config", now)) | set(now) if st.get("config", now).get(k) != now.get(k))
+            saved = st.get("config", now)  # states saved before settings were kept are taken as this run's
+            diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
             if diff:  # another run's state: resuming it would train (and export) that run's weights under this record
                 raise ValueError(f"{state_file}: saved by a run with other settings ("
-                                 + ", ".join(f"{k}: {st['config'].get(k)!r} there, {now.get(k)!r} now" for k in diff)
+                                 + ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in diff)
                                  + "); resume with the same settings, or train into another --out")
             self.model.load_state_dict(st["model"])
             opt.load_state_dict(st["opt"])
