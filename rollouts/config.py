@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worldcache.seeding import derived_seed
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -79,7 +81,7 @@ def episode_id(index: int, seed: int) -> str:
 
 def episode_seed(seed: int, index: int) -> int:
     """Env seed of episode `index`: hashed from (base seed, index), so nearby base seeds share no episodes."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+    return derived_seed(seed, index)
 
 
 def policy_rng(seed: int, index: int) -> np.random.Generator:

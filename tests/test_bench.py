@@ -21,6 +21,7 @@ from worldcache.cache.config import CACHE_CONFIG_DIR, read_yaml
 from worldcache.fidelity import EQUAL_COST, EQUAL_NORM, POLICY_SETS, evaluate_policies, make_control, parse_policy
 from worldcache.mujoco_data import PusherRenderer, real_rollout
 from worldcache.rollouts.identity import model_sha256
+from worldcache.seeding import derived_seed
 from worldcache.state_decoder import StateDecoder, StateDecoderConfig
 from worldcache.world_model import WorldModel, WorldModelSpec
 
@@ -559,6 +560,10 @@ def test_evaluate_policies_starts_split_over_calls_pool_exactly(small_ckpt, tmp_
     there["settings"]["model_sha256"] = model_sha256(moved)  # as a result measured on them would say
     with pytest.raises(ValueError, match="differs from result 0"):
         fidelity.pool_results([whole, there])
+    older = json.loads((tmp_path / "first.json").read_text())  # measured with the older noise seeds: refused
+    del older["settings"]["noise"]
+    with pytest.raises(ValueError, match="differs from result 0"):
+        fidelity.pool_results([older, json.loads((tmp_path / "last.json").read_text())])
     other_noise = evaluate_policies(small_ckpt, episodes=1, first_seed=10_001, seed=1, **kw)
     assert other_noise["policies"][0]["wm_returns"]["none"] != whole["policies"][0]["wm_returns"]["none"][1:]
 
@@ -609,15 +614,22 @@ def test_evaluate_policies_real_cond_predicts_each_chunk_from_the_simulators_fra
     assert one_rc["policies"] == json.loads(json.dumps(one["policies"])) and one_rc["settings"]["replay"] == "real-cond"
     two = evaluate_policies(small_ckpt, episodes=1, steps=8, real_cond=True, **kw)
     model, dec = WorldModel.from_pretrained(small_ckpt), StateDecoder.load(small_ckpt, "cpu")
+    open_loop_returns = []
     with PusherRenderer(32, 40, max_episode_steps=8) as renderer:
         for p, name in zip(two["policies"], ("push", "away")):
             ep = real_rollout(make_control(name, None, renderer, 10_001), 10_001, 8, renderer=renderer)
-            first, _ = model.predict(ep["obs"][:1], ep["actions"][None, :4], num_steps=2, seed=1)  # 10001 - 10000
-            second, _ = model.predict(ep["obs"][4:5], ep["actions"][None, 4:], num_steps=2, seed=2)
+            s = derived_seed(0, 10_001)  # the start's own noise, hashed from (seed, env seed); chunk c draws s + c
+            first, _ = model.predict(ep["obs"][:1], ep["actions"][None, :4], num_steps=2, seed=s)
+            second, _ = model.predict(ep["obs"][4:5], ep["actions"][None, 4:], num_steps=2, seed=s + 1)
             frames = np.concatenate([first[0].numpy(), second[0].numpy()])
             assert p["wm_returns"]["none"] == [pytest.approx(dec.rewards(frames, ep["actions"]).sum(), abs=1e-9)]
+            rolled, _ = model.rollout(ep["obs"][:1], ep["actions"][None], num_steps=2, seed=s)  # open loop
+            open_loop_return = dec.rewards(rolled[0].numpy(), ep["actions"]).sum()
+            assert open_loop_return != pytest.approx(p["wm_returns"]["none"][0], abs=1e-9)
+            open_loop_returns.append(open_loop_return)
     open_loop = evaluate_policies(small_ckpt, episodes=1, steps=8, **kw)
-    assert [p["wm_returns"] for p in open_loop["policies"]] != [p["wm_returns"] for p in two["policies"]]
+    assert [p["wm_returns"]["none"] for p in open_loop["policies"]] == \
+        [[pytest.approx(r, abs=1e-9)] for r in open_loop_returns]
     with pytest.raises(ValueError, match="settings"):  # the two replays never pool into one figure
         fidelity.pool_results([one, one_rc])
 
@@ -751,11 +763,14 @@ def test_cli_evaluate_model_real_cond_conditions_each_chunk_on_the_real_frames(t
     # chunk 2 by hand: from the simulator's last frame of chunk 1, with the rollout's seed for chunk 2
     model = WorldModel.from_pretrained(tiny_ckpt)
     starts, acts, reals, _ = heldout_windows(load_episodes(tmp_path / "eps.zarr")[0], 16, 16, 2.0)
-    first, _ = model.predict(starts, acts[:, :8], num_steps=2, seed=0)
-    second, _ = model.predict(reals[:, 7], acts[:, 8:], num_steps=2, seed=1)
+    seeds = [derived_seed(0, w) for w in range(len(starts))]  # each window its own noise; chunk c draws + c
+    first, _ = model.predict(starts, acts[:, :8], num_steps=2, seed=seeds)
+    second, _ = model.predict(reals[:, 7], acts[:, 8:], num_steps=2, seed=[x + 1 for x in seeds])
     want = frame_scores(np.concatenate([first.numpy(), second.numpy()], axis=1), reals, starts)
     assert two["real_cond"] == {k: want[k] for k in ("psnr", "ssim", "psnr_moving")}
     assert two["real_cond"]["psnr"] != two["psnr"]  # open loop conditions chunk 2 on its own frame
+    rolled, _ = model.rollout(starts, acts, num_steps=2, seed=seeds)  # the open loop: the same windows' seeds
+    assert two["psnr"] == frame_scores(rolled.numpy(), reals, starts)["psnr"]
     printed = capsys.readouterr().out
     assert f"{'real cond':<12} {two['real_cond']['psnr']:>7.2f}" in printed and "teacher-forced" in printed
 

@@ -71,6 +71,10 @@ def test_seeds_that_do_not_fit_are_clear_errors(tiny_ckpt, tmp_path):
         model.predict(*two, num_steps=2, seed=[0])
     with pytest.raises(ValueError, match="rollout seed must be an int"):
         model.rollout(frame, actions, num_steps=2, seed=None)
+    with pytest.raises(ValueError, match="rollout seed must be an int"):
+        model.rollout(*two, num_steps=2, seed=[0, 1.5])
+    with pytest.raises(ValueError, match="3 seeds for a batch of 2"):
+        model.rollout(*two, num_steps=2, seed=[0, 1, 2])
     # episodes shorter than a chunk: said before training, not inside numpy's sampling
     store = EpisodeStore.create(tmp_path / "short.zarr")
     t = SPEC.chunk - 1
@@ -98,6 +102,13 @@ def test_rollout_chains_chunks(tiny_ckpt):
         assert torch.equal(outs[c].latents, out.latents), c
         prev = frames[:, (c + 1) * k - 1].numpy()
     assert not torch.equal(frames[:, :k], frames[:, k:2 * k])  # the chunks differ: the comparison has teeth
+    # one seed per sample: each sample is the rollout with its own seed, whatever the batch holds beside it
+    two = np.repeat(frame, 2, 0), np.repeat(actions[:, :2 * k], 2, 0)
+    both, _ = model.rollout(*two, num_steps=3, seed=[7, 40])
+    alone = torch.cat([frames[:, :2 * k], model.rollout(frame, actions[:, :2 * k], num_steps=3, seed=40)[0]])
+    gap = lambda x, y: (x.int() - y.int()).abs()  # noqa: E731
+    assert gap(both, alone).max() <= 1  # up to rounding: a batch of 2 sums in another order than a batch of 1
+    assert gap(both[0], both[1]).float().mean() > 20 * gap(both, alone).float().mean()  # same inputs, other noise
     # the default seed is 0: chunk 0 with seed 0, chunk 1 with seed 1
     frames0, _ = model.rollout(frame, actions[:, :2 * k], num_steps=3)
     assert torch.equal(frames0[:, :k], model.predict(frame, actions[:, :k], num_steps=3, seed=0)[0])

@@ -6,7 +6,7 @@ starts for every policy):
 1. the policy runs in the REAL MuJoCo Pusher env from the real observations (`mujoco_data.real_rollout`); real
    return = sum of the task rewards (`mujoco_data.task_reward` on the true positions);
 2. its recorded actions are replayed OPEN-LOOP in the world model from the same start frame (`WorldModel.rollout`),
-   uncached and with each cache policy; world-model return = the checkpoint's state decoder reading positions off
+   uncached and with each cache policy, from the noise seeds `derived_seed(seed, env_seed) + chunk`; world-model return = the checkpoint's state decoder reading positions off
    each predicted frame, `task_reward` on them plus the exact control cost of each action (the env's reward).
    ``real_cond`` instead predicts each chunk from the simulator's frames before it: a diagnostic of what
    compounding costs the ranking.
@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .bench import HELDOUT_SEED, needs_calibration, warm_up
+from .seeding import derived_seed
 
 EQUAL_NORM = 0.5  # |a| of every action of the equal-cost policies: 2.5 cm per 0.05 s step (x20 actions)
 POLICY_SETS = {
@@ -47,6 +48,7 @@ POLICY_SETS = {
 DEFAULT_POLICIES = ("equal-cost",)
 EQUAL_COST = ("push", "hover", "to-goal", "fixed", "random-dir", "away")  # names of the equal-norm policies
 FIXED_DIRECTION = (0.0, 1.0, 0.0)  # "fixed": sideways, along the table
+NOISE_SEEDING = "derived_seed(seed, env_seed) + chunk"  # recorded, so results of the older seed + start + chunk never pool
 
 
 class EqualNormPolicy:
@@ -257,8 +259,8 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
             for e in range(episodes):
                 env_seed = first_seed + e
                 # the noise follows the env seed, not the start's place in this call, so starts split over calls
-                # pool exactly; held-out starts keep seed + e
-                noise_seed = seed + env_seed - HELDOUT_SEED
+                # pool exactly; hashed, so no start's chunk c + 1 draws another start's chunk c
+                noise_seed = derived_seed(seed, env_seed)
                 ep = real_rollout(make_control(name, noise, renderer, env_seed), env_seed, steps, renderer=renderer)
                 real[i, e] = ep["rewards"].sum()
                 ctrl[i, e] = -float(control_cost(ep["actions"]).sum())
@@ -289,7 +291,7 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                     "decoder_sha256": dec_ids[k], "episodes": episodes, "steps": steps,
                     "num_steps": num_steps or s.num_steps, "seed": seed, "policies": names,
                     "env_seeds": [first_seed + e for e in range(episodes)],
-                    "replay": "real-cond" if real_cond else "open-loop"}
+                    "replay": "real-cond" if real_cond else "open-loop", "noise": NOISE_SEEDING}
         results.append(summarize([label for _, _, label in specs], real, dec_real[k], ctrl, wm[k], settings,
                                  terms[k]))
         if verbose:

@@ -39,6 +39,7 @@ import mujoco
 import numpy as np
 
 from worldcache.rollouts.store import EpisodeStore
+from worldcache.seeding import derived_seed
 
 ENV_ID = "Pusher-v5"
 # Fixed camera, 70 deg down from beyond the object area: the whole arm (base to fingertip, at rest and at full
@@ -328,7 +329,7 @@ def make_policy(name: str, env, rng: np.random.Generator, noise: float | None = 
 # ---------------------------------------------------------------------------------- rollouts
 def episode_seed(seed: int, index: int) -> int:
     """Independent, reproducible per-episode seed (for env.reset and the policy RNG)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+    return derived_seed(seed, index)
 
 
 def _rollout(renderer: PusherRenderer, policy: Policy, seed: int, steps: int) -> dict[str, np.ndarray]:

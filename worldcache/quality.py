@@ -5,6 +5,9 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from .seeding import derived_seed
+from .world_model import chunk_seeds
+
 
 def _as_images(frames) -> torch.Tensor:
     """uint8 (..., H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
@@ -148,18 +151,20 @@ def frame_scores(pred, real, start) -> dict:
 
 
 @torch.no_grad()
-def teacher_forced(model, starts, acts, reals, policy=None, num_steps: int | None = None, seed: int = 0,
-                   batch: int = 8) -> np.ndarray:
+def teacher_forced(model, starts, acts, reals, policy=None, num_steps: int | None = None,
+                   seed: int | list[int] = 0, batch: int = 8) -> np.ndarray:
     """Each chunk of the windows predicted from the simulator's frames before it (the start frame, then the real
     frames), not from the model's own: what a rollout would score if its errors did not compound. Chunk c gets the
-    rollout's seed (`seed + c`); each chunk is a new prediction for `policy`."""
+    rollout's seed (`seed + c`; `seed` one int or one per window); each chunk is a new prediction for `policy`."""
     k = model.spec.chunk
     history = np.concatenate([starts[:, None], reals], axis=1)  # the window's frame t at index t
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(starts)
     out = []
     for i in range(0, len(starts), batch):
         rows = slice(i, i + batch)
         out.append(np.concatenate([model.predict(history[rows, :c * k + 1], acts[rows, c * k:(c + 1) * k],
-                                                 policy=policy, num_steps=num_steps, seed=seed + c)[0].cpu().numpy()
+                                                 policy=policy, num_steps=num_steps,
+                                                 seed=chunk_seeds(seeds[rows], c))[0].cpu().numpy()
                                    for c in range(acts.shape[1] // k)], axis=1))
     return np.concatenate(out)
 
@@ -181,10 +186,11 @@ def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, 
         raise ValueError(f"chunks must be >= 1, got {chunks}")
     k = model.spec.chunk
     starts, acts, reals, states = heldout_windows(episodes, horizons[-1] * k, max_windows, moving)
+    seeds = [derived_seed(seed, w) for w in range(len(starts))]  # window w's own noise, whatever the batch
     preds = []
     for i in range(0, len(starts), batch):
         frames, _ = model.rollout(starts[i:i + batch], acts[i:i + batch], policy=policy, num_steps=num_steps,
-                                  seed=seed)
+                                  seed=seeds[i:i + batch])
         preds.append(frames.cpu().numpy())
     pred = np.concatenate(preds)
     out = {"windows": int(len(starts)), "chunk": k,
@@ -193,7 +199,7 @@ def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, 
     if horizons[-1] > 1:
         out["cond_error"] = conditioning_error(model, pred, reals)
     if real_cond:
-        tf = teacher_forced(model, starts, acts, reals, policy, num_steps, seed, batch)
+        tf = teacher_forced(model, starts, acts, reals, policy, num_steps, seeds, batch)
         for c in horizons:
             r = frame_scores(tf[:, :c * k], reals[:, :c * k], starts)
             out["horizons"][str(c)]["real_cond"] = {key: r[key] for key in ("psnr", "ssim", "psnr_moving")}

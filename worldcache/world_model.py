@@ -66,6 +66,11 @@ def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def chunk_seeds(seed: int | list[int], c: int) -> int | list[int]:
+    """Noise seed(s) of chunk `c` of a rollout seeded `seed` (one int, or one per sample): seed + c."""
+    return [int(x) + c for x in seed] if isinstance(seed, (list, tuple)) else int(seed) + c
+
+
 @dataclass
 class WorldModelSpec:
     height: int = 80                  # defaults: the bundled model's (MuJoCo Pusher, end-effector deltas x20)
@@ -408,13 +413,16 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def rollout(self, frame, actions, *, policy: CachePolicy | None = None, num_steps: int | None = None,
-                seed: int = 0, timing: bool = False) -> tuple[torch.Tensor, list[SampleOutput]]:
+                seed: int | list[int] = 0, timing: bool = False) -> tuple[torch.Tensor, list[SampleOutput]]:
         """Open-loop autoregressive prediction of (B, n*chunk) actions: each chunk starts from the last predicted
-        frame(s). Returns uint8 frames (B, n*chunk, H, W, 3) and one SampleOutput per chunk."""
+        frame(s). Returns uint8 frames (B, n*chunk, H, W, 3) and one SampleOutput per chunk. `seed`: one int for
+        the batch or one per sample; chunk c draws seed + c (give samples seeds far apart, e.g.
+        `seeding.derived_seed`, or their chunks share noise)."""
         a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
         k = self.spec.chunk
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):  # chunk c draws seed + c
-            raise ValueError(f"rollout seed must be an int (chunk c uses seed + c), got {seed!r}")
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
+        if not seeds or any(not isinstance(x, (int, np.integer)) or isinstance(x, bool) for x in seeds):
+            raise ValueError(f"rollout seed must be an int or a list of ints (chunk c uses seed + c), got {seed!r}")
         if a.ndim != 3 or a.shape[1] % k:
             raise ValueError(f"actions must be (batch, n*{k}, {self.spec.action_dim}), got {tuple(a.shape)}")
         frames, outs = [], []
@@ -423,7 +431,7 @@ class WorldModel(nn.Module):
             if policy is not None:
                 policy.begin_chunk(c)  # policies that carry state across chunks (cross_chunk) know a rollout's order
             new, out = self.predict(history, a[:, c * k:(c + 1) * k], policy=policy, num_steps=num_steps,
-                                    seed=seed + c, timing=timing)
+                                    seed=chunk_seeds(seed, c), timing=timing)
             frames.append(new)
             outs.append(out)
             history = torch.cat([history, new.cpu()], dim=1)[:, -self.spec.cond_frames:]
