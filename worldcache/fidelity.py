@@ -6,8 +6,9 @@ starts for every policy):
 1. the policy runs in the REAL MuJoCo Pusher env from the real observations (`mujoco_data.real_rollout`); real
    return = sum of the task rewards (`mujoco_data.task_reward` on the true positions);
 2. its recorded actions are replayed OPEN-LOOP in the world model from the same start frame (`WorldModel.rollout`),
-   uncached and with each cache policy, from the noise seeds `derived_seed(seed, env_seed) + chunk`; world-model return = the checkpoint's state decoder reading positions off
-   each predicted frame, `task_reward` on them plus the exact control cost of each action (the env's reward).
+   uncached and with each cache policy, from the noise seeds `derived_seed(seed, env_seed) + chunk`; world-model
+   return = the checkpoint's state decoder reading positions off each predicted frame, `task_reward` on them plus
+   the exact control cost of each action (the env's reward).
    ``real_cond`` instead predicts each chunk from the simulator's frames before it: a diagnostic of what
    compounding costs the ranking.
 
@@ -48,7 +49,7 @@ POLICY_SETS = {
 DEFAULT_POLICIES = ("equal-cost",)
 EQUAL_COST = ("push", "hover", "to-goal", "fixed", "random-dir", "away")  # names of the equal-norm policies
 FIXED_DIRECTION = (0.0, 1.0, 0.0)  # "fixed": sideways, along the table
-NOISE_SEEDING = "derived_seed(seed, env_seed) + chunk"  # recorded, so results of the older seed + start + chunk never pool
+NOISE_SEEDING = "derived_seed(seed, env_seed) + chunk"  # recorded: results of the older seeds never pool with these
 
 
 class EqualNormPolicy:

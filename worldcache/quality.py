@@ -180,7 +180,8 @@ def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, 
     longest rollout gets ``follow`` (`follow_scores`, one entry per chunk). A rollout of more than one chunk also
     gets ``cond_error`` (`conditioning_error`, one entry per chunk after the first). `real_cond`: each horizon also
     gets ``real_cond``, the model's full-frame and moving-region PSNR and SSIM with every chunk conditioned on the
-    real frames (`teacher_forced`): the gap to the open-loop figures is what compounding costs."""
+    real frames (`teacher_forced`): the gap to the open-loop figures is what compounding costs. Window w draws the
+    noise `derived_seed(seed, w) + chunk`, its own whatever the batch."""
     horizons = sorted({int(c) for c in np.atleast_1d(chunks)})
     if not horizons or horizons[0] < 1:
         raise ValueError(f"chunks must be >= 1, got {chunks}")
