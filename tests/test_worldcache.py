@@ -181,6 +181,17 @@ def test_uncond_reuse_skips_only_late_uncond_calls(tiny_dit):
         run(tiny_dit, make_policy("worldcache", uncond_reuse=True), scale=3.0, mode="batched")
 
 
+def test_uncond_reuse_keeps_the_warm_up_and_the_skip_cap(tiny_dit):
+    def uncond_computed(**kw):
+        out = run(tiny_dit, make_policy("worldcache", threshold=0.0, uncond_reuse=True, uncond_reuse_start=0.0, **kw),
+                  scale=3.0)
+        return [int(r.computed) for r in out.records if r.branch == "uncond"]
+
+    assert STEPS == 20
+    assert uncond_computed(ret_ratio=0.5) == [1] * 10 + [0] * 9 + [1]  # warm-up: floor(0.5 * 20 + 0.5) steps
+    assert uncond_computed(ret_ratio=0.1, max_consecutive_skips=1) == [1, 1] + [0, 1] * 9
+
+
 def test_hf_veto_forbids_skips(tiny_dit):
     free = run(tiny_dit, make_policy("worldcache", threshold=10.0))
     veto = run(tiny_dit, make_policy("worldcache", threshold=10.0, hf_veto=True, hf_threshold=0.0))

@@ -91,6 +91,8 @@ class WorldCache(ProbePolicy):
         sts, x = self.states(call), stack.x
         if self.config.uncond_reuse and all(self._reuse_uncond(st, call) for st in sts):
             call.computed = False
+            for st in sts:
+                st.skips += 1  # a skip like any other: max_consecutive_skips counts it
             # no block runs: each sample's last computed residual of the branch, held
             return x + torch.cat([st.residuals[-1] for st in sts])
         prev = self.previous.get(call.branch)
@@ -167,9 +169,11 @@ class WorldCache(ProbePolicy):
         if call.branch == "batched":
             raise ValueError("uncond_reuse needs guidance='separate': with batched guidance both branches share "
                              "one model call, so the unconditional one cannot be skipped alone")
-        # the same window as any skip: after the first uncond_reuse_start of the steps, never a forced last step
-        return (call.branch == "uncond" and bool(st.residuals)
-                and may_skip(call, self.config.uncond_reuse_start, self.config.force_last_step))
+        # the window of any skip, from uncond_reuse_start on: never in the warm-up, never a forced last step, and
+        # within max_consecutive_skips
+        cfg = self.config
+        return (call.branch == "uncond" and bool(st.residuals) and not self.engine.capped(st)
+                and may_skip(call, max(cfg.uncond_reuse_start, cfg.ret_ratio), cfg.force_last_step))
 
     def approximate(self, st: ProbeState, rho_now, x, ctx, rec: CallRecord) -> torch.Tensor:
         """The previous chunk's rest residual on this probe (cross_chunk), or the extrapolated residual, warped
