@@ -63,16 +63,35 @@ def test_motion_adaptive_threshold_is_tau_over_one_plus_alpha_v(phase_aware, ste
     assert recs[1].threshold == pytest.approx(0.16 * step_factor / (1 + 5.0 * 0.25), abs=1e-12)
 
 
+def test_motion_is_measured_against_the_previous_call_not_the_last_computed_one():
+    # call 0 computes, calls 1 and 2 skip (threshold 100): call 2's v = mean|x2 - x1| / mean|x1| = 0.25 / 1.25
+    # (against the last computed input x0 it would be 0.5)
+    p = make_policy("worldcache", threshold=100.0, ret_ratio=0.0, alpha=5.0, **{**OFF, "motion_adaptive": True})
+    recs, _ = drive(p, [ScriptedStack(tokens(*[v] * 4)) for v in (1.0, 1.25, 1.5)], 10)
+    assert [r.computed for r in recs] == [True, False, False]
+    assert recs[2].motion == pytest.approx(0.2, abs=1e-12)
+    assert recs[2].threshold == pytest.approx(100 / (1 + 5.0 * 0.2), abs=1e-12)
+
+
+def test_dicache_drift_is_relative_to_the_previous_probe_output():
+    # probe outputs 1 then 1.25 on every token: mean|p - p_prev| / mean|p_prev| = 0.25 / 1 (not 0.25 / 1.25)
+    p = make_policy("dicache", threshold=1e9, ret_ratio=0.0)
+    recs, _ = drive(p, [ScriptedStack(tokens(*[v] * 4)) for v in (1.0, 1.25)], 10)
+    assert recs[1].drift == pytest.approx(0.25, abs=1e-12) and recs[1].threshold == 1e9
+
+
 def test_saliency_weights_are_one_plus_beta_minmax_std():
     # previous probe output p_prev = x0 (a zero probe residual): tokens with channels (1, 1), (0, 2), (0, 4)
-    # per-token std over channels 0, sqrt2, 2 sqrt2 -> min-max normalised 0, 0.5, 1 -> w = 1 + 5 s = 1, 3.5, 6
+    # per-token std over channels 0, sqrt2, 2 sqrt2 -> min-max normalised 0, 0.5, 1 -> w = 1 + 5 s = 1, 3.5, 6.
+    # The step (0, 2), (2, 2), (3, 3) gives x1 the stds sqrt2, sqrt2, 2 sqrt2 (w 1, 1, 6 if read off the current
+    # probe) and per-token changes 1, 2, 3 (a mean weight instead of per-token ones gives 3.5 * 2 / (8 / 6) = 5.25)
     x0 = torch.tensor([[[1.0, 1.0], [0.0, 2.0], [0.0, 4.0]]], dtype=torch.float64)
-    x1 = x0 + 1  # |p - p_prev| = 1 on every channel
+    x1 = x0 + torch.tensor([[[0.0, 2.0], [2.0, 2.0], [3.0, 3.0]]], dtype=torch.float64)
     p = make_policy("worldcache", threshold=100.0, ret_ratio=0.0, beta=5.0, **{**OFF, "saliency": True})
     recs, _ = drive(p, [ScriptedStack(x0), ScriptedStack(x1)], 10)
     assert recs[1].saliency == pytest.approx((1 + 3.5 + 6) / 3, abs=1e-12)
-    # drift = mean_tokens(w * mean_channels|p - p_prev|) / mean|p_prev| = 3.5 / (8 / 6)
-    assert recs[1].drift == pytest.approx(3.5 / (8 / 6), abs=1e-12)
+    # drift = mean_tokens(w * mean_channels|p - p_prev|) / mean|p_prev| = (1 * 1 + 3.5 * 2 + 6 * 3) / 3 / (8 / 6)
+    assert recs[1].drift == pytest.approx(26 / 3 / (8 / 6), abs=1e-12)
 
 
 def test_spread_is_the_bessel_corrected_std_over_the_last_dimension():
