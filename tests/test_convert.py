@@ -245,10 +245,27 @@ def test_errors_name_the_key_and_expected_shape(files, tmp_path):
     bad = dict(base, **{"net.blocks.0.self_attn.extra.weight": torch.zeros(3)})
     with pytest.raises(CheckpointError, match=r"unexpected key net\.blocks\.0\.self_attn\.extra\.weight"):
         make_plan(strip_net(bad))
+    ints = dict(base, **{"net.blocks.0.mlp.layer1.weight": torch.zeros(4 * D, D, dtype=torch.int64)})
+    with pytest.raises(CheckpointError, match=r"net\.blocks\.0\.mlp\.layer1\.weight: expected floating-point "
+                                              r"weights, got torch\.int64"):
+        make_plan(strip_net(ints))
+    # a block missing in the middle: named as such (not as an unexpected key of the next block)
+    three = {k: torch.zeros(v) for k, v in official_shapes("2.5", layers=3).items() if not k.startswith("blocks.1.")}
+    with pytest.raises(CheckpointError, match=r"blocks \[1\] missing"):
+        make_plan(three)
     # Through the CLI: the file at fault, no traceback, exit code 2.
     torch.save(bad, tmp_path / "bad.pt")
     assert main(["convert", str(tmp_path / "bad.pt"), "--vae", str(files["vae"]), "--prompt-embeds",
                  str(files["embeds"]), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_non_finite_weights_are_refused_before_anything_is_written(files, tmp_path):
+    state = official_state("2.5")
+    state["net.blocks.1.mlp.layer2.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"transformer_blocks\.1\.ff\.net\.2\.weight: NaN or inf"):
+        convert(tmp_path / "nan.pt", files["vae"], files["embeds"], tmp_path / "o", height=32, width=48)
+    assert not (tmp_path / "o").exists()
 
 
 class Opaque:  # a pickled object weights_only refuses
@@ -288,6 +305,10 @@ def test_2b_plan_matches_the_2b_model_on_meta():
     got.update({k: shapes[k] for k in plan.crossattn_proj})  # same name in diffusers
     assert got == want
     assert sum(math.prod(s) for s in want.values()) > 1.9e9  # it is the 2B network
+    # a 2B file cut short loses whole blocks; it must not plan as a shallower model
+    cut = {k: v for k, v in state.items() if not k.startswith("blocks.27.")}
+    with pytest.raises(CheckpointError, match="27 blocks at the 2B width 2048: the 2B model has 28"):
+        make_plan(cut, "auto")
 
 
 RES = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",

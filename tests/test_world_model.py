@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from worldcache.cache import make_policy
 from worldcache.rollouts.store import EpisodeStore
@@ -155,6 +156,18 @@ def test_checkpoint_errors_name_the_file(tiny_ckpt, tmp_path):
     (scale / "model.json").write_text(json.dumps(spec))
     with pytest.raises(CheckpointError, match="vae/config.json.*compresses"):
         WorldModel.from_pretrained(scale)
+    # a weight missing from, or one too many in, a safetensors file: diffusers only logs it and, for a missing one,
+    # leaves the parameter on the meta device, which failed later in `.to(device)` without naming the file
+    for sub, edit, why in (("transformer", lambda t: t.pop(next(iter(t))), "missing keys"),
+                           ("vae", lambda t: t.update(extra=torch.zeros(1)), "unexpected keys")):
+        bad = tmp_path / f"weights_{sub}"
+        shutil.copytree(tiny_ckpt, bad)
+        file = bad / sub / "diffusion_pytorch_model.safetensors"
+        tensors = load_file(str(file))
+        edit(tensors)
+        save_file(tensors, str(file))
+        with pytest.raises(CheckpointError, match=f"{sub}: weights do not fit its config.json: {why}"):
+            WorldModel.from_pretrained(bad)
     badjson = tmp_path / "badjson"
     shutil.copytree(tiny_ckpt, badjson)
     (badjson / "model.json").write_text('{"height": 32, "colour": 1}')

@@ -103,11 +103,18 @@ def read_config(state: dict) -> dict:
     patch_in = _need(state, "x_embedder.proj.1.weight", "[D, (z + 2) * 4]").shape[1]
     out = _need(state, "final_layer.linear.weight", "[4 z, D]").shape[0]
     cfg = dict(REAL_2B_CONFIG)
+    blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("blocks.")})
+    if blocks != list(range(len(blocks))):
+        gaps = sorted(set(range(blocks[-1] + 1)) - set(blocks))
+        raise CheckpointError(f"blocks {gaps} missing: the checkpoint has blocks {blocks[0]}..{blocks[-1]} with gaps")
+    width_2b = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    if d == width_2b and len(blocks) != cfg["num_layers"]:  # a truncated file would otherwise load as a shallower model
+        raise CheckpointError(f"{len(blocks)} blocks at the 2B width {d}: the 2B model has {cfg['num_layers']}")
     p = cfg["patch_size"]
     patch = p[0] * p[1] * p[2]
     cfg.update(
         num_attention_heads=d // head_dim, attention_head_dim=head_dim,
-        num_layers=len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
+        num_layers=len(blocks),
         in_channels=patch_in // patch - 1,  # minus the padding-mask channel the model concatenates
         out_channels=out // patch,
         mlp_ratio=_need(state, "blocks.0.mlp.layer1.weight", "[4 D, D]").shape[0] / d,
@@ -186,6 +193,8 @@ def make_plan(state: dict, variant: str = "auto", action_dim: int = 7, chunk: in
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
             got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise CheckpointError(f"net.{key}: expected shape {list(shape)}, got {got}")
+        if not value.is_floating_point():  # converting would cast it silently into nonsense weights
+            raise CheckpointError(f"net.{key}: expected floating-point weights, got {value.dtype}")
         seen.add(target)
     for target, shape in {**want, **action_want}.items():
         if target not in seen:
@@ -409,11 +418,14 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
     tensors = {}
     for key, target in tqdm(plan.transformer.items(), desc="map transformer", unit="tensor", dynamic_ncols=True):
         tensors[target] = state[key].to(dtype).contiguous()
+    action = {k: state[k].to(dtype).contiguous() for k in plan.action}
+    for key, value in {**tensors, **action}.items():  # checked before anything is written
+        if not torch.isfinite(value).all():
+            raise CheckpointError(f"{key}: NaN or inf in the weights (after the cast to {dtype})")
     out.mkdir(parents=True, exist_ok=True)
     with torch.device("meta"):
         CosmosTransformer3DModel(**cfg).save_config(out / "transformer")
     write_safetensors_sharded(tensors, out / "transformer")
-    action = {k: state[k].to(dtype).contiguous() for k in plan.action}
     save_file(action, str(out / "action_embedder.safetensors"))
     save_file({k: v.contiguous() for k, v in prompts.items()}, str(out / "prompt_embeds.safetensors"))
     vae_model.save_pretrained(out / "vae")

@@ -284,9 +284,19 @@ class WorldModel(nn.Module):
             except Exception as e:  # diffusers/safetensors raise many types for corrupt files
                 raise CheckpointError(f"{path / file}: cannot load {what}: {e}") from None
 
-        transformer = load("transformer", lambda: CosmosTransformer3DModel.from_pretrained(
-            path / "transformer", torch_dtype=dtype), "transformer")
-        vae = load("VAE", lambda: AutoencoderKLWan.from_pretrained(path / "vae", torch_dtype=dtype), "vae")
+        def load_weights(what, model_cls, sub):
+            """diffusers only logs missing or unexpected weights (a missing one stays on the meta device)."""
+            def fn():
+                m, info = model_cls.from_pretrained(path / sub, torch_dtype=dtype, output_loading_info=True)
+                bad = [f"{k.replace('_', ' ')} {v[:4]}{' ...' if len(v) > 4 else ''}"
+                       for k in ("missing_keys", "unexpected_keys") if (v := info.get(k))]
+                if bad:
+                    raise CheckpointError(f"{path / sub}: weights do not fit its config.json: {'; '.join(bad)}")
+                return m
+            return load(what, fn, sub)
+
+        transformer = load_weights("transformer", CosmosTransformer3DModel, "transformer")
+        vae = load_weights("VAE", AutoencoderKLWan, "vae")
         scheduler = load("scheduler", lambda: load_scheduler(path / "scheduler"), "scheduler")
         hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
         want_in = spec.action_dim * (spec.temporal_compression if spec.action_per_frame else spec.chunk)
