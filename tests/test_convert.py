@@ -227,6 +227,34 @@ def test_converted_model_predicts_under_every_cache_policy(files, variant):
         assert len(out.records) == 6, name
 
 
+@pytest.mark.parametrize("variant", ["2.5", "2"])
+def test_converted_model_samples_as_nvidia_does(files, variant, monkeypatch):
+    """What `predict` hands the denoising loop, per variant (REAL_MODEL.md §5): 2.5 NVIDIA's sigmas
+    linspace(0.999, 0, N + 1)[:-1], the quantised timestep, the conditioning frame at the noisy frames' timestep;
+    Predict2 the scheduler's own sigmas, unquantised, the conditioning frame at sigma 1e-4."""
+    import worldcache.world_model as wm
+
+    seen = {}
+    real = wm.denoise
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(wm, "denoise", spy)
+    model = WorldModel.from_pretrained(files[variant]["out"])
+    s = model.spec
+    frame = np.zeros((1, s.height, s.width, 3), np.uint8)
+    model.predict(frame, np.zeros((1, s.chunk, s.action_dim), np.float32), num_steps=5, seed=0)
+    assert seen["guidance_scale"] == 0.0 and seen["num_steps"] == 5
+    if variant == "2.5":
+        np.testing.assert_allclose(seen["sigmas"], [0.999, 0.7992, 0.5994, 0.3996, 0.1998], rtol=0, atol=1e-15)
+        assert seen["quantise_timestep"] is True and seen["cond_frame_timestep"] is None
+    else:
+        assert seen["sigmas"] is None and seen["quantise_timestep"] is False
+        assert seen["cond_frame_timestep"] == 1e-4 / (1 + 1e-4)
+
+
 def test_errors_name_the_key_and_expected_shape(files, tmp_path):
     base = official_state("2.5")
     bad = dict(base)
