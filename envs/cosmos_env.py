@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,6 +65,9 @@ class WorldSim:
             self.policy = cache
         else:
             self.policy, yaml_steps = load_cache(cache, **(cache_config or {}))
+        if getattr(self.policy.config, "cross_chunk", False):  # it would be accepted and do nothing
+            raise ValueError("cross_chunk applies to WorldModel.rollout only: an env step is one prediction, and "
+                             "each starts its cache afresh")
         self.num_steps = int(num_steps or yaml_steps or s.num_steps)
         self.low = np.asarray(s.action_low, np.float32)
         self.high = np.asarray(s.action_high, np.float32)
@@ -126,8 +130,8 @@ class WorldSim:
         With `normalize_actions` the input is in [-1, 1] (clipped there) and scaled onto the model's bounds."""
         s = self.spec
         want = (s.chunk, s.action_dim) if batch is None else (batch, s.chunk, s.action_dim)
-        try:
-            a = np.asarray(action, dtype=np.float32)
+        try:  # float64: a large finite float64 action is clipped, not overflowed to inf by a float32 cast
+            a = np.asarray(action, dtype=np.float64)
         except (TypeError, ValueError) as e:
             raise ValueError(f"action must be a float array of shape {want}: {e}") from None
         if a.shape != want:
@@ -140,16 +144,25 @@ class WorldSim:
         clipped = np.clip(a, lo, hi)  # out of bounds: clip, as most continuous-control envs do
         flags = (clipped != a).any(axis=(1, 2))
         if self.normalize_actions:
-            clipped = (self.low + (clipped + 1) * 0.5 * (self.high - self.low)).astype(np.float32)
-        return clipped, flags
+            clipped = self.low + (clipped + 1) * 0.5 * (self.high - self.low)
+        return clipped.astype(np.float32), flags
 
     def parse_options(self, options: dict | None, batch: int | None = None) -> np.ndarray | None:
-        """reset options -> the start frame(s) they give, or None."""
-        options = options or {}
+        """reset options -> the start frame(s) they give, or None: then `start` draws the checkpoint's start frames,
+        and it is checked here that there are some."""
+        if options is None:
+            options = {}
+        if not isinstance(options, Mapping):
+            raise TypeError(f"reset options must be a dict such as {{'frame': uint8 {self.frame_shape}}}, got "
+                            f"{type(options).__name__}")
         unknown = set(options) - {"frame"}
         if unknown:
             raise ValueError(f"unknown reset option(s) {sorted(unknown)}; known: ['frame']")
         if "frame" not in options:
+            if self.start_frames is None:
+                where = self.folder / START_FRAMES if self.folder is not None else "the checkpoint (no folder given)"
+                raise ValueError(f"no start frames: {where} not found; pass reset(options={{'frame': uint8 "
+                                 f"{self.frame_shape}}}) or a checkpoint with {START_FRAMES}")
             return None
         frame = np.asarray(options["frame"])
         want = self.frame_shape if batch is None else (batch, *self.frame_shape)
@@ -158,13 +171,10 @@ class WorldSim:
         return frame.copy()
 
     def start(self, rng: np.random.Generator, frame: np.ndarray | None) -> tuple[np.ndarray, dict]:
-        """The start frame: the given one, or one of the checkpoint's start frames picked with `rng`."""
+        """The start frame: the given one, or one of the checkpoint's start frames picked with `rng` (that there are
+        some, `parse_options` checked)."""
         if frame is not None:
             return frame, {"start_index": -1}
-        if self.start_frames is None:
-            where = self.folder / START_FRAMES if self.folder is not None else "the checkpoint (no folder given)"
-            raise ValueError(f"no start frames: {where} not found; pass reset(options={{'frame': uint8 "
-                             f"{self.frame_shape}}}) or a checkpoint with {START_FRAMES}")
         i = int(rng.integers(len(self.start_frames)))
         return self.start_frames[i].copy(), {"start_index": i}
 
@@ -213,7 +223,9 @@ def check_view_args(obs_mode: str, history: int, render_mode: str | None, render
         raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
     if render_mode not in (None, *render_modes):
         raise ValueError(f"render_mode must be None or one of {render_modes}, got {render_mode!r}")
-    if int(history) < 1:
+    if isinstance(history, bool) or not isinstance(history, (int, np.integer)):
+        raise TypeError(f"history must be an int (frames shown), got {history!r}")
+    if history < 1:
         raise ValueError(f"history must be >= 1, got {history}")
 
 

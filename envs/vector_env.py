@@ -7,7 +7,8 @@ envs up to batched floating point (diffusers-hook caches, which decide for the w
 
 Autoreset is gymnasium 1.x's next-step mode: after an env terminates or truncates, its next `step` ignores its
 action and returns its reset observation (reward 0, not done); the other envs are predicted in one batch (no
-model call when all envs reset). Infos are dicts of arrays with gymnasium's ``_key`` masks; cache statistics
+model call when all envs reset). An env starts again from the frame the last ``reset(options={"frame": ...})``
+gave it, or, where that reset gave none, from a start frame drawn as `reset` draws them. Infos are dicts of arrays with gymnasium's ``_key`` masks; cache statistics
 are each env's own (see `CosmosWorldEnv` for which keys; ``env.records[i]`` holds env i's full `CallRecord`s of
 its last prediction); ``model_ms`` and ``denoise_ms`` (with ``timings=True``) are of the batched prediction,
 repeated for every env in it.
@@ -51,6 +52,7 @@ class CosmosWorldVectorEnv(VectorEnv):
         self._rngs: list[np.random.Generator | None] = [None] * num_envs
         self._keep = self.sim.frames_kept(self.history)  # shown and conditioned on: history never sets dynamics
         self._frames: np.ndarray | None = None  # (N, _keep, H, W, 3); None until reset
+        self._given: np.ndarray | None = None   # the start frames the last reset gave (options["frame"]), if any
         self._steps = np.zeros(num_envs, np.int64)
         self._autoreset = np.zeros(num_envs, bool)
         self.records: list[list] = [[] for _ in range(num_envs)]  # each env's CallRecords of its last prediction
@@ -61,7 +63,8 @@ class CosmosWorldVectorEnv(VectorEnv):
             else list(seed)
         if len(seeds) != n:
             raise ValueError(f"seed list must have num_envs={n} entries, got {len(seeds)}")
-        frames = self.sim.parse_options(options, batch=n)  # checked first: a rejected reset changes nothing
+        # checked first (the frames, or that the checkpoint has start frames): a rejected reset changes nothing
+        self._given = self.sim.parse_options(options, batch=n)
         super().reset(seed=seed if isinstance(seed, int) else None)
         for i, s in enumerate(seeds):  # as gymnasium's Env.reset: seed None keeps an existing generator
             if s is not None or self._rngs[i] is None:
@@ -69,12 +72,13 @@ class CosmosWorldVectorEnv(VectorEnv):
         infos: dict = {}
         self._frames = np.empty((n, self._keep, *self.sim.frame_shape), np.uint8)
         for i in range(n):
-            infos = self._reset_env(i, None if frames is None else frames[i], infos)
+            infos = self._reset_env(i, infos)
         self._autoreset[:] = False
         return self._obs(), infos
 
-    def _reset_env(self, i: int, frame, infos: dict) -> dict:
-        frame, info = self.sim.start(self._rngs[i], frame)
+    def _reset_env(self, i: int, infos: dict) -> dict:
+        """Env i starts again: from the frame the last `reset` gave it, else from a drawn start frame."""
+        frame, info = self.sim.start(self._rngs[i], None if self._given is None else self._given[i])
         self._frames[i] = frame
         self._steps[i] = 0
         return self._add_info(infos, info, i)
@@ -101,7 +105,7 @@ class CosmosWorldVectorEnv(VectorEnv):
             if self.max_episode_steps is not None:
                 truncated[run] = self._steps[run] >= self.max_episode_steps
         for i in np.flatnonzero(self._autoreset):
-            infos = self._reset_env(i, None, infos)
+            infos = self._reset_env(i, infos)
         self._autoreset = terminated | truncated
         return self._obs(), rewards, terminated, truncated, infos
 

@@ -77,11 +77,23 @@ def test_import_is_light():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
+def strict_check_env(env, allow: str | None = None, **kw):
+    """check_env reports what it finds at step time (a wrong observation dtype, say) only as warnings: each is an
+    error here, but the one matching `allow`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if allow:
+            warnings.filterwarnings("ignore", message=allow)
+        check_env(env, **kw)
+
+
 @pytest.mark.parametrize("obs_mode", ["frame", "history"])
 def test_check_env(ckpt, model, obs_mode):
-    # all defaults but the tiny checkpoint: check_env compares the infos of two identical steps
-    env = make(ckpt, model, cache="worldcache", obs_mode=obs_mode, render_mode="rgb_array", normalize_actions=True)
-    check_env(env.unwrapped, skip_render_check=False)
+    # all defaults but the tiny checkpoint: check_env compares the infos of two identical steps. Made by gym.make,
+    # so that the env has a spec and check_env can try the other render modes.
+    env = gym.make(ID, checkpoint=ckpt, model=model, cache="worldcache", obs_mode=obs_mode, render_mode="rgb_array",
+                   normalize_actions=True)
+    strict_check_env(env.unwrapped, skip_render_check=False)
     env.reset(seed=0)
     info = env.step(actions(0, scale=1.0))[4]
     assert {"computed", "computed_fraction", "frames"} <= set(info) and "model_ms" not in set(info)
@@ -90,10 +102,7 @@ def test_check_env(ckpt, model, obs_mode):
 @pytest.mark.slow
 def test_check_env_on_the_default_env():
     """`gym.make` with no arguments: the bundled model, the WorldCache cache, 35 steps, exactly as users make it."""
-    env = gym.make(ID)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its advice to normalise the action space (normalize_actions=True does)
-        check_env(env.unwrapped)
+    strict_check_env(gym.make(ID).unwrapped)
 
 
 class _SingleView(gym.Env):
@@ -123,7 +132,18 @@ class _SingleView(gym.Env):
 
 def test_check_env_on_the_vector_envs_single_view(ckpt, model):
     vec = CosmosWorldVectorEnv(1, checkpoint=ckpt, model=model, cache="worldcache", render_mode="rgb_array")
-    check_env(_SingleView(vec), skip_render_check=False)
+    # a view has no spec, so check_env cannot try the other render modes: the one warning allowed
+    strict_check_env(_SingleView(vec), allow=".*not having a spec", skip_render_check=False)
+
+
+def test_strict_check_env_fails_on_a_wrong_step_observation(ckpt, model):
+    class Float32Obs(CosmosWorldEnv):
+        def step(self, action):
+            obs, *rest = super().step(action)
+            return (obs.astype(np.float32), *rest)
+
+    with pytest.raises(UserWarning, match="step"):
+        strict_check_env(Float32Obs(checkpoint=ckpt, model=model, cache="none"))
 
 
 def test_normalized_actions_scale_onto_the_bounds(ckpt, model):
@@ -215,6 +235,12 @@ def test_out_of_bounds_actions_are_clipped(ckpt, model):
     obs_c, _, _, _, info_c = twin.step(np.clip(a, -2, 2))
     assert info["action_clipped"] is True and info_c["action_clipped"] is False
     np.testing.assert_array_equal(obs, obs_c)
+    # a finite float64 beyond float32's range is clipped like any other, not cast to inf and refused
+    big = np.full((K, A), 1e39, np.float64)
+    obs, _, _, _, info = env.step(big)
+    obs_c, _, _, _, info_c = twin.step(np.full((K, A), 2.0, np.float32))
+    assert info["action_clipped"] is True
+    np.testing.assert_array_equal(obs, obs_c)
 
 
 def test_step_before_reset(ckpt, model):
@@ -234,6 +260,9 @@ def test_reset_options(ckpt, model):
                         ({"frame": frame.astype(np.float32)}, "frame")]:
         with pytest.raises(ValueError, match=match):
             env.reset(options=opts)
+    for opts in (["frame"], "frame"):
+        with pytest.raises(TypeError, match="reset options must be a dict"):
+            env.reset(options=opts)
     np.testing.assert_array_equal(env.unwrapped._frames[-1], frame)  # rejected resets changed nothing
     starts = np.load(ckpt / START_FRAMES)
     obs, info = env.reset(seed=0)
@@ -242,11 +271,16 @@ def test_reset_options(ckpt, model):
 
 def test_model_without_start_frames_or_state_decoder(model):
     with pytest.warns(UserWarning, match="reward is 0.0"):
-        env = CosmosWorldEnv(model=model, cache="none")
+        env, twin = CosmosWorldEnv(model=model, cache="none"), CosmosWorldEnv(model=model, cache="none")
     with pytest.raises(ValueError, match=START_FRAMES):
         env.reset(seed=0)
-    env.reset(options={"frame": np.zeros((H, W, 3), np.uint8)})
-    assert env.step(actions(0))[1] == 0.0
+    for e in (env, twin):
+        e.reset(seed=5, options={"frame": np.zeros((H, W, 3), np.uint8)})
+    with pytest.raises(ValueError, match=START_FRAMES):
+        env.reset(seed=99)  # rejected before it reseeds: the episode goes on as if it never came
+    out, out_twin = env.step(actions(0)), twin.step(actions(0))
+    assert out[1] == 0.0 and out[4]["noise_seed"] == out_twin[4]["noise_seed"]
+    np.testing.assert_array_equal(out[0], out_twin[0])
 
 
 def test_constructor_errors(ckpt, model):
@@ -262,6 +296,11 @@ def test_constructor_errors(ckpt, model):
     with pytest.raises(ValueError, match="cache_config only applies when cache is a policy name"):
         make(ckpt, model, cache=policy, cache_config={"interval": 2})  # a built policy: its config is fixed
     assert make(ckpt, model, cache=policy).sim.policy is policy  # without cache_config: used as given
+    for history in (2.7, True, "4"):
+        with pytest.raises(TypeError, match="history must be an int"):
+            make(ckpt, model, history=history)
+    with pytest.raises(ValueError, match="cross_chunk applies to WorldModel.rollout only"):
+        make(ckpt, model, cache="worldcache", cache_config={"cross_chunk": True})
 
 
 def test_close_detaches_hook_policies_from_the_shared_model(ckpt, model):
@@ -281,6 +320,28 @@ def test_close_detaches_hook_policies_from_the_shared_model(ckpt, model):
     assert hooked() == (True, True)  # attached while the env runs: the check below can see them
     env.close()
     assert hooked() == (False, False) and not hasattr(transformer, "_worldcache_hook_policy")
+
+
+def test_envs_sharing_a_model_with_a_hook_policy(ckpt, model):
+    """An fbcache env leaves diffusers hooks on the shared model between its steps. Another env's prediction must
+    take them off (else they run inside it and want their own cache context), and each env, interleaved, must give
+    the frames it gives alone."""
+    caches = [("fbcache", {"threshold": 1.0}), ("none", None), ("worldcache", None)]
+
+    def run(*which):
+        envs = [make(ckpt, model, cache=caches[i][0], cache_config=caches[i][1], num_steps=4) for i in which]
+        for e in envs:
+            e.reset(seed=0)
+        out = [[e.step(actions(k)) for e in envs] for k in range(2)]
+        for e in envs:
+            e.close()
+        return [(np.stack([o[0] for o in steps]), sum(o[4]["skipped"] for o in steps)) for steps in zip(*out)]
+
+    alone = [run(i)[0] for i in range(len(caches))]
+    together = run(*range(len(caches)))
+    for (a, _), (b, _) in zip(alone, together):
+        np.testing.assert_array_equal(a, b)
+    assert together[0][1] > 0 and together[1][1] == 0  # fbcache skipped calls: the envs differ in what they ran
 
 
 def test_reward_and_termination(ckpt, model):
@@ -452,6 +513,26 @@ def test_vector_bad_input_and_options(ckpt, model):
     np.testing.assert_array_equal(vec.render(), frames)  # nothing changed
     obs, _, _, _, info = vec.step(actions(0, n) * 3)
     assert info["action_clipped"].all() and obs["history"].shape == (n, 4, H, W, 3)
+    vec.close()
+
+
+def test_vector_env_without_start_frames(model):
+    """Autoreset starts an env again from the frame its last reset gave; a reset that needs start frames the
+    checkpoint lacks is refused before anything changes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no state decoder: reward 0.0 (warned once per folder, maybe earlier)
+        vec = CosmosWorldVectorEnv(2, max_episode_steps=1, model=model, cache="none")
+    with pytest.raises(ValueError, match=START_FRAMES):
+        vec.reset(seed=0)
+    with pytest.raises(ResetNeeded):  # the refused reset left no frames to step from
+        vec.step(actions(0, 2))
+    frames = np.stack([np.full((H, W, 3), v, np.uint8) for v in (3, 9)])
+    vec.reset(seed=0, options={"frame": frames})
+    _, _, _, truncated, _ = vec.step(actions(0, 2))
+    assert truncated.all()
+    obs, rewards, _, _, info = vec.step(actions(1, 2))  # the autoreset step
+    np.testing.assert_array_equal(obs, frames)
+    assert (info["start_index"] == -1).all() and (rewards == 0).all()
     vec.close()
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cache.base import CachePolicy, CallRecord, ModelCall, NoCache
+from .cache.base import CachePolicy, CallRecord, ModelCall, NoCache, release_hooks
 from .dit import DiT, sync
 
 GUIDANCE_MODES = ("separate", "batched")
@@ -71,6 +71,7 @@ def denoise(dit: DiT, scheduler, noise: torch.Tensor, encoder_hidden_states: tor
     b, _, t, hh, ww = noise.shape
     if not 0 <= num_cond_frames < t:
         raise ValueError(f"num_cond_frames={num_cond_frames}: must be in [0, {t}) for {t} latent frames")
+    release_hooks(dit.transformer, keep=policy)
     policy.begin(num_steps)
 
     noise = noise.float()

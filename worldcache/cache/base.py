@@ -153,6 +153,17 @@ class CachePolicy:
         return f"{type(self).__name__}({self.config})"
 
 
+HOOKED = "_worldcache_hook_policy"  # the model attribute naming the hook policy attached to it
+
+
+def release_hooks(model, keep: CachePolicy | None = None) -> None:
+    """Detach the hook policy attached to `model` unless it is `keep`. Envs may share one model, and another
+    policy's diffusers hooks left on it would run, wanting their own cache context, inside this prediction."""
+    other = getattr(model, HOOKED, None)
+    if other is not None and other is not keep:
+        other.detach()
+
+
 class NoCache(CachePolicy):
     """Always compute: the reference every cache is measured against."""
 

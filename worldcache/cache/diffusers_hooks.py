@@ -57,7 +57,7 @@ from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK, _MAG_CACHE_LEADER_B
 from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
 
 from . import register
-from .base import CachePolicy, ModelCall, PolicyState
+from .base import HOOKED, CachePolicy, ModelCall, PolicyState, release_hooks
 from .config import PolicyConfig
 from ..dit import register_cosmos_block
 
@@ -117,14 +117,12 @@ class DiffusersHookPolicy(CachePolicy):
         return out
 
     def _attach(self, model) -> None:
-        other = getattr(model, "_worldcache_hook_policy", None)
-        if other is not None:  # one hook policy per model: diffusers' hooks of two methods do not compose
-            other.detach()
+        release_hooks(model)  # one hook policy per model: diffusers' hooks of two methods do not compose
         register_cosmos_block()
         self._apply(model)
         HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
         self._model = model
-        model._worldcache_hook_policy = self
+        setattr(model, HOOKED, self)
         for i, block in enumerate(model.transformer_blocks):
             ff_last = [m for m in block.ff.modules() if isinstance(m, torch.nn.Linear)][-1]
             for name, mod in (("attn1", block.attn1.to_q), ("attn2", block.attn2.to_q), ("ff", ff_last)):
@@ -140,7 +138,7 @@ class DiffusersHookPolicy(CachePolicy):
         registry.invalidate_child_registries_cache()
         for h in self._handles:
             h.remove()
-        del self._model._worldcache_hook_policy
+        delattr(self._model, HOOKED)
         self._handles, self._model = [], None
 
 
