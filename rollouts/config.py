@@ -6,6 +6,7 @@ every prediction) and draws its actions from ``policy_rng(seed, index)``, whiche
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -68,8 +69,21 @@ class RolloutConfig:
                 raise ValueError(f"rollout config {key}={getattr(cfg, key)!r}: must be a mapping")
         if cfg.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"rollout config device={cfg.device!r}: must be auto, cpu or cuda")
-        if not isinstance(cfg.compile, bool):
-            raise ValueError(f"rollout config compile={cfg.compile!r}: must be true or false")
+        for key in ("num_steps", "torch_threads"):  # None: the default
+            v = getattr(cfg, key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"rollout config {key}={v!r}: must be an integer >= 1, or null for the default")
+        for key, positive in (("num_cpus", True), ("num_gpus", False)):
+            v = getattr(cfg, key)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 0 if positive else v >= 0):
+                raise ValueError(f"rollout config {key}={v!r}: must be a number {'> 0' if positive else '>= 0'}")
+        for key in ("compile", "save_chunk_frames"):
+            if not isinstance(getattr(cfg, key), bool):
+                raise ValueError(f"rollout config {key}={getattr(cfg, key)!r}: must be true or false")
+        if isinstance(cfg.out, os.PathLike):
+            cfg.out = os.fspath(cfg.out)
+        if not isinstance(cfg.out, str) or not cfg.out:
+            raise ValueError(f"rollout config out={cfg.out!r}: must be a store path or URL")
         if cfg.dtype not in ("bf16", "fp16", "fp32"):
             raise ValueError(f"rollout config dtype={cfg.dtype!r}: must be bf16, fp16 or fp32")
         return cfg

@@ -13,6 +13,8 @@ Fault tolerance inside a round is Ray's: actors restart (``max_restarts``) and r
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict
 
@@ -57,13 +59,17 @@ def run_rollouts(config, out: str | None = None, episodes: int | None = None, wo
     folder = checkpoint_folder(cfg)
     files = checkpoint_files(folder)
     attrs = rollout_attrs(cfg, files, folder)  # validates the cache config before any actor starts
-    store = EpisodeStore(cfg.out, mode="a", storage_options=cfg.storage_options)
+    # the actors get the cache as resolved here: a YAML path need not exist on their node, nor be read again there
+    cfg.cache = attrs["cache"]["policy"]
+    cfg.cache_config = {k: v for k, v in attrs["cache"].items() if k != "policy"}
+    cfg.num_steps = attrs["env"]["num_steps"]
+    # the lease first: of two drivers starting on a new store, only its holder creates it
     lease = acquire_lease(cfg.out, cfg.storage_options, break_lease=break_lease)
     try:
-        store.lease = lease
+        store = EpisodeStore(cfg.out, mode="a", storage_options=cfg.storage_options, lease=lease)
         init_or_check(store, attrs)
         removed = store.remove_partial()
-        todo = [i for i in range(cfg.episodes) if not store.exists(episode_id(i, cfg.seed))]
+        todo = _missing(store, range(cfg.episodes), cfg.seed)
         summary = {"store": cfg.out, "episodes_written": 0, "episodes_skipped": cfg.episodes - len(todo),
                    "partial_removed": len(removed), "steps": 0, "rollout_s": 0.0, "steps_per_s": 0.0,
                    "episodes_per_s": 0.0, "mean_skip_rate": float("nan"), "write_s": 0.0, "store_s": 0.0,
@@ -74,6 +80,12 @@ def run_rollouts(config, out: str | None = None, episodes: int | None = None, wo
         return summary
     finally:
         release_lease(cfg.out, lease, cfg.storage_options)
+
+
+def _missing(store: EpisodeStore, indices, seed: int) -> list[int]:
+    """The episode indices not complete in the store (one listing of it, not one read per episode)."""
+    done = set(store.episode_ids())
+    return [i for i in indices if episode_id(i, seed) not in done]
 
 
 def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: EpisodeStore, address, progress):
@@ -98,8 +110,8 @@ def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: Ep
         actors = [Worker.remote(asdict(cfg), files_ref, "cuda" if gpu else "cpu", lease, policy_file(cfg))
                   for _ in range(n_workers)]
         nodes = set(ray.get([a.ready.remote() for a in actors]))  # model loading is not rollout time
-        tot = {"episodes_written": 0, "steps": 0, "calls": 0, "computed": 0, "write_s": 0.0, "store_s": 0.0,
-               "busy_s": 0.0}
+        tot = {"steps": 0, "calls": 0, "computed": 0, "write_s": 0.0, "store_s": 0.0, "busy_s": 0.0}
+        wanted = len(todo)
         t0 = time.perf_counter()
         from tqdm import tqdm
 
@@ -116,12 +128,11 @@ def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: Ep
                                     skip=f"{1 - tot['computed'] / max(tot['calls'], 1):.2f}")
                 errors = []
                 for f in ray.get([a.flush.remote() for a in actors]):
-                    tot["episodes_written"] += len(f["written"])
                     tot["write_s"] += f["write_s"]
                     tot["store_s"] += f["flush_s"]
                     tot["busy_s"] += f["flush_s"]
                     errors += f["errors"]
-                todo = [i for i in todo if not store.exists(episode_id(i, cfg.seed))]
+                todo = _missing(store, todo, cfg.seed)  # counted in the store: a restarted actor's tally is lost
                 if not todo:
                     break
                 bar.reset(total=len(todo))
@@ -137,8 +148,8 @@ def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: Ep
             ray.kill(a)
         if started:
             ray.shutdown()
-    return {"episodes_written": tot["episodes_written"], "steps": tot["steps"], "rollout_s": dt,
-            "steps_per_s": tot["steps"] / dt, "episodes_per_s": tot["episodes_written"] / dt,
+    return {"episodes_written": wanted, "steps": tot["steps"], "rollout_s": dt,
+            "steps_per_s": tot["steps"] / dt, "episodes_per_s": wanted / dt,
             "mean_skip_rate": 1 - tot["computed"] / tot["calls"] if tot["calls"] else float("nan"),
             "write_s": tot["write_s"], "store_s": tot["store_s"],
             "write_share": tot["store_s"] / tot["busy_s"] if tot["busy_s"] else 0.0,
@@ -156,9 +167,21 @@ def format_summary(s: dict) -> str:
 
 def rollout_main(config, out: str | None = None, episodes: int | None = None, workers: int | None = None,
                  address: str | None = None, break_lease: bool = False) -> int:
-    """`worldcache rollout CONFIG.yaml [--out STORE] [--episodes N] [--workers N] [--address A] [--break-lease]`."""
-    print(format_summary(run_rollouts(config, out=out, episodes=episodes, workers=workers, address=address,
-                                      progress=True, break_lease=break_lease)))
+    """`worldcache rollout CONFIG.yaml [--out STORE] [--episodes N] [--workers N] [--address A] [--break-lease]`.
+
+    SIGTERM (timeout, a batch scheduler's preemption, docker stop) stops it as Ctrl-C does: the actors write
+    what they hold, finished episodes stay, and the lease is given back."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    before = signal.signal(signal.SIGTERM, interrupt) if main else None
+    try:
+        print(format_summary(run_rollouts(config, out=out, episodes=episodes, workers=workers, address=address,
+                                          progress=True, break_lease=break_lease)))
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, before)
     return 0
 
 

@@ -146,7 +146,10 @@ def init_or_check(store: EpisodeStore, attrs: dict) -> None:
         store.attrs.update({"rollout": attrs, "frame_shape": attrs["env"]["frame_shape"]})
         return
     old = check_format(store)
-    diff = sorted(k for k in set(old) | set(attrs) if k not in FREE_ATTRS and old.get(k) != attrs.get(k))
+    free = set(FREE_ATTRS)
+    if old.get("policy_sha256") is not None and old.get("policy_sha256") == attrs.get("policy_sha256"):
+        free.add("policy")  # the same policy file's bytes, named by a path from another working directory
+    diff = sorted(k for k in set(old) | set(attrs) if k not in free and old.get(k) != attrs.get(k))
     if diff:
         raise ValueError(f"{store.path}: was written with different {diff} (stored {[old.get(k) for k in diff]}, "
                          f"config {[attrs.get(k) for k in diff]}); use another --out")

@@ -48,9 +48,11 @@ class WindowDataset(Dataset):
 
     def __init__(self, path: str | Path, window: int = 8, stride: int | None = None, episodes: list[str] | None = None,
                  cached_episodes: int = 4):
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
-        self.path, self.window, self.stride = str(path), int(window), int(stride or window)
+        for name, v in (("window", window), ("stride", window if stride is None else stride),
+                        ("cached_episodes", cached_episodes)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        self.path, self.window, self.stride = str(path), window, window if stride is None else stride
         store = open_store(path)
         self.chunk = chunk_shape(store)[0]
         ids = store.episode_ids() if episodes is None else list(episodes)
@@ -59,10 +61,16 @@ class WindowDataset(Dataset):
         for eid in ids:
             n = store.load_episode(eid, keys=[])["attrs"]["num_steps"] * (self.chunk if self.per_frame else 1)
             self.index += [(eid, s) for s in range(0, n - self.window + 1, self.stride)]
+        if ids and not self.index:
+            raise ValueError(f"{path}: no window of {window} {'frames' if self.per_frame else 'steps'} fits in any "
+                             f"of its {len(ids)} episodes")
         self._store, self._cache, self._max = None, OrderedDict(), cached_episodes
 
     def _episode(self, eid: str) -> tuple[np.ndarray, np.ndarray]:
-        if eid not in self._cache:
+        """The episode's (frames, actions), the last `cached_episodes` used kept in memory."""
+        if eid in self._cache:
+            self._cache.move_to_end(eid)
+        else:
             if self._store is None:  # opened per process: DataLoader workers do not share zarr handles
                 self._store = open_store(self.path)
             keys = ["obs", "actions", "frames"] if self.per_frame else ["obs", "actions"]

@@ -126,11 +126,16 @@ def _fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSyst
 
 
 def read_lease(url: str, storage_options: dict | None = None) -> dict | None:
+    """The lease file's content; None without one; ``{"unreadable": True}`` for one that is not a lease (left
+    empty or half-written by a driver that died while taking it, or by a full disk)."""
     fs, root = _fs(str(url), storage_options)
     try:
-        return json.loads(fs.cat_file(f"{root}/{LEASE}"))
+        doc = json.loads(fs.cat_file(f"{root}/{LEASE}"))
     except FileNotFoundError:
         return None
+    except ValueError:  # json's decode error, or bytes that are not UTF-8
+        return {"unreadable": True}
+    return doc if isinstance(doc, dict) else {"unreadable": True}
 
 
 def holds_lease(url: str, token: str, storage_options: dict | None = None) -> bool:
@@ -147,17 +152,32 @@ def acquire_lease(url: str, storage_options: dict | None = None, break_lease: bo
     doc = json.dumps({"token": token, "host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
     old = read_lease(url, storage_options)
     if old is not None and not break_lease:
+        if old.get("unreadable"):
+            raise LeaseError(f"{url}: its lease file {LEASE} is unreadable (empty or half-written: a driver died "
+                             f"while taking it). If no driver is writing this store, rerun with --break-lease "
+                             f"(break_lease=True)")
         age = time.time() - float(old.get("since", 0))
         raise LeaseError(f"{url}: another driver holds this store's lease (host {old.get('host')}, pid "
                          f"{old.get('pid')}, {age / 60:.1f} min ago). One writer per store: wait for it, or if that "
                          f"driver is dead, rerun with --break-lease (break_lease=True)")
     fs.makedirs(root, exist_ok=True)
-    if _local_path(url) is not None and not break_lease:
-        try:  # exclusive create: of two drivers racing here, one fails
-            with open(path, "x") as f:
-                f.write(doc)
+    local = _local_path(url)
+    if local is not None:
+        # written whole to a file of its own, then linked (exclusive: of two drivers racing here, one fails) or,
+        # breaking a lease, renamed into place: the lease file is never seen empty or half-written
+        tmp = f"{path}.{token}.tmp"
+        with open(tmp, "w") as f:
+            f.write(doc)
+        try:
+            if break_lease:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)
         except FileExistsError:
             raise LeaseError(f"{url}: another driver took the lease just now") from None
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     else:
         fs.pipe_file(path, doc.encode())
     if not holds_lease(url, token, storage_options):
@@ -217,7 +237,8 @@ class EpisodeStore(Mapping):
 
     @staticmethod
     def _init_root(store, attrs: dict[str, Any], overwrite: bool) -> zarr.Group:
-        root = zarr.open_group(store, mode="w" if overwrite else "w-", zarr_format=3)
+        # not "w-": a new store's folder may already hold the lease of the driver creating it
+        root = zarr.open_group(store, mode="w" if overwrite else "a", zarr_format=3)
         root.attrs.update({**attrs, "format_version": FORMAT_VERSION, "kind": KIND})
         root.require_group("episodes")
         return root
@@ -228,8 +249,10 @@ class EpisodeStore(Mapping):
             root = zarr.open_group(store, mode="r" if mode == "r" else "r+", zarr_format=3)
         except Exception as e:  # missing/invalid zarr.json, or a zarr v2 / array path
             fs, loc = _fs(path, self.storage_options)
-            if isinstance(e, FileNotFoundError) and not (fs.exists(loc) and fs.ls(loc)):
-                raise FileNotFoundError(path) from None  # nothing there yet
+            # nothing there yet, or only the lease of the driver about to create the store
+            there = [n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(loc, detail=False)] if fs.exists(loc) else []
+            if isinstance(e, FileNotFoundError) and not [n for n in there if not n.startswith(LEASE)]:
+                raise FileNotFoundError(path) from None
             raise StoreFormatError(f"{path!r} is not a worldcache episode store (zarr v3 group): {e}") from e
         kind, version = root.attrs.get("kind"), root.attrs.get("format_version")
         if kind != KIND:
@@ -261,20 +284,24 @@ class EpisodeStore(Mapping):
         return self._indexed
 
     def _group_names(self) -> list[str]:
-        """Names under episodes/ from one directory listing (no metadata reads)."""
+        """Episode group names under episodes/ from one directory listing (no metadata reads). Only directories
+        with an episode id's name: a stray file or folder (.DS_Store, .ipynb_checkpoints) is not an episode."""
         fs, root = _fs(self.path, self.storage_options)
         try:
-            entries = fs.ls(f"{root}/episodes", detail=False)
+            entries = fs.ls(f"{root}/episodes", detail=True)
         except FileNotFoundError:
             return []
-        names = (e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
-        return [n for n in names if n != "zarr.json"]
+        names = (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+        return [n for n in names if _ID_RE.match(n)]
 
     def _complete(self) -> dict[str, int]:
-        """{id: num_steps} of every complete episode: the index, plus the groups written since (attrs read)."""
+        """{id: num_steps} of every complete episode: the index (less any group deleted since), plus the groups
+        written since (attrs read)."""
         self._indexed = None  # re-read: another process may have consolidated
-        done = dict(self._index())
-        for name in self._group_names():
+        names = self._group_names()
+        present = set(names)
+        done = {k: v for k, v in self._index().items() if k in present}
+        for name in names:
             if name not in done:
                 try:
                     attrs = self._episodes[name].attrs
@@ -289,9 +316,7 @@ class EpisodeStore(Mapping):
         return sorted(self._complete())
 
     def exists(self, episode_id: str) -> bool:
-        """True when the episode was written completely."""
-        if episode_id in self._index():
-            return True
+        """True when the episode was written completely (its own attrs: the index may be older than a deletion)."""
         try:
             return self._episodes[episode_id].attrs.get("complete") is True
         except KeyError:
@@ -390,11 +415,14 @@ class EpisodeStore(Mapping):
                 grp.create_array(name, data=arr, chunks=inner, shards=shard, compressors=_obs_codec())
             else:
                 grp.create_array(name, data=arr, chunks=arr.shape)  # tiny: one chunk per episode
+        self.check_lease()  # again: a driver that broke the lease meanwhile may have removed these arrays as partial
         self._mark_complete(grp, T, extra_names)
 
     def check_lease(self) -> None:
         """Writes need the store's lease when it has one: raise `LeaseError` if another driver holds it."""
         held = read_lease(self.path, self.storage_options)
+        if held is not None and held.get("unreadable"):
+            raise LeaseError(f"{self.path}: the store's lease file {LEASE} is unreadable; this writer does not hold it")
         if held is not None and held.get("token") != self.lease:
             raise LeaseError(f"{self.path}: the store's lease is held by another driver (host {held.get('host')}, "
                              f"pid {held.get('pid')}); this writer does not hold it")

@@ -4,6 +4,8 @@ One in-process Ray cluster (2 CPUs) for the module; a tiny random model (16x24 f
 4 denoising steps) keeps every prediction at a few tens of milliseconds, so actor start-up dominates."""
 import os
 import shutil
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -90,6 +92,26 @@ class FailSecondBatch:
         return half_policy(obs, rngs)
 
 
+class CrashAfterAWrite:
+    """Constant actions; once, at the start of an actor's second batch, the process dies (os._exit) after waiting
+    until an episode of its first batch is in the store: an actor that dies having written episodes."""
+
+    def __init__(self, marker: str, out: str):
+        self.marker, self.out, self.batches = marker, out, 0
+
+    def reset(self, rngs):
+        self.batches += 1
+        if self.batches == 2 and not os.path.exists(self.marker):
+            deadline = time.time() + 60
+            while not open_store(self.out).episode_ids() and time.time() < deadline:
+                time.sleep(0.05)
+            open(self.marker, "w").close()
+            os._exit(1)
+
+    def __call__(self, obs, rngs):
+        return half_policy(obs, rngs)
+
+
 def groups(out):
     """Every episode group on disk, complete or not."""
     return sorted(d.name for d in (out / "episodes").iterdir() if d.is_dir())
@@ -164,6 +186,16 @@ def test_store_with_other_settings_is_refused(ckpt, store_run, tmp_path):
             RolloutConfig.load(bad)
     with pytest.raises(ValueError, match="policy_kwargs=.*must be a mapping"):
         RolloutConfig.load({"policy_kwargs": [0.5]})
+    for bad, match in [(dict(num_steps=2.5), "num_steps=2.5: must be an integer >= 1, or null"),
+                       (dict(num_steps="10"), "num_steps='10'"), (dict(num_steps=-3), "num_steps=-3"),
+                       (dict(torch_threads=-1), "torch_threads=-1"), (dict(num_cpus="2"), "num_cpus='2': must be"),
+                       (dict(num_cpus=0), "num_cpus=0: must be a number > 0"),
+                       (dict(num_gpus=-1), "num_gpus=-1: must be a number >= 0"),
+                       (dict(save_chunk_frames="false"), "save_chunk_frames='false': must be true or false"),
+                       (dict(out=None), "out=None: must be a store path")]:
+        with pytest.raises(ValueError, match=match):
+            RolloutConfig.load(bad)
+    assert RolloutConfig.load({"out": tmp_path / "p.zarr", "num_cpus": 0.5}).out == str(tmp_path / "p.zarr")
 
 
 def test_a_failed_batch_keeps_the_finished_episodes(ckpt, tmp_path):
@@ -216,6 +248,18 @@ def test_what_a_store_records_of_policy_file_and_batch(ckpt, tmp_path):
     torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(H * W * 3, K * A)), tmp_path / "p.pth")
     assert first != attrs(policy=str(tmp_path / "p.pth"))["policy_sha256"]  # same path, other weights
     assert attrs()["policy_sha256"] is None  # a registered policy: its name and kwargs say it all
+    # resuming with the same file named from another working directory: its bytes decide, not the path
+    from worldcache.rollouts.identity import init_or_check
+    from worldcache.rollouts.store import EpisodeStore
+
+    store = EpisodeStore.create(tmp_path / "resume.zarr")
+    init_or_check(store, attrs(policy=str(tmp_path / "p.pth")))
+    os.makedirs(tmp_path / "elsewhere")
+    shutil.copy(tmp_path / "p.pth", tmp_path / "elsewhere" / "p.pth")
+    init_or_check(store, attrs(policy=str(tmp_path / "elsewhere" / "p.pth")))  # same bytes: accepted
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(H * W * 3, K * A)), tmp_path / "p.pth")
+    with pytest.raises(ValueError, match="policy_sha256"):
+        init_or_check(store, attrs(policy=str(tmp_path / "p.pth")))
     # per-sample caches: the batch size is free on resume; diffusers' hooks decide per batch, so it is recorded
     assert attrs(num_envs=3)["decision_batch"] is None and attrs(cache="fbcache", num_envs=3)["decision_batch"] == 3
 
@@ -233,7 +277,58 @@ def test_worker_crash_mid_episode(ckpt, tmp_path):
     assert all(store[e]["attrs"]["complete"] and store[e]["actions"].shape == (STEPS, K, A) for e in ids)
 
 
+@pytest.mark.slow
+def test_episodes_written_counts_a_dead_actors_episodes(ckpt, tmp_path):
+    # counted in the store: the tally of an actor that died after writing dies with it
+    marker, out = tmp_path / "died", tmp_path / "written.zarr"
+    cfg = config(ckpt, out, episodes=3, workers=1, num_envs=1, policy="test_rollouts:CrashAfterAWrite",
+                 policy_kwargs={"marker": str(marker), "out": str(out)})
+    summary = run_rollouts(cfg, progress=False)
+    assert marker.exists()
+    assert summary["episodes_written"] == 3 and open_store(out).episode_ids() == [episode_id(i, 0) for i in range(3)]
+
+
+@pytest.mark.slow
+def test_a_cache_yaml_is_read_on_the_driver_only(ckpt, tmp_path, monkeypatch):
+    # a path relative to the driver's working directory: the actors (started elsewhere) never read it
+    (tmp_path / "tuned.yaml").write_text("policy: worldcache\nthreshold: 0.2\nnum_steps: 3\n")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "tuned.zarr"
+    cfg = config(ckpt, out, episodes=1, workers=1, num_envs=1, cache="tuned.yaml", num_steps=None)
+    run_rollouts(cfg, progress=False)
+    store = open_store(out)
+    ro = store.attrs["rollout"]
+    assert ro["cache"]["threshold"] == 0.2 and ro["env"]["num_steps"] == 3
+    assert store[episode_id(0, 0)]["cache/computed"].shape == (STEPS, 3)  # the YAML's step count ran
+
+
+def test_rollout_main_stops_on_sigterm_as_on_ctrl_c(monkeypatch):
+    import worldcache.rollouts.driver as driver
+
+    def terminated(*args, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not interrupt the run")
+
+    monkeypatch.setattr(driver, "run_rollouts", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="signal 15"):
+        driver.rollout_main("rollout_smoke")
+    assert signal.getsignal(signal.SIGTERM) is before  # given back
+
+
 # --- reading ------------------------------------------------------------------------------------------------
+def test_window_dataset_arguments(store_run):
+    for kw, match in [({"stride": 0}, "stride"), ({"stride": -4}, "stride"), ({"window": 0}, "window"),
+                      ({"cached_episodes": 0}, "cached_episodes"), ({"window": STEPS * K + 1}, "no window of")]:
+        with pytest.raises(ValueError, match=match):
+            WindowDataset(store_run[0], **kw)
+    ds = WindowDataset(store_run[0], window=STEPS * K, cached_episodes=2)  # one window per episode
+    for i in (0, 1, 0, 2):  # the least recently used goes: 1, not 0 (read again just before 2 came in)
+        ds[i]
+    assert list(ds._cache) == [episode_id(0, 0), episode_id(2, 0)]
+
+
 def test_window_dataset(store_run):
     ds = WindowDataset(store_run[0], window=3, stride=2)
     per_ep = len(range(0, STEPS * K - 3 + 1, 2))

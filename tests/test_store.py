@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -228,6 +229,46 @@ def test_lease_one_writer(tmp_path):
     assert read_lease(path) is None
     store.write_episode("b", **make_episode())
     assert EpisodeStore(path, mode="r").episode_ids() == ["a", "b", "free"]
+
+
+def test_an_unreadable_lease_is_named_and_can_be_broken(tmp_path):
+    from worldcache.rollouts.store import LEASE, LeaseError, acquire_lease, read_lease
+
+    path = str(tmp_path / "s")
+    EpisodeStore.create(path)
+    (tmp_path / "s" / LEASE).write_text("")  # a driver died between creating the lease file and writing it
+    assert read_lease(path) == {"unreadable": True}
+    with pytest.raises(LeaseError, match="unreadable.*--break-lease"):
+        acquire_lease(path)
+    with pytest.raises(LeaseError, match="unreadable"):
+        EpisodeStore(path, lease="any").write_episode("a", **make_episode())
+    token = acquire_lease(path, break_lease=True)
+    assert read_lease(path)["token"] == token
+    EpisodeStore(path, lease=token).write_episode("a", **make_episode())
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["episodes", LEASE, "zarr.json"]  # no temp file
+
+
+def test_stray_files_and_folders_in_episodes_are_not_episodes(tmp_path):
+    from worldcache.rollouts.store import acquire_lease
+
+    path = tmp_path / "s"
+    EpisodeStore.create(path).write_episode("a", **make_episode())
+    (path / "episodes" / ".DS_Store").write_bytes(b"\0")
+    (path / "episodes" / ".ipynb_checkpoints").mkdir()
+    store = EpisodeStore(path, lease=acquire_lease(str(path)))
+    assert store.partial_ids() == [] and store.remove_partial() == [] and store.episode_ids() == ["a"]
+    assert (path / "episodes" / ".DS_Store").exists() and (path / "episodes" / ".ipynb_checkpoints").exists()
+
+
+def test_an_episode_deleted_after_consolidate_is_gone(tmp_path):
+    path = tmp_path / "s"
+    store = EpisodeStore.create(path)
+    for e in ("a", "b"):
+        store.write_episode(e, **make_episode())
+    assert store.consolidate() == 2
+    shutil.rmtree(path / "episodes" / "a")  # by hand: the index still names it
+    reader = EpisodeStore(path, mode="r")
+    assert reader.episode_ids() == ["b"] and not reader.exists("a") and "a" not in reader and len(reader) == 1
 
 
 def test_packed_statistics_and_sharded_frames(tmp_path):
