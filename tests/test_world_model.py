@@ -365,6 +365,68 @@ def test_handover_loss_is_the_squared_conditioning_error_and_trains_only_the_dec
         Trainer(dataclasses.replace(cfg, vae_handover=-1.0))
 
 
+def test_a_stage_resumed_keeps_the_other_stages_weights_and_wrong_starts_are_refused(tmp_path, tiny_ckpt):
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+    data = str(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=data, out=str(tmp_path / "run"), stages=("vae", "dit"), vae_steps=2, dit_steps=2,
+                      vae_batch=2, dit_batch=2, holdout=0.34, eval_windows=0)
+    out = Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
+    dit = WorldModel.from_pretrained(out).dit.state_dict()
+    # the VAE stage again, finished: its resume state must not bring back the DiT it was saved beside (untrained)
+    cfg.stages = ("vae",)
+    Trainer(cfg).run()
+    after = WorldModel.from_pretrained(out).dit.state_dict()
+    assert all(torch.equal(dit[k], after[k]) for k in dit)
+    # a state saved the old way (the whole model): the stage's part of it is resumed
+    path = tmp_path / "run" / "state_dit.pt"
+    st = torch.load(path, weights_only=False)
+    whole = {f"dit.{k}": v for k, v in st.pop("module").items()}
+    torch.save({**st, "model": {**whole, "vae.bogus": torch.zeros(1)}}, path)
+    cfg.stages, cfg.dit_steps = ("dit",), 3
+    Trainer(cfg).run()
+    assert torch.load(path, weights_only=False)["step"] == 3
+    # a DiT stage with no trained VAE anywhere: refused, not exported as trained
+    with pytest.raises(ValueError, match="start from a trained model: .* holds none"):
+        Trainer(TrainConfig(data=data, out=str(tmp_path / "fresh"), stages=("dit",)))
+    with pytest.raises(ValueError, match="start from a trained model"):
+        Trainer(TrainConfig(data=data, out=str(tmp_path / "fresh"), stages=("decoder",)))
+    # OUT/model trained from nothing, this command from another checkpoint: refused, not silently mixed
+    with pytest.raises(ValueError, match="was trained from no checkpoint, and this command starts from"):
+        Trainer(TrainConfig(data=data, out=cfg.out, stages=("dit",), continue_from=str(tiny_ckpt)))
+    # data the starting model cannot take
+    small = tmp_path / "small.zarr"
+    store = EpisodeStore.create(small)
+    store.write_episode("e", np.zeros((13, 16, 16, 3), np.uint8), np.zeros((12, 7), np.float32),
+                        np.zeros(12, np.float32), np.zeros(12, bool), np.zeros(12, bool))
+    with pytest.raises(ValueError, match="16x16 frames and 7-d actions, but the model starting this run takes 32x40"):
+        Trainer(TrainConfig(data=str(small), out=str(tmp_path / "s"), stages=("dit",), continue_from=str(tiny_ckpt)))
+
+
+def test_resume_refuses_changed_data_or_starting_weights_at_the_same_path(tmp_path, tiny_ckpt):
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+    start = tmp_path / "start"
+    shutil.copytree(tiny_ckpt, start)
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=2,
+                      dit_batch=2, holdout=0.34, eval_windows=0, continue_from=str(start))
+    Trainer(cfg).run()
+    cfg.dit_steps = 3
+    # other weights at the same path: its state is another start's
+    WorldModel.build(SPEC, **ARCH, seed=9).save_pretrained(start)
+    with pytest.raises(ValueError, match="source_sha256"):
+        Trainer(cfg).run()
+    shutil.rmtree(start)
+    shutil.copytree(tiny_ckpt, start)
+    EpisodeStore(tmp_path / "data.zarr").write_episode(  # one more episode in the same store
+        "ep9", np.zeros((13, 32, 40, 3), np.uint8), np.ones((12, 7), np.float32), np.zeros(12, np.float32),
+        np.zeros(12, bool), np.zeros(12, bool), extras={"state": np.zeros((13, 23), np.float32)})
+    with pytest.raises(ValueError, match="data_fingerprint"):
+        Trainer(cfg).run()
+
+
 def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume(tmp_path, tiny_ckpt):
     from worldcache.train import TrainConfig, Trainer
 
@@ -380,9 +442,13 @@ def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume
     # ~0 minutes: the 20 steps that measure the rate, however few `dit_steps` asks for
     st = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)
     assert (st["step"], st["total"], st["pending"], len(st["losses"])) == (20, 20, False, 20)
-    cfg.dit_minutes = 10.0  # resumed: the count set by the first run stands, nothing more to train
-    Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
+    Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()  # resumed, same budget: the count set stands
     assert torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["step"] == 20
+    # a longer budget continues: its extra minutes are timed as a run of their own (~0 here: 20 more steps)
+    cfg.dit_minutes = 2e-6
+    Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
+    st = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)
+    assert (st["step"], st["total"], st["pending"], st["minutes"]) == (40, 40, False, 2e-6)
 
 
 def test_timed_dit_training_counts_its_preparation_within_the_budget(tmp_path, tiny_ckpt, monkeypatch):
@@ -774,8 +840,8 @@ def test_dit_ema_exports_the_moving_average_of_the_raw_weights_and_resumes_it(tm
     e2 = 2 / 11 * p1 + 9 / 11 * p2
     expected = 0.2 * e2 + 0.8 * p3
     torch.testing.assert_close(WorldModel.from_pretrained(out).dit.transformer.proj_out.weight, expected)
-    raw = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["model"]
-    torch.testing.assert_close(raw["dit.transformer.proj_out.weight"], p3)  # the raw weights stay in the state
+    raw = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["module"]  # the DiT's alone
+    torch.testing.assert_close(raw["transformer.proj_out.weight"], p3)  # the raw weights stay in the state
     assert not torch.allclose(expected, p3)
     rec = json.loads((out / "training.json").read_text())["dit"]
     assert rec["ema"]["decay"] == 0.2 and rec["ema"]["final_decay"] == pytest.approx(0.2)

@@ -248,6 +248,18 @@ class Trainer:
         source = cfg.continue_from or cfg.init_from
         self.source = Path(source) if source else None  # the checkpoint the weights, decoder and lineage come from
         self.out = Path(cfg.out)
+        earlier = self.out / "model" / "training.json"  # a model an earlier command trained into this folder
+        if "vae" not in cfg.stages and model is None:
+            if not (earlier.is_file() or self.source or cfg.vae_from):  # else: a random VAE, exported as trained
+                raise ValueError(f"stages {list(cfg.stages)} without 'vae' start from a trained model: "
+                                 f"{self.out / 'model'} holds none; train the VAE into this --out first, or give "
+                                 f"--continue-from / --init-from (or --vae-from)")
+        if earlier.is_file() and self.source:  # OUT/model is what this run continues (below)
+            was = json.loads(earlier.read_text()).get("config", {})
+            was = was.get("continue_from") or was.get("init_from")
+            if was is None or Path(was).resolve() != self.source.resolve():
+                raise ValueError(f"{self.out / 'model'} was trained from {was or 'no checkpoint'}, and this "
+                                 f"command starts from {self.source}: train into another --out")
         self.out.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -256,6 +268,10 @@ class Trainer:
         self.device = torch.device(cfg.device)
         if cfg.bf16 and (why := slow_bf16(self.device)):
             print(f"warning: {why}", file=sys.stderr)
+        if earlier.is_file() and (model is None or "vae" not in cfg.stages):
+            # what earlier commands trained into this folder is what this one continues: a stage it does not train
+            # keeps those weights (a resumed stage restores only its own)
+            model = WorldModel.from_pretrained(self.out / "model")
         if model is None and cfg.continue_from:
             model = WorldModel.from_pretrained(cfg.continue_from)
         if model is None and cfg.init_from:
@@ -271,6 +287,18 @@ class Trainer:
                 raise FileNotFoundError(f"--vae-from {cfg.vae_from}: no vae/ folder there")
             model.vae.load_state_dict(AutoencoderKLWan.from_pretrained(Path(cfg.vae_from) / "vae").state_dict())
         self.model = model.to(self.device)
+        sp, obs, act = self.model.spec, self.train_eps[0]["obs"], self.train_eps[0]["actions"]
+        if (sp.height, sp.width, sp.action_dim) != (*obs.shape[1:3], act.shape[-1]):
+            raise ValueError(f"{cfg.data}: {obs.shape[1]}x{obs.shape[2]} frames and {act.shape[-1]}-d actions, but "
+                             f"the model starting this run takes {sp.height}x{sp.width} and {sp.action_dim}-d")
+        from .rollouts.identity import model_sha256
+
+        vae_files = ({q.relative_to(cfg.vae_from).as_posix(): q.read_bytes()
+                      for q in sorted((Path(cfg.vae_from) / "vae").rglob("*")) if q.is_file()} if cfg.vae_from else None)
+        # what the settings do not show: the starting weights' and the episodes' contents (a path may hold others)
+        self.resume = {**resume_settings(cfg), "data_fingerprint": fingerprint(*(ep["actions"] for ep in episodes)),
+                       "source_sha256": [model_sha256(source) if source else None,
+                                         model_sha256(vae_files) if vae_files else None]}
         if not windows(self.train_eps, self.model.spec.chunk, 1):  # else the first step fails inside numpy
             raise ValueError(f"{cfg.data}: no training episode has {self.model.spec.chunk} steps (one chunk); "
                              f"make longer episodes (make-data --env-steps)")
@@ -321,17 +349,17 @@ class Trainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (
             1 + math.cos(math.pi * min(s, total[0]) / total[0])))
         rng = np.random.default_rng([self.cfg.seed, ("vae", "dit").index(stage)])
-        step, losses = 0, []
+        step, losses, extra = 0, [], None  # extra: the minutes a longer budget adds to a finished timed run
         if state_file.exists():
             st = torch.load(state_file, weights_only=False, map_location=self.device)
-            now = resume_settings(self.cfg)
+            now = self.resume
             saved = st.get("config", now)  # states saved before settings were kept are taken as this run's
-            diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+            diff = sorted(k for k in saved.keys() & now.keys() if saved.get(k) != now.get(k))  # as far as kept
             if diff:  # another run's state: resuming it would train (and export) that run's weights under this record
                 raise ValueError(f"{state_file}: saved by a run with other settings ("
                                  + ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in diff)
                                  + "); resume with the same settings, or train into another --out")
-            self.model.load_state_dict(st["model"])
+            module.load_state_dict(st["module"] if "module" in st else self._stage_part(module, st["model"]))
             opt.load_state_dict(st["opt"])
             sched.load_state_dict(st["sched"])
             rng.bit_generator.state = st["rng"]
@@ -347,9 +375,13 @@ class Trainer:
                 ema.load_state_dict(st["ema"])
             if pending:  # a resumed timed run keeps the step count it set (or measures it if it had not yet)
                 total[0], pending = st.get("total", steps), st.get("pending", True)
+                done = st.get("minutes")
+                if not pending and done is not None and minutes > done:  # a longer budget: time the extra minutes
+                    pending, began, extra = True, None, minutes - done
         module.train()
         bar = tqdm(total=total[0], initial=step, desc=f"train {stage}", unit="step", dynamic_ncols=True)
-        budget = StepBudget(minutes, time.perf_counter() if began is None else began, step) if pending else None
+        budget = (StepBudget(extra if extra is not None else minutes, time.perf_counter() if began is None else began,
+                             step) if pending else None)
         while step < total[0] or (pending and step < budget.first_count):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
                 loss = loss_fn(rng)
@@ -369,16 +401,23 @@ class Trainer:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             if step % self.cfg.save_every == 0 or step == total[0]:
                 tmp = state_file.with_suffix(".tmp")  # write then rename: a kill never leaves a broken state
-                torch.save({"model": self.model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                # the stage's module only: the other stage's weights stay what this run started from (a later
+                # run of that stage must not be undone by resuming this one)
+                torch.save({"module": module.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-                            "losses": losses, "total": total[0], "pending": pending,
-                            "config": resume_settings(self.cfg),
+                            "losses": losses, "total": total[0], "pending": pending, "minutes": minutes,
+                            "config": self.resume,
                             **({"ema": ema.state_dict()} if ema is not None else {}),
                             **({"gen": gen.get_state()} if gen is not None else {})}, tmp)
                 tmp.replace(state_file)
         bar.close()
         module.eval()
         return losses, ema
+
+    def _stage_part(self, module: torch.nn.Module, model_state: dict) -> dict:
+        """A state saved with the whole model (before 2026-12-06): the stage's module's part of it."""
+        prefix = next(name for name, m in self.model.named_modules() if m is module) + "."
+        return {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
 
     # --- stage 1: VAE ------------------------------------------------------------------------------------------
     def train_vae(self) -> None:
@@ -633,8 +672,6 @@ class Trainer:
             self.train_vae()
             self.model.cpu().save_pretrained(self.out / "model")  # the DiT stage reloads from here when run alone
             self.model.to(self.device)
-        elif (self.out / "model").exists():
-            self.model = WorldModel.from_pretrained(self.out / "model", device=self.device)
         if "dit" in self.cfg.stages:
             self.train_dit()
         self.model.cpu().save_pretrained(self.out / "model")
