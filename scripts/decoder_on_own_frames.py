@@ -31,7 +31,9 @@ def write_own_frames(model: WorldModel, train: list[dict], store_path: str, epis
     """The real training episodes, then the model's predictions of windows at steps 0 and `length` / 2 of
     `episodes` of them: the first, or every `stride`-th (a store of several datasets one after another); returns the
     number of predicted windows."""
-    store = EpisodeStore.create(store_path, attrs={"fps": 20.0}, overwrite=True)
+    if Path(store_path).exists():  # never delete what is there: it may be the training data, or anything
+        raise FileExistsError(f"{store_path} exists: give a new --store path (this script writes a new store)")
+    store = EpisodeStore.create(store_path, attrs={"fps": 20.0})
     for i, ep in enumerate(train):
         t = len(ep["actions"])
         store.write_episode(f"a{i:04d}", ep["obs"], ep["actions"], np.zeros(t, np.float32), np.zeros(t, bool),

@@ -40,6 +40,9 @@ def unpack(packed: str, store_path: str) -> None:
         data = np.load(io.BytesIO(f.read()))
     meta = json.loads(data["__meta__"].tobytes())
     store = EpisodeStore(store_path, mode="a")
+    if len(store) and dict(store.attrs) != {**dict(store.attrs), **meta["attrs"]}:  # another dataset's store
+        sys.exit(f"{store_path} holds episodes of another dataset (its attrs differ from the pack's): unpack into "
+                 f"a new path")
     store.attrs.update(meta["attrs"])
     for eid, info in tqdm(meta["episodes"].items(), desc="unpack", unit="ep"):
         if store.exists(eid):  # an interrupted unpack resumes: complete episodes stay, a partial one is rewritten

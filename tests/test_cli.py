@@ -33,6 +33,22 @@ def test_bad_input_is_one_line(capsys, tmp_path):
     assert err.startswith("worldcache inspect: error:") and "Traceback" not in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["make-data", "--out", "x.zarr", "--episodes", "-3"], "argument --episodes: must be >= 1, got -3"),
+    (["make-data", "--out", "x.zarr", "--env-steps", "0"], "argument --env-steps: must be >= 1, got 0"),
+    (["train", "--data", "d", "--out", "o", "--dit-steps", "0"], "argument --dit-steps: must be >= 1, got 0"),
+    (["train", "--data", "d", "--out", "o", "--dit-minutes", "-1"], "argument --dit-minutes: must be > 0, got -1"),
+    (["train", "--data", "d", "--out", "o", "--threads", "-2"], "argument --threads: must be >= 0, got -2"),
+    (["train", "--data", "d", "--out", "o", "--device", "cdua"], "argument --device: not a torch device: 'cdua'"),
+    (["evaluate-model", "--data", "d", "--windows", "0"], "argument --windows: must be >= 1, got 0"),
+    (["bench", "--denoise-steps", "35", "0"], "argument --denoise-steps: must be >= 1, got 0"),
+    (["bench", "--seed", "x"], "argument --seed: not an integer: 'x'")])
+def test_bad_numbers_are_refused_before_any_work(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError):
         cli.main(["--debug", "inspect", str(tmp_path / "missing.zarr")])

@@ -55,6 +55,14 @@ def test_generate_is_reproducible_and_resumable(generated):
     # another policy under the same seed would find "its" episodes there already: refused before writing
     with pytest.raises(ValueError, match="seed 3 already holds 'mixed' episodes; give 'random' another --seed"):
         md.generate(root / "a.zarr", episodes=1, steps=STEPS, seed=3, policy="random", progress=False)
+    # a shorter run again writes nothing and keeps the record of the 3 the store holds
+    assert md.generate(root / "a.zarr", episodes=1, steps=STEPS, seed=3, progress=False)["written"] == 0
+    assert EpisodeStore(root / "a.zarr", mode="r").attrs["runs"]["seed3_mixed"]["episodes"] == 3
+    other = EpisodeStore.create(root / "other.zarr")  # a store make-data did not write (a rollout store, say)
+    other.write_episode("e", np.zeros((2, 4, 4, 3), np.uint8), np.zeros((1, 3), np.float32), np.zeros(1, np.float32),
+                        np.zeros(1, bool), np.zeros(1, bool))
+    with pytest.raises(ValueError, match="holds episodes that make-data did not write"):
+        md.generate(root / "other.zarr", episodes=1, steps=STEPS, seed=3, progress=False)
 
 
 def test_frames_change_when_the_arm_moves(generated):

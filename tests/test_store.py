@@ -321,7 +321,7 @@ def test_pack_store_round_trips_and_an_interrupted_unpack_resumes(tmp_path):
         src.write_episode(f"ep{i}", **make_episode(seed=i), extras={"state": np.full((6, 4), i, np.float32)},
                           attrs={"policy": "mixed"})
     pack_store.pack(str(tmp_path / "src.zarr"), str(tmp_path / "p.npz.xz"))
-    dst = EpisodeStore.create(tmp_path / "dst.zarr")
+    dst = EpisodeStore.create(tmp_path / "dst.zarr", attrs={"fps": 20.0})  # an unpack sets the attrs first
     dst.write_episode("ep0", **make_episode(seed=0), extras={"state": np.zeros((6, 4), np.float32)},
                       attrs={"policy": "mixed"})
     dst._episodes.create_group("ep1")  # what a kill mid-write leaves: a group without its complete marker
@@ -333,3 +333,8 @@ def test_pack_store_round_trips_and_an_interrupted_unpack_resumes(tmp_path):
         for k in ("obs", "actions", "rewards", "terminated", "truncated", "state"):
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{eid} {k}")
         assert b["attrs"]["policy"] == "mixed"
+    other = EpisodeStore.create(tmp_path / "other.zarr", attrs={"fps": 10.0})  # another dataset: never mixed in
+    other.write_episode("ep0", **make_episode(seed=5))
+    with pytest.raises(SystemExit, match="holds episodes of another dataset"):
+        pack_store.unpack(str(tmp_path / "p.npz.xz"), str(tmp_path / "other.zarr"))
+    assert EpisodeStore(tmp_path / "other.zarr", mode="r").attrs["fps"] == 10.0

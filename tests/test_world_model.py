@@ -760,7 +760,11 @@ def test_decoder_on_own_frames_script_writes_the_models_predictions_and_fine_tun
     before, after = StateDecoder.load(ckpt).state_dict(), StateDecoder.load(tmp_path / "dec").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # fine-tuned from the checkpoint's decoder
     with pytest.raises(ValueError, match="no training episode has 16 steps"):
-        script.main(args + ["--chunks", "4"])  # 12 actions per episode
+        script.main(args + ["--chunks", "4", "--store", str(tmp_path / "own4.zarr")])  # 12 actions per episode
+    for taken in (tmp_path / "own.zarr", tmp_path / "data.zarr"):  # never deleted to make room
+        with pytest.raises(FileExistsError, match="give a new --store path"):
+            script.main(args + ["--store", str(taken)])
+    assert len(EpisodeStore(tmp_path / "data.zarr", mode="r")) == 3 and len(store) == 6
     # every 2nd training episode: episode 0 alone of the 2
     assert script.main(args + ["--stride", "2", "--store", str(tmp_path / "own2.zarr")]) == 0
     strided = EpisodeStore(tmp_path / "own2.zarr", mode="r")
@@ -782,8 +786,9 @@ def test_train_cli_records_the_fixed_sigma_loss_of_eval_windows(tmp_path, tiny_c
     assert "DiT loss at fixed noise levels" in capsys.readouterr().out
     assert cli.main(args + ["--out", str(tmp_path / "b"), "--eval-windows", "0"]) == 0
     assert "fixed_sigma_loss" not in json.loads((tmp_path / "b" / "model" / "training.json").read_text())["dit"]
-    assert cli.main(args + ["--out", str(tmp_path / "c"), "--eval-windows", "-1"]) == 2
-    assert "eval_windows must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # refused by the parser, before any work
+        cli.main(args + ["--out", str(tmp_path / "c"), "--eval-windows", "-1"])
+    assert e.value.code == 2 and "argument --eval-windows: must be >= 0, got -1" in capsys.readouterr().err
     assert cli.main(args + ["--out", str(tmp_path / "d"), "--eval-windows", "0", "--dit-ema", "0.5"]) == 0
     assert json.loads((tmp_path / "d" / "model" / "training.json").read_text())["dit"]["ema"]["decay"] == 0.5
     assert cli.main(args + ["--out", str(tmp_path / "e"), "--dit-ema", "1"]) == 2

@@ -37,8 +37,10 @@ def _demo(args) -> int:
 def _make_data(args) -> int:
     from .mujoco_data import generate
 
-    generate(args.out, episodes=args.episodes, steps=args.env_steps, seed=args.seed, height=args.height,
-             width=args.width, policy=args.policy)
+    s = generate(args.out, episodes=args.episodes, steps=args.env_steps, seed=args.seed, height=args.height,
+                 width=args.width, policy=args.policy)
+    print(f"{s['path']}: {s['written']} episodes written, {s['skipped']} already there; {s['episodes_total']} in "
+          f"the store" + (f"; {s['frames_per_s']:.0f} frames/s" if s["written"] else ""))
     return 0
 
 
@@ -84,6 +86,8 @@ def _evaluate_model(args) -> int:
     from .train import load_episodes, split
     from .world_model import BUNDLED, WorldModel
 
+    if args.json:  # made first: a missing folder must not cost the whole evaluation
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     model = WorldModel.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, compile=args.compile)
     episodes, _ = load_episodes(args.data)
     held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
@@ -272,6 +276,46 @@ def _add_compile(parser, note: str = "") -> None:
                              "compile of ~20 s; results equal up to float rounding" + note)
 
 
+def _at_least(low: float, kind=int):
+    """An argparse type: a `kind` number >= `low` (a count: 1; a seed: 0), refused with a message otherwise."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+        if not v >= low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return v
+    return parse
+
+
+def _positive(text: str) -> float:
+    """An argparse type: a number > 0 (minutes, learning rates, CPUs)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def _device(text: str) -> str:
+    """An argparse type: a torch device this machine has (a typo or a missing GPU is said before any work)."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except RuntimeError as e:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA device")
+    return text
+
+
+COUNT, NONNEG = _at_least(1), _at_least(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="worldcache", description="Training-free caching for video world models.")
     p.add_argument("--debug", action="store_true", help="show the full traceback of every error")
@@ -279,17 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="cached vs. uncached denoising on a small random Cosmos DiT")
     d.add_argument("--cache", nargs="*", default=["worldcache", "dicache"],
                    help="cache policy names or YAML files (default: worldcache dicache)")
-    d.add_argument("--denoise-steps", type=int, default=35)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--denoise-steps", type=COUNT, default=35)
+    d.add_argument("--seed", type=NONNEG, default=0)
     d.set_defaults(func=_demo)
 
     m = sub.add_parser("make-data", help="render MuJoCo Pusher episodes into a Zarr episode store")
     m.add_argument("--out", default="data/pusher.zarr")
-    m.add_argument("--episodes", type=int, default=240)
-    m.add_argument("--env-steps", type=int, default=48, help="env steps per episode")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--height", type=int, default=80)
-    m.add_argument("--width", type=int, default=96)
+    m.add_argument("--episodes", type=COUNT, default=240)
+    m.add_argument("--env-steps", type=COUNT, default=48, help="env steps per episode")
+    m.add_argument("--seed", type=NONNEG, default=0)
+    m.add_argument("--height", type=COUNT, default=80)
+    m.add_argument("--width", type=COUNT, default=96)
     m.add_argument("--policy", default="mixed",
                    help="exploration policy: mixed, scripted, random, explore (motion that ignores the task), "
                         "varied (mixed or explore, drawn per episode), explore-wide or varied-wide (the same over "
@@ -301,15 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/pusher")
     t.add_argument("--stages", nargs="+", default=["vae", "dit", "decoder"], choices=["vae", "dit", "decoder"],
                    help="decoder: the state decoder (frame -> positions) the env's default reward reads")
-    t.add_argument("--vae-steps", type=int, default=1500)
-    t.add_argument("--dit-steps", type=int, default=3000)
-    t.add_argument("--dit-batch", type=int, default=16,
+    t.add_argument("--vae-steps", type=COUNT, default=1500)
+    t.add_argument("--dit-steps", type=COUNT, default=3000)
+    t.add_argument("--dit-batch", type=COUNT, default=16,
                    help="DiT training batch; also the batch of its preparation (encoding windows, own frames)")
-    t.add_argument("--decoder-steps", type=int, default=3000, help="state decoder training steps (batch 64)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--dit-lr", type=float, default=3e-4)
-    t.add_argument("--threads", type=int, default=0)
-    t.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda")
+    t.add_argument("--decoder-steps", type=COUNT, default=3000, help="state decoder training steps (batch 64)")
+    t.add_argument("--seed", type=NONNEG, default=0)
+    t.add_argument("--dit-lr", type=_positive, default=3e-4)
+    t.add_argument("--threads", type=NONNEG, default=0)
+    t.add_argument("--device", default="cpu", type=_device, help="torch device to train on, e.g. cuda")
     t.add_argument("--bf16", action="store_true",
                    help="bf16 autocast: faster on GPUs and on CPUs with AVX512-BF16 or AMX; on other CPUs bf16 is "
                    "emulated and a step runs many times slower (a warning says so)")
@@ -319,17 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue training this checkpoint: all its weights and state decoder, a new schedule; "
                         "its training.json is kept in the new one's (started_from)")
     t.add_argument("--vae-from", default=None, metavar="DIR", help="start the VAE from this checkpoint's VAE")
-    t.add_argument("--layers", type=int, default=12, help="DiT blocks of a new model (default 12)")
-    t.add_argument("--heads", type=int, default=4, help="attention heads of a new model (default 4)")
-    t.add_argument("--head-dim", type=int, default=32, help="width of a head of a new model (default 32)")
-    t.add_argument("--dit-minutes", type=float, default=None,
+    t.add_argument("--layers", type=COUNT, default=12, help="DiT blocks of a new model (default 12)")
+    t.add_argument("--heads", type=COUNT, default=4, help="attention heads of a new model (default 4)")
+    t.add_argument("--head-dim", type=COUNT, default=32, help="width of a head of a new model (default 32)")
+    t.add_argument("--dit-minutes", type=_positive, default=None,
                    help="train the DiT about this long, its preparation (encoding windows, --self-cond's own frames) "
                    "included: its step count is set from the rate of its first steps and set again from the recent "
                    "rate every 50 steps or 5 %% of the time, so a machine that slows down or speeds up mid-run still "
                    "ends near it")
-    t.add_argument("--vae-minutes", type=float, default=None, help="the same for the VAE stage")
-    t.add_argument("--vae-lr", type=float, default=1e-3, help="VAE stage learning rate (default 1e-3)")
-    t.add_argument("--vae-batch", type=int, default=8, help="VAE stage batch of clips (default 8)")
+    t.add_argument("--vae-minutes", type=_positive, default=None, help="the same for the VAE stage")
+    t.add_argument("--vae-lr", type=_positive, default=1e-3, help="VAE stage learning rate (default 1e-3)")
+    t.add_argument("--vae-batch", type=COUNT, default=8, help="VAE stage batch of clips (default 8)")
     t.add_argument("--vae-decoder-only", action="store_true",
                    help="VAE stage: train only the decoder; the encoder and latent statistics stay, so a trained "
                         "DiT reads and predicts the same latents (e.g. with --continue-from)")
@@ -343,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cond-blur", type=float, default=0.0, metavar="S",
                    help="DiT stage: each window's conditioning frames blurred by a Gaussian of sigma U(0, S) px, for "
                         "robustness to a rollout's own, softer frames (default 0: off)")
-    t.add_argument("--eval-windows", type=int, default=256, metavar="N",
+    t.add_argument("--eval-windows", type=NONNEG, default=256, metavar="N",
                    help="after the DiT stage: the loss at fixed noise levels of N training and N held-out windows, "
                         "in training.json (0: off)")
     t.add_argument("--dit-ema", type=float, default=0.0, metavar="DECAY",
@@ -353,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DiT stage: condition this fraction of each batch on the model's own prediction of the "
                         "conditioning frame, made from the real frame one chunk earlier, as a rollout's later chunks "
                         "are (default 0: off)")
-    t.add_argument("--self-cond-windows", type=int, default=2048, metavar="N",
+    t.add_argument("--self-cond-windows", type=COUNT, default=2048, metavar="N",
                    help="training windows whose own conditioning is predicted (once, before training; default 2048)")
     t.add_argument("--self-cond-source", choices=("model", "vae"), default="model",
                    help="--self-cond's conditioning frames: the model's prediction (default), or the real frames of "
@@ -375,8 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="load with weights_only=False (runs code stored in the file: only for files you trust)")
     cv.add_argument("--action-low", type=float, nargs="+", default=None, help="default -1 (x6), 0 (gripper)")
     cv.add_argument("--action-high", type=float, nargs="+", default=None, help="default 1 (x7)")
-    cv.add_argument("--action-dim", type=int, default=7)
-    cv.add_argument("--chunk", type=int, default=12, help="actions (new frames) per prediction")
+    cv.add_argument("--action-dim", type=COUNT, default=7)
+    cv.add_argument("--chunk", type=COUNT, default=12, help="actions (new frames) per prediction")
     cv.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="transformer weights")
     cv.set_defaults(func=_convert)
 
@@ -387,13 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default="data/pusher.zarr")
     e.add_argument("--holdout", type=float, default=0.1,
                    help="evaluate on the last fraction of episodes (the trainer's held-out split); 0: all")
-    e.add_argument("--chunks", type=int, nargs="+", default=[1, 4],
+    e.add_argument("--chunks", type=COUNT, nargs="+", default=[1, 4],
                    help="horizons in chunks (one rollout of the longest per window; default 1 4)")
-    e.add_argument("--windows", type=int, default=16)
+    e.add_argument("--windows", type=COUNT, default=16)
     e.add_argument("--moving", type=float, default=2.0, help="min mean |pixel change| for a window to count")
-    e.add_argument("--denoise-steps", type=int, default=None, help="default: the model's")
+    e.add_argument("--denoise-steps", type=COUNT, default=None, help="default: the model's")
     e.add_argument("--cache", default="none")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="cpu", type=_device)
     e.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     _add_compile(e)
     e.add_argument("--decoder", default=None, metavar="DIR",
@@ -407,10 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench-split", help="time of one env step: DiT loop vs. VAE")
     b.add_argument("--checkpoint", default=None)
     b.add_argument("--cache", default="none")
-    b.add_argument("--denoise-steps", type=int, default=35)
-    b.add_argument("--batch", type=int, default=1)
-    b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--denoise-steps", type=COUNT, default=35)
+    b.add_argument("--batch", type=COUNT, default=1)
+    b.add_argument("--repeats", type=COUNT, default=3)
+    b.add_argument("--device", default="cpu", type=_device)
     b.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     _add_compile(b)
     b.set_defaults(func=_bench_split)
@@ -420,12 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--cache", nargs="*", default=None,
                     help="cache policy names (each at its small grid), steps-only (uncached at fewer steps), YAML "
                          "files, or NAME:key=value,... (exactly those settings); default: all policies")
-    bn.add_argument("--episodes", type=int, default=10)
-    bn.add_argument("--chunks", type=int, default=2)
-    bn.add_argument("--denoise-steps", type=int, nargs="+", default=None,
+    bn.add_argument("--episodes", type=COUNT, default=10)
+    bn.add_argument("--chunks", type=COUNT, default=2)
+    bn.add_argument("--denoise-steps", type=COUNT, nargs="+", default=None,
                     help="the step axis every policy runs on (default: 35 18 12, cut to the reference's; full: "
                          "35 30 24 18 14 12 10 8)")
-    bn.add_argument("--reference-steps", type=int, default=None,
+    bn.add_argument("--reference-steps", type=COUNT, default=None,
                     help="steps of the uncached reference (default: the model's)")
     bn.add_argument("--data", default=None, metavar="STORE",
                     help="take (frames, actions) episodes from this episode store's held-out split instead of "
@@ -436,12 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--no-grid", action="store_true", help="named policies at their default config only")
     bn.add_argument("--threshold-scales", type=float, nargs="+", default=None,
                     help="each threshold policy's grid, as multiples of its default threshold (default: 0.5 1 2)")
-    bn.add_argument("--repeats", type=int, default=1, help="time each rollout N times, keep the fastest")
+    bn.add_argument("--repeats", type=COUNT, default=1, help="time each rollout N times, keep the fastest")
     bn.add_argument("--json", default=None, help="write JSON here; the figures go next to it")
-    bn.add_argument("--seed", type=int, default=0)
-    bn.add_argument("--first-seed", type=int, default=10_000,
+    bn.add_argument("--seed", type=NONNEG, default=0)
+    bn.add_argument("--first-seed", type=NONNEG, default=10_000,
                     help="env seed of the first episode (benchmark: 10000; tuning episodes: e.g. 20000)")
-    bn.add_argument("--device", default="cpu")
+    bn.add_argument("--device", default="cpu", type=_device)
     bn.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     _add_compile(bn, " (diffusers' hook policies keep eager blocks: compare their wall clock without it)")
     bn.set_defaults(func=_bench)
@@ -450,9 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--checkpoint", default=None)
     tu.add_argument("--cache", nargs="+", default=["worldcache"],
                     help="cache policies to search (steps-only is always a candidate)")
-    tu.add_argument("--denoise-steps", type=int, nargs="+", default=None,
+    tu.add_argument("--denoise-steps", type=COUNT, nargs="+", default=None,
                     help="step counts to search (default: 35 18 12, cut to the reference's)")
-    tu.add_argument("--reference-steps", type=int, default=None,
+    tu.add_argument("--reference-steps", type=COUNT, default=None,
                     help="steps of the uncached reference (default: the model's)")
     tu.add_argument("--threshold-scales", type=float, nargs="+", default=None,
                     help="thresholds to search, as multiples of each policy's default (default: 0.5 1 2)")
@@ -462,30 +506,30 @@ def build_parser() -> argparse.ArgumentParser:
     floor.add_argument("--min-speedup", type=float, default=None,
                        help="the closest configuration to the reference with at least this compute speedup")
     tu.add_argument("--out", default="tuned.yaml", help="the cache YAML written (policy settings + num_steps)")
-    tu.add_argument("--episodes", type=int, default=2)
-    tu.add_argument("--chunks", type=int, default=2)
+    tu.add_argument("--episodes", type=COUNT, default=2)
+    tu.add_argument("--chunks", type=COUNT, default=2)
     tu.add_argument("--data", default=None, metavar="STORE", help="tune on this store's training split")
     tu.add_argument("--holdout", type=float, default=0.1)
-    tu.add_argument("--first-seed", type=int, default=20_000, help="env seed of the first tuning episode")
+    tu.add_argument("--first-seed", type=NONNEG, default=20_000, help="env seed of the first tuning episode")
     tu.add_argument("--json", default=None, help="also write the search's bench JSON (and figures) here")
-    tu.add_argument("--seed", type=int, default=0)
-    tu.add_argument("--device", default="cpu")
+    tu.add_argument("--seed", type=NONNEG, default=0)
+    tu.add_argument("--device", default="cpu", type=_device)
     tu.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     _add_compile(tu)
     tu.set_defaults(func=_tune)
 
     ep = sub.add_parser("evaluate-policies", help="rank control policies by real vs. decoded world-model return")
     ep.add_argument("--checkpoint", default=None)
-    ep.add_argument("--episodes", type=int, default=5)
-    ep.add_argument("--env-steps", type=int, default=48, help="env steps per episode (multiple of the chunk)")
+    ep.add_argument("--episodes", type=COUNT, default=5)
+    ep.add_argument("--env-steps", type=COUNT, default=48, help="env steps per episode (multiple of the chunk)")
     ep.add_argument("--control", nargs="*", default=["equal-cost"],
                     help="control policies to rank, or sets of them: equal-cost (default; every action has the same "
                          "norm, so only the frames rank them) or noise-levels (the scripted controller at 4 noise "
                          "levels, and random)")
     ep.add_argument("--cache", nargs="*", default=["none", "worldcache"])
-    ep.add_argument("--denoise-steps", type=int, default=None)
-    ep.add_argument("--seed", type=int, default=0)
-    ep.add_argument("--first-seed", type=int, default=10_000,
+    ep.add_argument("--denoise-steps", type=COUNT, default=None)
+    ep.add_argument("--seed", type=NONNEG, default=0)
+    ep.add_argument("--first-seed", type=NONNEG, default=10_000,
                     help="env seed of the first start (held-out: 10000; tuning starts: e.g. 20000). A start's "
                          "returns depend on its env seed only, so starts split over calls pool exactly")
     ep.add_argument("--decoder", nargs="+", default=None, metavar="DIR",
@@ -494,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--real-cond", action="store_true",
                     help="diagnostic: predict every chunk from the simulator's frames before it (teacher-forced), "
                          "not the model's own, to see what compounding costs the ranking")
-    ep.add_argument("--device", default="cpu")
+    ep.add_argument("--device", default="cpu", type=_device)
     ep.add_argument("--json", nargs="+", default=None, help="write the result here (one path per --decoder)")
     _add_compile(ep)
     ep.set_defaults(func=_evaluate_policies)
@@ -504,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("a", help="evaluate-policies --json of A (e.g. the bundled model)")
     cf.add_argument("b", help="evaluate-policies --json of B, on the same starts and policies")
     cf.add_argument("--cache", default="none", help="which rows to compare (a --cache entry of both runs)")
-    cf.add_argument("--draws", type=int, default=2000, help="bootstrap resamples of the starts")
+    cf.add_argument("--draws", type=COUNT, default=2000, help="bootstrap resamples of the starts")
     cf.set_defaults(func=_compare_fidelity)
 
     pf = sub.add_parser("pool-fidelity", help="one evaluate-policies result from JSONs on disjoint starts with the "
@@ -514,20 +558,20 @@ def build_parser() -> argparse.ArgumentParser:
     pf.set_defaults(func=_pool_fidelity)
 
     v = sub.add_parser("bench-vec", help="per-env step time: N single envs in turn vs. one batched vector env")
-    v.add_argument("--num-envs", type=int, default=4)
-    v.add_argument("--env-steps", type=int, default=3, help="timed env steps (chunks), after one warm-up step")
+    v.add_argument("--num-envs", type=COUNT, default=4)
+    v.add_argument("--env-steps", type=COUNT, default=3, help="timed env steps (chunks), after one warm-up step")
     v.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")
     v.add_argument("--cache", default="worldcache")
-    v.add_argument("--denoise-steps", type=int, default=None, help="default: the model's")
-    v.add_argument("--device", default="cpu")
+    v.add_argument("--denoise-steps", type=COUNT, default=None, help="default: the model's")
+    v.add_argument("--device", default="cpu", type=_device)
     _add_compile(v)
     v.set_defaults(func=_bench_vec)
 
     r = sub.add_parser("rollout", help="Ray rollouts of the world-model env into a Zarr store (resumable)")
     r.add_argument("config", help="YAML path or name under configs/ (e.g. rollout_smoke)")
     r.add_argument("--out", default=None, help="store path or URL, e.g. s3://bucket/x.zarr (default: the config's)")
-    r.add_argument("--episodes", type=int, default=None)
-    r.add_argument("--workers", type=int, default=None)
+    r.add_argument("--episodes", type=COUNT, default=None)
+    r.add_argument("--workers", type=COUNT, default=None)
     r.add_argument("--address", default=None, help="Ray cluster to join ('auto': the running one)")
     r.add_argument("--break-lease", action="store_true", help="replace the lease of a driver that died")
     r.set_defaults(func=_rollout)
@@ -541,28 +585,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("scale-check", help="write synthetic episodes (no model); time writes, listing, reads")
     sc.add_argument("--out", default="runs/scale.zarr")
-    sc.add_argument("--episodes", type=int, default=10000)
+    sc.add_argument("--episodes", type=COUNT, default=10000)
     sc.set_defaults(func=_scale_check)
 
     br = sub.add_parser("bench-rollouts", help="episodes/s with 1 vs 2 workers and the Zarr write share")
     br.add_argument("config", nargs="?", default="rollout_smoke")
-    br.add_argument("--episodes", type=int, default=None)
-    br.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    br.add_argument("--num-cpus", type=float, default=None, help="per worker (1 lets 2 workers fit on 2 cores)")
+    br.add_argument("--episodes", type=COUNT, default=None)
+    br.add_argument("--workers", type=COUNT, nargs="+", default=[1, 2])
+    br.add_argument("--num-cpus", type=_positive, default=None, help="per worker (1 lets 2 workers fit on 2 cores)")
     br.add_argument("--out-dir", default="runs/bench")
     br.set_defaults(func=_bench_rollouts)
 
     ca = sub.add_parser("calibrate", help="fit a cache policy's model-specific constants on tuning episodes")
     ca.add_argument("policy", choices=["teacache"], help="teacache: its rescaling polynomial (degree 4)")
     ca.add_argument("--checkpoint", default=None)
-    ca.add_argument("--episodes", type=int, default=3)
-    ca.add_argument("--chunks", type=int, default=2, help="chunks (predictions) per episode")
-    ca.add_argument("--denoise-steps", type=int, default=None, help="default: the model's")
-    ca.add_argument("--first-seed", type=int, default=20_000,
+    ca.add_argument("--episodes", type=COUNT, default=3)
+    ca.add_argument("--chunks", type=COUNT, default=2, help="chunks (predictions) per episode")
+    ca.add_argument("--denoise-steps", type=COUNT, default=None, help="default: the model's")
+    ca.add_argument("--first-seed", type=NONNEG, default=20_000,
                     help="env seed of the first tuning episode (disjoint from the benchmark's 10000+)")
     ca.add_argument("--out", default=None, help="YAML to write the coefficients into (its other settings are kept); "
                     "default: the shipped configs/cache/teacache.yaml")
-    ca.add_argument("--device", default="cpu")
+    ca.add_argument("--device", default="cpu", type=_device)
     ca.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     ca.set_defaults(func=_calibrate)
     return p

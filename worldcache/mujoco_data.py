@@ -393,6 +393,10 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
               "controller": {"kp": renderer.kp, "kv": renderer.kv, "k_rest": renderer.k_rest,
                              "damping": renderer.damping}}
     store = EpisodeStore(out_path, mode="a")
+    if "generator" not in store.attrs and len(store):  # episodes of another kind (a rollout store, say)
+        renderer.close()
+        raise ValueError(f"{out_path} holds episodes that make-data did not write (no 'generator' attrs): "
+                         f"give another --out")
     if "generator" in store.attrs:  # resuming: refuse to mix incompatible episodes in one store
         old = store.attrs["generator"]
         diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
@@ -406,7 +410,8 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
     if clash:  # episode ids are seed{seed}_ep{i}: another policy's episodes would be taken for this one's
         renderer.close()
         raise ValueError(f"{out_path}: seed {seed} already holds {clash[0]!r} episodes; give {policy!r} another --seed")
-    runs[f"seed{seed}_{policy}"] = {"seed": seed, "policy": policy, "episodes": episodes}
+    key = f"seed{seed}_{policy}"  # a shorter run again must not shrink the record of what the store holds
+    runs[key] = {"seed": seed, "policy": policy, "episodes": max(episodes, runs.get(key, {}).get("episodes", 0))}
     store.attrs["runs"] = runs
 
     written = skipped = 0

@@ -188,11 +188,15 @@ def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, 
     k = model.spec.chunk
     starts, acts, reals, states = heldout_windows(episodes, horizons[-1] * k, max_windows, moving)
     seeds = [derived_seed(seed, w) for w in range(len(starts))]  # window w's own noise, whatever the batch
+    from tqdm.auto import tqdm
+
     preds = []
-    for i in range(0, len(starts), batch):
-        frames, _ = model.rollout(starts[i:i + batch], acts[i:i + batch], policy=policy, num_steps=num_steps,
-                                  seed=seeds[i:i + batch])
-        preds.append(frames.cpu().numpy())
+    with tqdm(total=len(starts), desc="open-loop rollouts", unit="window", dynamic_ncols=True) as bar:
+        for i in range(0, len(starts), batch):
+            frames, _ = model.rollout(starts[i:i + batch], acts[i:i + batch], policy=policy, num_steps=num_steps,
+                                      seed=seeds[i:i + batch])
+            preds.append(frames.cpu().numpy())
+            bar.update(len(frames))
     pred = np.concatenate(preds)
     out = {"windows": int(len(starts)), "chunk": k,
            "horizons": {str(c): {"frames": int(len(starts) * c * k), **frame_scores(pred[:, :c * k], reals[:, :c * k],

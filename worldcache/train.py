@@ -221,6 +221,12 @@ def handover_loss(model: WorldModel, rec: torch.Tensor, x: torch.Tensor) -> torc
 class Trainer:
     def __init__(self, cfg: TrainConfig, model: WorldModel | None = None, command: str | None = None):
         """`command`: the command line to record (the CLI passes its own; default: this process's arguments)."""
+        for key in ("vae_steps", "dit_steps", "decoder_steps", "vae_batch", "dit_batch", "save_every"):
+            if getattr(cfg, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+        for key in ("vae_minutes", "dit_minutes"):
+            if getattr(cfg, key) is not None and not getattr(cfg, key) > 0:
+                raise ValueError(f"{key} must be > 0 (or None: count steps), got {getattr(cfg, key)}")
         if cfg.cond_noise < 0:
             raise ValueError(f"cond_noise must be >= 0, got {cfg.cond_noise}")
         if cfg.cond_blur < 0:
