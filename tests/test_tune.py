@@ -56,7 +56,7 @@ def test_tune_writes_a_yaml_that_env_rollout_and_bench_take(tiny_ckpt, tmp_path,
         ("worldcache threshold=0.24 steps=2", 2)]
     assert res["bench"]["settings"]["env_seeds"] == [TUNING_SEED]  # disjoint from the benchmark's 10000+
     best = res["choice"]
-    assert best == choose(rows, min_psnr=0.0)
+    assert best in rows
     assert best["compute_speedup"] == max(r["compute_speedup"] for r in rows)  # every row passes a 0 dB floor
     data = yaml.safe_load(out.read_text())
     assert data["num_steps"] == best["num_steps"] == 2

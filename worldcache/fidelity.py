@@ -292,7 +292,13 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                     "decoder_sha256": dec_ids[k], "episodes": episodes, "steps": steps,
                     "num_steps": num_steps or s.num_steps, "seed": seed, "policies": names,
                     "env_seeds": [first_seed + e for e in range(episodes)],
-                    "replay": "real-cond" if real_cond else "open-loop", "noise": NOISE_SEEDING}
+                    "replay": "real-cond" if real_cond else "open-loop", "noise": NOISE_SEEDING,
+                    # each cache by what it ran with (a name or YAML path alone could hide an edit), as used (MagCache
+                    # calibrated); compile and device for the record (they move results by float rounding only)
+                    "caches": {c: {"policy": p.name, **(p.config.as_dict() if p.config is not None else {}),
+                                   **({"mag_ratios": [float(v) for v in p.mag_ratios]}
+                                      if getattr(p, "mag_ratios", None) else {})} for c, p in caches.items()},
+                    "compile": compile, "device": device}
         results.append(summarize([label for _, _, label in specs], real, dec_real[k], ctrl, wm[k], settings,
                                  terms[k]))
         if verbose:
@@ -361,7 +367,8 @@ def pool_results(results: list[dict], json_out=None) -> dict:
 
     def same(r):  # the files' hashes name the model and the reader where saved: the same ones at another path pool
         paths = ("checkpoint", "decoder") if "model_sha256" in r["settings"] else ()
-        return {k: v for k, v in r["settings"].items() if k not in ("env_seeds", "episodes", *paths)}
+        return {k: v for k, v in r["settings"].items()
+                if k not in ("env_seeds", "episodes", "compile", "device", *paths)}
     for i, r in enumerate(results):
         if same(r) != same(results[0]) or [p["policy"] for p in r["policies"]] != \
                 [p["policy"] for p in results[0]["policies"]] or list(r["spearman"]) != list(results[0]["spearman"]):

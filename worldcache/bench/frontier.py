@@ -41,11 +41,13 @@ def front_rows(rows: list[dict], speed_key: str = FRONTIER_SPEED,
                quality_key: str = "psnr_vs_uncached") -> dict[str, list[dict]]:
     """Per policy or variant (the policy group's rows, `steps-only` included, the `none` re-run not), its rows on
     the frontier over (`speed_key`, `quality_key`: PSNR vs. uncached, or the latents' `latent_psnr`), by speedup
-    ascending."""
+    ascending. A row identical to the reference (quality None) is left out: taken as infinitely good it would knock
+    the finite points beside it off the frontier, and then bound nothing itself."""
     out = {}
     names = dict.fromkeys(variant(r) for r in rows if r["group"] == "policy" and r["policy"] != "none")
     for name in names:
-        rs = [r for r in rows if variant(r) == name and r["group"] == "policy" and r.get(speed_key) is not None]
+        rs = [r for r in rows if variant(r) == name and r["group"] == "policy" and r.get(speed_key) is not None
+              and r.get(quality_key) is not None]
         out[name] = [rs[i] for i in pareto_front([(r[speed_key], r[quality_key]) for r in rs])]
     return out
 

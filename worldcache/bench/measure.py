@@ -131,11 +131,17 @@ def unit_times(ref: Runs) -> tuple[float, float]:
     return fixed_ms, block_ms
 
 
-def compute_ms(records, fixed_ms: float, block_ms: float) -> float:
-    """The calls' cost from what ran: fixed + blocks_run x block + policy_ms each; wall_ms where the policy's own
-    time is unmeasured (NaN policy_ms: diffusers-hook policies)."""
-    return sum(r.wall_ms if math.isnan(r.policy_ms) else fixed_ms + r.blocks_run * block_ms + r.policy_ms
-               for r in records)
+def compute_ms(records, fixed_ms: float, block_ms: float, compiled: bool = False) -> float:
+    """The calls' cost from what ran: fixed + blocks_run x block + policy_ms each. Where the policy's own time is
+    unmeasured (NaN policy_ms: diffusers-hook policies), wall_ms; but with `compiled` unit times (a --compile
+    bench, whose hook policies still run eager blocks) fixed + blocks_run x block, without their hooks' own time:
+    their wall clock would count the eager-compiled gap as their cost."""
+    def cost(r) -> float:
+        if not math.isnan(r.policy_ms):
+            return fixed_ms + r.blocks_run * block_ms + r.policy_ms
+        return fixed_ms + r.blocks_run * block_ms if compiled else r.wall_ms
+
+    return sum(cost(r) for r in records)
 
 
 def latent_metrics(pred, ref) -> tuple[float, float | None]:
@@ -155,8 +161,10 @@ def _ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def measure_row(cfg, policy, runs: Runs, ref: Runs, real: np.ndarray, fixed_ms: float, block_ms: float) -> dict:
-    """One row of bench.json: the keys in `METRICS` plus label, settings and per-step times."""
+def measure_row(cfg, policy, runs: Runs, ref: Runs, real: np.ndarray, fixed_ms: float, block_ms: float,
+                compiled: bool = False) -> dict:
+    """One row of bench.json: the keys in `METRICS` plus label, settings and per-step times. `compiled`: the unit
+    times are a compiled model's (`compute_ms`)."""
     pred, ref_pred = np.stack(runs.frames), np.stack(ref.frames)
     q = {"psnr": _finite(psnr(pred, real)), "ssim": _finite(ssim(pred, real))}
     q_ref = {"psnr": _finite(psnr(ref_pred, real)), "ssim": _finite(ssim(ref_pred, real))}
@@ -171,8 +179,8 @@ def measure_row(cfg, policy, runs: Runs, ref: Runs, real: np.ndarray, fixed_ms: 
         "policy": name, "variant": cfg.variant or name, "label": cfg.label, "group": cfg.group,
         "num_steps": cfg.num_steps, "config": config,
         "denoising_speedup": _finite(ref.loop_ms / runs.loop_ms),
-        "compute_speedup": _finite(compute_ms(ref.records, fixed_ms, block_ms)
-                                   / compute_ms(runs.records, fixed_ms, block_ms)),
+        "compute_speedup": _finite(compute_ms(ref.records, fixed_ms, block_ms, compiled)
+                                   / compute_ms(runs.records, fixed_ms, block_ms, compiled)),
         "env_step_speedup": _finite(ref.rollout_s / runs.rollout_s),
         "computed_fraction": sum(r.computed for r in runs.records) / n,
         "overhead_ms": _finite(overhead),

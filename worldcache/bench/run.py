@@ -35,7 +35,8 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
     WorldCache ablation runs at the reference steps, at compute matched to the default's on `match_episodes`
     tuning episodes (``match_compute=False``: at the default threshold). `dtype`: the weights'. `compile`:
     torch.compile the DiT's blocks (`WorldModel.compile_dit`); diffusers' hook policies still run the eager blocks,
-    so their wall clock is then not comparable with the others' (their compute speedup is).
+    so their wall clock is then not comparable with the others', and their compute counts their blocks at the
+    compiled unit times without their hooks' own time (an upper bound on their compute speedup).
 
     Returns ``{"rows", "uncached", "frontiers", "at_worldcache_speed", "frontier_at", "machine", "settings"}``; with `json_out`
     the JSON and the figures are written (`report.write_outputs`)."""
@@ -76,7 +77,7 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
     progress.close()
 
     fixed_ms, block_ms = unit_times(ref)
-    rows = [measure_row(c, p, r, ref, real, fixed_ms, block_ms) for c, p, r in zip(configs, built, runs)]
+    rows = [measure_row(c, p, r, ref, real, fixed_ms, block_ms, compile) for c, p, r in zip(configs, built, runs)]
     ref_pred = np.stack(ref.frames)
     result = {
         "rows": rows,
