@@ -254,6 +254,26 @@ def test_trainer_runs_resumes_and_exports(tmp_path, capsys):
     assert not torch.equal(went_on.dit.transformer.proj_out.weight, src.dit.transformer.proj_out.weight)
     assert (tmp_path / "cont/model/state_decoder.safetensors").read_bytes() == \
         (out / "state_decoder.safetensors").read_bytes()
+    # one writer per folder: a run into an --out another run holds is refused
+    import fcntl
+
+    with open(tmp_path / "run" / "train.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.truncate(0)  # as a holder writes who it is
+        held.write("pid 1 on elsewhere")
+        held.flush()
+        with pytest.raises(ValueError, match=r"another training run is writing into it \(pid 1 on elsewhere\)"):
+            Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
+    # the decoder stage after --continue-from continues that checkpoint's decoder (one step: still near it)
+    dec = TrainConfig(data=cfg.data, out=str(tmp_path / "dec"), stages=("decoder",), decoder_steps=1,
+                      holdout=0.34, continue_from=str(out))
+    went_on = Trainer(dec).run()
+    assert json.loads((went_on / "training.json").read_text())["decoder"]["started_from"] == str(out)
+    from worldcache.state_decoder import StateDecoder
+
+    a, b = StateDecoder.load(out).state_dict(), StateDecoder.load(went_on).state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=0.05) for k in a)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # and trained
     # each record holds the record of the checkpoint it started from: the whole lineage
     first = json.loads((out / "training.json").read_text())
     assert json.loads((moved / "training.json").read_text())["started_from"] == {"checkpoint": str(out),

@@ -37,8 +37,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shlex
 import shutil
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -673,6 +675,24 @@ class Trainer:
         return out
 
     def run(self) -> Path:
+        """Train the stages and export `OUT/model`, holding `OUT/train.lock` throughout: two runs writing one
+        folder would interleave their states and exports."""
+        import fcntl
+
+        with open(self.out / "train.lock", "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the OS if this process dies
+            except BlockingIOError:
+                lock.seek(0)
+                raise ValueError(f"{self.out}: another training run is writing into it ({lock.read().strip()}); "
+                                 f"wait for it, or train into another --out") from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            lock.flush()
+            return self._run_stages()
+
+    def _run_stages(self) -> Path:
         start = time.time()
         if "vae" in self.cfg.stages:
             self.train_vae()
@@ -687,11 +707,15 @@ class Trainer:
                 if (self.source / name).is_file():
                     shutil.copyfile(self.source / name, self.out / "model" / name)
         if "decoder" in self.cfg.stages:
-            from .state_decoder import train_state_decoder
+            from .state_decoder import StateDecoder, train_state_decoder
 
+            # a starting checkpoint's decoder is continued, as its other weights are
+            first = self.source if self.source is not None and StateDecoder.exists(self.source) else None
             res = train_state_decoder(self.cfg.data, self.out / "model", steps=self.cfg.decoder_steps,
-                                      holdout=self.cfg.holdout, seed=self.cfg.seed, device=self.cfg.device)
-            self.record["decoder"] = {"steps": self.cfg.decoder_steps, "heldout_errors_cm": res["heldout_errors"],
+                                      holdout=self.cfg.holdout, seed=self.cfg.seed, device=self.cfg.device,
+                                      init_from=first)
+            self.record["decoder"] = {"steps": self.cfg.decoder_steps, "started_from": str(first) if first else None,
+                                      "heldout_errors_cm": res["heldout_errors"],
                                       "final_loss": float(np.mean(res["losses"][-50:]))}
         self.record["train_seconds"] = self.record.get("train_seconds", 0.0) + time.time() - start
         (self.out / "model" / "training.json").write_text(json.dumps(self.record, indent=2) + "\n")
