@@ -301,8 +301,9 @@ class Trainer:
                              f"the model starting this run takes {sp.height}x{sp.width} and {sp.action_dim}-d")
         from .rollouts.identity import model_sha256
 
-        vae_files = ({q.relative_to(cfg.vae_from).as_posix(): q.read_bytes()
-                      for q in sorted((Path(cfg.vae_from) / "vae").rglob("*")) if q.is_file()} if cfg.vae_from else None)
+        vae_dir = Path(cfg.vae_from) / "vae" if cfg.vae_from else None
+        vae_files = ({q.relative_to(vae_dir).as_posix(): q.read_bytes() for q in sorted(vae_dir.rglob("*"))
+                      if q.is_file()} if vae_dir else None)
         # what the settings do not show: the starting weights' and the episodes' contents (a path may hold others)
         self.resume = {**resume_settings(cfg), "data_fingerprint": fingerprint(*(ep["actions"] for ep in episodes)),
                        "source_sha256": [model_sha256(source) if source else None,
