@@ -14,5 +14,7 @@ def test_derived_seed_is_seedsequence_of_seed_and_keys():
     # neighbouring keys land far apart, so chunk seeds s + c of one key never reach another's
     seeds = np.array(sorted(derived_seed(0, e) for e in range(10_000, 10_200)))
     assert np.diff(seeds).min() > 100
-    with pytest.raises(ValueError, match=">= 0"):
-        derived_seed(-1, 3)
+    for bad in ((-1, 3), (0, 2**32), (2**32, 0)):  # SeedSequence would take (0, 2**32) for (0, 0, 1)
+        with pytest.raises(ValueError, match=r"in \[0, 2\*\*32\)"):
+            derived_seed(*bad)
+    assert derived_seed(0, 2**32 - 1) >= 0

@@ -105,6 +105,9 @@ def test_rewards_are_the_task_formula_on_decoded_positions_with_the_exact_contro
     np.testing.assert_allclose(dec.rewards(frames, acts), [-1.55, -1.85, -1.75, -1.45], rtol=1e-6)
     np.testing.assert_allclose(dec.terms(frames), [[-1.2, -0.25]] * 4, rtol=1e-6)  # the two position terms apart
     assert dec.chunk_reward(frames, acts) == pytest.approx(-6.6, rel=1e-6)
+    for bad in (acts.reshape(-1), acts[:1]):  # broadcast, these charged the wrong control cost without a word
+        with pytest.raises(ValueError, match="must be one per frame"):
+            dec.rewards(frames, bad)
 
 
 # --- moving-region PSNR ------------------------------------------------------------------------------------------

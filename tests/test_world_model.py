@@ -129,6 +129,44 @@ def test_predict_rejects_bad_input(tiny_ckpt, bad_frame, bad_actions, match):
         model.predict(frame if bad_frame is None else bad_frame, actions if bad_actions is None else bad_actions)
 
 
+def test_inputs_are_checked_and_taken_from_any_tensor(tiny_ckpt):
+    model = WorldModel.from_pretrained(tiny_ckpt)
+    frame, actions = inputs(batch=2)
+    ref, _ = model.predict(frame, actions, num_steps=2, seed=[1, 2])
+    bf16, _ = model.predict(torch.from_numpy(frame), torch.from_numpy(actions).bfloat16(), num_steps=2, seed=[1, 2])
+    near = torch.from_numpy(actions).bfloat16().float().numpy()  # what bf16 actions hold
+    np.testing.assert_array_equal(bf16, model.predict(frame, near, num_steps=2, seed=[1, 2])[0])
+    with pytest.raises(ValueError, match="num_steps must be >= 1"):  # not the default 35 in silence
+        model.predict(frame, actions, num_steps=0)
+    with pytest.raises(ValueError, match="frames must be uint8"):  # floats in [0, 1] read as near-black
+        model.encode(torch.from_numpy(frame[:, None]).float() / 255)
+    with pytest.raises(ValueError, match="actions must be"):
+        model.rollout(frame, actions[:, :0], num_steps=2)
+    a, _ = model.rollout(frame, actions, num_steps=2, seed=np.array([1, 2]))  # numpy seeds, one per sample
+    np.testing.assert_array_equal(a, ref)
+    torch.manual_seed(123)
+    WorldModel.build(SPEC, **ARCH)  # its own draws: the caller's generator goes on where it was
+    after = torch.rand(1)
+    torch.manual_seed(123)
+    assert torch.equal(after, torch.rand(1))
+
+
+def test_specs_the_network_cannot_run_are_refused(tiny_ckpt, tmp_path):
+    for bad, match in [(dict(fps=0.0), "fps"), (dict(chunk=0), "chunk"),
+                       (dict(action_low=[3.0] * 7), "must not exceed")]:
+        with pytest.raises(CheckpointError, match=match):
+            dataclasses.replace(SPEC, **bad).check()
+    with pytest.raises(CheckpointError, match="must be divisible by 8"):  # 4x VAE, then 2x2 patches
+        WorldModel.build(dataclasses.replace(SPEC, height=36), **ARCH)
+    for edit in (dict(chunk=16), dict(height=64, width=80)):  # more latent frames / tokens than the transformer's
+        folder = tmp_path / f"edit{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(tiny_ckpt, folder)
+        spec = json.loads((folder / "model.json").read_text())
+        (folder / "model.json").write_text(json.dumps({**spec, **edit}))
+        with pytest.raises(CheckpointError, match="model.json: its latent grid .* max_size"):
+            WorldModel.from_pretrained(folder)
+
+
 def test_checkpoint_errors_name_the_file(tiny_ckpt, tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         WorldModel.from_pretrained(tmp_path / "nope")

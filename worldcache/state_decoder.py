@@ -96,6 +96,9 @@ class StateDecoder(nn.Module):
         the exact control cost of that action. frames (..., T, H, W, 3), actions (..., T, A) -> (..., T)."""
         from .mujoco_data import reward_from_terms
 
+        frames, actions = np.asarray(frames), np.asarray(actions)
+        if actions.ndim < 1 or actions.shape[:-1] != frames.shape[:-3]:  # else broadcasting hides the mistake
+            raise ValueError(f"actions {actions.shape} must be one per frame (..., T, A) for frames {frames.shape}")
         return reward_from_terms(self.terms(frames), actions)
 
     def chunk_reward(self, frames, actions) -> float:

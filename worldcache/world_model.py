@@ -40,6 +40,12 @@ BUNDLED = Path(__file__).resolve().parent / "assets" / "pusher"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def _cpu_tensor(x, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An input (numpy array, list, or a tensor of any device or dtype, bf16 included) as a CPU tensor."""
+    t = x.detach().to("cpu") if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return t if dtype is None else t.to(dtype)
+
+
 class CheckpointError(ValueError):
     """A checkpoint folder that is missing files, is corrupt, or whose parts do not fit together."""
 
@@ -102,8 +108,12 @@ class WorldModelSpec:
         return 1 + self.temporal_compression * (self.cond_latent_frames - 1)
 
     def check(self) -> None:
-        if self.chunk % self.temporal_compression:
-            raise CheckpointError(f"chunk={self.chunk} must be a multiple of {self.temporal_compression}")
+        if self.chunk < 1 or self.chunk % self.temporal_compression:
+            raise CheckpointError(f"chunk={self.chunk} must be a positive multiple of {self.temporal_compression}")
+        if any(lo > hi for lo, hi in zip(self.action_low, self.action_high)):
+            raise CheckpointError(f"action_low {self.action_low} must not exceed action_high {self.action_high}")
+        if not self.fps > 0:
+            raise CheckpointError(f"fps={self.fps} must be > 0")
         if len(self.action_low) != self.action_dim or len(self.action_high) != self.action_dim:
             raise CheckpointError(f"action bounds must have action_dim={self.action_dim} entries")
         if self.height % self.spatial_compression or self.width % self.spatial_compression:
@@ -193,13 +203,20 @@ class WorldModel(nn.Module):
         """A freshly initialised model of our small architecture (training starts here).
 
         The VAE compresses 4x in time and `spec.spatial_compression` (4 or 8, as Wan) in space; the DiT patchifies
-        latents by `patch` x `patch` as Cosmos does (1, 2, 2)."""
+        latents by `patch` x `patch` as Cosmos does (1, 2, 2). Draws from its own generator state (`seed`): the
+        caller's global one is left as it was."""
+        spec.check()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls._build(spec, hidden_heads, head_dim, num_layers, vae_base_dim, patch, text_dim, text_len, seed)
+
+    @classmethod
+    def _build(cls, spec, hidden_heads, head_dim, num_layers, vae_base_dim, patch, text_dim, text_len,
+               seed) -> "WorldModel":
         from diffusers import AutoencoderKLWan, CosmosTransformer3DModel
 
         from .sampler import default_scheduler
 
-        spec.check()
-        torch.manual_seed(seed)
         z = 16
         levels = {4: ([1, 2, 4], [True, True]), 8: ([1, 2, 4, 4], [False, True, True])}
         if spec.spatial_compression not in levels or spec.temporal_compression != 4:
@@ -212,6 +229,10 @@ class WorldModel(nn.Module):
                                scale_factor_temporal=spec.temporal_compression)
         hidden = hidden_heads * head_dim
         h, w = spec.height // spec.spatial_compression, spec.width // spec.spatial_compression
+        if h % patch or w % patch:
+            raise CheckpointError(f"{spec.height}x{spec.width}: must be divisible by "
+                                  f"{spec.spatial_compression * patch} (the VAE's {spec.spatial_compression}x, then "
+                                  f"the DiT's {patch}x{patch} patches)")
         transformer = CosmosTransformer3DModel(
             in_channels=z + 1, out_channels=z, num_attention_heads=hidden_heads, attention_head_dim=head_dim,
             num_layers=num_layers, mlp_ratio=4.0, text_embed_dim=text_dim, adaln_lora_dim=min(64, hidden // 2),
@@ -328,6 +349,12 @@ class WorldModel(nn.Module):
         if vae_scale != (spec.spatial_compression, spec.temporal_compression):
             raise CheckpointError(f"{path / 'vae/config.json'}: VAE compresses space/time by {vae_scale}, but "
                                   f"{path / SPEC_FILE} says {(spec.spatial_compression, spec.temporal_compression)}")
+        p, grid = transformer.config.patch_size, (spec.latent_frames, spec.height // spec.spatial_compression,
+                                                   spec.width // spec.spatial_compression)
+        if any(g % q or g > m for g, q, m in zip(grid, p, transformer.config.max_size)):  # max_size: latent units
+            raise CheckpointError(f"{path / SPEC_FILE}: its latent grid {grid} (frames, h, w) must divide into the "
+                                  f"transformer's patches {tuple(p)} and fit its max_size "
+                                  f"{tuple(transformer.config.max_size)} (transformer/config.json)")
         if vae.config.z_dim + 1 != transformer.config.in_channels:
             raise CheckpointError(f"{path}: VAE z_dim {vae.config.z_dim} does not fit transformer in_channels "
                                   f"{transformer.config.in_channels} (= z_dim + 1 condition-mask channel)")
@@ -352,8 +379,11 @@ class WorldModel(nn.Module):
         """The weights' dtype. Latents, noise, scheduler state and timesteps stay fp32 whatever it is."""
         return self.prompt_embeds.dtype
 
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+    def encode(self, frames) -> torch.Tensor:
         """uint8 (B, T, H, W, 3) -> normalised fp32 latents (B, 16, 1 + (T-1)/4, h, w)."""
+        frames = _cpu_tensor(frames) if not isinstance(frames, torch.Tensor) else frames
+        if frames.dtype != torch.uint8 or frames.ndim != 5:  # float frames in [0, 1] would read as near-black
+            raise ValueError(f"frames must be uint8 (B, T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
         return self.encode_pixels(frames.to(self.device, self.vae.dtype).permute(0, 4, 1, 2, 3) / 127.5 - 1)
 
     def encode_pixels(self, x: torch.Tensor) -> torch.Tensor:
@@ -368,7 +398,7 @@ class WorldModel(nn.Module):
 
     # --- prediction -------------------------------------------------------------------------------------------
     def check_actions(self, actions) -> torch.Tensor:
-        a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
+        a = _cpu_tensor(actions, torch.float32)
         want = (self.spec.chunk, self.spec.action_dim)
         if a.ndim != 3 or tuple(a.shape[1:]) != want:
             raise ValueError(f"actions must have shape (batch, {want[0]}, {want[1]}), got {tuple(a.shape)}")
@@ -380,7 +410,7 @@ class WorldModel(nn.Module):
         """uint8 (B, H, W, 3) or (B, n, H, W, 3), oldest first -> the last `spec.cond_frames` frames
         (B, cond_frames, H, W, 3). Fewer frames than that (e.g. after a reset) are padded by repeating the oldest."""
         s = self.spec
-        frame = torch.as_tensor(np.asarray(frame))
+        frame = _cpu_tensor(frame)
         if frame.ndim == 4:
             frame = frame[:, None]
         if frame.dtype != torch.uint8 or frame.ndim != 5 or tuple(frame.shape[2:]) != (s.height, s.width, 3):
@@ -410,7 +440,7 @@ class WorldModel(nn.Module):
         shape = (b, cond.shape[1], s.latent_frames, *cond.shape[-2:])
         noise = self._noise(shape, seed)
         cond_latents = torch.cat([cond, torch.zeros_like(noise[:, :, s.cond_latent_frames:])], dim=2)
-        num_steps = num_steps or s.num_steps
+        num_steps = s.num_steps if num_steps is None else num_steps  # 0 is refused by the loop, not defaulted
         sigmas = np.linspace(0.999, 0, num_steps + 1)[:-1] if s.cosmos_sigmas else None  # the scheduler shifts them
         out = denoise(self.dit, self.scheduler, noise, self.prompt_embeds.expand(b, -1, -1),
                       num_steps=num_steps, policy=policy, cond_latents=cond_latents,
@@ -428,12 +458,13 @@ class WorldModel(nn.Module):
         frame(s). Returns uint8 frames (B, n*chunk, H, W, 3) and one SampleOutput per chunk. `seed`: one int for
         the batch or one per sample; chunk c draws seed + c (give samples seeds far apart, e.g.
         `seeding.derived_seed`, or their chunks share noise)."""
-        a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
+        a = _cpu_tensor(actions, torch.float32)
         k = self.spec.chunk
+        seed = seed.tolist() if isinstance(seed, np.ndarray) else seed  # one per sample, as a list
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
         if not seeds or any(not isinstance(x, (int, np.integer)) or isinstance(x, bool) for x in seeds):
             raise ValueError(f"rollout seed must be an int or a list of ints (chunk c uses seed + c), got {seed!r}")
-        if a.ndim != 3 or a.shape[1] % k:
+        if a.ndim != 3 or a.shape[1] % k or not a.shape[1]:
             raise ValueError(f"actions must be (batch, n*{k}, {self.spec.action_dim}), got {tuple(a.shape)}")
         frames, outs = [], []
         history = self.cond_window(frame)
