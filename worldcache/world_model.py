@@ -245,6 +245,9 @@ class WorldModel(nn.Module):
         return cls(transformer, vae, default_scheduler(), embedder, prompt, torch.zeros_like(prompt), spec)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write the model's own files (transformer, VAE, scheduler, action embedder, prompts, model.json). A
+        checkpoint folder's companions (start_frames.npy, the state decoder, training.json) are the env's and the
+        trainer's: copy them along where the copy is to serve an env."""
         from safetensors.torch import save_file
 
         path = Path(path)
