@@ -206,17 +206,12 @@ class WorldModel(nn.Module):
         latents by `patch` x `patch` as Cosmos does (1, 2, 2). It seeds torch's global generator with `seed` (the
         weights' draws), as it always has: code that draws after it (tests that perturb a built model) relies on
         that."""
-        spec.check()
-        torch.manual_seed(seed)
-        return cls._build(spec, hidden_heads, head_dim, num_layers, vae_base_dim, patch, text_dim, text_len, seed)
-
-    @classmethod
-    def _build(cls, spec, hidden_heads, head_dim, num_layers, vae_base_dim, patch, text_dim, text_len,
-               seed) -> "WorldModel":
         from diffusers import AutoencoderKLWan, CosmosTransformer3DModel
 
         from .sampler import default_scheduler
 
+        spec.check()
+        torch.manual_seed(seed)
         z = 16
         levels = {4: ([1, 2, 4], [True, True]), 8: ([1, 2, 4, 4], [False, True, True])}
         if spec.spatial_compression not in levels or spec.temporal_compression != 4:
