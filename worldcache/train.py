@@ -256,14 +256,16 @@ class Trainer:
         source = cfg.continue_from or cfg.init_from
         self.source = Path(source) if source else None  # the checkpoint the weights, decoder and lineage come from
         self.out = Path(cfg.out)
-        earlier = self.out / "model" / "training.json"  # a model an earlier command trained into this folder
+        # the record of a model earlier commands trained into this folder (stages may run in separate commands)
+        path = self.out / "model" / "training.json"
+        earlier = json.loads(path.read_text()) if path.is_file() else None
         if "vae" not in cfg.stages and model is None:
-            if not (earlier.is_file() or self.source or cfg.vae_from):  # else: a random VAE, exported as trained
+            if not (earlier is not None or self.source or cfg.vae_from):  # else: a random VAE, exported as trained
                 raise ValueError(f"stages {list(cfg.stages)} without 'vae' start from a trained model: "
                                  f"{self.out / 'model'} holds none; train the VAE into this --out first, or give "
                                  f"--continue-from / --init-from (or --vae-from)")
-        if earlier.is_file() and self.source:  # OUT/model is what this run continues (below)
-            was = json.loads(earlier.read_text()).get("config", {})
+        if earlier is not None and self.source:  # OUT/model is what this run continues (below)
+            was = earlier.get("config", {})
             was = was.get("continue_from") or was.get("init_from")
             if was is None or Path(was).resolve() != self.source.resolve():
                 raise ValueError(f"{self.out / 'model'} was trained from {was or 'no checkpoint'}, and this "
@@ -276,7 +278,7 @@ class Trainer:
         self.device = torch.device(cfg.device)
         if cfg.bf16 and (why := slow_bf16(self.device)):
             print(f"warning: {why}", file=sys.stderr)
-        if earlier.is_file() and (model is None or "vae" not in cfg.stages):
+        if earlier is not None and (model is None or "vae" not in cfg.stages):
             # what earlier commands trained into this folder is what this one continues: a stage it does not train
             # keeps those weights (a resumed stage restores only its own)
             model = WorldModel.from_pretrained(self.out / "model")
@@ -311,8 +313,7 @@ class Trainer:
         if not windows(self.train_eps, self.model.spec.chunk, 1):  # else the first step fails inside numpy
             raise ValueError(f"{cfg.data}: no training episode has {self.model.spec.chunk} steps (one chunk); "
                              f"make longer episodes (make-data --env-steps)")
-        old = self.out / "model" / "training.json"  # stages may run in separate commands: keep both records
-        self.record = json.loads(old.read_text()) if old.exists() else {}
+        self.record = {} if earlier is None else earlier  # stages may run in separate commands: keep both records
         command = command or shlex.join(sys.argv)
         # every command that trained into this folder, in order (stages may run in separate commands); the latest's
         # config in full
