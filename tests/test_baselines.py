@@ -211,6 +211,8 @@ def test_magcache_calibrates_on_first_prediction(setup, make, capsys):
     assert all(r.computed for r in first.records) and p.mag_ratios is None
     second = run(setup, p)
     assert p.mag_ratios is not None and len(p.mag_ratios) == STEPS
+    # what results record of it (bench rows, fidelity settings): its config with the ratios it calibrated
+    assert p.settings() == {**p.config.as_dict(), "mag_ratios": [round(float(v), 6) for v in p.mag_ratios]}
     assert any(not r.computed for r in second.records)
     # A different schedule length re-applies the hooks with the ratios resized.
     dit, base, noise, emb, _ = setup

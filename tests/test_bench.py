@@ -319,7 +319,8 @@ def test_unit_times_and_measure_row_are_the_documented_formulas():
     runs = Runs(frames=[np.stack([_frame(3000), _frame(300)])], latents=[np.array([[1.0, 2.0]])], records=recs,
                 episode_loop_ms=[24.5], episode_rollout_s=[0.25], predictions=1)
     real = np.zeros((1, 2, 100, 100, 3), np.uint8)
-    cfg, policy = BenchConfig("wc test", "worldcache", num_steps=4), SimpleNamespace(name="worldcache", config=None)
+    cfg = BenchConfig("wc test", "worldcache", num_steps=4)
+    policy = SimpleNamespace(name="worldcache", config=None, settings=dict)  # a policy's settings(): {} here
     row = measure_row(cfg, policy, runs, ref, real, fixed_ms, block_ms)
     assert (row["policy"], row["variant"], row["label"], row["num_steps"]) == ("worldcache", "worldcache", "wc test", 4)
     assert row["denoising_speedup"] == 39.0 / 24.5 and row["denoising_speedup_per_episode"] == [round(39 / 24.5, 4)]

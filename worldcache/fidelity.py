@@ -293,11 +293,9 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                     "num_steps": num_steps or s.num_steps, "seed": seed, "policies": names,
                     "env_seeds": [first_seed + e for e in range(episodes)],
                     "replay": "real-cond" if real_cond else "open-loop", "noise": NOISE_SEEDING,
-                    # each cache by what it ran with (a name or YAML path alone could hide an edit), as used (MagCache
-                    # calibrated); compile and device for the record (they move results by float rounding only)
-                    "caches": {c: {"policy": p.name, **(p.config.as_dict() if p.config is not None else {}),
-                                   **({"mag_ratios": [float(v) for v in p.mag_ratios]}
-                                      if getattr(p, "mag_ratios", None) else {})} for c, p in caches.items()},
+                    # each cache by what it ran with (a name or YAML path alone could hide an edit); compile and
+                    # device for the record (they move results by float rounding only)
+                    "caches": {c: {"policy": p.name, **p.settings()} for c, p in caches.items()},
                     "compile": compile, "device": device}
         results.append(summarize([label for _, _, label in specs], real, dec_real[k], ctrl, wm[k], settings,
                                  terms[k]))

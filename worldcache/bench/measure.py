@@ -169,9 +169,7 @@ def measure_row(cfg, policy, runs: Runs, ref: Runs, real: np.ndarray, fixed_ms: 
     q = {"psnr": _finite(psnr(pred, real)), "ssim": _finite(ssim(pred, real))}
     q_ref = {"psnr": _finite(psnr(ref_pred, real)), "ssim": _finite(ssim(ref_pred, real))}
     n = len(runs.records)
-    config = policy.config.as_dict() if policy.config is not None else {}
-    if getattr(policy, "mag_ratios", None):  # MagCache calibrated in the warm-up: record what it used
-        config["mag_ratios"] = [round(float(v), 6) for v in policy.mag_ratios]
+    config = policy.settings()
     overhead = sum(r.wall_ms - fixed_ms - r.blocks_run * block_ms for r in runs.records) / n
     rel_l1, z_psnr = latent_metrics(np.stack(runs.latents), np.stack(ref.latents))
     name = cfg.name or policy.name

@@ -146,6 +146,10 @@ class CachePolicy:
     def run_stack(self, stack, call: CallRecord) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def settings(self) -> dict:
+        """What the policy ran with, as results record it: its config's fields ({} without a config)."""
+        return self.config.as_dict() if self.config is not None else {}
+
     def detach(self) -> None:
         """Undo anything the policy attached to the model (only hook-based policies attach)."""
 

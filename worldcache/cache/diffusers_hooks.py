@@ -254,6 +254,12 @@ class MagCache(DiffusersHookPolicy):
             self.detach()
         super().begin(num_steps)
 
+    def settings(self) -> dict:
+        out = super().settings()
+        if self.mag_ratios:  # calibrated in a warm-up (or configured): the ratios it used
+            out["mag_ratios"] = [round(float(v), 6) for v in self.mag_ratios]
+        return out
+
     def _needs_reapply(self, num_steps: int) -> bool:
         return num_steps != self._applied_steps  # diffusers sizes the ratios to the schedule when applied
 
