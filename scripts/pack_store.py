@@ -40,7 +40,7 @@ def unpack(packed: str, store_path: str) -> None:
         data = np.load(io.BytesIO(f.read()))
     meta = json.loads(data["__meta__"].tobytes())
     store = EpisodeStore(store_path, mode="a")
-    if len(store) and dict(store.attrs) != {**dict(store.attrs), **meta["attrs"]}:  # another dataset's store
+    if len(store) and any(store.attrs.get(k) != v for k, v in meta["attrs"].items()):  # another dataset's store
         sys.exit(f"{store_path} holds episodes of another dataset (its attrs differ from the pack's): unpack into "
                  f"a new path")
     store.attrs.update(meta["attrs"])

@@ -277,13 +277,13 @@ def _add_compile(parser, note: str = "") -> None:
                              "compile of ~20 s; results equal up to float rounding" + note)
 
 
-def _at_least(low: float, kind=int):
-    """An argparse type: a `kind` number >= `low` (a count: 1; a seed: 0), refused with a message otherwise."""
-    def parse(text: str):
+def _at_least(low: int):
+    """An argparse type: an integer >= `low` (a count: 1; a seed: 0), refused with a message otherwise."""
+    def parse(text: str) -> int:
         try:
-            v = kind(text)
+            v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
         if not v >= low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
         return v
