@@ -5,7 +5,8 @@ second driver is refused), check the store was made with the same settings (`ide
 leftover partial episodes, and hand batches of ``num_envs`` missing episode indices to ``workers`` actors. The
 checkpoint's files go to the actors through Ray's object store; the actors write into the store themselves.
 After the batches, every actor flushes its writer; episodes still missing (an actor died with episodes queued)
-are run again, up to ``max_task_retries`` more rounds. The lease is released at the end.
+are run again, up to ``max_task_retries`` more rounds; a round whose writes failed and wrote nothing is the last.
+The lease is released at the end.
 
 Fault tolerance inside a round is Ray's: actors restart (``max_restarts``) and re-run the batch that was running
 (``max_task_retries``).
@@ -116,7 +117,7 @@ def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: Ep
         from tqdm import tqdm
 
         with tqdm(total=len(todo), unit="ep", disable=not progress, desc="rollouts") as bar:
-            for _ in range(1 + cfg.max_task_retries):  # a round per loss: episodes of a dead actor's queue
+            for rounds in range(1, 2 + cfg.max_task_retries):  # a round per loss: a dead actor's queued episodes
                 batches = [todo[k:k + cfg.num_envs] for k in range(0, len(todo), cfg.num_envs)]
                 for r in ActorPool(actors).map_unordered(lambda a, b: a.run.remote(b), batches):
                     for k in ("steps", "calls", "computed"):
@@ -132,12 +133,15 @@ def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: Ep
                     tot["store_s"] += f["flush_s"]
                     tot["busy_s"] += f["flush_s"]
                     errors += f["errors"]
-                todo = _missing(store, todo, cfg.seed)  # counted in the store: a restarted actor's tally is lost
-                if not todo:
+                left = _missing(store, todo, cfg.seed)  # counted in the store: a restarted actor's tally is lost
+                stuck = errors and len(left) == len(todo)  # writes failed and none landed: they would fail again
+                todo = left
+                if not todo or stuck:
                     break
                 bar.reset(total=len(todo))
             if todo:
-                raise RuntimeError(f"{len(todo)} episodes could not be written: {errors[:3] or todo[:5]}")
+                raise RuntimeError(f"{len(todo)} episodes could not be written after {rounds} round(s): "
+                                   f"{errors[:3] or todo[:5]}")
         dt = time.perf_counter() - t0
     except BaseException:
         if actors:  # a failed batch (or Ctrl-C): the live actors first write what they hold, finished episodes stay

@@ -210,6 +210,21 @@ def test_a_failed_batch_keeps_the_finished_episodes(ckpt, tmp_path):
     assert open_store(out).episode_ids() == [episode_id(i, 0) for i in range(4)]
 
 
+def test_a_write_that_fails_for_good_is_not_retried_round_after_round(ckpt, tmp_path):
+    # a file where episode 2's group goes: its write fails every time; the others land in round 1, episode 2 fails
+    # again in round 2, which writes nothing, so the driver stops there instead of rolling it out in every round
+    from worldcache.rollouts.store import EpisodeStore
+
+    out = tmp_path / "blocked.zarr"
+    EpisodeStore(str(out), mode="a")
+    (out / "episodes").mkdir(exist_ok=True)
+    (out / "episodes" / episode_id(2, 0)).write_text("not an episode")
+    cfg = config(ckpt, out, episodes=4, workers=1, max_task_retries=5)
+    with pytest.raises(RuntimeError, match=r"1 episodes could not be written after 2 round\(s\).*FileExistsError"):
+        run_rollouts(cfg, progress=False)
+    assert open_store(out).episode_ids() == [episode_id(i, 0) for i in (0, 1, 3)]
+
+
 def test_a_worker_that_cannot_see_the_lease_refuses_to_write(ckpt, tmp_path):
     # a node whose `out` is another disk than the driver's (a local path on a multi-node cluster) sees no lease
     from dataclasses import asdict

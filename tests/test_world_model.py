@@ -398,7 +398,7 @@ def test_handover_loss_is_the_squared_conditioning_error_and_trains_only_the_dec
         # the same units as the rollout's conditioning error (its square) at the one hand-over of 2 predicted chunks
         want = conditioning_error(m, np.concatenate([own[:, 1:]] * 2, 1), np.concatenate([real[:, 1:]] * 2, 1))
     assert len(want) == 1 and float(got) == pytest.approx(want[0] ** 2, rel=1e-5)
-    assert float(got) > 1e-4 and float(handover_loss(m, px(real), px(real))) < 1e-12
+    assert float(got) > 1e-4 and float(handover_loss(m, px(real), px(real)).detach()) < 1e-12
     rec = px(own).requires_grad_()
     handover_loss(m, rec, px(real)).backward()
     assert rec.grad[:, :, :-1].abs().sum() == 0 and rec.grad[:, :, -1].abs().sum() > 0  # the last frame alone
