@@ -1,3 +1,4 @@
+import mujoco
 import numpy as np
 import pytest
 
@@ -52,6 +53,17 @@ def test_generate_is_reproducible_and_resumable(generated):
     assert (again["written"], again["skipped"], again["episodes_total"]) == (1, 2, 3)
     with pytest.raises(ValueError, match="different settings"):
         md.generate(root / "a.zarr", episodes=1, steps=STEPS + 1, seed=3, progress=False)
+    # the MuJoCo version is part of what made the episodes: another one may not add to the store; a store written
+    # before the version was recorded does not say, so it is not refused for it
+    store = EpisodeStore(root / "a.zarr", mode="a")
+    gen = dict(store.attrs["generator"])
+    assert gen["mujoco"] == mujoco.__version__
+    store.attrs["generator"] = {**gen, "mujoco": "3.3.7"}
+    with pytest.raises(ValueError, match=r"different settings.*'mujoco': \('3.3.7', '" + mujoco.__version__):
+        md.generate(root / "a.zarr", episodes=1, steps=STEPS, seed=3, progress=False)
+    store.attrs["generator"] = {k: v for k, v in gen.items() if k != "mujoco"}
+    assert md.generate(root / "a.zarr", episodes=1, steps=STEPS, seed=3, progress=False)["written"] == 0
+    store.attrs["generator"] = gen
     # another policy under the same seed would find "its" episodes there already: refused before writing
     with pytest.raises(ValueError, match="seed 3 already holds 'mixed' episodes; give 'random' another --seed"):
         md.generate(root / "a.zarr", episodes=1, steps=STEPS, seed=3, policy="random", progress=False)
