@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 
+import mujoco
 import numpy as np
 import pytest
 import torch
@@ -532,6 +533,7 @@ def test_evaluate_policies_ranks_the_equal_cost_set_end_to_end(small_ckpt, tmp_p
     other = evaluate_policies(small_ckpt, episodes=1, steps=4, num_steps=2, cache=("none",), policies=["push", "away"],
                               verbose=False, first_seed=20_000, decoder=small_ckpt)
     assert res["settings"]["env_seeds"] == [10_000] and other["settings"]["env_seeds"] == [20_000]
+    assert res["settings"]["mujoco"] == mujoco.__version__  # the simulator release that made the real episodes
     assert (res["settings"]["decoder"], other["settings"]["decoder"]) == ("the checkpoint's", str(small_ckpt))
     assert other["policies"][0]["real_return"] != res["policies"][0]["real_return"]
     with pytest.raises(FileNotFoundError):

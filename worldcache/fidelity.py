@@ -206,6 +206,8 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     before it, not from the model's own (`quality.teacher_forced`), so the gap to the open-loop figures is what
     compounding costs the ranking.
     """
+    import mujoco
+
     from .cache import load_policy
     from .mujoco_data import GOAL, OBJ, TIP, PusherRenderer, control_cost, real_rollout, reward_from_terms, \
         reward_terms
@@ -294,9 +296,10 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                     "env_seeds": [first_seed + e for e in range(episodes)],
                     "replay": "real-cond" if real_cond else "open-loop", "noise": NOISE_SEEDING,
                     # each cache by what it ran with (a name or YAML path alone could hide an edit); compile and
-                    # device for the record (they move results by float rounding only)
+                    # device for the record (they move results by float rounding only); the MuJoCo release moves
+                    # the real episodes (`mujoco_data.generate`), so results of two do not pool
                     "caches": {c: {"policy": p.name, **p.settings()} for c, p in caches.items()},
-                    "compile": compile, "device": device}
+                    "compile": compile, "device": device, "mujoco": mujoco.__version__}
         results.append(summarize([label for _, _, label in specs], real, dec_real[k], ctrl, wm[k], settings,
                                  terms[k]))
         if verbose:
