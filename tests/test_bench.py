@@ -521,11 +521,18 @@ def test_evaluate_policies_ranks_the_equal_cost_set_end_to_end(small_ckpt, tmp_p
             assert sum(t["wm"][c]) + p["ctrl_return"] == pytest.approx(p["wm_return"][c], rel=1e-9)
         assert p["terms_episodes"]["real"] == [t["real"]]  # one start
     with PusherRenderer(32, 40, max_episode_steps=4) as renderer:  # the real terms, from the simulator's states
-        st = real_rollout(make_control("away", None, renderer, 10_000), 10_000, 4, renderer=renderer)["state"][1:]
+        ep = real_rollout(make_control("away", None, renderer, 10_000), 10_000, 4, renderer=renderer)
+    st = ep["state"][1:]
     away = res["policies"][-1]
     assert away["policy"] == "away" and away["terms"]["real"] == pytest.approx(
         [-np.linalg.norm(st[:, 17:20] - st[:, 20:23], axis=1).sum(),
          -0.5 * np.linalg.norm(st[:, 14:17] - st[:, 17:20], axis=1).sum()], rel=1e-9)
+    # decoded off the frames after each action (the untrained decoder still reads each frame its own way)
+    dec = StateDecoder.load(small_ckpt)
+    assert away["decoded_real_return"] == pytest.approx(float(dec.rewards(ep["obs"][1:], ep["actions"]).sum()),
+                                                        rel=1e-9)
+    assert away["decoded_real_return"] != pytest.approx(float(dec.rewards(ep["obs"][:-1], ep["actions"]).sum()),
+                                                        rel=1e-6)
     assert len(fidelity.format_terms(res).splitlines()) == len(res["policies"]) + 4
     assert len(fidelity.markdown_table(res).splitlines()) == len(res["policies"]) + 2
     assert json.loads((tmp_path / "f.json").read_text())["spearman"].keys() == res["spearman"].keys()
@@ -836,6 +843,12 @@ def test_spearman_draws_resample_the_starts_alike_for_every_policy():
     one = fidelity.spearman_draws(real[:, :1], wm[:, :1], draws=20)  # one start: every draw is the point figure
     np.testing.assert_allclose(one, spearmanr(real[:, 0], wm[:, 0])[0], rtol=1e-12)
     assert np.isnan(fidelity.spearman_draws(real, np.ones_like(wm), draws=3)).all()  # a tie throughout: undefined
+    # a NaN return makes the point figure undefined: no interval either (draws that miss its episode are finite)
+    nan = wm.copy()
+    nan[2, 1] = np.nan
+    assert np.isnan(fidelity.spearman_draws(real, nan, draws=50, seed=7)).all()
+    assert fidelity.summarize([f"p{i}" for i in range(6)], real, real, np.zeros_like(real), {"none": nan},
+                              {"seed": 7})["spearman_ci90"] == {"none": None}
     with pytest.raises(ValueError, match="draws"):
         fidelity.spearman_draws(real, wm[:, :4])
 

@@ -67,6 +67,8 @@ def test_decoder_learns_positions_and_round_trips(store, tmp_path):
     dec = StateDecoder.load(out)
     np.testing.assert_array_equal(dec.predict(frames), res["decoder"].predict(frames))
     assert position_errors(dec, frames, states) == err
+    with pytest.raises(ValueError, match="flatten windows first"):  # (N, T, ...) read T as the bodies' axis
+        position_errors(dec, frames[None], states[None])
     assert dec.predict(frames[:3].reshape(1, 3, H, W, 3)).shape == (1, 3, 9)
     # init_from continues from the saved weights: 20 more steps keep the error (20 from scratch learn nothing)
     more = train_state_decoder(store, None, steps=20, batch_size=32, lr=1e-3, holdout=0.2, blur=0.0, init_from=out)
@@ -110,6 +112,21 @@ def test_rewards_are_the_task_formula_on_decoded_positions_with_the_exact_contro
             dec.rewards(frames, bad)
 
 
+def test_heldout_windows_pair_each_frame_with_its_state_and_the_actions_before_it():
+    # frame t, state t and action t hold t (action t leads from frame t to t + 1): any shift shows as a mismatch
+    from worldcache.quality import heldout_windows
+
+    eps = [{"obs": np.arange(9, dtype=np.uint8)[:, None, None, None] + np.zeros((9, 2, 2, 3), np.uint8) + 10 * e,
+            "actions": np.arange(8, dtype=np.float32)[:, None] + np.zeros((8, 3), np.float32) + 10 * e,
+            "state": np.arange(9, dtype=np.float32)[:, None] + np.zeros((9, 23), np.float32) + 10 * e}
+           for e in range(2)]
+    starts, acts, reals, states = heldout_windows(eps, 4)
+    assert starts[:, 0, 0, 0].tolist() == [0, 4, 10, 14]
+    assert acts[:, :, 0].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [10, 11, 12, 13], [14, 15, 16, 17]]
+    assert reals[:, :, 0, 0, 0].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [11, 12, 13, 14], [15, 16, 17, 18]]
+    np.testing.assert_array_equal(states[..., 0], reals[:, :, 0, 0, 0])
+
+
 # --- moving-region PSNR ------------------------------------------------------------------------------------------
 def test_moving_psnr_exact_values():
     start = np.zeros((2, 2, 3), np.uint8)
@@ -126,6 +143,13 @@ def test_moving_psnr_exact_values():
     assert moving_psnr(pred, real, start) == pytest.approx(expected, abs=1e-9)
     assert moving_psnr(pred, real, start) == pytest.approx(16.365006, abs=1e-6)
     assert np.isnan(moving_psnr(pred[1:2], real[1:2], start))
+    # darker than the start counts as brighter does: 10 levels down per channel (30 summed) is not moving, 11 is
+    bright = np.full((2, 2, 3), 200, np.uint8)
+    down = np.full((1, 2, 2, 3), 190, np.uint8)
+    down[0, 0, 0] = 189
+    np.testing.assert_array_equal(moving_mask(down, bright)[0], [[True, False], [False, False]])
+    with pytest.raises(ValueError, match=r"start frame\(s\) \(3, 2, 2, 3\) for frames \(3, 4, 2, 2, 3\)"):
+        moving_mask(np.stack([real] * 4, 1), real)  # window starts (N, ...) for windows (N, T, ...): matched to T
     # frame_scores: windows (N, T) with their own start frames; repeat-last predicts the start frame. Each pixel
     # blown up to 8x8 (SSIM needs 11x11 frames): the per-frame moving MSEs, so the PSNRs, stay the same.
     big = lambda x: x.repeat(8, axis=-3).repeat(8, axis=-2)  # noqa: E731

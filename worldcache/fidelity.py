@@ -140,7 +140,8 @@ BOOTSTRAP_DRAWS = 2000
 
 def spearman_draws(real, wm, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> np.ndarray:
     """Spearman of the mean returns of `real` and `wm` ((policies, episodes) arrays) over `draws` bootstrap
-    resamples of the episodes (the same resample for every policy; NaN where a draw's means tie throughout).
+    resamples of the episodes (the same resample for every policy; NaN where a draw's means tie throughout, and
+    in every draw where a return is not finite: the point figure is undefined then, and so is its spread).
 
     How far a ranking over a few starts could move with other starts. The resamples depend only on `seed` and the
     episode count, so two results on the same starts are resampled alike: their draw-by-draw difference is a paired
@@ -151,6 +152,8 @@ def spearman_draws(real, wm, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> np.
     if draws < 1 or real.ndim != 2 or real.shape != wm.shape or real.shape[1] < 1:
         raise ValueError(f"need draws >= 1 and two (policies, episodes) arrays of one shape; got draws={draws}, "
                          f"{real.shape} and {wm.shape}")
+    if not (np.isfinite(real).all() and np.isfinite(wm).all()):  # draws that miss a NaN episode are not an interval
+        return np.full(draws, np.nan)
     idx = np.random.default_rng(seed).integers(0, real.shape[1], (draws, real.shape[1]))
     r, w = (rankdata(a[:, idx].mean(axis=-1).T, axis=1) for a in (real, wm))  # (draws, policies) ranks
     r, w = r - r.mean(axis=1, keepdims=True), w - w.mean(axis=1, keepdims=True)
@@ -180,7 +183,8 @@ def compare_results(a: dict, b: dict, cache: str = "none", draws: int = BOOTSTRA
     d = spearman_draws(rb, wb, draws, seed) - spearman_draws(ra, wa, draws, seed)
     d = d[np.isfinite(d)]
     if not d.size:
-        raise ValueError(f"every resample ties A's or B's {cache!r} mean returns throughout: no Spearman to compare")
+        raise ValueError(f"every resample ties A's or B's {cache!r} mean returns throughout, or a return is not "
+                         f"finite: no Spearman to compare")
     return {"a": a["spearman"][cache], "b": b["spearman"][cache], "difference_mean": float(d.mean()),
             "difference_ci90": _interval(d), "p_b_lower": float((d < 0).mean()),
             "p_b_higher": float((d > 0).mean()), "draws": int(d.size)}

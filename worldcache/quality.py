@@ -41,7 +41,12 @@ MOVING_LEVELS = 30  # a pixel moves where the real frame differs from the window
 
 def moving_mask(target, start) -> np.ndarray:
     """Moving pixels: bool (..., H, W), where uint8 `target` (..., H, W, 3) differs from the window's `start`
-    frame (broadcast against it) by more than `MOVING_LEVELS` grey levels summed over RGB."""
+    frame (broadcast against it) by more than `MOVING_LEVELS` grey levels summed over RGB. `start` has target's
+    axes or only its last three: windows (N, T, ...) take starts (N, 1, ...), as (N, ...) would be matched to T."""
+    target, start = np.asarray(target), np.asarray(start)
+    if start.ndim not in (3, target.ndim) or start.shape[-1] != 3:
+        raise ValueError(f"start frame(s) {start.shape} for frames {target.shape}: give one (H, W, 3) frame or "
+                         f"{target.ndim} axes (e.g. (N, 1, H, W, 3) for windows (N, T, H, W, 3))")
     diff = np.abs(np.asarray(target, np.int16) - np.asarray(start, np.int16)).sum(-1)
     return diff > MOVING_LEVELS
 

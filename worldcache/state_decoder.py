@@ -150,6 +150,10 @@ def targets(states: np.ndarray) -> np.ndarray:
 def position_errors(decoder: StateDecoder, frames, states) -> dict:
     """Euclidean position error per body in cm on (N, H, W, 3) frames with their (N, 23) states:
     {body: {"mean_cm", "p90_cm"}}."""
+    frames, states = np.asarray(frames), np.asarray(states)
+    if frames.ndim != 4 or states.ndim != 2 or len(frames) != len(states):  # (N, T, ...) would slice T as bodies
+        raise ValueError(f"position_errors takes (N, H, W, 3) frames and (N, 23) states (flatten windows first), "
+                         f"got {frames.shape} and {states.shape}")
     err = decoder.predict(frames) - targets(states)
     out = {}
     for i, body in enumerate(BODIES):
