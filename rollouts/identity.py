@@ -71,6 +71,24 @@ def _qualname(obj) -> str:
     return f"{f.__module__}:{f.__qualname__}"
 
 
+def _policy_sha256(cfg: RolloutConfig, pfile: tuple[str, bytes] | None) -> str | None:
+    """A policy file by its bytes; an in-process policy object by its pickle (its class or function and its
+    parameters: two instances, partials or lambdas of one name differ by these); a registered name: None."""
+    if pfile:
+        return hashlib.sha256(pfile[1]).hexdigest()
+    if isinstance(cfg.policy, str):
+        return None
+    import pickle
+
+    try:  # by reference to its class or function, and its state: the same bytes in every process
+        data = pickle.dumps(cfg.policy, protocol=4)
+    except Exception:  # a lambda or closure: by value, as Ray ships it to the actors
+        from ray import cloudpickle
+
+        data = cloudpickle.dumps(cfg.policy, protocol=4)
+    return hashlib.sha256(data).hexdigest()
+
+
 def policy_file(cfg: RolloutConfig) -> tuple[str, bytes] | None:
     """A torch policy file on the driver (its name and bytes): it travels with the actors, as the checkpoint does,
     and the store knows it by its bytes."""
@@ -115,8 +133,9 @@ def rollout_attrs(cfg: RolloutConfig, files: dict[str, bytes], folder: Path) -> 
         "compile": cfg.compile,
         "policy": cfg.policy if isinstance(cfg.policy, str) else _qualname(cfg.policy),
         "policy_kwargs": cfg.policy_kwargs,
-        # a policy file is known by its bytes: an edited file must not resume into the old one's store
-        "policy_sha256": hashlib.sha256(pfile[1]).hexdigest() if pfile else None,
+        # a policy file or object is known by its bytes: an edited file, or an object of the same name with other
+        # parameters, must not resume into the old one's store
+        "policy_sha256": _policy_sha256(cfg, pfile),
         # hook caches decide per batch, so there the batch size is part of what an episode depends on
         "decision_batch": None if cache.decides_per_sample else cfg.num_envs,
         "seed": cfg.seed,

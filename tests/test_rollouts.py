@@ -275,6 +275,30 @@ def test_what_a_store_records_of_policy_file_and_batch(ckpt, tmp_path):
     torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(H * W * 3, K * A)), tmp_path / "p.pth")
     with pytest.raises(ValueError, match="policy_sha256"):
         init_or_check(store, attrs(policy=str(tmp_path / "p.pth")))
+    # an in-process policy object by its pickle: instances, partials or lambdas of one name and other parameters
+    # differ (they shared a name, and resumed into each other's stores); the same object, in any process, does not
+    import subprocess
+    import sys
+    from functools import partial
+
+    from worldcache.rollouts.policies import SinusoidPolicy
+
+    space = spaces.Box(-2.0, 2.0, (K, A), np.float32)
+    sha = lambda p: attrs(policy=p)["policy_sha256"]  # noqa: E731
+    assert attrs(policy=SinusoidPolicy(space, 0.5))["policy"] == "worldcache.rollouts.policies:SinusoidPolicy"
+    assert sha(SinusoidPolicy(space, 0.5)) == sha(SinusoidPolicy(space, 0.5)) != sha(SinusoidPolicy(space, 0.8))
+    assert sha(partial(np.clip, a_min=0)) != sha(partial(np.clip, a_min=1))
+    assert sha(lambda obs, rngs: 0.5 * obs) != sha(lambda obs, rngs: 0.8 * obs)
+    other = subprocess.run([sys.executable, "-c", "import hashlib, pickle, numpy as np; from gymnasium import spaces; "
+                            "from worldcache.rollouts.policies import SinusoidPolicy; print(hashlib.sha256(pickle.dumps("
+                            f"SinusoidPolicy(spaces.Box(-2.0, 2.0, ({K}, {A}), np.float32), 0.5), protocol=4)).hexdigest())"],
+                           capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "7"})
+    assert other.stdout.strip() == sha(SinusoidPolicy(space, 0.5))
+    store = EpisodeStore.create(tmp_path / "obj.zarr")
+    init_or_check(store, attrs(policy=SinusoidPolicy(space, 0.5)))
+    init_or_check(store, attrs(policy=SinusoidPolicy(space, 0.5)))  # the same parameters: resumes
+    with pytest.raises(ValueError, match="policy_sha256"):
+        init_or_check(store, attrs(policy=SinusoidPolicy(space, 0.8)))
     # per-sample caches: the batch size is free on resume; diffusers' hooks decide per batch, so it is recorded
     assert attrs(num_envs=3)["decision_batch"] is None and attrs(cache="fbcache", num_envs=3)["decision_batch"] == 3
 
