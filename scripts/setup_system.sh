@@ -3,7 +3,8 @@
 # Idempotent and non-interactive: only missing packages are installed, and
 # `apt-get update` runs only when something has to be installed.
 # Usage (as root, or with sudo available): bash scripts/setup_system.sh
-# Then render with MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa (worldcache sets these by default).
+# Then render with MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa (worldcache sets these by default). Exported, they
+# need worldcache imported before mujoco (worldcache/__init__.py says why).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 

@@ -1,4 +1,5 @@
 """Every module imports on its own, in a fresh interpreter, in any order with diffusers (the OSMesa/triton crash)."""
+import os
 import pkgutil
 import subprocess
 import sys
@@ -8,9 +9,10 @@ import pytest
 import worldcache
 
 
-def _run(code: str) -> subprocess.CompletedProcess:
+def _run(code: str, **env) -> subprocess.CompletedProcess:
     # A fresh interpreter: what a user's script does, with nothing this test session already imported.
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
 
 
 def _modules() -> list[str]:
@@ -36,6 +38,16 @@ def test_every_module_imports():
 def test_mujoco_and_diffusers_in_any_order(code):
     res = _run(code + "\nprint('ok')")
     assert res.returncode == 0 and res.stdout.strip() == "ok", f"rc={res.returncode}: {res.stderr[-2000:]}"
+
+
+def test_mujoco_gl_osmesa_set_by_the_user():
+    # MUJOCO_GL=osmesa exported (as setup_system.sh describes): MuJoCo imported after worldcache works; before it,
+    # diffusers' triton segfaulted (rc -11), now a named error
+    code = "import worldcache, mujoco\nfrom diffusers import CosmosTransformer3DModel\nprint('ok')"
+    res = _run(code, MUJOCO_GL="osmesa")
+    assert res.returncode == 0 and res.stdout.strip() == "ok", f"rc={res.returncode}: {res.stderr[-2000:]}"
+    res = _run("import mujoco, worldcache", MUJOCO_GL="osmesa")
+    assert res.returncode == 1 and "Import worldcache first" in res.stderr, f"rc={res.returncode}: {res.stderr[-2000:]}"
 
 
 @pytest.mark.slow

@@ -289,10 +289,11 @@ def test_what_a_store_records_of_policy_file_and_batch(ckpt, tmp_path):
     assert sha(SinusoidPolicy(space, 0.5)) == sha(SinusoidPolicy(space, 0.5)) != sha(SinusoidPolicy(space, 0.8))
     assert sha(partial(np.clip, a_min=0)) != sha(partial(np.clip, a_min=1))
     assert sha(lambda obs, rngs: 0.5 * obs) != sha(lambda obs, rngs: 0.8 * obs)
-    other = subprocess.run([sys.executable, "-c", "import hashlib, pickle, numpy as np; from gymnasium import spaces; "
-                            "from worldcache.rollouts.policies import SinusoidPolicy; print(hashlib.sha256(pickle.dumps("
-                            f"SinusoidPolicy(spaces.Box(-2.0, 2.0, ({K}, {A}), np.float32), 0.5), protocol=4)).hexdigest())"],
-                           capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "7"})
+    code = ("import hashlib, pickle, numpy as np; from gymnasium import spaces; from worldcache.rollouts.policies "
+            f"import SinusoidPolicy; p = SinusoidPolicy(spaces.Box(-2.0, 2.0, ({K}, {A}), np.float32), 0.5); "
+            "print(hashlib.sha256(pickle.dumps(p, protocol=4)).hexdigest())")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "7"})
     assert other.stdout.strip() == sha(SinusoidPolicy(space, 0.5))
     store = EpisodeStore.create(tmp_path / "obj.zarr")
     init_or_check(store, attrs(policy=SinusoidPolicy(space, 0.5)))
