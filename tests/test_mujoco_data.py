@@ -51,6 +51,15 @@ def test_generate_is_reproducible_and_resumable(generated):
     assert not np.array_equal(o0, o1)  # different episodes differ
     again = md.generate(root / "a.zarr", episodes=3, steps=STEPS, seed=3, progress=False)
     assert (again["written"], again["skipped"], again["episodes_total"]) == (1, 2, 3)
+    # episode 2 written alone by the resumed call equals episode 2 of one call of 3: nothing carries over from
+    # one episode to the next (a policy RNG shared within a call would)
+    md.generate(root / "c.zarr", episodes=3, steps=STEPS, seed=3, progress=False)
+    resumed, one_go = (EpisodeStore(root / n, mode="r").load_episode("seed3_ep00002") for n in ("a.zarr", "c.zarr"))
+    for k in ("obs", "actions", "rewards", "state"):
+        np.testing.assert_array_equal(resumed[k], one_go[k], err_msg=k)
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*32\)"):  # before the store is made
+        md.generate(root / "big.zarr", episodes=1, steps=STEPS, seed=2**32, progress=False)
+    assert not (root / "big.zarr").exists()
     with pytest.raises(ValueError, match="different settings"):
         md.generate(root / "a.zarr", episodes=1, steps=STEPS + 1, seed=3, progress=False)
     # the MuJoCo version is part of what made the episodes: another one may not add to the store; a store written
@@ -123,6 +132,16 @@ def test_end_effector_action_moves_the_fingertip_that_way():
             off = np.abs(np.diff(np.array(tips), axis=0)[:, [0, 2]]).mean()
             assert off < 0.5 * moved.mean()  # mostly along the commanded axis
             assert reward == pytest.approx(float(md.task_reward(obs[md.TIP], obs[md.OBJ], obs[md.GOAL], a)))
+
+
+def test_a_policys_out_of_range_action_is_stored_as_executed():
+    # the simulator clips to [-1, 1]; the store held the unclipped action, so the stored reward's control cost
+    # (on the clipped one) did not follow from the stored actions
+    ep = md.real_rollout(lambda obs: np.array([0.0, 3.0, -0.5]), seed=0, steps=2, height=32, width=40)
+    np.testing.assert_array_equal(ep["actions"], [[0.0, 1.0, -0.5]] * 2)
+    st = ep["state"][1:]
+    np.testing.assert_allclose(ep["rewards"], md.task_reward(st[:, md.TIP], st[:, md.OBJ], st[:, md.GOAL],
+                                                             ep["actions"]), rtol=1e-5)
 
 
 def test_task_reward_formula():

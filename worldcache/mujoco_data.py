@@ -1,6 +1,7 @@
 """MuJoCo ``Pusher-v5`` data for the action-conditioned world model.
 
-* ``PusherRenderer``: the env with a fixed camera that keeps the whole arm, the object and the goal in view,
+* ``PusherRenderer``: the env with a fixed camera that keeps the object, the goal and the arm in view (all but the
+  tip of the fork at the arm's end, cut by the bottom edge at reset and in some frames after; see `CAMERA`),
   rendering small frames (default 80x96: 20x24 latents, 10x12 tokens per latent frame). Its actions are
   end-effector (fingertip) position deltas, x20 as the real robot model's Bridge actions are, executed by a
   damped-least-squares IK controller at the simulator's substep rate: the effect of an action is visible in the
@@ -42,14 +43,17 @@ from worldcache.rollouts.store import EpisodeStore
 from worldcache.seeding import derived_seed
 
 ENV_ID = "Pusher-v5"
-# Fixed camera, 70 deg down from beyond the object area: the whole arm (base to fingertip, at rest and at full
-# reach), the object spawn area and the goal stay in view in every frame, so the frame holds the arm's pose. At
-# 80x96 the object is ~5 px and the goal ~8 px wide (at 64x80 they shrink to ~4 and ~6 px).
+# Fixed camera, 70 deg down from beyond the object area: the object spawn area, the goal and the arm from its base
+# to the wrist stay in view in every frame, so the frame holds the arm's pose. The fork at the arm's end is not
+# always whole: at reset 39 of its 307 pixels lie below the bottom edge (thirty-fourth session's audit, by
+# segmentation rendering; the bundled model's data has it so). A next data version: distance 2.25, lookat
+# (0.3, -0.25, -0.3) left no frame of 30 `mixed` episodes clipped there. At 80x96 the object is ~5 px and the goal
+# ~8 px wide (at 64x80 they shrink to ~4 and ~6 px).
 CAMERA = {"trackbodyid": -1, "distance": 1.9, "elevation": -70.0, "azimuth": 180.0,
           "lookat": [0.2, -0.2, -0.3]}
 HEIGHT, WIDTH = 80, 96
 ACTION_SCALE = 20.0  # action = fingertip position delta per control step x 20 (m/s), as Bridge's deltas x20
-ACTION_LIMIT = 1.0   # per axis: at most 5 cm per 0.05 s step
+ACTION_LIMIT = 1.0   # per axis: a command of at most 5 cm per 0.05 s step (the arm follows it with a lag, `step`)
 SUPERSAMPLE = 2  # render 2x and area-downsample: anti-aliasing far cheaper than MSAA in software GL
 POLICIES = ("random", "scripted", "mixed", "explore", "varied", "explore-wide", "varied-wide")
 
@@ -148,7 +152,12 @@ class PusherRenderer:
 
     def step(self, action):
         """One 0.05 s step of an end-effector action: ``(obs, reward, terminated, truncated, info)``, Pusher-v5's
-        observation, and the task reward with the control cost on the action (``task_reward``)."""
+        observation, and the task reward with the control cost on the action (``task_reward``).
+
+        The target is the tip now plus the delta, and the next step starts again from where the tip got: the
+        action acts as a velocity command the arm follows with a lag, not a displacement done within the step.
+        Measured (thirty-fourth session): one step of 0.5 moves the tip 0.25 of its delta within the step; 8 steps
+        of a constant 0.25 / 0.5 / 1.0 cover 0.98 / 0.75 / 0.48 of the summed deltas."""
         action = np.clip(np.asarray(action, np.float64).reshape(3), -ACTION_LIMIT, ACTION_LIMIT)
         u = self.env.unwrapped
         obs = u._get_obs()
@@ -341,7 +350,8 @@ def _rollout(renderer: PusherRenderer, policy: Policy, seed: int, steps: int) ->
     term, trunc = np.zeros(steps, bool), np.zeros(steps, bool)
     frames[0], states[0] = renderer.render(), obs
     for t in range(steps):
-        actions[t] = policy(obs)
+        # the action the simulator executes (and the reward charges): a policy's out-of-range action clipped
+        actions[t] = np.clip(policy(obs), -ACTION_LIMIT, ACTION_LIMIT)
         obs, r, te, tr, _ = renderer.step(actions[t])
         frames[t + 1], states[t + 1] = renderer.render(), obs
         rewards[t], term[t] = r, te
@@ -357,7 +367,7 @@ def real_rollout(policy_fn: Callable[[np.ndarray], np.ndarray] | str, seed: int,
 
     ``policy_fn``: a policy name (see ``make_policy``; seeded from ``seed``) or a callable
     ``obs (23,) -> action (3,)`` (end-effector delta x20). Returns ``obs`` (T+1,H,W,3) uint8 frames incl. the reset
-    frame, ``actions`` (T,7) float32, ``rewards`` (T,), ``terminated``/``truncated`` (T,),
+    frame, ``actions`` (T,3) float32 (clipped to the action space, as executed), ``rewards`` (T,), ``terminated``/``truncated`` (T,),
     ``state`` (T+1,23) Pusher observations (tips_arm/object/goal positions at [14:23]).
     Pass a ``renderer`` (with ``max_episode_steps=steps``) to reuse one across calls.
     """
@@ -383,6 +393,8 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
     Returns a summary with frames/s."""
     from tqdm.auto import tqdm
 
+    if not 0 <= seed < 2**32:  # before the store is made: episode_seed would refuse it after
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose from {POLICIES}")
     camera = _camera(camera)
