@@ -36,12 +36,14 @@ def checkpoint_folder(cfg: RolloutConfig) -> Path:
 
 
 def checkpoint_files(folder: str | Path) -> dict[str, bytes]:
-    """Every file the model and env load from `folder`, by relative path (sorted), with its bytes."""
+    """Every file the model and env load from `folder`, by relative path (sorted), with its bytes. Hidden files and
+    folders (.DS_Store, .ipynb_checkpoints, a hub's .cache) are not the model's: they would change its identity."""
     folder = Path(folder)
     if not (folder / "model.json").is_file():
         raise FileNotFoundError(f"{folder}: not a model folder (no model.json)")
     paths = [folder / n for n in MODEL_FILES if (folder / n).is_file()]
-    paths += [p for d in MODEL_DIRS for p in sorted((folder / d).rglob("*")) if p.is_file()]
+    paths += [p for d in MODEL_DIRS for p in sorted((folder / d).rglob("*"))
+              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder / d).parts)]
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(paths)}
 
 

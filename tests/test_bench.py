@@ -588,6 +588,10 @@ def test_evaluate_policies_starts_split_over_calls_pool_exactly(small_ckpt, tmp_
     pooled = fidelity.pool_results([json.loads((tmp_path / "first.json").read_text()), there])
     assert {k: v for k, v in pooled.items() if k != "settings"} == \
         {k: v for k, v in json.loads(json.dumps(whole)).items() if k != "settings"}
+    (moved / "transformer" / ".DS_Store").write_bytes(b"finder")  # hidden files are not the model's: same hash
+    (moved / "vae" / ".ipynb_checkpoints").mkdir()
+    (moved / "vae" / ".ipynb_checkpoints" / "config-checkpoint.json").write_text("{}")
+    assert model_sha256(moved) == model_sha256(small_ckpt)
     (moved / "state_decoder.safetensors").write_bytes(b"other weights")  # other files: another hash, refused
     assert model_sha256(moved) != model_sha256(small_ckpt)
     there["settings"]["model_sha256"] = model_sha256(moved)  # as a result measured on them would say
