@@ -28,7 +28,9 @@ class SampleOutput:
         return sum(r.computed for r in self.records) / max(len(self.records), 1)
 
     def sample_records(self, sample: int) -> list[CallRecord]:
-        """The records of one sample of the batch, one per model call."""
+        """The records of one row of the model calls' batch, one per call. With batched guidance a call's batch is
+        2B: row B + s is sample s's unconditional half (a branch of its own state), so sample s is rows s and
+        B + s."""
         return [r for r in self.records if r.sample == sample]
 
     @property
