@@ -378,6 +378,10 @@ def test_match_threshold_brackets_and_bisects():
     m = match_threshold(frac, 0.16, 0.26 * 0.16 / 0.2)  # inside (0.16, 0.32): 5 geometric bisections
     assert m["tries"] == 2 + 5 and abs(math.log(m["threshold"] / 0.2)) <= math.log(2) / 32
     assert match_threshold(frac, 0.16, 0.26)["tries"] == 1  # the default already matches
+    # further out, the bracket narrows to the last factor 2 before bisecting: within 2^(1/32) there too
+    for tau in (0.9, 0.55, 0.05):  # 0.9: 1.26 x 2^(1/32) off when the bracket kept its first end
+        m = match_threshold(frac, 0.16, 0.26 * 0.16 / tau)
+        assert abs(math.log(m["threshold"] / tau)) <= math.log(2) / 32, (tau, m)
     steps = lambda tau: 0.5 if tau < 0.1 else 0.25  # noqa: E731  (discrete fractions: the nearest one wins)
     m = match_threshold(steps, 0.16, 0.4)
     assert m["reached_fraction"] == 0.5 and m["threshold"] < 0.1
@@ -486,6 +490,9 @@ def test_tune_chooses_by_its_rule():
             row("abl", 9.0, 99.0, "ablation"), row("ref", 1.0, None)]
     assert choose(rows, min_psnr=50)["label"] == "d"  # fastest above 50 dB; the tie at 3.0x goes to quality
     assert choose(rows, min_speedup=2.0)["label"] == "d"
+    # "at least": a row exactly at the bound qualifies
+    assert choose(rows + [row("at 50 dB", 3.2, 50.0)], min_psnr=50)["label"] == "at 50 dB"
+    assert choose(rows + [row("at 2x", 2.0, 58.0)], min_speedup=2.0)["label"] == "at 2x"
     assert choose(rows, min_psnr=1000)["label"] == "ref"  # the reference itself is identical (infinite PSNR)
     with pytest.raises(ValueError, match="3.5"):
         choose(rows, min_speedup=5)

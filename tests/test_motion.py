@@ -54,3 +54,23 @@ def test_bf16_features_warp_in_fp32():
     lo = src.to(torch.bfloat16)
     flow32 = token_flow(src.to(torch.bfloat16).float(), dst.to(torch.bfloat16).float(), GRID)
     assert torch.equal(token_flow(lo, dst.to(torch.bfloat16), GRID), flow32)
+
+
+def test_flow_along_y_is_flow_along_x_transposed():
+    """Transposing the token grid swaps the flow's axes exactly: pins the y component (its sign, and its rescaling
+    from the half-resolution estimate) to the x one, which the tests above pin to a known shift. A grid of 9 x 10
+    halves to 4 x 5, so the two axes rescale by 2.25 and 2: swapping them would show."""
+    torch.manual_seed(0)
+    field = F.interpolate(torch.randn(3, 256, 4, 6), size=(9, 11), mode="bicubic", align_corners=True)
+    tok = lambda f: f.permute(0, 2, 3, 1).reshape(1, -1, 256)  # noqa: E731
+    src, dst = field[..., :10], field[..., 1:11]  # dst(q) = src(q + 1 token along x)
+    flow = token_flow(tok(src), tok(dst), (3, 9, 10))
+    flow_t = token_flow(tok(src.transpose(2, 3)), tok(dst.transpose(2, 3)), (3, 10, 9))  # the shift now along y
+    torch.testing.assert_close(flow_t, flow.transpose(1, 2).flip(-1), rtol=0, atol=1e-5)
+    assert flow_t[..., 1].mean() > 0.5 and flow_t[..., 0].abs().mean() < 0.2
+    # the rescaling itself, exactly: the 4 x 5 estimate (16 of 256 channels), upsampled, times (10 / 5, 9 / 4)
+    from worldcache import motion
+
+    a, b = (F.interpolate(motion._frames(tok(f)[..., ::16], (3, 9, 10)), size=(4, 5), mode="area") for f in (src, dst))
+    up = F.interpolate(motion._lk(a, b).permute(0, 3, 1, 2), size=(9, 10), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(flow, up.permute(0, 2, 3, 1) * torch.tensor([10 / 5, 9 / 4]), rtol=0, atol=1e-6)

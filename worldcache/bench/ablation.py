@@ -55,12 +55,12 @@ def match_threshold(fraction, tau0: float, target: float) -> dict:
     nearest `tau0`."""
     tried = {tau0: fraction(tau0)}
     lo = hi = tau0
-    for _ in range(MATCH_EXPAND):  # bracket: fraction(lo) >= target >= fraction(hi)
+    for _ in range(MATCH_EXPAND):  # bracket: fraction(lo) >= target >= fraction(hi), a factor 2 apart
         if tried[hi] > target:
-            hi *= 2
+            lo, hi = hi, hi * 2
             tried[hi] = fraction(hi)
         elif tried[lo] < target:
-            lo /= 2
+            lo, hi = lo / 2, lo
             tried[lo] = fraction(lo)
         else:
             break
