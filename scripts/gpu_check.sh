@@ -11,8 +11,9 @@
 #    (256x320, 4 latent frames = 1280 tokens; scripts/gpu_timing.py);
 # 3. a short `worldcache bench --device cuda` on the bundled model (bf16 and fp32 weights), on simulated Pusher
 #    episodes, or without MuJoCo on the held-out episodes of BENCH_DATA (a store, or one packed by pack_store.py);
-# and writes OUT_DIR/gpu_check.json (figures + exit codes) and OUT_DIR/logs.tar (every step's log and output; under
-# $OUT, the device's, the loose copies are removed: it brings back 8 files at most). Dependencies the machine
+# and writes OUT_DIR/gpu_check.json (figures + exit codes) and OUT_DIR/gpu_check_logs.tar (every step's log and
+# output, from OUT_DIR/gpu_check_files/; under $OUT, the device's, that folder is removed: it brings back 8 files at
+# most). Nothing else in OUT_DIR is touched, so it can follow gpu_train.sh in one call. Dependencies the machine
 # lacks come from wheels in .whl/ (scripts/device_env.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,8 @@ source scripts/device_env.sh
 TINY=0
 if [[ "${1:-}" == "--tiny" ]]; then TINY=1; shift; fi
 DIR="${1:-${OUT:-runs/gpu_check}}"
-mkdir -p "$DIR"
+W="$DIR/gpu_check_files"  # this script's own files: what it packs, and under $OUT removes
+mkdir -p "$W"
 PY="${PYTHON:-python3}"
 DEVICE="${DEVICE:-cuda}"
 TIMING_ARGS=(--device cuda --dtype bf16)
@@ -28,13 +30,13 @@ TIMING_ARGS=(--device cuda --dtype bf16)
 start=$(date +%s)
 
 if [[ $TINY == 1 ]]; then
-  "$PY" scripts/gpu_timing.py --device cpu --tiny --warmup 1 --repeats 2 --json "$DIR/timing.json" \
-    > "$DIR/timing.log" 2>&1
-  echo "timing rc=$? ($DIR/timing.json)"
+  "$PY" scripts/gpu_timing.py --device cpu --tiny --warmup 1 --repeats 2 --json "$W/timing.json" \
+    > "$W/timing.log" 2>&1
+  echo "timing rc=$? ($W/timing.json)"
   exit 0
 fi
 
-nvidia-smi > "$DIR/nvidia-smi.txt" 2>&1 || true
+nvidia-smi > "$W/nvidia-smi.txt" 2>&1 || true
 
 # 1. tests (~3 min on 16 cores); -x off so every failure is listed
 tests=(); scope="all"
@@ -42,12 +44,12 @@ if ! "$PY" -c "import mujoco, ray" 2>/dev/null; then
   tests=(tests/test_loop.py); scope="tests/test_loop.py: the device-aware tests (no MuJoCo or Ray here)"
 fi
 WORLDCACHE_TEST_DEVICE=$DEVICE timeout 270 "$PY" -m pytest -q -p no:cacheprovider --durations=15 "${tests[@]}" \
-  > "$DIR/tests.log" 2>&1
+  > "$W/tests.log" 2>&1
 tests_rc=$?
 
 # 2. 2B-size DiT timings (bf16)
-timeout 120 "$PY" scripts/gpu_timing.py "${TIMING_ARGS[@]}" --json "$DIR/timing.json" \
-  > "$DIR/timing.log" 2>&1
+timeout 120 "$PY" scripts/gpu_timing.py "${TIMING_ARGS[@]}" --json "$W/timing.json" \
+  > "$W/timing.log" 2>&1
 timing_rc=$?
 
 # 3. short bench of the bundled model on the GPU, bf16 and fp32 weights
@@ -55,20 +57,26 @@ bench_rc=""
 episodes=()  # no options: simulated Pusher episodes
 if ! "$PY" -c "import mujoco" 2>/dev/null; then
   store="${BENCH_DATA:-}"
-  if [[ "$store" == *.npz.xz ]]; then
-    "$PY" scripts/pack_store.py unpack "$store" /tmp/wc_check/data.zarr > "$DIR/unpack.log" 2>&1
-    store=/tmp/wc_check/data.zarr
+  if [[ "$store" == *.npz.xz ]]; then  # one folder per packed file: another BENCH_DATA is not the old store
+    unpacked="/tmp/wc_check/$(basename "$store" .npz.xz).zarr"
+    if "$PY" scripts/pack_store.py unpack "$store" "$unpacked" > "$W/unpack.log" 2>&1; then
+      store=$unpacked
+    else
+      store=""; bench_rc="skipped: unpacking $BENCH_DATA failed (unpack.log)"
+    fi
   fi
   episodes=(--data "$store")
 fi
 for dt in bf16 fp32; do
-  if [[ ${#episodes[@]} -gt 0 && -z "${episodes[1]}" ]]; then bench_rc="skipped: no MuJoCo and no BENCH_DATA"; break; fi
+  if [[ ${#episodes[@]} -gt 0 && -z "${episodes[1]}" ]]; then
+    bench_rc="${bench_rc:-skipped: no MuJoCo and no BENCH_DATA}"; break
+  fi
   timeout 60 "$PY" -m worldcache.cli bench --device "$DEVICE" --dtype "$dt" --episodes 2 --chunks 1 "${episodes[@]}" \
-    --cache none worldcache --no-ablation --no-grid --json "$DIR/bench_$dt.json" > "$DIR/bench_$dt.log" 2>&1
+    --cache none worldcache --no-ablation --no-grid --json "$W/bench_$dt.json" > "$W/bench_$dt.log" 2>&1
   bench_rc="$bench_rc $dt=$?"
 done
 
-"$PY" - "$DIR" "$tests_rc" "$timing_rc" "$bench_rc" "$(( $(date +%s) - start ))" "$scope" <<'EOF'
+"$PY" - "$W" "$tests_rc" "$timing_rc" "$bench_rc" "$(( $(date +%s) - start ))" "$scope" <<'EOF'
 import json, re, sys
 from pathlib import Path
 d, tests_rc, timing_rc, bench_rc, secs, scope = (Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4],
@@ -85,10 +93,10 @@ for dt in ("bf16", "fp32"):
         keys = ("label", "denoising_speedup", "env_step_speedup", "psnr", "computed_fraction")
         out[f"bench_{dt}"] = {"uncached": b.get("uncached"), "machine": b.get("machine"),
                               "rows": [{k: r.get(k) for k in keys} for r in b.get("rows", [])]}
-(d / "gpu_check.json").write_text(json.dumps(out, indent=2) + "\n")
+(d.parent / "gpu_check.json").write_text(json.dumps(out, indent=2) + "\n")
 print(json.dumps(out, indent=2))
 EOF
-(cd "$DIR" && tar -cf logs.tar --exclude=./gpu_check.json --exclude=./logs.tar .)
+tar -C "$W" -cf "$DIR/gpu_check_logs.tar" .
 if [[ -n "${OUT:-}" && "$(cd "$DIR" && pwd)" == "$(cd "$OUT" && pwd)" ]]; then
-  find "$DIR" -mindepth 1 -maxdepth 1 ! -name gpu_check.json ! -name logs.tar -exec rm -rf {} +
+  rm -rf "$W"
 fi

@@ -24,13 +24,29 @@
 #     --vae-minutes 6" bash scripts/gpu_train.sh  # the VAE's decoder alone, the DiT kept (eighteenth session: 2581
 #     steps of 8 on CPU made a candidate; docs/experiments.md, "A decoder-only VAE fine-tune on CPU")
 #   DEVICE=cpu VAE_MIN=0.05 DIT_MIN=0.05 ARCH="--layers 2 --heads 2 --head-dim 16" bash scripts/gpu_train.sh  # smoke
+#
+# RESUME=1 continues the run a warm machine still holds in $RUN; otherwise each call starts afresh (the unpacked
+# store stays). A step that fails still packs logs.tar; train.log also goes to $OUT line by line, so a call killed
+# at its limit brings back the log up to the kill.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-runs/gpu_train}"; DEVICE="${DEVICE:-cuda}"; DATA="${DATA:-.dev/pusher2.npz.xz}"
 VAE_MIN="${VAE_MIN:-1.25}"; DIT_MIN="${DIT_MIN:-4.5}"; ARCH="${ARCH:-}"; RUN="${RUN:-/tmp/wc_run}"
 LOGS="${LOGS:-/tmp/wc_logs}"  # $OUT brings back 8 files at most: the logs travel as one tar, packed after each stage
+if [[ ! -f "$DATA" ]]; then
+  echo "DATA=$DATA: no such file. Pack the training store into it (scripts/pack_store.py pack STORE $DATA) and name" \
+    "its folder in the device call's carry." >&2
+  exit 2
+fi
+if [[ "${RESUME:-0}" != 1 ]]; then  # /tmp outlives a call on a warm machine: an old run would be resumed silently
+  rm -rf "$LOGS"
+  if [[ -d "$RUN" ]]; then find "$RUN" -mindepth 1 -maxdepth 1 ! -name data.zarr -exec rm -rf {} +; fi
+fi
 mkdir -p "$OUT" "$LOGS"
 pack() { tar -C "$LOGS" -cf "$OUT/logs.tar" .; }
+trap pack EXIT
+bf16=""; if [[ "$DEVICE" == cuda ]]; then bf16=--bf16; fi  # CPUs without bf16 units emulate it, ~10x slower
+lines() { if command -v stdbuf > /dev/null; then stdbuf -oL tr '\r' '\n'; else tr '\r' '\n'; fi; }  # unbuffered
 start=$(date +%s)
 source scripts/device_env.sh
 python3 scripts/pack_store.py unpack "$DATA" "$RUN/data.zarr" 2>&1 | tail -1  # resumes a half-done unpack
@@ -45,8 +61,9 @@ nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null | tee "$LOGS/g
 # default: VAE fine-tuned from the bundled one, then the DiT; TRAIN_ARGS replaces that, e.g. to continue a model
 TRAIN_ARGS="${TRAIN_ARGS:---stages vae dit --vae-from worldcache/assets/pusher --vae-minutes $VAE_MIN --dit-lr 4e-4 $ARCH}"
 python3 -m worldcache.cli train --data "$RUN/data.zarr" --out "$RUN" --dit-minutes "$DIT_MIN" \
-  --dit-batch "${DIT_BATCH:-128}" --device "$DEVICE" --bf16 $TRAIN_ARGS \
-  2>&1 | tr '\r' '\n' | awk 'NR % 50 == 0 || /written|Error|error|Traceback/' | tee "$LOGS/train.log"
+  --dit-batch "${DIT_BATCH:-128}" --device "$DEVICE" $bf16 $TRAIN_ARGS \
+  2>&1 | lines | awk 'NR % 50 == 0 || /written|Error|error|Traceback/ { print; fflush() }' \
+  | tee "$LOGS/train.log" "$OUT/train.log"
 echo "train done after $(( $(date +%s) - start )) s" | tee -a "$LOGS/train.log"; pack
 for pid in "${dec_pids[@]}"; do wait "$pid" || echo "decoder rc=$?"; done
 if [[ ${#dec_pids[@]} -gt 0 ]]; then
