@@ -144,6 +144,28 @@ def test_a_policys_out_of_range_action_is_stored_as_executed():
                                                              ep["actions"]), rtol=1e-5)
 
 
+def test_the_default_rollout_policy_keeps_the_arm_within_the_datas_reach():
+    # the sinusoid's actions are fingertip velocity commands: at amplitude 0.8 (its default until 2026-12-07) the tip
+    # rose to z 0.52 and reached y -1.10, where no training episode takes the arm (mixed data: z <= 0.26, y >= -0.84)
+    from gymnasium import spaces
+
+    from worldcache.rollouts.config import RolloutConfig, policy_rng
+    from worldcache.rollouts.policies import make_policy
+
+    cfg = RolloutConfig()
+    n, chunk = 8, 8
+    pol = make_policy(cfg.policy, spaces.Box(-1.0, 1.0, (chunk, 3), np.float32), **cfg.policy_kwargs)
+    rngs = [policy_rng(0, i) for i in range(n)]
+    acts = np.concatenate([pol(np.zeros((n, 1)), rngs) for _ in range(48 // chunk)], axis=1)  # (n, 48, 3)
+    tips = []
+    with md.PusherRenderer(32, 40, max_episode_steps=48) as r:
+        for i in range(n):
+            r.reset(seed=md.episode_seed(0, 10_000 + i))
+            tips += [r.step(a)[0][md.TIP] for a in acts[i]]
+    tips = np.array(tips)
+    assert tips[:, 2].max() <= 0.26 and tips[:, 1].min() >= -0.84, (tips[:, 2].max(), tips[:, 1].min())
+
+
 def test_task_reward_formula():
     tip, obj, goal = np.array([0.0, 0.0, 0.0]), np.array([0.3, 0.4, 0.0]), np.array([0.3, 0.4, 1.0])
     # -1 * |obj - goal| - 0.5 * |tip - obj| - 0.1 * |a|^2 = -1 - 0.25 - 0.1 * 0.5
