@@ -210,11 +210,9 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     before it, not from the model's own (`quality.teacher_forced`), so the gap to the open-loop figures is what
     compounding costs the ranking.
     """
-    import mujoco
-
     from .cache import load_policy
-    from .mujoco_data import GOAL, OBJ, TIP, PusherRenderer, control_cost, real_rollout, reward_from_terms, \
-        reward_terms
+    from .mujoco_data import GOAL, MUJOCO_VERSION, OBJ, TIP, PusherRenderer, control_cost, real_rollout, \
+        reward_from_terms, reward_terms
     from .quality import teacher_forced
     from .rollouts.identity import model_sha256
     from .state_decoder import CONFIG_FILE, WEIGHTS_FILE, StateDecoder
@@ -303,7 +301,7 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                     # device for the record (they move results by float rounding only); the MuJoCo release moves
                     # the real episodes (`mujoco_data.generate`), so results of two do not pool
                     "caches": {c: {"policy": p.name, **p.settings()} for c, p in caches.items()},
-                    "compile": compile, "device": device, "mujoco": mujoco.__version__}
+                    "compile": compile, "device": device, "mujoco": MUJOCO_VERSION}
         results.append(summarize([label for _, _, label in specs], real, dec_real[k], ctrl, wm[k], settings,
                                  terms[k]))
         if verbose:

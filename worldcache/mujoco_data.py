@@ -43,6 +43,9 @@ from worldcache.rollouts.store import EpisodeStore
 from worldcache.seeding import derived_seed
 
 ENV_ID = "Pusher-v5"
+# MuJoCo releases simulate differently (3.3.7 and 4.0.1, 4 episodes of seed 0: fingertips up to 3.4 cm apart within
+# 48 steps, returns up to 0.23): stores and fidelity results record the release that made their episodes
+MUJOCO_VERSION = mujoco.__version__
 # Fixed camera, 70 deg down from beyond the object area: the object spawn area, the goal and the arm from its base
 # to the wrist stay in view in every frame, so the frame holds the arm's pose. The fork at the arm's end is not
 # always whole: at reset 39 of its 307 pixels lie below the bottom edge (thirty-fourth session's audit, by
@@ -410,10 +413,7 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
               "action_high": renderer.action_space.high.tolist(), "actions": "end-effector delta x20",
               "controller": {"kp": renderer.kp, "kv": renderer.kv, "k_rest": renderer.k_rest,
                              "damping": renderer.damping},
-              # MuJoCo releases simulate differently (3.3.7 and 4.0.1, 4 episodes of seed 0: fingertips up to 3.4 cm
-              # apart within 48 steps, returns up to 0.23): an episode is a function of its seed and index under one
-              # version only
-              "mujoco": mujoco.__version__}
+              "mujoco": MUJOCO_VERSION}  # an episode is a function of its seed and index under one release only
     store = EpisodeStore(out_path, mode="a")
     if "generator" not in store.attrs and len(store):  # episodes of another kind (a rollout store, say)
         renderer.close()
