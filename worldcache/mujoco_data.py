@@ -375,8 +375,9 @@ def real_rollout(policy_fn: Callable[[np.ndarray], np.ndarray] | str, seed: int,
 
     ``policy_fn``: a policy name (see ``make_policy``; seeded from ``seed``) or a callable
     ``obs (23,) -> action (3,)`` (end-effector delta x20). Returns ``obs`` (T+1,H,W,3) uint8 frames incl. the reset
-    frame, ``actions`` (T,3) float32 (clipped to the action space, as executed), ``rewards`` (T,), ``terminated``/``truncated`` (T,),
-    ``state`` (T+1,23) Pusher observations (tips_arm/object/goal positions at [14:23]).
+    frame, ``actions`` (T,3) float32 (clipped to the action space, as executed), ``rewards`` (T,),
+    ``terminated``/``truncated`` (T,), ``state`` (T+1,23) Pusher observations (tips_arm/object/goal positions at
+    [14:23]).
     Pass a ``renderer`` (with ``max_episode_steps=steps``) to reuse one across calls.
     """
     own = renderer is None
