@@ -10,8 +10,8 @@ action and returns its reset observation (reward 0, not done); the other envs ar
 model call when all envs reset). An env starts again from the frame the last ``reset(options={"frame": ...})``
 gave it, or, where that reset gave none, from a start frame drawn as `reset` draws them. Infos are dicts of
 arrays with gymnasium's ``_key`` masks; cache statistics are each env's own (see `CosmosWorldEnv` for which
-keys; ``env.records[i]`` holds env i's full `CallRecord`s of its last prediction); ``model_ms`` and ``denoise_ms`` (with ``timings=True``) are of the batched prediction,
-repeated for every env in it.
+keys; ``env.records[i]`` holds env i's full `CallRecord`s of its last prediction); ``model_ms`` and
+``denoise_ms`` (with ``timings=True``) are of the batched prediction, repeated for every env in it.
 """
 from __future__ import annotations
 
