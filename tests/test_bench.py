@@ -1,6 +1,7 @@
 """Benchmark and policy-evaluation fidelity on a tiny random checkpoint: they run end to end, the JSON has the
 documented keys with finite numbers, the figures are written, and the fidelity result has its correlation keys.
 Nothing here checks timings or quality values (a random model on a shared machine)."""
+import dataclasses
 import json
 import math
 import shutil
@@ -886,3 +887,36 @@ def test_compare_results_is_paired_and_refuses_other_starts():
     flat = _fidelity_result(real, np.ones_like(real))  # predicts one return for every policy
     with pytest.raises(ValueError, match="ties"):
         fidelity.compare_results(a, flat, draws=10)
+
+
+def test_real_episodes_are_simulated_in_the_models_scene(small_ckpt, tmp_path):
+    """A model trained on another scene's data (its spec's `scene`) is measured against the simulator in that scene:
+    the benchmark's episodes, the calibration episode and the fidelity check's real frames are that camera's."""
+    from worldcache.bench.episodes import bench_episodes, calibration_episode
+    from worldcache.mujoco_data import SCENES
+
+    v2 = {"camera": SCENES["v2"]["camera"]}
+    spec = WorldModelSpec(height=32, width=40, chunk=4, action_dim=3, scene=v2)
+    ep, cal = bench_episodes(spec, 1, 4)[0], calibration_episode(spec)
+    for e, seed in ((ep, bench.HELDOUT_SEED), (cal, bench.CALIBRATION_SEED)):
+        with PusherRenderer(32, 40, camera=v2["camera"], max_episode_steps=4) as r:
+            want = real_rollout("mixed", seed, 4, renderer=r)
+        np.testing.assert_array_equal(e["obs"], want["obs"])
+        np.testing.assert_array_equal(e["actions"], want["actions"])
+    old = bench_episodes(dataclasses.replace(spec, scene=None), 1, 4)[0]  # v1: the same motion, another view
+    np.testing.assert_array_equal(old["actions"], ep["actions"])
+    assert np.abs(old["obs"].astype(int) - ep["obs"]).mean() > 5
+    # the fidelity check: the same real returns (the camera moves no body), the decoder reading the v2 frames
+    moved = tmp_path / "v2"
+    shutil.copytree(small_ckpt, moved)
+    raw = json.loads((moved / "model.json").read_text())
+    (moved / "model.json").write_text(json.dumps({**raw, "scene": v2}))
+    a, b = (evaluate_policies(c, episodes=1, steps=4, num_steps=2, cache=("none",), policies=["away"], verbose=False)
+            for c in (small_ckpt, moved))
+    assert b["policies"][0]["real_return"] == a["policies"][0]["real_return"]
+    with PusherRenderer(32, 40, camera=v2["camera"], max_episode_steps=4) as r:
+        real = real_rollout(make_control("away", None, r, 10_000), 10_000, 4, renderer=r)
+    dec = StateDecoder.load(small_ckpt)
+    assert b["policies"][0]["decoded_real_return"] == pytest.approx(float(dec.rewards(real["obs"][1:],
+                                                                                      real["actions"]).sum()), rel=1e-9)
+    assert b["policies"][0]["decoded_real_return"] != pytest.approx(a["policies"][0]["decoded_real_return"], rel=1e-6)

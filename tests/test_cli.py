@@ -146,3 +146,15 @@ def test_scale_check(capsys, tmp_path):
     assert store.episode_array(store.episode_ids()[1], "frames").shape == (12, 8, 80, 96, 3)
     assert cli.main(["scale-check", "--out", str(out), "--episodes", "1"]) == 2  # exists: refused, kept
     assert "exists" in capsys.readouterr().err and len(EpisodeStore(str(out), mode="r")) == 2
+
+
+def test_make_data_scene_names_the_generators_scenes(tmp_path, capsys):
+    from worldcache.mujoco_data import SCENES
+    from worldcache.rollouts.store import EpisodeStore
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    scene = next(a for a in sub.choices["make-data"]._actions if "--scene" in a.option_strings)
+    assert scene.choices == list(SCENES) and scene.default == "v1"
+    assert cli.main(["make-data", "--out", str(tmp_path / "d.zarr"), "--episodes", "1", "--env-steps", "2",
+                     "--scene", "v2"]) == 0
+    assert EpisodeStore(tmp_path / "d.zarr", mode="r").attrs["generator"]["camera"] == SCENES["v2"]["camera"]

@@ -250,3 +250,69 @@ def test_explore_wide_takes_the_arm_where_away_goes_and_varied_wide_draws_like_v
         wide = [md.make_policy("varied-wide", r, np.random.default_rng([s, 1])).kind for s in range(8)]
     assert beyond["explore-wide"] > 2 * beyond["explore"]  # measured 0.13 against 0.038
     assert set(kinds) == {"mixed", "explore"} and wide == [k.replace("explore", "explore-wide") for k in kinds]
+
+
+def test_out_of_view_counts_what_the_frame_cuts_off():
+    """v1's camera (the bundled model's data) cuts the fork at the arm's end at reset, v2's keeps everything; and
+    what `out_of_view` counts inside is what a segmentation rendering of the frame's own view shows."""
+    with md.PusherRenderer() as r:
+        r.reset(seed=0)
+        before = r.render()
+        assert r.out_of_view() == {"arm": (39, 3191), "fork": (39, 307), "object": (0, 117), "goal": (0, 222)}
+        np.testing.assert_array_equal(r.render(), before)  # the frames' field of view is put back
+        h, w = r.height * r.supersample, r.width * r.supersample
+        with mujoco.Renderer(r.model, h, w) as seg:  # the frame's own field of view
+            seg.enable_segmentation_rendering()
+            cam = mujoco.MjvCamera()
+            cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+            cam.distance, cam.elevation, cam.azimuth = (r.camera[k] for k in ("distance", "elevation", "azimuth"))
+            cam.lookat[:] = r.camera["lookat"]
+            seg.update_scene(r.data, camera=cam)
+            ids = seg.render()[..., 0]
+        arm = np.isin(ids, [g for g in range(r.model.ngeom) if 1 <= r.model.geom_bodyid[g] <= 10]).sum()
+        assert abs(int(arm) - (3191 - 39)) <= 10  # the same pixels, up to rasterisation at the edges
+    with md.PusherRenderer(camera=md.SCENES["v2"]["camera"]) as r:
+        r.reset(seed=0)
+        assert {k: out for k, (out, _) in r.out_of_view().items()} == {"arm": 0, "fork": 0, "object": 0, "goal": 0}
+
+
+def test_scene_v2_is_recorded_refused_to_v1_and_simulated_again_from_its_record(tmp_path):
+    from worldcache.world_model import SCENE_KEYS
+
+    md.generate(tmp_path / "v2.zarr", episodes=1, steps=STEPS, seed=3, scene="v2", progress=False)
+    store = EpisodeStore(tmp_path / "v2.zarr", mode="r")
+    gen = store.attrs["generator"]
+    assert gen["camera"] == md.SCENES["v2"]["camera"] and gen["explore"] == "bounded"
+    with pytest.raises(ValueError, match="different settings.*'camera'"):  # v1's episodes may not join
+        md.generate(tmp_path / "v2.zarr", episodes=2, steps=STEPS, seed=3, progress=False)
+    with pytest.raises(ValueError, match=r"unknown scene 'v3'; choose from \('v1', 'v2'\)"):
+        md.generate(tmp_path / "v3.zarr", episodes=1, steps=STEPS, scene="v3", progress=False)
+    # a model trained on it records the generator's scene keys (`Trainer`); from them the simulator shows its
+    # episodes again, frame for frame
+    scene = {k: gen[k] for k in SCENE_KEYS}
+    with md.PusherRenderer.for_scene(scene, max_episode_steps=STEPS) as r:
+        again = md.real_rollout("mixed", md.episode_seed(3, 0), STEPS, renderer=r)
+    ep = store.load_episode("seed3_ep00000")
+    for k in ("obs", "actions", "state"):
+        np.testing.assert_array_equal(again[k], ep[k], err_msg=k)
+    with pytest.raises(ValueError, match=r"scene keys \['lens'\] unknown"):
+        md.PusherRenderer.for_scene({**scene, "lens": 1})
+    with pytest.raises(ValueError, match="controller .* is not this simulator's"):
+        md.PusherRenderer.for_scene({**scene, "controller": {**scene["controller"], "kp": 30.0}})
+
+
+def test_bounded_explore_keeps_the_arm_in_v2s_view():
+    """v2's camera alone leaves explore's free directions lifting the arm out of view; bounded, they stop at the
+    box's faces. Episode 10 of seed 0 is one that leaves it free (found by `out_of_view` over 30 episodes)."""
+    es = md.episode_seed(0, 10)
+
+    def frames_cut(bounded):
+        with md.PusherRenderer(camera=md.SCENES["v2"]["camera"], max_episode_steps=48) as r:
+            obs = r.reset(seed=es)
+            policy, cut = md.make_policy("explore", r, np.random.default_rng([es, 1]), bounded=bounded), 0
+            for _ in range(48):
+                obs, *_ = r.step(policy(obs))
+                cut += any(out for out, _ in r.out_of_view().values())
+        return cut
+
+    assert frames_cut(False) > 0 and frames_cut(True) == 0

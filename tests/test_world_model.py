@@ -316,6 +316,13 @@ def test_trainer_runs_resumes_and_exports(tmp_path, capsys):
     assert "started_from" not in first
     with pytest.raises(ValueError, match="give one"):  # two starting checkpoints: which one's weights is unclear
         Trainer(dataclasses.replace(cont, init_from=str(out)))
+    # make-data's store: the export records its scene, whatever the starting checkpoint's (this one's: none)
+    assert src.spec.scene is None
+    scene = {"camera": {"distance": 2.25, "lookat": [0.3, -0.25, -0.3]}, "controller": {"kp": 60.0},
+             "supersample": 2}
+    EpisodeStore(cfg.data, mode="a").attrs["generator"] = {**scene, "fps": 20.0, "explore": "bounded"}
+    v2 = Trainer(dataclasses.replace(cont, out=str(tmp_path / "v2"), dit_steps=1)).run()
+    assert WorldModel.from_pretrained(v2).spec.scene == scene
 
 
 def _timed_run(budget, seconds_per_step) -> tuple[dict, int, float]:

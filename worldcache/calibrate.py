@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import yaml
 
-from .bench.episodes import TUNING_SEED
+from .bench.episodes import TUNING_SEED, heldout_episodes
 from .cache.base import NoCache, PolicyState, rel_l1
 from .cache.config import CACHE_CONFIG_DIR, ConfigError, read_yaml
 
@@ -68,14 +68,6 @@ class ChangeRecorder(NoCache):
         return h
 
 
-def tuning_episodes(n: int, steps: int, height: int, width: int, first_seed: int = TUNING_SEED) -> list[dict]:
-    """`n` real Pusher episodes of `steps` env steps ("mixed" exploration policy, env seeds first_seed + i)."""
-    from .mujoco_data import PusherRenderer, real_rollout
-
-    with PusherRenderer(height, width, max_episode_steps=steps) as renderer:
-        return [real_rollout("mixed", first_seed + i, steps, renderer=renderer) for i in range(n)]
-
-
 def calibrate_teacache(checkpoint=None, episodes: int = 3, chunks: int = 2, num_steps: int | None = None,
                        first_seed: int = TUNING_SEED, out: str | Path | None = CACHE_CONFIG_DIR / "teacache.yaml",
                        device: str = "cpu", dtype: str = "fp32", seed: int = 0, degree: int = DEGREE) -> dict:
@@ -97,7 +89,8 @@ def calibrate_teacache(checkpoint=None, episodes: int = 3, chunks: int = 2, num_
     s = model.spec
     steps = num_steps or s.num_steps
     recorder = ChangeRecorder()
-    for i, ep in enumerate(tqdm(tuning_episodes(episodes, chunks * s.chunk, s.height, s.width, first_seed),
+    for i, ep in enumerate(tqdm(heldout_episodes(episodes, chunks * s.chunk, s.height, s.width, first_seed,
+                                                 scene=s.scene),
                                 desc="calibration rollouts", unit="episode")):
         model.rollout(ep["obs"][:1], ep["actions"][None], policy=recorder, num_steps=steps, seed=seed + 1000 * (i + 1))
     coefficients, rmse = fit_rescale(recorder.x, recorder.y, degree)

@@ -39,7 +39,7 @@ def _make_data(args) -> int:
     from .mujoco_data import generate
 
     s = generate(args.out, episodes=args.episodes, steps=args.env_steps, seed=args.seed, height=args.height,
-                 width=args.width, policy=args.policy)
+                 width=args.width, policy=args.policy, scene=args.scene)
     print(f"{s['path']}: {s['written']} episodes written, {s['skipped']} already there; {s['episodes_total']} in "
           f"the store" + (f"; {s['frames_per_s']:.0f} frames/s" if s["written"] else ""))
     return 0
@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exploration policy: mixed, scripted, random, explore (motion that ignores the task), "
                         "varied (mixed or explore, drawn per episode), explore-wide or varied-wide (the same over "
                         "the arm's whole reach, out of view included)")
+    m.add_argument("--scene", default="v1", choices=["v1", "v2"],
+                   help="v1: the bundled model's data; v2: the next data version, the camera farther back so the "
+                        "whole arm stays in view, and explore's directions bounded (README, \"The bundled model\")")
     m.set_defaults(func=_make_data)
 
     t = sub.add_parser("train", help="train the world model (VAE, then DiT); resumable")

@@ -253,7 +253,7 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
         t = decs[k].terms(frames)
         return reward_from_terms(t, actions).sum(), t.sum(0)
 
-    with PusherRenderer(s.height, s.width, max_episode_steps=steps) as renderer:
+    with PusherRenderer.for_scene(s.scene, s.height, s.width, max_episode_steps=steps) as renderer:
         if renderer.action_space.shape[0] != s.action_dim:
             raise ValueError(f"the model takes {s.action_dim}-d actions, the simulator's are "
                              f"{renderer.action_space.shape[0]}-d (end-effector deltas): a model of older data?")

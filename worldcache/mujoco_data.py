@@ -1,7 +1,8 @@
 """MuJoCo ``Pusher-v5`` data for the action-conditioned world model.
 
-* ``PusherRenderer``: the env with a fixed camera that keeps the object, the goal and the arm in view (all but the
-  tip of the fork at the arm's end, cut by the bottom edge at reset and in some frames after; see `CAMERA`),
+* ``PusherRenderer``: the env with a fixed camera that keeps the object, the goal and the arm in view (in scene v1,
+  the bundled model's, all but the tip of the fork at the arm's end, cut by the bottom edge at reset and in some
+  frames after; see `CAMERA`, `SCENES` and `PusherRenderer.out_of_view`),
   rendering small frames (default 80x96: 20x24 latents, 10x12 tokens per latent frame). Its actions are
   end-effector (fingertip) position deltas, x20 as the real robot model's Bridge actions are, executed by a
   damped-least-squares IK controller at the simulator's substep rate: the effect of an action is visible in the
@@ -49,11 +50,17 @@ MUJOCO_VERSION = mujoco.__version__
 # Fixed camera, 70 deg down from beyond the object area: the object spawn area, the goal and the arm from its base
 # to the wrist stay in view in every frame, so the frame holds the arm's pose. The fork at the arm's end is not
 # always whole: at reset 39 of its 307 pixels lie below the bottom edge (thirty-fourth session's audit, by
-# segmentation rendering; the bundled model's data has it so). A next data version: distance 2.25, lookat
-# (0.3, -0.25, -0.3) left no frame of 30 `mixed` episodes clipped there. At 80x96 the object is ~5 px and the goal
-# ~8 px wide (at 64x80 they shrink to ~4 and ~6 px).
+# segmentation rendering; the bundled model's data has it so; scene v2 below cuts none). At 80x96 the object is
+# ~5 px and the goal ~8 px wide (at 64x80 they shrink to ~4 and ~6 px).
 CAMERA = {"trackbodyid": -1, "distance": 1.9, "elevation": -70.0, "azimuth": 180.0,
           "lookat": [0.2, -0.2, -0.3]}
+# The scenes `make-data --scene` renders: a camera, and whether `explore`'s constant-direction segments are "free"
+# or "bounded" (stopped at `ExplorePolicy.box`'s faces). "v1" made the bundled model's data. "v2", the next data
+# version: the camera farther back and explore bounded, so that no arm, object or goal pixel leaves the frame in
+# 30 `mixed` or 30 `explore` episodes (`PusherRenderer.out_of_view`; free, explore cut 58 of their 1470 frames;
+# README, "The bundled model").
+SCENES = {"v1": {"camera": CAMERA, "explore": "free"},
+          "v2": {"camera": {**CAMERA, "distance": 2.25, "lookat": [0.3, -0.25, -0.3]}, "explore": "bounded"}}
 HEIGHT, WIDTH = 80, 96
 ACTION_SCALE = 20.0  # action = fingertip position delta per control step x 20 (m/s), as Bridge's deltas x20
 ACTION_LIMIT = 1.0   # per axis: a command of at most 5 cm per 0.05 s step (the arm follows it with a lag, `step`)
@@ -131,6 +138,23 @@ class PusherRenderer:
         self.torque_space = self.env.action_space
         self._body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "tips_arm")
         self._jacp = np.zeros((3, self.model.nv))
+        self._seg = None  # `out_of_view`'s renderer, made on first use
+
+    @classmethod
+    def for_scene(cls, scene: dict | None, height: int = HEIGHT, width: int = WIDTH,
+                  max_episode_steps: int | None = None) -> "PusherRenderer":
+        """The simulator of a model's scene (`WorldModelSpec.scene`: its data's generator record, `generate`, as
+        far as it says how episodes are simulated and shown). What it leaves out is the defaults'; None: v1."""
+        from .world_model import SCENE_KEYS
+
+        scene = dict(scene or {})
+        if unknown := set(scene) - set(SCENE_KEYS):
+            raise ValueError(f"scene keys {sorted(unknown)} unknown: a scene has {SCENE_KEYS}")
+        ours = {"kp": cls.kp, "kv": cls.kv, "k_rest": cls.k_rest, "damping": cls.damping}
+        if scene.setdefault("controller", ours) != ours:  # gains are this code's: another's episodes are not ours
+            raise ValueError(f"the scene's controller {scene['controller']} is not this simulator's {ours}")
+        del scene["controller"]
+        return cls(height, width, max_episode_steps=max_episode_steps, **scene)
 
     @property
     def model(self) -> mujoco.MjModel:
@@ -149,8 +173,10 @@ class PusherRenderer:
 
         The Jacobian is the tips_arm body's centre of mass's, 0.10 m from the body origin that ``obs[TIP]`` reports
         and the target is about: on `mixed` steps J_origin pinv(J_com) is 0.29 from the identity (median of each
-        step's largest entry; 0.038 with the origin's, `mj_jacBody`). Kept, as the bundled model's data was made
-        with it; a next data version should take the origin's."""
+        step's largest entry; 0.038 with the origin's, `mj_jacBody`). Yet the origin's does not track better: over
+        20 starts x 32 steps of random directions at 0.1 / 0.25 / 0.5, the median cosine between a step's command
+        and the tip's motion is 0.910 / 0.771 / 0.676 with this one and 0.914 / 0.760 / 0.692 with the origin's
+        (thirty-fifth session): the velocity servo's lag, not the Jacobian, sets how well the tip follows."""
         mujoco.mj_jacBodyCom(self.model, self.data, self._jacp, None, self._body)
         J = self._jacp[:, :7]
         J_pinv = J.T @ np.linalg.inv(J @ J.T + self.damping ** 2 * np.eye(3))
@@ -187,7 +213,58 @@ class PusherRenderer:
             frame = cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(frame)
 
+    def out_of_view(self) -> dict[str, tuple[int, int]]:
+        """How much of each thing that matters the frame cuts off now: ``{"arm", "fork", "object", "goal": (pixels
+        outside the frame, pixels in all)}`` at the render resolution (before the downsampling), by segmentation
+        rendering of the same camera over twice the field of view, whose middle is the frame. "fork": the wrist
+        roll link and the fingertip body, the arm's end."""
+        from gymnasium.envs.mujoco.mujoco_rendering import OffScreenViewer
+
+        m, h, w = self.model, self.height * self.supersample, self.width * self.supersample
+        vis = m.vis.global_
+        if self._seg is None:  # gymnasium's viewer: the GL backend its frames use (MUJOCO_GL)
+            size = vis.offwidth, vis.offheight
+            vis.offwidth, vis.offheight = 2 * w, 2 * h  # its framebuffer's size, read as its context is made
+            try:
+                self._seg = OffScreenViewer(m, self.data, 2 * w, 2 * h)
+            finally:
+                vis.offwidth, vis.offheight = size
+            # each geom drawn in a colour that codes its index (decoded below: gymnasium's own decoding overflows
+            # uint8 under numpy 2)
+            self._seg.scn.flags[mujoco.mjtRndFlag.mjRND_SEGMENT] = 1
+            self._seg.scn.flags[mujoco.mjtRndFlag.mjRND_IDCOLOR] = 1
+        cam = self._seg.cam
+        cam.distance, cam.elevation, cam.azimuth = (self.camera[k] for k in ("distance", "elevation", "azimuth"))
+        cam.lookat[:] = self.camera["lookat"]
+        fovy = vis.fovy  # the model's, which the frames' renderer reads too: put back at once
+        vis.fovy = float(np.degrees(2 * np.arctan(2 * np.tan(np.radians(fovy) / 2))))
+        try:
+            self._seg.make_context_current()
+            rgb = self._seg.render("rgb_array").astype(np.int64)
+        finally:
+            vis.fovy = fovy
+            if (frames := self.env.unwrapped.mujoco_renderer.viewer) is not None:
+                frames.make_context_current()  # one context is current at a time: the frames' again
+        scn = self._seg.scn
+        body_of = np.full(scn.ngeom + 1, -1)  # by segment id + 1 (0: nothing drawn there) -> the geom's body
+        for g in (scn.geoms[i] for i in range(scn.ngeom)):
+            if g.objtype == mujoco.mjtObj.mjOBJ_GEOM and g.segid >= 0:
+                body_of[g.segid + 1] = m.geom_bodyid[g.objid]
+        code = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+        body = body_of[np.where(code <= scn.ngeom, code, 0)]
+        inside = np.zeros(body.shape, bool)
+        inside[h // 2:h // 2 + h, w // 2:w // 2 + w] = True
+        named = {n: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, n) for n in ("r_wrist_roll_link", "tips_arm",
+                                                                                "object", "goal")}
+        arm = [b for b in range(1, m.nbody) if b not in (named["object"], named["goal"])]
+        groups = {"arm": arm, "fork": [named["r_wrist_roll_link"], named["tips_arm"]], "object": [named["object"]],
+                  "goal": [named["goal"]]}
+        return {k: (int((np.isin(body, v) & ~inside).sum()), int(np.isin(body, v).sum())) for k, v in groups.items()}
+
     def close(self) -> None:
+        if self._seg is not None:
+            self._seg.close()
+            self._seg = None
         self.env.close()  # free the GL context now, not in __del__ at interpreter exit
 
     def __enter__(self):
@@ -278,8 +355,9 @@ class ExplorePolicy:
     # 0.21), y widened to +0.2 so sideways motion past the object area is seen too, z kept near the table
     box = np.array([[0.15, -0.75, Z_LOW], [0.85, 0.2, 0.1]])
 
-    def __init__(self, env, rng: np.random.Generator):
+    def __init__(self, env, rng: np.random.Generator, bounded: bool = False):
         self.rng, self._left, self._target, self._dir, self._speed = rng, 0, None, np.zeros(3), 1.0
+        self.bounded = bounded
 
     def _new_segment(self) -> None:
         self._left = int(self.rng.integers(6, 25))
@@ -299,6 +377,9 @@ class ExplorePolicy:
         else:  # toward the target, its largest axis capped at the segment's speed
             a = ACTION_SCALE * (self._target - obs[TIP])
             a = a * min(1.0, self._speed / max(np.abs(a).max(), 1e-9))
+        if self.bounded:  # no command out through a face the tip is past: free directions raise the arm out of view
+            tip = obs[TIP]
+            a = np.where(((tip < self.box[0]) & (a < 0)) | ((tip > self.box[1]) & (a > 0)), 0.0, a)
         return np.clip(a, -ACTION_LIMIT, ACTION_LIMIT).astype(np.float32)
 
 
@@ -315,9 +396,10 @@ class VariedPolicy:
     """Per episode (one draw), ``mixed`` or ``explore`` (`explore`: its class, e.g. ``WideExplorePolicy``) with
     equal odds: purposeful pushes and action-led motion in one store, with one held-out split across both."""
 
-    def __init__(self, env, rng: np.random.Generator, noise: float | None = None, explore=ExplorePolicy):
+    def __init__(self, env, rng: np.random.Generator, noise: float | None = None, explore=ExplorePolicy,
+                 bounded: bool = False):
         drew_explore = rng.random() < 0.5
-        self.policy = explore(env, rng) if drew_explore else MixedPolicy(env, rng, noise)
+        self.policy = explore(env, rng, bounded) if drew_explore else MixedPolicy(env, rng, noise)
         self.kind = self.policy.kind if drew_explore else "mixed"
         self.noise = getattr(self.policy, "noise", None)
 
@@ -325,11 +407,12 @@ class VariedPolicy:
         return self.policy(obs)
 
 
-def make_policy(name: str, env, rng: np.random.Generator, noise: float | None = None) -> Policy:
+def make_policy(name: str, env, rng: np.random.Generator, noise: float | None = None,
+                bounded: bool = False) -> Policy:
     """``obs -> action`` policy for one episode. ``scripted`` (noise default 0), ``random``,
     ``mixed`` (noise drawn per episode unless given), ``explore``, ``varied`` (``mixed`` or ``explore``, drawn
-    per episode), ``explore-wide`` and ``varied-wide`` (the same over the arm's whole reach). Create a new one per
-    episode."""
+    per episode), ``explore-wide`` and ``varied-wide`` (the same over the arm's whole reach). `bounded`: explore's
+    directions stop at its box (`SCENES`' "explore"). Create a new one per episode."""
     if name == "scripted":
         return ScriptedPolicy(env, rng, 0.0 if noise is None else noise)
     if name == "random":
@@ -337,13 +420,13 @@ def make_policy(name: str, env, rng: np.random.Generator, noise: float | None = 
     if name == "mixed":
         return MixedPolicy(env, rng, noise)
     if name == "explore":
-        return ExplorePolicy(env, rng)
+        return ExplorePolicy(env, rng, bounded)
     if name == "varied":
-        return VariedPolicy(env, rng, noise)
+        return VariedPolicy(env, rng, noise, bounded=bounded)
     if name == "explore-wide":
-        return WideExplorePolicy(env, rng)
+        return WideExplorePolicy(env, rng, bounded)
     if name == "varied-wide":
-        return VariedPolicy(env, rng, noise, explore=WideExplorePolicy)
+        return VariedPolicy(env, rng, noise, explore=WideExplorePolicy, bounded=bounded)
     raise ValueError(f"unknown policy {name!r}; choose from {POLICIES}")
 
 
@@ -398,11 +481,12 @@ def real_rollout(policy_fn: Callable[[np.ndarray], np.ndarray] | str, seed: int,
 
 def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, seed: int = 0,
              height: int = HEIGHT, width: int = WIDTH, policy: str = "mixed", progress: bool = True,
-             camera: dict | None = None) -> dict[str, Any]:
+             camera: dict | None = None, scene: str = "v1") -> dict[str, Any]:
     """Generate ``episodes`` episodes of ``steps`` steps into the EpisodeStore at ``out_path``
     (created if missing). Episode ``i`` has id ``f"seed{seed}_ep{i:05d}"`` and is fully
-    determined by (seed, i, policy, steps, resolution, camera) and the MuJoCo version (recorded; a store
+    determined by (seed, i, policy, steps, resolution, scene) and the MuJoCo version (recorded; a store
     is refused to another version); episodes already complete are skipped, so an interrupted run resumes.
+    `scene`: one of `SCENES` ("v1" made the bundled model's data); `camera` replaces its camera.
     Returns a summary with frames/s."""
     from tqdm.auto import tqdm
 
@@ -410,7 +494,10 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose from {POLICIES}")
-    camera = _camera(camera)
+    if scene not in SCENES:
+        raise ValueError(f"unknown scene {scene!r}; choose from {tuple(SCENES)}")
+    sc = SCENES[scene]
+    camera = _camera(sc["camera"] if camera is None else camera)
     renderer = PusherRenderer(height, width, camera, max_episode_steps=steps)
     config = {"env_id": ENV_ID, "height": height, "width": width, "camera": camera,
               "supersample": renderer.supersample, "steps": steps, "fps": 1.0 / renderer.dt,
@@ -418,6 +505,7 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
               "action_high": renderer.action_space.high.tolist(), "actions": "end-effector delta x20",
               "controller": {"kp": renderer.kp, "kv": renderer.kv, "k_rest": renderer.k_rest,
                              "damping": renderer.damping},
+              "explore": sc["explore"],
               "mujoco": MUJOCO_VERSION}  # an episode is a function of its seed and index under one release only
     store = EpisodeStore(out_path, mode="a")
     if "generator" not in store.attrs and len(store):  # episodes of another kind (a rollout store, say)
@@ -425,8 +513,9 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
         raise ValueError(f"{out_path} holds episodes that make-data did not write (no 'generator' attrs): "
                          f"give another --out")
     if "generator" in store.attrs:  # resuming: refuse to mix incompatible episodes in one store
-        old = store.attrs["generator"]
-        # a store written before the MuJoCo version was recorded does not say which made it
+        # a store written before the MuJoCo version was recorded does not say which made it; one written before
+        # explore's bounds were recorded had them free
+        old = {"explore": "free", **store.attrs["generator"]}
         diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v and (k in old or k != "mujoco")}
         if diff:
             renderer.close()
@@ -451,7 +540,8 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
                 skipped += 1
                 continue
             es = episode_seed(seed, i)
-            pol = make_policy(policy, renderer, np.random.default_rng([es, 1]))  # stream apart from env's
+            pol = make_policy(policy, renderer, np.random.default_rng([es, 1]),  # stream apart from env's
+                              bounded=sc["explore"] == "bounded")
             ep = _rollout(renderer, pol, es, steps)
             meta = {"seed": seed, "index": i, "episode_seed": es, "policy": policy,
                     "kind": getattr(pol, "kind", policy), "noise": getattr(pol, "noise", None)}

@@ -16,11 +16,12 @@ CALIBRATION_SEED = HELDOUT_SEED - 1  # warm-up / MagCache calibration episode, n
 
 
 def heldout_episodes(n: int, steps: int, height: int, width: int, first_seed: int = HELDOUT_SEED,
-                     policy: str = "mixed") -> list[dict]:
-    """`n` real Pusher episodes of `steps` steps (env seeds first_seed + i), the "mixed" policy so the arm moves."""
+                     policy: str = "mixed", scene: dict | None = None) -> list[dict]:
+    """`n` real Pusher episodes of `steps` steps (env seeds first_seed + i), the "mixed" policy so the arm moves,
+    in a model's `scene` (`WorldModelSpec.scene`; None: v1)."""
     from ..mujoco_data import PusherRenderer, real_rollout
 
-    with PusherRenderer(height, width, max_episode_steps=steps) as renderer:
+    with PusherRenderer.for_scene(scene, height, width, max_episode_steps=steps) as renderer:
         return [real_rollout(policy, first_seed + i, steps, renderer=renderer) for i in range(n)]
 
 
@@ -65,11 +66,11 @@ def bench_episodes(spec, n: int, frames: int, data=None, first_seed: int = HELDO
     """`n` episodes of `frames` steps: from the store `data`, else simulated from env seed `first_seed`."""
     if data is not None:
         return store_episodes(data, n, frames, spec, tuning, holdout)
-    return heldout_episodes(n, frames, spec.height, spec.width, first_seed)
+    return heldout_episodes(n, frames, spec.height, spec.width, first_seed, scene=spec.scene)
 
 
 def calibration_episode(spec, data=None, holdout: float = 0.1) -> dict:
     """One chunk for warm-up (and MagCache's calibration), never among the measured episodes."""
     if data is not None:  # the training split; a store used whole (holdout 0) warms up on its first episode
         return store_episodes(data, 1, spec.chunk, spec, tuning=holdout > 0, holdout=holdout)[0]
-    return heldout_episodes(1, spec.chunk, spec.height, spec.width, CALIBRATION_SEED)[0]
+    return heldout_episodes(1, spec.chunk, spec.height, spec.width, CALIBRATION_SEED, scene=spec.scene)[0]
