@@ -534,7 +534,7 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
     written = skipped = 0
     t0 = time.perf_counter()
     try:
-        for i in tqdm(range(episodes), disable=not progress, desc=f"Pusher {policy} seed={seed}", unit="ep"):
+        for i in tqdm(range(episodes), disable=not progress, desc=f"Pusher {scene} {policy} seed={seed}", unit="ep"):
             eid = f"seed{seed}_ep{i:05d}"
             if store.exists(eid):
                 skipped += 1
