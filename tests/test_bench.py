@@ -889,7 +889,7 @@ def test_compare_results_is_paired_and_refuses_other_starts():
         fidelity.compare_results(a, flat, draws=10)
 
 
-def test_real_episodes_are_simulated_in_the_models_scene(small_ckpt, tmp_path):
+def test_real_episodes_are_simulated_in_the_models_scene(small_ckpt, tmp_path, capsys):
     """A model trained on another scene's data (its spec's `scene`) is measured against the simulator in that scene:
     the benchmark's episodes, the calibration episode and the fidelity check's real frames are that camera's."""
     from worldcache.bench.episodes import bench_episodes, calibration_episode
@@ -920,3 +920,19 @@ def test_real_episodes_are_simulated_in_the_models_scene(small_ckpt, tmp_path):
     assert b["policies"][0]["decoded_real_return"] == pytest.approx(float(dec.rewards(real["obs"][1:],
                                                                                       real["actions"]).sum()), rel=1e-9)
     assert b["policies"][0]["decoded_real_return"] != pytest.approx(a["policies"][0]["decoded_real_return"], rel=1e-6)
+    # a make-data store is read only by a model of its scene: v2's episodes are refused to the v1 model, by the
+    # benchmark and by evaluate-model, and taken by the v2 one
+    from worldcache.mujoco_data import generate
+
+    generate(tmp_path / "v2.zarr", episodes=1, steps=4, height=32, width=40, scene="v2", progress=False)
+    with pytest.raises(ValueError, match=r"shows another scene than the model's .*'camera'.*make-data --scene"):
+        bench_episodes(dataclasses.replace(spec, scene=None), 1, 4, data=tmp_path / "v2.zarr", holdout=0)
+    assert len(bench_episodes(spec, 1, 4, data=tmp_path / "v2.zarr", holdout=0)) == 1
+    from worldcache import cli
+
+    argv = ["evaluate-model", "--data", str(tmp_path / "v2.zarr"), "--holdout", "0", "--chunks", "1",
+            "--denoise-steps", "2", "--windows", "1", "--moving", "0"]
+    assert cli.main(["evaluate-model", "--checkpoint", str(small_ckpt), *argv[1:]]) == 2
+    assert "shows another scene than the model's" in capsys.readouterr().err
+    rc = cli.main(["evaluate-model", "--checkpoint", str(moved), *argv[1:]])
+    assert rc == 0, capsys.readouterr().err

@@ -90,7 +90,11 @@ def _evaluate_model(args) -> int:
     if args.json:  # made first: a missing folder must not cost the whole evaluation
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     model = WorldModel.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, compile=args.compile)
-    episodes, _ = load_episodes(args.data)
+    episodes, attrs = load_episodes(args.data)
+    if "generator" in attrs:  # make-data's episodes: of the model's scene only
+        from .mujoco_data import check_scene
+
+        check_scene(model.spec.scene, attrs["generator"], args.data)
     held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
     own = Path(args.checkpoint or BUNDLED)  # its decoder if it has one; a folder given must hold one (load says)
     decoder = (StateDecoder.load(args.decoder) if args.decoder else

@@ -147,14 +147,16 @@ class PusherRenderer:
         far as it says how episodes are simulated and shown). What it leaves out is the defaults'; None: v1."""
         from .world_model import SCENE_KEYS
 
-        scene = dict(scene or {})
-        if unknown := set(scene) - set(SCENE_KEYS):
+        if unknown := set(scene or {}) - set(SCENE_KEYS):
             raise ValueError(f"scene keys {sorted(unknown)} unknown: a scene has {SCENE_KEYS}")
-        ours = {"kp": cls.kp, "kv": cls.kv, "k_rest": cls.k_rest, "damping": cls.damping}
-        if scene.setdefault("controller", ours) != ours:  # gains are this code's: another's episodes are not ours
-            raise ValueError(f"the scene's controller {scene['controller']} is not this simulator's {ours}")
-        del scene["controller"]
-        return cls(height, width, max_episode_steps=max_episode_steps, **scene)
+        full = scene_of(scene)
+        if full["controller"] != cls.gains():  # gains are this code's: another's episodes are not ours
+            raise ValueError(f"the scene's controller {full['controller']} is not this simulator's {cls.gains()}")
+        return cls(height, width, full["camera"], max_episode_steps, full["supersample"])
+
+    @classmethod
+    def gains(cls) -> dict:
+        return {"kp": cls.kp, "kv": cls.kv, "k_rest": cls.k_rest, "damping": cls.damping}
 
     @property
     def model(self) -> mujoco.MjModel:
@@ -272,6 +274,24 @@ class PusherRenderer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def scene_of(record: dict | None) -> dict:
+    """A scene in full: the camera, controller and supersampling of a model's `WorldModelSpec.scene` or of a store's
+    generator record, what it leaves out filled in as v1's (None: v1), so that two compare."""
+    r = record or {}
+    return {"camera": _camera(r.get("camera")), "controller": dict(r.get("controller", PusherRenderer.gains())),
+            "supersample": int(r.get("supersample", SUPERSAMPLE))}
+
+
+def check_scene(model_scene: dict | None, generator: dict, path) -> None:
+    """Refuse a make-data store (its ``generator`` record) whose scene is not the model's: its frames would be
+    scored against a view the model never saw."""
+    ours, theirs = scene_of(model_scene), scene_of(generator)
+    if ours != theirs:
+        diff = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs[k]}
+        raise ValueError(f"{path} shows another scene than the model's (the store's, the model's): {diff}; give a "
+                         f"store of the model's scene (worldcache make-data --scene)")
 
 
 # ---------------------------------------------------------------------------------- policies
@@ -503,8 +523,7 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
               "supersample": renderer.supersample, "steps": steps, "fps": 1.0 / renderer.dt,
               "dt": renderer.dt, "action_low": renderer.action_space.low.tolist(),
               "action_high": renderer.action_space.high.tolist(), "actions": "end-effector delta x20",
-              "controller": {"kp": renderer.kp, "kv": renderer.kv, "k_rest": renderer.k_rest,
-                             "damping": renderer.damping},
+              "controller": renderer.gains(),
               "explore": sc["explore"],
               "mujoco": MUJOCO_VERSION}  # an episode is a function of its seed and index under one release only
     store = EpisodeStore(out_path, mode="a")

@@ -34,6 +34,10 @@ def store_episodes(path, n: int, frames: int, spec, tuning: bool = False, holdou
     from ..train import split
 
     store = EpisodeStore(str(path), mode="r")
+    if "generator" in store.attrs:  # make-data's episodes: of the model's scene only
+        from ..mujoco_data import check_scene
+
+        check_scene(spec.scene, store.attrs["generator"], path)
     ids = sorted(store.episode_ids())
     if not ids:
         raise ValueError(f"{path}: no complete episodes")
