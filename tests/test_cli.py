@@ -158,3 +158,16 @@ def test_make_data_scene_names_the_generators_scenes(tmp_path, capsys):
     assert cli.main(["make-data", "--out", str(tmp_path / "d.zarr"), "--episodes", "1", "--env-steps", "2",
                      "--scene", "v2"]) == 0
     assert EpisodeStore(tmp_path / "d.zarr", mode="r").attrs["generator"]["camera"] == SCENES["v2"]["camera"]
+
+
+def test_a_stores_scene_is_checked_without_mujoco():
+    """`bench --data` runs where MuJoCo is absent (the GPU machine): the scene check must not import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom worldcache.bench.episodes import store_episodes\nfrom worldcache.scene import SCENES, "
+            "check_scene\ncheck_scene(None, {'camera': SCENES['v1']['camera']}, 'v1.zarr')\n"
+            "try:\n    check_scene(None, {'camera': SCENES['v2']['camera']}, 'v2.zarr')\nexcept ValueError as e:\n"
+            "    print(e)\nprint('mujoco' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "v2.zarr shows another scene than the model's" in out and out.strip().endswith("False")

@@ -278,7 +278,7 @@ def test_out_of_view_counts_what_the_frame_cuts_off():
 
 
 def test_scene_v2_is_recorded_refused_to_v1_and_simulated_again_from_its_record(tmp_path):
-    from worldcache.world_model import SCENE_KEYS
+    from worldcache.scene import SCENE_KEYS
 
     md.generate(tmp_path / "v2.zarr", episodes=1, steps=STEPS, seed=3, scene="v2", progress=False)
     store = EpisodeStore(tmp_path / "v2.zarr", mode="r")

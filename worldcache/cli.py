@@ -92,7 +92,7 @@ def _evaluate_model(args) -> int:
     model = WorldModel.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, compile=args.compile)
     episodes, attrs = load_episodes(args.data)
     if "generator" in attrs:  # make-data's episodes: of the model's scene only
-        from .mujoco_data import check_scene
+        from .scene import check_scene
 
         check_scene(model.spec.scene, attrs["generator"], args.data)
     held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes

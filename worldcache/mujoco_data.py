@@ -2,7 +2,7 @@
 
 * ``PusherRenderer``: the env with a fixed camera that keeps the object, the goal and the arm in view (in scene v1,
   the bundled model's, all but the tip of the fork at the arm's end, cut by the bottom edge at reset and in some
-  frames after; see `CAMERA`, `SCENES` and `PusherRenderer.out_of_view`),
+  frames after; see `scene.CAMERA`, `scene.SCENES` and `PusherRenderer.out_of_view`),
   rendering small frames (default 80x96: 20x24 latents, 10x12 tokens per latent frame). Its actions are
   end-effector (fingertip) position deltas, x20 as the real robot model's Bridge actions are, executed by a
   damped-least-squares IK controller at the simulator's substep rate: the effect of an action is visible in the
@@ -42,39 +42,19 @@ import numpy as np
 
 from worldcache.rollouts.store import EpisodeStore
 from worldcache.seeding import derived_seed
+from worldcache.scene import CONTROLLER, SCENE_KEYS, SCENES, SUPERSAMPLE, scene_of
+from worldcache.scene import camera_record as _camera
 
 ENV_ID = "Pusher-v5"
 # MuJoCo releases simulate differently (3.3.7 and 4.0.1, 4 episodes of seed 0: fingertips up to 3.4 cm apart within
 # 48 steps, returns up to 0.23): stores and fidelity results record the release that made their episodes
 MUJOCO_VERSION = mujoco.__version__
-# Fixed camera, 70 deg down from beyond the object area: the object spawn area, the goal and the arm from its base
-# to the wrist stay in view in every frame, so the frame holds the arm's pose. The fork at the arm's end is not
-# always whole: at reset 39 of its 307 pixels lie below the bottom edge (thirty-fourth session's audit, by
-# segmentation rendering; the bundled model's data has it so; scene v2 below cuts none). At 80x96 the object is
-# ~5 px and the goal ~8 px wide (at 64x80 they shrink to ~4 and ~6 px).
-CAMERA = {"trackbodyid": -1, "distance": 1.9, "elevation": -70.0, "azimuth": 180.0,
-          "lookat": [0.2, -0.2, -0.3]}
-# The scenes `make-data --scene` renders: a camera, and whether `explore`'s constant-direction segments are "free"
-# or "bounded" (stopped at `ExplorePolicy.box`'s faces). "v1" made the bundled model's data. "v2", the next data
-# version: the camera farther back and explore bounded, so that no arm, object or goal pixel leaves the frame in
-# 30 `mixed` or 30 `explore` episodes (`PusherRenderer.out_of_view`; free, explore cut 58 of their 1470 frames;
-# README, "The bundled model").
-SCENES = {"v1": {"camera": CAMERA, "explore": "free"},
-          "v2": {"camera": {**CAMERA, "distance": 2.25, "lookat": [0.3, -0.25, -0.3]}, "explore": "bounded"}}
 HEIGHT, WIDTH = 80, 96
 ACTION_SCALE = 20.0  # action = fingertip position delta per control step x 20 (m/s), as Bridge's deltas x20
 ACTION_LIMIT = 1.0   # per axis: a command of at most 5 cm per 0.05 s step (the arm follows it with a lag, `step`)
-SUPERSAMPLE = 2  # render 2x and area-downsample: anti-aliasing far cheaper than MSAA in software GL
 POLICIES = ("random", "scripted", "mixed", "explore", "varied", "explore-wide", "varied-wide")
 
 Policy = Callable[[np.ndarray], np.ndarray]
-
-
-def _camera(camera: dict | None) -> dict:
-    """Camera config as plain JSON-able values (stored in attrs, compared on resume)."""
-    cam = dict(CAMERA if camera is None else camera)
-    cam["lookat"] = [float(v) for v in cam.get("lookat", CAMERA["lookat"])]
-    return cam
 
 
 # Pusher-v5 observation: qpos[:7], qvel[:7], tips_arm (3), object (3), goal (3).
@@ -120,7 +100,7 @@ class PusherRenderer:
     null-space pull to a bent-elbow rest pose) and a velocity-tracking torque, clipped to Pusher's torque range.
     """
 
-    kp, kv, k_rest, damping = 60.0, 8.0, 1.0, 0.05  # kp: 1/s toward the target; kv: torque per rad/s
+    kp, kv, k_rest, damping = (CONTROLLER[k] for k in ("kp", "kv", "k_rest", "damping"))  # `scene.CONTROLLER`
 
     def __init__(self, height: int = HEIGHT, width: int = WIDTH, camera: dict | None = None,
                  max_episode_steps: int | None = None, supersample: int = SUPERSAMPLE):
@@ -145,8 +125,6 @@ class PusherRenderer:
                   max_episode_steps: int | None = None) -> "PusherRenderer":
         """The simulator of a model's scene (`WorldModelSpec.scene`: its data's generator record, `generate`, as
         far as it says how episodes are simulated and shown). What it leaves out is the defaults'; None: v1."""
-        from .world_model import SCENE_KEYS
-
         if unknown := set(scene or {}) - set(SCENE_KEYS):
             raise ValueError(f"scene keys {sorted(unknown)} unknown: a scene has {SCENE_KEYS}")
         full = scene_of(scene)
@@ -274,24 +252,6 @@ class PusherRenderer:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def scene_of(record: dict | None) -> dict:
-    """A scene in full: the camera, controller and supersampling of a model's `WorldModelSpec.scene` or of a store's
-    generator record, what it leaves out filled in as v1's (None: v1), so that two compare."""
-    r = record or {}
-    return {"camera": _camera(r.get("camera")), "controller": dict(r.get("controller", PusherRenderer.gains())),
-            "supersample": int(r.get("supersample", SUPERSAMPLE))}
-
-
-def check_scene(model_scene: dict | None, generator: dict, path) -> None:
-    """Refuse a make-data store (its ``generator`` record) whose scene is not the model's: its frames would be
-    scored against a view the model never saw."""
-    ours, theirs = scene_of(model_scene), scene_of(generator)
-    if ours != theirs:
-        diff = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs[k]}
-        raise ValueError(f"{path} shows another scene than the model's (the store's, the model's): {diff}; give a "
-                         f"store of the model's scene (worldcache make-data --scene)")
 
 
 # ---------------------------------------------------------------------------------- policies
@@ -553,7 +513,8 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
     written = skipped = 0
     t0 = time.perf_counter()
     try:
-        for i in tqdm(range(episodes), disable=not progress, desc=f"Pusher {scene} {policy} seed={seed}", unit="ep"):
+        for i in tqdm(range(episodes), disable=not progress, desc=f"Pusher {scene} {policy} seed={seed}",
+                      unit="ep"):
             eid = f"seed{seed}_ep{i:05d}"
             if store.exists(eid):
                 skipped += 1

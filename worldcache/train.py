@@ -52,7 +52,8 @@ from tqdm import tqdm
 
 from .cache.base import ModelCall, NoCache
 from .envs.cosmos_env import write_start_frames
-from .world_model import SCENE_KEYS, WorldModel, WorldModelSpec
+from .scene import SCENE_KEYS
+from .world_model import WorldModel, WorldModelSpec
 
 # Sampling steps of the model's own conditioning predictions (--self-cond): on v2's step-count curve 8 steps land
 # 54 dB from 35, and this pass runs over thousands of windows.

@@ -77,9 +77,6 @@ def chunk_seeds(seed: int | list[int], c: int) -> int | list[int]:
     return [int(x) + c for x in seed] if isinstance(seed, (list, tuple)) else int(seed) + c
 
 
-SCENE_KEYS = ("camera", "controller", "supersample")  # of `mujoco_data.generate`'s record
-
-
 @dataclass
 class WorldModelSpec:
     height: int = 80                  # defaults: the bundled model's (MuJoCo Pusher, end-effector deltas x20)
@@ -100,8 +97,8 @@ class WorldModelSpec:
     temporal_compression: int = 4
     spatial_compression: int = 4     # the VAE's; the DiT's 2x2 patches then give 8x-downsampled tokens
     name: str = "worldcache-model"
-    # the simulated scene its frames show: the `SCENE_KEYS` of its data's generator record, which `worldcache train`
-    # takes from the data, and the benchmark and the fidelity check simulate real episodes in
+    # the simulated scene its frames show: the `scene.SCENE_KEYS` of its data's generator record, which `worldcache
+    # train` takes from the data, and the benchmark and the fidelity check simulate real episodes in
     # (`PusherRenderer.for_scene`). None: scene v1, the bundled model's
     scene: dict | None = None
 

@@ -35,7 +35,7 @@ def store_episodes(path, n: int, frames: int, spec, tuning: bool = False, holdou
 
     store = EpisodeStore(str(path), mode="r")
     if "generator" in store.attrs:  # make-data's episodes: of the model's scene only
-        from ..mujoco_data import check_scene
+        from ..scene import check_scene
 
         check_scene(spec.scene, store.attrs["generator"], path)
     ids = sorted(store.episode_ids())
