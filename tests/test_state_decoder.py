@@ -82,6 +82,41 @@ def test_decoder_learns_positions_and_round_trips(store, tmp_path):
         StateDecoder.load(tmp_path)
 
 
+def test_an_interrupted_and_resumed_decoder_run_ends_where_an_unbroken_one_does(store, tmp_path):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    torch.set_num_threads(1)
+    kw = dict(steps=6, batch_size=8, lr=1e-2, holdout=0.2, blur=0.5, save_every=2,
+              config=StateDecoderConfig(channels=8, keypoints=4, hidden=16))
+    whole = train_state_decoder(store, None, state_file=tmp_path / "whole.pt", **kw)
+    steps = [0]
+
+    def die_in_step_5(opt, args, kwargs):
+        steps[0] += 1
+        if steps[0] == 5:
+            raise KeyboardInterrupt
+
+    handle = register_optimizer_step_post_hook(die_in_step_5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_state_decoder(store, None, state_file=tmp_path / "cut.pt", **kw)
+    finally:
+        handle.remove()
+    assert torch.load(tmp_path / "cut.pt", weights_only=False)["step"] == 4
+    torch.manual_seed(123)  # the process's generator differs: the draws come from the saved state
+    resumed = train_state_decoder(store, None, state_file=tmp_path / "cut.pt", **kw)
+    assert resumed["losses"] == whole["losses"] and len(whole["losses"]) == 6
+    for (name, a), b in zip(whole["decoder"].state_dict().items(), resumed["decoder"].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert resumed["heldout_errors"] == whole["heldout_errors"]
+    # another run's state is refused, not resumed under these settings (OneCycleLR's length is fixed: steps too)
+    # (another split trains on other frames: the data's fingerprint differs too)
+    for change, named in (({"lr": 2e-2}, "lr"), ({"steps": 8}, "steps"), ({"blur": 0.25}, "blur"),
+                          ({"holdout": 0.3}, "data, holdout")):
+        with pytest.raises(ValueError, match=f"other settings or data \\({named}\\)"):
+            train_state_decoder(store, None, state_file=tmp_path / "cut.pt", **{**kw, **change})
+
+
 def test_training_needs_state_extras(tmp_path):
     st = EpisodeStore.create(tmp_path / "s.zarr")
     st.write_episode("ep0", np.zeros((3, H, W, 3), np.uint8), np.zeros((2, 3), np.float32), np.zeros(2, np.float32),

@@ -255,6 +255,7 @@ def test_trainer_runs_resumes_and_exports(tmp_path, capsys):
     assert np.isfinite([fixed["train"], fixed["heldout"]]).all()
     assert np.load(out / "start_frames.npy").shape == (3, 32, 40, 3)  # the episodes' reset frames
     assert torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["step"] == 3
+    assert torch.load(tmp_path / "run" / "state_decoder.pt", weights_only=False)["step"] == 3  # resumable too
     # resume: a longer schedule continues from the saved step instead of starting over
     cfg.dit_steps, cfg.stages, cfg.bf16 = 5, ("dit",), True  # also exercises the bf16 autocast path
     assert json.loads((out / "training.json").read_text())["vae"]["steps"] == 3  # earlier stages' record kept

@@ -165,14 +165,17 @@ def position_errors(decoder: StateDecoder, frames, states) -> dict:
 def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, steps: int = 3000, *,
                         batch_size: int = 64, lr: float = 2e-3, holdout: float = 0.1, seed: int = 0,
                         device: str = "cpu", config: StateDecoderConfig | None = None, blur: float = 0.5,
-                        init_from: str | Path | None = None) -> dict:
+                        init_from: str | Path | None = None, state_file: str | Path | None = None,
+                        save_every: int = 500) -> dict:
     """Fit a `StateDecoder` on an episode store's frames and ``state`` extras (Pusher observations) by MSE on the
     standardised positions, and save it to `out_folder` (None: don't save).
 
     `blur`: the share of training frames blurred (3x3 box filter), so predicted frames, which are softer than
     real ones, read alike. `init_from`: continue from the decoder in that folder (its sizes and normalisation;
     `config` is then ignored). The last `holdout` fraction of the sorted episode ids is held out (the world-model
-    trainer's split); its position errors are reported. Returns {"decoder", "losses", "heldout_errors" (None
+    trainer's split); its position errors are reported. `state_file`: the training state is saved there every
+    `save_every` steps and at the end, and a run that finds one of the same settings and data resumes from it, so
+    it ends where an unbroken run does (None: not saved). Returns {"decoder", "losses", "heldout_errors" (None
     without held-out episodes), "train_frames", "heldout_frames"}."""
     from tqdm import tqdm
 
@@ -202,13 +205,34 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
     dec = dec.to(device).train()
     mean, std = np.asarray(dec.config.mean, np.float32), np.asarray(dec.config.std, np.float32)
     target = torch.as_tensor((y - mean) / std, device=device)
-    frames = frames.to(device)  # on a GPU the whole set fits (~0.4 GB): batches are gathered there
     opt = torch.optim.AdamW(dec.parameters(), lr=lr, weight_decay=1e-4)
     warm = min(0.75, max(0.05, 2 / max(steps, 1)))  # OneCycleLR divides by zero where warm * steps == 1 (2 steps)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(steps, 1), pct_start=warm)
-    losses = []
-    bar = tqdm(range(steps), desc="train state decoder", unit="step", dynamic_ncols=True)
-    for _ in bar:
+    losses, step = [], 0
+    if state_file is not None:
+        from .train import fingerprint
+
+        state_file = Path(state_file)
+        # what decides the weights: resuming another run's state would export its decoder under this one's record
+        run = {"steps": steps, "batch_size": batch_size, "lr": lr, "holdout": holdout, "seed": seed, "blur": blur,
+               "config": asdict(config or StateDecoderConfig()),
+               "init": fingerprint(*dec.state_dict().values()) if init_from is not None else None,
+               "data": fingerprint(frames, y)}
+        if state_file.exists():
+            st = torch.load(state_file, weights_only=False, map_location=device)
+            diff = sorted(k for k in run if st["run"].get(k) != run[k])
+            if diff:
+                raise ValueError(f"{state_file}: saved by a decoder run with other settings or data ({', '.join(diff)}"
+                                 f"); resume with the same ones, or delete it to train afresh")
+            dec.load_state_dict(st["decoder"])
+            opt.load_state_dict(st["opt"])
+            sched.load_state_dict(st["sched"])
+            rng.bit_generator.state = st["rng"]
+            step, losses = st["step"], st["losses"]
+    frames = frames.to(device)  # on a GPU the whole set fits (~0.4 GB): batches are gathered there
+    bar = tqdm(range(step, steps), initial=step, total=steps, desc="train state decoder", unit="step",
+               dynamic_ncols=True)
+    for step in bar:
         idx = torch.as_tensor(rng.integers(len(target), size=batch_size), device=device)
         x = frames[idx].float()
         soft = torch.as_tensor(rng.random(batch_size) < blur, device=device)
@@ -221,6 +245,11 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
         sched.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+        if state_file is not None and ((step + 1) % save_every == 0 or step + 1 == steps):
+            tmp = state_file.with_suffix(".tmp")  # write then rename: a kill never leaves a broken state
+            torch.save({"decoder": dec.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "rng": rng.bit_generator.state, "step": step + 1, "losses": losses, "run": run}, tmp)
+            tmp.replace(state_file)
     dec.eval()
     errors = None
     if val:

@@ -719,7 +719,8 @@ class Trainer:
             first = self.source if self.source is not None and StateDecoder.exists(self.source) else None
             res = train_state_decoder(self.cfg.data, self.out / "model", steps=self.cfg.decoder_steps,
                                       holdout=self.cfg.holdout, seed=self.cfg.seed, device=self.cfg.device,
-                                      init_from=first)
+                                      init_from=first, state_file=self.out / "state_decoder.pt",
+                                      save_every=self.cfg.save_every)
             self.record["decoder"] = {"steps": self.cfg.decoder_steps, "started_from": str(first) if first else None,
                                       "heldout_errors_cm": res["heldout_errors"],
                                       "final_loss": float(np.mean(res["losses"][-50:]))}
