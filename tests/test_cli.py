@@ -166,8 +166,10 @@ def test_a_stores_scene_is_checked_without_mujoco():
     import sys
 
     code = ("import sys\nfrom worldcache.bench.episodes import store_episodes\nfrom worldcache.scene import SCENES, "
-            "check_scene\ncheck_scene(None, {'camera': SCENES['v1']['camera']}, 'v1.zarr')\n"
-            "try:\n    check_scene(None, {'camera': SCENES['v2']['camera']}, 'v2.zarr')\nexcept ValueError as e:\n"
+            "check_scene\ncheck_scene(None, {'generator': {'camera': SCENES['v1']['camera']}}, 'v1.zarr')\n"
+            "check_scene(SCENES['v2'], {'fps': 20.0}, 'rollouts.zarr')\n"  # no generator record: not make-data's
+            "try:\n    check_scene(None, {'generator': {'camera': SCENES['v2']['camera']}}, 'v2.zarr')\n"
+            "except ValueError as e:\n"
             "    print(e)\nprint('mujoco' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "v2.zarr shows another scene than the model's" in out and out.strip().endswith("False")

@@ -8,6 +8,8 @@ import argparse
 import shlex
 import sys
 
+from .scene import SCENES  # light: no MuJoCo
+
 
 def _demo(args) -> int:
     import time
@@ -83,6 +85,7 @@ def _evaluate_model(args) -> int:
 
     from .cache import load_policy
     from .quality import evaluate_open_loop, format_scores
+    from .scene import check_scene
     from .state_decoder import CONFIG_FILE, StateDecoder
     from .train import load_episodes, split
     from .world_model import BUNDLED, WorldModel
@@ -91,10 +94,7 @@ def _evaluate_model(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     model = WorldModel.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, compile=args.compile)
     episodes, attrs = load_episodes(args.data)
-    if "generator" in attrs:  # make-data's episodes: of the model's scene only
-        from .scene import check_scene
-
-        check_scene(model.spec.scene, attrs["generator"], args.data)
+    check_scene(model.spec.scene, attrs, args.data)
     held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
     own = Path(args.checkpoint or BUNDLED)  # its decoder if it has one; a folder given must hold one (load says)
     decoder = (StateDecoder.load(args.decoder) if args.decoder else
@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exploration policy: mixed, scripted, random, explore (motion that ignores the task), "
                         "varied (mixed or explore, drawn per episode), explore-wide or varied-wide (the same over "
                         "the arm's whole reach, out of view included)")
-    m.add_argument("--scene", default="v1", choices=["v1", "v2"],
+    m.add_argument("--scene", default="v1", choices=list(SCENES),
                    help="v1: the bundled model's data; v2: the next data version, the camera farther back so the "
                         "whole arm stays in view, and explore's directions bounded (README, \"The bundled model\")")
     m.set_defaults(func=_make_data)

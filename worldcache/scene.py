@@ -39,10 +39,12 @@ def scene_of(record: dict | None) -> dict:
             "supersample": int(r.get("supersample", SUPERSAMPLE))}
 
 
-def check_scene(model_scene: dict | None, generator: dict, path) -> None:
-    """Refuse a make-data store (its ``generator`` record) whose scene is not the model's: its frames would be
-    scored against a view the model never saw."""
-    ours, theirs = scene_of(model_scene), scene_of(generator)
+def check_scene(model_scene: dict | None, attrs: dict, path) -> None:
+    """Refuse a make-data store (its attrs' ``generator`` record) whose scene is not the model's: its frames would
+    be scored against a view the model never saw. Stores without one (rollouts: the model's own frames) pass."""
+    if "generator" not in attrs:
+        return
+    ours, theirs = scene_of(model_scene), scene_of(attrs["generator"])
     if ours != theirs:
         diff = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs[k]}
         raise ValueError(f"{path} shows another scene than the model's (the store's, the model's): {diff}; give a "

@@ -31,13 +31,11 @@ def store_episodes(path, n: int, frames: int, spec, tuning: bool = False, holdou
     "actions": float32 (frames, A), "id": ...}``; chunked actions (T, chunk, A) of a rollout store are flattened,
     its ground truth then being the stored chunk frames. Frame size and action dim must be the model's."""
     from ..rollouts.store import EpisodeStore
+    from ..scene import check_scene
     from ..train import split
 
     store = EpisodeStore(str(path), mode="r")
-    if "generator" in store.attrs:  # make-data's episodes: of the model's scene only
-        from ..scene import check_scene
-
-        check_scene(spec.scene, store.attrs["generator"], path)
+    check_scene(spec.scene, store.attrs, path)
     ids = sorted(store.episode_ids())
     if not ids:
         raise ValueError(f"{path}: no complete episodes")
