@@ -41,10 +41,18 @@ def checkpoint_files(folder: str | Path) -> dict[str, bytes]:
     folder = Path(folder)
     if not (folder / "model.json").is_file():
         raise FileNotFoundError(f"{folder}: not a model folder (no model.json)")
-    paths = [folder / n for n in MODEL_FILES if (folder / n).is_file()]
-    paths += [p for d in MODEL_DIRS for p in sorted((folder / d).rglob("*"))
-              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder / d).parts)]
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(paths)}
+    files = {n: (folder / n).read_bytes() for n in MODEL_FILES if (folder / n).is_file()}
+    for d in MODEL_DIRS:
+        files.update({f"{d}/{name}": data for name, data in files_under(folder / d).items()})
+    return dict(sorted(files.items()))
+
+
+def files_under(folder: str | Path) -> dict[str, bytes]:
+    """The files under `folder` (none if it is missing), by path relative to it (sorted), with their bytes; hidden
+    files and folders left out (`checkpoint_files`)."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
 
 
 def model_sha256(files: dict[str, bytes] | str | Path) -> str:

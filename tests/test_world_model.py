@@ -488,6 +488,25 @@ def test_resume_refuses_changed_data_or_starting_weights_at_the_same_path(tmp_pa
         Trainer(cfg).run()
 
 
+def test_vae_from_is_known_by_the_files_the_model_loads(tmp_path, tiny_ckpt):
+    """--vae-from's identity (which a resume compares) is that of its vae/ files as `checkpoint_files` reads them:
+    a hidden file (.DS_Store) is not the model's and refuses no resume; another weight file does."""
+    from worldcache.rollouts.identity import checkpoint_files, model_sha256
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+    start = tmp_path / "start"
+    shutil.copytree(tiny_ckpt, start)
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), holdout=0.34,
+                      vae_from=str(start))
+    vae = {k[len("vae/"):]: v for k, v in checkpoint_files(start).items() if k.startswith("vae/")}
+    assert Trainer(cfg).resume["source_sha256"] == [None, model_sha256(vae)]
+    (start / "vae" / ".DS_Store").write_bytes(b"finder")
+    assert Trainer(cfg).resume["source_sha256"] == [None, model_sha256(vae)]
+    (start / "vae" / "extra.json").write_text("{}")
+    assert Trainer(cfg).resume["source_sha256"][1] != model_sha256(vae)
+
+
 def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume(tmp_path, tiny_ckpt):
     from worldcache.train import TrainConfig, Trainer
 

@@ -305,11 +305,9 @@ class Trainer:
         if (sp.height, sp.width, sp.action_dim) != (*obs.shape[1:3], act.shape[-1]):
             raise ValueError(f"{cfg.data}: {obs.shape[1]}x{obs.shape[2]} frames and {act.shape[-1]}-d actions, but "
                              f"the model starting this run takes {sp.height}x{sp.width} and {sp.action_dim}-d")
-        from .rollouts.identity import model_sha256
+        from .rollouts.identity import files_under, model_sha256
 
-        vae_dir = Path(cfg.vae_from) / "vae" if cfg.vae_from else None
-        vae_files = ({q.relative_to(vae_dir).as_posix(): q.read_bytes() for q in sorted(vae_dir.rglob("*"))
-                      if q.is_file()} if vae_dir else None)
+        vae_files = files_under(Path(cfg.vae_from) / "vae") if cfg.vae_from else None
         # what the settings do not show: the starting weights' and the episodes' contents (a path may hold others)
         self.resume = {**resume_settings(cfg), "data_fingerprint": fingerprint(*(ep["actions"] for ep in episodes)),
                        "source_sha256": [model_sha256(source) if source else None,
