@@ -89,3 +89,14 @@ def test_tune_writes_a_yaml_that_env_rollout_and_bench_take(tiny_ckpt, tmp_path,
                  "--out", str(tmp_path / "never.yaml")]) == 2
     assert "no configuration reaches 1000" in capsys.readouterr().err
     assert not (tmp_path / "never.yaml").exists()
+    # a spec as bench takes it: that variant, its settings in the YAML written (and steps-only, and a name once)
+    assert main(["tune", "--checkpoint", str(tiny_ckpt), "--cache", "worldcache:saliency=false,threshold=0.3",
+                 "worldcache:saliency=false,threshold=0.3", "--denoise-steps", "4", "2", "--reference-steps", "4",
+                 "--episodes", "1", "--chunks", "1", "--min-speedup", "1", "--out", str(tmp_path / "v.yaml"),
+                 "--json", str(tmp_path / "v.json")]) == 0
+    rows = json.loads((tmp_path / "v.json").read_text())["rows"]
+    assert sorted(r["label"] for r in rows) == ["steps-only steps=2", "worldcache saliency=False threshold=0.3",
+                                                "worldcache saliency=False threshold=0.3 steps=2"]
+    assert [(r["config"]["saliency"], r["config"]["threshold"]) for r in rows if r["policy"] == "worldcache"] == \
+        [(False, 0.3)] * 2
+    assert yaml.safe_load((tmp_path / "v.yaml").read_text())["policy"] in ("worldcache", "none")

@@ -160,7 +160,7 @@ def _threshold_scales(args) -> dict:
 def _tune(args) -> int:
     from .bench import tune
 
-    tune(args.checkpoint, policies=args.cache, denoise_steps=args.denoise_steps,
+    tune(args.checkpoint, policies=[_policy_spec(p) for p in args.cache], denoise_steps=args.denoise_steps,
          **_threshold_scales(args), min_psnr=args.min_psnr, min_speedup=args.min_speedup, out=args.out,
          episodes=args.episodes, chunks=args.chunks, data=args.data, holdout=args.holdout, first_seed=args.first_seed,
          json_out=args.json, device=args.device, dtype=args.dtype, seed=args.seed, reference_steps=args.reference_steps,
@@ -501,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu = sub.add_parser("tune", help="search steps x cache policy x threshold on tuning episodes; write a YAML")
     tu.add_argument("--checkpoint", default=None)
     tu.add_argument("--cache", nargs="+", default=["worldcache"],
-                    help="cache policies to search (steps-only is always a candidate)")
+                    help="cache policies to search: a name (at its threshold grid) or, as bench takes them, a YAML "
+                         "or NAME:key=value,... (at those settings); steps-only is always a candidate")
     tu.add_argument("--denoise-steps", type=COUNT, nargs="+", default=None,
                     help="step counts to search (default: 35 18 12, cut to the reference's)")
     tu.add_argument("--reference-steps", type=COUNT, default=None,

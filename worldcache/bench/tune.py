@@ -64,12 +64,17 @@ def tune(checkpoint=None, policies=("worldcache",), denoise_steps=None, threshol
          device: str = "cpu", dtype: str = "fp32", seed: int = 0, reference_steps: int | None = None,
          verbose: bool = True, compile: bool = False) -> dict:
     """Search and write `out`. Returns ``{"choice": row, "yaml": path, "bench": run_bench result}``.
-    `reference_steps`: the uncached reference's steps (default: the model's)."""
+    `policies`: as `bench_configs` takes them (a name at its threshold grid; a YAML path or a ``{"policy": NAME,
+    **settings}`` spec at those settings), each times the step axis. `reference_steps`: the uncached reference's
+    steps (default: the model's)."""
     from .run import run_bench
 
     if (min_psnr is None) == (min_speedup is None):
         raise ValueError("give exactly one of --min-psnr and --min-speedup")
-    cands = list(dict.fromkeys([*policies, STEPS_ONLY]))
+    cands = []  # as given, once each; specs ({"policy": NAME, ...}) are dicts, which dict.fromkeys cannot hold
+    for p in [*policies, STEPS_ONLY]:
+        if p not in cands:
+            cands.append(p)
     res = run_bench(checkpoint, policies=cands, episodes=episodes, chunks=chunks, num_steps=reference_steps,
                     ablation=False, json_out=json_out,
                     seed=seed, device=device, verbose=verbose, first_seed=first_seed, dtype=dtype,
