@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import asdict
 
 from .config import RolloutConfig
 from .driver import _init_ray, run_rollouts
@@ -19,14 +18,14 @@ def bench_rollouts(config="rollout_smoke", episodes: int | None = None, workers=
     time; ``bg write s`` = time the background writers spent writing, overlapped with prediction. Prints a
     table; returns the summaries."""
     cfg = RolloutConfig.load(config)
-    cfg = RolloutConfig.load({**asdict(cfg), **overrides, **({"episodes": episodes} if episodes else {})})
+    cfg = RolloutConfig.load({**cfg.as_kwargs(), **overrides, **({"episodes": episodes} if episodes else {})})
     started = _init_ray(None)
     rows = []
     try:
         for w in workers:
             out = os.path.join(out_dir, f"bench_w{w}.zarr")
             shutil.rmtree(out, ignore_errors=True)
-            rows.append(run_rollouts(asdict(cfg), out=out, workers=w, progress=False))
+            rows.append(run_rollouts(cfg.as_kwargs(), out=out, workers=w, progress=False))
     finally:
         if started:
             import ray

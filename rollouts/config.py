@@ -43,6 +43,10 @@ class RolloutConfig:
     storage_options: dict = field(default_factory=dict)  # fsspec options of `out` (e.g. endpoint_url, key, secret)
     write_queue: int = 4                 # episodes an actor may hold for its background writer before it waits
 
+    def as_kwargs(self) -> dict:
+        """Its fields by name, as they are: `dataclasses.asdict` would turn a dataclass policy object into a dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
     @classmethod
     def load(cls, config: "dict | str | Path | RolloutConfig") -> "RolloutConfig":
         """From a dict, a YAML path, or a name under configs/ (``rollout_smoke``). Unknown keys are errors."""
@@ -64,6 +68,10 @@ class RolloutConfig:
             v = getattr(cfg, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise ValueError(f"rollout config {key}={v!r}: must be an integer >= {low}")
+        try:  # here, not in the actors after the store's settings are written
+            episode_seed(cfg.seed, cfg.episodes - 1)
+        except ValueError as e:
+            raise ValueError(f"rollout config seed={cfg.seed}, episodes={cfg.episodes}: {e}") from None
         for key in ("cache_config", "policy_kwargs", "storage_options"):
             if not isinstance(getattr(cfg, key), dict):
                 raise ValueError(f"rollout config {key}={getattr(cfg, key)!r}: must be a mapping")

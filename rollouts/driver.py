@@ -17,7 +17,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict
 
 from .actor import RolloutWorker
 from .config import RolloutConfig, episode_id
@@ -39,7 +38,7 @@ def _init_ray(address: str | None) -> bool:
 
 
 def _resolve(cfg: RolloutConfig, **overrides) -> RolloutConfig:
-    cfg = RolloutConfig.load({**asdict(cfg), **{k: v for k, v in overrides.items() if v is not None}})
+    cfg = RolloutConfig.load({**cfg.as_kwargs(), **{k: v for k, v in overrides.items() if v is not None}})
     local = _local_path(cfg.out)
     if local is not None:  # a local store: the same absolute path for every actor on this machine
         cfg.out = os.path.abspath(local)
@@ -108,7 +107,7 @@ def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: Ep
             num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus if gpu else 0, max_restarts=cfg.max_restarts,
             max_task_retries=cfg.max_task_retries)
         files_ref = ray.put(files)  # the checkpoint reaches every node through the object store
-        actors = [Worker.remote(asdict(cfg), files_ref, "cuda" if gpu else "cpu", lease, policy_file(cfg))
+        actors = [Worker.remote(cfg.as_kwargs(), files_ref, "cuda" if gpu else "cpu", lease, policy_file(cfg))
                   for _ in range(n_workers)]
         nodes = set(ray.get([a.ready.remote() for a in actors]))  # model loading is not rollout time
         tot = {"steps": 0, "calls": 0, "computed": 0, "write_s": 0.0, "store_s": 0.0, "busy_s": 0.0}

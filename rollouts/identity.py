@@ -8,6 +8,7 @@ the driver's checkpoint path.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from pathlib import Path
 
@@ -101,10 +102,26 @@ def _policy_sha256(cfg: RolloutConfig, pfile: tuple[str, bytes] | None) -> str |
 
 def policy_file(cfg: RolloutConfig) -> tuple[str, bytes] | None:
     """A torch policy file on the driver (its name and bytes): it travels with the actors, as the checkpoint does,
-    and the store knows it by its bytes."""
-    if isinstance(cfg.policy, str) and Path(cfg.policy).is_file():
+    and the store knows it by its bytes. A registered name is the registered policy, as `make_policy` reads it,
+    even where a file of that name lies in the working directory."""
+    from .policies import POLICIES
+
+    if isinstance(cfg.policy, str) and cfg.policy not in POLICIES and Path(cfg.policy).is_file():
         return Path(cfg.policy).name, Path(cfg.policy).read_bytes()
     return None
+
+
+def policy_settings(cfg: RolloutConfig) -> dict:
+    """The keyword arguments the policy is built with: for a registered policy its constructor's defaults filled in,
+    so that a store made under an older default refuses to resume under a newer one; else `policy_kwargs` as given
+    (a file or object is known by its bytes, `_policy_sha256`)."""
+    from .policies import POLICIES
+
+    kwargs = dict(cfg.policy_kwargs)
+    if isinstance(cfg.policy, str) and cfg.policy in POLICIES:
+        params = list(inspect.signature(POLICIES[cfg.policy]).parameters.values())[1:]  # after the action space
+        kwargs = {**{p.name: p.default for p in params if p.default is not p.empty}, **kwargs}
+    return kwargs
 
 
 def _check_policy(cfg: RolloutConfig, spec) -> None:
@@ -142,7 +159,7 @@ def rollout_attrs(cfg: RolloutConfig, files: dict[str, bytes], folder: Path) -> 
         "num_envs": cfg.num_envs,
         "compile": cfg.compile,
         "policy": cfg.policy if isinstance(cfg.policy, str) else _qualname(cfg.policy),
-        "policy_kwargs": cfg.policy_kwargs,
+        "policy_kwargs": policy_settings(cfg),
         # a policy file or object is known by its bytes: an edited file, or an object of the same name with other
         # parameters, must not resume into the old one's store
         "policy_sha256": _policy_sha256(cfg, pfile),

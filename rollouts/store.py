@@ -448,13 +448,16 @@ class EpisodeStore(Mapping):
         return len(done)
 
     def remove_partial(self) -> list[str]:
-        """Delete every incomplete episode group; needs the store's lease (no live writer can own them)."""
+        """Delete every incomplete episode group and index the complete ones; needs the store's lease (no live
+        writer can own them). The index then names no episode deleted by hand: written again and left partial by
+        a crash, such an episode would otherwise read as complete, by its stale index entry."""
         if self.lease is None:
             raise LeaseError(f"{self.path}: removing partial episodes needs the store's lease (acquire_lease)")
         self.check_lease()
         ids = self.partial_ids()
         for name in ids:
             del self._episodes[name]
+        self.consolidate()
         return ids
 
     @staticmethod

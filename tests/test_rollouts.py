@@ -2,6 +2,7 @@
 
 One in-process Ray cluster (2 CPUs) for the module; a tiny random model (16x24 frames, 4 actions per chunk,
 4 denoising steps) keeps every prediction at a few tens of milliseconds, so actor start-up dominates."""
+import dataclasses
 import os
 import shutil
 import signal
@@ -192,10 +193,29 @@ def test_store_with_other_settings_is_refused(ckpt, store_run, tmp_path):
                        (dict(num_cpus=0), "num_cpus=0: must be a number > 0"),
                        (dict(num_gpus=-1), "num_gpus=-1: must be a number >= 0"),
                        (dict(save_chunk_frames="false"), "save_chunk_frames='false': must be true or false"),
-                       (dict(out=None), "out=None: must be a store path")]:
+                       (dict(out=None), "out=None: must be a store path"),
+                       # the episodes' seeds are 32-bit: refused here, not in the actors after the store is made
+                       (dict(seed=2**32, episodes=1), r"seed=4294967296, episodes=1: seeds and keys must be in")]:
         with pytest.raises(ValueError, match=match):
             RolloutConfig.load(bad)
     assert RolloutConfig.load({"out": tmp_path / "p.zarr", "num_cpus": 0.5}).out == str(tmp_path / "p.zarr")
+    assert RolloutConfig.load({"seed": 2**32 - 1, "episodes": 1}).seed == 2**32 - 1
+
+
+@dataclasses.dataclass
+class ScaledPolicy:
+    scale: float = 0.1
+
+    def __call__(self, obs, rngs):
+        return np.zeros((len(obs), K, A), np.float32)
+
+
+def test_a_dataclass_policy_object_reaches_the_actors_as_itself(ckpt, tmp_path):
+    from worldcache.rollouts.driver import _resolve
+
+    cfg = _resolve(RolloutConfig.load(config(ckpt, tmp_path / "d.zarr", policy=ScaledPolicy(0.3))), workers=1)
+    assert cfg.policy == ScaledPolicy(0.3) and cfg.workers == 1  # not dataclasses.asdict's {"scale": 0.3}
+    assert RolloutConfig(**cfg.as_kwargs()).policy == ScaledPolicy(0.3)  # what the actors are built from
 
 
 def test_a_failed_batch_keeps_the_finished_episodes(ckpt, tmp_path):
@@ -263,6 +283,22 @@ def test_what_a_store_records_of_policy_file_and_batch(ckpt, tmp_path):
     torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(H * W * 3, K * A)), tmp_path / "p.pth")
     assert first != attrs(policy=str(tmp_path / "p.pth"))["policy_sha256"]  # same path, other weights
     assert attrs()["policy_sha256"] is None  # a registered policy: its name and kwargs say it all
+    # ... its kwargs as it is built, defaults filled in: a store made under an older default (sinusoid's amplitude
+    # was 0.8) refuses to resume under the newer one
+    assert attrs(policy="sinusoid", policy_kwargs={"max_period": 32})["policy_kwargs"] == {
+        "amplitude": 0.25, "min_period": 16.0, "max_period": 32}
+    # a file named like a registered policy in the working directory is not that policy (make_policy reads the name)
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "sinusoid").write_text("notes\n")
+    here = os.getcwd()
+    os.chdir(tmp_path / "cwd")
+    try:
+        from worldcache.rollouts.identity import policy_file
+
+        cfg = RolloutConfig.load(config(ckpt, tmp_path / "x.zarr", policy="sinusoid"))
+        assert policy_file(cfg) is None and rollout_attrs(cfg, files, ckpt)["policy_sha256"] is None
+    finally:
+        os.chdir(here)
     # resuming with the same file named from another working directory: its bytes decide, not the path
     from worldcache.rollouts.identity import init_or_check
     from worldcache.rollouts.store import EpisodeStore

@@ -271,6 +271,27 @@ def test_an_episode_deleted_after_consolidate_is_gone(tmp_path):
     assert reader.episode_ids() == ["b"] and not reader.exists("a") and "a" not in reader and len(reader) == 1
 
 
+def test_an_episode_deleted_by_hand_then_left_partial_by_a_crash_is_partial(tmp_path, monkeypatch):
+    """The run that writes a hand-deleted episode again starts with `remove_partial` (the driver does), which
+    indexes the complete episodes: a crash mid-write then leaves that episode partial, not complete by its old
+    index entry (it would never be written again, and reading it would fail)."""
+    from worldcache.rollouts.store import acquire_lease
+
+    path = tmp_path / "s"
+    store = EpisodeStore.create(path)
+    for e in ("a", "b"):
+        store.write_episode(e, **make_episode())
+    store.consolidate()
+    shutil.rmtree(path / "episodes" / "b")
+    store = EpisodeStore(path, lease=acquire_lease(str(path)))
+    assert store.remove_partial() == [] and json.loads((path / "index.json").read_text()) == {"episodes": {"a": 5}}
+    monkeypatch.setattr(EpisodeStore, "_mark_complete", staticmethod(lambda *a, **k: 1 / 0))
+    with pytest.raises(ZeroDivisionError):
+        store.write_episode("b", **make_episode(seed=1))
+    assert store.episode_ids() == ["a"] and store.partial_ids() == ["b"]
+    assert store.remove_partial() == ["b"] and not (path / "episodes" / "b").exists()
+
+
 def test_packed_statistics_and_sharded_frames(tmp_path):
     store = EpisodeStore.create(tmp_path / "s")
     T, rng = 5, np.random.default_rng(0)
