@@ -42,17 +42,28 @@ class WorldSim:
 
     def __init__(self, checkpoint=None, cache="worldcache", cache_config=None, device="cpu", num_steps=None,
                  chunk=None, reward_fn=None, termination_fn=None, model=None, timings=False,
-                 normalize_actions=False, dtype="fp32", compile=False):
+                 normalize_actions=False, dtype=None, compile=False):
         from worldcache.cache import CachePolicy
         from worldcache.cache import load_cache
-        from worldcache.world_model import BUNDLED, CheckpointError, WorldModel
+        from worldcache.world_model import BUNDLED, CheckpointError, WorldModel, parse_dtype
 
         # The folder also holds start frames and state decoder. A passed-in model without a checkpoint has neither.
         self.folder = Path(checkpoint) if checkpoint is not None else (BUNDLED if model is None else None)
-        # dtype: the weights' (bf16/fp16/fp32); latents, noise and timesteps stay fp32.
-        # compile: torch.compile the DiT's blocks (faster steps after a first compile; `WorldModel.compile_dit`)
-        self.model = model if model is not None else WorldModel.from_pretrained(self.folder, device=device, dtype=dtype,
-                                                                                compile=compile)
+        check_steps("num_steps", num_steps)
+        # dtype: the weights' (bf16/fp16/fp32; None: fp32, or a passed-in model's own); latents, noise and timesteps
+        # stay fp32. compile: torch.compile the DiT's blocks (faster steps after a first compile; `compile_dit`)
+        if model is None:
+            self.model = WorldModel.from_pretrained(self.folder, device=device, dtype=dtype or "fp32", compile=compile)
+        else:  # used as it is: settings that would load it otherwise are refused, not dropped
+            if self.folder is not None and not self.folder.is_dir():
+                raise CheckpointError(f"checkpoint folder not found: {self.folder}")
+            if dtype is not None and parse_dtype(dtype) != model.dtype:
+                raise ValueError(f"dtype={dtype!r}, but the model passed in has {model.dtype} weights (dtype applies "
+                                 f"when the env loads the model)")
+            if compile and model.dit.compiled_blocks is None:
+                raise ValueError("compile=True, but the model passed in is not compiled: compile it "
+                                 "(WorldModel.compile_dit) or let the env load it")
+            self.model = model
         s = self.spec = self.model.spec
         if chunk is not None and chunk != s.chunk:
             raise ValueError(f"chunk={chunk} does not match the model's chunk {s.chunk} (frames per prediction)")
@@ -64,11 +75,12 @@ class WorldSim:
                 raise ValueError("cache_config only applies when cache is a policy name or YAML path")
             self.policy = cache
         else:
-            self.policy, yaml_steps = load_cache(cache, **(cache_config or {}))
+            # None: no cache, as `WorldModel.predict(policy=None)`
+            self.policy, yaml_steps = load_cache("none" if cache is None else cache, **(cache_config or {}))
         if getattr(self.policy.config, "cross_chunk", False):  # it would be accepted and do nothing
             raise ValueError("cross_chunk applies to WorldModel.rollout only: an env step is one prediction, and "
                              "each starts its cache afresh")
-        self.num_steps = int(num_steps or yaml_steps or s.num_steps)
+        self.num_steps = int(num_steps if num_steps is not None else yaml_steps or s.num_steps)
         self.low = np.asarray(s.action_low, np.float32)
         self.high = np.asarray(s.action_high, np.float32)
         # normalize_actions: RL libraries expect Box[-1, 1]; actions are then mapped affinely onto the model's bounds
@@ -217,6 +229,13 @@ class WorldSim:
         self.policy.detach()  # hook-based policies attach to the (possibly shared) model
 
 
+def check_steps(name: str, value) -> None:
+    """A count argument that may be None (the default): else an integer >= 1, checked where it is given rather than
+    coerced (0 would fall back to the default, 2.7 become 2) or refused only at the first step."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+        raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
+
+
 def check_view_args(obs_mode: str, history: int, render_mode: str | None, render_modes: list[str]) -> None:
     """The observation/render arguments single and vector env share."""
     if obs_mode not in OBS_MODES:
@@ -260,7 +279,7 @@ class CosmosWorldEnv(gym.Env):
                  device: str = "cpu", num_steps: int | None = None, chunk: int | None = None,
                  reward_fn: Callable | None = None, termination_fn: Callable | None = None, obs_mode: str = "frame",
                  history: int = 4, render_mode: str | None = None, model=None, timings: bool = False,
-                 normalize_actions: bool = False, dtype: str = "fp32", compile: bool = False):
+                 normalize_actions: bool = False, dtype: str | None = None, compile: bool = False):
         check_view_args(obs_mode, history, render_mode, self.metadata["render_modes"])
         self.sim = WorldSim(checkpoint, cache, cache_config, device, num_steps, chunk, reward_fn, termination_fn,
                             model, timings, normalize_actions, dtype, compile)

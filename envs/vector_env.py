@@ -25,7 +25,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from .cosmos_env import SEED_HIGH, CosmosWorldEnv, WorldSim, check_view_args
+from .cosmos_env import SEED_HIGH, CosmosWorldEnv, WorldSim, check_steps, check_view_args
 
 
 class CosmosWorldVectorEnv(VectorEnv):
@@ -36,10 +36,11 @@ class CosmosWorldVectorEnv(VectorEnv):
                  num_steps: int | None = None, chunk: int | None = None, reward_fn: Callable | None = None,
                  termination_fn: Callable | None = None, obs_mode: str = "frame", history: int = 4,
                  render_mode: str | None = None, model=None, timings: bool = False, normalize_actions: bool = False,
-                 dtype: str = "fp32", compile: bool = False):
+                 dtype: str | None = None, compile: bool = False):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         check_view_args(obs_mode, history, render_mode, self.metadata["render_modes"])
+        check_steps("max_episode_steps", max_episode_steps)  # as gym.make's TimeLimit checks it
         self.sim = WorldSim(checkpoint, cache, cache_config, device, num_steps, chunk, reward_fn, termination_fn,
                             model, timings, normalize_actions, dtype, compile)
         self.num_envs, self.max_episode_steps = num_envs, max_episode_steps
@@ -63,12 +64,15 @@ class CosmosWorldVectorEnv(VectorEnv):
             else list(seed)
         if len(seeds) != n:
             raise ValueError(f"seed list must have num_envs={n} entries, got {len(seeds)}")
-        # checked first (the frames, or that the checkpoint has start frames): a rejected reset changes nothing
-        self._given = self.sim.parse_options(options, batch=n)
+        # checked first (the frames, or that the checkpoint has start frames; the seeds): a rejected reset changes
+        # nothing
+        given = self.sim.parse_options(options, batch=n)
+        fresh = [None if s is None else seeding.np_random(s)[0] for s in seeds]
+        self._given = given
         super().reset(seed=seed if isinstance(seed, int) else None)
-        for i, s in enumerate(seeds):  # as gymnasium's Env.reset: seed None keeps an existing generator
-            if s is not None or self._rngs[i] is None:
-                self._rngs[i] = seeding.np_random(s)[0]
+        for i, rng in enumerate(fresh):  # as gymnasium's Env.reset: seed None keeps an existing generator
+            if rng is not None or self._rngs[i] is None:
+                self._rngs[i] = rng if rng is not None else seeding.np_random(None)[0]
         infos: dict = {}
         self._frames = np.empty((n, self._keep, *self.sim.frame_shape), np.uint8)
         for i in range(n):

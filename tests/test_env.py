@@ -1,9 +1,11 @@
 """WorldCache-Cosmos-v0: single env, vector env, default reward. A tiny random model (16x24 frames, 4 actions per
 chunk, 4 denoising steps) keeps every prediction at a few tens of milliseconds."""
+import os
 import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -19,7 +21,7 @@ from worldcache.envs.vector_env import CosmosWorldVectorEnv, bench_vector
 from worldcache.mujoco_data import task_reward
 from worldcache.rollouts.store import EpisodeStore
 from worldcache.state_decoder import StateDecoder, StateDecoderConfig
-from worldcache.world_model import WorldModel, WorldModelSpec
+from worldcache.world_model import CheckpointError, WorldModel, WorldModelSpec
 
 ID = "WorldCache-Cosmos-v0"
 H, W, K, A = 16, 24, 4, 7
@@ -301,6 +303,22 @@ def test_constructor_errors(ckpt, model):
             make(ckpt, model, history=history)
     with pytest.raises(ValueError, match="cross_chunk applies to WorldModel.rollout only"):
         make(ckpt, model, cache="worldcache", cache_config={"cross_chunk": True})
+    # num_steps is checked where it is given: 0 was the default's, 2.7 became 2, -1 failed only at the first step
+    for bad in (0, -1, 2.7, "3", True):
+        with pytest.raises(ValueError, match=f"num_steps must be an integer >= 1 or None, got {bad!r}"):
+            make(ckpt, model, num_steps=bad)
+    assert make(ckpt, model, num_steps=np.int64(3)).sim.num_steps == 3
+    assert make(ckpt, model, cache=None).sim.policy.name == "none"  # None: no cache, as WorldModel.predict's
+    # a model passed in is used as it is: what would load it otherwise is refused, not dropped
+    with pytest.raises(ValueError, match=r"dtype='bf16', but the model passed in has torch.float32 weights"):
+        make(ckpt, model, dtype="bf16")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        make(ckpt, model, dtype="bogus")
+    assert make(ckpt, model, dtype="fp32").sim.model is model
+    with pytest.raises(ValueError, match="compile=True, but the model passed in is not compiled"):
+        make(ckpt, model, compile=True)
+    with pytest.raises(CheckpointError, match=f"checkpoint folder not found: {ckpt}t"):
+        make(Path(str(ckpt) + "t"), model)
 
 
 def test_close_detaches_hook_policies_from_the_shared_model(ckpt, model):
@@ -365,6 +383,18 @@ def test_reward_and_termination(ckpt, model):
     _, r, _, _, info = env.step(actions(0))
     pos = StateDecoder.load(ckpt).predict(info["frames"])
     assert r == pytest.approx(task_reward(pos[:, :3], pos[:, 3:6], pos[:, 6:], actions(0)).sum(), rel=1e-5)
+
+
+def test_the_default_reward_leaves_mujoco_and_its_gl_settings_alone(ckpt):
+    """The decoder's reward is numpy (`worldcache.task`): stepping the env must not import MuJoCo, which sets
+    MUJOCO_GL for the process and so switched a Pusher env made later to software rendering."""
+    code = ("import os, sys, gymnasium as gym, worldcache\n"
+            f"env = gym.make('{ID}', checkpoint={str(ckpt)!r}, cache='none')\n"
+            "env.reset(seed=0)\nenv.step(env.action_space.sample())\n"
+            "print('mujoco' in sys.modules, os.environ.get('MUJOCO_GL'), os.environ.get('PYOPENGL_PLATFORM'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split() == ["False", "None", "None"]
 
 
 def test_default_reward_exact_values(model, tmp_path):
@@ -586,6 +616,26 @@ def test_vector_constructor_and_seed_errors(ckpt, model):
         vec.step(actions(0, 2))
     obs, _ = vec.reset(seed=[3, None])  # a right-length list with None is fine
     assert obs.shape == (2, H, W, 3)
+    # a reset rejected for a seed changes nothing: not the generators, nor the frames the last reset gave, which
+    # an autoreset (here after a one-step time limit) starts from
+    twin = CosmosWorldVectorEnv(2, max_episode_steps=1, checkpoint=ckpt, model=model, cache="none")
+    vec.max_episode_steps = 1
+    frames = np.stack([np.full((H, W, 3), v, np.uint8) for v in (3, 9)])
+    for env in (vec, twin):
+        env.reset(seed=[1, 2])
+    for bad in ([5, -1], [7, "x"]):
+        with pytest.raises(Exception, match="[Ss]eed"):
+            vec.reset(seed=bad, options={"frame": frames})
+    a = actions(0, 2)
+    for _ in range(3):  # the step, the autoreset, a step from the new start
+        got, want = vec.step(a), twin.step(a)
+        np.testing.assert_array_equal(got[0], want[0])
+        if "noise_seed" in want[4]:
+            np.testing.assert_array_equal(got[4]["noise_seed"], want[4]["noise_seed"])
+    # max_episode_steps as gym.make's TimeLimit takes it: else 0 or -3 truncated every episode after one step
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=f"max_episode_steps must be an integer >= 1 or None, got {bad!r}"):
+            CosmosWorldVectorEnv(2, max_episode_steps=bad, checkpoint=ckpt, model=model, cache="none")
 
 
 # --- start frames -------------------------------------------------------------------------------------------

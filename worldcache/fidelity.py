@@ -4,7 +4,7 @@ For each control policy and held-out start (env seed ``bench.HELDOUT_SEED + e``,
 starts for every policy):
 
 1. the policy runs in the REAL MuJoCo Pusher env from the real observations (`mujoco_data.real_rollout`); real
-   return = sum of the task rewards (`mujoco_data.task_reward` on the true positions);
+   return = sum of the task rewards (`task.task_reward` on the true positions);
 2. its recorded actions are replayed OPEN-LOOP in the world model from the same start frame (`WorldModel.rollout`),
    uncached and with each cache policy, from the noise seeds `derived_seed(seed, env_seed) + chunk`; world-model
    return = the checkpoint's state decoder reading positions off each predicted frame, `task_reward` on them plus
@@ -321,11 +321,11 @@ def summarize(labels: list[str], real, dec_real, ctrl, wm: dict, settings: dict,
     """The result of `evaluate_policies` from its per-episode returns ((policies, episodes) arrays; `wm`: one per
     cache, the first the reference for ``same_ranking``): mean returns, Spearman figures, the bootstrap interval
     (seeded with ``settings["seed"]``) and the settings. `terms`: the returns' position terms
-    (`mujoco_data.TERMS`), {"real", "decoded_real": (policies, episodes, 2), "wm": {cache: the same}}; kept per
+    (`task.TERMS`), {"real", "decoded_real": (policies, episodes, 2), "wm": {cache: the same}}; kept per
     policy as means (``terms``) and per episode (``terms_episodes``)."""
     from scipy.stats import rankdata
 
-    from .mujoco_data import TERMS
+    from .task import TERMS
 
     real, dec_real, ctrl = (np.asarray(a, dtype=float) for a in (real, dec_real, ctrl))
     wm = {c: np.asarray(a, dtype=float) for c, a in wm.items()}

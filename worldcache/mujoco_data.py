@@ -44,6 +44,8 @@ from worldcache.rollouts.store import EpisodeStore
 from worldcache.seeding import derived_seed
 from worldcache.scene import CONTROLLER, SCENE_KEYS, SCENES, SUPERSAMPLE, scene_of
 from worldcache.scene import camera_record as _camera
+from worldcache.task import (GOAL, OBJ, TERMS, TIP, W_CTRL, W_DIST, W_NEAR, control_cost,  # noqa: F401 (re-exported)
+                             reward_from_terms, reward_terms, task_reward)
 
 ENV_ID = "Pusher-v5"
 # MuJoCo releases simulate differently (3.3.7 and 4.0.1, 4 episodes of seed 0: fingertips up to 3.4 cm apart within
@@ -57,38 +59,8 @@ POLICIES = ("random", "scripted", "mixed", "explore", "varied", "explore-wide", 
 Policy = Callable[[np.ndarray], np.ndarray]
 
 
-# Pusher-v5 observation: qpos[:7], qvel[:7], tips_arm (3), object (3), goal (3).
-TIP, OBJ, GOAL = slice(14, 17), slice(17, 20), slice(20, 23)
 Z_LOW, Z_HOVER = -0.28, -0.15            # fingertip height at the object / when travelling
 REST_POSE = np.array([0.0, 0.6, 0.0, -1.4, 0.0, -0.6, 0.0])  # bent elbow: avoids the straight-arm singularity
-# Pusher-v5's reward weights: reward = -W_DIST |object - goal| - W_NEAR |tip - object| - W_CTRL |a|^2
-W_DIST, W_NEAR, W_CTRL = 1.0, 0.5, 0.1
-
-
-def control_cost(actions: np.ndarray) -> np.ndarray:
-    """The task's exact control cost of (..., 3) actions: ``W_CTRL * |a|^2`` per step (a in action units)."""
-    return W_CTRL * np.square(np.asarray(actions, np.float64)).sum(-1)
-
-
-TERMS = ("object-goal", "tip-object")  # the reward's position terms, in `reward_terms`' order
-
-
-def reward_terms(tip: np.ndarray, obj: np.ndarray, goal: np.ndarray) -> np.ndarray:
-    """Pusher's position terms on (..., 3) positions, (..., 2): ``-W_DIST |object - goal|`` and
-    ``-W_NEAR |tip - object|`` (`TERMS`). Apart, they say which one a world model's frames get wrong."""
-    dist = np.linalg.norm(np.asarray(obj, np.float64) - goal, axis=-1)
-    near = np.linalg.norm(np.asarray(tip, np.float64) - obj, axis=-1)
-    return np.stack([-W_DIST * dist, -W_NEAR * near], axis=-1)
-
-
-def reward_from_terms(terms: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """The task reward from `reward_terms` (..., 2) and the end-effector actions (..., 3)."""
-    return terms[..., 0] + terms[..., 1] - control_cost(actions)
-
-
-def task_reward(tip: np.ndarray, obj: np.ndarray, goal: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """Pusher's reward formula on (..., 3) positions, with the control cost taken on the end-effector actions."""
-    return reward_from_terms(reward_terms(tip, obj, goal), actions)
 
 
 class PusherRenderer:

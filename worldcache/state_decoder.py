@@ -1,7 +1,7 @@
 """State decoder: frame -> fingertip, object and goal positions, so a world-model env's reward reads the frames.
 
 The world model predicts pixels, not simulator state. The decoder reads the positions off a frame, and the reward
-is then the task's own formula (`mujoco_data.task_reward`) on the decoded positions plus the exact control cost of
+is then the task's own formula (`task.task_reward`) on the decoded positions plus the exact control cost of
 the actions: nothing about the reward is learnt but where things are. A small CNN with pixel-coordinate channels
 ends in keypoint maps whose soft-argmax coordinates (where each map peaks) and pooled features an MLP turns into
 the 9 positions (standardised by the training mean/std; outputs in metres).
@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from .task import GOAL, TIP
 
 CONFIG_FILE = "state_decoder.json"
 WEIGHTS_FILE = "state_decoder.safetensors"
@@ -84,9 +86,9 @@ class StateDecoder(nn.Module):
         return out.reshape(*frames.shape[:-3], 9)
 
     def terms(self, frames) -> np.ndarray:
-        """Per-step position terms of the task reward (`mujoco_data.reward_terms`) on the decoded positions:
+        """Per-step position terms of the task reward (`task.reward_terms`) on the decoded positions:
         frames (..., H, W, 3) -> (..., 2)."""
-        from .mujoco_data import reward_terms
+        from .task import reward_terms
 
         pos = self.predict(frames)
         return reward_terms(pos[..., 0:3], pos[..., 3:6], pos[..., 6:9])
@@ -94,7 +96,7 @@ class StateDecoder(nn.Module):
     def rewards(self, frames, actions) -> np.ndarray:
         """Per-step task rewards: `task_reward` on the positions decoded from each frame after its action, with
         the exact control cost of that action. frames (..., T, H, W, 3), actions (..., T, A) -> (..., T)."""
-        from .mujoco_data import reward_from_terms
+        from .task import reward_from_terms
 
         frames, actions = np.asarray(frames), np.asarray(actions)
         if actions.ndim < 1 or actions.shape[:-1] != frames.shape[:-3]:  # else broadcasting hides the mistake
@@ -138,7 +140,7 @@ class StateDecoder(nn.Module):
         return dec.to(device).eval()
 
 
-POSITIONS = slice(14, 23)  # in Pusher's observation: mujoco_data's TIP, OBJ, GOAL, written here without MuJoCo
+POSITIONS = slice(TIP.start, GOAL.stop)  # in Pusher's observation: fingertip, object, goal
 
 
 def targets(states: np.ndarray) -> np.ndarray:
