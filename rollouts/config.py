@@ -58,7 +58,15 @@ class RolloutConfig:
             path = Path(config)
             if not path.is_file() and (CONFIG_DIR / f"{config}.yaml").is_file():
                 path = CONFIG_DIR / f"{config}.yaml"
-            config = yaml.safe_load(path.read_text()) or {}
+            try:
+                config = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as e:
+                from worldcache.cache.config import yaml_problem
+
+                raise ValueError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
+            if not isinstance(config, dict):
+                raise ValueError(f"{path}: a rollout config is a mapping of RolloutConfig's keys, got "
+                                 f"{type(config).__name__}")
         unknown = set(config) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown rollout config key(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")

@@ -758,6 +758,16 @@ def test_cli_bench_split_divides_the_step_time_between_dit_loop_and_the_rest(cap
     assert min(shares) - 0.05 <= dit_pct <= max(shares) + 0.05
 
 
+def test_cli_bench_split_times_the_models_own_step_count_by_default(tmp_path, capsys):
+    from worldcache.cli import main
+
+    spec = WorldModelSpec(height=32, width=40, chunk=4, num_steps=3, action_dim=3, action_low=[-1.0] * 3,
+                          action_high=[1.0] * 3)  # a converted Predict2 model's default is 36, not 35
+    WorldModel.build(spec, hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8).save_pretrained(tmp_path)
+    assert main(["bench-split", "--checkpoint", str(tmp_path), "--repeats", "1"]) == 0
+    assert "batch 1, 3 steps, cache=none" in capsys.readouterr().out
+
+
 def random_store(path, steps: int, states: bool = False, seed: int = 0) -> None:
     """Two episodes of random 80x96 frames and actions (with random simulator states if asked)."""
     from worldcache.rollouts.store import EpisodeStore

@@ -42,11 +42,61 @@ def test_bad_input_is_one_line(capsys, tmp_path):
     (["train", "--data", "d", "--out", "o", "--device", "cdua"], "argument --device: not a torch device: 'cdua'"),
     (["evaluate-model", "--data", "d", "--windows", "0"], "argument --windows: must be >= 1, got 0"),
     (["bench", "--denoise-steps", "35", "0"], "argument --denoise-steps: must be >= 1, got 0"),
-    (["bench", "--seed", "x"], "argument --seed: not an integer: 'x'")])
+    (["bench", "--seed", "x"], "argument --seed: not an integer: 'x'"),
+    # a held-out share past 1 would pick another split without a word (1.25 held out the last 10 of 40)
+    (["evaluate-model", "--holdout", "1.25"], "argument --holdout: must be in [0, 1], got 1.25"),
+    (["tune", "--min-psnr", "30", "--holdout", "-0.5"], "argument --holdout: must be in [0, 1], got -0.5"),
+    # a device this machine lacks: said here, not by torch after the model has loaded
+    (["bench-split", "--device", "mps"], "argument --device: mps: this machine has no mps device"),
+    (["bench", "--cache"], "argument --cache: expected at least one argument"),  # was: a table of nothing
+    (["evaluate-policies", "--control"], "argument --control: expected at least one argument")])
 def test_bad_numbers_are_refused_before_any_work(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_output_files_are_checked_before_the_work(capsys, tmp_path):
+    """A result file is written after minutes of work: a folder, or a path under a file, is refused first."""
+    (tmp_path / "afile").write_text("x")
+    for argv, message in [(["evaluate-model", "--json", str(tmp_path)], f"{tmp_path}: is a folder"),
+                          (["bench", "--json", str(tmp_path / "afile" / "b.json")], "afile is a file, not a folder"),
+                          (["calibrate", "teacache", "--out", str(tmp_path)], "is a folder"),
+                          (["tune", "--min-psnr", "1", "--out", str(tmp_path)], "is a folder"),
+                          (["evaluate-policies", "--json", str(tmp_path / "ok.json"), str(tmp_path)], "is a folder"),
+                          (["pool-fidelity", "a", "b", "--json", str(tmp_path)], "is a folder")]:
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err, argv
+    # a folder still to be made is fine: the command makes it (calibrate did not, after its rollouts)
+    assert cli.build_parser().parse_args(["calibrate", "teacache", "--out", str(tmp_path / "new" / "t.yaml")])
+
+
+def test_bad_files_are_one_line(capsys, tmp_path):
+    """A result, rollout config or --cache spec that is not what it should be: one line and rc 2, not a traceback
+    from json or yaml."""
+    (tmp_path / "bad.json").write_text("not json")
+    (tmp_path / "empty.json").write_text("{}")
+    (tmp_path / "bench.json").write_text('{"rows": []}')
+    (tmp_path / "bad.yaml").write_text("episodes: [1")
+    (tmp_path / "list.yaml").write_text("- 1")
+    (tmp_path / "tuned.yaml").write_text("policy: worldcache\nnum_steps: 18\n")
+    for argv, message in [
+            (["compare-fidelity", str(tmp_path / "bad.json"), str(tmp_path / "bad.json")], "bad.json: not JSON"),
+            (["pool-fidelity", str(tmp_path / "empty.json"), str(tmp_path / "bench.json")],
+             "empty.json: not an evaluate-policies result (no settings, policies, spearman)"),
+            (["compare-fidelity", str(tmp_path / "empty.json"), str(tmp_path / "empty.json")],
+             "empty.json: not an evaluate-policies result (no policies, spearman)"),
+            (["compare-fidelity", str(tmp_path / "bench.json"), str(tmp_path / "bench.json")],
+             "bench.json: not an evaluate-policies result"),
+            (["rollout", str(tmp_path / "bad.yaml")], "bad.yaml: not valid YAML"),
+            (["rollout", str(tmp_path / "list.yaml")], "a rollout config is a mapping of RolloutConfig's keys, got list"),
+            (["bench", "--cache", "worldcache:threshold=[1", "--episodes", "1"], "threshold='[1' is not a YAML value"),
+            (["demo", "--cache", str(tmp_path / "tuned.yaml")], "sets num_steps=18, a sampler setting (a `worldcache "
+                                                                 "tune` YAML), which this use would drop")]:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1, (argv, err)
 
 
 def test_debug_shows_the_traceback(tmp_path):

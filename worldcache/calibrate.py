@@ -103,6 +103,7 @@ def calibrate_teacache(checkpoint=None, episodes: int = 3, chunks: int = 2, num_
         "input_range": [round(min(recorder.x), 6), round(max(recorder.x), 6)], "fit_rmse": round(rmse, 6),
         "date": datetime.date.today().isoformat()}}
     if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(
             "# TeaCache-style: accumulated change of the first block's modulated input (cache/teacache.py).\n"
             "# coefficients: its rescaling polynomial (highest power first), fitted by `worldcache calibrate\n"

@@ -123,17 +123,18 @@ def _bench_split(args) -> int:
     frame = rng.integers(0, 256, (args.batch, s.height, s.width, 3), dtype=np.uint8)
     actions = rng.uniform(s.action_low, s.action_high, (args.batch, s.chunk, s.action_dim))
     policy = load_policy(args.cache)
+    steps = args.denoise_steps or s.num_steps
     model.predict(frame, actions, policy=policy, num_steps=2)  # warm-up
     vae = dit = 0.0  # "vae": everything in the step that is not the DiT loop (encode, decode, glue)
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        _, out = model.predict(frame, actions, policy=policy, num_steps=args.denoise_steps, timing=True)
+        _, out = model.predict(frame, actions, policy=policy, num_steps=steps, timing=True)
         step = time.perf_counter() - t0
         loop = out.loop_ms / 1e3  # each batched call once
         dit += loop
         vae += step - loop
     total = vae + dit
-    print(f"per env step (one chunk of {s.chunk} frames, batch {args.batch}, {args.denoise_steps} steps, "
+    print(f"per env step (one chunk of {s.chunk} frames, batch {args.batch}, {steps} steps, "
           f"cache={policy.name}, {args.repeats} repeats):")
     print(f"  DiT denoising loop {dit / args.repeats:8.3f} s  ({100 * dit / total:5.1f} %)")
     print(f"  VAE and the rest   {vae / args.repeats:8.3f} s  ({100 * vae / total:5.1f} %)")
@@ -194,7 +195,13 @@ def _policy_spec(text: str):
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise ValueError(f"--cache {text!r}: expected NAME:key=value[,key=value...], got {item!r}")
-        spec[key.strip()] = yaml.safe_load(value)
+        try:
+            spec[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            from .cache.config import yaml_problem
+
+            raise ValueError(f"--cache {text!r}: {key.strip()}={value!r} is not a YAML value: {yaml_problem(e)}") \
+                from None
     return spec
 
 
@@ -214,12 +221,9 @@ def _one_or_list(values: list | None):
 
 
 def _compare_fidelity(args) -> int:
-    import json
-    from pathlib import Path
+    from .fidelity import compare_results, fmt, read_result
 
-    from .fidelity import compare_results, fmt
-
-    a, b = (json.loads(Path(f).read_text()) for f in (args.a, args.b))
+    a, b = read_result(args.a), read_result(args.b)
     r = compare_results(a, b, cache=args.cache, draws=args.draws)
     lo, hi = r["difference_ci90"]
     print(f"Spearman of mean returns ({args.cache}): A {fmt(r['a'], '.3f')}, B {fmt(r['b'], '.3f')}\n"
@@ -230,12 +234,10 @@ def _compare_fidelity(args) -> int:
 
 
 def _pool_fidelity(args) -> int:
-    import json
-    from pathlib import Path
+    from .fidelity import format_table, format_terms, pool_results, read_result
 
-    from .fidelity import format_table, format_terms, pool_results
-
-    result = pool_results([json.loads(Path(f).read_text()) for f in args.results], json_out=args.json)
+    result = pool_results([read_result(f, ("settings", "policies", "spearman")) for f in args.results],
+                          json_out=args.json)
     print("\n".join(filter(None, (format_table(result), format_terms(result)))))
     return 0
 
@@ -305,6 +307,36 @@ def _positive(text: str) -> float:
     return v
 
 
+def _fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1] (a held-out share)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return v
+
+
+def _out_file(text: str) -> str:
+    """An argparse type: a file written after the work, so checked before it: not a folder, and in a folder that
+    exists or can be made (the command makes it), writable."""
+    import os
+    from pathlib import Path
+
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder; give a file path")
+    up = path.parent
+    while not up.exists() and up != up.parent:
+        up = up.parent
+    if not up.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {up} is a file, not a folder")
+    if not os.access(path if path.exists() else up, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not writable here")
+    return text
+
+
 def _device(text: str) -> str:
     """An argparse type: a torch device this machine has (a typo or a missing GPU is said before any work)."""
     import torch
@@ -313,8 +345,15 @@ def _device(text: str) -> str:
         dev = torch.device(text)
     except RuntimeError as e:
         raise argparse.ArgumentTypeError(f"not a torch device: {text!r} ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA device")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        backend = getattr(torch, dev.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has no {dev.type} device")
     return text
 
 
@@ -437,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "repeat-last")
     e.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")
     e.add_argument("--data", default="data/pusher.zarr")
-    e.add_argument("--holdout", type=float, default=0.1,
+    e.add_argument("--holdout", type=_fraction, default=0.1,
                    help="evaluate on the last fraction of episodes (the trainer's held-out split); 0: all")
     e.add_argument("--chunks", type=COUNT, nargs="+", default=[1, 4],
                    help="horizons in chunks (one rollout of the longest per window; default 1 4)")
@@ -453,13 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--real-cond", action="store_true",
                    help="also score the model with every chunk conditioned on the real frames (teacher-forced): "
                         "the gap to open loop is what compounding costs (twice the time)")
-    e.add_argument("--json", default=None, help="also write the scores here")
+    e.add_argument("--json", type=_out_file, default=None, help="also write the scores here")
     e.set_defaults(func=_evaluate_model)
 
     b = sub.add_parser("bench-split", help="time of one env step: DiT loop vs. VAE")
     b.add_argument("--checkpoint", default=None)
     b.add_argument("--cache", default="none")
-    b.add_argument("--denoise-steps", type=COUNT, default=35)
+    b.add_argument("--denoise-steps", type=COUNT, default=None, help="default: the model's")
     b.add_argument("--batch", type=COUNT, default=1)
     b.add_argument("--repeats", type=COUNT, default=3)
     b.add_argument("--device", default="cpu", type=_device)
@@ -469,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="speed/quality of every cache policy on held-out episodes, along the steps axis")
     bn.add_argument("--checkpoint", default=None)
-    bn.add_argument("--cache", nargs="*", default=None,
+    bn.add_argument("--cache", nargs="+", default=None,
                     help="cache policy names (each at its small grid), steps-only (uncached at fewer steps), YAML "
                          "files, or NAME:key=value,... (exactly those settings); default: all policies")
     bn.add_argument("--episodes", type=COUNT, default=10)
@@ -482,14 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--data", default=None, metavar="STORE",
                     help="take (frames, actions) episodes from this episode store's held-out split instead of "
                          "simulating Pusher")
-    bn.add_argument("--holdout", type=float, default=0.1,
+    bn.add_argument("--holdout", type=_fraction, default=0.1,
                     help="with --data: the held-out fraction (the last ids, as train splits); 0: all episodes")
     bn.add_argument("--no-ablation", action="store_true")
     bn.add_argument("--no-grid", action="store_true", help="named policies at their default config only")
     bn.add_argument("--threshold-scales", type=float, nargs="+", default=None,
                     help="each threshold policy's grid, as multiples of its default threshold (default: 0.5 1 2)")
     bn.add_argument("--repeats", type=COUNT, default=1, help="time each rollout N times, keep the fastest")
-    bn.add_argument("--json", default=None, help="write JSON here; the figures go next to it")
+    bn.add_argument("--json", type=_out_file, default=None, help="write JSON here; the figures go next to it")
     bn.add_argument("--seed", type=NONNEG, default=0)
     bn.add_argument("--first-seed", type=NONNEG, default=10_000,
                     help="env seed of the first episode (benchmark: 10000; tuning episodes: e.g. 20000)")
@@ -514,13 +553,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the fastest configuration at least this close (dB) to the uncached reference")
     floor.add_argument("--min-speedup", type=float, default=None,
                        help="the closest configuration to the reference with at least this compute speedup")
-    tu.add_argument("--out", default="tuned.yaml", help="the cache YAML written (policy settings + num_steps)")
+    tu.add_argument("--out", type=_out_file, default="tuned.yaml", help="the cache YAML written (policy settings + num_steps)")
     tu.add_argument("--episodes", type=COUNT, default=2)
     tu.add_argument("--chunks", type=COUNT, default=2)
     tu.add_argument("--data", default=None, metavar="STORE", help="tune on this store's training split")
-    tu.add_argument("--holdout", type=float, default=0.1)
+    tu.add_argument("--holdout", type=_fraction, default=0.1)
     tu.add_argument("--first-seed", type=NONNEG, default=20_000, help="env seed of the first tuning episode")
-    tu.add_argument("--json", default=None, help="also write the search's bench JSON (and figures) here")
+    tu.add_argument("--json", type=_out_file, default=None, help="also write the search's bench JSON (and figures) here")
     tu.add_argument("--seed", type=NONNEG, default=0)
     tu.add_argument("--device", default="cpu", type=_device)
     tu.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
@@ -531,11 +570,11 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--checkpoint", default=None)
     ep.add_argument("--episodes", type=COUNT, default=5)
     ep.add_argument("--env-steps", type=COUNT, default=48, help="env steps per episode (multiple of the chunk)")
-    ep.add_argument("--control", nargs="*", default=["equal-cost"],
+    ep.add_argument("--control", nargs="+", default=["equal-cost"],
                     help="control policies to rank, or sets of them: equal-cost (default; every action has the same "
                          "norm, so only the frames rank them) or noise-levels (the scripted controller at 4 noise "
                          "levels, and random)")
-    ep.add_argument("--cache", nargs="*", default=["none", "worldcache"])
+    ep.add_argument("--cache", nargs="+", default=["none", "worldcache"])
     ep.add_argument("--denoise-steps", type=COUNT, default=None)
     ep.add_argument("--seed", type=NONNEG, default=0)
     ep.add_argument("--first-seed", type=NONNEG, default=10_000,
@@ -548,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="diagnostic: predict every chunk from the simulator's frames before it (teacher-forced), "
                          "not the model's own, to see what compounding costs the ranking")
     ep.add_argument("--device", default="cpu", type=_device)
-    ep.add_argument("--json", nargs="+", default=None, help="write the result here (one path per --decoder)")
+    ep.add_argument("--json", nargs="+", type=_out_file, default=None, help="write the result here (one path per --decoder)")
     _add_compile(ep)
     ep.set_defaults(func=_evaluate_policies)
 
@@ -563,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     pf = sub.add_parser("pool-fidelity", help="one evaluate-policies result from JSONs on disjoint starts with the "
                                               "same settings (starts split over calls or machines by --first-seed)")
     pf.add_argument("results", nargs="+", help="evaluate-policies --json files")
-    pf.add_argument("--json", default=None, help="write the pooled result here")
+    pf.add_argument("--json", type=_out_file, default=None, help="write the pooled result here")
     pf.set_defaults(func=_pool_fidelity)
 
     v = sub.add_parser("bench-vec", help="per-env step time: N single envs in turn vs. one batched vector env")
@@ -613,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--denoise-steps", type=COUNT, default=None, help="default: the model's")
     ca.add_argument("--first-seed", type=NONNEG, default=20_000,
                     help="env seed of the first tuning episode (disjoint from the benchmark's 10000+)")
-    ca.add_argument("--out", default=None, help="YAML to write the coefficients into (its other settings are kept); "
+    ca.add_argument("--out", type=_out_file, default=None, help="YAML to write the coefficients into (its other settings are kept); "
                     "default: the shipped configs/cache/teacache.yaml")
     ca.add_argument("--device", default="cpu", type=_device)
     ca.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")

@@ -166,6 +166,23 @@ def _interval(draws: np.ndarray) -> list[float] | None:
     return [float(v) for v in np.percentile(ok, [5, 95])] if ok.size else None
 
 
+def read_result(path, keys=("policies", "spearman")) -> dict:
+    """An `evaluate_policies` JSON (``--json``) with `keys` (what the caller reads), or ValueError saying what the
+    file is not."""
+    import json
+    from pathlib import Path
+
+    try:
+        res = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e}); give a worldcache evaluate-policies --json file") from None
+    missing = [k for k in keys if not isinstance(res, dict) or k not in res]
+    if missing:
+        raise ValueError(f"{path}: not an evaluate-policies result (no {', '.join(missing)}); give a worldcache "
+                         f"evaluate-policies --json file")
+    return res
+
+
 def compare_results(a: dict, b: dict, cache: str = "none", draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> dict:
     """Paired bootstrap of two `evaluate_policies` results on the same starts and policies (e.g. two checkpoints):
     the Spearman of mean returns of B minus A for `cache`, over the same resamples of the starts. Returns

@@ -54,7 +54,9 @@ def load_policy(spec: str | Path, **overrides) -> CachePolicy:
     count it was tuned at is never dropped silently."""
     policy, steps = load_cache(spec, **overrides)
     if steps is not None:
-        raise ConfigError(f"{spec}: sets num_steps={steps}, a sampler setting; read it with load_cache")
+        raise ConfigError(f"{spec}: sets num_steps={steps}, a sampler setting (a `worldcache tune` YAML), which "
+                          f"this use would drop: give bench, the env (cache=) or a rollout config that YAML, or "
+                          f"here a YAML without num_steps (in Python: load_cache)")
     return policy
 
 

@@ -77,6 +77,13 @@ def build_config(config_cls: type[PolicyConfig], values: dict[str, Any] | None, 
     return cfg
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line ("line 1, column 13: expected ',' or ']'"): its own text spans several."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (problem or str(e).splitlines()[0])
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -84,7 +91,7 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(data, dict) or "policy" not in data:
         raise ConfigError(f"{path}: expected a mapping with a 'policy' key and the policy's settings")
     return data
