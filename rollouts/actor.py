@@ -144,8 +144,10 @@ class RolloutWorker:
         blocked, steps, calls, computed = 0.0, 0, 0, 0
         for i, ep in enumerate(eps):
             arrays, attrs = self._episode(ep)
+            # device: a store resumed on another cluster (device auto) may mix CPU and GPU episodes, which differ by
+            # more than float rounding (TF32 convolutions): each says where it was made
             attrs.update(index=int(indices[i]), seed=episode_seed(cfg.seed, indices[i]),
-                         start_index=int(info["start_index"][i]))
+                         start_index=int(info["start_index"][i]), device=str(self.device))
             blocked += self.writer.put(episode_id(indices[i], cfg.seed), arrays, attrs)
             steps += len(ep["steps"])
             calls += arrays["extras"]["cache/computed"].size

@@ -143,6 +143,7 @@ def test_layout(ckpt, store_run):
         ep = store[eid]
         assert {k: (v.shape, v.dtype) for k, v in ep.items() if k != "attrs"} == want
         assert ep["attrs"]["cache_calls"] == {"step": list(range(CALLS)), "branch": ["cond"] * CALLS}
+        assert ep["attrs"]["device"] == "cpu"  # where it was made: a resume on a GPU cluster would mix devices
         c = ep["cache/computed"]
         assert (ep["cache/blocks_run"][c] == 2).all() and (ep["cache/blocks_run"][~c] == 1).all()  # probe only
         assert np.isfinite(ep["cache/sigma"]).all() and (ep["cache/wall_ms"] > 0).all()
