@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from worldcache.cache import POLICIES, _load_builtin, make_policy
 from worldcache.cli import main
-from worldcache.convert import convert, make_plan, strip_net
+from worldcache.convert import convert, load_torch, load_vae, make_plan, strip_net
 from worldcache.world_model import CheckpointError, WorldModel
 
 HEADS, HEAD_DIM, LAYERS, Z, R, C_TEXT, C_IN, A, K, H_A = 2, 16, 2, 16, 8, 24, 40, 7, 12, 48
@@ -30,8 +30,9 @@ def official_shapes(variant: str, heads=HEADS, head_dim=HEAD_DIM, layers=LAYERS,
     s = {"x_embedder.proj.1.weight": (d, (z + 2) * 4), "t_embedder.1.linear_1.weight": (d, d),
          "t_embedder.1.linear_2.weight": (3 * d, d), "t_embedding_norm.weight": (d,),
          "final_layer.linear.weight": (4 * z, d), "final_layer.adaln_modulation.1.weight": (r, d),
-         "final_layer.adaln_modulation.2.weight": (2 * d, r),
-         "crossattn_proj.0.weight": (c_text, c_in), "crossattn_proj.0.bias": (c_text,)}
+         "final_layer.adaln_modulation.2.weight": (2 * d, r)}
+    if variant == "2.5":  # Reason1's text projection; Predict2's T5 text needs none (its net has no crossattn_proj)
+        s.update({"crossattn_proj.0.weight": (c_text, c_in), "crossattn_proj.0.bias": (c_text,)})
     for i in range(layers):
         b = f"blocks.{i}."
         for p in "qkv":
@@ -114,7 +115,8 @@ def files(tmp_path_factory):
         src = root / f"transformer_{variant}.pt"
         torch.save({"model": state} if variant == "2.5" else state, src)  # one wrapped, one plain
         conv = root / f"out_{variant}"
-        summary = convert(src, root / "vae", root / "embeds.safetensors", conv, height=32, width=48)
+        embeds = root / "embeds.safetensors" if variant == "2.5" else None  # Predict2: NVIDIA's zero T5 text
+        summary = convert(src, root / "vae", embeds, conv, height=32, width=48)
         out[variant] = {"state": state, "src": src, "out": conv, "summary": summary}
     return out
 
@@ -136,28 +138,36 @@ def test_every_tensor_lands_bit_equal(files, variant):
         else:
             continue
         checked += 1
-    assert checked == len(official_shapes(variant)) - 2  # all but crossattn_proj (applied to the prompts)
+    proj = ["crossattn_proj.0.weight", "crossattn_proj.0.bias"] if variant == "2.5" else []
+    assert checked == len(official_shapes(variant)) - len(proj)  # all but crossattn_proj (applied to the prompts)
     assert len(tsd) == checked - 8 and "crossattn_proj.0.weight" not in tsd
     assert sorted(f["summary"].dropped) == sorted(
         ["pos_embedder.seq", "pos_embedder.dim_spatial_range", "pos_embedder.dim_temporal_range",
          "accum_video_sample_counter", "accum_image_sample_counter", "accum_iteration", "accum_train_in_hours",
-         "blocks.0.self_attn.output_proj._extra_state", "crossattn_proj.0.weight", "crossattn_proj.0.bias"])
-    # The prompts went through crossattn_proj once (fp32).
-    w, b = (f["state"][f"net.crossattn_proj.0.{n}"].float() for n in ("weight", "bias"))
+         "blocks.0.self_attn.output_proj._extra_state", *proj])
     stored = load_file(str(f["out"] / "prompt_embeds.safetensors"))
-    for k in ("prompt", "negative"):
-        want = F.gelu(files["prompts"][k].float() @ w.T + b)  # crossattn_proj: Linear -> GELU
-        torch.testing.assert_close(stored[k], want, rtol=1e-6, atol=1e-6)
+    if variant == "2.5":  # The prompts went through crossattn_proj once (fp32).
+        w, b = (f["state"][f"net.crossattn_proj.0.{n}"].float() for n in ("weight", "bias"))
+        for k in ("prompt", "negative"):
+            want = F.gelu(files["prompts"][k].float() @ w.T + b)  # crossattn_proj: Linear -> GELU
+            torch.testing.assert_close(stored[k], want, rtol=1e-6, atol=1e-6)
+    else:  # NVIDIA's zero T5 embeddings
+        assert all(stored[k].shape == (1, 512, C_TEXT) and not stored[k].any() for k in ("prompt", "negative"))
     s = model.spec
     # each variant sampled as NVIDIA samples it: 2.5 UniPC, the conditioning frame at the noisy frames' timestep,
     # quantised; Predict2 its RectifiedFlowAB2 (35 steps + the clean pass), the conditioning frame at sigma 1e-4
     assert (s.num_steps, s.cond_frame_timestep, s.cosmos_sigmas, s.quantise_timestep, s.fp32_time_embedding) == (
-        (35, None, True, True, True) if variant == "2.5" else (36, 1e-4 / 1.0001, False, False, True))
+        (35, None, True, True, True) if variant == "2.5" else (36, 1e-4 / 1.0001, False, False, False))
     assert type(model.scheduler).__name__ == (
         "UniPCMultistepScheduler" if variant == "2.5" else "RectifiedFlowAB2Scheduler")
     assert ("RectifiedFlowAB2" in f["summary"].sampling) == (variant == "2")
     assert s.action_per_frame == (variant == "2.5") and s.chunk == K and s.spatial_compression == 8
-    assert model.dit.transformer.time_embed.norm.weight.dtype == torch.float32
+    # 2.5 keeps the timestep embedding in fp32; Predict2 runs it in the weights' dtype, on the timestep cast to it
+    assert model.dit.transformer.time_embed.norm.weight.dtype == (torch.float32 if variant == "2.5" else torch.bfloat16)
+    t = torch.tensor([[0.9431, 0.9431]])
+    with torch.no_grad():
+        exact, rounded = (model.dit.embed_timestep(x)[0] for x in (t, t.to(torch.bfloat16).float()))
+    assert torch.equal(exact, rounded) == (variant == "2")
 
 
 def reference_embedding(state: dict, timestep: torch.Tensor, actions: torch.Tensor, variant: str):
@@ -396,7 +406,7 @@ def test_variant_2_without_prompts_gets_nvidias_zero_text_and_2_5_is_refused(fil
     stored = load_file(str(tmp_path / "zeros" / "prompt_embeds.safetensors"))
     for k in ("prompt", "negative"):
         assert stored[k].shape == (1, 512, C_TEXT) and not stored[k].any()
-    assert summary.prompts.startswith(f"zeros [1, 512, {C_TEXT}]") and "crossattn_proj dropped unused" in summary.prompts
+    assert summary.prompts == f"zeros [1, 512, {C_TEXT}] (NVIDIA's Predict2 action pipeline)"
     model = WorldModel.from_pretrained(tmp_path / "zeros")
     assert not model.dit.transformer.config.use_crossattn_projection
     s = model.spec
@@ -406,6 +416,34 @@ def test_variant_2_without_prompts_gets_nvidias_zero_text_and_2_5_is_refused(fil
     with pytest.raises(CheckpointError, match="2.5 needs --prompt-embeds"):
         convert(files["2.5"]["src"], files["vae"], None, tmp_path / "none")
     assert not (tmp_path / "none").exists()
+
+
+def test_unclear_files_are_refused_with_what_they_are(files, tmp_path):
+    # a whole-chunk action MLP beside crossattn_proj: not Predict2 (no projection there) but a 2.5-family net,
+    # whose conventions Predict2's would silently replace
+    state = official_state("2")
+    state.update({k: v for k, v in official_state("2.5").items() if k.startswith("net.crossattn_proj")})
+    for variant in ("auto", "2"):
+        with pytest.raises(CheckpointError, match="has crossattn_proj, which Cosmos-Predict2 has not"):
+            make_plan(strip_net(state), variant)
+    # a training checkpoint with both the raw and the EMA weights: which is meant is not guessed
+    both = {**official_state("2.5"), **{k.replace("net.", "net_ema.", 1): v for k, v in official_state("2.5").items()}}
+    with pytest.raises(CheckpointError, match=r"both net\.\* and net_ema\.\* weights"):
+        strip_net(both)
+    ema = {k.replace("net.", "net_ema.", 1): v for k, v in official_state("2.5").items()}
+    assert strip_net(ema).keys() == strip_net(official_state("2.5")).keys()
+    # a base (text/video) checkpoint has no action path
+    base = {k: v for k, v in official_state("2.5").items() if "action_embedder" not in k}
+    with pytest.raises(CheckpointError, match="not an action-conditioned Cosmos checkpoint"):
+        make_plan(strip_net(base))
+    # chunk 4: per-latent-frame and whole-chunk widths coincide
+    with pytest.raises(CheckpointError, match="are both 28: pass --variant"):
+        make_plan(strip_net(official_state("2.5")), chunk=4)
+    # the transformer given as the VAE; a DCP folder given as the transformer
+    with pytest.raises(CheckpointError, match="not a Wan 2.1 VAE"):
+        load_vae(files["2.5"]["src"])
+    with pytest.raises(CheckpointError, match="a folder, not a checkpoint file"):
+        load_torch(tmp_path)
 
 
 def test_a_folder_that_keeps_the_projection_takes_the_raw_embeddings(files, tmp_path):

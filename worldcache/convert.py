@@ -90,9 +90,9 @@ def diffusers_key(key: str) -> str:
     return key
 
 
-def _need(state: dict, key: str, what: str) -> torch.Tensor:
+def _need(state: dict, key: str, what: str, prefix: str = "net.") -> torch.Tensor:
     if key not in state:
-        raise CheckpointError(f"missing key net.{key} ({what})")
+        raise CheckpointError(f"missing key {prefix}{key} ({what})")
     return state[key]
 
 
@@ -157,15 +157,29 @@ def make_plan(state: dict, variant: str = "auto", action_dim: int = 7, chunk: in
     config = read_config(state)
     want = expected_shapes(config)
     d = config["num_attention_heads"] * config["attention_head_dim"]
+    if not any(k.startswith(ACTION_PREFIXES) for k in state):
+        raise CheckpointError("no action_embedder_B_D / action_embedder_B_3D weights: not an action-conditioned "
+                              "Cosmos checkpoint (a base Predict2.5 model cannot be driven by actions)")
     fc1 = _need(state, "action_embedder_B_D.fc1.weight", "[hidden, 4 A] or [hidden, chunk A]: the action MLP")
     hidden, in_dim = fc1.shape
     per_frame, whole = temporal_compression * action_dim, chunk * action_dim
     if variant == "auto":
-        if in_dim not in (per_frame, whole) or per_frame == whole:
+        if per_frame == whole:
+            raise CheckpointError(f"with chunk {chunk}, the per-latent-frame ({temporal_compression} x {action_dim}) "
+                                  f"and the whole-chunk ({chunk} x {action_dim}) action widths are both {whole}: "
+                                  f"pass --variant")
+        if in_dim not in (per_frame, whole):
             raise CheckpointError(f"action_embedder_B_D.fc1 takes {in_dim} inputs: neither {per_frame} "
                                   f"(2.5: {temporal_compression} x {action_dim} per latent frame) nor {whole} "
                                   f"(2: {chunk} x {action_dim}); pass --variant, --action-dim or --chunk")
         variant = "2.5" if in_dim == per_frame else "2"
+    if variant == "2" and any(k in state for k in CROSSATTN_PROJ):
+        # NVIDIA's Predict2 nets have no crossattn_proj (their T5 text is 1024-d already): a whole-chunk action MLP
+        # beside one is a 2.5-family net (ActionConditionedMinimalV1LVGDiT), whose text, sigmas and timesteps are
+        # 2.5's; converting it with Predict2's conventions would run a different model
+        raise CheckpointError(f"action_embedder_B_D.fc1 takes the whole chunk ({in_dim} = {chunk} x {action_dim}) "
+                              "but the file has crossattn_proj, which Cosmos-Predict2 has not: a 2.5-family "
+                              "whole-chunk action model, whose conventions this converter does not know")
     in_want = per_frame if variant == "2.5" else whole
     action_want = {}
     for name, out in (("action_embedder_B_D", d), ("action_embedder_B_3D", 3 * d)):
@@ -215,6 +229,9 @@ def load_torch(path: str | Path, unsafe_pickle: bool = False) -> dict:
     """A torch checkpoint as a flat dict, unwrapped from {"model"/"state_dict": ...}. weights_only unless the user
     explicitly allows unpickling code."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file (a distributed DCP checkpoint? NVIDIA's "
+                              f"convert_distcp_to_pt.py makes one file of it)")
     if not path.is_file():
         raise CheckpointError(f"file not found: {path}")
     size = path.stat().st_size / 2**30
@@ -239,7 +256,13 @@ def load_torch(path: str | Path, unsafe_pickle: bool = False) -> dict:
 
 
 def strip_net(state: dict) -> dict:
-    return {k.removeprefix("net."): v for k, v in state.items()}
+    """The network's weights without NVIDIA's ``net.`` prefix. A training checkpoint that also holds ``net_ema.``
+    (NVIDIA's convert_distcp_to_pt.py) is refused: which of the two is meant is the user's to say."""
+    if any(k.startswith("net_ema.") for k in state) and any(k.startswith("net.") for k in state):
+        raise CheckpointError("the file holds both net.* and net_ema.* weights (a training checkpoint): give the "
+                              "exported *_ema_bf16.pt, or a file with one of the two")
+    prefix = "net_ema." if any(k.startswith("net_ema.") for k in state) else "net."
+    return {k.removeprefix(prefix): v for k, v in state.items()}
 
 
 def load_prompts(path: str | Path, unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -272,8 +295,11 @@ def load_vae(path: str | Path, unsafe_pickle: bool = False):
         except Exception as e:
             raise CheckpointError(f"{path}: not a diffusers AutoencoderKLWan folder: {e}") from None
     state = convert_wan_vae_to_diffusers(load_torch(path, unsafe_pickle))
-    base = _need(state, "encoder.conv_in.weight", "[base_dim, 3, 3, 3, 3]").shape[0]
-    z = _need(state, "quant_conv.weight", "[2 z, 2 z, 1, 1, 1]").shape[0] // 2
+    if not any(k.startswith("encoder.") for k in state):
+        raise CheckpointError(f"{path}: not a Wan 2.1 VAE (no encoder weights; the transformer's file given as the "
+                              f"VAE?)")
+    base = _need(state, "encoder.conv_in.weight", "[base_dim, 3, 3, 3, 3]", f"{path}: VAE ").shape[0]
+    z = _need(state, "quant_conv.weight", "[2 z, 2 z, 1, 1, 1]", f"{path}: VAE ").shape[0] // 2
     with torch.device("meta"):
         vae = AutoencoderKLWan(base_dim=base, z_dim=z)  # Wan 2.1's structure and latent statistics
     want = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
@@ -398,8 +424,7 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
         prompt_note = f"crossattn_proj applied once ({text_in} -> {w.shape[0]}) and dropped from the transformer"
         cfg = dict(cfg, use_crossattn_projection=False)
     elif prompt_embeds is None:
-        prompt_note = (f"zeros [1, {PREDICT2_TEXT_TOKENS}, {text_in}] (NVIDIA's Predict2 action pipeline)"
-                       + (", crossattn_proj dropped unused" if plan.crossattn_proj else ""))
+        prompt_note = f"zeros [1, {PREDICT2_TEXT_TOKENS}, {text_in}] (NVIDIA's Predict2 action pipeline)"
     else:
         prompt_note = f"{text_in}-d, stored as given"
 
@@ -412,7 +437,9 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
         **(dict(num_steps=35, cosmos_sigmas=True, cond_frame_timestep=None, quantise_timestep=True)
            if plan.variant == "2.5" else  # 35 AB2 steps + the clean pass
            dict(num_steps=36, cosmos_sigmas=False, cond_frame_timestep=PREDICT2_COND_T, quantise_timestep=False)),
-        fp32_time_embedding=True, temporal_compression=vae_model.config.scale_factor_temporal,
+        # 2.5 embeds the timestep in fp32; Predict2 casts it to the weights' dtype first (and diffusers' Cosmos 2
+        # pipeline too)
+        fp32_time_embedding=plan.variant == "2.5", temporal_compression=vae_model.config.scale_factor_temporal,
         spatial_compression=vae_model.config.scale_factor_spatial, name=f"cosmos-action-{plan.variant}")
     spec.check()
     tensors = {}

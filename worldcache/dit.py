@@ -244,11 +244,14 @@ class DiT(torch.nn.Module):
 
         diffusers' `CosmosEmbedding.forward` plus Cosmos' action terms: `temb = t_embedder(sin) + a3D`, and the
         D-term goes in before the RMSNorm, `embedded_timestep = norm(sin + aD)`. The embedding runs in the dtype
-        of `time_embed`'s weights (fp32 when the model keeps them so, as NVIDIA does).
+        of `time_embed`'s weights (fp32 when the model keeps them so, as NVIDIA's 2.5 does), on the timestep in it.
         """
         te = self.transformer.time_embed
         b, t = timestep.shape
-        proj = te.time_proj(timestep.flatten()).to(te.t_embedder.linear_1.weight.dtype).view(b, t, -1)
+        dtype = te.t_embedder.linear_1.weight.dtype
+        # an embedding in the weights' dtype sees the timestep in that dtype, as Predict2 and diffusers' Cosmos 2
+        # pipeline pass it; fp32 (2.5, `fp32_time_embedding`) the exact one
+        proj = te.time_proj(timestep.flatten().to(dtype)).to(dtype).view(b, t, -1)
         if frame_cond is None:
             return te.t_embedder(proj), te.norm(proj)
         a3d, ad = self.cond_embedder(frame_cond, t)
