@@ -15,6 +15,7 @@ from worldcache import bench, fidelity
 from worldcache.bench import (FULL_DENOISE_STEPS, METRICS, QUICK_DENOISE_STEPS, bench_configs, compute_ms,
                               equal_speed_comparison, frontiers, latent_metrics, match_threshold, pareto_front,
                               run_bench, store_episodes)
+from worldcache.bench.episodes import calibration_episode
 from worldcache.bench.grid import display
 from worldcache.bench.tune import choose
 from worldcache.cache.base import CallRecord
@@ -119,6 +120,8 @@ def test_store_episodes_take_the_held_out_split_and_check_sizes(tmp_path):
     assert held[0]["obs"].shape == (9, 80, 96, 3) and held[0]["actions"].shape == (8, 3)
     tuning = store_episodes(tmp_path / "s.zarr", 2, 8, spec, tuning=True)
     assert [e["id"] for e in tuning] == ["ep2", "ep1"]  # the training split, from its end: disjoint
+    # the warm-up (MagCache's calibration) from the training split's start: measured by neither bench nor tune
+    assert calibration_episode(spec, tmp_path / "s.zarr")["id"] == "ep0"
     assert [e["id"] for e in store_episodes(tmp_path / "s.zarr", 9, 8, spec, holdout=0)] == [
         "ep0", "ep1", "ep2", "ep3"]
     with pytest.raises(ValueError, match="no held-out episode has 16 steps"):

@@ -25,9 +25,11 @@ def heldout_episodes(n: int, steps: int, height: int, width: int, first_seed: in
         return [real_rollout(policy, first_seed + i, steps, renderer=renderer) for i in range(n)]
 
 
-def store_episodes(path, n: int, frames: int, spec, tuning: bool = False, holdout: float = 0.1) -> list[dict]:
+def store_episodes(path, n: int, frames: int, spec, tuning: bool = False, holdout: float = 0.1,
+                   from_start: bool = False) -> list[dict]:
     """The first `frames` steps of up to `n` episodes of the store at `path` that have that many: from the held-out
-    split (`tuning`: from the training split, last ids first). Each is ``{"obs": uint8 (frames + 1, H, W, 3),
+    split (`tuning`: from the training split, last ids first; with `from_start`, first ids first, as the warm-up
+    episode is taken, apart from the tuning ones). Each is ``{"obs": uint8 (frames + 1, H, W, 3),
     "actions": float32 (frames, A), "id": ...}``; chunked actions (T, chunk, A) of a rollout store are flattened,
     its ground truth then being the stored chunk frames. Frame size and action dim must be the model's."""
     from ..rollouts.store import EpisodeStore
@@ -40,7 +42,7 @@ def store_episodes(path, n: int, frames: int, spec, tuning: bool = False, holdou
     if not ids:
         raise ValueError(f"{path}: no complete episodes")
     train, held = split(ids, holdout) if holdout > 0 else ([], ids)
-    pool = train[::-1] if tuning else held
+    pool = (train if from_start else train[::-1]) if tuning else held
     out = []
     for eid in pool:
         ep = store.load_episode(eid)
@@ -73,6 +75,7 @@ def bench_episodes(spec, n: int, frames: int, data=None, first_seed: int = HELDO
 
 def calibration_episode(spec, data=None, holdout: float = 0.1) -> dict:
     """One chunk for warm-up (and MagCache's calibration), never among the measured episodes."""
-    if data is not None:  # the training split; a store used whole (holdout 0) warms up on its first episode
-        return store_episodes(data, 1, spec.chunk, spec, tuning=holdout > 0, holdout=holdout)[0]
+    if data is not None:  # the training split from its start (tuning measures from its end); a store used whole
+        # (holdout 0) warms up on its first episode
+        return store_episodes(data, 1, spec.chunk, spec, tuning=holdout > 0, holdout=holdout, from_start=True)[0]
     return heldout_episodes(1, spec.chunk, spec.height, spec.width, CALIBRATION_SEED, scene=spec.scene)[0]
