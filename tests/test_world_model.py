@@ -82,6 +82,11 @@ def test_seeds_that_do_not_fit_are_clear_errors(tiny_ckpt, tmp_path):
     store.write_episode("ep0", np.zeros((t + 1, 32, 40, 3), np.uint8), np.zeros((t, 7), np.float32),
                         np.zeros(t, np.float32), np.zeros(t, bool), np.zeros(t, bool))
     with pytest.raises(ValueError, match="no training episode has 4 steps"):
+        Trainer(TrainConfig(data=str(tmp_path / "short.zarr"), out=str(tmp_path / "r"), holdout=0.0,
+                            stages=("vae", "dit")), model=WorldModel.build(SPEC, **ARCH))
+    # the decoder stage (in the default stages) reads states: a store without them is refused before the VAE and
+    # DiT stages have run, not after
+    with pytest.raises(ValueError, match="1 of 1 episodes have no 'state' extra"):
         Trainer(TrainConfig(data=str(tmp_path / "short.zarr"), out=str(tmp_path / "r"), holdout=0.0),
                 model=WorldModel.build(SPEC, **ARCH))
 
@@ -484,7 +489,7 @@ def test_resume_refuses_changed_data_or_starting_weights_at_the_same_path(tmp_pa
     EpisodeStore(tmp_path / "data.zarr").write_episode(  # one more episode in the same store
         "ep9", np.zeros((13, 32, 40, 3), np.uint8), np.ones((12, 7), np.float32), np.zeros(12, np.float32),
         np.zeros(12, bool), np.zeros(12, bool), extras={"state": np.zeros((13, 23), np.float32)})
-    with pytest.raises(ValueError, match="data_fingerprint"):
+    with pytest.raises(ValueError, match=r"was trained on other data than .*data.zarr \(by contents\)"):
         Trainer(cfg).run()
 
 
@@ -505,6 +510,79 @@ def test_vae_from_is_known_by_the_files_the_model_loads(tmp_path, tiny_ckpt):
     assert Trainer(cfg).resume["source_sha256"] == [None, model_sha256(vae)]
     (start / "vae" / "extra.json").write_text("{}")
     assert Trainer(cfg).resume["source_sha256"][1] != model_sha256(vae)
+
+
+def test_commands_into_one_out_never_undo_or_relabel_each_others_work(tmp_path, tiny_ckpt):
+    """Stages run in separate commands into one --out: a later command must not replace what an earlier one
+    trained (the VAE by --vae-from, the decoder by --continue-from's), resume a DiT over a VAE trained on since, or
+    train on other data (the same actions, other frames) under the earlier record."""
+    from worldcache.state_decoder import StateDecoder
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+    base = dict(data=str(tmp_path / "data.zarr"), holdout=0.34, eval_windows=0, vae_batch=2, dit_batch=2,
+                decoder_steps=2)
+    # --vae-from starts the VAE stage; a later DiT-only command with it continues the trained VAE
+    vae = TrainConfig(**base, out=str(tmp_path / "a"), stages=("vae",), vae_steps=2, vae_from=str(tiny_ckpt))
+    trained = WorldModel.from_pretrained(Trainer(vae).run()).vae.state_dict()
+    out = Trainer(dataclasses.replace(vae, stages=("dit",), dit_steps=1)).run()
+    got = WorldModel.from_pretrained(out).vae.state_dict()
+    assert all(torch.equal(got[k], trained[k]) for k in trained)
+    # a DiT state over a VAE that trained on since: refused (latents of another encoder)
+    with pytest.raises(ValueError, match="vae_fingerprint"):
+        Trainer(dataclasses.replace(vae, stages=("vae", "dit"), vae_steps=3, dit_steps=2)).run()
+    # the decoder an earlier command trained stays when a later --continue-from command leaves the decoder out
+    from worldcache.state_decoder import StateDecoderConfig
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_ckpt, src)
+    StateDecoder(StateDecoderConfig(height=32, width=40, channels=8, keypoints=4, hidden=16)).save(src)
+    dec = TrainConfig(**base, out=str(tmp_path / "b"), stages=("decoder",), continue_from=str(src))
+    mine = StateDecoder.load(Trainer(dec).run()).state_dict()
+    assert any(not torch.equal(StateDecoder.load(src).state_dict()[k], v) for k, v in mine.items())
+    out = Trainer(dataclasses.replace(dec, stages=("dit",), dit_steps=1)).run()
+    assert all(torch.equal(StateDecoder.load(out).state_dict()[k], v) for k, v in mine.items())
+    # the same actions with other frames (another scene's store of one seed) are other data
+    store = EpisodeStore(tmp_path / "data.zarr")
+    eps = {i: store.load_episode(i) for i in store.episode_ids()}
+    other = EpisodeStore.create(tmp_path / "other.zarr", attrs={"fps": 20.0})
+    for i, ep in eps.items():
+        other.write_episode(i, 255 - ep["obs"], ep["actions"], ep["rewards"], ep["terminated"], ep["truncated"],
+                            extras={"state": ep["state"]})
+    moved = dataclasses.replace(dec, data=str(tmp_path / "other.zarr"))
+    with pytest.raises(ValueError, match="was trained on other data than .*other.zarr"):
+        Trainer(moved)
+    (tmp_path / "b" / "model" / "training.json").unlink()  # no record (a killed run): the stage's state says it
+    with pytest.raises(ValueError, match="other settings or data \\(data\\)"):
+        Trainer(dataclasses.replace(moved, decoder_steps=2)).run()
+
+
+def test_a_run_killed_in_its_dit_stage_continues_with_the_dit_stage_alone(tmp_path):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("vae", "dit"),
+                      vae_steps=1, dit_steps=3, vae_batch=2, dit_batch=2, save_every=1, holdout=0.34, eval_windows=0)
+    steps = [0]
+
+    def die_in_the_dit_stage(opt, args, kwargs):
+        steps[0] += 1
+        if steps[0] == 3:  # the VAE's one step, the DiT's first, then this
+            raise KeyboardInterrupt
+
+    handle = register_optimizer_step_post_hook(die_in_the_dit_stage)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
+    finally:
+        handle.remove()
+    record = json.loads((tmp_path / "run" / "model" / "training.json").read_text())  # written after the VAE stage
+    assert record["vae"]["steps"] == 1 and "dit" not in record
+    out = Trainer(dataclasses.replace(cfg, stages=("dit",))).run()  # was: "holds none", the trained VAE unseen
+    assert torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["step"] == 3
+    assert json.loads((out / "training.json").read_text())["dit"]["steps"] == 3
 
 
 def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume(tmp_path, tiny_ckpt):
@@ -529,6 +607,13 @@ def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume
     Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
     st = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)
     assert (st["step"], st["total"], st["pending"], st["minutes"]) == (40, 40, False, 2e-6)
+    # an interrupted run (its count 50, at step 40) given a longer budget first ends at its count: timing the
+    # extra minutes from now would end it at 40 + 20 (or, on a real budget, cut it short of its count)
+    torch.save({**st, "total": 50}, tmp_path / "run" / "state_dit.pt")
+    cfg.dit_minutes = 3e-6
+    Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
+    st = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)
+    assert (st["step"], st["total"], st["minutes"]) == (50, 50, 3e-6)
 
 
 def test_timed_dit_training_counts_its_preparation_within_the_budget(tmp_path, tiny_ckpt, monkeypatch):

@@ -275,6 +275,10 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         episodes, self.data_attrs = load_episodes(cfg.data)
+        if "decoder" in cfg.stages and (bad := sum("state" not in ep for ep in episodes)):
+            raise ValueError(f"{cfg.data}: {bad} of {len(episodes)} episodes have no 'state' extra (Pusher "
+                             f"observations), which the decoder stage reads: make the data with `worldcache "
+                             f"make-data`, or leave 'decoder' out of --stages")
         self.train_eps, self.held_eps = split(episodes, cfg.holdout)
         self.device = torch.device(cfg.device)
         if cfg.bf16 and (why := slow_bf16(self.device)):
@@ -291,7 +295,10 @@ class Trainer:
         if model is None:
             model = WorldModel.build(self._spec(), num_layers=cfg.num_layers, hidden_heads=cfg.heads,
                                      head_dim=cfg.head_dim, seed=cfg.seed)
-        if cfg.vae_from:  # only the VAE's weights are read: the rest of that checkpoint may differ or be absent
+        # --vae-from is where the VAE stage starts: once a VAE stage trained into this folder, its VAE is what
+        # continues (reloading --vae-from's would export that one under the trained one's record)
+        if cfg.vae_from and not (earlier is not None and "vae" in earlier):
+            # only the VAE's weights are read: the rest of that checkpoint may differ or be absent
             from diffusers import AutoencoderKLWan
 
             if not (Path(cfg.vae_from) / "vae").is_dir():  # else diffusers would take the path for a Hub repo id
@@ -309,9 +316,18 @@ class Trainer:
 
         vae_files = files_under(Path(cfg.vae_from) / "vae") if cfg.vae_from else None
         # what the settings do not show: the starting weights' and the episodes' contents (a path may hold others)
+        # the frames too: two scenes' stores of one seed hold the same actions (states saved without this key
+        # resume as before)
+        frames = fingerprint(*(ep["obs"] for ep in episodes))
         self.resume = {**resume_settings(cfg), "data_fingerprint": fingerprint(*(ep["actions"] for ep in episodes)),
+                       "frames_fingerprint": frames,
                        "source_sha256": [model_sha256(source) if source else None,
                                          model_sha256(vae_files) if vae_files else None]}
+        data_id = [self.resume["data_fingerprint"], frames]
+        if earlier is not None and earlier.get("data_fingerprint", data_id) != data_id:
+            raise ValueError(f"{self.out / 'model'} was trained on other data than {cfg.data} (by contents): a "
+                             f"stage trained on it would be exported under the earlier stages' record; train into "
+                             f"another --out")
         if not windows(self.train_eps, self.model.spec.chunk, 1):  # else the first step fails inside numpy
             raise ValueError(f"{cfg.data}: no training episode has {self.model.spec.chunk} steps (one chunk); "
                              f"make longer episodes (make-data --env-steps)")
@@ -324,7 +340,7 @@ class Trainer:
                                                    if "command" in self.record else [])
         self.record.update({"command": command, "commands": [*history, {"command": command,
                                                                         "stages": list(cfg.stages)}],
-                            "config": asdict(self.cfg), "data_attrs": self.data_attrs,
+                            "config": asdict(self.cfg), "data_attrs": self.data_attrs, "data_fingerprint": data_id,
                             "train_episodes": len(self.train_eps), "heldout_episodes": len(self.held_eps)})
         if self.source and (self.source / "training.json").is_file():  # the lineage of the starting weights
             self.record["started_from"] = {"checkpoint": str(self.source),
@@ -343,11 +359,12 @@ class Trainer:
     # --- generic resumable loop --------------------------------------------------------------------------------
     def _run(self, stage: str, module: torch.nn.Module, steps: int, lr: float, loss_fn,
              minutes: float | None = None, began: float | None = None, ema_decay: float = 0.0,
-             gen: torch.Generator | None = None):
+             gen: torch.Generator | None = None, settings: dict | None = None):
         """Train `module` for `steps` steps (or about `minutes`: see the module doc); returns the losses and the
         moving average of its weights (`ema_decay` > 0; else None), which the caller copies in or not.
         `began`: when the budget of `minutes` started (`time.perf_counter`; default now). `gen`: a generator
-        `loss_fn` draws from, saved and restored with the state, so a resumed run draws what an unbroken one would."""
+        `loss_fn` draws from, saved and restored with the state, so a resumed run draws what an unbroken one would.
+        `settings`: what a saved state must have been trained under to be resumed (default: the run's `resume`)."""
         state_file = self.out / f"state_{stage}.pt"
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -364,7 +381,7 @@ class Trainer:
         step, losses, extra = 0, [], None  # extra: the minutes a longer budget adds to a finished timed run
         if state_file.exists():
             st = torch.load(state_file, weights_only=False, map_location=self.device)
-            now = self.resume
+            now = self.resume if settings is None else settings
             saved = st.get("config", now)  # states saved before settings were kept are taken as this run's
             diff = sorted(k for k in saved.keys() & now.keys() if saved.get(k) != now.get(k))  # as far as kept
             if diff:  # another run's state: resuming it would train (and export) that run's weights under this record
@@ -388,8 +405,15 @@ class Trainer:
             if pending:  # a resumed timed run keeps the step count it set (or measures it if it had not yet)
                 total[0], pending = st.get("total", steps), st.get("pending", True)
                 done = st.get("minutes")
-                if not pending and done is not None and minutes > done:  # a longer budget: time the extra minutes
-                    pending, began, extra = True, None, minutes - done
+                if not pending and done is not None and minutes > done:
+                    if step >= total[0]:  # a finished run given a longer budget: time the extra minutes
+                        pending, began, extra = True, None, minutes - done
+                    else:  # an interrupted one first ends at its count (re-timing now would cut it short)
+                        print(f"{state_file}: step {step} of the {total[0]} its {done}-minute budget set: this run "
+                              f"ends there; run again to add the other {minutes - done:g} minutes", file=sys.stderr)
+            # the saved rate is the old schedule's (0 at its end): a longer one continues at its own rate
+            for group, base, rate in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["lr"] = base * rate(sched.last_epoch)
         module.train()
         bar = tqdm(total=total[0], initial=step, desc=f"train {stage}", unit="step", dynamic_ncols=True)
         budget = (StepBudget(extra if extra is not None else minutes, time.perf_counter() if began is None else began,
@@ -418,7 +442,7 @@ class Trainer:
                 torch.save({"module": module.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
                             "losses": losses, "total": total[0], "pending": pending, "minutes": minutes,
-                            "config": self.resume,
+                            "config": self.resume if settings is None else settings,
                             **({"ema": ema.state_dict()} if ema is not None else {}),
                             **({"gen": gen.get_state()} if gen is not None else {})}, tmp)
                 tmp.replace(state_file)
@@ -569,8 +593,10 @@ class Trainer:
         m, c = self.model, self.cfg
         # before any DiT step or resume, the weights are the stage's starting ones, as when the files were made
         data = fingerprint(*(ep[key] for ep in self.train_eps for key in ("obs", "actions")))
-        windows_in = fingerprint(data, m.spec.chunk, m.spec.cond_frames, *m.vae.state_dict().values(),
-                                 m.latents_mean, m.latents_std)
+        # what the latents depend on: the encoder and the statistics (a decoder-only VAE stage leaves them)
+        encoder = (v for k, v in m.vae.state_dict().items() if not k.startswith(("decoder.", "post_quant_conv.")))
+        vae_id = fingerprint(*encoder, m.latents_mean, m.latents_std)
+        windows_in = fingerprint(data, m.spec.chunk, m.spec.cond_frames, vae_id)
         latents, actions = self._cached("dit_windows.pt", lambda: self._encode_windows(self.train_eps), windows_in)
         if c.self_cond > 0:
             own_in = fingerprint(windows_in, c.seed, c.self_cond_windows, SELF_COND_STEPS, *m.state_dict().values())
@@ -612,7 +638,10 @@ class Trainer:
                 x_cond = x_cond + sc * noise  # read only in the conditioning frames, whose noise is otherwise unused
             return self._flow_loss(x0, x_cond, a, sigma, noise)
 
-        losses, ema = self._run("dit", m.dit, c.dit_steps, c.dit_lr, loss_fn, c.dit_minutes, began, c.dit_ema, gen)
+        # a DiT state is of the latents of the VAE it trained on: one resumed over a VAE trained on since would
+        # continue on another latent space (states saved before this key resume as before)
+        losses, ema = self._run("dit", m.dit, c.dit_steps, c.dit_lr, loss_fn, c.dit_minutes, began, c.dit_ema, gen,
+                                settings={**self.resume, "vae_fingerprint": vae_id})
         rec = self.record["dit"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:]))}
         scoring = self.scoring_windows() if c.eval_windows > 0 else None
         if ema is not None:  # the raw weights scored too: what the average changed
@@ -700,13 +729,17 @@ class Trainer:
         start = time.time()
         if "vae" in self.cfg.stages:
             self.train_vae()
-            self.model.cpu().save_pretrained(self.out / "model")  # the DiT stage reloads from here when run alone
+            # the DiT stage reloads from here when run alone, after this command is killed in its DiT stage too
+            self.model.cpu().save_pretrained(self.out / "model")
+            self._write_record(start)
+            start = time.time()
             self.model.to(self.device)
         if "dit" in self.cfg.stages:
             self.train_dit()
         self.model.cpu().save_pretrained(self.out / "model")
         write_start_frames(self.cfg.data, self.out / "model")
-        if self.source and "decoder" not in self.cfg.stages:  # keep the starting checkpoint's state decoder
+        # the starting checkpoint's state decoder, unless an earlier command trained one into this folder
+        if self.source and "decoder" not in self.cfg.stages and "decoder" not in self.record:
             for name in ("state_decoder.json", "state_decoder.safetensors"):
                 if (self.source / name).is_file():
                     shutil.copyfile(self.source / name, self.out / "model" / name)
@@ -722,6 +755,10 @@ class Trainer:
             self.record["decoder"] = {"steps": self.cfg.decoder_steps, "started_from": str(first) if first else None,
                                       "heldout_errors_cm": res["heldout_errors"],
                                       "final_loss": float(np.mean(res["losses"][-50:]))}
+        self._write_record(start)
+        return self.out / "model"
+
+    def _write_record(self, start: float) -> None:
+        """`OUT/model/training.json`, with the seconds since `start` added."""
         self.record["train_seconds"] = self.record.get("train_seconds", 0.0) + time.time() - start
         (self.out / "model" / "training.json").write_text(json.dumps(self.record, indent=2) + "\n")
-        return self.out / "model"
