@@ -411,9 +411,9 @@ class Trainer:
                     else:  # an interrupted one first ends at its count (re-timing now would cut it short)
                         print(f"{state_file}: step {step} of the {total[0]} its {done}-minute budget set: this run "
                               f"ends there; run again to add the other {minutes - done:g} minutes", file=sys.stderr)
-            # the saved rate is the old schedule's (0 at its end): a longer one continues at its own rate
-            for group, base, rate in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
-                group["lr"] = base * rate(sched.last_epoch)
+            if total[0] != st.get("total", total[0]):  # a longer --*-steps: the saved rate is the old schedule's
+                for group, base, rate in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):  # (0 at its end)
+                    group["lr"] = base * rate(sched.last_epoch)
         module.train()
         bar = tqdm(total=total[0], initial=step, desc=f"train {stage}", unit="step", dynamic_ncols=True)
         budget = (StepBudget(extra if extra is not None else minutes, time.perf_counter() if began is None else began,
