@@ -602,11 +602,20 @@ def test_timed_training_sets_its_step_count_from_the_rate_and_keeps_it_on_resume
     assert (st["step"], st["total"], st["pending"], len(st["losses"])) == (20, 20, False, 20)
     Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()  # resumed, same budget: the count set stands
     assert torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["step"] == 20
-    # a longer budget continues: its extra minutes are timed as a run of their own (~0 here: 20 more steps)
+    # a longer budget continues: its extra minutes are timed as a run of their own (~0 here: 20 more steps), at a
+    # rate above 0 while they are timed (the old schedule's end gave its measuring steps 0)
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    rates = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: rates.append(opt.param_groups[0]["lr"]))
     cfg.dit_minutes = 2e-6
-    Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
+    try:
+        Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
+    finally:
+        handle.remove()
     st = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)
     assert (st["step"], st["total"], st["pending"], st["minutes"]) == (40, 40, False, 2e-6)
+    assert len(rates) == 20 and min(rates[:-1]) > 0
     # an interrupted run (its count 50, at step 40) given a longer budget first ends at its count: timing the
     # extra minutes from now would end it at 40 + 20 (or, on a real budget, cut it short of its count)
     torch.save({**st, "total": 50}, tmp_path / "run" / "state_dit.pt")

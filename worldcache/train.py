@@ -408,6 +408,9 @@ class Trainer:
                 if not pending and done is not None and minutes > done:
                     if step >= total[0]:  # a finished run given a longer budget: time the extra minutes
                         pending, began, extra = True, None, minutes - done
+                        # until they are timed, the count at the old run's rate: the schedule past its old end
+                        # would give the measuring steps a rate of 0
+                        total[0] = step + max(1, round(total[0] / done * extra))
                     else:  # an interrupted one first ends at its count (re-timing now would cut it short)
                         print(f"{state_file}: step {step} of the {total[0]} its {done}-minute budget set: this run "
                               f"ends there; run again to add the other {minutes - done:g} minutes", file=sys.stderr)
