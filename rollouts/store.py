@@ -417,6 +417,10 @@ class EpisodeStore(Mapping):
                 grp.create_array(name, data=arr, chunks=arr.shape)  # tiny: one chunk per episode
         self.check_lease()  # again: a driver that broke the lease meanwhile may have removed these arrays as partial
         self._mark_complete(grp, T, extra_names)
+        if "obs" not in self._episodes[episode_id]:  # removed between the check and the mark, which made the group
+            del self._episodes[episode_id]           # again: a complete marker over nothing
+            raise LeaseError(f"{self.path}: episode {episode_id!r} was removed while it was written (its store's "
+                             f"lease was broken by another driver); this writer no longer holds it")
 
     def check_lease(self) -> None:
         """Writes need the store's lease when it has one: raise `LeaseError` if another driver holds it."""

@@ -292,6 +292,27 @@ def test_an_episode_deleted_by_hand_then_left_partial_by_a_crash_is_partial(tmp_
     assert store.remove_partial() == ["b"] and not (path / "episodes" / "b").exists()
 
 
+def test_an_episode_removed_between_the_lease_check_and_its_marker_is_not_left_complete(tmp_path, monkeypatch):
+    """A driver that broke the lease may remove a live writer's episode as partial right after the writer's last
+    lease check; the writer's marker would then make the group again, complete and empty."""
+    from worldcache.rollouts.store import LeaseError
+
+    path = tmp_path / "s"
+    store = EpisodeStore.create(path)
+    real, calls = EpisodeStore.check_lease, [0]
+
+    def checked_then_removed(self):
+        real(self)
+        calls[0] += 1
+        if calls[0] == 2:  # the check before the marker: the other driver's remove_partial comes right after it
+            shutil.rmtree(path / "episodes" / "a")
+
+    monkeypatch.setattr(EpisodeStore, "check_lease", checked_then_removed)
+    with pytest.raises(LeaseError, match="'a' was removed while it was written"):
+        store.write_episode("a", **make_episode())
+    assert not (path / "episodes" / "a").exists() and store.episode_ids() == [] and store.partial_ids() == []
+
+
 def test_packed_statistics_and_sharded_frames(tmp_path):
     store = EpisodeStore.create(tmp_path / "s")
     T, rng = 5, np.random.default_rng(0)
