@@ -20,7 +20,7 @@ def test_one_name_per_meaning():
     assert "--denoise-steps" in opts["evaluate-policies"] and "--denoise-steps" in opts["bench-vec"]
     assert "--env-steps" in opts["make-data"] and "--env-steps" in opts["evaluate-policies"]
     assert "--cache" in opts["bench"] and "--cache" in opts["evaluate-policies"]
-    assert "--control" in opts["evaluate-policies"]
+    assert "--control" in opts["evaluate-policies"] and "--control" in opts["make-data"]
     assert "--first-seed" in opts["bench"] & opts["evaluate-policies"]
     assert "--decoder" in opts["evaluate-model"] & opts["evaluate-policies"]
     for name in ("bench", "bench-split", "bench-vec", "evaluate-model", "evaluate-policies", "tune"):

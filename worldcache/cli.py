@@ -378,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=NONNEG, default=0)
     m.add_argument("--height", type=COUNT, default=80)
     m.add_argument("--width", type=COUNT, default=96)
-    m.add_argument("--policy", default="mixed",
+    # --control, as evaluate-policies names the same policies; --policy, its old name, stays for recorded commands
+    m.add_argument("--control", "--policy", dest="policy", default="mixed",
                    help="exploration policy: mixed, scripted, random, explore (motion that ignores the task), "
                         "varied (mixed or explore, drawn per episode), explore-wide or varied-wide (the same over "
                         "the arm's whole reach, out of view included)")
