@@ -12,6 +12,7 @@ import io
 import json
 import lzma
 import sys
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -31,6 +32,7 @@ def pack(store_path: str, out: str) -> None:
         arrays.update({f"{eid}/{k}": v for k, v in ep.items()})
     buf = io.BytesIO()
     np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)  # .dev/ does not exist in a fresh checkout
     with lzma.open(out, "wb", preset=6) as f:
         f.write(buf.getvalue())
 

@@ -363,6 +363,9 @@ def test_pack_store_round_trips_and_an_interrupted_unpack_resumes(tmp_path):
         src.write_episode(f"ep{i}", **make_episode(seed=i), extras={"state": np.full((6, 4), i, np.float32)},
                           attrs={"policy": "mixed"})
     pack_store.pack(str(tmp_path / "src.zarr"), str(tmp_path / "p.npz.xz"))
+    # into a folder still to be made (.dev/ in a fresh checkout): the same bytes
+    pack_store.pack(str(tmp_path / "src.zarr"), str(tmp_path / ".dev" / "p.npz.xz"))
+    assert (tmp_path / ".dev" / "p.npz.xz").read_bytes() == (tmp_path / "p.npz.xz").read_bytes()
     dst = EpisodeStore.create(tmp_path / "dst.zarr", attrs={"fps": 20.0})  # an unpack sets the attrs first
     dst.write_episode("ep0", **make_episode(seed=0), extras={"state": np.zeros((6, 4), np.float32)},
                       attrs={"policy": "mixed"})
