@@ -595,7 +595,8 @@ class Trainer:
         began = time.perf_counter()  # `dit_minutes` counts the preparation below
         m, c = self.model, self.cfg
         # before any DiT step or resume, the weights are the stage's starting ones, as when the files were made
-        data = fingerprint(*(ep[key] for ep in self.train_eps for key in ("obs", "actions")))
+        # the training split is the episodes' (already hashed in `resume`) cut by the holdout: not hashed again
+        data = fingerprint(self.resume["data_fingerprint"], self.resume["frames_fingerprint"], self.cfg.holdout)
         # what the latents depend on: the encoder and the statistics (a decoder-only VAE stage leaves them)
         encoder = (v for k, v in m.vae.state_dict().items() if not k.startswith(("decoder.", "post_quant_conv.")))
         vae_id = fingerprint(*encoder, m.latents_mean, m.latents_std)
