@@ -6,13 +6,14 @@ leftover partial episodes, and hand batches of ``num_envs`` missing episode indi
 checkpoint's files go to the actors through Ray's object store; the actors write into the store themselves.
 After the batches, every actor flushes its writer; episodes still missing (an actor died with episodes queued)
 are run again, up to ``max_task_retries`` more rounds; a round whose writes failed and wrote nothing is the last.
-The lease is released at the end.
+The lease is released at the end. A first run that fails before writing an episode removes the store it made.
 
 Fault tolerance inside a round is Ray's: actors restart (``max_restarts``) and re-run the batch that was running
 (``max_task_retries``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -21,7 +22,7 @@ import time
 from .actor import RolloutWorker
 from .config import RolloutConfig, episode_id
 from .identity import checkpoint_files, checkpoint_folder, init_or_check, policy_file, rollout_attrs
-from .store import EpisodeStore, _local_path, acquire_lease, release_lease
+from .store import EpisodeStore, _fs, _local_path, acquire_lease, release_lease
 
 
 FLUSH_ON_ERROR_S = 60  # how long a failing run waits for the actors' writers before it stops them
@@ -63,6 +64,8 @@ def run_rollouts(config, out: str | None = None, episodes: int | None = None, wo
     cfg.cache = attrs["cache"]["policy"]
     cfg.cache_config = {k: v for k, v in attrs["cache"].items() if k != "policy"}
     cfg.num_steps = attrs["env"]["num_steps"]
+    fs, root = _fs(cfg.out, cfg.storage_options)
+    created = not fs.exists(root)
     # the lease first: of two drivers starting on a new store, only its holder creates it
     lease = acquire_lease(cfg.out, cfg.storage_options, break_lease=break_lease)
     try:
@@ -78,8 +81,22 @@ def run_rollouts(config, out: str | None = None, episodes: int | None = None, wo
             summary.update(_run(cfg, files, lease, todo, store, address, progress))
         store.consolidate()  # index of the complete episodes: listing the store reads one file
         return summary
+    except BaseException:
+        if created:  # a first run that failed (too few CPUs, a model that does not load) leaves no empty store
+            _remove_if_no_episodes(fs, root)
+        raise
     finally:
         release_lease(cfg.out, lease, cfg.storage_options)
+
+
+def _remove_if_no_episodes(fs, root: str) -> None:
+    try:
+        entries = fs.ls(f"{root}/episodes", detail=True)
+    except FileNotFoundError:
+        entries = []
+    if not any(e.get("type") == "directory" for e in entries):  # not even a partial episode group
+        with contextlib.suppress(OSError):  # the run's own error is the one to see
+            fs.rm(root, recursive=True)
 
 
 def _missing(store: EpisodeStore, indices, seed: int) -> list[int]:

@@ -273,6 +273,23 @@ def test_a_bad_policy_fails_before_the_store_is_made(ckpt, tmp_path):
     assert not out.exists()
 
 
+def test_a_failed_first_run_leaves_no_store(ckpt, tmp_path):
+    # 4 workers of 1 CPU on the 2-CPU cluster: refused after the store was made; the store goes with the error, so
+    # a rerun with other settings is not refused by an empty store's attrs
+    out = tmp_path / "short.zarr"
+    with pytest.raises(ValueError, match="4 workers need"):
+        run_rollouts(config(ckpt, out, workers=4, episodes=8), progress=False)
+    assert not out.exists()
+    assert run_rollouts(config(ckpt, out, episodes=1, num_steps=CALLS + 1), progress=False)["episodes_written"] == 1
+    # a store that was there before the run is kept, even with no episode in it
+    from worldcache.rollouts.store import EpisodeStore
+
+    EpisodeStore(str(tmp_path / "made.zarr"), mode="a")
+    with pytest.raises(ValueError, match="4 workers need"):
+        run_rollouts(config(ckpt, tmp_path / "made.zarr", workers=4, episodes=8), progress=False)
+    assert open_store(tmp_path / "made.zarr").attrs["rollout"]["env"]["num_steps"] == CALLS
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_what_a_store_records_of_policy_file_and_batch(ckpt, tmp_path):
     from worldcache.rollouts.identity import rollout_attrs
