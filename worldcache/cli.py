@@ -8,7 +8,7 @@ import argparse
 import shlex
 import sys
 
-from .scene import SCENES  # light: no MuJoCo
+from .scene import SCENES, check_scene  # light: no MuJoCo
 
 
 def _demo(args) -> int:
@@ -85,7 +85,6 @@ def _evaluate_model(args) -> int:
 
     from .cache import load_policy
     from .quality import evaluate_open_loop, format_scores
-    from .scene import check_scene
     from .state_decoder import CONFIG_FILE, StateDecoder
     from .train import load_episodes, split
     from .world_model import BUNDLED, WorldModel
@@ -296,24 +295,23 @@ def _at_least(low: int):
     return parse
 
 
-def _positive(text: str) -> float:
-    """An argparse type: a number > 0 (minutes, learning rates, CPUs)."""
+def _number(text: str) -> float:
     try:
-        v = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:
+
+
+def _positive(text: str) -> float:
+    """An argparse type: a number > 0 (minutes, learning rates, CPUs)."""
+    if not (v := _number(text)) > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return v
 
 
 def _fraction(text: str) -> float:
     """An argparse type: a number in [0, 1] (a held-out share)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= v <= 1:
+    if not 0 <= (v := _number(text)) <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return v
 
