@@ -162,6 +162,33 @@ def test_normalized_actions_scale_onto_the_bounds(ckpt, model):
     assert env.step(np.full((K, A), 1.5, np.float32))[4]["action_clipped"] is True  # beyond 1: clipped to 1
 
 
+def test_normalized_actions_map_affinely_onto_asymmetric_bounds(ckpt):
+    # per-dim bounds, none symmetric about 0: [-1, 1] -> [low, high] is low + (a + 1) / 2 * (high - low), which
+    # neither a scale (a * high) nor a shift alone matches; the model must receive exactly that
+    low = np.array([-1.0, 0.0, -3.0, 0.5, -2.0, 1.0, -0.5], np.float32)
+    high = np.array([3.0, 2.0, -1.0, 0.75, 6.0, 1.5, 0.5], np.float32)
+    spec = WorldModelSpec(height=H, width=W, chunk=K, num_steps=4, action_dim=A, action_low=low.tolist(),
+                          action_high=high.tolist())
+    asym = WorldModel.build(spec, hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8)
+    seen, predict = [], asym.predict
+
+    def spy(frames, acts, **kw):  # what the model is asked to predict from
+        seen.append(np.array(acts))
+        return predict(frames, acts, **kw)
+
+    asym.predict = spy
+    env = make(ckpt, asym, normalize_actions=True)
+    env.reset(seed=2)
+    a = actions(0, scale=1.0)
+    a[0] = [-1.0, 1.0, 0.0, 0.5, -0.5, 1.5, -7.0]  # the ends, the middle, and two out of bounds (clipped to +-1)
+    info = env.step(a)[4]
+    assert info["action_clipped"] is True and seen[0].shape == (1, K, A) and seen[0].dtype == np.float32
+    unit = np.clip(a.astype(np.float64), -1, 1)
+    want = low + (unit + 1) / 2 * (high - low.astype(np.float64))
+    np.testing.assert_allclose(seen[0][0], want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(seen[0][0, 0], [-1.0, 2.0, -2.0, 0.6875, 0.0, 1.5, -0.5], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("cache", ["none", "worldcache"])
 def test_deterministic(ckpt, model, cache):
     a, b = (make(ckpt, model, cache=cache, num_steps=6) for _ in range(2))
