@@ -474,15 +474,38 @@ def test_bench_rollouts(ckpt, tmp_path, capsys):
 SPACE = spaces.Box(-2.0, 2.0, (K, A), np.float32)
 
 
+# per-dim bounds, none symmetric about 0 and 0 outside some: a policy that mixes up low, high or their middle shows
+LOW = np.array([-1.0, 0.5, -3.0, -2.0, 0.0, -0.25, -4.0])
+HIGH = np.array([3.0, 2.0, -1.0, 2.0, 1.0, 0.75, -2.5])
+ASYM = spaces.Box(np.broadcast_to(LOW, (K, A)).astype(np.float32), np.broadcast_to(HIGH, (K, A)).astype(np.float32))
+
+
+def expected_actions(name, seeds, calls):
+    """(calls, envs, K, A): what each registered policy must give, from its documented formula and fresh generators
+    seeded as the policy's (draws in the same order)."""
+    rngs = [np.random.default_rng(s) for s in seeds]
+    if name == "zero":  # 0 clipped into the bounds
+        return np.broadcast_to([0.0, 0.5, -1.0, 0.0, 0.0, 0.0, -2.5], (calls, len(seeds), K, A))
+    if name == "random":  # one uniform (K, A) draw per call from the env's own generator
+        return np.stack([[r.uniform(LOW, HIGH, (K, A)) for r in rngs] for _ in range(calls)])
+    assert name == "sinusoid"  # at reset, per env: periods in [16, 64] frames, then phases in [0, 2 pi)
+    period = np.stack([r.uniform(16.0, 64.0, A) for r in rngs])[:, None, :]
+    phase = np.stack([r.uniform(0.0, 2 * np.pi, A) for r in rngs])[:, None, :]
+    frames = np.arange(calls * K).reshape(calls, 1, K, 1)  # frame times run on across calls
+    return (LOW + HIGH) / 2 + 0.25 * (HIGH - LOW) / 2 * np.sin(2 * np.pi * frames / period + phase)
+
+
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_registered_policies(name):
-    pol, rngs = make_policy(name, SPACE), [np.random.default_rng(i) for i in range(3)]
+    seeds = [3, 4, 5]
+    pol, rngs = make_policy(name, ASYM), [np.random.default_rng(s) for s in seeds]
     if hasattr(pol, "reset"):
         pol.reset(rngs)
-    a = np.stack([pol(np.zeros((3, H, W, 3), np.uint8), rngs) for _ in range(2)])
-    assert a.shape == (2, 3, K, A) and a.dtype == np.float32 and np.abs(a).max() <= 2
-    if name == "sinusoid":  # smooth: consecutive actions differ far less than random ones
-        assert np.abs(np.diff(a.transpose(1, 0, 2, 3).reshape(3, 2 * K, A), axis=1)).max() < 1.0
+    a = np.stack([pol(np.zeros((3, H, W, 3), np.uint8), rngs) for _ in range(3)])
+    assert a.shape == (3, 3, K, A) and a.dtype == np.float32
+    assert (a >= ASYM.low).all() and (a <= ASYM.high).all()
+    np.testing.assert_allclose(a, expected_actions(name, seeds, 3), rtol=1e-6, atol=1e-6)
+    assert not np.array_equal(a[:, 0], a[:, 1]) or name == "zero"  # each env its own draws
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
