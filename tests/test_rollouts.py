@@ -445,10 +445,26 @@ def test_window_dataset(store_run):
     frames, actions = ds[len(ds) - 1]
     assert frames.shape == (4, H, W, 3) and frames.dtype == torch.uint8
     assert actions.shape == (3, A) and actions.dtype == torch.float32
-    ep = open_store(store_run[0])[episode_id(0, 0)]
+    store = open_store(store_run[0])
+    ep = store[episode_id(0, 0)]
+    f0, a0 = ds[0]  # episode 0, start 0: the reset frame obs[0], then chunk 0 frames 0..2
+    assert (f0[0].numpy() == ep["obs"][0]).all() and not (f0[0].numpy() == ep["obs"][-1]).all()
     f0, a0 = ds[1]  # episode 0, start 2: frames 2..5 = chunk 0 frames 1..3 and chunk 1 frame 0
     assert (f0[0].numpy() == ep["frames"][0, 1]).all() and (f0[-1].numpy() == ep["frames"][1, 0]).all()
     assert np.allclose(a0.numpy(), ep["actions"].reshape(-1, A)[2:5])
+    # every window, whole: episodes in id order, starts 0, 2, 4 of frame j (0: reset, 1 + c * K + f: chunk c's
+    # frame f) and the action leading from frame j to frame j + 1 (chunk c's action f for j = c * K + f)
+    k = 0
+    for eid in store.episode_ids():
+        ep = store[eid]
+        frame = lambda j: ep["obs"][0] if j == 0 else ep["frames"][(j - 1) // K, (j - 1) % K]  # noqa: E731
+        for start in (0, 2, 4):
+            f, a = ds[k]
+            np.testing.assert_array_equal(f.numpy(), np.stack([frame(j) for j in range(start, start + 4)]))
+            np.testing.assert_array_equal(a.numpy(), np.stack([ep["actions"][j // K, j % K]
+                                                               for j in range(start, start + 3)]))
+            k += 1
+    assert k == len(ds)
     loader = torch.utils.data.DataLoader(ds, batch_size=4)
     assert next(iter(loader))[0].shape == (4, 4, H, W, 3)
 
