@@ -554,9 +554,25 @@ def test_videos(store_run, tmp_path, monkeypatch):
     wide = video.write_videos(store_run[0], tmp_path / "sbs", side_by_side=True, scale=1, episodes=[episode_id(0, 0)])
     with imageio.get_reader(wide[0]) as r:
         sbs = [f for f in r]
-    assert len(sbs) == 1 + STEPS * K and sbs[0].shape[1] > W  # frame + skip pattern
+    # frame, 2 black columns, the panel: CALLS columns of H // STEPS = 8 pixels each
+    assert len(sbs) == 1 + STEPS * K and sbs[0].shape == (H, W + 2 + CALLS * 8, 3)
     panel = video.skip_panel(np.array([[True, False], [False, True]]), 1, 4)
-    assert panel.shape[0] == 4 and (panel[-1, 0] < panel[-1, -1]).all()  # skipped darker than computed, row 1 lit
+    # 2x2 cells of 2x2 pixels; row 1 lit: skipped (50, 50, 70), computed (120, 220, 120); row 0 at 0.45, rounded down
+    assert panel.shape == (4, 4, 3)
+    assert panel[-1, 0].tolist() == [50, 50, 70] and panel[-1, -1].tolist() == [120, 220, 120]
+    assert panel[0, 0].tolist() == [54, 99, 54] and panel[0, -1].tolist() == [22, 22, 31]
+    # the frames before encoding, exactly: frame j (0: reset) next to the pattern with its env step's row lit
+    ep = open_store(store_run[0]).load_episode(episode_id(0, 0))
+    frames_sbs = video.episode_frames(ep, K, side_by_side=True)
+    assert frames_sbs.shape == (1 + STEPS * K, H, W + 2 + CALLS * 8, 3)
+    colors = {(True, True): (120, 220, 120), (False, True): (50, 50, 70), (True, False): (54, 99, 54),
+              (False, False): (22, 22, 31)}  # (computed, lit)
+    for j, f in enumerate(frames_sbs):
+        step = 0 if j == 0 else (j - 1) // K
+        np.testing.assert_array_equal(f[:, :W], ep["obs"][0] if j == 0 else ep["frames"][step, (j - 1) % K])
+        assert (f[:, W:W + 2] == 0).all()
+        cells = np.array([[colors[bool(c), r == step] for c in row] for r, row in enumerate(ep["cache/computed"])])
+        np.testing.assert_array_equal(f[:, W + 2:], cells.repeat(8, axis=0).repeat(8, axis=1))
     monkeypatch.setattr(video, "mp4_available", lambda: False)  # no encoder: GIF
     gif = video.write_videos(store_run[0], tmp_path / "gif", scale=1, episodes=[episode_id(1, 0)])
     assert gif[0].endswith(".gif") and len(imageio.mimread(gif[0])) == 1 + STEPS * K
