@@ -319,12 +319,20 @@ def test_packed_statistics_and_sharded_frames(tmp_path):
     extras = {"cache/computed": rng.random((T, 3)) < 0.5, "cache/drift": rng.random((T, 3)).astype(np.float32),
               "cache/blocks_run": rng.integers(0, 7, (T, 3)).astype(np.int16),
               "frames": rng.integers(0, 256, (T, 4, 8, 10, 3), dtype=np.uint8),
-              "noise_seed": rng.integers(0, 2**40, T)}  # int64: not float64-exact, kept on its own
+              "noise_seed": rng.integers(0, 2**40, T),  # int64: not float64-exact, kept on its own
+              # not float32-exact (2**24 + 1 has no float32; nor has float64's 0.1): this group is packed as float64
+              "stats/count": np.array([2**24 + 1, -(2**31), 2**31 - 1, 0, 7], np.int32)[:, None].repeat(3, axis=1),
+              "stats/tenth": np.full((T, 3), 0.1)}
     store.write_episode("e", **make_episode(T=T), extras=extras)
     got = store["e"]
     for k, v in extras.items():
         assert got[k].dtype == v.dtype and np.array_equal(got[k], v, equal_nan=True), k
-    assert got["attrs"]["packed"] == {"cache": [["computed", "|b1"], ["drift", "<f4"], ["blocks_run", "<i2"]]}
+    assert got["stats/count"][0, 0] == 2**24 + 1 and got["stats/tenth"][0, 0] == 0.1
+    assert got["attrs"]["packed"] == {"cache": [["computed", "|b1"], ["drift", "<f4"], ["blocks_run", "<i2"]],
+                                      "stats": [["count", "<i4"], ["tenth", "<f8"]]}
+    # one array per group: float32 where every field fits it exactly, float64 where one does not
+    assert store._episodes["e"]["cache"].dtype == np.float32 and store._episodes["e"]["stats"].dtype == np.float64
+    assert store._episodes["e"]["stats"].shape == (T, 3, 2)
     ep_dir = tmp_path / "s" / "episodes" / "e"
     assert (ep_dir / "cache" / "zarr.json").exists() and not (ep_dir / "cache" / "drift").exists()
     assert np.array_equal(store.episode_array("e", "cache/drift"), extras["cache/drift"])
