@@ -532,10 +532,17 @@ def test_vector_one_batched_call_and_autoreset(ckpt, model, predict_calls):
     np.testing.assert_array_equal(obs[[0, 2]], starts[info["start_index"][[0, 2]]])
 
 
-def test_vector_equals_single_envs(ckpt, model):
-    n, seed = 2, 5
-    vec = CosmosWorldVectorEnv(n, checkpoint=ckpt, model=model, cache="none")
-    singles = [make(ckpt, model) for _ in range(n)]
+@pytest.mark.parametrize("cache", ["none", "worldcache"])
+def test_vector_equals_single_envs(ckpt, model, cache):
+    # worldcache: each sample keeps its own cache state and decides alone, so a batch decides as its single envs.
+    # Its threshold (0.12 by default, where both envs here decide alike) is set where their decisions differ (both
+    # do at 0.09 to 0.1, seen): a batch deciding as one sample, or sharing one state, then shows
+    n, seed, kw = 2, 5, {"cache": cache, "num_steps": 6}  # 6 steps: worldcache skips some (test_deterministic)
+    if cache == "worldcache":
+        kw["cache_config"] = {"threshold": 0.093}
+    vec = CosmosWorldVectorEnv(n, checkpoint=ckpt, model=model, **kw)
+    singles = [make(ckpt, model, **kw) for _ in range(n)]
+    computed = [[] for _ in range(n)]
     obs, info = vec.reset(seed=seed)
     for i, env in enumerate(singles):
         o, inf = env.reset(seed=seed + i)
@@ -549,7 +556,12 @@ def test_vector_equals_single_envs(ckpt, model):
             assert info["noise_seed"][i] == inf["noise_seed"]
             # same noise and inputs; only batched vs. unbatched floating point may differ
             assert np.abs(obs[i].astype(int) - o).max() <= 2
+            assert np.abs(info["frames"][i].astype(int) - inf["frames"]).max() <= 2
             assert r[i] == pytest.approx(ri, abs=0.05)
+            np.testing.assert_array_equal(info["computed"][i], inf["computed"])
+            computed[i].append(inf["computed"])
+    if cache == "worldcache":  # the decisions compared include skips, and differ between the envs
+        assert not np.all(computed) and not np.array_equal(computed[0], computed[1])
 
 
 def test_vector_bad_input_and_options(ckpt, model):
