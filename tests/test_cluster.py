@@ -61,9 +61,12 @@ def ckpt(tmp_path_factory):
     return path
 
 
-def test_two_nodes_write_a_complete_store_to_s3(cluster, s3, ckpt):
+def test_two_nodes_write_a_complete_store_to_s3(cluster, s3, ckpt, monkeypatch):
     url = "s3://rollouts/two_nodes.zarr"
-    cfg = {"checkpoint": str(ckpt), "out": url, "storage_options": s3, "steps": 2, "episodes": 4, "workers": 2,
+    # the checkpoint as a path relative to the driver's working directory, which the actors (started before the
+    # chdir, elsewhere) do not share: they can only have the model from the files the driver sends them
+    monkeypatch.chdir(ckpt.parent)
+    cfg = {"checkpoint": ckpt.name, "out": url, "storage_options": s3, "steps": 2, "episodes": 4, "workers": 2,
            "num_envs": 1, "num_cpus": 1, "policy": "random"}
     summary = run_rollouts(cfg, progress=False)
     assert summary["workers"] == 2 and summary["nodes"] == 2  # one actor on each node
