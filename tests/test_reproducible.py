@@ -1,7 +1,7 @@
 """An episode is a function of (config, seed, index) alone: the same episode ids rolled out by 1 worker x 4 envs,
 by 2 workers x 2 envs, and by a run that was interrupted and resumed hold identical actions and cache decisions,
-and frames within 1 grey level, rewards within 1e-3 (batched floating point). Real Ray cluster, real Zarr stores, the bundled model
-(few env and denoising steps)."""
+and frames within 1 grey level, rewards within 1e-3 (batched floating point). Real Ray cluster, real Zarr stores,
+the bundled model (few env and denoising steps)."""
 import functools
 import json
 
