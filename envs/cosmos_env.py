@@ -120,7 +120,9 @@ class WorldSim:
             _warned_no_reward.add(key)
             old = self.folder is not None and (self.folder / "reward_head.safetensors").is_file()
             why = " (its reward_head.safetensors is from an older version and no longer read)" if old else ""
-            warnings.warn(f"no state decoder in {self.folder} ({WEIGHTS_FILE}){why}: reward is 0.0; pass "
+            where = (f"in {self.folder} ({WEIGHTS_FILE})" if self.folder is not None
+                     else "(a model passed in without checkpoint=)")
+            warnings.warn(f"no state decoder {where}{why}: reward is 0.0; pass "
                           f"reward_fn= or train one with `worldcache train --stages decoder`", stacklevel=3)
         return lambda frames, actions: 0.0
 
