@@ -73,11 +73,14 @@ def test_motion_is_measured_against_the_previous_call_not_the_last_computed_one(
     assert recs[2].threshold == pytest.approx(100 / (1 + 5.0 * 0.2), abs=1e-12)
 
 
-def test_dicache_drift_is_relative_to_the_previous_probe_output():
+def test_dicache_drift_is_relative_to_the_previous_probe_output_and_accumulates():
     # probe outputs 1 then 1.25 on every token: mean|p - p_prev| / mean|p_prev| = 0.25 / 1 (not 0.25 / 1.25)
     p = make_policy("dicache", threshold=1e9, ret_ratio=0.0)
-    recs, _ = drive(p, [ScriptedStack(tokens(*[v] * 4)) for v in (1.0, 1.25)], 10)
+    recs, _ = drive(p, [ScriptedStack(tokens(*[v] * 4)) for v in (1.0, 1.25, 1.5)], 10)
+    assert [r.computed for r in recs] == [True, False, False]
     assert recs[1].drift == pytest.approx(0.25, abs=1e-12) and recs[1].threshold == 1e9
+    # the second skip adds its own drift 0.25 / 1.25 = 0.2 to the 0.25 kept (0.2 alone if nothing accumulated)
+    assert recs[2].drift == pytest.approx(0.25 + 0.2, abs=1e-12)
 
 
 def test_saliency_weights_are_one_plus_beta_minmax_std():
@@ -319,6 +322,16 @@ def test_teacache_applies_its_rescaling_polynomial():
     assert recs[1].drift == pytest.approx(0.28, abs=1e-12)
 
 
+def test_teacache_accumulates_the_change_since_the_previous_call_over_skips():
+    # identity polynomial; modulated inputs 1, 1.2, 1.5: call 1 skips with 0.2 / 1 = 0.2, call 2 adds
+    # 0.3 / 1.2 = 0.25 (measured against call 1's input, not the last computed call's: that gives 0.2 + 0.5)
+    p = make_policy("teacache", threshold=1.0, ret_ratio=0.0, coefficients=[1.0, 0.0])
+    x = tokens(1, 1)
+    recs, _ = drive(p, [ScriptedStack(x, mod=tokens(m, m)) for m in (1.0, 1.2, 1.5)], 10)
+    assert [r.computed for r in recs] == [True, False, False]
+    assert [r.drift for r in recs[1:]] == pytest.approx([0.2, 0.2 + 0.25], abs=1e-12)
+
+
 def test_fora_skip_schedule():
     p = make_policy("fora", interval=3, warmup_steps=2)
     recs, _ = drive(p, [ScriptedStack(tokens(1, 1)) for _ in range(10)], 10)
@@ -334,3 +347,14 @@ def test_easycache_transformation_rate():
     recs, _ = drive(p, stacks, 10)
     assert [r.computed for r in recs] == [True, True, False]
     assert recs[2].drift == pytest.approx(0.3, abs=1e-12)
+
+
+def test_easycache_accumulates_the_predicted_change_since_the_previous_call_over_skips():
+    # as above (k = 1.5, call 2 skips with 0.3), then x_3 = 2.16: call 3 adds k * rel_l1(x_3, x_2) = 1.5 * 0.36 / 1.8
+    # = 0.3 to the 0.3 kept (against the last computed input x_1 = 1.5: 1.5 * 0.66 / 1.5 = 0.66, total 0.96)
+    p = make_policy("easycache", threshold=1.0, ret_ratio=0.2)
+    stacks = [ScriptedStack(tokens(1, 1), rest=tokens(1, 1)), ScriptedStack(tokens(1.5, 1.5), rest=tokens(2, 2)),
+              ScriptedStack(tokens(1.8, 1.8)), ScriptedStack(tokens(2.16, 2.16))]
+    recs, _ = drive(p, stacks, 10)
+    assert [r.computed for r in recs] == [True, True, False, False]
+    assert [r.drift for r in recs[2:]] == pytest.approx([0.3, 0.3 + 0.3], abs=1e-12)
