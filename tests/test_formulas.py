@@ -105,20 +105,26 @@ def test_spread_is_the_bessel_corrected_std_over_the_last_dimension():
     torch.testing.assert_close(spread(x), x.std(dim=-1), rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("over, weights", [("token", [1, 1, 1, 6]), ("location", [1, 6, 1, 6])])
+@pytest.mark.parametrize("over, weights", [("token", [1, 6, 1, 1]), ("location", [1, 6, 1, 6])])
 def test_saliency_over_tokens_or_spatial_locations(over, weights):
-    # 2 latent frames x 2 locations, 2 channels, tokens frame-major: f0 (0,0) (0,0), f1 (1,1) (0,6).
-    # token: std over channels 0, 0, 0, 3 sqrt2 -> 0, 0, 0, 1. location (the research code's): std over frames x
-    # channels, loc0 (0,0,1,1): sqrt(1/3), loc1 (0,0,0,6): 3 -> 0, 1, shared by both frames' tokens
-    x0 = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 6.0]]], dtype=torch.float64)
+    # 2 latent frames x 2 locations, 2 channels, tokens frame-major: f0 (0,0) (0,6), f1 (1,1) (0,0).
+    # token: std over channels 0, 3 sqrt2, 0, 0 -> 0, 1, 0, 0. location (the research code's): std over frames x
+    # channels, loc0 (0,0,1,1): sqrt(1/3), loc1 (0,6,0,0): 3 -> 0, 1, shared by both frames' tokens (frame-major:
+    # w = 1, 6, 1, 6). Read per frame instead of per location (no transpose) the weights would be 6, 1, 6, 1; spread
+    # location-major (repeat_interleave) 1, 1, 6, 6.
+    x0 = torch.tensor([[[0.0, 0.0], [0.0, 6.0], [1.0, 1.0], [0.0, 0.0]]], dtype=torch.float64)
+    change = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64).view(1, 4, 1)  # per token, both channels
     p = make_policy("worldcache", threshold=100.0, ret_ratio=0.0, beta=5.0,
                     **{**OFF, "saliency": True, "saliency_over": over})
-    stacks = [ScriptedStack(x0), ScriptedStack(x0 + 1)]
+    stacks = [ScriptedStack(x0), ScriptedStack(x0 + change)]
     for st in stacks:
         st.ctx.grid = (2, 1, 2)
     recs, _ = drive(p, stacks, 10)
     assert recs[1].saliency == pytest.approx(sum(weights) / 4, abs=1e-12)
-    assert recs[1].drift == pytest.approx(sum(weights) / 4 / 1.0, abs=1e-12)  # |p - p_prev| = 1, mean|p_prev| = 1
+    # drift = mean_tokens(w * |change|) / mean|p_prev|, mean|p_prev| = 8 / 8 = 1: token 20 / 4, location 40 / 4
+    drift = sum(w * d for w, d in zip(weights, (1, 2, 3, 4))) / 4
+    assert drift == {"token": 5.0, "location": 10.0}[over]
+    assert recs[1].drift == pytest.approx(drift, abs=1e-12)
     with pytest.raises(ValueError, match="saliency_over"):
         make_policy("worldcache", saliency_over="frame")
 
