@@ -74,3 +74,25 @@ def test_flow_along_y_is_flow_along_x_transposed():
     a, b = (F.interpolate(motion._frames(tok(f)[..., ::16], (3, 9, 10)), size=(4, 5), mode="area") for f in (src, dst))
     up = F.interpolate(motion._lk(a, b).permute(0, 3, 1, 2), size=(9, 10), mode="bilinear", align_corners=True)
     torch.testing.assert_close(flow, up.permute(0, 2, 3, 1) * torch.tensor([10 / 5, 9 / 4]), rtol=0, atol=1e-6)
+
+
+def test_laplacian_reads_the_token_grid_row_major_per_channel():
+    """One frame of 2 rows x 3 columns, 5-point Laplacian with replicate padding. Channel 0 has a 9 in the
+    bottom-right token: 9 at its neighbours above and left, 9 + 9 - 4 * 9 = -18 at itself (its right and lower
+    neighbours are itself, replicated); read as 3 rows x 2 columns it would be (0, 0, 0, 9, 9, -18). Channel 1 has a
+    1 in the top-middle token: 1 at its left, right and lower neighbours, 1 - 4 = -3 at itself. The result holds
+    each channel's grid in turn (per frame, channel-major); mixing the channels' values would show."""
+    from worldcache.motion import laplacian
+
+    x = torch.tensor([[0.0, 0], [0, 1], [0, 0], [0, 0], [0, 0], [9, 0]]).view(1, 6, 2)
+    assert laplacian(x, (1, 2, 3)).tolist() == [[0.0, 0, 9, 0, 9, -18] + [1.0, -3, 1, 0, 1, 0]]
+
+
+def test_max_channels_picks_every_kth_channel():
+    """256 channels, max_channels 8 -> every 32nd channel: the flow of exactly those 8 channels (which then use all
+    of theirs). The mean-shift check above would not see another stride."""
+    src, dst = shifted_pair()
+    for k in (8, 32):
+        step = 256 // k
+        assert torch.equal(token_flow(src, dst, GRID, max_channels=k),
+                           token_flow(src[..., ::step], dst[..., ::step], GRID, max_channels=k))
