@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from worldcache.cache import ConfigError, load_policy, make_policy
+from worldcache.cache.config import CACHE_CONFIG_DIR
 from worldcache.dit import DiT
 from worldcache.sampler import default_scheduler, denoise
 from worldcache.tiny import tiny_inputs, tiny_transformer
@@ -166,6 +167,13 @@ def test_bad_values_rejected(name, key, value):
         make_policy(name, **{key: value})
 
 
+@pytest.mark.parametrize("value", [[], ["a"], [True], [1.0, None]])
+def test_teacache_coefficients_must_be_a_non_empty_list_of_numbers(value):
+    # lists pass build_config's type check: these reach TeaCacheConfig.check (an empty polynomial is 0: never compute)
+    with pytest.raises(ConfigError, match=r"coefficients=.*must be a non-empty list of numbers"):
+        make_policy("teacache", coefficients=value)
+
+
 def test_fora_warmup_longer_than_schedule(setup):
     with pytest.raises(ValueError, match="warmup_steps"):
         run(setup, make_policy("fora", warmup_steps=STEPS + 1))
@@ -173,8 +181,17 @@ def test_fora_warmup_longer_than_schedule(setup):
 
 @pytest.mark.parametrize("name", ALL)
 def test_yaml_defaults_load(name):
+    # load_policy(name) falls back to the dataclass defaults when the YAML is missing: check the file is there, and
+    # that it agrees with the dataclass, so an install without configs/ behaves the same
+    assert (CACHE_CONFIG_DIR / f"{name}.yaml").is_file()
     p = load_policy(name)
     assert p.name == name and type(p.config) is type(make_policy(name, **SETTINGS[name][2]).config)
+    loaded, default = p.config.as_dict(), make_policy(name).config.as_dict()
+    if name == "teacache":  # the YAML carries the fitted polynomial and how it was fitted; the dataclass the identity
+        fitted, how = loaded.pop("coefficients"), loaded.pop("calibration")
+        del default["coefficients"], default["calibration"]
+        assert fitted != [1.0, 0.0] and len(fitted) == how["degree"] + 1
+    assert loaded == default
 
 
 @pytest.mark.parametrize("name", HOOKS)
