@@ -159,6 +159,47 @@ def test_warp_check_refuses_a_warp_the_probe_contradicts():
     assert call.warped == 0.0 and torch.equal(out, unwarped) and not torch.allclose(warped, unwarped)
 
 
+def test_warp_check_decides_per_latent_frame():
+    """Frames 0 and 2 of the probe moved with the inputs (the warp fits them better), frame 1 stayed put (the warp
+    fits it worse): the warp is kept in frames 0 and 2 only, each frame's tokens taken whole from the warped or the
+    unwarped residual."""
+    src, dst = shifted_pair()
+    frame = lambda v: v.view(1, 3, 80, -1)  # noqa: E731  (1, T, H*W, C): tokens frame-major
+    rho_now = torch.cat([frame(dst)[:, 0], frame(src)[:, 1], frame(dst)[:, 2]], dim=1)
+    approx = src.flip(-1) * 2 + 1  # a residual unlike the probe's, so the output shows which one was warped
+    policy = make_policy("worldcache", **{**BASE, "warp": True})
+    call = CallRecord(step=10, num_steps=20, branch="cond")
+    out = policy._warp(approx.clone(), src, rho_now, src, dst, GRID, call)
+    assert call.warped == pytest.approx(2 / 3, abs=1e-7)  # a float32 mean
+    warped = warp_tokens(approx, token_flow(src, dst, GRID), GRID)
+    assert not torch.allclose(frame(warped)[:, 1], frame(approx)[:, 1])
+    for f, src_of in enumerate((warped, approx, warped)):
+        assert torch.equal(frame(out)[:, f], frame(src_of)[:, f]), f
+
+
+@pytest.mark.parametrize("flow_scale", [0.5, 1.0])
+def test_warp_follows_the_flow_from_the_last_computed_input_at_flow_scale(flow_scale):
+    """Call 0 computes (warm-up), calls 1 and 2 skip. Call 2's cached residual is warped along the flow from the last
+    computed input x_0 = src to x_2 = dst, estimated at `flow_scale` of the grid; call 1's input is already dst, so
+    the flow from the previous call's input would be ~0."""
+    from test_formulas import ScriptedStack, drive
+
+    src, dst = shifted_pair()
+    rest = src.flip(-1) * 2 + 1  # the block stack's residual at call 0 (the probe adds nothing)
+    stacks = [ScriptedStack(src, rest=rest), ScriptedStack(dst), ScriptedStack(dst)]
+    for st in stacks:
+        st.ctx.grid = GRID
+    p = make_policy("worldcache", threshold=1e9, ret_ratio=0.1, flow_scale=flow_scale,
+                    **{**BASE, "warp": True, "warp_check": False})
+    recs, outs = drive(p, stacks, 10)
+    assert [r.computed for r in recs] == [True, False, False] and recs[2].warped == 1.0
+    r0 = rest.double()  # one computed residual: the extrapolation is it (gamma 1)
+    expected = dst.double() + warp_tokens(r0, token_flow(src.double(), dst.double(), GRID, flow_scale), GRID)
+    torch.testing.assert_close(outs[2], expected, rtol=0, atol=1e-12)
+    other = token_flow(src.double(), dst.double(), GRID, 1.5 - flow_scale)  # the other scale gives another flow
+    assert not torch.allclose(outs[2], dst.double() + warp_tokens(r0, other, GRID), atol=1e-3)
+
+
 def test_phase_aware_schedule(tiny_dit):
     off = run(tiny_dit, make_policy("worldcache", threshold=0.1, **BASE))
     on = run(tiny_dit, make_policy("worldcache", threshold=0.1, **{**BASE, "phase_aware": True}))
