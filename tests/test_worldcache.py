@@ -222,6 +222,29 @@ def test_uncond_reuse_skips_only_late_uncond_calls(tiny_dit):
         run(tiny_dit, make_policy("worldcache", uncond_reuse=True), scale=3.0, mode="batched")
 
 
+def test_uncond_reuse_returns_the_input_plus_the_branchs_last_computed_residual():
+    """Scripted calls, 10 steps, reuse from step 5: the uncond branch computes steps 0-4 (residual 100 + step at
+    step s, the cond branch 200 + step), then each reused call returns its own input plus step 4's uncond residual,
+    not an older one, nor the cond branch's."""
+    from test_formulas import ScriptedStack, tokens
+
+    from worldcache.cache.base import ModelCall
+
+    p = make_policy("worldcache", threshold=0.0, ret_ratio=0.1, uncond_reuse=True, uncond_reuse_start=0.5, **BASE)
+    p.begin(10)
+    outs = {}
+    for step in range(8):
+        for branch, base in (("cond", 200.0), ("uncond", 100.0)):
+            x = tokens(1.0 + step, 2.0 - step)
+            call = ModelCall.new(1, step=step, num_steps=10, branch=branch)
+            out = p.run_stack(ScriptedStack(x, rest=torch.full_like(x, base + step)), call)
+            outs[branch, step] = (out, call[0].computed)
+    assert [outs["uncond", s][1] for s in range(8)] == [True] * 5 + [False] * 3
+    assert all(outs["cond", s][1] for s in range(8))  # threshold 0: the cond branch always computes
+    for step in (5, 6, 7):
+        assert torch.equal(outs["uncond", step][0], tokens(1.0 + step, 2.0 - step) + 104.0)
+
+
 def test_uncond_reuse_keeps_the_warm_up_and_the_skip_cap(tiny_dit):
     def uncond_computed(**kw):
         out = run(tiny_dit, make_policy("worldcache", threshold=0.0, uncond_reuse=True, uncond_reuse_start=0.0, **kw),
@@ -242,6 +265,8 @@ def test_hf_veto_forbids_skips(tiny_dit):
 # --- configs ---------------------------------------------------------------------------------------------------
 def test_yaml_defaults_load():
     # the shipped YAML and the dataclass agree, so an install without configs/ behaves the same
+    # load_policy(name) falls back to the dataclass when the YAML is missing: the files must be there
+    assert all((CACHE_CONFIG_DIR / f"{n}.yaml").is_file() for n in ("worldcache", "dicache"))
     assert load_policy("worldcache").config == make_policy("worldcache").config
     paper = load_policy(CACHE_CONFIG_DIR / "worldcache_paper.yaml").config  # ../shared/METHOD.md's defaults
     assert (paper.threshold, paper.ret_ratio, paper.alpha, paper.beta, paper.phase_slope) == (0.08, 0.2, 5, 5, 4)
