@@ -11,7 +11,7 @@ from worldcache.tiny import tiny_inputs
 STEPS = 12
 # moderate settings: some calls skip, some compute
 POLICIES = {"worldcache": dict(threshold=0.05, ret_ratio=0.1), "dicache": dict(threshold=0.02, ret_ratio=0.1),
-            "fora": dict(interval=3), "teacache": dict(threshold=0.05), "easycache": dict(threshold=0.01)}
+            "fora": dict(interval=3), "teacache": dict(threshold=0.05), "easycache": dict(threshold=0.005)}
 
 
 def inputs(seeds, scales):
@@ -32,13 +32,14 @@ def test_batch_equals_single_samples(tiny_dit, name):
     noise, cond, emb = inputs(seeds, scales)
     batch = run(tiny_dit, name, noise, cond, emb)
     assert len(batch.records) == 3 * STEPS and [r.sample for r in batch.records[:3]] == [0, 1, 2]
+    assert 0 < batch.computed_fraction < 1, name  # some calls skipped: the per-sample paths really ran
     for i in range(3):
         single = run(tiny_dit, name, noise[i:i + 1], cond[i:i + 1], emb[i:i + 1])
         mine = batch.sample_records(i)
         assert [r.computed for r in mine] == [r.computed for r in single.records], (name, i)
         assert [r.blocks_run for r in mine] == [r.blocks_run for r in single.records], (name, i)
         torch.testing.assert_close(batch.latents[i:i + 1], single.latents, rtol=1e-4, atol=1e-4)
-    if name in ("worldcache", "dicache", "teacache"):  # data-driven: the samples really decided differently
+    if name != "fora":  # data-driven (all but FORA's fixed schedule): the samples really decided differently
         pattern = {tuple(r.computed for r in batch.sample_records(i)) for i in range(3)}
         assert len(pattern) > 1, name
 
