@@ -18,7 +18,7 @@ from test_formulas import OFF, ScriptedStack, tokens
 
 
 def call(policy, stack, step, num_steps, branch="cond"):
-    rec = ModelCall.new(1, step=step, num_steps=num_steps, branch=branch)
+    rec = ModelCall.new(stack.x.shape[0], step=step, num_steps=num_steps, branch=branch)
     return policy.run_stack(stack, rec), rec[0]
 
 
@@ -45,13 +45,18 @@ def test_every_policy_state_is_a_dataclass_whose_reset_restores_the_defaults(nam
 def test_policies_keep_typed_state_per_branch_and_sample_and_begin_clears_it(name):
     p = make_policy(name, **({"warmup_steps": 0} if name == "fora" else {}))
     p.begin(10)
-    stack = ScriptedStack(tokens(1, 1), mod=tokens(1, 1))
+    # a batch of two samples whose block stacks add different residuals (10 and 20): one state each
+    x = torch.cat([tokens(1, 1), tokens(2, 2)])
+    stack = ScriptedStack(x, rest=torch.cat([tokens(10, 10), tokens(20, 20)]), mod=x)
     call(p, stack, 0, 10)
     call(p, stack, 0, 10, branch="uncond")
     assert set(p._states) == {"cond", "uncond"}
-    assert all(type(st) is p.state_cls for sts in p._states.values() for st in sts)
-    assert p._states["cond"][0].residual is not None if hasattr(p.state_cls(), "residual") else \
-        p._states["cond"][0].residuals
+    assert all(type(st) is p.state_cls and len(sts) == 2 for sts in p._states.values() for st in sts)
+    for branch in ("cond", "uncond"):
+        a, b = p._states[branch]
+        assert a is not b
+        residual = (lambda st: st.residual) if hasattr(a, "residual") else (lambda st: st.residuals[-1])
+        assert residual(a).flatten().tolist() == [10, 10] and residual(b).flatten().tolist() == [20, 20]
     p.begin(10)
     assert p._states == {}
 
@@ -103,11 +108,46 @@ def test_cross_chunk_reuses_the_previous_chunks_rest_residual_at_the_same_step()
     torch.testing.assert_close(second[3][0], tokens(2.5, 3) + tokens(99, 99))
 
 
+def test_cross_chunk_reuse_reads_the_same_step_against_the_phase_aware_tau_and_keeps_the_chunks_drift():
+    """5 steps, warm-up 2 (steps 0-1), step 4 forced; tau_s = 0.1 (1 + 4 s / 5) = 0.1, 0.18, 0.26, 0.34. x = (1, 1);
+    the probe outputs p and the rest residuals differ per step. Chunk 0 computes every step (p doubles each step:
+    drift 1). In chunk 1:
+      step 0: p (3, 3) vs chunk 0's (2, 3): 0.5 / 2.5 = 0.2 >= 0.1 -> computes (residual 2 + 99);
+      step 1: (4, 4.5) vs (4, 6): 0.75 / 5 = 0.15 < 0.18 -> reuses step 1's rest (11, 21) (a flat tau 0.1 would
+              compute; step 0's entry, 0.7 away, would be refused); in warm-up, nothing accumulated (0);
+      step 2: the chunk's own drift vs step 1, 4.75 / 4.25 = 19/17 >= 0.26, refuses; (8, 10) vs (8, 12): 0.1 < 0.26
+              -> reuses step 2's rest (12, 22), keeping 19/17 as its accumulated drift;
+      step 3: probe as step 2: accumulated 19/17 + 0 >= 0.34 (had the reuse reset it, 0 would skip); vs chunk 0's
+              (16, 24): 0.55 >= 0.34 -> computes."""
+    p = make_policy("worldcache", threshold=0.1, ret_ratio=0.4, cross_chunk=True, **{**OFF, "phase_aware": True})
+    num = 5
+
+    def run(index, probes, rests):
+        p.begin_chunk(index)
+        p.begin(num)
+        x = (1.0, 1.0)  # the probe output is x + probe
+        return [call(p, ScriptedStack(tokens(*x), tokens(*(v - 1 for v in pr)), tokens(*rs)), s, num)
+                for s, (pr, rs) in enumerate(zip(probes, rests))]
+
+    first = run(0, [(2, 3), (4, 6), (8, 12), (16, 24), (32, 48)], [(10 + s, 20 + s) for s in range(num)])
+    assert [r.computed for _, r in first] == [True] * num
+    second = run(1, [(3, 3), (4, 4.5), (8, 10), (8, 10), (9, 9)], [(99, 99)] * num)
+    assert [r.computed for _, r in second] == [True, False, False, True, True]
+    (o1, r1), (o2, r2), (_, r3) = second[1:4]
+    torch.testing.assert_close(o1, tokens(4, 4.5) + tokens(11, 21))  # this probe + chunk 0's step-1 rest
+    torch.testing.assert_close(o2, tokens(8, 10) + tokens(12, 22))
+    assert (r1.drift, r1.threshold) == pytest.approx((0.15, 0.18), abs=1e-12)
+    assert (r2.drift, r2.threshold) == pytest.approx((0.1, 0.26), abs=1e-12)
+    assert (r3.drift, r3.threshold) == pytest.approx((19 / 17, 0.34), abs=1e-12)
+
+
 def test_cross_chunk_state_is_dropped_for_a_new_rollout_an_unannounced_prediction_and_when_off():
     p = make_policy("worldcache", threshold=1e9, ret_ratio=0.9, cross_chunk=True, **OFF)
     chunk(p, 0, probe=(1, 2), rest=(10, 20))
     assert all(r.computed for _, r in chunk(p, 0, probe=(1, 2), rest=(10, 20)))  # chunk 0: a new rollout
-    p.begin(N)  # a prediction nobody announced as the next chunk
+    assert not all(r.computed for _, r in chunk(p, 1, probe=(1, 2), rest=(10, 20)))  # chunk 1 carries it ...
+    assert p.previous != {}
+    p.begin(N)  # ... a prediction nobody announced as the next chunk does not (begin sets the chunk back to 0)
     assert p.previous == {}
     off = make_policy("worldcache", threshold=1e9, ret_ratio=0.9, **OFF)
     chunk(off, 0, probe=(1, 2), rest=(10, 20))
