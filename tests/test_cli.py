@@ -120,14 +120,14 @@ def test_input_error_classification():
         raise ValueError("bad value")  # raised in a worldcache module (this test is not one)
 
     assert cli.is_input_error(FileNotFoundError("x"))
-    try:
-        cli._policy_spec("worldcache:threshold")
-    except ValueError as e:
-        assert cli.is_input_error(e)
-    try:
+    # a setting without "=" and one without a key are both refused, as input errors (the raising frame is cli's)
+    for text, item in (("worldcache:threshold", "'threshold'"), ("worldcache:=0.3", "'=0.3'")):
+        with pytest.raises(ValueError, match=rf"expected NAME:key=value\[,key=value\.\.\.\], got {item}") as e:
+            cli._policy_spec(text)
+        assert cli.is_input_error(e.value)
+    with pytest.raises(ValueError) as e:
         ours()
-    except ValueError as e:
-        assert not cli.is_input_error(e)  # the raising frame belongs to a test module, not to worldcache
+    assert not cli.is_input_error(e.value)  # the raising frame belongs to a test module, not to worldcache
 
 
 def test_compare_fidelity(capsys, tmp_path):
