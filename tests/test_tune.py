@@ -10,8 +10,8 @@ import yaml
 
 import worldcache  # noqa: F401  (registers the env)
 from worldcache.bench import TUNING_SEED
-from worldcache.bench.tune import choose
-from worldcache.cache import load_cache, load_policy
+from worldcache.bench.tune import choose, tuned_yaml
+from worldcache.cache import load_cache, load_policy, make_policy
 from worldcache.cache.config import ConfigError
 from worldcache.world_model import WorldModel, WorldModelSpec
 
@@ -38,6 +38,37 @@ def test_a_cache_yaml_may_carry_num_steps(tmp_path):
         (tmp_path / "b.yaml").write_text(f"policy: none\nnum_steps: {bad}\n")
         with pytest.raises(ConfigError, match="num_steps must be an integer"):
             load_cache(tmp_path / "b.yaml")
+
+
+def _chosen(policy, label, config, num_steps, psnr=31.234):
+    # a bench row as tune's choice hands it to tuned_yaml (the keys tuned_yaml reads)
+    return {"policy": policy, "label": label, "config": config, "num_steps": num_steps, "psnr_vs_uncached": psnr,
+            "compute_speedup": 2.5, "denoising_speedup": 2.104, "computed_fraction": 0.4}
+
+
+def test_tuned_yaml_writes_the_chosen_rows_settings(tmp_path):
+    # a numpy scalar (a threshold scaled on a numpy grid) is written as a plain YAML float
+    row = _chosen("worldcache", "fora threshold=0.3 steps=18", {"threshold": np.float64(0.3), "saliency": False}, 18)
+    text = tuned_yaml(row, "RULE", "SRC", 35)
+    head = ("# worldcache tune: RULE, on SRC.\n# Chosen: FORA-style threshold=0.3 steps=18: compute speedup 2.50x "
+            "(wall clock 2.10x), PSNR vs. uncached 35 steps 31.23 dB, computed fraction 0.40.\n")
+    assert text.startswith(head)
+    data = yaml.safe_load(text)
+    assert data == {"policy": "worldcache", "threshold": 0.3, "saliency": False, "num_steps": 18}
+    assert list(data) == ["policy", "threshold", "saliency", "num_steps"]  # the policy first, as a reader expects
+
+    # steps-only (uncached at fewer steps) is written as policy none at those steps; identical frames say so
+    text = tuned_yaml(_chosen("steps-only", "steps-only steps=12", {}, 12, psnr=None), "RULE", "SRC", 35)
+    assert yaml.safe_load(text) == {"policy": "none", "num_steps": 12}
+    assert "PSNR vs. uncached 35 steps identical," in text
+
+    # every setting the chosen row ran with comes back from the file (a tuple written as a YAML list)
+    for name, over, read, steps in (("worldcache", {"threshold": 0.3, "saliency": False}, {}, 18),
+                                    ("teacache", {"coefficients": (2.0, 0.5)}, {"coefficients": [2.0, 0.5]}, 9)):
+        config = {**make_policy(name).settings(), **over}
+        (tmp_path / "t.yaml").write_text(tuned_yaml(_chosen(name, name, config, steps), "RULE", "SRC", 35))
+        policy, got_steps = load_cache(tmp_path / "t.yaml")
+        assert (policy.name, policy.settings(), got_steps) == (name, {**config, **read}, steps)
 
 
 @pytest.mark.slow
@@ -99,4 +130,7 @@ def test_tune_writes_a_yaml_that_env_rollout_and_bench_take(tiny_ckpt, tmp_path,
                                                 "worldcache saliency=False threshold=0.3 steps=2"]
     assert [(r["config"]["saliency"], r["config"]["threshold"]) for r in rows if r["policy"] == "worldcache"] == \
         [(False, 0.3)] * 2
-    assert yaml.safe_load((tmp_path / "v.yaml").read_text())["policy"] in ("worldcache", "none")
+    choice = choose(rows, min_speedup=1)  # the row tune chose: its policy, every setting and its steps written
+    assert yaml.safe_load((tmp_path / "v.yaml").read_text()) == {
+        "policy": "none" if choice["policy"] == "steps-only" else "worldcache", **choice["config"],
+        "num_steps": choice["num_steps"]}
