@@ -487,6 +487,11 @@ def test_strip_shows_the_baseline_closest_to_uncached_at_a_similar_speed():
     frames = {r["label"]: r["label"] for r in rows}
     names = [name for name, _ in bench.strip_panels(rows, "u", frames, "gt")]
     assert names == ["uncached", "WorldCache 2.00x", "FORA-style interval=2 1.80x", "ground truth"]
+    # none within 1.25x of 2.0x: the nearest in speedup (1.2x: a factor 1.67 off; 4.0x: 2), whatever its PSNR
+    rows = [rows[0], row("teacache", "far slow", 1.2, 45.0), row("fora", "far fast", 4.0, 70.0)]
+    frames = {r["label"]: r["label"] for r in rows}
+    assert [name for name, _ in bench.strip_panels(rows, "u", frames, "gt")] == [
+        "uncached", "WorldCache 2.00x", "far slow 1.20x", "ground truth"]
 
 
 def test_tune_chooses_by_its_rule():
