@@ -186,7 +186,10 @@ def test_make_policy_names_and_noise():
     with md.PusherRenderer() as r:
         rng = np.random.default_rng(0)
         assert md.make_policy("scripted", r, rng, noise=0.6).noise == 0.6
-        assert 0.0 <= md.make_policy("mixed", r, rng).noise <= 1.0
+        assert md.make_policy("scripted", r, rng).noise == 0.0  # a clean controller unless told
+        # mixed draws its noise level from U(0, 0.8) on the episode rng (scripted drew nothing: it is the first draw)
+        assert md.make_policy("mixed", r, rng).noise == np.random.default_rng(0).uniform(0.0, 0.8)
+        assert md.make_policy("mixed", r, rng, noise=0.3).noise == 0.3
         r.reset(seed=0)
         a = md.make_policy("random", r, rng)(np.zeros(23))
         assert a.shape == (3,) and a.dtype == np.float32 and np.all(np.abs(a) <= 1)
