@@ -1,5 +1,6 @@
 """Every shipped config loads by name from the one CONFIG_DIR (which a wheel install ships as worldcache.configs)."""
 import pytest
+import yaml
 
 from worldcache.cache import load_policy
 from worldcache.cache.config import CACHE_CONFIG_DIR, CONFIG_DIR
@@ -25,4 +26,10 @@ def test_cache_config_loads_by_name(name):
 def test_rollout_config_loads_by_name(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # by name, not by a path relative to the checkout
     cfg = RolloutConfig.load(name)
-    assert cfg.episodes >= 1 and cfg.cache in CACHE_NAMES
+    assert cfg.cache in CACHE_NAMES
+    # every key the file sets, as the file sets it (read here with plain YAML); the rest at RolloutConfig's defaults
+    raw = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    got = cfg.as_kwargs()
+    assert {k: got[k] for k in raw} == raw
+    assert {k: v for k, v in got.items() if k not in raw} == \
+        {k: v for k, v in RolloutConfig().as_kwargs().items() if k not in raw}
