@@ -170,6 +170,44 @@ def test_every_tensor_lands_bit_equal(files, variant):
     assert torch.equal(exact, rounded) == (variant == "2")
 
 
+def test_sharded_transformer_loads_bit_equal(files, tmp_path):
+    """The real 2B transformer (~4 GB in bf16) is always written in 2 GiB shards plus an index; the tiny models fit
+    in one file. Small shards here run that branch: diffusers must load every tensor from the shard the index
+    names, and the index must say the exact total size."""
+    import json
+    import shutil
+
+    from worldcache.convert import write_safetensors_sharded
+
+    f = files["2.5"]
+    folder = tmp_path / "sharded"
+    shutil.copytree(f["out"], folder)
+    single = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(single))
+    single.unlink()
+    nbytes = {k: v.numel() * v.element_size() for k, v in tensors.items()}
+    limit = sum(nbytes.values()) // 5
+    assert max(nbytes.values()) < limit  # every tensor fits a shard: the packing below is greedy, in order
+    write_safetensors_sharded(tensors, folder / "transformer", shard_bytes=limit)
+    names = sorted(p.name for p in (folder / "transformer").glob("*.safetensors"))
+    n = len(names)
+    assert n >= 5 and names == [f"diffusion_pytorch_model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    shards = [list(load_file(str(folder / "transformer" / name))) for name in names]
+    # greedy packing, in the tensors' order: each shard within the limit, and full (its next tensor would not fit)
+    assert [k for shard in shards for k in shard] == list(tensors)
+    sizes = [sum(nbytes[k] for k in shard) for shard in shards]
+    assert all(s <= limit for s in sizes)
+    assert all(sizes[i] + nbytes[shards[i + 1][0]] > limit for i in range(n - 1))
+    index = json.loads((folder / "transformer" / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == sum(nbytes.values())
+    assert index["weight_map"] == {k: name for name, shard in zip(names, shards) for k in shard}
+    model = WorldModel.from_pretrained(folder, dtype="bf16")  # diffusers reads the index
+    tsd = model.dit.transformer.state_dict()
+    assert tsd.keys() == tensors.keys()
+    for k, v in tensors.items():  # time_embed is kept in fp32: the bf16 values upcast exactly
+        assert torch.equal(tsd[k].to(torch.bfloat16), v), k
+
+
 def reference_embedding(state: dict, timestep: torch.Tensor, actions: torch.Tensor, variant: str):
     """NVIDIA's formulas written out: sinusoid (cos first), RMSNorm(sin + aD) and t_embedder(sin) + a3D; the
     conditioning latent frame gets zero actions (2.5); the 2 variant embeds the flattened chunk once."""
