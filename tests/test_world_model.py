@@ -122,6 +122,38 @@ def test_rollout_chains_chunks(tiny_ckpt):
                                                      seed=1)[0])
 
 
+def test_action_embedder_maps_each_group_of_four_actions_to_its_latent_frame():
+    """REAL_MODEL.md §4: actions (B, k, A) -> (B, k/4, 4A), 4 consecutive actions per generated latent frame,
+    row-major; each MLP is fc1 -> GELU(tanh) -> fc2; zero rows for the conditioning latent frame(s), put in after
+    the MLPs (no bias leaks there). With chunk 8 there are two groups, so their order and layout show."""
+    import torch.nn.functional as F
+
+    from worldcache.world_model import ActionEmbedder
+
+    a_dim, hidden, d = 3, 10, 6
+    torch.manual_seed(0)
+    emb = ActionEmbedder(4 * a_dim, hidden, d)
+    with torch.no_grad():
+        for p in emb.parameters():
+            p.normal_(0, 0.5)
+    actions = torch.randn(2, 8, a_dim, generator=torch.Generator().manual_seed(1))
+
+    def mlp(m, x):  # written out, not the module's forward
+        return F.gelu(x @ m.fc1.weight.T + m.fc1.bias, approximate="tanh") @ m.fc2.weight.T + m.fc2.bias
+
+    with torch.no_grad():
+        for n_cond in (1, 2):
+            a3d, ad = emb(actions, n_cond + 2)
+            assert a3d.shape == (2, n_cond + 2, 3 * d) and ad.shape == (2, n_cond + 2, d)
+            for out, m in ((a3d, emb.action_embedder_B_3D), (ad, emb.action_embedder_B_D)):
+                assert torch.equal(out[:, :n_cond], torch.zeros_like(out[:, :n_cond]))
+                for g in range(2):  # group g = actions 4g..4g+3, flattened action by action
+                    want = mlp(m, actions[:, 4 * g:4 * g + 4].flatten(1))
+                    torch.testing.assert_close(out[:, n_cond + g], want, rtol=1e-6, atol=1e-6)
+        with pytest.raises(ValueError, match="2 action groups for 1 latent frames"):
+            emb(actions, 1)
+
+
 @pytest.mark.parametrize("bad_frame, bad_actions, match", [
     (np.zeros((1, 32, 40, 3), np.float32), None, "uint8"),
     (None, np.zeros((1, 3, 7), np.float32), r"\(batch, 4, 7\)"),
