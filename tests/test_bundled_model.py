@@ -15,6 +15,11 @@ def test_bundled_model_predicts_and_depends_on_actions():
     a = rng.uniform(s.action_low, s.action_high, (1, s.chunk, s.action_dim)).astype(np.float32)
     frames, out = model.predict(start, a, num_steps=8, seed=0)
     assert frames.shape == (1, s.chunk, s.height, s.width, 3) and frames.dtype == torch.uint8
+    # the right frames: the decoded window is the conditioning frame's reconstruction, then the chunk's new frames;
+    # predict returns the new ones (no_grad as in predict: the VAE's fast kernels round a few values otherwise)
+    with torch.no_grad():
+        window = model.decode(out.latents)
+    assert window.shape[1] == 1 + s.chunk and torch.equal(frames, window[:, 1:])
     other, _ = model.predict(start, -a, num_steps=8, seed=0)
     diff = (frames.float() - other.float()).abs().mean()
     # Same seed -> same noise, so a model that ignored actions would give exactly 0. The bundled model's effect here

@@ -41,6 +41,11 @@ def test_save_load_round_trip_identical_predictions(tiny_ckpt, tmp_path):
     frames, out = model.predict(frame, actions, num_steps=4, seed=3)
     assert frames.shape == (1, SPEC.chunk, SPEC.height, SPEC.width, 3) and frames.dtype == torch.uint8
     assert len(out.records) == 4
+    # the new frames: the window's decode without its first frame (the conditioning latent frame's one); no_grad
+    # as in predict (the VAE's fast kernels round a few values otherwise)
+    with torch.no_grad():
+        window = model.decode(out.latents)
+    assert window.shape[1] == 1 + SPEC.chunk and torch.equal(frames, window[:, 1:])
     model.save_pretrained(tmp_path / "again")
     again, _ = WorldModel.from_pretrained(tmp_path / "again").predict(frame, actions, num_steps=4, seed=3)
     assert torch.equal(frames, again)
@@ -885,11 +890,20 @@ def test_two_conditioning_latent_frames_take_the_last_five_frames():
     d, _ = model.predict(np.concatenate([frames[:, -4:-3], frames[:, -4:]], axis=1), actions, num_steps=3)
     assert a.shape == (1, 4, 32, 40, 3) and out.latents.shape[2] == 3
     assert torch.equal(a, b) and torch.equal(c, d) and not torch.equal(a, c)
+    with torch.no_grad():  # 5 conditioning frames (2 latent frames), then the 4 new ones
+        window = model.decode(out.latents)
+    assert window.shape[1] == 9 and torch.equal(a, window[:, 5:])
     with torch.no_grad():  # both conditioning latent frames get exactly zero action terms
         a3d, ad = model.dit.cond_embedder(torch.as_tensor(actions), 3)
     assert (a3d[:, :2] == 0).all() and (ad[:, :2] == 0).all() and (ad[:, 2] != 0).any()
-    frames8, outs = model.rollout(frames[:, -1], np.zeros((1, 8, 7), np.float32), num_steps=2)
+    zeros = np.zeros((1, 4, 7), np.float32)
+    frames8, outs = model.rollout(frames[:, -1], np.concatenate([zeros, zeros], 1), num_steps=2)
     assert frames8.shape == (1, 8, 32, 40, 3) and len(outs) == 2
+    # chunk 0 from the start frame alone (padded to five); chunk 1 from the last five frames seen: the start frame
+    # and chunk 0's four, with seed 0 + 1
+    assert torch.equal(frames8[:, :4], model.predict(frames[:, -1], zeros, num_steps=2, seed=0)[0])
+    history = np.concatenate([frames[:, -1:], frames8[:, :4].numpy()], 1)
+    assert torch.equal(frames8[:, 4:], model.predict(history, zeros, num_steps=2, seed=1)[0])
 
 
 def test_run_folder_files_are_made_again_only_when_their_inputs_change(tmp_path, tiny_ckpt, capsys):
