@@ -303,7 +303,7 @@ def test_converted_model_samples_as_nvidia_does(files, variant, monkeypatch):
         assert seen["cond_frame_timestep"] == 1e-4 / (1 + 1e-4)
 
 
-def test_errors_name_the_key_and_expected_shape(files, tmp_path):
+def test_errors_name_the_key_and_expected_shape(files, tmp_path, capsys):
     base = official_state("2.5")
     bad = dict(base)
     bad["net.blocks.1.cross_attn.k_proj.weight"] = torch.zeros(D, C_TEXT + 1, dtype=torch.bfloat16)
@@ -329,10 +329,38 @@ def test_errors_name_the_key_and_expected_shape(files, tmp_path):
     three = {k: torch.zeros(v) for k, v in official_shapes("2.5", layers=3).items() if not k.startswith("blocks.1.")}
     with pytest.raises(CheckpointError, match=r"blocks \[1\] missing"):
         make_plan(three)
-    # Through the CLI: the file at fault, no traceback, exit code 2.
+    # Through the CLI: exit code 2 and one error line naming the key, no traceback. The error line does not name
+    # the file; the "loading <file>" line printed just before it does.
     torch.save(bad, tmp_path / "bad.pt")
+    capsys.readouterr()
     assert main(["convert", str(tmp_path / "bad.pt"), "--vae", str(files["vae"]), "--prompt-embeds",
                  str(files["embeds"]), "--out", str(tmp_path / "o")]) == 2
+    printed = capsys.readouterr()
+    assert printed.out.startswith(f"loading {tmp_path / 'bad.pt'} (")
+    assert len(printed.err.splitlines()) == 1 and "Traceback" not in printed.err
+    assert printed.err.startswith("worldcache convert: error: unexpected key net.blocks.0.self_attn.extra.weight ")
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_converts_a_state_dict_wrapped_file_with_pickled_code_and_an_explicit_variant(files, tmp_path, capsys):
+    """`{"state_dict": ...}` (REAL_MODEL.md §1), a TransformerEngine entry only --unsafe-pickle loads, and chunk 4,
+    where the per-latent-frame and whole-chunk action widths are both 28 so only --variant decides."""
+    state = official_state("2.5")
+    state["net.blocks.0.self_attn.output_proj._extra_state"] = Opaque()
+    torch.save({"state_dict": state}, tmp_path / "wrapped.pt")
+    args = ["convert", str(tmp_path / "wrapped.pt"), "--vae", str(files["vae"]), "--prompt-embeds",
+            str(files["embeds"]), "--out", str(tmp_path / "o"), "--chunk", "4"]
+    assert main(args) == 2 and "--unsafe-pickle loads it" in capsys.readouterr().err
+    assert main(args + ["--unsafe-pickle"]) == 2 and "are both 28: pass --variant" in capsys.readouterr().err
+    assert main(args + ["--unsafe-pickle", "--variant", "2.5"]) == 0
+    assert "converted Cosmos action-conditioned model (variant 2.5)" in capsys.readouterr().out
+    model = WorldModel.from_pretrained(tmp_path / "o", dtype="bf16")
+    assert model.spec.chunk == 4 and model.spec.action_per_frame and model.spec.name == "cosmos-action-2.5"
+    tsd = model.dit.transformer.state_dict()
+    for key, target in diffusers_names().items():
+        assert torch.equal(tsd[target].to(torch.bfloat16), state[f"net.{key}"]), key
+    asd = model.dit.cond_embedder.state_dict()
+    assert all(torch.equal(asd[k], state[f"net.{k}"]) for k in asd) and len(asd) == 8
 
 
 def test_non_finite_weights_are_refused_before_anything_is_written(files, tmp_path):
