@@ -140,8 +140,12 @@ def test_guidance_is_nvidias_formula_for_any_scale_but_zero(tiny_dit, inputs, sc
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_weights_keep_latents_fp32(inputs, dtype, device):
-    """bf16/fp16 weights: the loop's latents, noise and timesteps stay fp32 (as diffusers' Cosmos 2.5 pipeline)."""
+def test_low_precision_weights_keep_latents_fp32(inputs, dtype, device, monkeypatch):
+    """bf16/fp16 weights: the loop's latents, noise and timesteps stay fp32 (as diffusers' Cosmos 2.5 pipeline).
+    Seen where they are used, every step: what the scheduler steps and what the DiT is handed (a bf16 latent would
+    come back fp32 at the end by type promotion with the fp32 mask, so the output alone cannot tell)."""
+    from diffusers import UniPCMultistepScheduler
+
     from worldcache.dit import DiT
     from worldcache.tiny import tiny_transformer
 
@@ -151,8 +155,30 @@ def test_low_precision_weights_keep_latents_fp32(inputs, dtype, device):
     seen = []
     hook = dit.transformer.patch_embed.register_forward_pre_hook(lambda m, a: seen.append(a[0].dtype))
     ref = denoise(dit32, default_scheduler(), noise, emb, num_steps=4, cond_latents=cond, num_cond_frames=1)
+    stepped, handed, timesteps = [], [], []
+    step = UniPCMultistepScheduler.step
+
+    def spy_step(self, model_output, timestep, sample, *args, **kw):
+        stepped.append((model_output.dtype, sample.dtype))
+        return step(self, model_output, timestep, sample, *args, **kw)
+
+    embed = dit.embed
+
+    def spy_embed(**kw):
+        handed.append((kw["hidden_states"].dtype, kw["timestep"].dtype))
+        timesteps.append(kw["timestep"].cpu())
+        return embed(**kw)
+
+    monkeypatch.setattr(UniPCMultistepScheduler, "step", spy_step)
+    monkeypatch.setattr(dit, "embed", spy_embed)
     out = denoise(dit, default_scheduler(), noise, emb.to(dtype), num_steps=4, cond_latents=cond, num_cond_frames=1)
     hook.remove()
+    assert stepped == [(torch.float32, torch.float32)] * 4 and handed == [(torch.float32, torch.float32)] * 4
+    sched = default_scheduler()
+    sched.set_timesteps(4)
+    for ts, sigma in zip(timesteps, sched.sigmas[:4]):  # the fp32 sigmas themselves, not rounded to the weights'
+        assert torch.equal(ts[:, :, 1:], torch.full_like(ts[:, :, 1:], float(sigma)))
+        assert torch.equal(ts[:, :, :1], torch.full_like(ts[:, :, :1], 1e-4))
     assert out.latents.dtype == torch.float32 and set(seen) == {dtype}
     assert (out.latents - ref.latents).abs().mean() < 0.05 * ref.latents.abs().mean()
 
