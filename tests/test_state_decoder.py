@@ -196,6 +196,25 @@ def test_moving_psnr_exact_values():
     assert s["moving_pixel_share"] == pytest.approx(5 / 12)
 
 
+def test_position_errors_are_euclidean_in_xyz():
+    """Per body, the 3-D distance in cm: offsets in y and z count as x does (3-4-5 triangles, by hand)."""
+    offsets = np.array([[[0.3, 0.0, 0.4], [0.0, 0.05, 0.12], [0.06, 0.0, 0.08]],   # 50, 13, 10 cm
+                        [[0.0, 0.0, 0.0], [0.0, 0.0, -0.2], [0.0, -0.03, 0.0]]])  # 0, 20, 3 cm
+
+    class Stub:  # frame i (its first pixel's value) reads its true positions plus offsets[i]
+        def predict(self, frames):
+            i = frames[:, 0, 0, 0].astype(int)
+            return targets(states[i]) + offsets[i].reshape(len(i), 9)
+
+    states = np.random.default_rng(0).normal(size=(2, 23))
+    frames = np.stack([np.full((4, 4, 3), i, np.uint8) for i in range(2)])
+    err = position_errors(Stub(), frames, states)
+    # two frames: the mean, and the 90th percentile interpolated between them (0.1 a + 0.9 b, b the larger)
+    assert err["fingertip"] == pytest.approx({"mean_cm": 25.0, "p90_cm": 45.0})
+    assert err["object"] == pytest.approx({"mean_cm": 16.5, "p90_cm": 0.1 * 13 + 0.9 * 20})
+    assert err["goal"] == pytest.approx({"mean_cm": 6.5, "p90_cm": 0.1 * 3 + 0.9 * 10})
+
+
 def test_position_scores_exact_values():
     """Decoded fingertip/object errors of predicted windows, of the repeated start frame and of the real frames."""
     class Stub:  # reads the fingertip's x as the first pixel's red value / 100, the object's x as twice that
