@@ -91,15 +91,22 @@ def plain(vae):
 
 
 def test_vae_kernels_give_diffusers_results_and_leave_training_alone(monkeypatch):
-    calls = []
+    calls, normalize_calls = [], []
     mkldnn = torch.mkldnn_convolution
     monkeypatch.setattr(torch, "mkldnn_convolution", lambda *a: calls.append(1) or mkldnn(*a))
+    # diffusers' WanRMS_norm normalises with F.normalize; the fast kernel does not: counted, the fast RMS norm shows
+    normalize = torch.nn.functional.normalize
+    monkeypatch.setattr(torch.nn.functional, "normalize",
+                        lambda *a, **k: normalize_calls.append(1) or normalize(*a, **k))
     fast = tiny(seed=2)
     slow = tiny(seed=2)
     plain(slow.vae)
     frames = torch.as_tensor(inputs(batch=2, seed=5)[0])[:, None].expand(-1, 5, -1, -1, -1)
     with torch.no_grad():
-        z_fast, z_slow = fast.encode(frames), slow.encode(frames)
+        z_fast = fast.encode(frames)
+        assert not normalize_calls  # every RMS norm of the encoder took the fast kernel
+        z_slow = slow.encode(frames)
+        assert normalize_calls  # diffusers' own path (so the count above can see a norm that slipped through)
         n = len(calls)
         assert n > 0  # the causal convolutions went through oneDNN
         torch.testing.assert_close(z_fast, z_slow, rtol=0, atol=1e-5)
@@ -129,6 +136,7 @@ def test_rms_norm_formula():
 
     norm = WanRMS_norm(4, images=False)
     vae_kernels.use_fast_kernels(torch.nn.Sequential(norm))
+    assert norm.forward.func is vae_kernels._rms_norm  # installed (diffusers' forward gives the same values)
     with torch.no_grad():
         norm.gamma.copy_(torch.tensor([1.0, 2.0, 0.5, -1.0]).view(4, 1, 1, 1))
         norm.bias = torch.tensor(0.25)
