@@ -296,7 +296,10 @@ def test_trainer_runs_resumes_and_exports(tmp_path, capsys):
     assert (fixed["train_windows"], fixed["heldout_windows"]) == (18, 9)
     assert np.isfinite([fixed["train"], fixed["heldout"]]).all()
     assert np.load(out / "start_frames.npy").shape == (3, 32, 40, 3)  # the episodes' reset frames
-    assert torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["step"] == 3
+    first_state = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)
+    assert first_state["step"] == 3 and len(first_state["losses"]) == 3
+    # final_loss: the mean of the last 50 step losses (here all 3)
+    assert record["dit"]["final_loss"] == pytest.approx(sum(first_state["losses"]) / 3, rel=1e-12)
     assert torch.load(tmp_path / "run" / "state_decoder.pt", weights_only=False)["step"] == 3  # resumable too
     # resume: a longer schedule continues from the saved step instead of starting over
     cfg.dit_steps, cfg.stages, cfg.bf16 = 5, ("dit",), True  # also exercises the bf16 autocast path
@@ -309,11 +312,28 @@ def test_trainer_runs_resumes_and_exports(tmp_path, capsys):
     warned = "warning: --bf16 on a CPU without AVX512-BF16 or AMX" in capsys.readouterr().err
     assert warned == (slow_bf16(torch.device("cpu")) is not None)  # this machine's CPU decides which
     losses = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["losses"]
-    assert len(losses) == 5 and np.isfinite(losses).all()
+    assert len(losses) == 5 and np.isfinite(losses).all() and losses[:3] == first_state["losses"]
+    resumed = json.loads((out / "training.json").read_text())["dit"]
+    assert resumed["final_loss"] == pytest.approx(sum(losses) / 5, rel=1e-12)  # the resumed steps' losses too
+    # a starting checkpoint whose action embedder and state decoder are far from what a fresh start gives: its
+    # action weights N(0, 0.2) (a reused one would not stay below 0.1), its decoder's weights moved by N(0, 0.5)
+    from worldcache.state_decoder import StateDecoder
+
+    far = tmp_path / "far"
+    shutil.copytree(out, far)
+    g = torch.Generator().manual_seed(3)
+    emb = load_file(str(far / "action_embedder.safetensors"))
+    save_file({k: (torch.randn(v.shape, generator=g) * 0.2).to(v.dtype) for k, v in emb.items()},
+              str(far / "action_embedder.safetensors"))
+    far_dec = StateDecoder.load(far)
+    with torch.no_grad():
+        for p in far_dec.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    far_dec.save(far)
     WorldModel.from_pretrained(out).predict(*inputs(), num_steps=2)
     # --init-from: the DiT stage starts from that checkpoint's transformer + VAE with a fresh action embedder.
     init = TrainConfig(data=cfg.data, out=str(tmp_path / "init"), stages=("dit",), dit_steps=2, dit_batch=2,
-                       holdout=0.34, init_from=str(out))
+                       holdout=0.34, init_from=str(far))
     src = WorldModel.from_pretrained(out)
     moved = Trainer(init).run()
     new = WorldModel.from_pretrained(moved)
@@ -321,7 +341,7 @@ def test_trainer_runs_resumes_and_exports(tmp_path, capsys):
     assert not torch.equal(new.dit.transformer.proj_out.weight, src.dit.transformer.proj_out.weight)  # trained
     fc2 = new.dit.cond_embedder.action_embedder_B_D.fc2.weight
     assert 0 < fc2.abs().max() < 0.1  # started at zero (a no-op), then trained: not the source's weights
-    assert (moved / "state_decoder.safetensors").read_bytes() == (out / "state_decoder.safetensors").read_bytes()
+    assert (moved / "state_decoder.safetensors").read_bytes() == (far / "state_decoder.safetensors").read_bytes()
     # --continue-from: every weight of that checkpoint, its state decoder too
     cont = TrainConfig(data=cfg.data, out=str(tmp_path / "cont"), stages=("dit",), dit_steps=2, dit_batch=2,
                        holdout=0.34, continue_from=str(out))
@@ -340,19 +360,18 @@ def test_trainer_runs_resumes_and_exports(tmp_path, capsys):
         held.flush()
         with pytest.raises(ValueError, match=r"another training run is writing into it \(pid 1 on elsewhere\)"):
             Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
-    # the decoder stage after --continue-from continues that checkpoint's decoder (one step: still near it)
+    # the decoder stage after --continue-from continues that checkpoint's decoder (one step: still near it, where a
+    # fresh start would be ~0.5 away)
     dec = TrainConfig(data=cfg.data, out=str(tmp_path / "dec"), stages=("decoder",), decoder_steps=1,
-                      holdout=0.34, continue_from=str(out))
+                      holdout=0.34, continue_from=str(far))
     went_on = Trainer(dec).run()
-    assert json.loads((went_on / "training.json").read_text())["decoder"]["started_from"] == str(out)
-    from worldcache.state_decoder import StateDecoder
-
-    a, b = StateDecoder.load(out).state_dict(), StateDecoder.load(went_on).state_dict()
+    assert json.loads((went_on / "training.json").read_text())["decoder"]["started_from"] == str(far)
+    a, b = StateDecoder.load(far).state_dict(), StateDecoder.load(went_on).state_dict()
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=0.05) for k in a)
     assert any(not torch.equal(a[k], b[k]) for k in a)  # and trained
     # each record holds the record of the checkpoint it started from: the whole lineage
     first = json.loads((out / "training.json").read_text())
-    assert json.loads((moved / "training.json").read_text())["started_from"] == {"checkpoint": str(out),
+    assert json.loads((moved / "training.json").read_text())["started_from"] == {"checkpoint": str(far),
                                                                                   "record": first}
     went = json.loads((tmp_path / "cont/model/training.json").read_text())
     assert went["started_from"] == {"checkpoint": str(out), "record": first} and went["dit"]["steps"] == 2
