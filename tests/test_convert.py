@@ -345,8 +345,7 @@ def test_errors_name_the_key_and_expected_shape(files, tmp_path, capsys):
     three = {k: torch.zeros(v) for k, v in official_shapes("2.5", layers=3).items() if not k.startswith("blocks.1.")}
     with pytest.raises(CheckpointError, match=r"blocks \[1\] missing"):
         make_plan(three)
-    # Through the CLI: exit code 2 and one error line naming the key, no traceback. The error line does not name
-    # the file; the "loading <file>" line printed just before it does.
+    # Through the CLI: exit code 2 and one error line naming the file and the key, no traceback
     torch.save(bad, tmp_path / "bad.pt")
     capsys.readouterr()
     assert main(["convert", str(tmp_path / "bad.pt"), "--vae", str(files["vae"]), "--prompt-embeds",
@@ -354,7 +353,8 @@ def test_errors_name_the_key_and_expected_shape(files, tmp_path, capsys):
     printed = capsys.readouterr()
     assert printed.out.startswith(f"loading {tmp_path / 'bad.pt'} (")
     assert len(printed.err.splitlines()) == 1 and "Traceback" not in printed.err
-    assert printed.err.startswith("worldcache convert: error: unexpected key net.blocks.0.self_attn.extra.weight ")
+    assert printed.err.startswith(f"worldcache convert: error: {tmp_path / 'bad.pt'}: unexpected key "
+                                  f"net.blocks.0.self_attn.extra.weight ")
     assert not (tmp_path / "o").exists()
 
 

@@ -397,7 +397,10 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
     dtype = parse_dtype(dtype)
     out = Path(out)
     state = strip_net(load_torch(transformer, unsafe_pickle))
-    plan = make_plan(state, variant, action_dim=action_dim, chunk=chunk)
+    try:
+        plan = make_plan(state, variant, action_dim=action_dim, chunk=chunk)
+    except CheckpointError as e:  # the plan sees only the tensors: the error names the file they came from
+        raise CheckpointError(f"{transformer}: {e}") from None
     if prompt_embeds is None and plan.variant == "2.5":
         raise CheckpointError("variant 2.5 needs --prompt-embeds: Cosmos-Reason1-7B's embeddings of the empty prompt "
                               "and of the default negative prompt, each [1, 512, 100352]")
