@@ -452,6 +452,26 @@ def test_vae_decoder_only_trains_the_decoder_and_keeps_the_latents_a_trained_dit
         Trainer(dataclasses.replace(cfg, continue_from=None))
 
 
+def test_the_export_after_the_vae_stage_holds_the_start_frames(tmp_path, tiny_ckpt, monkeypatch):
+    # a run killed in its DiT stage leaves OUT/model as the VAE stage wrote it: an env of it needs its reset frames
+    from worldcache.envs.cosmos_env import START_FRAMES
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+
+    def killed(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_dit", killed)
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("vae", "dit"),
+                      vae_steps=1, vae_batch=2, holdout=0.34, continue_from=str(tiny_ckpt))
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg).run()
+    store = EpisodeStore(tmp_path / "data.zarr", mode="r")
+    np.testing.assert_array_equal(np.load(tmp_path / "run" / "model" / START_FRAMES),
+                                  np.stack([store[e]["obs"][0] for e in store.episode_ids()]))
+
+
 def test_handover_loss_is_the_squared_conditioning_error_and_trains_only_the_decoder(tmp_path, tiny_ckpt):
     from worldcache.quality import conditioning_error
     from worldcache.train import TrainConfig, Trainer, handover_loss

@@ -734,14 +734,13 @@ class Trainer:
         if "vae" in self.cfg.stages:
             self.train_vae()
             # the DiT stage reloads from here when run alone, after this command is killed in its DiT stage too
-            self.model.cpu().save_pretrained(self.out / "model")
+            self._export()
             self._write_record(start)
             start = time.time()
             self.model.to(self.device)
         if "dit" in self.cfg.stages:
             self.train_dit()
-        self.model.cpu().save_pretrained(self.out / "model")
-        write_start_frames(self.cfg.data, self.out / "model")
+        self._export()
         # the starting checkpoint's state decoder, unless an earlier command trained one into this folder
         if self.source and "decoder" not in self.cfg.stages and "decoder" not in self.record:
             for name in ("state_decoder.json", "state_decoder.safetensors"):
@@ -761,6 +760,11 @@ class Trainer:
                                       "final_loss": float(np.mean(res["losses"][-50:]))}
         self._write_record(start)
         return self.out / "model"
+
+    def _export(self) -> None:
+        """`OUT/model`: the weights, and the reset frames an env of it starts from."""
+        self.model.cpu().save_pretrained(self.out / "model")
+        write_start_frames(self.cfg.data, self.out / "model")
 
     def _write_record(self, start: float) -> None:
         """`OUT/model/training.json`, with the seconds since `start` added."""
