@@ -338,10 +338,14 @@ def test_teacache_accumulates_the_change_since_the_previous_call_over_skips():
     assert [r.drift for r in recs[1:]] == pytest.approx([0.2, 0.2 + 0.25], abs=1e-12)
 
 
-def test_fora_skip_schedule():
+def test_fora_skip_schedule_and_reuse():
+    # call t: input t, the blocks add 10 (t + 1); a skipped call returns its own input plus the residual of the last
+    # computed call c, so t + 10 (c + 1)
     p = make_policy("fora", interval=3, warmup_steps=2)
-    recs, _ = drive(p, [ScriptedStack(tokens(1, 1)) for _ in range(10)], 10)
+    recs, outs = drive(p, [ScriptedStack(tokens(t, t), rest=tokens(10 * (t + 1), 10 * (t + 1))) for t in range(10)], 10)
     assert [r.computed for r in recs] == [True, True, True, False, False, True, False, False, True, False]
+    last = [0, 1, 2, 2, 2, 5, 5, 5, 8, 8]
+    assert [float(o[0, 0, 0]) for o in outs] == [t + 10 * (c + 1) for t, c in enumerate(last)]
 
 
 def test_easycache_transformation_rate():
