@@ -22,7 +22,7 @@ import time
 from .actor import RolloutWorker
 from .config import RolloutConfig, episode_id
 from .identity import checkpoint_files, checkpoint_folder, init_or_check, policy_file, rollout_attrs
-from .store import EpisodeStore, _fs, _local_path, acquire_lease, release_lease
+from .store import EpisodeStore, _fs, _group_names, _local_path, acquire_lease, release_lease
 
 
 FLUSH_ON_ERROR_S = 60  # how long a failing run waits for the actors' writers before it stops them
@@ -90,11 +90,7 @@ def run_rollouts(config, out: str | None = None, episodes: int | None = None, wo
 
 
 def _remove_if_no_episodes(fs, root: str) -> None:
-    try:
-        entries = fs.ls(f"{root}/episodes", detail=True)
-    except FileNotFoundError:
-        entries = []
-    if not any(e.get("type") == "directory" for e in entries):  # not even a partial episode group
+    if not _group_names(fs, root):  # not even a partial episode group
         with contextlib.suppress(OSError):  # the run's own error is the one to see
             fs.rm(root, recursive=True)
 

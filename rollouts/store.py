@@ -125,6 +125,17 @@ def _fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSyst
     return fsspec.core.url_to_fs(url, **_remote_options(storage_options))
 
 
+def _group_names(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """Episode group names under a store's episodes/ from one directory listing (no metadata reads). Only
+    directories with an episode id's name: a stray file or folder (.DS_Store, .ipynb_checkpoints) is not an episode."""
+    try:
+        entries = fs.ls(f"{root}/episodes", detail=True)
+    except FileNotFoundError:
+        return []
+    names = (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+    return [n for n in names if _ID_RE.match(n)]
+
+
 def read_lease(url: str, storage_options: dict | None = None) -> dict | None:
     """The lease file's content; None without one; ``{"unreadable": True}`` for one that is not a lease (left
     empty or half-written by a driver that died while taking it, or by a full disk)."""
@@ -284,15 +295,7 @@ class EpisodeStore(Mapping):
         return self._indexed
 
     def _group_names(self) -> list[str]:
-        """Episode group names under episodes/ from one directory listing (no metadata reads). Only directories
-        with an episode id's name: a stray file or folder (.DS_Store, .ipynb_checkpoints) is not an episode."""
-        fs, root = _fs(self.path, self.storage_options)
-        try:
-            entries = fs.ls(f"{root}/episodes", detail=True)
-        except FileNotFoundError:
-            return []
-        names = (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
-        return [n for n in names if _ID_RE.match(n)]
+        return _group_names(*_fs(self.path, self.storage_options))
 
     def _complete(self) -> dict[str, int]:
         """{id: num_steps} of every complete episode: the index (less any group deleted since), plus the groups
