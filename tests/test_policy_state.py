@@ -89,10 +89,14 @@ N = 4  # steps per prediction: warm-up ret_ratio 0.9 -> steps 0..3 are all warm-
        # can skip; step 3 is the forced final step
 
 
-def chunk(policy, index, probe, rest, x=(1.0, 1.0)):
+def chunk(policy, index, probe, rest, x=(1.0, 1.0), steps=N):
+    """One prediction of `steps` calls; `probe` and `rest` are the residuals of every step, or lists of one per step."""
+    probes = probe if isinstance(probe, list) else [probe] * steps
+    rests = rest if isinstance(rest, list) else [rest] * steps
     policy.begin_chunk(index)
-    policy.begin(N)
-    return [call(policy, ScriptedStack(tokens(*x), tokens(*probe), tokens(*rest)), s, N) for s in range(N)]
+    policy.begin(steps)
+    return [call(policy, ScriptedStack(tokens(*x), tokens(*pr), tokens(*rs)), s, steps)
+            for s, (pr, rs) in enumerate(zip(probes, rests))]
 
 
 def test_cross_chunk_reuses_the_previous_chunks_rest_residual_at_the_same_step():
@@ -121,17 +125,11 @@ def test_cross_chunk_reuse_reads_the_same_step_against_the_phase_aware_tau_and_k
               (16, 24): 0.55 >= 0.34 -> computes."""
     p = make_policy("worldcache", threshold=0.1, ret_ratio=0.4, cross_chunk=True, **{**OFF, "phase_aware": True})
     num = 5
-
-    def run(index, probes, rests):
-        p.begin_chunk(index)
-        p.begin(num)
-        x = (1.0, 1.0)  # the probe output is x + probe
-        return [call(p, ScriptedStack(tokens(*x), tokens(*(v - 1 for v in pr)), tokens(*rs)), s, num)
-                for s, (pr, rs) in enumerate(zip(probes, rests))]
-
-    first = run(0, [(2, 3), (4, 6), (8, 12), (16, 24), (32, 48)], [(10 + s, 20 + s) for s in range(num)])
+    outputs = lambda ps: [tuple(v - 1 for v in o) for o in ps]  # noqa: E731  (probe outputs, x = (1, 1) + residual)
+    first = chunk(p, 0, outputs([(2, 3), (4, 6), (8, 12), (16, 24), (32, 48)]), [(10 + s, 20 + s) for s in range(num)],
+                  steps=num)
     assert [r.computed for _, r in first] == [True] * num
-    second = run(1, [(3, 3), (4, 4.5), (8, 10), (8, 10), (9, 9)], [(99, 99)] * num)
+    second = chunk(p, 1, outputs([(3, 3), (4, 4.5), (8, 10), (8, 10), (9, 9)]), (99, 99), steps=num)
     assert [r.computed for _, r in second] == [True, False, False, True, True]
     (o1, r1), (o2, r2), (_, r3) = second[1:4]
     torch.testing.assert_close(o1, tokens(4, 4.5) + tokens(11, 21))  # this probe + chunk 0's step-1 rest
