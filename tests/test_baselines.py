@@ -1,8 +1,9 @@
-"""Baseline cache policies (FORA, TeaCache, EasyCache and diffusers' FBCache/FasterCache/MagCache/TaylorSeer) on a
+"""Baseline cache policies (FORA, TeaCache, EasyCache; diffusers' FBCache/FasterCache/MagCache/TaylorSeer/SeaCache) on a
 tiny random Cosmos DiT: they skip, skipped calls run no blocks, outputs stay close, guidance branches keep separate
 state, configs are validated, YAML defaults load, and hook policies leave the model clean on detach."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ from worldcache.tiny import tiny_inputs, tiny_transformer
 
 STEPS = 10
 RATIOS = [1.0] + [0.99] * 11  # MagCache ratios for the tests: every step adds error, so threshold 0 never skips
-HOOKS = ["fbcache", "fastercache", "magcache", "taylorseer"]
+HOOKS = ["fbcache", "fastercache", "magcache", "taylorseer", "seacache"]
 ALL = ["fora", "teacache", "easycache"] + HOOKS
 
 # name -> (permissive settings, settings that must never skip, moderate settings)
@@ -28,6 +29,7 @@ SETTINGS = {
                  dict(mag_ratios=RATIOS)),
     "taylorseer": (dict(cache_interval=2, disable_cache_before_step=2), dict(cache_interval=1),
                    dict(taylor_factors_dtype="float32")),
+    "seacache": (dict(threshold=10.0), dict(threshold=0.0), dict()),
     "worldcache": (dict(threshold=1.0), dict(threshold=0.0), dict(threshold=0.1)),
     "dicache": (dict(threshold=1.0), dict(threshold=0.0), dict(threshold=0.1)),
 }
@@ -160,7 +162,8 @@ def test_unknown_key_rejected(name):
     ("fastercache", "spatial_attention_timestep_skip_range", [700, 100]),
     ("magcache", "mag_ratios", [1.0, -2.0]), ("magcache", "max_skip_steps", -1),
     ("taylorseer", "cache_interval", 0), ("taylorseer", "taylor_factors_dtype", "int8"),
-    ("taylorseer", "cache_identifiers", ["("]),
+    ("taylorseer", "cache_identifiers", ["("]), ("seacache", "threshold", -0.1), ("seacache", "residual_order", 2),
+    ("seacache", "retention_steps", -1), ("seacache", "max_consecutive_cached", -1), ("seacache", "power_exp", 0.0),
 ])
 def test_bad_values_rejected(name, key, value):
     with pytest.raises(ConfigError, match=key):
@@ -236,3 +239,67 @@ def test_magcache_calibrates_on_first_prediction(setup, make, capsys):
     third = denoise(dit, default_scheduler(), noise, emb, num_steps=STEPS + 2, policy=p, **base)
     assert len(third.records) == STEPS + 2 and torch.isfinite(third.latents).all()
     p.detach()
+
+
+def _sea_indicator(latents: np.ndarray, sigma: float, power_exp: float = 3.0) -> np.ndarray:
+    """SeaCache's indicator (arXiv 2602.18993, Eq. 7), in numpy: the latents (C, T, H, W) filtered over (T, H, W) by
+    the product of per-axis Wiener gains under a clean-signal power prior 1/|f|^p, normalised to unit mean gain."""
+    x = np.moveaxis(latents.astype(np.float64), 0, -1)
+    s = min(max(sigma, 1e-6), 1 - 1e-6)
+    gain = np.ones(x.shape[:3])
+    for axis in range(3):
+        f = np.fft.fftfreq(x.shape[axis])
+        prior = 1.0 / (np.abs(f) ** power_exp + 1e-16)
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        gain = gain * ((1 - s) * prior / ((1 - s) ** 2 * prior + s ** 2 + 1e-16)).reshape(shape)
+    gain = gain / gain.mean()
+    return np.fft.ifftn(np.fft.fftn(x, axes=(0, 1, 2)) * gain[..., None], axes=(0, 1, 2)).real
+
+
+def test_seacache_decides_on_the_filtered_input_latents_and_extrapolates_the_residual(setup, make, monkeypatch):
+    """The policy fills SeaCache's per-call record itself (diffusers fills it in a model-forward hook our split
+    forward never calls): the gate must read each call's own sigma and its input latents, conditioning frame
+    included, and a skipped call must return its input plus the residual extrapolated from the last two computed
+    calls. Pinned against a numpy reference of the indicator and the gate, on the latents the cached run fed in."""
+    dit = setup[0]
+    seen, stacks = [], []
+    embed = dit.embed
+    monkeypatch.setattr(dit, "embed", lambda **kw: seen.append(kw["hidden_states"][0].numpy().copy()) or embed(**kw))
+    p = make("seacache", threshold=0.6, max_consecutive_cached=0, retention_steps=2)
+    run_stack, before, meta = p.run_stack, p._before_call, []
+    monkeypatch.setattr(p, "run_stack", lambda stack, call: stacks.append(
+        (stack.x.clone(), run_stack(stack, call))) or stacks[-1][1])
+    monkeypatch.setattr(p, "_before_call", lambda *a: before(*a) or meta.append(p._shared.forward_metadata))
+    out = run(setup, p)
+    assert [(m.step_index, m.sigma, m.num_inference_steps) for m in meta] == [
+        (r.step, r.sigma, STEPS) for r in out.records]
+    assert all(len(m.raw_vision) == 1 and np.array_equal(m.raw_vision[0].numpy(), lat) for m, lat in zip(meta, seen))
+    computed = [r.computed for r in out.records]
+    # the reference gate: steps 0-1 retained, the last step computes, otherwise compute once the relative L1 change
+    # of the indicator, accumulated since the last computed call, reaches the threshold
+    expected, acc, prev, drifts = [], 0.0, None, []
+    for r, lat in zip(out.records, seen):
+        ind = _sea_indicator(lat, r.sigma)
+        if r.step < 2 or r.step == STEPS - 1 or prev is None:
+            compute = True
+        else:
+            d = np.abs(ind - prev).mean() / (np.abs(prev).mean() + 1e-16)
+            drifts.append(d)
+            compute = acc + d >= 0.6
+            acc = 0.0 if compute else acc + d
+        if compute:
+            acc = 0.0
+        expected.append(compute)
+        prev = ind
+    assert computed == expected
+    assert 0 < computed.count(False) < STEPS - 3 and min(drifts) < 0.6 < max(drifts)  # the threshold decides here
+    assert seen[0].shape[1] == 3  # the conditioning frame is in the latents the gate read (1 + 2 generated)
+    history = []  # (step, residual) of computed calls
+    for r, (x, h) in zip(out.records, stacks):
+        if r.computed:
+            history.append((r.step, h - x))
+            continue
+        (s0, r0), (s1, r1) = history[-2:]
+        assert torch.allclose(h, x + r1 + (r1 - r0) * (r.step - s1) / (s1 - s0), atol=1e-6)
+        assert r.blocks_run == 0

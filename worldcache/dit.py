@@ -85,6 +85,7 @@ class StackContext:
     attention_mask: torch.Tensor | None
     grid: tuple[int, int, int]  # tokens along (T, H, W) after patchify
     frame_is_cond: torch.Tensor | None = None  # (T,) 1 where a token frame is conditioning (shared by the batch)
+    latents: torch.Tensor | None = None  # (B, C, T, H, W): the call's input latents, before the masks join them
 
     @functools.cached_property
     def cond_frames(self) -> int:
@@ -102,7 +103,7 @@ class StackContext:
 
         return StackContext(pick(self.encoder_hidden_states), pick(self.embedded_timestep), pick(self.temb),
                             self.image_rotary_emb, pick(self.extra_pos_emb), pick(self.attention_mask), self.grid,
-                            self.frame_is_cond)
+                            self.frame_is_cond, pick(self.latents))
 
 
 class BlockStack:
@@ -195,7 +196,7 @@ class DiT(torch.nn.Module):
         m, cfg = self.transformer, self.transformer.config
         batch_size, _, num_frames, height, width = hidden_states.shape
         wdtype = m.patch_embed.proj.weight.dtype  # callers keep latents fp32; timesteps stay fp32 (embed_timestep)
-        hidden_states = hidden_states.to(wdtype)
+        latents, hidden_states = hidden_states, hidden_states.to(wdtype)
         frame_is_cond = None
         if condition_mask is not None:
             condition_mask = condition_mask.to(wdtype)
@@ -237,7 +238,7 @@ class DiT(torch.nn.Module):
             img_context = m.img_context_proj(img_context)
         context = (text_context, img_context) if isinstance(encoder_hidden_states, tuple) else text_context
         return h, StackContext(context, embedded_timestep, temb, image_rotary_emb, extra_pos_emb, attention_mask, grid,
-                               frame_is_cond)
+                               frame_is_cond, latents)
 
     def embed_timestep(self, timestep: torch.Tensor, frame_cond: torch.Tensor | None = None):
         """(B, T) timesteps (+ actions) -> temb (B, T, 3D) and embedded_timestep (B, T, D).

@@ -16,7 +16,7 @@ STEPS_ONLY = "steps-only"  # pseudo-policy: no cache, fewer steps (the control e
 # 35-step rows skipping ~60 % or 24-step rows at 24-step sampling's own PSNR cap.
 FULL_DENOISE_STEPS = (35, 30, 24, 18, 14, 12, 10, 8)
 QUICK_DENOISE_STEPS = (35, 18, 12)  # the default; the full axis runs ~2.3x as many steps
-THRESHOLD_POLICIES = ("worldcache", "dicache", "teacache", "easycache", "fbcache", "magcache")
+THRESHOLD_POLICIES = ("worldcache", "dicache", "teacache", "easycache", "fbcache", "magcache", "seacache")
 THRESHOLD_SCALES = (0.5, 1.0, 2.0)
 # Non-threshold policies: extra settings besides their YAML defaults (fora: both intervals are listed).
 EXTRA_SETTINGS = {
@@ -28,7 +28,7 @@ EXTRA_SETTINGS = {
 # is a variant with its own frontier, so one command compares the variants' frontiers.
 GRID_KEYS = frozenset({"threshold", *(k for opts in EXTRA_SETTINGS.values() for o in opts for k in o)})
 ALL_POLICIES = ("none", STEPS_ONLY, "worldcache", "dicache", "fora", "teacache", "easycache", "fbcache",
-                "fastercache", "magcache", "taylorseer")
+                "fastercache", "magcache", "taylorseer", "seacache")
 DISPLAY_NAMES = {"fora": "FORA-style"}  # ours reuses the whole stack, not per-layer attention/MLP outputs
 
 

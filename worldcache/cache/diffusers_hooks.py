@@ -1,4 +1,5 @@
-"""diffusers' own cache hooks (FirstBlockCache, FasterCache, MagCache, TaylorSeer) behind the `CachePolicy` seam.
+"""diffusers' own cache hooks (FirstBlockCache, FasterCache, MagCache, TaylorSeer, SeaCache) behind the `CachePolicy`
+seam.
 
 Each policy attaches diffusers' `apply_*` hooks to `stack.dit.transformer` the first time `run_stack` sees that model
 (a different model: the old one is detached first), and `detach()` removes them. A model carries one hook policy at a
@@ -38,6 +39,11 @@ Per-method notes and limitations:
   Memory: (max_order + 1) factors per hooked module per branch — large for long videos (use bfloat16 factors,
   max_order 1, or coarser `cache_identifiers` such as whole blocks). diffusers' lite mode (predict `proj_out`) is
   not offered: `proj_out` runs in `DiT.head`, outside the stack and its cache context.
+- seacache: diffusers fills SeaCache's per-call metadata (step, sigma, the raw latents its indicator filters) in a
+  hook on the top-level model forward, which our split forward never calls; the policy fills the same record from
+  the call and `StackContext.latents` (the call's input latents, clean conditioning frames included, as SeaCache
+  asks) before the blocks run. A skipped call runs no block: the leader block returns its input plus the cached
+  residual (extrapolated from the last two computed calls at `residual_order` 1) and the other blocks pass it on.
 """
 from __future__ import annotations
 
@@ -54,6 +60,8 @@ from diffusers.hooks.faster_cache import (_FASTER_CACHE_BLOCK_HOOK, _FASTER_CACH
 from diffusers.hooks.first_block_cache import _FBC_BLOCK_HOOK, _FBC_LEADER_BLOCK_HOOK
 from diffusers.hooks.hooks import CacheContext, _set_cache_context
 from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK, _MAG_CACHE_LEADER_BLOCK_HOOK
+from diffusers.hooks.sea_cache import (_SEA_CACHE_BLOCK_HOOK, _SEA_CACHE_LEADER_BLOCK_HOOK, _SEA_CACHE_ROOT_HOOK,
+                                       SeaCacheConfig, _SeaCacheForwardMetadata, apply_sea_cache)
 from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
 
 from . import register
@@ -86,7 +94,7 @@ class DiffusersHookPolicy(CachePolicy):
     def _needs_reapply(self, num_steps: int) -> bool:
         return False
 
-    def _before_call(self, model, call: ModelCall) -> None:
+    def _before_call(self, model, stack, call: ModelCall) -> None:
         """Hook for methods needing per-call setup (FasterCache's per-branch state)."""
 
     # --- shared -----------------------------------------------------------------------------------------------
@@ -102,7 +110,7 @@ class DiffusersHookPolicy(CachePolicy):
         if model is not self._model:
             self.detach()
             self._attach(model)
-        self._before_call(model, call)
+        self._before_call(model, stack, call)
         self._fired.clear()
         # What `CacheMixin.cache_context` does; Cosmos' model does not inherit CacheMixin.
         _set_cache_context(model, CacheContext(call.branch, step_index=call.step, num_inference_steps=call.num_steps,
@@ -207,7 +215,7 @@ class FasterCache(DiffusersHookPolicy):
                              if getattr(m, "_diffusers_hook", None) is not None
                              and m._diffusers_hook.get_hook(_FASTER_CACHE_BLOCK_HOOK) is not None]
 
-    def _before_call(self, model, call: ModelCall) -> None:
+    def _before_call(self, model, stack, call: ModelCall) -> None:
         self._timestep = 1000.0 * (1 - call.step / call.num_steps)
         st = self.state(call.branch)
         if not st.attn:
@@ -271,7 +279,7 @@ class MagCache(DiffusersHookPolicy):
             threshold=cfg.threshold, max_skip_steps=cfg.max_skip_steps, retention_ratio=cfg.retention_ratio,
             num_inference_steps=self.num_steps, mag_ratios=self.mag_ratios, calibrate=self._calibrating))
 
-    def _before_call(self, model, call: ModelCall) -> None:
+    def _before_call(self, model, stack, call: ModelCall) -> None:
         if self._calibrating and call.step == 0:
             # Keep diffusers' own list object: its tail hook appends one ratio per step, then replaces (not
             # clears) the list when the schedule ends, so this reference ends up holding the full calibration.
@@ -327,3 +335,52 @@ class TaylorSeer(DiffusersHookPolicy):
             disable_cache_after_step=None if cfg.disable_cache_after_step < 0 else cfg.disable_cache_after_step,
             max_order=cfg.max_order, taylor_factors_dtype=_DTYPES[cfg.taylor_factors_dtype],
             cache_identifiers=list(cfg.cache_identifiers)))
+
+
+# --- SeaCache -------------------------------------------------------------------------------------------------
+@dataclass
+class SeaCachePolicyConfig(PolicyConfig):
+    threshold: float = 0.25          # skip while the accumulated rel. L1 change of the SEA-filtered latents stays below
+    residual_order: int = 1          # 0: reuse the last residual; 1: extrapolate it from the last two computed calls
+    retention_steps: int = 1         # the first steps always compute
+    cache_end_steps: int = 1         # the last steps always compute
+    max_consecutive_cached: int = 2  # at most this many consecutive skips (0: no cap)
+    power_exp: float = 3.0           # exponent of the filter's clean-signal power prior (SeaCache's video value)
+
+    def check(self) -> None:
+        self.nonneg("threshold")
+        self.require("residual_order", self.residual_order in (0, 1) and not isinstance(self.residual_order, bool),
+                     "must be 0 or 1")
+        for k in ("retention_steps", "cache_end_steps", "max_consecutive_cached"):
+            v = getattr(self, k)
+            self.require(k, isinstance(v, int) and not isinstance(v, bool) and v >= 0, "must be an integer >= 0")
+        self.require("power_exp", _is_number(self.power_exp) and self.power_exp > 0, "must be a positive number")
+
+
+@register
+class SeaCache(DiffusersHookPolicy):
+    name = "seacache"
+    config_cls = SeaCachePolicyConfig
+    hook_names = (_SEA_CACHE_ROOT_HOOK, _SEA_CACHE_LEADER_BLOCK_HOOK, _SEA_CACHE_BLOCK_HOOK)
+
+    def _apply(self, model) -> None:
+        cfg = self.config
+        apply_sea_cache(model, SeaCacheConfig(
+            threshold=cfg.threshold, residual_order=cfg.residual_order, retention_steps=cfg.retention_steps,
+            cache_end_steps=cfg.cache_end_steps, max_consecutive_cached=cfg.max_consecutive_cached,
+            power_exp=cfg.power_exp))
+        self._shared = model.transformer_blocks[0]._diffusers_hook.get_hook(_SEA_CACHE_LEADER_BLOCK_HOOK).shared_state
+
+    def _before_call(self, model, stack, call: ModelCall) -> None:
+        # What SeaCache's root hook does in the model forward our split forward skips (module docstring).
+        self._shared.forward_metadata = _SeaCacheForwardMetadata(
+            step_index=call.step, sigma=float(call.sigma), num_inference_steps=call.num_steps,
+            raw_vision=list(stack.ctx.latents.unbind(0)))
+
+    def run_stack(self, stack, call):
+        call.threshold = self.config.threshold
+        try:
+            return super().run_stack(stack, call)
+        finally:
+            if self._model is not None:
+                self._shared.forward_metadata = None
