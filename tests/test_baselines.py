@@ -1,6 +1,6 @@
-"""Baseline cache policies (FORA, TeaCache, EasyCache; diffusers' FBCache/FasterCache/MagCache/TaylorSeer/SeaCache) on a
-tiny random Cosmos DiT: they skip, skipped calls run no blocks, outputs stay close, guidance branches keep separate
-state, configs are validated, YAML defaults load, and hook policies leave the model clean on detach."""
+"""Baseline cache policies (FORA, TeaCache, EasyCache; diffusers' FBCache, FasterCache, MagCache, TaylorSeer, SeaCache
+and PAB) on a tiny random Cosmos DiT: they skip, skipped calls run no blocks, outputs stay close, guidance branches
+keep separate state, configs are validated, YAML defaults load, and hook policies leave the model clean on detach."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +15,7 @@ from worldcache.tiny import tiny_inputs, tiny_transformer
 
 STEPS = 10
 RATIOS = [1.0] + [0.99] * 11  # MagCache ratios for the tests: every step adds error, so threshold 0 never skips
-HOOKS = ["fbcache", "fastercache", "magcache", "taylorseer", "seacache"]
+HOOKS = ["fbcache", "fastercache", "magcache", "taylorseer", "seacache", "pab"]
 ALL = ["fora", "teacache", "easycache"] + HOOKS
 
 # name -> (permissive settings, settings that must never skip, moderate settings)
@@ -30,6 +30,8 @@ SETTINGS = {
     "taylorseer": (dict(cache_interval=2, disable_cache_before_step=2), dict(cache_interval=1),
                    dict(taylor_factors_dtype="float32")),
     "seacache": (dict(threshold=10.0), dict(threshold=0.0), dict()),
+    "pab": (dict(cross_attention_block_skip_range=2),
+            dict(spatial_attention_block_skip_range=1, cross_attention_block_skip_range=1), dict()),
     "worldcache": (dict(threshold=1.0), dict(threshold=0.0), dict(threshold=0.1)),
     "dicache": (dict(threshold=1.0), dict(threshold=0.0), dict(threshold=0.1)),
 }
@@ -86,7 +88,7 @@ def test_skips_when_permissive_and_never_at_zero(setup, make, name):
 def test_skipped_calls_run_no_blocks(setup, make, name):
     dit = setup[0]
     model, nb = dit.transformer, len(dit.transformer.transformer_blocks)
-    what = "attn1" if name == "fastercache" else "ff"  # FasterCache reuses self-attention, blocks still run
+    what = "attn1" if name in ("fastercache", "pab") else "ff"  # they reuse attention, blocks still run
     counter, handles = count_forwards(model, what)
     try:
         run(setup)
@@ -164,6 +166,8 @@ def test_unknown_key_rejected(name):
     ("taylorseer", "cache_interval", 0), ("taylorseer", "taylor_factors_dtype", "int8"),
     ("taylorseer", "cache_identifiers", ["("]), ("seacache", "threshold", -0.1), ("seacache", "residual_order", 2),
     ("seacache", "retention_steps", -1), ("seacache", "max_consecutive_cached", -1), ("seacache", "power_exp", 0.0),
+    ("pab", "spatial_attention_block_skip_range", 0), ("pab", "cross_attention_block_skip_range", 1.5),
+    ("pab", "cross_attention_timestep_skip_range", [800, 100]),
 ])
 def test_bad_values_rejected(name, key, value):
     with pytest.raises(ConfigError, match=key):
@@ -303,3 +307,27 @@ def test_seacache_decides_on_the_filtered_input_latents_and_extrapolates_the_res
         (s0, r0), (s1, r1) = history[-2:]
         assert torch.allclose(h, x + r1 + (r1 - r0) * (r.step - s1) / (s1 - s0), atol=1e-6)
         assert r.blocks_run == 0
+
+
+def test_pab_reuses_each_attention_on_its_own_schedule_in_the_step_based_timestep_range(setup, make, monkeypatch):
+    """At 10 steps the step-based timestep 1000 * (1 - step / 10) lies strictly inside (100, 800) at steps 3-8. Each
+    hooked module counts every call of its branch and computes outside the range or when its count is a multiple
+    of its skip range: self-attention (2) at steps 0-2, 4, 6, 8, 9; cross-attention (6) at steps 0-2, 6, 9."""
+    dit = setup[0]
+    block = dit.transformer.transformer_blocks[0]
+    ran = []
+    handles = [m.register_forward_pre_hook(lambda *_, tag=tag: ran[-1].add(tag))
+               for tag, m in (("attn1", block.attn1.to_q), ("attn2", block.attn2.to_q))]
+    p = make("pab")
+    run_stack = p.run_stack
+    monkeypatch.setattr(p, "run_stack", lambda stack, call: ran.append(set()) or run_stack(stack, call))
+    try:
+        out = run(setup, p)
+    finally:
+        for h in handles:
+            h.remove()
+    assert [s for s, r in enumerate(ran) if "attn1" in r] == [0, 1, 2, 4, 6, 8, 9]
+    assert [s for s, r in enumerate(ran) if "attn2" in r] == [0, 1, 2, 6, 9]
+    assert [r.computed for r in out.records] == [s in (0, 1, 2, 6, 9) for s in range(STEPS)]
+    nb = len(dit.transformer.transformer_blocks)
+    assert all(r.blocks_run == nb for r in out.records)  # the blocks (and their feed-forwards) still run

@@ -184,7 +184,7 @@ def test_default_grid_covers_every_policy_on_the_steps_axis_and_the_ablation():
     configs = bench_configs(reference_steps=35)
     names = {c.name or c.policy for c in configs if c.group == "policy"}
     assert names == {"none", "steps-only", "worldcache", "dicache", "fora", "teacache", "easycache", "fbcache",
-                     "fastercache", "magcache", "taylorseer", "seacache"}
+                     "fastercache", "magcache", "taylorseer", "seacache", "pab"}
     wc = [(c.label, c.num_steps) for c in configs if c.policy == "worldcache" and c.group == "policy"]
     assert len(wc) == 3 * len(QUICK_DENOISE_STEPS)  # threshold x {0.5, 1, 2} at every step count
     assert ("worldcache", 35) in wc and ("worldcache threshold=0.06 steps=12", 12) in wc
@@ -211,9 +211,9 @@ def test_default_grid_covers_every_policy_on_the_steps_axis_and_the_ablation():
     assert [(c.label, c.num_steps) for c in bench_configs(
         ["steps-only", {"policy": "fora", "interval": 3, "num_steps": 9}], ablation=False, denoise_steps=[14, 35],
         reference_steps=35)] == [("steps-only steps=14", 14), ("fora interval=3 steps=9", 9)]
-    # none + 7 steps-only + 7 threshold policies x 3 thresholds x 8 + fora, fastercache, taylorseer x 2 x 8
+    # none + 7 steps-only + 7 threshold policies x 3 thresholds x 8 + fora, fastercache, taylorseer, pab x 2 x 8
     assert FULL_DENOISE_STEPS == (35, 30, 24, 18, 14, 12, 10, 8)
-    assert len(bench_configs(ablation=False, denoise_steps=FULL_DENOISE_STEPS)) == 1 + 7 + 7 * 3 * 8 + 3 * 2 * 8
+    assert len(bench_configs(ablation=False, denoise_steps=FULL_DENOISE_STEPS)) == 1 + 7 + 7 * 3 * 8 + 4 * 2 * 8
     assert display("fora interval=2") == "FORA-style interval=2" and display("fora") == "FORA-style"
     # a setting off the policy's own grid (GRID_KEYS: threshold, fora's interval, ...) makes a variant
     specs = [{"policy": "worldcache", "threshold": 0.05}, {"policy": "worldcache", "saliency": False, "threshold": 0.05},

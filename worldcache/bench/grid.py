@@ -23,12 +23,13 @@ EXTRA_SETTINGS = {
     "fora": [{"interval": 2}, {"interval": 3}],
     "fastercache": [{}, {"spatial_attention_block_skip_range": 3}],
     "taylorseer": [{}, {"cache_interval": 8}],
+    "pab": [{}, {"spatial_attention_block_skip_range": 3}],
 }
 # Settings that move a policy along its own grid; a spec that sets any other one (e.g. worldcache:saliency=false)
 # is a variant with its own frontier, so one command compares the variants' frontiers.
 GRID_KEYS = frozenset({"threshold", *(k for opts in EXTRA_SETTINGS.values() for o in opts for k in o)})
 ALL_POLICIES = ("none", STEPS_ONLY, "worldcache", "dicache", "fora", "teacache", "easycache", "fbcache",
-                "fastercache", "magcache", "taylorseer", "seacache")
+                "fastercache", "magcache", "taylorseer", "seacache", "pab")
 DISPLAY_NAMES = {"fora": "FORA-style"}  # ours reuses the whole stack, not per-layer attention/MLP outputs
 
 

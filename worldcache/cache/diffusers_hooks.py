@@ -1,5 +1,5 @@
-"""diffusers' own cache hooks (FirstBlockCache, FasterCache, MagCache, TaylorSeer, SeaCache) behind the `CachePolicy`
-seam.
+"""diffusers' own cache hooks (FirstBlockCache, FasterCache, MagCache, TaylorSeer, SeaCache, Pyramid Attention
+Broadcast) behind the `CachePolicy` seam.
 
 Each policy attaches diffusers' `apply_*` hooks to `stack.dit.transformer` the first time `run_stack` sees that model
 (a different model: the old one is detached first), and `detach()` removes them. A model carries one hook policy at a
@@ -44,6 +44,12 @@ Per-method notes and limitations:
   the call and `StackContext.latents` (the call's input latents, clean conditioning frames included, as SeaCache
   asks) before the blocks run. A skipped call runs no block: the leader block returns its input plus the cached
   residual (extrapolated from the last two computed calls at `residual_order` 1) and the other blocks pass it on.
+- pab: Pyramid Attention Broadcast reuses each block's self-attention (`attn1`, which is spatio-temporal in Cosmos:
+  diffusers' "spatial" class) and cross-attention (`attn2`) outputs, computing them every N calls inside a timestep
+  range. Like FasterCache it keeps one cache per attention module, not per context, so the policy swaps in a
+  per-branch state before each call, and its "timestep" is the same step-based ``1000 * (1 - step / num_steps)``.
+  Blocks still run (feed-forward included), so as for FasterCache a reusing call has `computed=False` and
+  `blocks_run` equal to the block count.
 """
 from __future__ import annotations
 
@@ -60,6 +66,10 @@ from diffusers.hooks.faster_cache import (_FASTER_CACHE_BLOCK_HOOK, _FASTER_CACH
 from diffusers.hooks.first_block_cache import _FBC_BLOCK_HOOK, _FBC_LEADER_BLOCK_HOOK
 from diffusers.hooks.hooks import CacheContext, _set_cache_context
 from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK, _MAG_CACHE_LEADER_BLOCK_HOOK
+from diffusers.hooks.pyramid_attention_broadcast import (_PYRAMID_ATTENTION_BROADCAST_HOOK,
+                                                         PyramidAttentionBroadcastConfig,
+                                                         PyramidAttentionBroadcastState,
+                                                         apply_pyramid_attention_broadcast)
 from diffusers.hooks.sea_cache import (_SEA_CACHE_BLOCK_HOOK, _SEA_CACHE_LEADER_BLOCK_HOOK, _SEA_CACHE_ROOT_HOOK,
                                        SeaCacheConfig, _SeaCacheForwardMetadata, apply_sea_cache)
 from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
@@ -72,6 +82,13 @@ from ..dit import register_cosmos_block
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_range(cfg: PolicyConfig, key: str) -> None:
+    """A step-based timestep range (FasterCache, PAB)."""
+    r = getattr(cfg, key)
+    cfg.require(key, isinstance(r, (list, tuple)) and len(r) == 2 and all(map(_is_number, r)) and r[0] < r[1],
+                "must be [low, high] with low < high (timestep = 1000 * (1 - step / num_steps))")
 
 
 class DiffusersHookPolicy(CachePolicy):
@@ -183,10 +200,7 @@ class FasterCachePolicyConfig(PolicyConfig):
     def check(self) -> None:
         n = self.spatial_attention_block_skip_range
         self.require("spatial_attention_block_skip_range", isinstance(n, int) and n >= 1, "must be an integer >= 1")
-        r = self.spatial_attention_timestep_skip_range
-        self.require("spatial_attention_timestep_skip_range",
-                     isinstance(r, (list, tuple)) and len(r) == 2 and all(map(_is_number, r)) and r[0] < r[1],
-                     "must be [low, high] with low < high (timestep = 1000 * (1 - step / num_steps))")
+        _check_range(self, "spatial_attention_timestep_skip_range")
         self.require("attention_weight", _is_number(self.attention_weight), "must be a finite number")
 
 
@@ -384,3 +398,53 @@ class SeaCache(DiffusersHookPolicy):
         finally:
             if self._model is not None:
                 self._shared.forward_metadata = None
+
+
+# --- Pyramid Attention Broadcast ------------------------------------------------------------------------------
+
+@dataclass
+class PABPolicyConfig(PolicyConfig):
+    spatial_attention_block_skip_range: int = 2  # self-attention: computed every N calls of a branch in its range
+    cross_attention_block_skip_range: int = 6    # cross-attention (PAB's broadcast ranges: cross the longest)
+    spatial_attention_timestep_skip_range: list = field(default_factory=lambda: [100, 800])  # on 1000*(1-step/N)
+    cross_attention_timestep_skip_range: list = field(default_factory=lambda: [100, 800])
+
+    def check(self) -> None:
+        for k in ("spatial_attention_block_skip_range", "cross_attention_block_skip_range"):
+            v = getattr(self, k)
+            self.require(k, isinstance(v, int) and not isinstance(v, bool) and v >= 1, "must be an integer >= 1")
+        _check_range(self, "spatial_attention_timestep_skip_range")
+        _check_range(self, "cross_attention_timestep_skip_range")
+
+
+@dataclass
+class PABBranchState(PolicyState):
+    attn: list = field(default_factory=list)  # one diffusers PyramidAttentionBroadcastState per hooked module
+
+
+@register
+class PAB(DiffusersHookPolicy):
+    name = "pab"
+    config_cls = PABPolicyConfig
+    state_cls = PABBranchState
+    hook_names = (_PYRAMID_ATTENTION_BROADCAST_HOOK,)
+
+    def _apply(self, model) -> None:
+        cfg = self.config
+        apply_pyramid_attention_broadcast(model, PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=cfg.spatial_attention_block_skip_range,
+            cross_attention_block_skip_range=cfg.cross_attention_block_skip_range,
+            spatial_attention_timestep_skip_range=tuple(cfg.spatial_attention_timestep_skip_range),
+            cross_attention_timestep_skip_range=tuple(cfg.cross_attention_timestep_skip_range),
+            current_timestep_callback=lambda: self._timestep))
+        self._hooks = [m._diffusers_hook.get_hook(_PYRAMID_ATTENTION_BROADCAST_HOOK) for m in model.modules()
+                       if getattr(m, "_diffusers_hook", None) is not None
+                       and m._diffusers_hook.get_hook(_PYRAMID_ATTENTION_BROADCAST_HOOK) is not None]
+
+    def _before_call(self, model, stack, call: ModelCall) -> None:
+        self._timestep = 1000.0 * (1 - call.step / call.num_steps)
+        st = self.state(call.branch)
+        if not st.attn:
+            st.attn = [PyramidAttentionBroadcastState() for _ in self._hooks]
+        for hook, s in zip(self._hooks, st.attn):  # one attention cache per branch, not one shared
+            hook.state = s
