@@ -47,7 +47,8 @@ Per-method notes and limitations:
 - pab: Pyramid Attention Broadcast reuses each block's self-attention (`attn1`, which is spatio-temporal in Cosmos:
   diffusers' "spatial" class) and cross-attention (`attn2`) outputs, computing them every N calls inside a timestep
   range. Like FasterCache it keeps one cache per attention module, not per context, so the policy swaps in a
-  per-branch state before each call, and its "timestep" is the same step-based ``1000 * (1 - step / num_steps)``.
+  per-branch state before each call (`AttentionReusePolicy`), and its "timestep" is the same step-based
+  ``1000 * (1 - step / num_steps)``.
   Blocks still run (feed-forward included), so as for FasterCache a reusing call has `computed=False` and
   `blocks_run` equal to the block count.
 """
@@ -205,16 +206,39 @@ class FasterCachePolicyConfig(PolicyConfig):
 
 
 @dataclass
-class FasterCacheBranchState(PolicyState):
-    attn: list = field(default_factory=list)  # one diffusers FasterCacheBlockState per hooked attention module
+class AttentionBranchState(PolicyState):
+    attn: list = field(default_factory=list)  # one diffusers attention-cache state per hooked attention module
+
+
+class AttentionReusePolicy(DiffusersHookPolicy):
+    """FasterCache and PAB: diffusers keeps one attention cache per module, not per context, and reads the timestep
+    from a callback. Before each call the policy sets the step-based timestep and swaps in the branch's own states,
+    so the guidance branches never mix."""
+
+    state_cls = AttentionBranchState
+    attn_hook: str = ""        # the name of diffusers' per-attention-module hook
+    attn_state_cls: type = object  # its state class
+
+    def _find_attn_hooks(self, model) -> None:
+        self._attn_hooks = [m._diffusers_hook.get_hook(self.attn_hook) for m in model.modules()
+                            if getattr(m, "_diffusers_hook", None) is not None
+                            and m._diffusers_hook.get_hook(self.attn_hook) is not None]
+
+    def _before_call(self, model, stack, call: ModelCall) -> None:
+        self._timestep = 1000.0 * (1 - call.step / call.num_steps)
+        st = self.state(call.branch)
+        if not st.attn:
+            st.attn = [self.attn_state_cls() for _ in self._attn_hooks]
+        for hook, s in zip(self._attn_hooks, st.attn):  # one attention cache per branch, not one shared
+            hook.state = s
 
 
 @register
-class FasterCache(DiffusersHookPolicy):
+class FasterCache(AttentionReusePolicy):
     name = "fastercache"
     config_cls = FasterCachePolicyConfig
-    state_cls = FasterCacheBranchState
     hook_names = (_FASTER_CACHE_DENOISER_HOOK, _FASTER_CACHE_BLOCK_HOOK)
+    attn_hook, attn_state_cls = _FASTER_CACHE_BLOCK_HOOK, FasterCacheBlockState
 
     def _apply(self, model) -> None:
         cfg = self.config
@@ -225,17 +249,7 @@ class FasterCache(DiffusersHookPolicy):
             current_timestep_callback=lambda: self._timestep,
             is_guidance_distilled=True,  # see module docstring: the CFG (denoiser) hook never runs here
             tensor_format="BCFHW"))
-        self._block_hooks = [m._diffusers_hook.get_hook(_FASTER_CACHE_BLOCK_HOOK) for m in model.modules()
-                             if getattr(m, "_diffusers_hook", None) is not None
-                             and m._diffusers_hook.get_hook(_FASTER_CACHE_BLOCK_HOOK) is not None]
-
-    def _before_call(self, model, stack, call: ModelCall) -> None:
-        self._timestep = 1000.0 * (1 - call.step / call.num_steps)
-        st = self.state(call.branch)
-        if not st.attn:
-            st.attn = [FasterCacheBlockState() for _ in self._block_hooks]
-        for hook, s in zip(self._block_hooks, st.attn):  # one attention cache per branch, not one shared
-            hook.state = s
+        self._find_attn_hooks(model)
 
 
 # --- MagCache -------------------------------------------------------------------------------------------------
@@ -417,17 +431,12 @@ class PABPolicyConfig(PolicyConfig):
         _check_range(self, "cross_attention_timestep_skip_range")
 
 
-@dataclass
-class PABBranchState(PolicyState):
-    attn: list = field(default_factory=list)  # one diffusers PyramidAttentionBroadcastState per hooked module
-
-
 @register
-class PAB(DiffusersHookPolicy):
+class PAB(AttentionReusePolicy):
     name = "pab"
     config_cls = PABPolicyConfig
-    state_cls = PABBranchState
     hook_names = (_PYRAMID_ATTENTION_BROADCAST_HOOK,)
+    attn_hook, attn_state_cls = _PYRAMID_ATTENTION_BROADCAST_HOOK, PyramidAttentionBroadcastState
 
     def _apply(self, model) -> None:
         cfg = self.config
@@ -437,14 +446,4 @@ class PAB(DiffusersHookPolicy):
             spatial_attention_timestep_skip_range=tuple(cfg.spatial_attention_timestep_skip_range),
             cross_attention_timestep_skip_range=tuple(cfg.cross_attention_timestep_skip_range),
             current_timestep_callback=lambda: self._timestep))
-        self._hooks = [m._diffusers_hook.get_hook(_PYRAMID_ATTENTION_BROADCAST_HOOK) for m in model.modules()
-                       if getattr(m, "_diffusers_hook", None) is not None
-                       and m._diffusers_hook.get_hook(_PYRAMID_ATTENTION_BROADCAST_HOOK) is not None]
-
-    def _before_call(self, model, stack, call: ModelCall) -> None:
-        self._timestep = 1000.0 * (1 - call.step / call.num_steps)
-        st = self.state(call.branch)
-        if not st.attn:
-            st.attn = [PyramidAttentionBroadcastState() for _ in self._hooks]
-        for hook, s in zip(self._hooks, st.attn):  # one attention cache per branch, not one shared
-            hook.state = s
+        self._find_attn_hooks(model)
