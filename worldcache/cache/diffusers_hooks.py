@@ -415,7 +415,6 @@ class SeaCache(DiffusersHookPolicy):
 
 
 # --- Pyramid Attention Broadcast ------------------------------------------------------------------------------
-
 @dataclass
 class PABPolicyConfig(PolicyConfig):
     spatial_attention_block_skip_range: int = 2  # self-attention: computed every N calls of a branch in its range
