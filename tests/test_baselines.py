@@ -261,34 +261,46 @@ def _sea_indicator(latents: np.ndarray, sigma: float, power_exp: float = 3.0) ->
     return np.fft.ifftn(np.fft.fftn(x, axes=(0, 1, 2)) * gain[..., None], axes=(0, 1, 2)).real
 
 
-def test_seacache_decides_on_the_filtered_input_latents_and_extrapolates_the_residual(setup, make, monkeypatch):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_seacache_decides_on_the_filtered_input_latents_and_extrapolates_the_residual(setup, make, monkeypatch,
+                                                                                      batch):
     """The policy fills SeaCache's per-call record itself (diffusers fills it in a model-forward hook our split
     forward never calls): the gate must read each call's own sigma and its input latents, conditioning frame
-    included, and a skipped call must return its input plus the residual extrapolated from the last two computed
-    calls. Pinned against a numpy reference of the indicator and the gate, on the latents the cached run fed in."""
+    included, every sample's (a whole-batch decision on the mean of their changes), and a skipped call must return
+    its input plus the residual extrapolated from the last two computed calls. Pinned against a numpy reference of
+    the indicator and the gate, on the latents the cached run fed in."""
     dit = setup[0]
+    if batch > 1:  # samples that differ: a vector env's
+        noise, cond, emb, neg = tiny_inputs(batch=batch, seed=1)
+        setup = (dit, dict(cond_latents=cond, num_cond_frames=1), noise, emb, neg)
     seen, stacks = [], []
     embed = dit.embed
-    monkeypatch.setattr(dit, "embed", lambda **kw: seen.append(kw["hidden_states"][0].numpy().copy()) or embed(**kw))
+    monkeypatch.setattr(dit, "embed", lambda **kw: seen.append(kw["hidden_states"].numpy().copy()) or embed(**kw))
     p = make("seacache", threshold=0.6, max_consecutive_cached=0, retention_steps=2)
-    run_stack, before, meta = p.run_stack, p._before_call, []
+    run_stack, before, meta, held = p.run_stack, p._before_call, [], []
     monkeypatch.setattr(p, "run_stack", lambda stack, call: stacks.append(
-        (stack.x.clone(), run_stack(stack, call))) or stacks[-1][1])
+        (stack.x.clone(), run_stack(stack, call))) or held.append(any(  # tensors of the call kept past it
+            st.gen_input is not None or st.cached_gen_residual is not None
+            for st in p._manager._state_cache.values())) or stacks[-1][1])
     monkeypatch.setattr(p, "_before_call", lambda *a: before(*a) or meta.append(p._shared.forward_metadata))
     out = run(setup, p)
+    records = out.sample_records(0)
     assert [(m.step_index, m.sigma, m.num_inference_steps) for m in meta] == [
-        (r.step, r.sigma, STEPS) for r in out.records]
-    assert all(len(m.raw_vision) == 1 and np.array_equal(m.raw_vision[0].numpy(), lat) for m, lat in zip(meta, seen))
-    computed = [r.computed for r in out.records]
+        (r.step, r.sigma, STEPS) for r in records]
+    assert all(len(m.raw_vision) == batch and all(np.array_equal(v.numpy(), x) for v, x in zip(m.raw_vision, lat))
+               for m, lat in zip(meta, seen))
+    computed = [r.computed for r in records]
+    assert all([r.computed for r in out.sample_records(i)] == computed for i in range(batch))
+    assert held == [False] * STEPS
     # the reference gate: steps 0-1 retained, the last step computes, otherwise compute once the relative L1 change
     # of the indicator, accumulated since the last computed call, reaches the threshold
     expected, acc, prev, drifts = [], 0.0, None, []
-    for r, lat in zip(out.records, seen):
-        ind = _sea_indicator(lat, r.sigma)
+    for r, lat in zip(records, seen):
+        ind = [_sea_indicator(x, r.sigma) for x in lat]
         if r.step < 2 or r.step == STEPS - 1 or prev is None:
             compute = True
         else:
-            d = np.abs(ind - prev).mean() / (np.abs(prev).mean() + 1e-16)
+            d = np.mean([np.abs(a - b).mean() / (np.abs(b).mean() + 1e-16) for a, b in zip(ind, prev)])
             drifts.append(d)
             compute = acc + d >= 0.6
             acc = 0.0 if compute else acc + d
@@ -298,9 +310,9 @@ def test_seacache_decides_on_the_filtered_input_latents_and_extrapolates_the_res
         prev = ind
     assert computed == expected
     assert 0 < computed.count(False) < STEPS - 3 and min(drifts) < 0.6 < max(drifts)  # the threshold decides here
-    assert seen[0].shape[1] == 3  # the conditioning frame is in the latents the gate read (1 + 2 generated)
+    assert seen[0].shape[2] == 3  # the conditioning frame is in the latents the gate read (1 + 2 generated)
     history = []  # (step, residual) of computed calls
-    for r, (x, h) in zip(out.records, stacks):
+    for r, (x, h) in zip(records, stacks):
         if r.computed:
             history.append((r.step, h - x))
             continue
@@ -331,3 +343,26 @@ def test_pab_reuses_each_attention_on_its_own_schedule_in_the_step_based_timeste
     assert [r.computed for r in out.records] == [s in (0, 1, 2, 6, 9) for s in range(STEPS)]
     nb = len(dit.transformer.transformer_blocks)
     assert all(r.blocks_run == nb for r in out.records)  # the blocks (and their feed-forwards) still run
+
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_a_model_switch_inside_a_prediction_is_refused(setup, make, name):
+    """diffusers' hook state holds the model's features and schedule (PAB's and FasterCache's per-branch attention
+    states would feed model A's attention outputs to model B). A new model is taken at the start of a prediction
+    (`test_hooks_follow_the_model`); inside one it is an error, not a silent mix."""
+    dit, base, noise, emb, _ = setup
+    other = DiT(tiny_transformer(seed=1))
+
+    class Switch:  # model A for steps 0-3, model B from step 4 on, in one `denoise` (one `begin`)
+        transformer, calls = dit.transformer, 0
+
+        def __call__(self, *args, **kwargs):
+            self.calls += 1
+            return (dit if self.calls <= 4 else other)(*args, **kwargs)
+
+    p = make(name, **SETTINGS[name][0])
+    with pytest.raises(ValueError, match=f"{name}: the model changed inside a prediction"):
+        denoise(Switch(), default_scheduler(), noise, emb, num_steps=STEPS, policy=p, **base)
+    out = denoise(other, default_scheduler(), noise, emb, num_steps=STEPS, policy=p, **base)  # the next one: fine
+    assert any(not r.computed for r in out.records)

@@ -2,10 +2,11 @@
 Broadcast) behind the `CachePolicy` seam.
 
 Each policy attaches diffusers' `apply_*` hooks to `stack.dit.transformer` the first time `run_stack` sees that model
-(a different model: the old one is detached first), and `detach()` removes them. A model carries one hook policy at a
-time: attaching a second one detaches the first. The hooks wrap blocks / attention modules, so `run_stack` only runs
-the whole stack inside a diffusers `CacheContext` named after the guidance branch: per-branch hook state comes from
-diffusers' `StateManager`, keyed by that name. `begin` resets all hook state.
+(a different model at the start of a prediction: the old one is detached first; inside a prediction, an error), and
+`detach()` removes them. A model carries one hook policy at a time: attaching a second one detaches the first. The
+hooks wrap blocks / attention modules, so `run_stack` only runs the whole stack inside a diffusers `CacheContext`
+named after the guidance branch: per-branch hook state comes from diffusers' `StateManager`, keyed by that name.
+`begin` resets all hook state.
 
 Honest bookkeeping: a hook-skipped block is still *called*, so `BlockStack.blocks_run` would overcount. Each policy
 watches, per block, the leaf linears that do the work (`attn1.to_q`, `attn2.to_q`, the feed-forward's last linear)
@@ -104,6 +105,7 @@ class DiffusersHookPolicy(CachePolicy):
         self._model = None
         self._handles: list = []
         self._fired: set = set()
+        self._calls = 0  # model calls since `begin`
 
     # --- per method -------------------------------------------------------------------------------------------
     def _apply(self, model) -> None:
@@ -120,14 +122,19 @@ class DiffusersHookPolicy(CachePolicy):
         if self._model is not None and self._needs_reapply(num_steps):
             self.detach()
         super().begin(num_steps)
+        self._calls = 0
         if self._model is not None:
             HookRegistry.check_if_exists_or_initialize(self._model).reset_stateful_hooks(recurse=True)
 
     def run_stack(self, stack, call: ModelCall) -> torch.Tensor:
         model = stack.dit.transformer
         if model is not self._model:
+            if self._calls and self._model is not None:  # the hook state holds the old model's features
+                raise ValueError(f"{self.name}: the model changed inside a prediction; a diffusers-hook policy "
+                                 f"follows a new model from its next prediction (begin) on")
             self.detach()
             self._attach(model)
+        self._calls += 1
         self._before_call(model, stack, call)
         self._fired.clear()
         # What `CacheMixin.cache_context` does; Cosmos' model does not inherit CacheMixin.
@@ -219,7 +226,8 @@ class AttentionReusePolicy(DiffusersHookPolicy):
     attn_hook: str = ""        # the name of diffusers' per-attention-module hook
     attn_state_cls: type = object  # its state class
 
-    def _find_attn_hooks(self, model) -> None:
+    def _attach(self, model) -> None:
+        super()._attach(model)
         self._attn_hooks = [m._diffusers_hook.get_hook(self.attn_hook) for m in model.modules()
                             if getattr(m, "_diffusers_hook", None) is not None
                             and m._diffusers_hook.get_hook(self.attn_hook) is not None]
@@ -249,7 +257,6 @@ class FasterCache(AttentionReusePolicy):
             current_timestep_callback=lambda: self._timestep,
             is_guidance_distilled=True,  # see module docstring: the CFG (denoiser) hook never runs here
             tensor_format="BCFHW"))
-        self._find_attn_hooks(model)
 
 
 # --- MagCache -------------------------------------------------------------------------------------------------
@@ -397,7 +404,8 @@ class SeaCache(DiffusersHookPolicy):
             threshold=cfg.threshold, residual_order=cfg.residual_order, retention_steps=cfg.retention_steps,
             cache_end_steps=cfg.cache_end_steps, max_consecutive_cached=cfg.max_consecutive_cached,
             power_exp=cfg.power_exp))
-        self._shared = model.transformer_blocks[0]._diffusers_hook.get_hook(_SEA_CACHE_LEADER_BLOCK_HOOK).shared_state
+        leader = model.transformer_blocks[0]._diffusers_hook.get_hook(_SEA_CACHE_LEADER_BLOCK_HOOK)
+        self._shared, self._manager = leader.shared_state, leader.state_manager
 
     def _before_call(self, model, stack, call: ModelCall) -> None:
         # What SeaCache's root hook does in the model forward our split forward skips (module docstring).
@@ -410,8 +418,10 @@ class SeaCache(DiffusersHookPolicy):
         try:
             return super().run_stack(stack, call)
         finally:
-            if self._model is not None:
+            if self._model is not None:  # what the root hook's post_forward does: hold no tensor of this call
                 self._shared.forward_metadata = None
+                for st in self._manager._state_cache.values():
+                    st.reset_forward()
 
 
 # --- Pyramid Attention Broadcast ------------------------------------------------------------------------------
@@ -445,4 +455,3 @@ class PAB(AttentionReusePolicy):
             spatial_attention_timestep_skip_range=tuple(cfg.spatial_attention_timestep_skip_range),
             cross_attention_timestep_skip_range=tuple(cfg.cross_attention_timestep_skip_range),
             current_timestep_callback=lambda: self._timestep))
-        self._find_attn_hooks(model)
