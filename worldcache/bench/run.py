@@ -37,7 +37,8 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
     torch.compile the DiT's blocks (`WorldModel.compile_dit`); diffusers' hook policies still run the eager blocks,
     so their wall clock is then not comparable with the others', and their compute counts their blocks at the
     compiled unit times without their hooks' own time (an upper bound on their compute speedup; for
-    fastercache, which reuses attention inside blocks that still run, a lower bound: README, "Compiled blocks").
+    fastercache and pab, which reuse attention inside blocks that still run, a lower bound: README, "Compiled
+    blocks").
 
     Returns ``{"rows", "uncached", "frontiers", "at_worldcache_speed", "frontier_at", "machine", "settings"}``; with `json_out`
     the JSON and the figures are written (`report.write_outputs`)."""
