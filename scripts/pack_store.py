@@ -42,10 +42,12 @@ def unpack(packed: str, store_path: str) -> None:
         data = np.load(io.BytesIO(f.read()))
     meta = json.loads(data["__meta__"].tobytes())
     store = EpisodeStore(store_path, mode="a")
-    if len(store) and any(store.attrs.get(k) != v for k, v in meta["attrs"].items()):  # another dataset's store
+    # the store's own format keys are this code's: a pack of an older store unpacks into the current layout
+    attrs = {k: v for k, v in meta["attrs"].items() if k not in ("format_version", "kind")}
+    if len(store) and any(store.attrs.get(k) != v for k, v in attrs.items()):  # another dataset's store
         sys.exit(f"{store_path} holds episodes of another dataset (its attrs differ from the pack's): unpack into "
                  f"a new path")
-    store.attrs.update(meta["attrs"])
+    store.attrs.update(attrs)
     for eid, info in tqdm(meta["episodes"].items(), desc="unpack", unit="ep"):
         if store.exists(eid):  # an interrupted unpack resumes: complete episodes stay, a partial one is rewritten
             continue

@@ -80,6 +80,27 @@ def test_generate_is_reproducible_and_resumable(generated):
     # a shorter run again writes nothing and keeps the record of the 3 the store holds
     assert md.generate(root / "a.zarr", episodes=1, steps=STEPS, seed=3, progress=False)["written"] == 0
     assert EpisodeStore(root / "a.zarr", mode="r").attrs["runs"]["seed3_mixed"]["episodes"] == 3
+    # an interrupted run (here: its third episode's write fails) records no episode the store lacks, and still
+    # claims its seed for its policy; the run done again completes the record
+    write = EpisodeStore.write_episode
+
+    def failing(self, eid, *args, **kwargs):
+        if eid.endswith("00002"):
+            raise OSError("disk full")
+        return write(self, eid, *args, **kwargs)
+
+    EpisodeStore.write_episode = failing
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            md.generate(root / "cut.zarr", episodes=4, steps=STEPS, seed=3, progress=False)
+    finally:
+        EpisodeStore.write_episode = write
+    cut = EpisodeStore(root / "cut.zarr", mode="r")
+    assert len(cut) == 2 and cut.attrs["runs"] == {"seed3_mixed": {"seed": 3, "policy": "mixed", "episodes": 0}}
+    with pytest.raises(ValueError, match="seed 3 already holds 'mixed' episodes"):
+        md.generate(root / "cut.zarr", episodes=1, steps=STEPS, seed=3, policy="random", progress=False)
+    assert md.generate(root / "cut.zarr", episodes=4, steps=STEPS, seed=3, progress=False)["written"] == 2
+    assert EpisodeStore(root / "cut.zarr", mode="r").attrs["runs"]["seed3_mixed"]["episodes"] == 4
     other = EpisodeStore.create(root / "other.zarr")  # a store make-data did not write (a rollout store, say)
     other.write_episode("e", np.zeros((2, 4, 4, 3), np.uint8), np.zeros((1, 3), np.float32), np.zeros(1, np.float32),
                         np.zeros(1, bool), np.zeros(1, bool))

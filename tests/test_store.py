@@ -386,6 +386,21 @@ def test_pack_store_round_trips_and_an_interrupted_unpack_resumes(tmp_path):
         for k in ("obs", "actions", "rewards", "terminated", "truncated", "state"):
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{eid} {k}")
         assert b["attrs"]["policy"] == "mixed"
+    # a pack of an older store (format 1) unpacks into this code's layout, labelled as such, and resumes
+    import json
+    import lzma
+
+    with lzma.open(tmp_path / "p.npz.xz") as f:
+        data = dict(np.load(f))
+    meta = json.loads(data["__meta__"].tobytes())
+    meta["attrs"]["format_version"] = 1
+    data["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with lzma.open(tmp_path / "old.npz.xz", "wb") as f:
+        np.savez(f, **data)
+    for _ in range(2):
+        pack_store.unpack(str(tmp_path / "old.npz.xz"), str(tmp_path / "new.zarr"))
+    new = EpisodeStore(tmp_path / "new.zarr", mode="r")
+    assert new.attrs["format_version"] == 2 and new.episode_ids() == ["ep0", "ep1"] and new.attrs["fps"] == 20.0
     other = EpisodeStore.create(tmp_path / "other.zarr", attrs={"fps": 10.0})  # another dataset: never mixed in
     other.write_episode("ep0", **make_episode(seed=5))
     with pytest.raises(SystemExit, match="holds episodes of another dataset"):

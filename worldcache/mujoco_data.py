@@ -479,7 +479,8 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
         renderer.close()
         raise ValueError(f"{out_path}: seed {seed} already holds {clash[0]!r} episodes; give {policy!r} another --seed")
     key = f"seed{seed}_{policy}"  # a shorter run again must not shrink the record of what the store holds
-    runs[key] = {"seed": seed, "policy": policy, "episodes": max(episodes, runs.get(key, {}).get("episodes", 0))}
+    held = runs.get(key, {}).get("episodes", 0)
+    runs[key] = {"seed": seed, "policy": policy, "episodes": held}  # the seed is this policy's from now on
     store.attrs["runs"] = runs
 
     written = skipped = 0
@@ -500,6 +501,9 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
             state = ep.pop("state")
             store.write_episode(eid, **ep, extras={"state": state}, attrs=meta)
             written += 1
+        # only now does the store hold them: an interrupted run's record claims no episode it lacks
+        runs[key]["episodes"] = max(episodes, held)
+        store.attrs["runs"] = runs
     finally:
         renderer.close()
     elapsed = time.perf_counter() - t0
