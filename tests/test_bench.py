@@ -19,7 +19,7 @@ from worldcache.bench.episodes import calibration_episode
 from worldcache.bench.grid import display
 from worldcache.bench.tune import choose
 from worldcache.cache.base import CallRecord
-from worldcache.cache import load_policy
+from worldcache.cache import ConfigError, load_policy
 from worldcache.cache.config import CACHE_CONFIG_DIR, read_yaml
 from worldcache.fidelity import EQUAL_COST, EQUAL_NORM, POLICY_SETS, evaluate_policies, make_control, parse_policy
 from worldcache.mujoco_data import PusherRenderer, real_rollout
@@ -567,6 +567,28 @@ def test_evaluate_policies_ranks_the_equal_cost_set_end_to_end(small_ckpt, tmp_p
         evaluate_policies(small_ckpt, episodes=1, steps=5, verbose=False)
     with pytest.raises(ValueError, match="unknown control policy"):
         evaluate_policies(small_ckpt, episodes=1, steps=4, policies=["teleport"], verbose=False)
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("teleport", "unknown control policy 'teleport'"), ("random:0.5", "'random:0.5': random takes no noise level"),
+    ("explore:0.9", "explore takes no noise level"), ("hover:0.3", "hover takes no noise level"),
+    ("scripted:-0.5", r"'scripted:-0.5': the noise level after ':' must be a number in \[0, 1\]"),
+    ("scripted:3", r"must be a number in \[0, 1\]"), ("push:abc", r"'push:abc': the noise level .* a number"),
+    ("mixed:", "must be a number"), ("push:nan", "must be a number"),
+])
+def test_a_bad_control_policy_is_refused_before_the_model_loads(spec, match, monkeypatch):
+    # a noise level a policy ignores would label a row "random noise=0.5" that is plain random
+    monkeypatch.setattr("worldcache.world_model.WorldModel.from_pretrained",
+                        lambda *a, **k: pytest.fail("the model loaded before the input was checked"))
+    with pytest.raises(ValueError, match=match):
+        evaluate_policies(episodes=1, steps=8, policies=[spec], verbose=False)
+    with pytest.raises(ConfigError, match="bogus"):  # a cache name alone is one name, not its letters
+        evaluate_policies(episodes=1, steps=8, policies="push", cache="bogus", verbose=False)
+    assert parse_policy("push:0.3") == ("push", 0.3, "push noise=0.3") and parse_policy("mixed:1") == (
+        "mixed", 1.0, "mixed noise=1")
+    from worldcache.fidelity import expand_policies
+    assert expand_policies("push") == ["push"]
+    assert expand_policies(["push", "noise-levels"])[:2] == ["push", "scripted:0"]
 
 def test_same_ranking_compares_each_cache_with_the_first():
     from worldcache.fidelity import summarize

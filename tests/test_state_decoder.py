@@ -73,6 +73,9 @@ def test_decoder_learns_positions_and_round_trips(store, tmp_path):
     # init_from continues from the saved weights: 20 more steps keep the error (20 from scratch learn nothing)
     more = train_state_decoder(store, None, steps=20, batch_size=32, lr=1e-3, holdout=0.2, blur=0.0, init_from=out)
     assert more["heldout_errors"]["fingertip"]["mean_cm"] < 0.3 * base
+    StateDecoder(StateDecoderConfig(height=2 * H, width=W)).save(tmp_path / "other_size")
+    with pytest.raises(ValueError, match=rf"other_size: the decoder reads {2 * H}x{W} frames, .* holds {H}x{W}"):
+        train_state_decoder(store, None, steps=1, init_from=tmp_path / "other_size")
     with pytest.raises(ValueError, match="uint8"):
         dec.predict(frames[:, :8])
     (out / CONFIG_FILE).write_text(json.dumps({**json.loads((out / CONFIG_FILE).read_text()), "colour": 1}))

@@ -96,18 +96,35 @@ class EqualNormPolicy:
         return (EQUAL_NORM * self._dir).astype(np.float32)
 
 
+NOISY = ("scripted", "mixed", "varied", "varied-wide", "push")  # the control policies that take a noise level
+
+
 def parse_policy(spec: str) -> tuple[str, float | None, str]:
-    """``"scripted:0.3"`` -> ("scripted", 0.3, "scripted noise=0.3"); ``"random"`` -> ("random", None, "random")."""
-    name, _, noise = str(spec).partition(":")
-    if not noise:
+    """``"scripted:0.3"`` -> ("scripted", 0.3, "scripted noise=0.3"); ``"random"`` -> ("random", None, "random").
+    Refuses an unknown name, and a noise level that is not a number in [0, 1] or that the policy would ignore."""
+    from .mujoco_data import POLICIES
+
+    name, colon, noise = str(spec).partition(":")
+    if name not in POLICIES + EQUAL_COST:
+        raise ValueError(f"unknown control policy {name!r}; choose from {POLICIES + EQUAL_COST} or a set "
+                         f"{tuple(POLICY_SETS)}")
+    if not colon:
         return name, None, name
-    return name, float(noise), f"{name} noise={float(noise):g}"
+    if name not in NOISY:
+        raise ValueError(f"{spec!r}: {name} takes no noise level (those that do: {NOISY})")
+    try:
+        level = float(noise)
+    except ValueError:
+        level = float("nan")
+    if not 0 <= level <= 1:
+        raise ValueError(f"{spec!r}: the noise level after ':' must be a number in [0, 1]")
+    return name, level, f"{name} noise={level:g}"
 
 
 def expand_policies(policies) -> list[str]:
-    """Policy names, with set names (`POLICY_SETS`) replaced by their policies."""
+    """Policy names, with set names (`POLICY_SETS`) replaced by their policies (one name alone is a list of one)."""
     out = []
-    for p in policies:
+    for p in ([policies] if isinstance(policies, str) else policies):
         out.extend(POLICY_SETS.get(p, (p,)))
     return out
 
@@ -241,14 +258,17 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
         list(json_out) if isinstance(json_out, (list, tuple)) else [json_out]
     if not folders or len(outs) != len(folders):
         raise ValueError(f"{len(folders)} decoder(s) need as many JSON paths (or none), got {len(outs)}: {outs}")
+    names = expand_policies(policies)
+    cache = [cache] if isinstance(cache, str) else cache
+    if episodes < 1 or not names or not cache:
+        raise ValueError("need episodes >= 1, at least one policy and at least one cache entry")
+    specs = [parse_policy(p) for p in names]  # bad input fails here, before the model loads
+    caches = {str(c): load_policy(c) for c in cache}
     model = WorldModel.from_pretrained(checkpoint, device=device, compile=compile)
     model_id = model_sha256(checkpoint or BUNDLED)  # the files as loaded, before the long run
     s = model.spec
     if steps < s.chunk or steps % s.chunk:
         raise ValueError(f"steps={steps} must be a positive multiple of the model's chunk ({s.chunk})")
-    names = expand_policies(policies)
-    if episodes < 1 or not names or not cache:
-        raise ValueError("need episodes >= 1, at least one policy and at least one cache entry")
     readers = [Path(d or checkpoint or BUNDLED) for d in folders]
     decs = [StateDecoder.load(r, device) for r in readers]
     dec_ids = [model_sha256({n: (r / n).read_bytes() for n in (CONFIG_FILE, WEIGHTS_FILE)}) for r in readers]
@@ -256,9 +276,7 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
         if (dec.config.height, dec.config.width) != (s.height, s.width):
             raise ValueError(f"the state decoder reads {dec.config.height}x{dec.config.width} frames, the model "
                              f"predicts {s.height}x{s.width}")
-    caches = {str(c): load_policy(c) for c in cache}
 
-    specs = [parse_policy(p) for p in names]
     real = np.zeros((len(specs), episodes))
     ctrl, real_terms = np.zeros_like(real), np.zeros((*real.shape, 2))
     dec_real = [np.zeros_like(real) for _ in decs]  # one per decoder from here on

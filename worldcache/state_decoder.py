@@ -184,6 +184,7 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
     from .rollouts.store import EpisodeStore
     from .train import split
 
+    init = None if init_from is None else StateDecoder.load(init_from)  # before the store: a mismatch fails at once
     store = EpisodeStore(store_path, mode="r")
     ids = sorted(store.episode_ids())
     if not ids:
@@ -194,6 +195,9 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
         if "state" not in ep:
             raise ValueError(f"{store_path}: episode {i!r} has no 'state' extra (Pusher observations per frame); "
                              f"make the data with `worldcache make-data`")
+        if init is not None and ep["obs"].shape[1:3] != (init.config.height, init.config.width):
+            raise ValueError(f"{init_from}: the decoder reads {init.config.height}x{init.config.width} frames, "
+                             f"{store_path} holds {ep['obs'].shape[1]}x{ep['obs'].shape[2]}")
         episodes.append((ep["obs"], ep["state"]))
     train, val = split(episodes, holdout)
     frames = torch.as_tensor(np.concatenate([f for f, _ in train]))
@@ -203,7 +207,7 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
                                 "width": frames.shape[2], "mean": mean.tolist(), "std": std.tolist()})
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    dec = StateDecoder(cfg) if init_from is None else StateDecoder.load(init_from)
+    dec = StateDecoder(cfg) if init is None else init
     dec = dec.to(device).train()
     mean, std = np.asarray(dec.config.mean, np.float32), np.asarray(dec.config.std, np.float32)
     target = torch.as_tensor((y - mean) / std, device=device)
