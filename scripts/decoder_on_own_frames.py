@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from worldcache.rollouts.store import EpisodeStore
+from worldcache.seeding import derived_seed
 from worldcache.state_decoder import train_state_decoder
 from worldcache.train import load_episodes, split
 from worldcache.world_model import BUNDLED, WorldModel
@@ -30,7 +31,9 @@ def write_own_frames(model: WorldModel, train: list[dict], store_path: str, epis
                      num_steps: int, batch: int = 8, stride: int = 1) -> int:
     """The real training episodes, then the model's predictions of windows at steps 0 and `length` / 2 of
     `episodes` of them: the first, or every `stride`-th (a store of several datasets one after another); returns the
-    number of predicted windows."""
+    number of predicted windows. Window (episode e, step t) draws the noise `derived_seed(e, t)`. (Before
+    2026-12-07 every window of a batch drew the batch's offset as its seed, so a batch's windows shared one noise;
+    the bundled decoder was fine-tuned on frames predicted that way.)"""
     if Path(store_path).exists():  # never delete what is there: it may be the training data, or anything
         raise FileExistsError(f"{store_path} exists: give a new --store path (this script writes a new store)")
     store = EpisodeStore.create(store_path, attrs={"fps": 20.0})
@@ -47,8 +50,9 @@ def write_own_frames(model: WorldModel, train: list[dict], store_path: str, epis
         part = wins[j:j + batch]
         starts = np.stack([train[e]["obs"][t] for e, t in part])
         acts = np.stack([train[e]["actions"][t:t + length] for e, t in part])
-        with torch.no_grad():
-            frames, _ = model.rollout(starts, acts, num_steps=num_steps, seed=j)
+        with torch.no_grad():  # window (e, t) draws its own noise, whatever its batch or the options
+            frames, _ = model.rollout(starts, acts, num_steps=num_steps,
+                                      seed=[derived_seed(e, t) for e, t in part])
         for (e, t), f, s0 in zip(part, frames.cpu().numpy(), starts):
             store.write_episode(f"b{e:04d}_{t:02d}", np.concatenate([s0[None], f]), train[e]["actions"][t:t + length],
                                 np.zeros(length, np.float32), np.zeros(length, bool), np.zeros(length, bool),
