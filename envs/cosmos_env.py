@@ -114,6 +114,10 @@ class WorldSim:
             if (c.height, c.width) != (self.spec.height, self.spec.width):
                 raise CheckpointError(f"{self.folder / CONFIG_FILE}: the state decoder reads {c.height}x{c.width} "
                                       f"frames, the model predicts {self.spec.height}x{self.spec.width}")
+            try:
+                decoder.check_scene(self.spec.scene, self.folder / CONFIG_FILE)
+            except ValueError as e:
+                raise CheckpointError(str(e)) from None
             return decoder.chunk_reward
         key = str(self.folder)
         if key not in _warned_no_reward:  # once per folder: N envs of one vector make need not repeat it

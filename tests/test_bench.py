@@ -981,3 +981,37 @@ def test_real_episodes_are_simulated_in_the_models_scene(small_ckpt, tmp_path, c
     assert "shows another scene than the model's" in capsys.readouterr().err
     rc = cli.main(["evaluate-model", "--checkpoint", str(moved), *argv[1:]])
     assert rc == 0, capsys.readouterr().err
+
+
+def test_a_state_decoder_of_another_scene_is_refused_where_it_would_read_the_models_frames(small_ckpt, tmp_path,
+                                                                                         capsys):
+    """A decoder records the view it learned (`StateDecoderConfig.scene`, from a make-data store); reading a model's
+    frames through another camera would read positions in the wrong view: refused by evaluate-policies, evaluate-
+    model and the env, with the difference named. The same size (80x96 in both scenes) passed before."""
+    import shutil
+
+    import gymnasium as gym
+
+    import worldcache.envs  # noqa: F401
+    from worldcache import cli
+    from worldcache.scene import SCENES
+    from worldcache.world_model import CheckpointError
+
+    v2 = tmp_path / "v2_decoder"
+    StateDecoder(StateDecoderConfig(height=32, width=40, channels=8, keypoints=4, hidden=16,
+                                    scene={"camera": SCENES["v2"]["camera"]})).save(v2)
+    assert StateDecoder.load(v2).config.scene == {"camera": SCENES["v2"]["camera"]}
+    with pytest.raises(ValueError, match=r"v2_decoder: the state decoder learned another scene .*'camera'"):
+        evaluate_policies(small_ckpt, episodes=1, steps=4, num_steps=2, decoder=v2, verbose=False)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(small_ckpt, ckpt)
+    for f in v2.iterdir():
+        shutil.copy(f, ckpt / f.name)
+    with pytest.raises(CheckpointError, match="learned another scene"):
+        gym.make("WorldCache-Cosmos-v0", checkpoint=str(ckpt), num_steps=2)
+    data = tmp_path / "data.zarr"
+    from worldcache.mujoco_data import generate
+    generate(data, episodes=1, steps=8, height=32, width=40, progress=False)
+    assert cli.main(["evaluate-model", "--checkpoint", str(small_ckpt), "--data", str(data), "--decoder", str(v2),
+                     "--holdout", "0", "--chunks", "1", "--windows", "1", "--denoise-steps", "2"]) == 2
+    assert "learned another scene" in capsys.readouterr().err

@@ -297,3 +297,25 @@ def test_conditioning_error_exact_values():
     # two conditioning frames: frames 0-1 and 2-3; differences (0, 3, 9, 1) and (0, 0, 0, -4)
     assert conditioning_error(Stub(2), pred, real) == pytest.approx([np.sqrt(91 / 4), 2.0])
     assert conditioning_error(Stub(1), pred[:, :2], real[:, :2]) == []  # one chunk: nothing conditions on it
+
+
+def test_a_decoder_records_the_scene_of_the_make_data_store_it_learned(store, tmp_path):
+    """`StateDecoderConfig.scene`: a make-data store's scene record (its camera, controller, supersampling); a store
+    without one (drawn frames here, a rollout's or own-frames store) leaves a new decoder at None (v1) and a
+    continued one at the scene it had. What the env and evaluate-policies compare with the model's scene."""
+    from worldcache.mujoco_data import generate
+    from worldcache.scene import SCENES, scene_record
+
+    v2 = tmp_path / "v2.zarr"
+    generate(v2, episodes=2, steps=4, height=H, width=W, scene="v2", progress=False)
+    gen = EpisodeStore(v2, mode="r").attrs["generator"]
+    train_state_decoder(v2, tmp_path / "dec", steps=1, holdout=0.5, blur=0.0)
+    dec = StateDecoder.load(tmp_path / "dec")
+    assert dec.config.scene == scene_record(gen) and dec.config.scene["camera"]["distance"] == 2.25
+    dec.check_scene(scene_record(gen), "here")
+    with pytest.raises(ValueError, match=r"here: the state decoder learned another scene .*'distance': 2.25"):
+        dec.check_scene(None, "here")
+    kept = train_state_decoder(store, None, steps=1, holdout=0.2, blur=0.0, init_from=tmp_path / "dec")["decoder"]
+    assert kept.config.scene == scene_record(gen)  # drawn frames say nothing of the view: the scene it had
+    assert train_state_decoder(store, None, steps=1, holdout=0.2, blur=0.0)["decoder"].config.scene is None
+    assert SCENES["v2"]["camera"]["distance"] == 2.25

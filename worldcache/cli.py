@@ -98,6 +98,8 @@ def _evaluate_model(args) -> int:
     own = Path(args.checkpoint or BUNDLED)  # its decoder if it has one; a folder given must hold one (load says)
     decoder = (StateDecoder.load(args.decoder) if args.decoder else
                StateDecoder.load(own) if (own / CONFIG_FILE).is_file() else None)
+    if decoder is not None:
+        decoder.check_scene(model.spec.scene, args.decoder or own)
     res = evaluate_open_loop(model, held, chunks=args.chunks, policy=load_policy(args.cache),
                              num_steps=args.denoise_steps, max_windows=args.windows, moving=args.moving,
                              decoder=decoder, real_cond=args.real_cond)

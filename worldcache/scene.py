@@ -24,6 +24,12 @@ CONTROLLER = {"kp": 60.0, "kv": 8.0, "k_rest": 1.0, "damping": 0.05}
 SCENE_KEYS = ("camera", "controller", "supersample")  # of `mujoco_data.generate`'s record: what a model's scene holds
 
 
+def scene_record(generator: dict) -> dict:
+    """The scene part of a make-data store's generator record: what a model, or a state decoder, trained on it
+    records as the view it learned."""
+    return {k: generator[k] for k in SCENE_KEYS if k in generator}
+
+
 def camera_record(camera: dict | None) -> dict:
     """Camera config as plain JSON-able values (stored in attrs, compared on resume)."""
     cam = dict(CAMERA if camera is None else camera)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .scene import scene_of, scene_record
 from .task import GOAL, TIP
 
 CONFIG_FILE = "state_decoder.json"
@@ -37,6 +38,7 @@ class StateDecoderConfig:
     hidden: int = 128
     mean: list = field(default_factory=lambda: [0.0] * 9)  # target normalisation (metres)
     std: list = field(default_factory=lambda: [1.0] * 9)
+    scene: dict | None = None  # the view it learned: a make-data store's scene record (`SCENE_KEYS`); None: v1
 
 
 class StateDecoder(nn.Module):
@@ -106,6 +108,14 @@ class StateDecoder(nn.Module):
     def chunk_reward(self, frames, actions) -> float:
         """An env step's reward: the sum over the chunk of its steps' rewards (the env's default reward_fn)."""
         return float(self.rewards(frames, actions).sum())
+
+    def check_scene(self, model_scene: dict | None, where) -> None:
+        """Refuse to read a model's frames through another camera: positions would be read in the wrong view."""
+        ours, theirs = scene_of(self.config.scene), scene_of(model_scene)
+        if ours != theirs:
+            diff = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
+            raise ValueError(f"{where}: the state decoder learned another scene than the model's (the decoder's, the "
+                             f"model's): {diff}; train a decoder on data of the model's scene")
 
     def save(self, folder: str | Path) -> None:
         from safetensors.torch import save_file
@@ -186,6 +196,8 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
 
     init = None if init_from is None else StateDecoder.load(init_from)  # before the store: a mismatch fails at once
     store = EpisodeStore(store_path, mode="r")
+    gen = store.attrs.get("generator")  # a make-data store's: the scene its frames show
+    scene = scene_record(gen) if gen is not None else None
     ids = sorted(store.episode_ids())
     if not ids:
         raise ValueError(f"{store_path}: no complete episodes")
@@ -204,10 +216,12 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
     y = targets(np.concatenate([s for _, s in train])).astype(np.float32)
     mean, std = y.mean(0), np.maximum(y.std(0), 1e-3)  # the goal may never move: keep its scale finite
     cfg = StateDecoderConfig(**{**asdict(config or StateDecoderConfig()), "height": frames.shape[1],
-                                "width": frames.shape[2], "mean": mean.tolist(), "std": std.tolist()})
+                                "width": frames.shape[2], "mean": mean.tolist(), "std": std.tolist(), "scene": scene})
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     dec = StateDecoder(cfg) if init is None else init
+    if init is not None and gen is not None:  # continued on a make-data store: it now reads that store's view
+        dec.config.scene = scene
     dec = dec.to(device).train()
     mean, std = np.asarray(dec.config.mean, np.float32), np.asarray(dec.config.std, np.float32)
     target = torch.as_tensor((y - mean) / std, device=device)

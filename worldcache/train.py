@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from .cache.base import ModelCall, NoCache
 from .envs.cosmos_env import write_start_frames
-from .scene import SCENE_KEYS
+from .scene import scene_record
 from .world_model import WorldModel, WorldModelSpec
 
 # Sampling steps of the model's own conditioning predictions (--self-cond): on v2's step-count curve 8 steps land
@@ -306,8 +306,7 @@ class Trainer:
             model.vae.load_state_dict(AutoencoderKLWan.from_pretrained(Path(cfg.vae_from) / "vae").state_dict())
         self.model = model.to(self.device)
         if "generator" in self.data_attrs:  # the export shows this data's scene, whatever the starting weights'
-            gen = self.data_attrs["generator"]
-            self.model.spec.scene = {k: gen[k] for k in SCENE_KEYS if k in gen}
+            self.model.spec.scene = scene_record(self.data_attrs["generator"])
         sp, obs, act = self.model.spec, self.train_eps[0]["obs"], self.train_eps[0]["actions"]
         if (sp.height, sp.width, sp.action_dim) != (*obs.shape[1:3], act.shape[-1]):
             raise ValueError(f"{cfg.data}: {obs.shape[1]}x{obs.shape[2]} frames and {act.shape[-1]}-d actions, but "
