@@ -956,6 +956,8 @@ def test_real_episodes_are_simulated_in_the_models_scene(small_ckpt, tmp_path, c
     shutil.copytree(small_ckpt, moved)
     raw = json.loads((moved / "model.json").read_text())
     (moved / "model.json").write_text(json.dumps({**raw, "scene": v2}))
+    dec_json = json.loads((moved / "state_decoder.json").read_text())  # a decoder of the v2 view reads them
+    (moved / "state_decoder.json").write_text(json.dumps({**dec_json, "scene": v2}))
     a, b = (evaluate_policies(c, episodes=1, steps=4, num_steps=2, cache=("none",), policies=["away"], verbose=False)
             for c in (small_ckpt, moved))
     assert b["policies"][0]["real_return"] == a["policies"][0]["real_return"]
