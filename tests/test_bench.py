@@ -1017,3 +1017,13 @@ def test_a_state_decoder_of_another_scene_is_refused_where_it_would_read_the_mod
     assert cli.main(["evaluate-model", "--checkpoint", str(small_ckpt), "--data", str(data), "--decoder", str(v2),
                      "--holdout", "0", "--chunks", "1", "--windows", "1", "--denoise-steps", "2"]) == 2
     assert "learned another scene" in capsys.readouterr().err
+    # the checkpoint's own decoder (a DiT trained on a new scene before its decoder stage): the pixel figures stand
+    assert cli.main(["evaluate-model", "--checkpoint", str(ckpt), "--data", str(data), "--holdout", "0", "--chunks",
+                     "1", "--windows", "1", "--denoise-steps", "2", "--json", str(tmp_path / "q.json")]) == 0
+    err = capsys.readouterr().err
+    assert "learned another scene" in err and "its position figures are left out" in err
+    assert "follow" not in json.loads((tmp_path / "q.json").read_text())
+    assert cli.main(["evaluate-model", "--checkpoint", str(small_ckpt), "--data", str(data), "--holdout", "0",
+                     "--chunks", "1", "--windows", "1", "--denoise-steps", "2", "--json",
+                     str(tmp_path / "v1.json")]) == 0
+    assert "follow" in json.loads((tmp_path / "v1.json").read_text())  # its own v1 decoder: read

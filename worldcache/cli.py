@@ -99,7 +99,15 @@ def _evaluate_model(args) -> int:
     decoder = (StateDecoder.load(args.decoder) if args.decoder else
                StateDecoder.load(own) if (own / CONFIG_FILE).is_file() else None)
     if decoder is not None:
-        decoder.check_scene(model.spec.scene, args.decoder or own)
+        try:
+            decoder.check_scene(model.spec.scene, args.decoder or own)
+        except ValueError as e:
+            if args.decoder:  # asked for: refused
+                raise
+            # the folder's own (a DiT trained on a new scene, its decoder stage still to run): the pixel figures
+            # stand without it
+            print(f"worldcache evaluate-model: {e}; its position figures are left out", file=sys.stderr)
+            decoder = None
     res = evaluate_open_loop(model, held, chunks=args.chunks, policy=load_policy(args.cache),
                              num_steps=args.denoise_steps, max_windows=args.windows, moving=args.moving,
                              decoder=decoder, real_cond=args.real_cond)
