@@ -1,3 +1,5 @@
+import os
+
 import mujoco
 import numpy as np
 import pytest
@@ -70,8 +72,13 @@ def test_generate_is_reproducible_and_resumable(generated):
     store.attrs["generator"] = {**gen, "mujoco": "3.3.7"}
     with pytest.raises(ValueError, match=r"different settings.*'mujoco': \('3.3.7', '" + mujoco.__version__):
         md.generate(root / "a.zarr", episodes=1, steps=STEPS, seed=3, progress=False)
+    # so is the GL backend that rasterized the frames (osmesa, unless MUJOCO_GL says otherwise)
+    assert gen["gl"] == os.environ["MUJOCO_GL"]
+    store.attrs["generator"] = {**gen, "gl": "another"}
+    with pytest.raises(ValueError, match=rf"different settings.*'gl': \('another', '{gen['gl']}'\)"):
+        md.generate(root / "a.zarr", episodes=1, steps=STEPS, seed=3, progress=False)
     # nor (v1) for explore's bounds, recorded since scene v2
-    store.attrs["generator"] = {k: v for k, v in gen.items() if k not in ("mujoco", "explore")}
+    store.attrs["generator"] = {k: v for k, v in gen.items() if k not in ("mujoco", "gl", "explore")}
     assert md.generate(root / "a.zarr", episodes=1, steps=STEPS, seed=3, progress=False)["written"] == 0
     store.attrs["generator"] = gen
     # another policy under the same seed would find "its" episodes there already: refused before writing

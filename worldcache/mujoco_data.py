@@ -436,8 +436,9 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
              camera: dict | None = None, scene: str = "v1") -> dict[str, Any]:
     """Generate ``episodes`` episodes of ``steps`` steps into the EpisodeStore at ``out_path``
     (created if missing). Episode ``i`` has id ``f"seed{seed}_ep{i:05d}"`` and is fully
-    determined by (seed, i, policy, steps, resolution, scene) and the MuJoCo version (recorded; a store
-    is refused to another version); episodes already complete are skipped, so an interrupted run resumes.
+    determined by (seed, i, policy, steps, resolution, scene), the MuJoCo version and the GL backend
+    (``MUJOCO_GL``; both recorded, and a store is refused to another); episodes already complete are skipped,
+    so an interrupted run resumes.
     `scene`: one of `SCENES` ("v1" made the bundled model's data); `camera` replaces its camera.
     Returns a summary with frames/s."""
     from tqdm.auto import tqdm
@@ -457,17 +458,19 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
               "action_high": renderer.action_space.high.tolist(), "actions": "end-effector delta x20",
               "controller": renderer.gains(),
               "explore": sc["explore"],
-              "mujoco": MUJOCO_VERSION}  # an episode is a function of its seed and index under one release only
+              "mujoco": MUJOCO_VERSION,  # an episode is a function of its seed and index under one release only
+              "gl": os.environ["MUJOCO_GL"]}  # and one GL backend (only osmesa is checked)
     store = EpisodeStore(out_path, mode="a")
     if "generator" not in store.attrs and len(store):  # episodes of another kind (a rollout store, say)
         renderer.close()
         raise ValueError(f"{out_path} holds episodes that make-data did not write (no 'generator' attrs): "
                          f"give another --out")
     if "generator" in store.attrs:  # resuming: refuse to mix incompatible episodes in one store
-        # a store written before the MuJoCo version was recorded does not say which made it; one written before
-        # explore's bounds were recorded had them free
+        # a store written before the MuJoCo version and the GL backend were recorded does not say which made it;
+        # one written before explore's bounds were recorded had them free
         old = {"explore": "free", **store.attrs["generator"]}
-        diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v and (k in old or k != "mujoco")}
+        diff = {k: (old.get(k), v) for k, v in config.items()
+                if old.get(k) != v and (k in old or k not in ("mujoco", "gl"))}
         if diff:
             renderer.close()
             raise ValueError(f"{out_path} was generated with different settings (old, new): {diff}")
