@@ -4,6 +4,7 @@ Nothing here checks timings or quality values (a random model on a shared machin
 import dataclasses
 import json
 import math
+import os
 import shutil
 
 import mujoco
@@ -559,6 +560,7 @@ def test_evaluate_policies_ranks_the_equal_cost_set_end_to_end(small_ckpt, tmp_p
                               verbose=False, first_seed=20_000, decoder=small_ckpt)
     assert res["settings"]["env_seeds"] == [10_000] and other["settings"]["env_seeds"] == [20_000]
     assert res["settings"]["mujoco"] == mujoco.__version__  # the simulator release that made the real episodes
+    assert res["settings"]["gl"] == os.environ["MUJOCO_GL"]  # and the GL backend that drew their frames
     assert (res["settings"]["decoder"], other["settings"]["decoder"]) == ("the checkpoint's", str(small_ckpt))
     assert other["policies"][0]["real_return"] != res["policies"][0]["real_return"]
     with pytest.raises(FileNotFoundError):

@@ -156,19 +156,20 @@ def test_compare_fidelity(capsys, tmp_path):
 def test_pool_fidelity_refuses_what_cannot_pool(capsys, tmp_path):
     import json
 
-    def result(seeds, steps=48, per_episode=True, threshold=0.12, compile=False, mujoco="4.0.1"):
+    def result(seeds, steps=48, per_episode=True, threshold=0.12, compile=False, mujoco="4.0.1", gl="osmesa"):
         p = {"policy": "push", "real_returns": [1.0] * len(seeds), "wm_returns": {"none": [1.0] * len(seeds)}}
         if per_episode:
             p |= {"decoded_real_returns": [1.0] * len(seeds), "ctrl_returns": [-1.0] * len(seeds)}
         return {"policies": [p], "spearman": {"none": None},
                 "settings": {"steps": steps, "seed": 0, "episodes": len(seeds), "env_seeds": seeds,
                              "caches": {"my.yaml": {"policy": "worldcache", "threshold": threshold}},
-                             "compile": compile, "device": "cpu", "mujoco": mujoco}}
+                             "compile": compile, "device": "cpu", "mujoco": mujoco, "gl": gl}}
 
     cases = {"overlap": ([10000, 10001], [10001], "share starts (env seeds [10001])"),
              "settings": ([10000], {"steps": 24}, "differs from result 0"),
              "cache": ([10000], {"threshold": 0.2}, "differs from result 0"),  # the YAML edited between calls
              "mujoco": ([10000], {"mujoco": "3.3.7"}, "differs from result 0"),  # another simulator's real episodes
+             "gl": ([10000], {"gl": "egl"}, "differs from result 0"),  # frames another GL backend drew
              "old": ([10000], {"per_episode": False}, "measure it again")}
     for name, (a, b, message) in cases.items():
         (tmp_path / "a.json").write_text(json.dumps(result(a)))

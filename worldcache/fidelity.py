@@ -245,7 +245,7 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     compounding costs the ranking.
     """
     from .cache import load_policy
-    from .mujoco_data import GOAL, MUJOCO_VERSION, OBJ, TIP, PusherRenderer, control_cost, real_rollout, \
+    from .mujoco_data import GL_BACKEND, GOAL, MUJOCO_VERSION, OBJ, TIP, PusherRenderer, control_cost, real_rollout, \
         reward_from_terms, reward_terms
     from .quality import teacher_forced
     from .rollouts.identity import model_sha256
@@ -335,9 +335,10 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
                     "replay": "real-cond" if real_cond else "open-loop", "noise": NOISE_SEEDING,
                     # each cache by what it ran with (a name or YAML path alone could hide an edit); compile and
                     # device for the record (they move results by float rounding only); the MuJoCo release moves
-                    # the real episodes (`mujoco_data.generate`), so results of two do not pool
+                    # the real episodes and the GL backend may move their frames (`mujoco_data.generate`), so
+                    # results of two do not pool
                     "caches": {c: {"policy": p.name, **p.settings()} for c, p in caches.items()},
-                    "compile": compile, "device": device, "mujoco": MUJOCO_VERSION}
+                    "compile": compile, "device": device, "mujoco": MUJOCO_VERSION, "gl": GL_BACKEND}
         results.append(summarize([label for _, _, label in specs], real, dec_real[k], ctrl, wm[k], settings,
                                  terms[k]))
         if verbose:

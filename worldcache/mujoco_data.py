@@ -51,6 +51,7 @@ ENV_ID = "Pusher-v5"
 # MuJoCo releases simulate differently (3.3.7 and 4.0.1, 4 episodes of seed 0: fingertips up to 3.4 cm apart within
 # 48 steps, returns up to 0.23): stores and fidelity results record the release that made their episodes
 MUJOCO_VERSION = mujoco.__version__
+GL_BACKEND = os.environ["MUJOCO_GL"]  # what rasterizes the frames (set above unless exported): recorded beside it
 HEIGHT, WIDTH = 80, 96
 ACTION_SCALE = 20.0  # action = fingertip position delta per control step x 20 (m/s), as Bridge's deltas x20
 ACTION_LIMIT = 1.0   # per axis: a command of at most 5 cm per 0.05 s step (the arm follows it with a lag, `step`)
@@ -459,7 +460,7 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
               "controller": renderer.gains(),
               "explore": sc["explore"],
               "mujoco": MUJOCO_VERSION,  # an episode is a function of its seed and index under one release only
-              "gl": os.environ["MUJOCO_GL"]}  # and one GL backend (only osmesa is checked)
+              "gl": GL_BACKEND}  # and one GL backend (only osmesa is checked)
     store = EpisodeStore(out_path, mode="a")
     if "generator" not in store.attrs and len(store):  # episodes of another kind (a rollout store, say)
         renderer.close()
