@@ -725,9 +725,13 @@ def test_timed_dit_training_counts_its_preparation_within_the_budget(tmp_path, t
 
 
 @pytest.mark.slow
-def test_compiled_training_exports_the_same_keys_and_loads(tmp_path, tiny_ckpt):
+def test_compiled_training_exports_the_same_keys_and_loads(tmp_path, tiny_ckpt, monkeypatch):
     from worldcache.train import TrainConfig, Trainer
 
+    # torch.compile's wrapping of the blocks is what this is about, not inductor's code (test_fast_paths): aot_eager
+    # traces forward and backward as inductor would, without its ~45 s of code generation on 2 cores
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_(model, **{"backend": "aot_eager", **kw}))
     write_training_store(tmp_path / "data.zarr")
     cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=2,
                       dit_batch=2, holdout=0.34, init_from=str(tiny_ckpt), compile=True)
