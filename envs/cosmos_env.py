@@ -117,7 +117,7 @@ class WorldSim:
             try:
                 decoder.check_scene(self.spec.scene, self.folder / CONFIG_FILE)
             except ValueError as e:
-                raise CheckpointError(str(e)) from None
+                raise CheckpointError(f"{e}, or give the env a reward_fn=") from None
             return decoder.chunk_reward
         key = str(self.folder)
         if key not in _warned_no_reward:  # once per folder: N envs of one vector make need not repeat it

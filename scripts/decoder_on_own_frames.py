@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from worldcache.rollouts.store import EpisodeStore
+from worldcache.scene import check_scene
 from worldcache.seeding import derived_seed
 from worldcache.state_decoder import train_state_decoder
 from worldcache.train import load_episodes, split
@@ -81,11 +82,17 @@ def main(argv=None) -> int:
     if args.stride < 1 or args.episodes < 1:
         p.error("--stride and --episodes must be >= 1")
     model = WorldModel.from_pretrained(args.checkpoint, compile=args.compile)
-    train, _ = split(load_episodes(args.data)[0], args.holdout)
+    episodes, attrs = load_episodes(args.data)
+    check_scene(model.spec.scene, attrs, args.data)  # real frames of another view would teach the wrong reading
+    train, _ = split(episodes, args.holdout)
     n = write_own_frames(model, train, args.store, args.episodes, args.chunks, args.denoise_steps,
                          stride=args.stride)
     res = train_state_decoder(args.store, args.out, steps=args.steps, batch_size=args.batch, lr=args.lr, holdout=0.0,
                               seed=0, init_from=Path(args.checkpoint or BUNDLED))
+    # it learned the model's view (its frames and the real ones of its scene), whatever its start had: say so, as
+    # the env and evaluate-policies check it (the store of own frames has no make-data record to take it from)
+    res["decoder"].config.scene = model.spec.scene
+    res["decoder"].save(args.out)
     print(json.dumps({"predicted_windows": n, "train_frames": res["train_frames"],
                       "final_loss": float(np.mean(res["losses"][-50:])), "out": args.out}))
     return 0

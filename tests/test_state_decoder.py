@@ -317,5 +317,9 @@ def test_a_decoder_records_the_scene_of_the_make_data_store_it_learned(store, tm
         dec.check_scene(None, "here")
     kept = train_state_decoder(store, None, steps=1, holdout=0.2, blur=0.0, init_from=tmp_path / "dec")["decoder"]
     assert kept.config.scene == scene_record(gen)  # drawn frames say nothing of the view: the scene it had
-    assert train_state_decoder(store, None, steps=1, holdout=0.2, blur=0.0)["decoder"].config.scene is None
+    v1 = train_state_decoder(store, tmp_path / "v1", steps=1, holdout=0.2, blur=0.0)["decoder"]
+    assert v1.config.scene is None
+    # a v1 decoder continued on a make-data store of v2 reads v2's view from then on
+    moved = train_state_decoder(v2, None, steps=1, holdout=0.5, blur=0.0, init_from=tmp_path / "v1")["decoder"]
+    assert moved.config.scene == scene_record(gen)
     assert SCENES["v2"]["camera"]["distance"] == 2.25

@@ -383,8 +383,14 @@ def test_trainer_runs_resumes_and_exports(tmp_path, capsys):
     scene = {"camera": {"distance": 2.25, "lookat": [0.3, -0.25, -0.3]}, "controller": {"kp": 60.0},
              "supersample": 2}
     EpisodeStore(cfg.data, mode="a").attrs["generator"] = {**scene, "fps": 20.0, "explore": "bounded"}
+    capsys.readouterr()
     v2 = Trainer(dataclasses.replace(cont, out=str(tmp_path / "v2"), dit_steps=1)).run()
     assert WorldModel.from_pretrained(v2).spec.scene == scene
+    # and the starting checkpoint's decoder, of v1's view, is left out (the env would refuse the export), saying so
+    assert StateDecoder.exists(out) and not StateDecoder.exists(v2) and not (v2 / "state_decoder.json").exists()
+    err = capsys.readouterr().err
+    assert f"warning: {out}'s state decoder learned another scene than {cfg.data} shows" in err
+    assert "'camera': (" in err and "'controller': (" in err and "train one with --stages decoder" in err
 
 
 def _timed_run(budget, seconds_per_step) -> tuple[dict, int, float]:
@@ -746,6 +752,23 @@ def test_compiled_training_exports_the_same_keys_and_loads(tmp_path, tiny_ckpt, 
     assert not torch.equal(back.dit.transformer.proj_out.weight, before["dit.transformer.proj_out.weight"])
 
 
+def test_a_starting_decoder_that_does_not_load_is_left_out_and_the_run_kept(tmp_path, tiny_ckpt, capsys):
+    from worldcache.state_decoder import StateDecoder, StateDecoderConfig
+    from worldcache.train import TrainConfig, Trainer
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_ckpt, src)
+    StateDecoder(StateDecoderConfig(height=32, width=40)).save(src)
+    (src / "state_decoder.json").write_text("{not json")
+    write_training_store(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("dit",), dit_steps=1,
+                      dit_batch=2, holdout=0.34, init_from=str(src), eval_windows=0)
+    out = Trainer(cfg).run()
+    assert json.loads((out / "training.json").read_text())["dit"]["steps"] == 1  # the record written after it
+    assert not (out / "state_decoder.json").exists() and not StateDecoder.exists(out)
+    assert f"warning: {src}'s state decoder does not load ({src}: cannot load" in capsys.readouterr().err
+
+
 def one_dit_step(tmp_path, tiny_ckpt, **options):
     """One DiT step on the tiny training store with `options`: its config, its trainer, and the latents the DiT
     was called on (every call's `hidden_states`)."""
@@ -1002,7 +1025,8 @@ def test_decoder_on_own_frames_script_writes_the_models_predictions_and_fine_tun
     spec.loader.exec_module(script)
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_ckpt, ckpt)
-    StateDecoder(StateDecoderConfig(height=32, width=40)).save(ckpt)
+    v2_view = {"camera": {"distance": 2.25, "lookat": [0.3, -0.25, -0.3]}}
+    StateDecoder(StateDecoderConfig(height=32, width=40, scene=v2_view)).save(ckpt)  # started from another view's
     write_training_store(tmp_path / "data.zarr")
     args = ["--checkpoint", str(ckpt), "--data", str(tmp_path / "data.zarr"), "--store", str(tmp_path / "own.zarr"),
             "--out", str(tmp_path / "dec"), "--episodes", "5", "--chunks", "2", "--denoise-steps", "2",
@@ -1025,6 +1049,9 @@ def test_decoder_on_own_frames_script_writes_the_models_predictions_and_fine_tun
     np.testing.assert_array_equal(store.load_episode("a0001")["obs"], train[1]["obs"])
     before, after = StateDecoder.load(ckpt).state_dict(), StateDecoder.load(tmp_path / "dec").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # fine-tuned from the checkpoint's decoder
+    # it learned the model's frames: it reads the model's view (v1: None), whatever its start's was
+    assert WorldModel.from_pretrained(ckpt).spec.scene is None and StateDecoder.load(tmp_path / "dec").config.scene \
+        is None and StateDecoder.load(ckpt).config.scene == v2_view
     with pytest.raises(ValueError, match="no training episode has 16 steps"):
         script.main(args + ["--chunks", "4", "--store", str(tmp_path / "own4.zarr")])  # 12 actions per episode
     for taken in (tmp_path / "own.zarr", tmp_path / "data.zarr"):  # never deleted to make room
@@ -1045,6 +1072,11 @@ def test_decoder_on_own_frames_script_writes_the_models_predictions_and_fine_tun
         assert np.abs(a - b).max() <= 1
     with pytest.raises(SystemExit):
         script.main(args + ["--stride", "0"])
+    # real frames of another view than the model's are refused, before anything is written
+    EpisodeStore(tmp_path / "data.zarr", mode="a").attrs["generator"] = {**v2_view, "fps": 20.0}
+    with pytest.raises(ValueError, match="shows another scene than the model's"):
+        script.main(args + ["--store", str(tmp_path / "v2.zarr")])
+    assert not (tmp_path / "v2.zarr").exists()
 
 
 def test_train_cli_records_the_fixed_sigma_loss_of_eval_windows(tmp_path, tiny_ckpt, capsys):

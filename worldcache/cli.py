@@ -92,9 +92,6 @@ def _evaluate_model(args) -> int:
     if args.json:  # made first: a missing folder must not cost the whole evaluation
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     model = WorldModel.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, compile=args.compile)
-    episodes, attrs = load_episodes(args.data)
-    check_scene(model.spec.scene, attrs, args.data)
-    held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
     own = Path(args.checkpoint or BUNDLED)  # its decoder if it has one; a folder given must hold one (load says)
     decoder = (StateDecoder.load(args.decoder) if args.decoder else
                StateDecoder.load(own) if (own / CONFIG_FILE).is_file() else None)
@@ -104,10 +101,13 @@ def _evaluate_model(args) -> int:
         except ValueError as e:
             if args.decoder:  # asked for: refused
                 raise
-            # the folder's own (a DiT trained on a new scene, its decoder stage still to run): the pixel figures
-            # stand without it
+            # the folder's own (a checkpoint of a DiT continued on a new scene before `train` left such a decoder
+            # out): the pixel figures stand without it
             print(f"worldcache evaluate-model: {e}; its position figures are left out", file=sys.stderr)
             decoder = None
+    episodes, attrs = load_episodes(args.data)  # after the decoder's checks: a refusal costs no read of the store
+    check_scene(model.spec.scene, attrs, args.data)
+    held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
     res = evaluate_open_loop(model, held, chunks=args.chunks, policy=load_policy(args.cache),
                              num_steps=args.denoise_steps, max_windows=args.windows, moving=args.moving,
                              decoder=decoder, real_cond=args.real_cond)

@@ -45,13 +45,18 @@ def scene_of(record: dict | None) -> dict:
             "supersample": int(r.get("supersample", SUPERSAMPLE))}
 
 
+def scene_diff(a: dict | None, b: dict | None) -> dict:
+    """Where two scene records (a model's, a store's generator record, a state decoder's) differ, in full (None: v1):
+    ``{key: (a's, b's)}``, empty where they show the same scene."""
+    a, b = scene_of(a), scene_of(b)
+    return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
 def check_scene(model_scene: dict | None, attrs: dict, path) -> None:
     """Refuse a make-data store (its attrs' ``generator`` record) whose scene is not the model's: its frames would
     be scored against a view the model never saw. Stores without one (rollouts: the model's own frames) pass."""
     if "generator" not in attrs:
         return
-    ours, theirs = scene_of(model_scene), scene_of(attrs["generator"])
-    if ours != theirs:
-        diff = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs[k]}
+    if diff := scene_diff(attrs["generator"], model_scene):
         raise ValueError(f"{path} shows another scene than the model's (the store's, the model's): {diff}; give a "
                          f"store of the model's scene (worldcache make-data --scene)")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .scene import scene_of, scene_record
+from .scene import scene_diff, scene_record
 from .task import GOAL, TIP
 
 CONFIG_FILE = "state_decoder.json"
@@ -111,9 +111,7 @@ class StateDecoder(nn.Module):
 
     def check_scene(self, model_scene: dict | None, where) -> None:
         """Refuse to read a model's frames through another camera: positions would be read in the wrong view."""
-        ours, theirs = scene_of(self.config.scene), scene_of(model_scene)
-        if ours != theirs:
-            diff = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
+        if diff := scene_diff(self.config.scene, model_scene):
             raise ValueError(f"{where}: the state decoder learned another scene than the model's (the decoder's, the "
                              f"model's): {diff}; train a decoder on data of the model's scene")
 

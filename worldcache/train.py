@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from .cache.base import ModelCall, NoCache
 from .envs.cosmos_env import write_start_frames
-from .scene import scene_record
+from .scene import scene_diff, scene_record
 from .world_model import WorldModel, WorldModelSpec
 
 # Sampling steps of the model's own conditioning predictions (--self-cond): on v2's step-count curve 8 steps land
@@ -740,14 +740,25 @@ class Trainer:
         if "dit" in self.cfg.stages:
             self.train_dit()
         self._export()
-        # the starting checkpoint's state decoder, unless an earlier command trained one into this folder
-        if self.source and "decoder" not in self.cfg.stages and "decoder" not in self.record:
-            for name in ("state_decoder.json", "state_decoder.safetensors"):
-                if (self.source / name).is_file():
+
+        from .state_decoder import CONFIG_FILE, WEIGHTS_FILE, StateDecoder, train_state_decoder
+
+        # the starting checkpoint's state decoder, unless an earlier command trained one into this folder, or it
+        # learned another scene than this data's (the env and evaluate-policies would refuse the export)
+        if self.source and "decoder" not in self.cfg.stages and "decoder" not in self.record \
+                and StateDecoder.exists(self.source):
+            try:  # the weights are exported already: a decoder that does not load must not lose the record below
+                diff = scene_diff(StateDecoder.load(self.source).config.scene, self.model.spec.scene)
+                why = diff and f"learned another scene than {self.cfg.data} shows (the decoder's, the data's): {diff}"
+            except ValueError as e:
+                why = f"does not load ({e})"
+            if why:
+                print(f"warning: {self.source}'s state decoder {why}; not copied: train one with --stages decoder",
+                      file=sys.stderr)
+            else:
+                for name in (CONFIG_FILE, WEIGHTS_FILE):
                     shutil.copyfile(self.source / name, self.out / "model" / name)
         if "decoder" in self.cfg.stages:
-            from .state_decoder import StateDecoder, train_state_decoder
-
             # a starting checkpoint's decoder is continued, as its other weights are
             first = self.source if self.source is not None and StateDecoder.exists(self.source) else None
             res = train_state_decoder(self.cfg.data, self.out / "model", steps=self.cfg.decoder_steps,
