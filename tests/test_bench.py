@@ -584,8 +584,16 @@ def test_a_bad_control_policy_is_refused_before_the_model_loads(spec, match, mon
                         lambda *a, **k: pytest.fail("the model loaded before the input was checked"))
     with pytest.raises(ValueError, match=match):
         evaluate_policies(episodes=1, steps=8, policies=[spec], verbose=False)
-    with pytest.raises(ConfigError, match="bogus"):  # a cache name alone is one name, not its letters
-        evaluate_policies(episodes=1, steps=8, policies="push", cache="bogus", verbose=False)
+
+
+def test_a_lone_policy_or_cache_is_one_name(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setattr("worldcache.world_model.WorldModel.from_pretrained",
+                        lambda *a, **k: pytest.fail("the model loaded before the input was checked"))
+    for cache in ("bogus", Path("bogus")):  # a cache name or path alone is one entry, not its letters or parts
+        with pytest.raises(ConfigError, match="bogus"):
+            evaluate_policies(episodes=1, steps=8, policies="push", cache=cache, verbose=False)
     assert parse_policy("push:0.3") == ("push", 0.3, "push noise=0.3") and parse_policy("mixed:1") == (
         "mixed", 1.0, "mixed noise=1")
     from worldcache.fidelity import expand_policies
@@ -1011,7 +1019,7 @@ def test_a_state_decoder_of_another_scene_is_refused_where_it_would_read_the_mod
     shutil.copytree(small_ckpt, ckpt)
     for f in v2.iterdir():
         shutil.copy(f, ckpt / f.name)
-    with pytest.raises(CheckpointError, match="learned another scene"):
+    with pytest.raises(CheckpointError, match="learned another scene .*, or give the env a reward_fn="):
         gym.make("WorldCache-Cosmos-v0", checkpoint=str(ckpt), num_steps=2)
     data = tmp_path / "data.zarr"
     from worldcache.mujoco_data import generate

@@ -163,13 +163,14 @@ def test_pool_fidelity_refuses_what_cannot_pool(capsys, tmp_path):
         return {"policies": [p], "spearman": {"none": None},
                 "settings": {"steps": steps, "seed": 0, "episodes": len(seeds), "env_seeds": seeds,
                              "caches": {"my.yaml": {"policy": "worldcache", "threshold": threshold}},
-                             "compile": compile, "device": "cpu", "mujoco": mujoco, "gl": gl}}
+                             "compile": compile, "device": "cpu", "mujoco": mujoco} | ({"gl": gl} if gl else {})}
 
     cases = {"overlap": ([10000, 10001], [10001], "share starts (env seeds [10001])"),
              "settings": ([10000], {"steps": 24}, "differs from result 0"),
              "cache": ([10000], {"threshold": 0.2}, "differs from result 0"),  # the YAML edited between calls
              "mujoco": ([10000], {"mujoco": "3.3.7"}, "differs from result 0"),  # another simulator's real episodes
-             "gl": ([10000], {"gl": "egl"}, "differs from result 0"),  # frames another GL backend drew
+             "gl": ([10000], {"gl": "egl"}, "settings (result 1's, result 0's): {'gl': ('egl', 'osmesa')}"),
+             "no gl": ([10000], {"gl": None}, "{'gl': (None, 'osmesa')}"),  # older code recorded none
              "old": ([10000], {"per_episode": False}, "measure it again")}
     for name, (a, b, message) in cases.items():
         (tmp_path / "a.json").write_text(json.dumps(result(a)))

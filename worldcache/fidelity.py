@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -259,7 +260,7 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     if not folders or len(outs) != len(folders):
         raise ValueError(f"{len(folders)} decoder(s) need as many JSON paths (or none), got {len(outs)}: {outs}")
     names = expand_policies(policies)
-    cache = [cache] if isinstance(cache, str) else cache
+    cache = [cache] if isinstance(cache, (str, os.PathLike)) else cache  # one name or YAML path
     if episodes < 1 or not names or not cache:
         raise ValueError("need episodes >= 1, at least one policy and at least one cache entry")
     specs = [parse_policy(p) for p in names]  # bad input fails here, before the model loads
@@ -412,8 +413,10 @@ def pool_results(results: list[dict], json_out=None) -> dict:
     for i, r in enumerate(results):
         if same(r) != same(results[0]) or [p["policy"] for p in r["policies"]] != \
                 [p["policy"] for p in results[0]["policies"]] or list(r["spearman"]) != list(results[0]["spearman"]):
-            raise ValueError(f"result {i} differs from result 0 in its settings, policies or caches: "
-                             f"{same(r)} against {same(results[0])}")
+            a, b = same(r), same(results[0])  # name what differs (None: not recorded, e.g. by older code)
+            diff = {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+            raise ValueError(f"result {i} differs from result 0 in its settings (result {i}'s, result 0's): {diff}"
+                             if diff else f"result {i} differs from result 0 in its control policies or caches")
         if "decoded_real_returns" not in r["policies"][0]:
             raise ValueError(f"result {i} has no per-episode decoded and control returns (made before they were "
                              "saved): measure it again")
