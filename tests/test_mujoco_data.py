@@ -108,6 +108,21 @@ def test_generate_is_reproducible_and_resumable(generated):
         md.generate(root / "cut.zarr", episodes=1, steps=STEPS, seed=3, policy="random", progress=False)
     assert md.generate(root / "cut.zarr", episodes=4, steps=STEPS, seed=3, progress=False)["written"] == 2
     assert EpisodeStore(root / "cut.zarr", mode="r").attrs["runs"]["seed3_mixed"]["episodes"] == 4
+
+    # another run (another seed) that records itself while this one writes keeps its record
+    def beside(self, eid, *args, **kwargs):  # as another process would: through its own store object
+        other = EpisodeStore(root / "cut.zarr", mode="a")
+        other.attrs["runs"] = {**other.attrs["runs"], "seed9_random": {"seed": 9, "policy": "random", "episodes": 0}}
+        return write(self, eid, *args, **kwargs)
+
+    EpisodeStore.write_episode = beside
+    try:
+        md.generate(root / "cut.zarr", episodes=5, steps=STEPS, seed=3, progress=False)
+    finally:
+        EpisodeStore.write_episode = write
+    assert EpisodeStore(root / "cut.zarr", mode="r").attrs["runs"] == {
+        "seed3_mixed": {"seed": 3, "policy": "mixed", "episodes": 5},
+        "seed9_random": {"seed": 9, "policy": "random", "episodes": 0}}
     other = EpisodeStore.create(root / "other.zarr")  # a store make-data did not write (a rollout store, say)
     other.write_episode("e", np.zeros((2, 4, 4, 3), np.uint8), np.zeros((1, 3), np.float32), np.zeros(1, np.float32),
                         np.zeros(1, bool), np.zeros(1, bool))

@@ -505,9 +505,12 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
             state = ep.pop("state")
             store.write_episode(eid, **ep, extras={"state": state}, attrs=meta)
             written += 1
-        # only now does the store hold them: an interrupted run's record claims no episode it lacks
-        runs[key]["episodes"] = max(episodes, held)
-        store.attrs["runs"] = runs
+        # only now does the store hold them: an interrupted run's record claims no episode it lacks. Read from disk
+        # again (the store object holds its attrs as opened): a run of another seed may have recorded itself since
+        now = EpisodeStore(out_path, mode="a")
+        runs = dict(now.attrs.get("runs", {}))
+        runs[key] = {"seed": seed, "policy": policy, "episodes": max(episodes, held)}
+        now.attrs["runs"] = runs
     finally:
         renderer.close()
     elapsed = time.perf_counter() - t0
