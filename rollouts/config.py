@@ -56,8 +56,13 @@ class RolloutConfig:
             import yaml
 
             path = Path(config)
-            if not path.is_file() and (CONFIG_DIR / f"{config}.yaml").is_file():
-                path = CONFIG_DIR / f"{config}.yaml"
+            if not path.is_file():  # a shipped config's name, with or without its .yaml
+                shipped = CONFIG_DIR / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+                if path.parent != Path(".") or not shipped.is_file():
+                    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+                    raise ValueError(f"no rollout config {str(config)!r}: not a file, nor a shipped config "
+                                     f"({', '.join(names)})")
+                path = shipped
             try:
                 config = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as e:

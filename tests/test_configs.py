@@ -33,3 +33,15 @@ def test_rollout_config_loads_by_name(name, tmp_path, monkeypatch):
     assert {k: got[k] for k in raw} == raw
     assert {k: v for k, v in got.items() if k not in raw} == \
         {k: v for k, v in RolloutConfig().as_kwargs().items() if k not in raw}
+
+
+def test_a_rollout_config_name_with_its_suffix_or_unknown(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert RolloutConfig.load("rollout_smoke.yaml") == RolloutConfig.load("rollout_smoke")  # the shipped file's name
+    (tmp_path / "rollout_smoke.yaml").write_text("episodes: 7\n")  # a file of that name here is the user's own
+    assert RolloutConfig.load("rollout_smoke.yaml").episodes == 7
+    shipped = ", ".join(ROLLOUT_NAMES)
+    for bad in ("nosuch", "nosuch.yaml", "elsewhere/rollout_smoke.yaml"):  # a path that is not there is not a name
+        with pytest.raises(ValueError, match=rf"no rollout config '{bad}': not a file, nor a shipped config "
+                                             rf"\({shipped}\)"):
+            RolloutConfig.load(bad)
