@@ -784,6 +784,21 @@ def test_cli_demo_prints_the_uncached_row_as_the_baseline(capsys):
         assert (t_ref - 5e-4) / (t + 5e-4) - 5e-3 <= speedup <= (t_ref + 5e-4) / (t - 5e-4) + 5e-3, rows
 
 
+def test_cli_demo_labels_a_yaml_by_its_path_and_checks_every_name_first(capsys, tmp_path, monkeypatch):
+    from worldcache import sampler
+    from worldcache.cli import main
+
+    mine = tmp_path / "my_worldcache_settings.yaml"
+    mine.write_text("policy: worldcache\nthreshold: 0.2\n")
+    assert main(["demo", "--denoise-steps", "4", "--cache", "worldcache", str(mine)]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["none", "worldcache", str(mine)]
+    assert header.index("time_s") == len(str(mine)) + 1 + 2  # the column fits the path: "time_s" right-aligned in 8
+    monkeypatch.setattr(sampler, "denoise", lambda *a, **k: pytest.fail("ran before every name was checked"))
+    assert main(["demo", "--cache", "worldcache", "nosuch"]) == 2
+    assert "unknown cache policy 'nosuch'" in capsys.readouterr().err
+
+
 def test_cli_bench_split_divides_the_step_time_between_dit_loop_and_the_rest(capsys):
     import re
 
@@ -813,13 +828,13 @@ def test_cli_bench_split_times_the_models_own_step_count_by_default(tmp_path, ca
     assert "batch 1, 3 steps, cache=none" in capsys.readouterr().out
 
 
-def random_store(path, steps: int, states: bool = False, seed: int = 0) -> None:
-    """Two episodes of random 80x96 frames and actions (with random simulator states if asked)."""
+def random_store(path, steps: int, states: bool = False, seed: int = 0, episodes: int = 2) -> None:
+    """Episodes (two) of random 80x96 frames and actions (with random simulator states if asked)."""
     from worldcache.rollouts.store import EpisodeStore
 
     st = EpisodeStore.create(path)
     rng = np.random.default_rng(seed)
-    for e in range(2):
+    for e in range(episodes):
         st.write_episode(f"ep{e}", rng.integers(0, 256, (steps + 1, 80, 96, 3), dtype=np.uint8),
                          rng.uniform(-1, 1, (steps, 3)).astype(np.float32), np.zeros(steps, np.float32),
                          np.zeros(steps, bool), np.zeros(steps, bool),
@@ -845,6 +860,11 @@ def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp
         assert "positions" not in r  # the tiny checkpoint has no state decoder, the store no states
     printed = capsys.readouterr().out
     assert "moving PSNR" in printed and f"chunk 2: {res['cond_error'][0]:.3f}" in printed
+    # a store's one episode is never held out: the default --holdout says how to score it
+    random_store(tmp_path / "one.zarr", 16, episodes=1)
+    assert main(["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "one.zarr")]) == 2
+    assert "one.zarr: --holdout 0.1 holds out none of its 1 episode(s); give --holdout 0 to score them all" in \
+        capsys.readouterr().err
 
 
 def test_cli_evaluate_model_real_cond_conditions_each_chunk_on_the_real_frames(tiny_ckpt, tmp_path, capsys):

@@ -20,6 +20,7 @@ from worldcache.rollouts import (POLICIES, RolloutConfig, WindowDataset, bench_r
                                  inspect_store, make_policy, open_store, run_rollouts)
 from worldcache.rollouts.actor import RECORD_ARRAYS
 from worldcache.rollouts.config import policy_rng
+from worldcache.rollouts.driver import format_summary
 from worldcache.rollouts.identity import ROLLOUT_FORMAT, checkpoint_files, model_sha256
 from worldcache.state_decoder import StateDecoder, StateDecoderConfig
 from worldcache.world_model import WorldModel, WorldModelSpec
@@ -186,7 +187,10 @@ def test_resume_writes_only_missing(ckpt, store_run, tmp_path):
     assert {e: os.path.getmtime(out / "episodes" / e / "zarr.json") for e in before} == before
     new = store[episode_id(2, 0)]
     assert all(np.array_equal(old[k], new[k], equal_nan=True) for k in old if k != "attrs")
-    assert run_rollouts(config(ckpt, out), episodes=7, progress=False)["episodes_written"] == 0  # nothing to do
+    again = run_rollouts(config(ckpt, out), episodes=7, progress=False)
+    assert again["episodes_written"] == 0  # nothing to do, and the summary says so (no rates of nothing)
+    assert format_summary(again) == f"{out}: all 7 episodes already there; nothing to roll out"
+    assert format_summary(summary).startswith(f"{out}: 2 episodes written, 5 already there; ")
 
 
 def test_store_with_other_settings_is_refused(ckpt, store_run, tmp_path):

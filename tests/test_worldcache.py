@@ -311,6 +311,12 @@ def test_unknown_policy_and_bad_yaml(tmp_path):
         load_policy(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_policy(tmp_path / "missing.yaml")
+    # a bad value the caller set over a good file is named as the caller's, not the file's alone
+    bad.write_text("policy: worldcache\nthreshold: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml with threshold=-1: threshold=-1.0: must be"):
+        load_policy(bad, threshold=-1)
+    with pytest.raises(ConfigError, match=r"^policy 'fora' with interval=2.5: interval must be a whole number"):
+        make_policy("fora", interval=2.5)
 
 
 def test_probe_depth_must_leave_blocks(tiny_dit):

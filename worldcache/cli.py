@@ -22,18 +22,21 @@ def _demo(args) -> int:
     dit = DiT(tiny_transformer(seed=args.seed, num_layers=8, heads=4, head_dim=32))
     noise, cond, emb, _ = tiny_inputs(batch=1, height=16, width=20, seed=args.seed)
     kw = dict(num_steps=args.denoise_steps, cond_latents=cond, num_cond_frames=1)
+    # every policy first: a bad name fails before any run; a YAML's row is labelled by its path, not its policy
+    policies = [(str(spec) if str(spec).endswith((".yaml", ".yml")) else p.name, p)
+                for spec in ["none", *args.cache] for p in [load_policy(spec)]]
     rows = []
     denoise(dit, default_scheduler(), noise, emb, **kw)  # untimed: first-call costs would pad the baseline's time
-    for spec in ["none", *args.cache]:
-        policy = load_policy(spec)
+    for name, policy in policies:
         start = time.perf_counter()
         out = denoise(dit, default_scheduler(), noise, emb, policy=policy, **kw)
-        rows.append((policy.name, time.perf_counter() - start, out))
+        rows.append((name, time.perf_counter() - start, out))
     base_t, base = rows[0][1], rows[0][2].latents
-    print(f"{'policy':<12} {'time_s':>8} {'speedup':>8} {'computed':>9} {'rel_err':>8}")
+    w = max(12, *(len(name) for name, _, _ in rows))
+    print(f"{'policy':<{w}} {'time_s':>8} {'speedup':>8} {'computed':>9} {'rel_err':>8}")
     for name, t, out in rows:
         err = float((out.latents - base).abs().mean() / base.abs().mean())
-        print(f"{name:<12} {t:8.3f} {base_t / t:8.2f} {out.computed_fraction:9.2f} {err:8.4f}")
+        print(f"{name:<{w}} {t:8.3f} {base_t / t:8.2f} {out.computed_fraction:9.2f} {err:8.4f}")
     return 0
 
 
@@ -42,7 +45,7 @@ def _make_data(args) -> int:
 
     s = generate(args.out, episodes=args.episodes, steps=args.env_steps, seed=args.seed, height=args.height,
                  width=args.width, policy=args.policy, scene=args.scene)
-    print(f"{s['path']}: {s['written']} episodes written, {s['skipped']} already there; {s['episodes_total']} in "
+    print(f"{s['path']}: {s['written']} episode(s) written, {s['skipped']} already there; {s['episodes_total']} in "
           f"the store" + (f"; {s['frames_per_s']:.0f} frames/s" if s["written"] else ""))
     return 0
 
@@ -108,6 +111,9 @@ def _evaluate_model(args) -> int:
     episodes, attrs = load_episodes(args.data)  # after the decoder's checks: a refusal costs no read of the store
     check_scene(model.spec.scene, attrs, args.data)
     held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
+    if not held:  # one episode is never held out (it is needed for training)
+        raise ValueError(f"{args.data}: --holdout {args.holdout} holds out none of its {len(episodes)} episode(s); "
+                         f"give --holdout 0 to score them all")
     res = evaluate_open_loop(model, held, chunks=args.chunks, policy=load_policy(args.cache),
                              num_steps=args.denoise_steps, max_windows=args.windows, moving=args.moving,
                              decoder=decoder, real_cond=args.real_cond)
@@ -380,9 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
 
     m = sub.add_parser("make-data", help="render MuJoCo Pusher episodes into a Zarr episode store")
-    m.add_argument("--out", default="data/pusher.zarr")
-    m.add_argument("--episodes", type=COUNT, default=240)
-    m.add_argument("--env-steps", type=COUNT, default=48, help="env steps per episode")
+    m.add_argument("--out", default="data/pusher.zarr", help="the episode store, made or resumed (default: %(default)s)")
+    m.add_argument("--episodes", type=COUNT, default=240, help="episodes in all, those there counted (default: "
+                   "%(default)s)")
+    m.add_argument("--env-steps", type=COUNT, default=48, help="env steps per episode (default: %(default)s)")
     m.add_argument("--seed", type=NONNEG, default=0)
     m.add_argument("--height", type=COUNT, default=80)
     m.add_argument("--width", type=COUNT, default=96)
@@ -397,8 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_make_data)
 
     t = sub.add_parser("train", help="train the world model (VAE, then DiT); resumable")
-    t.add_argument("--data", default="data/pusher.zarr")
-    t.add_argument("--out", default="runs/pusher")
+    t.add_argument("--data", default="data/pusher.zarr", help="a make-data store (default: %(default)s)")
+    t.add_argument("--out", default="runs/pusher", help="the run's folder; the model goes to OUT/model (default: "
+                   "%(default)s)")
     t.add_argument("--stages", nargs="+", default=["vae", "dit", "decoder"], choices=["vae", "dit", "decoder"],
                    help="decoder: the state decoder (frame -> positions) the env's default reward reads")
     t.add_argument("--vae-steps", type=COUNT, default=1500)
@@ -484,9 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
                                               "decoded fingertip/object errors vs. the simulator, model and "
                                               "repeat-last")
     e.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")
-    e.add_argument("--data", default="data/pusher.zarr")
+    e.add_argument("--data", default="data/pusher.zarr", help="a make-data store (default: %(default)s)")
     e.add_argument("--holdout", type=_fraction, default=0.1,
-                   help="evaluate on the last fraction of episodes (the trainer's held-out split); 0: all")
+                   help="evaluate on the last fraction of episodes (the trainer's held-out split; a store's one "
+                        "episode is never held out); 0: all (default: %(default)s)")
     e.add_argument("--chunks", type=COUNT, nargs="+", default=[1, 4],
                    help="horizons in chunks (one rollout of the longest per window; default 1 4)")
     e.add_argument("--windows", type=COUNT, default=16)

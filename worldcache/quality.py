@@ -87,8 +87,9 @@ def heldout_windows(episodes: list[dict], length: int, max_windows: int = 64, mo
             if with_state:
                 states.append(ep["state"][t + 1:t + 1 + length])
     if not starts:
-        raise ValueError(f"no held-out window of {length} steps (moving >= {moving}); use shorter windows, more "
-                         f"episodes or a smaller moving threshold")
+        raise ValueError(f"no held-out window of {length} steps (moving >= {moving}) in {len(episodes)} episode(s); "
+                         f"use shorter windows, more episodes or a smaller moving threshold (evaluate-model: "
+                         f"--chunks, --holdout, --moving)")
     n = max_windows
     return (np.stack(starts[:n]), np.stack(acts[:n]), np.stack(reals[:n]),
             np.stack(states[:n]) if with_state else None)
@@ -226,7 +227,7 @@ def format_scores(res: dict) -> str:
     pos = all("positions" in r for r in res["horizons"].values())
     head = f"{'chunks':>6} {'frames':>6} {'predictor':<12} {'PSNR':>7} {'SSIM':>6} {'moving PSNR':>11} {'moving px':>9}"
     head += f" {'tip cm':>7} {'obj cm':>7}" if pos else ""
-    lines = [f"{res['windows']} held-out windows, {res['chunk']} frames per chunk", head, "-" * len(head)]
+    lines = [f"{res['windows']} window(s), {res['chunk']} frames per chunk", head, "-" * len(head)]
     cm = lambda r, name: (f" {r['positions'][name]['fingertip']['mean_cm']:>7.2f}"  # noqa: E731
                           f" {r['positions'][name]['object']['mean_cm']:>7.2f}") if pos else ""
     for c, r in res["horizons"].items():

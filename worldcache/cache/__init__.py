@@ -29,7 +29,10 @@ def make_policy(name: str, config: dict | None = None, source: str | None = None
         raise ConfigError(f"unknown cache policy {name!r}; known: {sorted(POLICIES)}")
     cls = POLICIES[name]
     values = {**(config or {}), **overrides}
-    return cls(build_config(cls.config_cls, values, source or f"policy {name!r}"))
+    source = source or f"policy {name!r}"
+    if overrides:  # an error may be in what the caller set, not in the file
+        source += " with " + ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+    return cls(build_config(cls.config_cls, values, source))
 
 
 def load_cache(spec: str | Path, **overrides) -> tuple[CachePolicy, int | None]:
