@@ -56,9 +56,9 @@ class RolloutConfig:
             import yaml
 
             path = Path(config)
-            if not path.is_file():  # a shipped config's name, with or without its .yaml
-                shipped = CONFIG_DIR / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
-                if path.parent != Path(".") or not shipped.is_file():
+            if not path.is_file():  # a shipped config's name, with or without its .yaml (a path is a path)
+                shipped = CONFIG_DIR / f"{path.stem if path.suffix in ('.yaml', '.yml') else path.name}.yaml"
+                if any(sep in str(config) for sep in ("/", os.sep)) or not shipped.is_file():
                     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
                     raise ValueError(f"no rollout config {str(config)!r}: not a file, nor a shipped config "
                                      f"({', '.join(names)})")

@@ -175,7 +175,7 @@ def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: Ep
 def format_summary(s: dict) -> str:
     removed = f", {s['partial_removed']} partial leftovers removed" if s.get("partial_removed") else ""
     if not s["episodes_written"]:  # a run resumed with nothing left to do: no rates of nothing
-        return f"{s['store']}: all {s['episodes_skipped']} episodes already there{removed}; nothing to roll out"
+        return f"{s['store']}: all {s['episodes_skipped']} episode(s) already there{removed}; nothing to roll out"
     return (f"{s['store']}: {s['episodes_written']} episodes written, {s['episodes_skipped']} already there{removed}; "
             f"{s['steps']} steps in {s['rollout_s']:.1f} s ({s['steps_per_s']:.2f} steps/s, "
             f"{s['episodes_per_s']:.2f} episodes/s, {s['workers']} workers on {s['nodes']} nodes); mean skip rate "

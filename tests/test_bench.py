@@ -586,7 +586,7 @@ def test_a_bad_control_policy_is_refused_before_the_model_loads(spec, match, mon
         evaluate_policies(episodes=1, steps=8, policies=[spec], verbose=False)
 
 
-def test_a_lone_policy_or_cache_is_one_name(monkeypatch):
+def test_a_lone_policy_or_cache_is_one_name_and_policy_specs_parse(monkeypatch):
     from pathlib import Path
 
     monkeypatch.setattr("worldcache.world_model.WorldModel.from_pretrained",
@@ -790,9 +790,9 @@ def test_cli_demo_labels_a_yaml_by_its_path_and_checks_every_name_first(capsys, 
 
     mine = tmp_path / "my_worldcache_settings.yaml"
     mine.write_text("policy: worldcache\nthreshold: 0.2\n")
-    assert main(["demo", "--denoise-steps", "4", "--cache", "worldcache", str(mine)]) == 0
+    assert main(["demo", "--denoise-steps", "4", "--cache", "worldcache", "worldcache_paper", str(mine)]) == 0
     header, *lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == ["none", "worldcache", str(mine)]
+    assert [line.split()[0] for line in lines] == ["none", "worldcache", "worldcache_paper", str(mine)]
     assert header.index("time_s") == len(str(mine)) + 1 + 2  # the column fits the path: "time_s" right-aligned in 8
     monkeypatch.setattr(sampler, "denoise", lambda *a, **k: pytest.fail("ran before every name was checked"))
     assert main(["demo", "--cache", "worldcache", "nosuch"]) == 2

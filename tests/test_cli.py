@@ -170,7 +170,7 @@ def test_pool_fidelity_refuses_what_cannot_pool(capsys, tmp_path):
              "cache": ([10000], {"threshold": 0.2}, "differs from result 0"),  # the YAML edited between calls
              "mujoco": ([10000], {"mujoco": "3.3.7"}, "differs from result 0"),  # another simulator's real episodes
              "gl": ([10000], {"gl": "egl"}, "settings (result 1's, result 0's): {'gl': ('egl', 'osmesa')}"),
-             "no gl": ([10000], {"gl": None}, "{'gl': (None, 'osmesa')}"),  # older code recorded none
+             "no gl": ([10000], {"gl": None}, "{'gl': ('not recorded', 'osmesa')}"),  # older code recorded none
              "old": ([10000], {"per_episode": False}, "measure it again")}
     for name, (a, b, message) in cases.items():
         (tmp_path / "a.json").write_text(json.dumps(result(a)))

@@ -41,7 +41,8 @@ def test_a_rollout_config_name_with_its_suffix_or_unknown(tmp_path, monkeypatch)
     (tmp_path / "rollout_smoke.yaml").write_text("episodes: 7\n")  # a file of that name here is the user's own
     assert RolloutConfig.load("rollout_smoke.yaml").episodes == 7
     shipped = ", ".join(ROLLOUT_NAMES)
-    for bad in ("nosuch", "nosuch.yaml", "elsewhere/rollout_smoke.yaml"):  # a path that is not there is not a name
+    assert RolloutConfig.load("rollout.yml") == RolloutConfig.load("rollout")
+    for bad in ("nosuch", "nosuch.yaml", "elsewhere/rollout_smoke.yaml", "./rollout.yaml"):  # a path is not a name
         with pytest.raises(ValueError, match=rf"no rollout config '{bad}': not a file, nor a shipped config "
                                              rf"\({shipped}\)"):
             RolloutConfig.load(bad)

@@ -112,7 +112,8 @@ def test_generate_is_reproducible_and_resumable(generated):
     # another run (another seed) that records itself while this one writes keeps its record
     def beside(self, eid, *args, **kwargs):  # as another process would: through its own store object
         other = EpisodeStore(root / "cut.zarr", mode="a")
-        other.attrs["runs"] = {**other.attrs["runs"], "seed9_random": {"seed": 9, "policy": "random", "episodes": 0}}
+        other.attrs["runs"] = {**other.attrs["runs"], "seed9_random": {"seed": 9, "policy": "random", "episodes": 0},
+                               "seed3_mixed": {"seed": 3, "policy": "mixed", "episodes": 6}}  # a longer run of ours
         return write(self, eid, *args, **kwargs)
 
     EpisodeStore.write_episode = beside
@@ -121,7 +122,7 @@ def test_generate_is_reproducible_and_resumable(generated):
     finally:
         EpisodeStore.write_episode = write
     assert EpisodeStore(root / "cut.zarr", mode="r").attrs["runs"] == {
-        "seed3_mixed": {"seed": 3, "policy": "mixed", "episodes": 5},
+        "seed3_mixed": {"seed": 3, "policy": "mixed", "episodes": 6},  # not shrunk to this run's 5
         "seed9_random": {"seed": 9, "policy": "random", "episodes": 0}}
     other = EpisodeStore.create(root / "other.zarr")  # a store make-data did not write (a rollout store, say)
     other.write_episode("e", np.zeros((2, 4, 4, 3), np.uint8), np.zeros((1, 3), np.float32), np.zeros(1, np.float32),

@@ -189,7 +189,7 @@ def test_resume_writes_only_missing(ckpt, store_run, tmp_path):
     assert all(np.array_equal(old[k], new[k], equal_nan=True) for k in old if k != "attrs")
     again = run_rollouts(config(ckpt, out), episodes=7, progress=False)
     assert again["episodes_written"] == 0  # nothing to do, and the summary says so (no rates of nothing)
-    assert format_summary(again) == f"{out}: all 7 episodes already there; nothing to roll out"
+    assert format_summary(again) == f"{out}: all 7 episode(s) already there; nothing to roll out"
     assert format_summary(summary).startswith(f"{out}: 2 episodes written, 5 already there; ")
 
 

@@ -389,7 +389,7 @@ def test_trainer_runs_resumes_and_exports(tmp_path, capsys):
     # and the starting checkpoint's decoder, of v1's view, is left out (the env would refuse the export), saying so
     assert StateDecoder.exists(out) and not StateDecoder.exists(v2) and not (v2 / "state_decoder.json").exists()
     err = capsys.readouterr().err
-    assert f"warning: {out}'s state decoder learned another scene than {cfg.data} shows" in err
+    assert f"warning: {out}'s state decoder learned another scene than the model's" in err
     assert "'camera': (" in err and "'controller': (" in err and "train one with --stages decoder" in err
 
 
@@ -767,6 +767,13 @@ def test_a_starting_decoder_that_does_not_load_is_left_out_and_the_run_kept(tmp_
     assert json.loads((out / "training.json").read_text())["dit"]["steps"] == 1  # the record written after it
     assert not (out / "state_decoder.json").exists() and not StateDecoder.exists(out)
     assert f"warning: {src}'s state decoder does not load ({src}: cannot load" in capsys.readouterr().err
+    # its JSON missing (a FileNotFoundError, not a ValueError); a copy an earlier command left in this OUT goes too
+    (src / "state_decoder.json").unlink()
+    StateDecoder(StateDecoderConfig(height=32, width=40)).save(tmp_path / "run2" / "model")
+    out = Trainer(dataclasses.replace(cfg, out=str(tmp_path / "run2"))).run()
+    assert json.loads((out / "training.json").read_text())["dit"]["steps"] == 1
+    assert not (out / "state_decoder.json").exists() and not StateDecoder.exists(out)
+    assert "state_decoder.json: missing" in capsys.readouterr().err
 
 
 def one_dit_step(tmp_path, tiny_ckpt, **options):

@@ -22,9 +22,8 @@ def _demo(args) -> int:
     dit = DiT(tiny_transformer(seed=args.seed, num_layers=8, heads=4, head_dim=32))
     noise, cond, emb, _ = tiny_inputs(batch=1, height=16, width=20, seed=args.seed)
     kw = dict(num_steps=args.denoise_steps, cond_latents=cond, num_cond_frames=1)
-    # every policy first: a bad name fails before any run; a YAML's row is labelled by its path, not its policy
-    policies = [(str(spec) if str(spec).endswith((".yaml", ".yml")) else p.name, p)
-                for spec in ["none", *args.cache] for p in [load_policy(spec)]]
+    # every policy first: a bad name fails before any run; each row is labelled as given (a YAML by its path)
+    policies = [(str(spec), load_policy(spec)) for spec in ["none", *args.cache]]
     rows = []
     denoise(dit, default_scheduler(), noise, emb, **kw)  # untimed: first-call costs would pad the baseline's time
     for name, policy in policies:
@@ -424,8 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-from", default=None, metavar="DIR",
                    help="start from this checkpoint's transformer + VAE with a fresh action embedder")
     t.add_argument("--continue-from", default=None, metavar="DIR",
-                   help="continue training this checkpoint: all its weights and state decoder, a new schedule; "
-                        "its training.json is kept in the new one's (started_from)")
+                   help="continue training this checkpoint: all its weights and state decoder (left out, with a "
+                        "warning, where it learned another scene than the data's), a new schedule; its "
+                        "training.json is kept in the new one's (started_from)")
     t.add_argument("--vae-from", default=None, metavar="DIR", help="start the VAE from this checkpoint's VAE")
     t.add_argument("--layers", type=COUNT, default=12, help="DiT blocks of a new model (default 12)")
     t.add_argument("--heads", type=COUNT, default=4, help="attention heads of a new model (default 4)")

@@ -413,8 +413,9 @@ def pool_results(results: list[dict], json_out=None) -> dict:
     for i, r in enumerate(results):
         if same(r) != same(results[0]) or [p["policy"] for p in r["policies"]] != \
                 [p["policy"] for p in results[0]["policies"]] or list(r["spearman"]) != list(results[0]["spearman"]):
-            a, b = same(r), same(results[0])  # name what differs (None: not recorded, e.g. by older code)
-            diff = {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+            a, b = same(r), same(results[0])  # name what differs ("not recorded": by older code, say)
+            diff = {k: (a.get(k, "not recorded"), b.get(k, "not recorded")) for k in sorted(a.keys() | b.keys())
+                    if k not in a or k not in b or a[k] != b[k]}
             raise ValueError(f"result {i} differs from result 0 in its settings (result {i}'s, result 0's): {diff}"
                              if diff else f"result {i} differs from result 0 in its control policies or caches")
         if "decoded_real_returns" not in r["policies"][0]:

@@ -509,7 +509,7 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
         # again (the store object holds its attrs as opened): a run of another seed may have recorded itself since
         now = EpisodeStore(out_path, mode="a")
         runs = dict(now.attrs.get("runs", {}))
-        runs[key] = {"seed": seed, "policy": policy, "episodes": max(episodes, held)}
+        runs[key] = {"seed": seed, "policy": policy, "episodes": max(episodes, runs.get(key, {}).get("episodes", 0))}
         now.attrs["runs"] = runs
     finally:
         renderer.close()

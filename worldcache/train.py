@@ -749,12 +749,14 @@ class Trainer:
                 and StateDecoder.exists(self.source):
             try:  # the weights are exported already: a decoder that does not load must not lose the record below
                 diff = scene_diff(StateDecoder.load(self.source).config.scene, self.model.spec.scene)
-                why = diff and f"learned another scene than {self.cfg.data} shows (the decoder's, the data's): {diff}"
-            except ValueError as e:
+                why = diff and f"learned another scene than the model's (the decoder's, the model's): {diff}"
+            except (ValueError, OSError) as e:
                 why = f"does not load ({e})"
             if why:
                 print(f"warning: {self.source}'s state decoder {why}; not copied: train one with --stages decoder",
                       file=sys.stderr)
+                for name in (CONFIG_FILE, WEIGHTS_FILE):  # nor kept from an earlier command's copy into this OUT
+                    (self.out / "model" / name).unlink(missing_ok=True)
             else:
                 for name in (CONFIG_FILE, WEIGHTS_FILE):
                     shutil.copyfile(self.source / name, self.out / "model" / name)
