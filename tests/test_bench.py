@@ -867,6 +867,16 @@ def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp
         capsys.readouterr().err
 
 
+def test_a_missing_store_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    from worldcache.cli import main
+
+    monkeypatch.setattr("worldcache.world_model.WorldModel.from_pretrained",
+                        lambda *a, **k: pytest.fail("the model loaded before the store was checked"))
+    for cmd in ("evaluate-model", "bench"):
+        assert main([cmd, "--data", str(tmp_path / "nope.zarr")]) == 2, cmd
+        assert f"no episode store at '{tmp_path / 'nope.zarr'}'" in capsys.readouterr().err, cmd
+
+
 def test_cli_evaluate_model_real_cond_conditions_each_chunk_on_the_real_frames(tiny_ckpt, tmp_path, capsys):
     from worldcache.cli import main
     from worldcache.quality import frame_scores, heldout_windows

@@ -87,12 +87,14 @@ def _evaluate_model(args) -> int:
 
     from .cache import load_policy
     from .quality import evaluate_open_loop, format_scores
+    from .rollouts.store import EpisodeStore
     from .state_decoder import CONFIG_FILE, StateDecoder
     from .train import load_episodes, split
     from .world_model import BUNDLED, WorldModel
 
     if args.json:  # made first: a missing folder must not cost the whole evaluation
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    EpisodeStore(args.data, mode="r")  # a missing store fails before the model loads
     model = WorldModel.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, compile=args.compile)
     own = Path(args.checkpoint or BUNDLED)  # its decoder if it has one; a folder given must hold one (load says)
     decoder = (StateDecoder.load(args.decoder) if args.decoder else

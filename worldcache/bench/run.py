@@ -46,6 +46,10 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
 
     if episodes < 1 or chunks < 1 or repeats < 1:
         raise ValueError(f"episodes, chunks and repeats must be >= 1, got {episodes}, {chunks}, {repeats}")
+    if data is not None:  # a missing store fails before the model loads
+        from ..rollouts.store import EpisodeStore
+
+        EpisodeStore(str(data), mode="r")
     model = WorldModel.from_pretrained(checkpoint, device=device, dtype=dtype, compile=compile)
     s = model.spec
     ref_steps = num_steps or s.num_steps
