@@ -87,12 +87,12 @@ def main(argv=None) -> int:
     train, _ = split(episodes, args.holdout)
     n = write_own_frames(model, train, args.store, args.episodes, args.chunks, args.denoise_steps,
                          stride=args.stride)
-    res = train_state_decoder(args.store, args.out, steps=args.steps, batch_size=args.batch, lr=args.lr, holdout=0.0,
+    res = train_state_decoder(args.store, None, steps=args.steps, batch_size=args.batch, lr=args.lr, holdout=0.0,
                               seed=0, init_from=Path(args.checkpoint or BUNDLED))
     # it learned the model's view (its frames and the real ones of its scene), whatever its start had: say so, as
     # the env and evaluate-policies check it (the store of own frames has no make-data record to take it from)
     res["decoder"].config.scene = model.spec.scene
-    res["decoder"].save(args.out)
+    res["decoder"].save(args.out)  # saved once, with that label
     print(json.dumps({"predicted_windows": n, "train_frames": res["train_frames"],
                       "final_loss": float(np.mean(res["losses"][-50:])), "out": args.out}))
     return 0
