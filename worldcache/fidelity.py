@@ -410,10 +410,12 @@ def pool_results(results: list[dict], json_out=None) -> dict:
         paths = ("checkpoint", "decoder") if "model_sha256" in r["settings"] else ()
         return {k: v for k, v in r["settings"].items()
                 if k not in ("env_seeds", "episodes", "compile", "device", *paths)}
+    b = same(results[0])
     for i, r in enumerate(results):
-        if same(r) != same(results[0]) or [p["policy"] for p in r["policies"]] != \
+        a = same(r)
+        if a != b or [p["policy"] for p in r["policies"]] != \
                 [p["policy"] for p in results[0]["policies"]] or list(r["spearman"]) != list(results[0]["spearman"]):
-            a, b = same(r), same(results[0])  # name what differs ("not recorded": by older code, say)
+            # name what differs ("not recorded": by older code, say)
             diff = {k: (a.get(k, "not recorded"), b.get(k, "not recorded")) for k in sorted(a.keys() | b.keys())
                     if k not in a or k not in b or a[k] != b[k]}
             raise ValueError(f"result {i} differs from result 0 in its settings (result {i}'s, result 0's): {diff}"
