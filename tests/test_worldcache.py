@@ -311,11 +311,14 @@ def test_unknown_policy_and_bad_yaml(tmp_path):
         load_policy(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_policy(tmp_path / "missing.yaml")
+    bad.write_text("policy: worldcache\nthreshold: -1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: threshold=-1.0: must be [^(]*$"):  # the file's own error
+        load_policy(bad)
     # a bad value the caller set over a good file is named as the caller's, not the file's alone
     bad.write_text("policy: worldcache\nthreshold: 0.1\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml with threshold=-1: threshold=-1.0: must be"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: threshold=-1.0: must be .* \(set by the caller: threshold\)$"):
         load_policy(bad, threshold=-1)
-    with pytest.raises(ConfigError, match=r"^policy 'fora' with interval=2.5: interval must be a whole number"):
+    with pytest.raises(ConfigError, match=r"^policy 'fora': interval must be a whole number, got 2.5 \(set by the caller: interval\)$"):
         make_policy("fora", interval=2.5)
 
 

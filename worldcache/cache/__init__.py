@@ -30,9 +30,13 @@ def make_policy(name: str, config: dict | None = None, source: str | None = None
     cls = POLICIES[name]
     values = {**(config or {}), **overrides}
     source = source or f"policy {name!r}"
-    if overrides:  # an error may be in what the caller set, not in the file
-        source += " with " + ", ".join(f"{k}={v!r}" for k, v in overrides.items())
-    return cls(build_config(cls.config_cls, values, source))
+    try:
+        return cls(build_config(cls.config_cls, values, source))
+    except ConfigError as e:
+        if not overrides:
+            raise
+        # The error may be in what the caller set, not in the file; the message already shows the value.
+        raise ConfigError(f"{e} (set by the caller: {', '.join(overrides)})") from None
 
 
 def load_cache(spec: str | Path, **overrides) -> tuple[CachePolicy, int | None]:
