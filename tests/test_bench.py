@@ -875,6 +875,12 @@ def test_a_missing_store_fails_before_the_model_loads(tmp_path, capsys, monkeypa
     for cmd in ("evaluate-model", "bench"):
         assert main([cmd, "--data", str(tmp_path / "nope.zarr")]) == 2, cmd
         assert f"no episode store at '{tmp_path / 'nope.zarr'}'" in capsys.readouterr().err, cmd
+    # and so do bad cache names and settings (bench and tune)
+    for args, why in ((["bench", "--cache", "warpdrive"], "unknown cache policy 'warpdrive'"),
+                      (["bench", "--cache", "worldcache:threshold=-1"], "(set by the caller: threshold)"),
+                      (["tune", "--cache", "warpdrive", "--min-psnr", "30"], "unknown cache policy 'warpdrive'")):
+        assert main(args) == 2, args
+        assert why in capsys.readouterr().err, args
 
 
 def test_cli_evaluate_model_real_cond_conditions_each_chunk_on_the_real_frames(tiny_ckpt, tmp_path, capsys):

@@ -72,6 +72,27 @@ def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def read_spec(path: str | Path | None = None) -> "WorldModelSpec":
+    """A checkpoint folder's `WorldModelSpec` (default: the bundled model's), read without loading any weights, so
+    that commands can check their arguments against it first; errors name the file at fault."""
+    path = Path(path) if path is not None else BUNDLED
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {path}")
+    need = [SPEC_FILE, "transformer/config.json", "vae/config.json", "scheduler/scheduler_config.json",
+            "action_embedder.safetensors", "prompt_embeds.safetensors"]
+    missing = [n for n in need if not (path / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: missing {missing}")
+    try:
+        raw = json.loads((path / SPEC_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / SPEC_FILE}: not valid JSON ({e})") from None
+    unknown = set(raw) - {f.name for f in fields(WorldModelSpec)}
+    if unknown:
+        raise CheckpointError(f"{path / SPEC_FILE}: unknown keys {sorted(unknown)}")
+    return WorldModelSpec(**raw)
+
+
 def chunk_seeds(seed: int | list[int], c: int) -> int | list[int]:
     """Noise seed(s) of chunk `c` of a rollout seeded `seed` (one int, or one per sample): seed + c."""
     return [int(x) + c for x in seed] if isinstance(seed, (list, tuple)) else int(seed) + c
@@ -279,21 +300,7 @@ class WorldModel(nn.Module):
 
         dtype = parse_dtype(dtype)
         path = Path(path) if path is not None else BUNDLED
-        if not path.is_dir():
-            raise CheckpointError(f"checkpoint folder not found: {path}")
-        need = [SPEC_FILE, "transformer/config.json", "vae/config.json", "scheduler/scheduler_config.json",
-                "action_embedder.safetensors", "prompt_embeds.safetensors"]
-        missing = [n for n in need if not (path / n).is_file()]
-        if missing:
-            raise CheckpointError(f"{path}: missing {missing}")
-        try:
-            raw = json.loads((path / SPEC_FILE).read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path / SPEC_FILE}: not valid JSON ({e})") from None
-        unknown = set(raw) - {f.name for f in fields(WorldModelSpec)}
-        if unknown:
-            raise CheckpointError(f"{path / SPEC_FILE}: unknown keys {sorted(unknown)}")
-        spec = WorldModelSpec(**raw)
+        spec = read_spec(path)
         if 0 < spec.guidance_scale <= 1:
             warnings.warn(f"{path / SPEC_FILE}: guidance_scale {spec.guidance_scale} now guides (NVIDIA's v + g (v - "
                           "v_neg) for any g != 0); before 2026-12-06 up to 1 meant none, as in diffusers. Set it to 0 "

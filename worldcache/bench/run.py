@@ -42,18 +42,19 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
 
     Returns ``{"rows", "uncached", "frontiers", "at_worldcache_speed", "frontier_at", "machine", "settings"}``; with `json_out`
     the JSON and the figures are written (`report.write_outputs`)."""
-    from ..world_model import WorldModel
+    from ..world_model import WorldModel, read_spec
 
     if episodes < 1 or chunks < 1 or repeats < 1:
         raise ValueError(f"episodes, chunks and repeats must be >= 1, got {episodes}, {chunks}, {repeats}")
-    if data is not None:  # a missing store fails before the model loads
+    # Bad cache names and settings, and a missing store, fail before the model loads (seconds).
+    ref_steps = num_steps or read_spec(checkpoint).num_steps
+    configs = bench_configs(policies, ablation, grid, denoise_steps, ref_steps, threshold_scales)
+    if data is not None:
         from ..rollouts.store import EpisodeStore
 
         EpisodeStore(str(data), mode="r")
     model = WorldModel.from_pretrained(checkpoint, device=device, dtype=dtype, compile=compile)
     s = model.spec
-    ref_steps = num_steps or s.num_steps
-    configs = bench_configs(policies, ablation, grid, denoise_steps, ref_steps, threshold_scales)
     frames = chunks * s.chunk
     eps = bench_episodes(s, episodes, frames, data, first_seed, holdout, tuning)
     real = np.stack([ep["obs"][1:] for ep in eps])
