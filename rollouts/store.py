@@ -50,7 +50,8 @@ pid, time) with ``acquire_lease`` and passes the token to its workers (``Episode
 lease=token)``). While a lease exists, only its holders may write or delete: a second driver
 is refused with `LeaseError` naming the holder; ``acquire_lease(..., break_lease=True)``
 replaces a stale lease of a dead driver. ``remove_partial`` (leftover incomplete episodes)
-needs the lease. A store without a lease (e.g. ``make-data``) is written as before. On a
+needs the lease (``make-data`` takes it too, for its whole run). A store without a lease is written by
+anyone. On a
 local disk the lease is created exclusively; on an object store it is written and read back
 (last writer wins: two drivers starting in the same instant are not excluded).
 

@@ -212,6 +212,18 @@ def test_make_data_scene_names_the_generators_scenes(tmp_path, capsys):
     assert EpisodeStore(tmp_path / "d.zarr", mode="r").attrs["generator"]["camera"] == SCENES["v2"]["camera"]
 
 
+def test_make_data_refuses_a_held_store_and_breaks_a_dead_runs_lease(tmp_path, capsys):
+    from worldcache.rollouts.store import EpisodeStore, acquire_lease, read_lease
+
+    out, args = tmp_path / "d.zarr", ["make-data", "--out", str(tmp_path / "d.zarr"), "--episodes", "1",
+                                      "--env-steps", "2"]
+    acquire_lease(out)  # a run that was killed left its lease
+    assert cli.main(args) == 2
+    assert "another driver holds this store's lease" in capsys.readouterr().err and not (out / "episodes").exists()
+    assert cli.main([*args, "--break-lease"]) == 0
+    assert len(EpisodeStore(out, mode="r")) == 1 and read_lease(out) is None
+
+
 def test_a_stores_scene_is_checked_without_mujoco():
     """`bench --data` runs where MuJoCo is absent (the GPU machine): the scene check must not import it."""
     import subprocess

@@ -43,7 +43,7 @@ def _make_data(args) -> int:
     from .mujoco_data import generate
 
     s = generate(args.out, episodes=args.episodes, steps=args.env_steps, seed=args.seed, height=args.height,
-                 width=args.width, policy=args.policy, scene=args.scene)
+                 width=args.width, policy=args.policy, scene=args.scene, break_lease=args.break_lease)
     print(f"{s['path']}: {s['written']} episode(s) written, {s['skipped']} already there; {s['episodes_total']} in "
           f"the store" + (f"; {s['frames_per_s']:.0f} frames/s" if s["written"] else ""))
     return 0
@@ -402,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--scene", default="v1", choices=list(SCENES),
                    help="v1: the bundled model's data; v2: the next data version, the camera farther back so the "
                         "whole arm stays in view, and explore's directions bounded (README, \"The bundled model\")")
+    m.add_argument("--break-lease", action="store_true",
+                   help="replace the store's lease left by a run that was killed (one writer per store)")
     m.set_defaults(func=_make_data)
 
     t = sub.add_parser("train", help="train the world model (VAE, then DiT); resumable")

@@ -40,7 +40,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from worldcache.rollouts.store import EpisodeStore
+from worldcache.rollouts.store import EpisodeStore, acquire_lease, release_lease
 from worldcache.seeding import derived_seed
 from worldcache.scene import CONTROLLER, SCENE_KEYS, SCENES, SUPERSAMPLE, scene_of
 from worldcache.scene import camera_record as _camera
@@ -434,13 +434,15 @@ def real_rollout(policy_fn: Callable[[np.ndarray], np.ndarray] | str, seed: int,
 
 def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, seed: int = 0,
              height: int = HEIGHT, width: int = WIDTH, policy: str = "mixed", progress: bool = True,
-             camera: dict | None = None, scene: str = "v1") -> dict[str, Any]:
+             camera: dict | None = None, scene: str = "v1", break_lease: bool = False) -> dict[str, Any]:
     """Generate ``episodes`` episodes of ``steps`` steps into the EpisodeStore at ``out_path``
     (created if missing). Episode ``i`` has id ``f"seed{seed}_ep{i:05d}"`` and is fully
     determined by (seed, i, policy, steps, resolution, scene), the MuJoCo version and the GL backend
     (``MUJOCO_GL``; both recorded, and a store is refused to another); episodes already complete are skipped,
     so an interrupted run resumes.
     `scene`: one of `SCENES` ("v1" made the bundled model's data); `camera` replaces its camera.
+    The run holds the store's lease (`rollouts.store.acquire_lease`): another run into the store meanwhile is
+    refused with `LeaseError`; `break_lease` replaces the lease a killed run left.
     Returns a summary with frames/s."""
     from tqdm.auto import tqdm
 
@@ -461,35 +463,38 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
               "explore": sc["explore"],
               "mujoco": MUJOCO_VERSION,  # an episode is a function of its seed and index under one release only
               "gl": GL_BACKEND}  # and one GL backend (only osmesa is checked)
-    store = EpisodeStore(out_path, mode="a")
-    if "generator" not in store.attrs and len(store):  # episodes of another kind (a rollout store, say)
-        renderer.close()
-        raise ValueError(f"{out_path} holds episodes that make-data did not write (no 'generator' attrs): "
-                         f"give another --out")
-    if "generator" in store.attrs:  # resuming: refuse to mix incompatible episodes in one store
-        # a store written before the MuJoCo version and the GL backend were recorded does not say which made it;
-        # one written before explore's bounds were recorded had them free
-        old = {"explore": "free", **store.attrs["generator"]}
-        diff = {k: (old.get(k), v) for k, v in config.items()
-                if old.get(k) != v and (k in old or k not in ("mujoco", "gl"))}
-        if diff:
-            renderer.close()
-            raise ValueError(f"{out_path} was generated with different settings (old, new): {diff}")
-    else:
-        store.attrs.update({"generator": config, "frame_shape": [height, width, 3], "action_dim": int(renderer.action_space.shape[0])})
-    runs = dict(store.attrs.get("runs", {}))
-    clash = sorted({r["policy"] for r in runs.values() if r["seed"] == seed and r["policy"] != policy})
-    if clash:  # episode ids are seed{seed}_ep{i}: another policy's episodes would be taken for this one's
-        renderer.close()
-        raise ValueError(f"{out_path}: seed {seed} already holds {clash[0]!r} episodes; give {policy!r} another --seed")
-    key = f"seed{seed}_{policy}"  # a shorter run again must not shrink the record of what the store holds
-    held = runs.get(key, {}).get("episodes", 0)
-    runs[key] = {"seed": seed, "policy": policy, "episodes": held}  # the seed is this policy's from now on
-    store.attrs["runs"] = runs
-
-    written = skipped = 0
-    t0 = time.perf_counter()
+    # one writer per store, as for rollouts: a second make-data run (or a rollout) into it is refused while this
+    # one runs, since two runs' record updates (and episodes of one seed) would race
+    lease = None
     try:
+        lease = acquire_lease(out_path, break_lease=break_lease)
+        store = EpisodeStore(out_path, mode="a", lease=lease)
+        if "generator" not in store.attrs and len(store):  # episodes of another kind (a rollout store, say)
+            raise ValueError(f"{out_path} holds episodes that make-data did not write (no 'generator' attrs): "
+                             f"give another --out")
+        if "generator" in store.attrs:  # resuming: refuse to mix incompatible episodes in one store
+            # a store written before the MuJoCo version and the GL backend were recorded does not say which made
+            # it; one written before explore's bounds were recorded had them free
+            old = {"explore": "free", **store.attrs["generator"]}
+            diff = {k: (old.get(k), v) for k, v in config.items()
+                    if old.get(k) != v and (k in old or k not in ("mujoco", "gl"))}
+            if diff:
+                raise ValueError(f"{out_path} was generated with different settings (old, new): {diff}")
+        else:
+            store.attrs.update({"generator": config, "frame_shape": [height, width, 3],
+                                "action_dim": int(renderer.action_space.shape[0])})
+        runs = dict(store.attrs.get("runs", {}))
+        clash = sorted({r["policy"] for r in runs.values() if r["seed"] == seed and r["policy"] != policy})
+        if clash:  # episode ids are seed{seed}_ep{i}: another policy's episodes would be taken for this one's
+            raise ValueError(f"{out_path}: seed {seed} already holds {clash[0]!r} episodes; give {policy!r} another "
+                             f"--seed")
+        key = f"seed{seed}_{policy}"  # a shorter run again must not shrink the record of what the store holds
+        held = runs.get(key, {}).get("episodes", 0)
+        runs[key] = {"seed": seed, "policy": policy, "episodes": held}  # the seed is this policy's from now on
+        store.attrs["runs"] = runs
+
+        written = skipped = 0
+        t0 = time.perf_counter()
         for i in tqdm(range(episodes), disable=not progress, desc=f"Pusher {scene} {policy} seed={seed}",
                       unit="ep"):
             eid = f"seed{seed}_ep{i:05d}"
@@ -505,14 +510,13 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
             state = ep.pop("state")
             store.write_episode(eid, **ep, extras={"state": state}, attrs=meta)
             written += 1
-        # only now does the store hold them: an interrupted run's record claims no episode it lacks. Read from disk
-        # again (the store object holds its attrs as opened): a run of another seed may have recorded itself since
-        now = EpisodeStore(out_path, mode="a")
-        runs = dict(now.attrs.get("runs", {}))
-        runs[key] = {"seed": seed, "policy": policy, "episodes": max(episodes, runs.get(key, {}).get("episodes", 0))}
-        now.attrs["runs"] = runs
+        # only now does the store hold them: an interrupted run's record claims no episode it lacks
+        runs[key] = {"seed": seed, "policy": policy, "episodes": max(episodes, held)}
+        store.attrs["runs"] = runs
     finally:
         renderer.close()
+        if lease is not None:
+            release_lease(out_path, lease)
     elapsed = time.perf_counter() - t0
     frames = written * (steps + 1)
     return {"path": os.fspath(out_path), "written": written, "skipped": skipped, "seconds": elapsed,
