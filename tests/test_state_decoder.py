@@ -322,4 +322,8 @@ def test_a_decoder_records_the_scene_of_the_make_data_store_it_learned(store, tm
     # a v1 decoder continued on a make-data store of v2 reads v2's view from then on
     moved = train_state_decoder(v2, None, steps=1, holdout=0.5, blur=0.0, init_from=tmp_path / "v1")["decoder"]
     assert moved.config.scene == scene_record(gen)
+    # but not when it learns nothing there: steps=0 measures the v1 decoder on v2's frames, unchanged and unlabelled
+    measured = train_state_decoder(v2, None, steps=0, holdout=0.5, blur=0.0, init_from=tmp_path / "v1")
+    assert measured["decoder"].config.scene is None and measured["losses"] == []
+    assert measured["heldout_errors"] is not None
     assert SCENES["v2"]["camera"]["distance"] == 2.25
