@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
 import time
+
+from worldcache.interrupt import sigterm_as_interrupt
 
 from .actor import RolloutWorker
 from .config import RolloutConfig, episode_id
@@ -189,17 +189,9 @@ def rollout_main(config, out: str | None = None, episodes: int | None = None, wo
 
     SIGTERM (timeout, a batch scheduler's preemption, docker stop) stops it as Ctrl-C does: the actors write
     what they hold, finished episodes stay, and the lease is given back."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
-    before = signal.signal(signal.SIGTERM, interrupt) if main else None
-    try:
+    with sigterm_as_interrupt():
         print(format_summary(run_rollouts(config, out=out, episodes=episodes, workers=workers, address=address,
                                           progress=True, break_lease=break_lease)))
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, before)
     return 0
 
 

@@ -50,9 +50,8 @@ pid, time) with ``acquire_lease`` and passes the token to its workers (``Episode
 lease=token)``). While a lease exists, only its holders may write or delete: a second driver
 is refused with `LeaseError` naming the holder; ``acquire_lease(..., break_lease=True)``
 replaces a stale lease of a dead driver. ``remove_partial`` (leftover incomplete episodes)
-needs the lease (``make-data`` takes it too, for its whole run). A store without a lease is written by
-anyone. On a
-local disk the lease is created exclusively; on an object store it is written and read back
+needs the lease. ``make-data`` takes the lease too, for its whole run. A store without a lease is written
+as before. On a local disk the lease is created exclusively; on an object store it is written and read back
 (last writer wins: two drivers starting in the same instant are not excluded).
 
 This module deliberately has no intra-package imports (only numpy + zarr).
@@ -145,6 +144,8 @@ def read_lease(url: str, storage_options: dict | None = None) -> dict | None:
         doc = json.loads(fs.cat_file(f"{root}/{LEASE}"))
     except FileNotFoundError:
         return None
+    except NotADirectoryError:  # a file where the store should be
+        raise StoreFormatError(f"{url}: a file, not an episode store (a folder)") from None
     except ValueError:  # json's decode error, or bytes that are not UTF-8
         return {"unreadable": True}
     return doc if isinstance(doc, dict) else {"unreadable": True}

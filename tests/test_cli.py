@@ -222,6 +222,38 @@ def test_make_data_refuses_a_held_store_and_breaks_a_dead_runs_lease(tmp_path, c
     assert "another driver holds this store's lease" in capsys.readouterr().err and not (out / "episodes").exists()
     assert cli.main([*args, "--break-lease"]) == 0
     assert len(EpisodeStore(out, mode="r")) == 1 and read_lease(out) is None
+    (tmp_path / "afile").write_text("")  # a file where the store should be: an error, not a traceback
+    assert cli.main(["make-data", "--out", str(tmp_path / "afile"), "--episodes", "1", "--env-steps", "2"]) == 2
+    assert "afile: a file, not an episode store (a folder)" in capsys.readouterr().err
+
+
+def test_make_data_stopped_by_sigterm_gives_the_stores_lease_back(tmp_path):
+    """A timeout or a scheduler stops a run with SIGTERM: its lease must not stay and refuse the resumed run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from worldcache.rollouts.store import EpisodeStore, read_lease
+
+    out = tmp_path / "d.zarr"
+    args = ["make-data", "--out", str(out), "--episodes", "10000", "--env-steps", "2"]
+    run = subprocess.Popen([sys.executable, "-c", "import sys; from worldcache.cli import main; sys.exit(main())",
+                            *args], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "episodes").exists() or len(EpisodeStore(out, mode="r")) < 2:
+            assert run.poll() is None and time.monotonic() < deadline, "make-data did not start writing"
+            time.sleep(0.2)
+        run.send_signal(signal.SIGTERM)
+        err = run.communicate(timeout=60)[1]
+    finally:
+        run.kill()
+    assert run.returncode != 0 and "KeyboardInterrupt: signal 15" in err
+    assert read_lease(out) is None  # given back: the run resumes without --break-lease
+    held = len(EpisodeStore(out, mode="r"))
+    assert 2 <= held < 10000
+    assert cli.main([*args[:4], str(held + 1), *args[5:]]) == 0 and len(EpisodeStore(out, mode="r")) == held + 1
 
 
 def test_a_stores_scene_is_checked_without_mujoco():

@@ -122,6 +122,23 @@ def test_generate_is_reproducible_and_resumable(generated):
         "written"] == 1
     assert read_lease(root / "cut.zarr") is None
     assert EpisodeStore(root / "cut.zarr", mode="r").attrs["runs"]["seed3_mixed"]["episodes"] == 5
+    # a run whose lease another broke meanwhile (here: while it skips the episodes there) records nothing at its end
+    exists = EpisodeStore.exists
+
+    def broken(self, eid):
+        if eid.endswith("00000"):  # another run takes the store over and records itself
+            new = EpisodeStore(root / "cut.zarr", mode="a", lease=acquire_lease(root / "cut.zarr", break_lease=True))
+            new.attrs["runs"] = {**new.attrs["runs"], "seed9_random": {"seed": 9, "policy": "random", "episodes": 0}}
+        return exists(self, eid)
+
+    EpisodeStore.exists = broken
+    try:
+        with pytest.raises(LeaseError, match="held by another driver"):
+            md.generate(root / "cut.zarr", episodes=5, steps=STEPS, seed=3, progress=False)
+    finally:
+        EpisodeStore.exists = exists
+    assert "seed9_random" in EpisodeStore(root / "cut.zarr", mode="r").attrs["runs"]  # not overwritten
+    assert read_lease(root / "cut.zarr") is not None  # the new holder's lease stays
     other = EpisodeStore.create(root / "other.zarr")  # a store make-data did not write (a rollout store, say)
     other.write_episode("e", np.zeros((2, 4, 4, 3), np.uint8), np.zeros((1, 3), np.float32), np.zeros(1, np.float32),
                         np.zeros(1, bool), np.zeros(1, bool))

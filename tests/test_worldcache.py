@@ -320,6 +320,9 @@ def test_unknown_policy_and_bad_yaml(tmp_path):
         load_policy(bad, threshold=-1)
     with pytest.raises(ConfigError, match=r"^policy 'fora': interval must be a whole number, got 2.5 \(set by the caller: interval\)$"):
         make_policy("fora", interval=2.5)
+    # where the message names another key (a check across keys), the caller's value is shown there
+    with pytest.raises(ConfigError, match=r"gamma_max=1.8: must be >= gamma_min \(set by the caller: gamma_min=5\)$"):
+        make_policy("worldcache", gamma_min=5)
 
 
 def test_probe_depth_must_leave_blocks(tiny_dit):

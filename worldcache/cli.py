@@ -40,10 +40,12 @@ def _demo(args) -> int:
 
 
 def _make_data(args) -> int:
+    from .interrupt import sigterm_as_interrupt
     from .mujoco_data import generate
 
-    s = generate(args.out, episodes=args.episodes, steps=args.env_steps, seed=args.seed, height=args.height,
-                 width=args.width, policy=args.policy, scene=args.scene, break_lease=args.break_lease)
+    with sigterm_as_interrupt():  # a run stopped by timeout or a scheduler gives the store's lease back
+        s = generate(args.out, episodes=args.episodes, steps=args.env_steps, seed=args.seed, height=args.height,
+                     width=args.width, policy=args.policy, scene=args.scene, break_lease=args.break_lease)
     print(f"{s['path']}: {s['written']} episode(s) written, {s['skipped']} already there; {s['episodes_total']} in "
           f"the store" + (f"; {s['frames_per_s']:.0f} frames/s" if s["written"] else ""))
     return 0

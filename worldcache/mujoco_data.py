@@ -442,7 +442,8 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
     so an interrupted run resumes.
     `scene`: one of `SCENES` ("v1" made the bundled model's data); `camera` replaces its camera.
     The run holds the store's lease (`rollouts.store.acquire_lease`): another run into the store meanwhile is
-    refused with `LeaseError`; `break_lease` replaces the lease a killed run left.
+    refused with `LeaseError`; `break_lease` replaces the lease a killed run left (the CLI turns SIGTERM into
+    KeyboardInterrupt, so only SIGKILL or a crash of the machine leaves one).
     Returns a summary with frames/s."""
     from tqdm.auto import tqdm
 
@@ -511,12 +512,15 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
             store.write_episode(eid, **ep, extras={"state": state}, attrs=meta)
             written += 1
         # only now does the store hold them: an interrupted run's record claims no episode it lacks
+        store.check_lease()  # root attrs are not checked on write: a run whose lease was broken records nothing
         runs[key] = {"seed": seed, "policy": policy, "episodes": max(episodes, held)}
         store.attrs["runs"] = runs
     finally:
-        renderer.close()
-        if lease is not None:
-            release_lease(out_path, lease)
+        try:
+            if lease is not None:
+                release_lease(out_path, lease)
+        finally:
+            renderer.close()
     elapsed = time.perf_counter() - t0
     frames = written * (steps + 1)
     return {"path": os.fspath(out_path), "written": written, "skipped": skipped, "seconds": elapsed,

@@ -5,6 +5,7 @@ with `@register`. The YAML form is ``policy: NAME`` plus that dataclass's fields
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .base import CachePolicy, CallRecord, ModelCall, NoCache
@@ -35,8 +36,9 @@ def make_policy(name: str, config: dict | None = None, source: str | None = None
     except ConfigError as e:
         if not overrides:
             raise
-        # The error may be in what the caller set, not in the file; the message already shows the value.
-        raise ConfigError(f"{e} (set by the caller: {', '.join(overrides)})") from None
+        # The error may be in what the caller set, not in the file: name it, with its value unless already shown
+        given = ", ".join(k if re.search(rf"\b{k}(=| must)", str(e)) else f"{k}={v!r}" for k, v in overrides.items())
+        raise ConfigError(f"{e} (set by the caller: {given})") from None
 
 
 def load_cache(spec: str | Path, **overrides) -> tuple[CachePolicy, int | None]:
