@@ -175,7 +175,9 @@ def check_format(store: EpisodeStore) -> dict:
     """The store's ``rollout`` attrs; `RolloutFormatError` for a store of another rollout format."""
     ro = store.attrs.get("rollout")
     if ro is None:
-        raise RolloutFormatError(f"{store.path}: not a rollout store (no 'rollout' attrs)")
+        made = (": it is a make-data store, which `worldcache inspect` summarises and `worldcache train` reads"
+                if "generator" in store.attrs else "")
+        raise RolloutFormatError(f"{store.path}: not a rollout store (no 'rollout' attrs){made}")
     if ro.get("format_version") != ROLLOUT_FORMAT:
         raise RolloutFormatError(
             f"{store.path}: rollout format {ro.get('format_version')!r}, this worldcache reads format "

@@ -1,5 +1,5 @@
 """Reading rollout stores: episodes as numpy, a torch Dataset of (frames, actions) windows, and `inspect_store`
-(summary numbers, cache-statistics plots, videos). The layout is described in the README (Rollouts)."""
+(summary numbers, cache-statistics plots, videos); `inspect_data_store` summarises a make-data store. The layout is described in the README (Rollouts)."""
 from __future__ import annotations
 
 import warnings
@@ -170,9 +170,51 @@ def _plots(st: dict, out: Path, label: str) -> list[str]:
     return [str(heat), str(dt)]
 
 
+def is_make_data(store: EpisodeStore) -> bool:
+    """Whether a store holds `worldcache make-data`'s simulator episodes (a generator record, no rollout attrs)."""
+    return "generator" in store.attrs and "rollout" not in store.attrs
+
+
+def inspect_data_store(path: str | Path, storage_options: dict | None = None) -> dict:
+    """Print a summary of a make-data store (simulator episodes: no cache statistics) and return its numbers:
+    episodes, steps, frame size, scene, the runs (seed, control policy, episodes) and the returns."""
+    from worldcache.scene import SCENES, scene_diff
+
+    store = EpisodeStore(path, mode="r", storage_options=storage_options)
+    gen, ids = store.attrs["generator"], store.episode_ids()
+    if not ids:
+        raise ValueError(f"{path}: no complete episodes")
+    returns = np.array([float(np.sum(store.episode_array(i, "rewards")[:])) for i in ids])
+    kinds: dict[str, int] = {}
+    for i in ids:
+        kind = store.load_episode(i, keys=[])["attrs"].get("kind", "?")
+        kinds[kind] = kinds.get(kind, 0) + 1
+    scene = next((n for n, sc in SCENES.items() if not scene_diff({"camera": sc["camera"]}, gen)
+                  and sc["explore"] == gen.get("explore", "free")), "custom")
+    res = {"episodes": len(ids), "steps": int(gen["steps"]), "frame": [int(gen["height"]), int(gen["width"])],
+           "scene": scene, "runs": store.attrs.get("runs", {}), "kinds": kinds,
+           "mean_return": float(returns.mean()), "min_return": float(returns.min()),
+           "max_return": float(returns.max())}
+    print(f"{path}: make-data store, {res['episodes']} episodes of {res['steps']} steps, {gen['height']}x{gen['width']} "
+          f"frames at {gen['fps']:g} fps; scene {scene}; MuJoCo {gen.get('mujoco', '?')} ({gen.get('gl', '?')})")
+    runs = ", ".join(f"seed {r['seed']} {r['policy']} ({r['episodes']})" for r in res["runs"].values())
+    print(f"  runs: {runs or 'none recorded'}; episode kinds: "
+          + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    print(f"  return per episode: mean {res['mean_return']:.2f}, min {res['min_return']:.2f}, "
+          f"max {res['max_return']:.2f}")
+    return res
+
+
 def inspect_main(store: str, plots: str | None = None, video: str | None = None, side_by_side: bool = False) -> int:
-    """`worldcache inspect STORE [--plots DIR] [--video DIR [--side-by-side]]`."""
-    inspect_store(store, plots_dir=plots)
+    """`worldcache inspect STORE [--plots DIR] [--video DIR [--side-by-side]]`: a rollout store, or a make-data
+    store (its summary and videos: it holds no cache statistics to plot)."""
+    if is_make_data(EpisodeStore(store, mode="r")):
+        if plots is not None or side_by_side:
+            raise ValueError(f"{store}: a make-data store holds no cache statistics: --plots and --side-by-side "
+                             f"are for rollout stores (its summary and --video work)")
+        inspect_data_store(store)
+    else:
+        inspect_store(store, plots_dir=plots)
     if video is not None:
         from .video import write_videos
 
@@ -181,4 +223,5 @@ def inspect_main(store: str, plots: str | None = None, video: str | None = None,
     return 0
 
 
-__all__ = ["WindowDataset", "chunk_shape", "episode_video", "inspect_main", "inspect_store", "open_store"]
+__all__ = ["WindowDataset", "chunk_shape", "episode_video", "inspect_data_store", "inspect_main", "inspect_store",
+           "is_make_data", "open_store"]

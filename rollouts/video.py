@@ -1,4 +1,4 @@
-"""One video per episode of a rollout store: `write_videos` (`worldcache inspect STORE --video DIR`).
+"""One video per episode of a rollout store (or of a make-data store: its simulator frames): `write_videos` (`worldcache inspect STORE --video DIR`).
 
 Encoded as MP4 (H.264) with imageio's ffmpeg plugin (the `imageio-ffmpeg` package ships an ffmpeg binary); where
 no encoder is available, a GIF is written instead. The frame rate is the model's (``fps`` of model.json, in the
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .reader import chunk_shape, episode_video, open_store
+from .reader import chunk_shape, episode_video, is_make_data, open_store
+from .store import EpisodeStore
 
 COMPUTED, SKIPPED = np.array([120, 220, 120], np.uint8), np.array([50, 50, 70], np.uint8)
 
@@ -61,10 +62,14 @@ def write_videos(path: str | Path, out_dir: str | Path, side_by_side: bool = Fal
     import imageio.v2 as imageio
     from tqdm import tqdm
 
-    store = open_store(path, storage_options)
-    ro = store.attrs["rollout"]
-    chunk = chunk_shape(store)[0]
-    fps = float(ro["env"].get("fps", 16))
+    store = EpisodeStore(path, mode="r", storage_options=storage_options)
+    if is_make_data(store):  # simulator episodes: one frame per env step, at the simulator's rate
+        if side_by_side:
+            raise ValueError(f"{path}: a make-data store has no cache statistics to show side by side")
+        chunk, fps = 1, float(store.attrs["generator"]["fps"])
+    else:
+        store = open_store(path, storage_options)
+        chunk, fps = chunk_shape(store)[0], float(store.attrs["rollout"]["env"].get("fps", 16))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mp4 = mp4_available()

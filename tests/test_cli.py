@@ -249,7 +249,8 @@ def test_make_data_stopped_by_sigterm_gives_the_stores_lease_back(tmp_path):
         err = run.communicate(timeout=60)[1]
     finally:
         run.kill()
-    assert run.returncode != 0 and "KeyboardInterrupt: signal 15" in err
+    assert run.returncode == 130 and "Traceback" not in err
+    assert "make-data: interrupted (signal 15); the complete episodes are kept: the same command again resumes" in err
     assert read_lease(out) is None  # given back: the run resumes without --break-lease
     held = len(EpisodeStore(out, mode="r"))
     assert 2 <= held < 10000
@@ -269,3 +270,17 @@ def test_a_stores_scene_is_checked_without_mujoco():
             "    print(e)\nprint('mujoco' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "v2.zarr shows another scene than the model's" in out and out.strip().endswith("False")
+
+
+def test_ctrl_c_is_a_line_not_a_traceback(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for cmd, said in (("rollout", "worldcache rollout: interrupted; the complete episodes are kept: the same command "
+                                  "again resumes"),
+                      ("bench", "worldcache bench: interrupted")):
+        monkeypatch.setattr(cli, f"_{cmd}", interrupted)
+        assert cli.main([cmd] + (["rollout_smoke"] if cmd == "rollout" else [])) == 130
+        assert capsys.readouterr().err.strip() == said
+    with pytest.raises(KeyboardInterrupt):  # --debug keeps the traceback
+        cli.main(["--debug", "bench"])

@@ -62,7 +62,7 @@ def test_generate_is_reproducible_and_resumable(generated):
     with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*32\)"):  # before the store is made
         md.generate(root / "big.zarr", episodes=1, steps=STEPS, seed=2**32, progress=False)
     assert not (root / "big.zarr").exists()
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ValueError, match=rf"different settings.*; to resume it, give make-data --env-steps {STEPS}$"):
         md.generate(root / "a.zarr", episodes=1, steps=STEPS + 1, seed=3, progress=False)
     # the MuJoCo version is part of what made the episodes: another one may not add to the store; a store written
     # before the version was recorded does not say, so it is not refused for it
@@ -70,7 +70,8 @@ def test_generate_is_reproducible_and_resumable(generated):
     gen = dict(store.attrs["generator"])
     assert gen["mujoco"] == mujoco.__version__
     store.attrs["generator"] = {**gen, "mujoco": "3.3.7"}
-    with pytest.raises(ValueError, match=r"different settings.*'mujoco': \('3.3.7', '" + mujoco.__version__):
+    with pytest.raises(ValueError, match=r"different settings.*'mujoco': \('3.3.7', '" + mujoco.__version__
+                       + r"'\)\}$"):  # no flag resumes it
         md.generate(root / "a.zarr", episodes=1, steps=STEPS, seed=3, progress=False)
     # so is the GL backend that rasterized the frames (osmesa, unless MUJOCO_GL says otherwise)
     assert gen["gl"] == os.environ["MUJOCO_GL"]
@@ -346,7 +347,7 @@ def test_scene_v2_is_recorded_refused_to_v1_and_simulated_again_from_its_record(
     store = EpisodeStore(tmp_path / "v2.zarr", mode="r")
     gen = store.attrs["generator"]
     assert gen["camera"] == md.SCENES["v2"]["camera"] and gen["explore"] == "bounded"
-    with pytest.raises(ValueError, match="different settings.*'camera'"):  # v1's episodes may not join
+    with pytest.raises(ValueError, match="different settings.*'camera'.*give make-data --scene v2$"):  # v1's may not join
         md.generate(tmp_path / "v2.zarr", episodes=2, steps=STEPS, seed=3, progress=False)
     with pytest.raises(ValueError, match=r"unknown scene 'v3'; choose from \('v1', 'v2'\)"):
         md.generate(tmp_path / "v3.zarr", episodes=1, steps=STEPS, scene="v3", progress=False)

@@ -1,6 +1,7 @@
 """`inspect_store`'s summary numbers pinned on a rollout store written by hand (a real Zarr store, no Ray, no model):
 mean_skip_rate = 1 - computed calls / calls and speedup_estimate = calls / computed calls (rollouts/reader.py's
-docstring), both pooled over every call of every step of every episode; the ms means pooled over steps."""
+docstring), both pooled over every call of every step of every episode; the ms means pooled over steps. Last,
+`inspect` on a make-data store."""
 from __future__ import annotations
 
 import numpy as np
@@ -67,3 +68,41 @@ def test_an_empty_or_foreign_store_is_refused(tmp_path):
     EpisodeStore.create(tmp_path / "plain.zarr")  # episodes without rollout attrs (e.g. make-data)
     with pytest.raises(RolloutFormatError, match="not a rollout store"):
         inspect_store(tmp_path / "plain.zarr")
+
+
+def test_a_make_data_store_is_summarised_and_shown_not_plotted(tmp_path, capsys):
+    """`inspect` on a make-data store (simulator episodes, no cache statistics): its summary and its videos."""
+    import imageio.v2 as imageio
+
+    from worldcache.mujoco_data import generate
+    from worldcache.rollouts.reader import inspect_data_store, inspect_main
+    from worldcache.rollouts.video import write_videos
+
+    data = tmp_path / "d.zarr"
+    generate(data, episodes=2, steps=4, seed=0, progress=False)
+    generate(data, episodes=1, steps=4, seed=5, policy="random", progress=False)
+    store = EpisodeStore(data, mode="r")
+    returns = [float(store.load_episode(i)["rewards"].sum()) for i in store.episode_ids()]
+    res = inspect_data_store(data)
+    assert (res["episodes"], res["steps"], res["frame"], res["scene"]) == (3, 4, [80, 96], "v1")
+    assert res["runs"] == {"seed0_mixed": {"seed": 0, "policy": "mixed", "episodes": 2},
+                           "seed5_random": {"seed": 5, "policy": "random", "episodes": 1}}
+    assert res["kinds"] == {"mixed": 2, "random": 1}  # each episode's recorded kind
+    assert res["mean_return"] == pytest.approx(np.mean(returns), abs=1e-6)
+    assert (res["min_return"], res["max_return"]) == pytest.approx((min(returns), max(returns)), abs=1e-6)
+    out = capsys.readouterr().out
+    assert "make-data store, 3 episodes of 4 steps, 80x96 frames at 20 fps; scene v1" in out
+    assert "runs: seed 0 mixed (2), seed 5 random (1)" in out
+    # the frames play at the simulator's rate, one per env step and the reset frame
+    paths = write_videos(data, tmp_path / "mp4", scale=1)
+    with imageio.get_reader(paths[0]) as r:
+        frames, fps = [f for f in r], r.get_meta_data()["fps"]
+    assert len(paths) == 3 and len(frames) == 5 and frames[0].shape == (80, 96, 3) and fps == 20
+    for kw in ({"plots": str(tmp_path / "p")}, {"video": str(tmp_path / "v"), "side_by_side": True}):
+        with pytest.raises(ValueError, match="a make-data store holds no cache statistics"):
+            inspect_main(str(data), **kw)
+    with pytest.raises(RolloutFormatError, match="it is a make-data store, which `worldcache inspect` summarises"):
+        inspect_store(data)
+    v2 = tmp_path / "v2.zarr"
+    generate(v2, episodes=1, steps=2, scene="v2", progress=False)
+    assert inspect_data_store(v2)["scene"] == "v2"

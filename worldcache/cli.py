@@ -693,11 +693,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args) or 0
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where a command turns it into one (make-data, rollout)
+        if args.debug:
+            raise
+        kept = RESUME.get(args.command)
+        print(f"worldcache {args.command}: interrupted{f' ({e})' if str(e) else ''}" + (f"; {kept}" if kept else ""),
+              file=sys.stderr)
+        return 130
     except Exception as e:
         if args.debug or not is_input_error(e):
             raise  # a bug: the traceback is what a report needs
         print(f"worldcache {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+# What an interrupted command leaves (said on Ctrl-C instead of a traceback).
+RESUME = {"make-data": "the complete episodes are kept: the same command again resumes",
+          "rollout": "the complete episodes are kept: the same command again resumes",
+          "train": "each stage's last saved state is kept: the same command again resumes from it"}
 
 
 def is_input_error(e: BaseException) -> bool:

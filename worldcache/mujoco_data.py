@@ -432,6 +432,17 @@ def real_rollout(policy_fn: Callable[[np.ndarray], np.ndarray] | str, seed: int,
             renderer.close()
 
 
+def _resume_hint(old: dict, diff: dict) -> str:
+    """The make-data flags that resume a store of other settings, where flags can give them."""
+    flags = [f"{flag} {old[key]}" for key, flag in (("steps", "--env-steps"), ("height", "--height"),
+                                                    ("width", "--width")) if key in diff]
+    if diff.keys() & {"camera", "explore"}:
+        flags += [f"--scene {n}" for n, sc in SCENES.items()
+                  if _camera(sc["camera"]) == old.get("camera") and sc["explore"] == old["explore"]][:1]
+    return f"; to resume it, give make-data {' '.join(flags)}" if flags and diff.keys() <= {
+        "steps", "height", "width", "camera", "explore"} else ""
+
+
 def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, seed: int = 0,
              height: int = HEIGHT, width: int = WIDTH, policy: str = "mixed", progress: bool = True,
              camera: dict | None = None, scene: str = "v1", break_lease: bool = False) -> dict[str, Any]:
@@ -480,7 +491,8 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
             diff = {k: (old.get(k), v) for k, v in config.items()
                     if old.get(k) != v and (k in old or k not in ("mujoco", "gl"))}
             if diff:
-                raise ValueError(f"{out_path} was generated with different settings (old, new): {diff}")
+                raise ValueError(f"{out_path} was generated with different settings (old, new): {diff}"
+                                 + _resume_hint(old, diff))
         else:
             store.attrs.update({"generator": config, "frame_shape": [height, width, 3],
                                 "action_dim": int(renderer.action_space.shape[0])})
