@@ -324,7 +324,7 @@ class EpisodeStore(Mapping):
         """True when the episode was written completely (its own attrs: the index may be older than a deletion)."""
         try:
             return self._episodes[episode_id].attrs.get("complete") is True
-        except KeyError:
+        except (KeyError, ValueError):  # ValueError: not a name zarr takes ("..", "a/../b"): no such episode
             return False
 
     @property
@@ -341,6 +341,9 @@ class EpisodeStore(Mapping):
         """The lazy zarr array, for reading single steps/frames without loading the episode (a packed
         per-step statistic, see `write_episode`, comes back as numpy)."""
         grp = self._group(episode_id)
+        names = list(_CORE) + list(grp.attrs.get("extras", []))
+        if name not in names:
+            raise KeyError(f"episode {episode_id!r} has no array {name!r}; available: {names}")
         packed = grp.attrs.get("packed", {})
         prefix = name.rsplit("/", 1)[0]
         if "/" in name and prefix in packed:
@@ -348,10 +351,12 @@ class EpisodeStore(Mapping):
         return grp[name]
 
     def load_episode(self, episode_id: str, keys: list[str] | None = None) -> dict[str, Any]:
-        """All arrays of an episode as numpy (or only ``keys``), plus ``"attrs"`` (a dict)."""
+        """All arrays of an episode as numpy (or only ``keys``: a list of names, or one), plus ``"attrs"`` (a dict)."""
         grp = self._group(episode_id)
         attrs = dict(grp.attrs)
         names = list(_CORE) + list(attrs.get("extras", []))
+        if isinstance(keys, str):  # one name, not its letters
+            keys = [keys]
         if keys is not None:
             unknown = set(keys) - set(names)
             if unknown:

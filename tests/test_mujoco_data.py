@@ -1,3 +1,4 @@
+import json
 import os
 
 import mujoco
@@ -111,6 +112,8 @@ def test_generate_is_reproducible_and_resumable(generated):
     assert EpisodeStore(root / "cut.zarr", mode="r").attrs["runs"]["seed3_mixed"]["episodes"] == 4
 
     assert read_lease(root / "cut.zarr") is None  # given back after the failed run and after this one
+    index = json.loads((root / "cut.zarr" / "index.json").read_text())["episodes"]  # a run ends by indexing the store
+    assert index == {f"seed3_ep{i:05d}": STEPS for i in range(4)}
     # one run at a time: while another holds the store's lease (a run that is writing, or one that was killed),
     # a run is refused before it writes anything, even its record; --break-lease replaces a dead run's lease
     token = acquire_lease(root / "cut.zarr")

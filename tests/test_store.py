@@ -44,6 +44,12 @@ def test_round_trip_and_reopen(tmp_path):
     assert reopened["ep_000001"]["obs"].shape == (21, 8, 10, 3)
     np.testing.assert_array_equal(reopened.episode_array("ep_000001", "obs")[17], ep["obs"][17])
     assert set(reopened.load_episode("ep_000001", keys=["actions"])) == {"actions", "attrs"}
+    assert set(reopened.load_episode("ep_000001", keys="actions")) == {"actions", "attrs"}  # one name, not letters
+    np.testing.assert_array_equal(reopened.episode_array("ep_000001", "cache/computed"), extras["cache/computed"])
+    with pytest.raises(KeyError, match=r"has no array 'nope'; available: \['obs', .*'state'\]"):
+        reopened.episode_array("ep_000001", "nope")
+    for name in ("..", "../x", ".", "a/../b"):  # names zarr refuses are no episode, not a zarr error
+        assert name not in reopened and reopened.get(name) is None
     with pytest.raises(PermissionError):
         reopened.write_episode("ep_2", **make_episode())
 

@@ -527,6 +527,7 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
         store.check_lease()  # root attrs are not checked on write: a run whose lease was broken records nothing
         runs[key] = {"seed": seed, "policy": policy, "episodes": max(episodes, held)}
         store.attrs["runs"] = runs
+        store.consolidate()  # index.json: listing the store then reads one file, not one per episode
     finally:
         try:
             if lease is not None:
