@@ -44,16 +44,18 @@ class WindowDataset(Dataset):
     float32 (window, A); without them: per env step, obs (window + 1, H, W, 3) and chunk actions
     (window, chunk, A). Action k of a window leads from its frame k to frame k + 1. Windows start every
     `stride` (default `window`) frames/steps and lie inside one episode. Episodes are read lazily (a few kept in
-    memory), so it works with DataLoader workers."""
+    memory), so it works with DataLoader workers. `storage_options`: fsspec's, for a remote store (as
+    `open_store` takes them)."""
 
     def __init__(self, path: str | Path, window: int = 8, stride: int | None = None, episodes: list[str] | None = None,
-                 cached_episodes: int = 4):
+                 cached_episodes: int = 4, storage_options: dict | None = None):
         for name, v in (("window", window), ("stride", window if stride is None else stride),
                         ("cached_episodes", cached_episodes)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         self.path, self.window, self.stride = str(path), window, window if stride is None else stride
-        store = open_store(path)
+        self.storage_options = storage_options
+        store = open_store(path, storage_options)
         self.chunk = chunk_shape(store)[0]
         ids = store.episode_ids() if episodes is None else list(episodes)
         self.per_frame = bool(ids) and "frames" in store.load_episode(ids[0], keys=[])["attrs"]["extras"]
@@ -72,7 +74,7 @@ class WindowDataset(Dataset):
             self._cache.move_to_end(eid)
         else:
             if self._store is None:  # opened per process: DataLoader workers do not share zarr handles
-                self._store = open_store(self.path)
+                self._store = open_store(self.path, self.storage_options)
             keys = ["obs", "actions", "frames"] if self.per_frame else ["obs", "actions"]
             ep = self._store.load_episode(eid, keys=keys)
             self._cache[eid] = episode_video(ep, self.chunk) if self.per_frame else (ep["obs"], ep["actions"])

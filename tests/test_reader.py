@@ -106,3 +106,19 @@ def test_a_make_data_store_is_summarised_and_shown_not_plotted(tmp_path, capsys)
     v2 = tmp_path / "v2.zarr"
     generate(v2, episodes=1, steps=2, scene="v2", progress=False)
     assert inspect_data_store(v2)["scene"] == "v2"
+
+
+def test_window_dataset_opens_a_remote_store_with_its_storage_options(tmp_path, monkeypatch):
+    """fsspec options (an S3 endpoint, keys) reach the store, in the dataset and again in each DataLoader worker."""
+    import pickle
+
+    from worldcache.rollouts import reader
+
+    write_store(tmp_path / "r.zarr", [[[True]] * 3], [[1.0] * 3])
+    seen, real = [], reader.open_store
+    monkeypatch.setattr(reader, "open_store", lambda path, options=None: seen.append(options) or real(path, options))
+    ds = reader.WindowDataset(tmp_path / "r.zarr", window=2, stride=1, storage_options={"anon": True})
+    worker = pickle.loads(pickle.dumps(ds))  # as a DataLoader worker gets it
+    obs, actions = worker[1]
+    assert len(worker) == 2 and obs.shape == (3, 4, 4, 3) and actions.shape == (2, CHUNK, A)
+    assert seen == [{"anon": True}, {"anon": True}]
