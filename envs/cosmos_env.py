@@ -12,6 +12,7 @@ each predicted frame, plus the exact control cost of each action.
 """
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -28,6 +29,15 @@ STAT_KEYS = ("drift", "threshold", "motion")  # per-call decision statistics the
 OBS_MODES = ("frame", "history")
 SEED_HIGH = 2**31  # noise seeds are drawn from the env's np_random: same env seed -> same predictions
 _warned_no_reward: set[str] = set()
+_forked = False  # this process is a fork of one that imported the env (an async vector env's worker, say)
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
 
 
 def action_box(low, high, chunk: int, action_dim: int) -> spaces.Box:
@@ -47,6 +57,13 @@ class WorldSim:
         from worldcache.cache import load_cache
         from worldcache.world_model import BUNDLED, CheckpointError, WorldModel, parse_dtype
 
+        if _forked:
+            # torch's OpenMP thread pool does not survive fork: the copied pool deadlocks at its first parallel
+            # region (gymnasium's async vector env forks after building one env to read its spaces). One thread
+            # per forked worker runs (and is what N workers on N cores want)
+            import torch
+
+            torch.set_num_threads(1)
         # The folder also holds start frames and state decoder. A passed-in model without a checkpoint has neither.
         self.folder = Path(checkpoint) if checkpoint is not None else (BUNDLED if model is None else None)
         check_steps("num_steps", num_steps)

@@ -507,6 +507,37 @@ def test_make_vec_picks_vector_entry_point(ckpt, model):
         assert isinstance(env.unwrapped, CosmosWorldVectorEnv) and env.unwrapped.max_episode_steps == 12
 
 
+def test_gymnasiums_async_vector_env_runs_in_forked_workers():
+    """gymnasium's "async" mode forks its workers after building one env in the parent (to read its spaces): torch's
+    OpenMP pool, copied by fork, used to deadlock the workers' model load. They run, and predict as "sync" does."""
+    import signal
+
+    script = f"""
+import gymnasium as gym, numpy as np, worldcache
+out = []
+for mode in ("async", "sync"):  # async: fork, Linux's default start method
+    v = gym.make_vec("{ID}", num_envs=2, vectorization_mode=mode, num_steps=2)  # the bundled model: the tiny one's
+    # copies are too small for torch to run them on threads, so it never deadlocked
+    assert type(v).__name__ == ("AsyncVectorEnv" if mode == "async" else "SyncVectorEnv")
+    v.reset(seed=0)
+    obs, r, *_ = v.step(np.zeros(v.action_space.shape, np.float32))
+    out.append((obs.astype(int), r))
+    v.close()
+(a, ra), (b, rb) = out
+print("diff", np.abs(a - b).max(), np.abs(ra - rb).max())
+"""
+    run = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)  # its own group: a hang is killed with its workers
+    try:
+        out = run.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        pytest.fail("the async vector env hung")
+    assert run.returncode == 0, out
+    diff = [float(x) for x in out.split("diff")[-1].split()]
+    assert diff[0] <= 1 and diff[1] < 1e-4, out  # 1 thread in a worker, all in the parent: float sums differ a bit
+
+
 def test_vector_one_batched_call_and_autoreset(ckpt, model, predict_calls):
     n = 3
     env = gym.make_vec(ID, num_envs=n, checkpoint=ckpt, model=model, cache="worldcache", max_episode_steps=2,
