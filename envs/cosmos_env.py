@@ -12,6 +12,7 @@ each predicted frame, plus the exact control cost of each action.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import warnings
@@ -40,6 +41,21 @@ def _mark_forked() -> None:
 os.register_at_fork(after_in_child=_mark_forked)
 
 
+class SharedModel:
+    """A passed-in model as an env's spec holds it: gymnasium's wrappers deep-copy the spec at each `.spec`, which
+    would copy the weights (gigabytes for the real model); this copies as itself, and `gym.make(env.spec)` gets
+    the same model again."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __repr__(self) -> str:
+        return f"SharedModel({self.model.spec.name!r})"
+
+
 def action_box(low, high, chunk: int, action_dim: int) -> spaces.Box:
     """One env step's action space: `chunk` actions of `action_dim`, each within [low, high] (scalars or per dim)."""
     shape = (chunk, action_dim)
@@ -64,6 +80,16 @@ class WorldSim:
             import torch
 
             torch.set_num_threads(1)
+        if isinstance(model, SharedModel):  # from an env's spec
+            model = model.model
+        if model is not None and not isinstance(model, WorldModel):
+            raise TypeError(f"model must be a WorldModel (WorldModel.from_pretrained), got {type(model).__name__}")
+        for name, fn in (("reward_fn", reward_fn), ("termination_fn", termination_fn)):
+            if fn is not None and not callable(fn):  # else it fails only after the first step's prediction
+                raise TypeError(f"{name} must be a function (frames, actions) -> number, got {fn!r}")
+        for name, flag in (("timings", timings), ("normalize_actions", normalize_actions), ("compile", compile)):
+            if not isinstance(flag, (bool, np.bool_)):  # "no" would be read as on
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
         # The folder also holds start frames and state decoder. A passed-in model without a checkpoint has neither.
         self.folder = Path(checkpoint) if checkpoint is not None else (BUNDLED if model is None else None)
         check_steps("num_steps", num_steps)
@@ -312,6 +338,17 @@ class CosmosWorldEnv(gym.Env):
         self.observation_space = self.sim.observation_space(obs_mode, self.history)
         self._keep = self.sim.frames_kept(self.history)
         self._frames: np.ndarray | None = None  # the last `_keep` frames; None until reset
+
+    @property
+    def spec(self):
+        return getattr(self, "_spec", None)
+
+    @spec.setter
+    def spec(self, spec) -> None:  # gym.make sets it, with the kwargs the env was made with
+        model = None if spec is None else spec.kwargs.get("model")
+        if model is not None and not isinstance(model, SharedModel):
+            spec = dataclasses.replace(spec, kwargs={**spec.kwargs, "model": SharedModel(model)})
+        self._spec = spec
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         frame = self.sim.parse_options(options)  # before seeding: a rejected reset changes nothing

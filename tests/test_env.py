@@ -347,6 +347,27 @@ def test_constructor_errors(ckpt, model):
         make(ckpt, model, compile=True)
     with pytest.raises(CheckpointError, match=f"checkpoint folder not found: {ckpt}t"):
         make(Path(str(ckpt) + "t"), model)
+    # caught where given, not after the first step's prediction (which has drawn a noise seed by then)
+    with pytest.raises(TypeError, match="model must be a WorldModel .*got str"):
+        make(ckpt, "notamodel")
+    for name in ("reward_fn", "termination_fn"):
+        with pytest.raises(TypeError, match=f"{name} must be a function .*got 3"):
+            make(ckpt, model, **{name: 3})
+    for name in ("timings", "normalize_actions", "compile"):  # "no" would be read as on
+        with pytest.raises(TypeError, match=f"{name} must be True or False, got 'no'"):
+            make(ckpt, model, **{name: "no"})
+    assert make(ckpt, model, timings=np.bool_(True)).sim.timings
+
+
+def test_a_shared_model_is_not_copied_with_the_envs_spec(ckpt, model):
+    """gymnasium's wrappers deep-copy the spec, kwargs and all, at `.spec`: a model passed in (the way to share the
+    real model's gigabytes between envs) stays one object there, and `gym.make(env.spec)` gets it again."""
+    env = gym.make(ID, checkpoint=str(ckpt), model=model, num_steps=2)
+    held = env.spec.kwargs["model"]  # through the wrappers' deep copy
+    assert held.model is model and env.unwrapped.spec.kwargs["model"] is held
+    again = gym.make(env.spec)
+    assert again.unwrapped.sim.model is model and again.unwrapped.sim.num_steps == 2
+    assert "model" not in gym.make(ID, checkpoint=str(ckpt), num_steps=2).spec.kwargs
 
 
 def test_close_detaches_hook_policies_from_the_shared_model(ckpt, model):
