@@ -13,7 +13,6 @@ each predicted frame, plus the exact control cost of each action.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -25,20 +24,13 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
+from worldcache.fork_guard import forked_after_torch
+
 START_FRAMES = "start_frames.npy"
 STAT_KEYS = ("drift", "threshold", "motion")  # per-call decision statistics the info carries where measured
 OBS_MODES = ("frame", "history")
 SEED_HIGH = 2**31  # noise seeds are drawn from the env's np_random: same env seed -> same predictions
 _warned_no_reward: set[str] = set()
-_forked = False  # this process is a fork of one that imported the env (an async vector env's worker, say)
-
-
-def _mark_forked() -> None:
-    global _forked
-    _forked = True
-
-
-os.register_at_fork(after_in_child=_mark_forked)
 
 
 class SharedModel:
@@ -54,6 +46,22 @@ class SharedModel:
 
     def __repr__(self) -> str:
         return f"SharedModel({self.model.spec.name!r})"
+
+
+class SharedModelSpec:
+    """Mixin of the single and the vector env: the `spec` gym.make/make_vec set holds a passed-in model as a
+    `SharedModel`."""
+
+    @property
+    def spec(self):
+        return getattr(self, "_spec", None)
+
+    @spec.setter
+    def spec(self, spec) -> None:  # gym.make sets it, with the kwargs the env was made with
+        model = None if spec is None else spec.kwargs.get("model")
+        if model is not None and not isinstance(model, SharedModel):
+            spec = dataclasses.replace(spec, kwargs={**spec.kwargs, "model": SharedModel(model)})
+        self._spec = spec
 
 
 def action_box(low, high, chunk: int, action_dim: int) -> spaces.Box:
@@ -73,11 +81,8 @@ class WorldSim:
         from worldcache.cache import load_cache
         from worldcache.world_model import BUNDLED, CheckpointError, WorldModel, parse_dtype
 
-        if _forked:
-            # torch's OpenMP thread pool does not survive fork: the copied pool deadlocks at its first parallel
-            # region (gymnasium's async vector env forks after building one env to read its spaces). One thread
-            # per forked worker runs (and is what N workers on N cores want)
-            import torch
+        if forked_after_torch():  # the copied OpenMP pool would deadlock (worldcache.fork_guard); one thread runs,
+            import torch  # and is what N forked workers on N cores want
 
             torch.set_num_threads(1)
         if isinstance(model, SharedModel):  # from an env's spec
@@ -297,7 +302,7 @@ def check_view_args(obs_mode: str, history: int, render_mode: str | None, render
         raise ValueError(f"history must be >= 1, got {history}")
 
 
-class CosmosWorldEnv(gym.Env):
+class CosmosWorldEnv(SharedModelSpec, gym.Env):
     """The world model as an environment. One step = one chunk of actions = one prediction of `chunk` frames.
 
     Action: float32 (chunk, action_dim) within the model's bounds (with ``normalize_actions=True``: within [-1, 1],
@@ -338,17 +343,6 @@ class CosmosWorldEnv(gym.Env):
         self.observation_space = self.sim.observation_space(obs_mode, self.history)
         self._keep = self.sim.frames_kept(self.history)
         self._frames: np.ndarray | None = None  # the last `_keep` frames; None until reset
-
-    @property
-    def spec(self):
-        return getattr(self, "_spec", None)
-
-    @spec.setter
-    def spec(self, spec) -> None:  # gym.make sets it, with the kwargs the env was made with
-        model = None if spec is None else spec.kwargs.get("model")
-        if model is not None and not isinstance(model, SharedModel):
-            spec = dataclasses.replace(spec, kwargs={**spec.kwargs, "model": SharedModel(model)})
-        self._spec = spec
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         frame = self.sim.parse_options(options)  # before seeding: a rejected reset changes nothing

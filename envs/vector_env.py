@@ -25,10 +25,10 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from .cosmos_env import SEED_HIGH, CosmosWorldEnv, WorldSim, check_steps, check_view_args
+from .cosmos_env import SEED_HIGH, CosmosWorldEnv, SharedModelSpec, WorldSim, check_steps, check_view_args
 
 
-class CosmosWorldVectorEnv(VectorEnv):
+class CosmosWorldVectorEnv(SharedModelSpec, VectorEnv):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20, "autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(self, num_envs: int = 1, max_episode_steps: int | None = 12, checkpoint: str | Path | None = None,

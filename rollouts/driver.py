@@ -17,7 +17,7 @@ import contextlib
 import os
 import time
 
-from worldcache.interrupt import sigterm_as_interrupt
+from worldcache.interrupt import reclaim_sigterm, sigterm_as_interrupt
 
 from .actor import RolloutWorker
 from .config import RolloutConfig, episode_id
@@ -35,6 +35,7 @@ def _init_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     ray.init(address=address, include_dashboard=False)
+    reclaim_sigterm()  # ray.init sets its own SIGTERM handler (an exit): under `worldcache rollout`, stop as on Ctrl-C
     return True
 
 

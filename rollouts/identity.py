@@ -171,12 +171,17 @@ def rollout_attrs(cfg: RolloutConfig, files: dict[str, bytes], folder: Path) -> 
     return json.loads(json.dumps(attrs, default=str))  # as stored (tuples -> lists), so comparisons are exact
 
 
+def is_make_data(store: EpisodeStore) -> bool:
+    """Whether a store holds `worldcache make-data`'s simulator episodes (a generator record, no rollout attrs)."""
+    return "generator" in store.attrs and "rollout" not in store.attrs
+
+
 def check_format(store: EpisodeStore) -> dict:
     """The store's ``rollout`` attrs; `RolloutFormatError` for a store of another rollout format."""
     ro = store.attrs.get("rollout")
     if ro is None:
         made = (": it is a make-data store, which `worldcache inspect` summarises and `worldcache train` reads"
-                if "generator" in store.attrs else "")
+                if is_make_data(store) else "")
         raise RolloutFormatError(f"{store.path}: not a rollout store (no 'rollout' attrs){made}")
     if ro.get("format_version") != ROLLOUT_FORMAT:
         raise RolloutFormatError(

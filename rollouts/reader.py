@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .identity import check_format
+from .identity import check_format, is_make_data
 from .store import EpisodeStore
 
 
@@ -172,27 +172,23 @@ def _plots(st: dict, out: Path, label: str) -> list[str]:
     return [str(heat), str(dt)]
 
 
-def is_make_data(store: EpisodeStore) -> bool:
-    """Whether a store holds `worldcache make-data`'s simulator episodes (a generator record, no rollout attrs)."""
-    return "generator" in store.attrs and "rollout" not in store.attrs
-
-
 def inspect_data_store(path: str | Path, storage_options: dict | None = None) -> dict:
     """Print a summary of a make-data store (simulator episodes: no cache statistics) and return its numbers:
     episodes, steps, frame size, scene, the runs (seed, control policy, episodes) and the returns."""
-    from worldcache.scene import SCENES, scene_diff
+    from worldcache.scene import scene_name
 
     store = EpisodeStore(path, mode="r", storage_options=storage_options)
     gen, ids = store.attrs["generator"], store.episode_ids()
     if not ids:
         raise ValueError(f"{path}: no complete episodes")
-    returns = np.array([float(np.sum(store.episode_array(i, "rewards")[:])) for i in ids])
-    kinds: dict[str, int] = {}
+    returns, kinds = [], {}
     for i in ids:
-        kind = store.load_episode(i, keys=[])["attrs"].get("kind", "?")
+        ep = store.load_episode(i, keys=["rewards"])
+        returns.append(float(ep["rewards"].sum()))
+        kind = ep["attrs"].get("kind", "?")
         kinds[kind] = kinds.get(kind, 0) + 1
-    scene = next((n for n, sc in SCENES.items() if not scene_diff({"camera": sc["camera"]}, gen)
-                  and sc["explore"] == gen.get("explore", "free")), "custom")
+    returns = np.array(returns)
+    scene = scene_name(gen) or "custom"
     res = {"episodes": len(ids), "steps": int(gen["steps"]), "frame": [int(gen["height"]), int(gen["width"])],
            "scene": scene, "runs": store.attrs.get("runs", {}), "kinds": kinds,
            "mean_return": float(returns.mean()), "min_return": float(returns.min()),
@@ -226,4 +222,4 @@ def inspect_main(store: str, plots: str | None = None, video: str | None = None,
 
 
 __all__ = ["WindowDataset", "chunk_shape", "episode_video", "inspect_data_store", "inspect_main", "inspect_store",
-           "is_make_data", "open_store"]
+           "open_store"]

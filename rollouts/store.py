@@ -145,7 +145,8 @@ def read_lease(url: str, storage_options: dict | None = None) -> dict | None:
     except FileNotFoundError:
         return None
     except NotADirectoryError:  # a file where the store should be
-        raise StoreFormatError(f"{url}: a file, not an episode store (a folder)") from None
+        raise StoreFormatError(f"{url}: not a folder (a file is there, or at a folder above it): an episode store "
+                               f"is a folder") from None
     except ValueError:  # json's decode error, or bytes that are not UTF-8
         return {"unreadable": True}
     return doc if isinstance(doc, dict) else {"unreadable": True}
@@ -322,9 +323,11 @@ class EpisodeStore(Mapping):
 
     def exists(self, episode_id: str) -> bool:
         """True when the episode was written completely (its own attrs: the index may be older than a deletion)."""
+        if not isinstance(episode_id, str) or not _ID_RE.match(episode_id):  # ("..", "a/b"): no episode's id
+            return False
         try:
             return self._episodes[episode_id].attrs.get("complete") is True
-        except (KeyError, ValueError):  # ValueError: not a name zarr takes ("..", "a/../b"): no such episode
+        except KeyError:
             return False
 
     @property

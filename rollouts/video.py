@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .reader import chunk_shape, episode_video, is_make_data, open_store
+from .identity import is_make_data
+from .reader import chunk_shape, episode_video, open_store
 from .store import EpisodeStore
 
 COMPUTED, SKIPPED = np.array([120, 220, 120], np.uint8), np.array([50, 50, 70], np.uint8)

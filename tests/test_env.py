@@ -368,6 +368,9 @@ def test_a_shared_model_is_not_copied_with_the_envs_spec(ckpt, model):
     again = gym.make(env.spec)
     assert again.unwrapped.sim.model is model and again.unwrapped.sim.num_steps == 2
     assert "model" not in gym.make(ID, checkpoint=str(ckpt), num_steps=2).spec.kwargs
+    vec = gym.make_vec(ID, num_envs=2, checkpoint=str(ckpt), model=model, num_steps=2)  # and the vector env's
+    assert vec.spec.kwargs["model"].model is model
+    assert gym.make_vec(vec.spec, num_envs=2).unwrapped.sim.model is model  # make_vec deep-copies the spec it gets
 
 
 def test_close_detaches_hook_policies_from_the_shared_model(ckpt, model):

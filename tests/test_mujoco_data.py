@@ -352,6 +352,10 @@ def test_scene_v2_is_recorded_refused_to_v1_and_simulated_again_from_its_record(
     assert gen["camera"] == md.SCENES["v2"]["camera"] and gen["explore"] == "bounded"
     with pytest.raises(ValueError, match="different settings.*'camera'.*give make-data --scene v2$"):  # v1's may not join
         md.generate(tmp_path / "v2.zarr", episodes=2, steps=STEPS, seed=3, progress=False)
+    own = {**md.SCENES["v2"]["camera"], "distance": 3.0}  # a camera of its own: no flag resumes it, none is named
+    md.generate(tmp_path / "own.zarr", episodes=1, steps=STEPS, seed=3, camera=own, progress=False)
+    with pytest.raises(ValueError, match=r"different settings.*'camera'.*\)\}$"):
+        md.generate(tmp_path / "own.zarr", episodes=1, steps=STEPS + 1, seed=3, progress=False)
     with pytest.raises(ValueError, match=r"unknown scene 'v3'; choose from \('v1', 'v2'\)"):
         md.generate(tmp_path / "v3.zarr", episodes=1, steps=STEPS, scene="v3", progress=False)
     # a model trained on it records the generator's scene keys (`Trainer`); from them the simulator shows its

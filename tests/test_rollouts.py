@@ -430,6 +430,30 @@ def test_rollout_main_stops_on_sigterm_as_on_ctrl_c(monkeypatch):
     assert signal.getsignal(signal.SIGTERM) is before  # given back
 
 
+def test_sigterm_stops_a_rollout_as_ctrl_c_even_after_ray_starts():
+    """ray.init sets its own SIGTERM handler (an exit, with no line said and status 15): the driver takes SIGTERM
+    back after it, inside `sigterm_as_interrupt` only. In a fresh process, as Ray starts in one."""
+    import subprocess
+    import sys
+
+    script = """
+import signal, ray
+from worldcache import interrupt
+from worldcache.rollouts.driver import _init_ray
+with interrupt.sigterm_as_interrupt():
+    assert _init_ray(None)
+    inside = signal.getsignal(signal.SIGTERM) is interrupt._terminate
+ray.shutdown()
+ray.init(include_dashboard=False)  # outside the block: Ray's own handler is left alone
+interrupt.reclaim_sigterm()
+print("inside", inside, "outside", signal.getsignal(signal.SIGTERM) is not interrupt._terminate)
+ray.shutdown()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-4:] == ["inside", "True", "outside", "True"]
+
+
 # --- reading ------------------------------------------------------------------------------------------------
 def test_window_dataset_arguments(store_run):
     for kw, match in [({"stride": 0}, "stride"), ({"stride": -4}, "stride"), ({"window": 0}, "window"),

@@ -15,4 +15,5 @@ if os.environ.get("MUJOCO_GL") == "osmesa" and "triton" not in sys.modules and f
                           "would then crash (libOSMesa's LLVM symbols break triton's). Import worldcache first.")
     import triton  # noqa: F401
 
+from . import fork_guard  # noqa: E402,F401  sees every fork from here on
 from . import envs  # noqa: E402,F401  registers WorldCache-Cosmos-v0 with gymnasium

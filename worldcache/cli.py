@@ -648,7 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--break-lease", action="store_true", help="replace the lease of a driver that died")
     r.set_defaults(func=_rollout)
 
-    i = sub.add_parser("inspect", help="summary, cache-statistics plots and videos of a rollout store")
+    i = sub.add_parser("inspect", help="summary, cache-statistics plots and videos of a rollout store (of a make-data "
+                       "store: its summary and videos)")
     i.add_argument("store")
     i.add_argument("--plots", default=None, help="folder for the PNGs")
     i.add_argument("--video", default=None, help="folder for one MP4 per episode (GIF without an encoder)")
@@ -699,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = RESUME.get(args.command)
         print(f"worldcache {args.command}: interrupted{f' ({e})' if str(e) else ''}" + (f"; {kept}" if kept else ""),
               file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)  # as the shell reports a stop by the signal: 130 Ctrl-C, 143 SIGTERM
     except Exception as e:
         if args.debug or not is_input_error(e):
             raise  # a bug: the traceback is what a report needs

@@ -1,8 +1,8 @@
 """`sigterm_as_interrupt`: SIGTERM stops a command as Ctrl-C does.
 
 A timeout, a batch scheduler's preemption or `docker stop` sends SIGTERM, whose default kills the process without
-running `finally` blocks: a store's lease would stay behind and the next run be refused. Raised as
-KeyboardInterrupt instead, the command cleans up as on Ctrl-C (finished episodes stay, the lease is given back)."""
+running `finally` blocks: a store's lease would stay behind and the next run be refused. Raised as `Terminated` (a
+KeyboardInterrupt) instead, the command cleans up as on Ctrl-C (finished episodes stay, the lease is given back)."""
 from __future__ import annotations
 
 import contextlib
@@ -10,15 +10,40 @@ import signal
 import threading
 
 
+class Terminated(KeyboardInterrupt):
+    """A stop by a signal other than Ctrl-C's; `signum` gives the exit status 128 + signum, as the shell's."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
+_depth = 0  # how many `sigterm_as_interrupt` blocks the main thread is in
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
-    before = signal.signal(signal.SIGTERM, interrupt) if main else None
+    global _depth
+    main = _main_thread()
+    before = signal.signal(signal.SIGTERM, _terminate) if main else None
+    _depth += main
     try:
         yield
     finally:
         if main:
-            signal.signal(signal.SIGTERM, before)
+            _depth -= 1
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)  # None: set from C
+
+
+def reclaim_sigterm() -> None:
+    """Inside `sigterm_as_interrupt`, take SIGTERM back from a library that set its own (Ray's init: it exits)."""
+    if _depth and _main_thread():
+        signal.signal(signal.SIGTERM, _terminate)

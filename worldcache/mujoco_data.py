@@ -42,7 +42,7 @@ import numpy as np
 
 from worldcache.rollouts.store import EpisodeStore, acquire_lease, release_lease
 from worldcache.seeding import derived_seed
-from worldcache.scene import CONTROLLER, SCENE_KEYS, SCENES, SUPERSAMPLE, scene_of
+from worldcache.scene import CONTROLLER, SCENE_KEYS, SCENES, SUPERSAMPLE, scene_name, scene_of
 from worldcache.scene import camera_record as _camera
 from worldcache.task import (GOAL, OBJ, TERMS, TIP, W_CTRL, W_DIST, W_NEAR, control_cost,  # noqa: F401 (re-exported)
                              reward_from_terms, reward_terms, task_reward)
@@ -437,8 +437,10 @@ def _resume_hint(old: dict, diff: dict) -> str:
     flags = [f"{flag} {old[key]}" for key, flag in (("steps", "--env-steps"), ("height", "--height"),
                                                     ("width", "--width")) if key in diff]
     if diff.keys() & {"camera", "explore"}:
-        flags += [f"--scene {n}" for n, sc in SCENES.items()
-                  if _camera(sc["camera"]) == old.get("camera") and sc["explore"] == old["explore"]][:1]
+        name = scene_name(old)
+        if name is None:  # a camera of its own (generate's camera=): no flag gives it
+            return ""
+        flags.append(f"--scene {name}")
     return f"; to resume it, give make-data {' '.join(flags)}" if flags and diff.keys() <= {
         "steps", "height", "width", "camera", "explore"} else ""
 

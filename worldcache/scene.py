@@ -45,6 +45,14 @@ def scene_of(record: dict | None) -> dict:
             "supersample": int(r.get("supersample", SUPERSAMPLE))}
 
 
+def scene_name(generator: dict) -> str | None:
+    """The name in `SCENES` of the scene a make-data store's generator record shows (its camera, controller and
+    supersampling, and explore's bounds), None for one of its own (a `camera=` given to `generate`)."""
+    explore = generator.get("explore", "free")  # a store written before explore was recorded had it free
+    return next((n for n, sc in SCENES.items()
+                 if not scene_diff({"camera": sc["camera"]}, generator) and sc["explore"] == explore), None)
+
+
 def scene_diff(a: dict | None, b: dict | None) -> dict:
     """Where two scene records (a model's, a store's generator record, a state decoder's) differ, in full (None: v1):
     ``{key: (a's, b's)}``, empty where they show the same scene."""
