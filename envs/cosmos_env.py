@@ -190,10 +190,12 @@ class WorldSim:
         return spaces.Dict({"frame": frame, "history": spaces.Box(0, 255, (history, *self.frame_shape), np.uint8)})
 
     # --- input checks: all of them run before any state changes, so a rejected call leaves the env usable ----
-    def check_actions(self, action, batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def check_actions(self, action, batch: int | None = None,
+                      ignored: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """-> (model actions clipped to the bounds, float32 (batch, chunk, A); per-env "was clipped" flags).
 
-        With `normalize_actions` the input is in [-1, 1] (clipped there) and scaled onto the model's bounds."""
+        With `normalize_actions` the input is in [-1, 1] (clipped there) and scaled onto the model's bounds.
+        `ignored` (batch,) bool: rows the step does not use (envs being auto-reset), whatever they hold."""
         s = self.spec
         want = (s.chunk, s.action_dim) if batch is None else (batch, s.chunk, s.action_dim)
         try:  # float64: a large finite float64 action is clipped, not overflowed to inf by a float32 cast
@@ -203,9 +205,11 @@ class WorldSim:
         if a.shape != want:
             raise ValueError(f"action must have shape {want} (one step = one chunk of {s.chunk} actions of dim "
                              f"{s.action_dim}, the frames of one prediction), got {a.shape}")
+        a = a.reshape(-1, s.chunk, s.action_dim)
+        if ignored is not None:
+            a = np.where(np.asarray(ignored, bool)[:, None, None], 0.0, a)
         if not np.isfinite(a).all():
             raise ValueError("action contains NaN or inf")
-        a = a.reshape(-1, s.chunk, s.action_dim)
         lo, hi = self.action_space.low[0], self.action_space.high[0]
         clipped = np.clip(a, lo, hi)  # out of bounds: clip, as most continuous-control envs do
         flags = (clipped != a).any(axis=(1, 2))

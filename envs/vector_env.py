@@ -90,7 +90,8 @@ class CosmosWorldVectorEnv(SharedModelSpec, VectorEnv):
     def step(self, actions):
         if self._frames is None:
             raise ResetNeeded("Cannot call step() before reset(): the envs have no current frame.")
-        a, clipped = self.sim.check_actions(actions, batch=self.num_envs)
+        # an env being auto-reset ignores its action, so a policy's NaN there (from a terminal obs) is no error
+        a, clipped = self.sim.check_actions(actions, batch=self.num_envs, ignored=self._autoreset)
         rewards = np.zeros(self.num_envs, np.float64)
         terminated = np.zeros(self.num_envs, bool)
         truncated = np.zeros(self.num_envs, bool)

@@ -576,8 +576,15 @@ def test_vector_one_batched_call_and_autoreset(ckpt, model, predict_calls):
     assert term.tolist() == [False, True, False] and not trunc.any()
     assert info["frames"].shape == (n, K, H, W, 3) and info["computed"].shape == (n, 4)
     np.testing.assert_array_equal(info["frames"][:, -1], obs)
-    # next step: env 1 resets (its action ignored, reward 0), envs 0 and 2 are predicted in one batch of 2
-    obs, r, term, trunc, info = env.step(actions(1, n))
+    # next step: env 1 resets (its action ignored, reward 0: NaN there, a policy's answer to a terminal frame,
+    # is no error; in an env that is predicted it is), envs 0 and 2 are predicted in one batch of 2
+    a = actions(1, n)
+    a[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        env.step(a)
+    a = actions(1, n)
+    a[1] = np.nan
+    obs, r, term, trunc, info = env.step(a)
     assert predict_calls == [n, 2] and r[1] == 0 and not term.any()
     assert trunc.tolist() == [True, False, True]
     starts = np.load(ckpt / START_FRAMES)
