@@ -284,3 +284,26 @@ def test_ctrl_c_is_a_line_not_a_traceback(monkeypatch, capsys):
         assert capsys.readouterr().err.strip() == said
     with pytest.raises(KeyboardInterrupt):  # --debug keeps the traceback
         cli.main(["--debug", "bench"])
+
+
+def test_a_stop_inside_a_store_write_lands_after_it():
+    """make-data's writes hold Ctrl-C and SIGTERM (`deferred_interrupts`): zarr, stopped mid-write, left its IO thread
+    busy and printed a traceback at exit. The signal is delivered when the block ends, as it would have been."""
+    import os
+    import signal
+
+    from worldcache.interrupt import Terminated, deferred_interrupts, sigterm_as_interrupt
+
+    done, sigint = [], signal.getsignal(signal.SIGINT)
+    with sigterm_as_interrupt():
+        with pytest.raises(Terminated, match="signal 15"):
+            with deferred_interrupts():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append("written")  # the block ends first
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("written again")
+    assert done == ["written", "written again"] and signal.getsignal(signal.SIGINT) is sigint
+    with deferred_interrupts():  # no signal: nothing raised
+        done.append("quiet")

@@ -47,3 +47,22 @@ def reclaim_sigterm() -> None:
     """Inside `sigterm_as_interrupt`, take SIGTERM back from a library that set its own (Ray's init: it exits)."""
     if _depth and _main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them as they would have been. Around a store
+    write: zarr writes on its own IO thread, and a process stopped mid-write exits with that thread still busy
+    (zarr's exit hook then prints a traceback of its own, "Cannot close a running event loop")."""
+    if not _main_thread():
+        yield
+        return
+    held: list[int] = []
+    before = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if held:
+            signal.raise_signal(held[0])  # to the handler the block found: KeyboardInterrupt, Terminated, or default

@@ -40,6 +40,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from worldcache.interrupt import deferred_interrupts
 from worldcache.rollouts.store import EpisodeStore, acquire_lease, release_lease
 from worldcache.seeding import derived_seed
 from worldcache.scene import CONTROLLER, SCENE_KEYS, SCENES, SUPERSAMPLE, scene_name, scene_of
@@ -523,13 +524,15 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
             meta = {"seed": seed, "index": i, "episode_seed": es, "policy": policy,
                     "kind": getattr(pol, "kind", policy), "noise": getattr(pol, "noise", None)}
             state = ep.pop("state")
-            store.write_episode(eid, **ep, extras={"state": state}, attrs=meta)
+            with deferred_interrupts():  # a stop lands between writes, never inside zarr's
+                store.write_episode(eid, **ep, extras={"state": state}, attrs=meta)
             written += 1
         # only now does the store hold them: an interrupted run's record claims no episode it lacks
         store.check_lease()  # root attrs are not checked on write: a run whose lease was broken records nothing
-        runs[key] = {"seed": seed, "policy": policy, "episodes": max(episodes, held)}
-        store.attrs["runs"] = runs
-        store.consolidate()  # index.json: listing the store then reads one file, not one per episode
+        with deferred_interrupts():
+            runs[key] = {"seed": seed, "policy": policy, "episodes": max(episodes, held)}
+            store.attrs["runs"] = runs
+            store.consolidate()  # index.json: listing the store then reads one file, not one per episode
     finally:
         try:
             if lease is not None:
