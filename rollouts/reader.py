@@ -1,5 +1,6 @@
 """Reading rollout stores: episodes as numpy, a torch Dataset of (frames, actions) windows, and `inspect_store`
-(summary numbers, cache-statistics plots, videos); `inspect_data_store` summarises a make-data store. The layout is described in the README (Rollouts)."""
+(summary numbers, cache-statistics plots, videos); `inspect_data_store` summarises a make-data store. The layout
+is described in the README (Rollouts)."""
 from __future__ import annotations
 
 import warnings

@@ -1,4 +1,5 @@
-"""One video per episode of a rollout store (or of a make-data store: its simulator frames): `write_videos` (`worldcache inspect STORE --video DIR`).
+"""One video per episode of a rollout store (or of a make-data store: its simulator frames): `write_videos`
+(`worldcache inspect STORE --video DIR`).
 
 Encoded as MP4 (H.264) with imageio's ffmpeg plugin (the `imageio-ffmpeg` package ships an ffmpeg binary); where
 no encoder is available, a GIF is written instead. The frame rate is the model's (``fps`` of model.json, in the
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .identity import is_make_data
-from .reader import chunk_shape, episode_video, open_store
+from .identity import check_format, is_make_data
+from .reader import chunk_shape, episode_video
 from .store import EpisodeStore
 
 COMPUTED, SKIPPED = np.array([120, 220, 120], np.uint8), np.array([50, 50, 70], np.uint8)
@@ -69,7 +70,7 @@ def write_videos(path: str | Path, out_dir: str | Path, side_by_side: bool = Fal
             raise ValueError(f"{path}: a make-data store has no cache statistics to show side by side")
         chunk, fps = 1, float(store.attrs["generator"]["fps"])
     else:
-        store = open_store(path, storage_options)
+        check_format(store)  # a rollout store of this format (what open_store checks), opened once
         chunk, fps = chunk_shape(store)[0], float(store.attrs["rollout"]["env"].get("fps", 16))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

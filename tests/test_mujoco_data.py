@@ -43,7 +43,7 @@ def test_generate_shapes_dtypes_and_attrs(generated):
         assert ep["attrs"]["policy"] == "mixed" and ep["attrs"]["seed"] == 3
 
 
-def test_generate_is_reproducible_and_resumable(generated):
+def test_generate_is_reproducible_and_resumable(generated, monkeypatch):
     root, _, _ = generated
     a, b = EpisodeStore(root / "a.zarr", mode="r"), EpisodeStore(root / "b.zarr", mode="r")
     for eid in a:
@@ -98,12 +98,9 @@ def test_generate_is_reproducible_and_resumable(generated):
             raise OSError("disk full")
         return write(self, eid, *args, **kwargs)
 
-    EpisodeStore.write_episode = failing
-    try:
-        with pytest.raises(OSError, match="disk full"):
-            md.generate(root / "cut.zarr", episodes=4, steps=STEPS, seed=3, progress=False)
-    finally:
-        EpisodeStore.write_episode = write
+    with monkeypatch.context() as m, pytest.raises(OSError, match="disk full"):
+        m.setattr(EpisodeStore, "write_episode", failing)
+        md.generate(root / "cut.zarr", episodes=4, steps=STEPS, seed=3, progress=False)
     cut = EpisodeStore(root / "cut.zarr", mode="r")
     assert len(cut) == 2 and cut.attrs["runs"] == {"seed3_mixed": {"seed": 3, "policy": "mixed", "episodes": 0}}
     with pytest.raises(ValueError, match="seed 3 already holds 'mixed' episodes"):
@@ -135,12 +132,9 @@ def test_generate_is_reproducible_and_resumable(generated):
             new.attrs["runs"] = {**new.attrs["runs"], "seed9_random": {"seed": 9, "policy": "random", "episodes": 0}}
         return exists(self, eid)
 
-    EpisodeStore.exists = broken
-    try:
-        with pytest.raises(LeaseError, match="held by another driver"):
-            md.generate(root / "cut.zarr", episodes=5, steps=STEPS, seed=3, progress=False)
-    finally:
-        EpisodeStore.exists = exists
+    with monkeypatch.context() as m, pytest.raises(LeaseError, match="held by another driver"):
+        m.setattr(EpisodeStore, "exists", broken)
+        md.generate(root / "cut.zarr", episodes=5, steps=STEPS, seed=3, progress=False)
     assert "seed9_random" in EpisodeStore(root / "cut.zarr", mode="r").attrs["runs"]  # not overwritten
     assert read_lease(root / "cut.zarr") is not None  # the new holder's lease stays
     other = EpisodeStore.create(root / "other.zarr")  # a store make-data did not write (a rollout store, say)

@@ -29,6 +29,10 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
 
 
+def _restore(signum: int, handler) -> None:
+    signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: a handler set from C
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     global _depth
@@ -40,7 +44,7 @@ def sigterm_as_interrupt():
     finally:
         if main:
             _depth -= 1
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)  # None: set from C
+            _restore(signal.SIGTERM, before)
 
 
 def reclaim_sigterm() -> None:
@@ -63,6 +67,6 @@ def deferred_interrupts():
         yield
     finally:
         for s, handler in before.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+            _restore(s, handler)
         if held:
             signal.raise_signal(held[0])  # to the handler the block found: KeyboardInterrupt, Terminated, or default

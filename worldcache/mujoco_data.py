@@ -530,7 +530,7 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
         # only now does the store hold them: an interrupted run's record claims no episode it lacks
         store.check_lease()  # root attrs are not checked on write: a run whose lease was broken records nothing
         with deferred_interrupts():
-            runs[key] = {"seed": seed, "policy": policy, "episodes": max(episodes, held)}
+            runs[key]["episodes"] = max(episodes, held)
             store.attrs["runs"] = runs
             store.consolidate()  # index.json: listing the store then reads one file, not one per episode
     finally:

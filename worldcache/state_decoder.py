@@ -183,9 +183,9 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
     `blur`: the share of training frames blurred (3x3 box filter), so predicted frames, which are softer than
     real ones, read alike. `init_from`: continue from the decoder in that folder (its sizes and normalisation;
     `config` is then ignored; ``steps=0`` measures it on the store, unchanged). The last `holdout` fraction of
-    the sorted episode ids is held out (the world-model trainer's split); its position errors are reported. `state_file`: the training state is saved there every
-    `save_every` steps and at the end, and a run that finds one of the same settings and data resumes from it, so
-    it ends where an unbroken run does (None: not saved). Returns {"decoder", "losses", "heldout_errors" (None
+    the sorted episode ids is held out (the world-model trainer's split); its position errors are reported.
+    `state_file`: the training state is saved there every `save_every` steps and at the end, and a run that finds
+    one of the same settings and data resumes from it, so it ends where an unbroken run does (None: not saved). Returns {"decoder", "losses", "heldout_errors" (None
     without held-out episodes), "train_frames", "heldout_frames"}."""
     from tqdm import tqdm
 
