@@ -331,7 +331,8 @@ class CosmosWorldEnv(SharedModelSpec, gym.Env):
     the model's fps / chunk: recorded videos play in real time. ``info["frames"]`` holds every frame.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    # the default env's (the bundled model's fps / chunk); an instance gives its own model's
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 2.5}
 
     def __init__(self, checkpoint: str | Path | None = None, cache="worldcache", cache_config: dict | None = None,
                  device: str = "cpu", num_steps: int | None = None, chunk: int | None = None,

@@ -29,7 +29,7 @@ from .cosmos_env import SEED_HIGH, CosmosWorldEnv, SharedModelSpec, WorldSim, ch
 
 
 class CosmosWorldVectorEnv(SharedModelSpec, VectorEnv):
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20, "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata = {**CosmosWorldEnv.metadata, "autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(self, num_envs: int = 1, max_episode_steps: int | None = 12, checkpoint: str | Path | None = None,
                  cache="worldcache", cache_config: dict | None = None, device: str = "cpu",

@@ -107,14 +107,15 @@ def _padded_mean(arrays: list[np.ndarray]) -> np.ndarray:
     return np.nanmean(out, axis=0)
 
 
-def inspect_store(path: str | Path, plots_dir: str | Path | None = None, episode: str | None = None) -> dict:
+def inspect_store(path: str | Path, plots_dir: str | Path | None = None, episode: str | None = None,
+                  storage_options: dict | None = None) -> dict:
     """Print a summary of a rollout store and, with `plots_dir`, save ``skip_heatmap.png`` (skip rate per env step
     x denoising call, averaged over episodes or for `episode`) and ``drift_threshold.png`` (drift vs threshold
     per denoising call: mean and 10-90 % band over all steps). Returns the numbers.
 
     speedup_estimate = model calls / computed calls: the DiT-loop speedup if a skipped call cost nothing and every
     computed call the same. An upper bound: probing blocks, embed/head and the VAE still run on skipped calls."""
-    store = open_store(path)
+    store = open_store(path, storage_options)
     ids = store.episode_ids()
     if not ids:
         raise ValueError(f"{path}: no complete episodes")
@@ -204,20 +205,21 @@ def inspect_data_store(path: str | Path, storage_options: dict | None = None) ->
     return res
 
 
-def inspect_main(store: str, plots: str | None = None, video: str | None = None, side_by_side: bool = False) -> int:
-    """`worldcache inspect STORE [--plots DIR] [--video DIR [--side-by-side]]`: a rollout store, or a make-data
-    store (its summary and videos: it holds no cache statistics to plot)."""
-    if is_make_data(EpisodeStore(store, mode="r")):
+def inspect_main(store: str, plots: str | None = None, video: str | None = None, side_by_side: bool = False,
+                 storage_options: dict | None = None) -> int:
+    """`worldcache inspect STORE [--plots DIR] [--video DIR [--side-by-side]] [--storage-options JSON]`: a rollout
+    store, or a make-data store (its summary and videos: it holds no cache statistics to plot)."""
+    if is_make_data(EpisodeStore(store, mode="r", storage_options=storage_options)):
         if plots is not None or side_by_side:
             raise ValueError(f"{store}: a make-data store holds no cache statistics: --plots and --side-by-side "
                              f"are for rollout stores (its summary and --video work)")
-        inspect_data_store(store)
+        inspect_data_store(store, storage_options)
     else:
-        inspect_store(store, plots_dir=plots)
+        inspect_store(store, plots_dir=plots, storage_options=storage_options)
     if video is not None:
         from .video import write_videos
 
-        paths = write_videos(store, video, side_by_side=side_by_side)
+        paths = write_videos(store, video, side_by_side=side_by_side, storage_options=storage_options)
         print(f"  videos: {len(paths)} in {video}")
     return 0
 

@@ -49,7 +49,9 @@ def test_bad_input_is_one_line(capsys, tmp_path):
     # a device this machine lacks: said here, not by torch after the model has loaded
     (["bench-split", "--device", "mps"], "argument --device: mps: this machine has no mps device"),
     (["bench", "--cache"], "argument --cache: expected at least one argument"),  # was: a table of nothing
-    (["evaluate-policies", "--control"], "argument --control: expected at least one argument")])
+    (["evaluate-policies", "--control"], "argument --control: expected at least one argument"),
+    (["inspect", "s.zarr", "--storage-options", "{key: 1}"], "argument --storage-options: not JSON: '{key: 1}'"),
+    (["inspect", "s.zarr", "--storage-options", "[1]"], "argument --storage-options: must be a JSON object")])
 def test_bad_numbers_are_refused_before_any_work(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)

@@ -1,6 +1,7 @@
 """Multi-node rollouts into an object store: a simulated two-node Ray cluster (`ray.cluster_utils.Cluster`) writes
 a complete store to an S3-compatible endpoint that the test starts on the loopback address (moto's server mode;
 never a real cloud). The checkpoint reaches the actors through Ray's object store; the actors write to the URL."""
+import json
 import socket
 
 import moto.server as moto_server
@@ -10,6 +11,7 @@ import ray
 import s3fs  # the dev extra installs it: a missing one fails here instead of skipping the test
 from ray.cluster_utils import Cluster
 
+from worldcache.cli import main
 from worldcache.envs.cosmos_env import START_FRAMES
 from worldcache.rollouts import EpisodeStore, LeaseError, acquire_lease, episode_id, open_store, run_rollouts
 from worldcache.world_model import WorldModel, WorldModelSpec
@@ -61,7 +63,7 @@ def ckpt(tmp_path_factory):
     return path
 
 
-def test_two_nodes_write_a_complete_store_to_s3(cluster, s3, ckpt, monkeypatch):
+def test_two_nodes_write_a_complete_store_to_s3(cluster, s3, ckpt, monkeypatch, tmp_path, capsys):
     url = "s3://rollouts/two_nodes.zarr"
     # the checkpoint as a path relative to the driver's working directory, which the actors (started before the
     # chdir, elsewhere) do not share: they can only have the model from the files the driver sends them
@@ -77,6 +79,11 @@ def test_two_nodes_write_a_complete_store_to_s3(cluster, s3, ckpt, monkeypatch):
         ep = store[eid]
         assert ep["actions"].shape == (2, K, A) and ep["frames"].shape == (2, K, H, W, 3)
         assert ep["cache/computed"].shape == (2, 4)
+    # the command line reads it too, with the same options as JSON
+    capsys.readouterr()
+    assert main(["inspect", url, "--storage-options", json.dumps(s3), "--video", str(tmp_path / "v")]) == 0
+    assert f"{url}: 4 episodes, 8 steps" in capsys.readouterr().out
+    assert sorted(p.stem for p in (tmp_path / "v").iterdir()) == store.episode_ids()
     fs = s3fs.S3FileSystem(**s3)
     assert not fs.exists("rollouts/two_nodes.zarr/lease.json")  # released at the end
     # resuming from the object store writes nothing new; a second driver is refused while a lease is held

@@ -104,7 +104,10 @@ def test_check_env(ckpt, model, obs_mode):
 @pytest.mark.slow
 def test_check_env_on_the_default_env():
     """`gym.make` with no arguments: the bundled model, the WorldCache cache, 35 steps, exactly as users make it."""
-    strict_check_env(gym.make(ID).unwrapped)
+    env = gym.make(ID)
+    strict_check_env(env.unwrapped)
+    # the class's metadata (read before an env exists) is the default env's
+    assert env.metadata["render_fps"] == CosmosWorldEnv.metadata["render_fps"] == 20 / 8
 
 
 class _SingleView(gym.Env):

@@ -278,7 +278,8 @@ def _rollout(args) -> int:
 def _inspect(args) -> int:
     from .rollouts.reader import inspect_main
 
-    return inspect_main(args.store, plots=args.plots, video=args.video, side_by_side=args.side_by_side)
+    return inspect_main(args.store, plots=args.plots, video=args.video, side_by_side=args.side_by_side,
+                        storage_options=args.storage_options)
 
 
 def _scale_check(args) -> int:
@@ -332,6 +333,19 @@ def _fraction(text: str) -> float:
     """An argparse type: a number in [0, 1] (a held-out share)."""
     if not 0 <= (v := _number(text)) <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return v
+
+
+def _json_object(text: str) -> dict:
+    """An argparse type: a JSON object (fsspec's storage options on the command line)."""
+    import json
+
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r} ({e})") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object ({{\"key\": value, ...}}), got {text!r}")
     return v
 
 
@@ -654,6 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--plots", default=None, help="folder for the PNGs")
     i.add_argument("--video", default=None, help="folder for one MP4 per episode (GIF without an encoder)")
     i.add_argument("--side-by-side", action="store_true", help="videos show the per-call skip pattern too")
+    i.add_argument("--storage-options", type=_json_object, default=None,
+                   help='fsspec options of a remote store, as JSON: \'{"endpoint_url": "http://host:9000"}\'')
     i.set_defaults(func=_inspect)
 
     sc = sub.add_parser("scale-check", help="write synthetic episodes (no model); time writes, listing, reads")
