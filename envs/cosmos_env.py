@@ -174,8 +174,8 @@ class WorldSim:
             why = " (its reward_head.safetensors is from an older version and no longer read)" if old else ""
             where = (f"in {self.folder} ({WEIGHTS_FILE})" if self.folder is not None
                      else "(a model passed in without checkpoint=)")
-            warnings.warn(f"no state decoder {where}{why}: reward is 0.0; pass "
-                          f"reward_fn= or train one with `worldcache train --stages decoder`", stacklevel=3)
+            warnings.warn(f"no state decoder {where}{why}: reward is 0.0; pass reward_fn= (for a Pusher model, or "
+                          f"train one with `worldcache train --stages decoder`)", stacklevel=3)
         return lambda frames, actions: 0.0
 
     def frames_kept(self, history: int) -> int:
@@ -232,7 +232,7 @@ class WorldSim:
             if self.start_frames is None:
                 where = self.folder / START_FRAMES if self.folder is not None else "the checkpoint (no folder given)"
                 raise ValueError(f"no start frames: {where} not found; pass reset(options={{'frame': uint8 "
-                                 f"{self.frame_shape}}}) or a checkpoint with {START_FRAMES}")
+                                 f"{self.frame_shape}}}) or a checkpoint with {START_FRAMES} (`write_start_frames`)")
             return None
         frame = np.asarray(options["frame"])
         want = self.frame_shape if batch is None else (batch, *self.frame_shape)

@@ -1073,3 +1073,26 @@ def test_a_state_decoder_of_another_scene_is_refused_where_it_would_read_the_mod
                      "--chunks", "1", "--windows", "1", "--denoise-steps", "2", "--json",
                      str(tmp_path / "v1.json")]) == 0
     assert "follow" in json.loads((tmp_path / "v1.json").read_text())  # its own v1 decoder: read
+
+
+def test_a_model_of_other_actions_is_told_to_bring_its_own_episodes(tmp_path, capsys, monkeypatch):
+    """A converted Cosmos model takes 7-d actions; simulated Pusher's are 3-d: bench, tune, calibrate and
+    evaluate-policies say so before the model loads (bench said `actions must have shape (batch, 12, 7), got (1, 12,
+    3)` after it), and bench points to --data."""
+    from worldcache.cli import main
+
+    A = 7
+    WorldModel.build(WorldModelSpec(height=16, width=24, chunk=4, num_steps=2, action_dim=A, action_low=[-1.0] * A,
+                                    action_high=[1.0] * A), hidden_heads=2, head_dim=16, num_layers=2,
+                     vae_base_dim=8).save_pretrained(tmp_path / "m7")
+    monkeypatch.setattr("worldcache.world_model.WorldModel.from_pretrained",
+                        lambda *a, **k: pytest.fail("the model loaded before its actions were checked"))
+    ck = ["--checkpoint", str(tmp_path / "m7")]
+    said = "takes 7-d actions, and the simulated Pusher episodes drive it with 3-d fingertip deltas: "
+    for args, then in ((["bench", *ck], "give --data, an episode store of this model's own (frames, actions)"),
+                       (["tune", *ck, "--min-psnr", "30"], "give --data"),
+                       (["calibrate", "teacache", *ck], "calibrate runs on simulated Pusher episodes only"),
+                       (["evaluate-policies", *ck], "evaluate-policies ranks Pusher's control policies only")):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert said + then in err and err.count("\n") == 1, (args, err)

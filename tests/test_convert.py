@@ -555,3 +555,71 @@ def test_a_folder_that_keeps_the_projection_takes_the_raw_embeddings(files, tmp_
     _, a = folded.predict(frame, actions, num_steps=3, seed=0)
     _, b = kept.predict(frame, actions, num_steps=3, seed=0)
     torch.testing.assert_close(a.latents, b.latents, rtol=1e-4, atol=1e-4)
+
+
+def test_out_is_a_new_folder_and_a_stopped_run_leaves_none(files, tmp_path, monkeypatch):
+    """Converting into a model folder mixed the two models (Pusher's start frames and decoder beside Cosmos' weights;
+    a stopped re-conversion kept the old prompt embeddings and loaded); a stop mid-write left half a folder."""
+    import worldcache.convert as conv
+
+    f = files["2.5"]
+    for taken in (f["out"], f["src"]):  # a model folder; a file
+        with pytest.raises(CheckpointError, match=f"{taken}: is (not empty|a file): convert writes a whole model "
+                                                  "folder.*give a new --out"):
+            convert(f["src"], files["vae"], files["embeds"], taken, height=32, width=48)
+    (tmp_path / "empty").mkdir()  # an empty folder is fine (made beforehand, say)
+    convert(f["src"], files["vae"], files["embeds"], tmp_path / "empty", height=32, width=48)
+    assert WorldModel.from_pretrained(tmp_path / "empty").spec.name == "cosmos-action-2.5"
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    for target in (conv.write_safetensors_sharded, AutoencoderKLWan.save_pretrained):  # first; after the weights
+        with monkeypatch.context() as m:
+            m.setattr(conv if target.__name__.startswith("write") else AutoencoderKLWan, target.__name__, stop)
+            with pytest.raises(KeyboardInterrupt):
+                convert(f["src"], files["vae"], files["embeds"], tmp_path / "sub" / "o", height=32, width=48)
+        assert list((tmp_path / "sub").iterdir()) == [], target  # no `o`, no partial folder beside it
+
+
+def test_unreadable_files_say_what_they_are(files, tmp_path):
+    import io
+
+    data = files["2.5"]["src"].read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[:len(data) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for name in ("trunc.pt", "empty.pt"):  # unpickling would not help: no --unsafe-pickle hint
+        with pytest.raises(CheckpointError, match=rf"{name}: not a readable torch checkpoint \(\d+ bytes; truncated "
+                                                  r"or corrupt\?\): \w+: .") as e:
+            load_torch(tmp_path / name)
+        assert "unsafe-pickle" not in str(e.value) and "\n" not in str(e.value)
+    # TransformerEngine's _extra_state as a BytesIO: what was refused, in one line, without torch's advice
+    state = official_state("2.5")
+    state["net.blocks.0.self_attn.output_proj._extra_state"] = io.BytesIO(b"te")
+    torch.save(state, tmp_path / "te.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_torch(tmp_path / "te.pt")
+    assert str(e.value) == (f"{tmp_path / 'te.pt'}: holds objects other than tensors, which weights_only refuses "
+                            f"(Unsupported global: GLOBAL _io.BytesIO was not an allowed global by default.). If you "
+                            f"trust the file, --unsafe-pickle loads it with weights_only=False, which runs code stored "
+                            f"in it.")
+    assert "blocks.0.self_attn.output_proj._extra_state" in make_plan(
+        strip_net(load_torch(tmp_path / "te.pt", unsafe_pickle=True))).dropped
+    # a wrapper's prefix flattened into the keys
+    with pytest.raises(CheckpointError, match=r"keys start with 'model\.' before NVIDIA's 'net\.' \(e\.g\. model\.net\."):
+        strip_net({f"model.{k}": v for k, v in official_state("2.5").items()})
+    # the official file given where a converted folder goes
+    with pytest.raises(CheckpointError, match="a file, not a model folder .*`worldcache convert` makes a folder"):
+        WorldModel.from_pretrained(files["2.5"]["src"])
+
+
+def test_a_forced_variant_says_which_the_file_is():
+    per_frame = strip_net(official_state("2.5"))  # fc1 takes 4 x 7 = 28
+    with pytest.raises(CheckpointError, match=r"^--variant 2: action_embedder_B_D\.fc1 would take 84 inputs \(12 x 7, "
+                                              r"the whole chunk\), the file's takes 28: the file's fits variant 2.5 "
+                                              r"\(4 x 7 per latent frame\)$"):
+        make_plan(per_frame, "2")
+    with pytest.raises(CheckpointError, match=r"^--variant 2.5: .* the file's takes 84: the file's fits variant 2 "):
+        make_plan(strip_net(official_state("2")), "2.5")
+    with pytest.raises(CheckpointError, match=r"the file's takes 28; --action-dim or --chunk\?$"):
+        make_plan(per_frame, "2.5", action_dim=6)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import yaml
 
-from .bench.episodes import TUNING_SEED, heldout_episodes
+from .bench.episodes import TUNING_SEED, check_simulable, heldout_episodes
 from .cache.base import NoCache, PolicyState, rel_l1
 from .cache.config import CACHE_CONFIG_DIR, ConfigError, read_yaml
 
@@ -76,7 +76,7 @@ def calibrate_teacache(checkpoint=None, episodes: int = 3, chunks: int = 2, num_
     Returns the YAML's content."""
     from tqdm import tqdm
 
-    from .world_model import WorldModel
+    from .world_model import WorldModel, read_spec
 
     if episodes < 1 or chunks < 1:
         raise ValueError(f"episodes and chunks must be >= 1, got {episodes}, {chunks}")
@@ -85,6 +85,7 @@ def calibrate_teacache(checkpoint=None, episodes: int = 3, chunks: int = 2, num_
         base = read_yaml(out)
         if base.get("policy") != "teacache":
             raise ConfigError(f"{out}: policy is {base.get('policy')!r}, not teacache")
+    check_simulable(read_spec(checkpoint), "calibrate runs on simulated Pusher episodes only")
     model = WorldModel.from_pretrained(checkpoint, device=device, dtype=dtype)
     s = model.spec
     steps = num_steps or s.num_steps

@@ -27,6 +27,10 @@ dropped: the written transformer then takes 1024-d text embeddings directly (exa
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -173,6 +177,13 @@ def make_plan(state: dict, variant: str = "auto", action_dim: int = 7, chunk: in
                                   f"(2.5: {temporal_compression} x {action_dim} per latent frame) nor {whole} "
                                   f"(2: {chunk} x {action_dim}); pass --variant, --action-dim or --chunk")
         variant = "2.5" if in_dim == per_frame else "2"
+    widths = {"2.5": (per_frame, f"{temporal_compression} x {action_dim} per latent frame"),
+              "2": (whole, f"{chunk} x {action_dim}, the whole chunk")}
+    if in_dim != widths[variant][0] and per_frame != whole:
+        other = next((f": the file's fits variant {v} ({text})" for v, (n, text) in widths.items() if n == in_dim),
+                     "; --action-dim or --chunk?")
+        raise CheckpointError(f"--variant {variant}: action_embedder_B_D.fc1 would take {widths[variant][0]} inputs "
+                              f"({widths[variant][1]}), the file's takes {in_dim}{other}")
     if variant == "2" and any(k in state for k in CROSSATTN_PROJ):
         # NVIDIA's Predict2 nets have no crossattn_proj (their T5 text is 1024-d already): a whole-chunk action MLP
         # beside one is a 2.5-family net (ActionConditionedMinimalV1LVGDiT), whose text, sigmas and timesteps are
@@ -243,16 +254,29 @@ def load_torch(path: str | Path, unsafe_pickle: bool = False) -> dict:
             if "mmap" not in str(e):
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
-    except Exception as e:
-        hint = "" if unsafe_pickle else (" If you trust the file, --unsafe-pickle loads it with weights_only=False, "
-                                         "which runs code stored in it.")
-        raise CheckpointError(f"{path}: cannot load with weights_only={not unsafe_pickle}: {e}.{hint}") from None
+    except pickle.UnpicklingError as e:
+        if unsafe_pickle:
+            raise CheckpointError(f"{path}: cannot unpickle: {_first_sentence(e)}") from None
+        # torch's message is several lines of advice (add_safe_globals, ANSI codes); the refused object is the news
+        found = re.search(r"WeightsUnpickler error: (.+?\.)(?:\s|$)", str(e))
+        raise CheckpointError(f"{path}: holds objects other than tensors, which weights_only refuses "
+                              f"({found.group(1) if found else _first_sentence(e)}). If you trust the file, "
+                              f"--unsafe-pickle loads it with weights_only=False, which runs code stored in "
+                              f"it.") from None
+    except Exception as e:  # truncated, empty or not a torch file: unpickling would not help
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({path.stat().st_size} bytes; truncated or "
+                              f"corrupt?): {type(e).__name__}: {_first_sentence(e)}") from None
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a state dict (got {type(obj).__name__})")
     return obj
+
+
+def _first_sentence(e: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return text.split(". ")[0].splitlines()[0] if text else "no message"
 
 
 def strip_net(state: dict) -> dict:
@@ -262,6 +286,12 @@ def strip_net(state: dict) -> dict:
         raise CheckpointError("the file holds both net.* and net_ema.* weights (a training checkpoint): give the "
                               "exported *_ema_bf16.pt, or a file with one of the two")
     prefix = "net_ema." if any(k.startswith("net_ema.") for k in state) else "net."
+    if not any(k.startswith(prefix) for k in state):  # a wrapper's keys flattened (e.g. "model.net.blocks...")
+        outer = next((m.group(1) for k in state if (m := re.match(r"(.+?\.)net(_ema)?\.", k))), None)
+        if outer is not None:
+            raise CheckpointError(f"keys start with {outer!r} before NVIDIA's 'net.' (e.g. "
+                                  f"{next(k for k in state if k.startswith(outer))}): save the state dict without "
+                                  f"that prefix")
     return {k.removeprefix(prefix): v for k, v in state.items()}
 
 
@@ -396,6 +426,10 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
 
     dtype = parse_dtype(dtype)
     out = Path(out)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):  # before gigabytes are read
+        raise CheckpointError(f"{out}: {'is not empty' if out.is_dir() else 'is a file'}: convert writes a whole "
+                              f"model folder, and another model's files beside it would mix into it; give a new "
+                              f"--out (or remove this one)")
     state = strip_net(load_torch(transformer, unsafe_pickle))
     try:
         plan = make_plan(state, variant, action_dim=action_dim, chunk=chunk)
@@ -452,17 +486,27 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
     for key, value in {**tensors, **action}.items():  # checked before anything is written
         if not torch.isfinite(value).all():
             raise CheckpointError(f"{key}: NaN or inf in the weights (after the cast to {dtype})")
-    out.mkdir(parents=True, exist_ok=True)
-    with torch.device("meta"):
-        CosmosTransformer3DModel(**cfg).save_config(out / "transformer")
-    write_safetensors_sharded(tensors, out / "transformer")
-    save_file(action, str(out / "action_embedder.safetensors"))
-    save_file({k: v.contiguous() for k, v in prompts.items()}, str(out / "prompt_embeds.safetensors"))
-    vae_model.save_pretrained(out / "vae")
-    # NVIDIA's samplers: 2.5 UniPC on flow sigmas, shift 5; Predict2 its RectifiedFlowAB2
-    (default_scheduler() if plan.variant == "2.5" else RectifiedFlowAB2Scheduler()).save_pretrained(out / "scheduler")
-
-    (out / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    # written beside `out` and renamed at the end: a stopped or failed run leaves no half model at `out`
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.mkdir()
+    try:
+        with torch.device("meta"):
+            CosmosTransformer3DModel(**cfg).save_config(partial / "transformer")
+        write_safetensors_sharded(tensors, partial / "transformer")
+        save_file(action, str(partial / "action_embedder.safetensors"))
+        save_file({k: v.contiguous() for k, v in prompts.items()}, str(partial / "prompt_embeds.safetensors"))
+        vae_model.save_pretrained(partial / "vae")
+        # NVIDIA's samplers: 2.5 UniPC on flow sigmas, shift 5; Predict2 its RectifiedFlowAB2
+        scheduler = default_scheduler() if plan.variant == "2.5" else RectifiedFlowAB2Scheduler()
+        scheduler.save_pretrained(partial / "scheduler")
+        (partial / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+        if out.is_dir():  # the empty folder checked above
+            out.rmdir()
+        partial.rename(out)
+    except BaseException:  # Ctrl-C included
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return ConvertSummary(
         variant=plan.variant, out=str(out), transformer_tensors=len(tensors),
         transformer_params=sum(v.numel() for v in tensors.values()), action_tensors=len(action),

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .bench import HELDOUT_SEED, needs_calibration, warm_up
+from .bench.episodes import check_simulable
 from .seeding import derived_seed
 
 EQUAL_NORM = 0.5  # |a| of every action of the equal-cost policies: 2.5 cm per 0.05 s step (x20 actions)
@@ -251,7 +252,7 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     from .quality import teacher_forced
     from .rollouts.identity import model_sha256
     from .state_decoder import CONFIG_FILE, WEIGHTS_FILE, StateDecoder
-    from .world_model import BUNDLED, WorldModel
+    from .world_model import BUNDLED, WorldModel, read_spec
 
     several = isinstance(decoder, (list, tuple))  # before the model loads: bad input fails at once
     folders = list(decoder) if several else [decoder]
@@ -265,6 +266,7 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
         raise ValueError("need episodes >= 1, at least one policy and at least one cache entry")
     specs = [parse_policy(p) for p in names]  # bad input fails here, before the model loads
     caches = {str(c): load_policy(c) for c in cache}
+    check_simulable(read_spec(checkpoint), "evaluate-policies ranks Pusher's control policies only")
     model = WorldModel.from_pretrained(checkpoint, device=device, compile=compile)
     model_id = model_sha256(checkpoint or BUNDLED)  # the files as loaded, before the long run
     s = model.spec
@@ -291,9 +293,6 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
         return reward_from_terms(t, actions).sum(), t.sum(0)
 
     with PusherRenderer.for_scene(s.scene, s.height, s.width, max_episode_steps=steps) as renderer:
-        if renderer.action_space.shape[0] != s.action_dim:
-            raise ValueError(f"the model takes {s.action_dim}-d actions, the simulator's are "
-                             f"{renderer.action_space.shape[0]}-d (end-effector deltas): a model of older data?")
         for name, noise, _ in specs:  # a bad name fails before any rollout
             make_control(name, noise, renderer, 0)
         warm_up(model, [p for p in caches.values() if needs_calibration(p)], num_steps, seed)  # MagCache ratios

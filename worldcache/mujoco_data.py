@@ -56,6 +56,7 @@ GL_BACKEND = os.environ["MUJOCO_GL"]  # what rasterizes the frames (set above un
 HEIGHT, WIDTH = 80, 96
 ACTION_SCALE = 20.0  # action = fingertip position delta per control step x 20 (m/s), as Bridge's deltas x20
 ACTION_LIMIT = 1.0   # per axis: a command of at most 5 cm per 0.05 s step (the arm follows it with a lag, `step`)
+ACTION_DIM = 3       # the fingertip's (x, y, z) delta
 POLICIES = ("random", "scripted", "mixed", "explore", "varied", "explore-wide", "varied-wide")
 
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -88,7 +89,7 @@ class PusherRenderer:
         vis.quality.shadowsize = 0   # shadow maps cost ~5x per frame in software GL
         vis.quality.offsamples = 0   # no MSAA; supersampling instead
         self.dt = float(self.env.unwrapped.dt)
-        self.action_space = gym.spaces.Box(-ACTION_LIMIT, ACTION_LIMIT, (3,), np.float32)
+        self.action_space = gym.spaces.Box(-ACTION_LIMIT, ACTION_LIMIT, (ACTION_DIM,), np.float32)
         self.torque_space = self.env.action_space
         self._body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "tips_arm")
         self._jacp = np.zeros((3, self.model.nv))
@@ -150,7 +151,7 @@ class PusherRenderer:
         Positions and frames are MuJoCo's kinematics of the state before the last substep's integration, as in
         gymnasium's Pusher-v5 itself (no `mj_kinematics` after `mj_step`): the tip is 0.55 cm (median; at most
         1.66) from where the stored joint angles put it, and the reset frame has no such lag."""
-        action = np.clip(np.asarray(action, np.float64).reshape(3), -ACTION_LIMIT, ACTION_LIMIT)
+        action = np.clip(np.asarray(action, np.float64).reshape(ACTION_DIM), -ACTION_LIMIT, ACTION_LIMIT)
         u = self.env.unwrapped
         obs = u._get_obs()
         target = obs[TIP] + action / ACTION_SCALE

@@ -76,6 +76,9 @@ def read_spec(path: str | Path | None = None) -> "WorldModelSpec":
     """A checkpoint folder's `WorldModelSpec` (default: the bundled model's), read without loading any weights, so
     that commands can check their arguments against it first; errors name the file at fault."""
     path = Path(path) if path is not None else BUNDLED
+    if path.is_file():
+        raise CheckpointError(f"{path}: a file, not a model folder (NVIDIA's Cosmos checkpoint? `worldcache convert` "
+                              f"makes a folder of it: README, Using the official weights)")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {path}")
     need = [SPEC_FILE, "transformer/config.json", "vae/config.json", "scheduler/scheduler_config.json",

@@ -15,6 +15,16 @@ TUNING_SEED = 20_000           # env seeds of tuning episodes: TUNING_SEED + i
 CALIBRATION_SEED = HELDOUT_SEED - 1  # warm-up / MagCache calibration episode, not among the measured ones
 
 
+def check_simulable(spec, instead: str = "give --data, an episode store of this model's own (frames, actions)") -> None:
+    """Simulated Pusher episodes drive only a model of Pusher's actions: said before the model loads (a converted
+    Cosmos model takes 7-d Bridge actions), with what to do `instead`."""
+    from ..mujoco_data import ACTION_DIM
+
+    if spec.action_dim != ACTION_DIM:
+        raise ValueError(f"the model ({spec.name}) takes {spec.action_dim}-d actions, and the simulated Pusher "
+                         f"episodes drive it with {ACTION_DIM}-d fingertip deltas: {instead}")
+
+
 def heldout_episodes(n: int, steps: int, height: int, width: int, first_seed: int = HELDOUT_SEED,
                      policy: str = "mixed", scene: dict | None = None) -> list[dict]:
     """`n` real Pusher episodes of `steps` steps (env seeds first_seed + i), the "mixed" policy so the arm moves,

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..quality import psnr, ssim
 from .ablation import match_ablation
-from .episodes import HELDOUT_SEED, TUNING_SEED, bench_episodes, calibration_episode
+from .episodes import HELDOUT_SEED, TUNING_SEED, bench_episodes, calibration_episode, check_simulable
 from .frontier import equal_speed_comparison, frontier_at, frontiers
 from .grid import THRESHOLD_SCALES, bench_configs
 from .measure import Runs, TimedNoCache, _finite, machine_info, measure_row, run_episode, unit_times, warm_up
@@ -47,7 +47,10 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
     if episodes < 1 or chunks < 1 or repeats < 1:
         raise ValueError(f"episodes, chunks and repeats must be >= 1, got {episodes}, {chunks}, {repeats}")
     # Bad cache names and settings, and a missing store, fail before the model loads (seconds).
-    ref_steps = num_steps or read_spec(checkpoint).num_steps
+    spec = read_spec(checkpoint)
+    if data is None:
+        check_simulable(spec)
+    ref_steps = num_steps or spec.num_steps
     configs = bench_configs(policies, ablation, grid, denoise_steps, ref_steps, threshold_scales)
     if data is not None:
         from ..rollouts.store import EpisodeStore
