@@ -55,6 +55,8 @@ class RolloutConfig:
         if not isinstance(config, dict):
             import yaml
 
+            from worldcache.cache.config import load_yaml, yaml_problem
+
             path = Path(config)
             if not path.is_file():  # a shipped config's name, with or without its .yaml (a path is a path)
                 shipped = CONFIG_DIR / f"{path.stem if path.suffix in ('.yaml', '.yml') else path.name}.yaml"
@@ -64,10 +66,8 @@ class RolloutConfig:
                                      f"({', '.join(names)})")
                 path = shipped
             try:
-                config = yaml.safe_load(path.read_text()) or {}
+                config = load_yaml(path.read_text()) or {}
             except yaml.YAMLError as e:
-                from worldcache.cache.config import yaml_problem
-
                 raise ValueError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
             if not isinstance(config, dict):
                 raise ValueError(f"{path}: a rollout config is a mapping of RolloutConfig's keys, got "

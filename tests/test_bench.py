@@ -877,6 +877,11 @@ def test_a_missing_store_fails_before_the_model_loads(tmp_path, capsys, monkeypa
         assert f"no episode store at '{tmp_path / 'nope.zarr'}'" in capsys.readouterr().err, cmd
     # and so do bad cache names and settings (bench and tune)
     for args, why in ((["bench", "--cache", "warpdrive"], "unknown cache policy 'warpdrive'"),
+                      # a pinned step count is checked as a tuned YAML's is (0 was dropped; -3 failed in numpy)
+                      (["bench", "--cache", "worldcache:num_steps=0"], "--cache worldcache: num_steps must be an "
+                                                                         "integer >= 1, got 0"),
+                      (["tune", "--cache", "worldcache:num_steps=2.5", "--min-psnr", "30"], "got 2.5"),
+                      (["bench", "--cache", "worldcache:num_steps=abc"], "got 'abc'"),
                       (["bench", "--cache", "worldcache:threshold=-1"], "(set by the caller: threshold)"),
                       (["tune", "--cache", "warpdrive", "--min-psnr", "30"], "unknown cache policy 'warpdrive'")):
         assert main(args) == 2, args

@@ -51,7 +51,15 @@ def test_bad_input_is_one_line(capsys, tmp_path):
     (["bench", "--cache"], "argument --cache: expected at least one argument"),  # was: a table of nothing
     (["evaluate-policies", "--control"], "argument --control: expected at least one argument"),
     (["inspect", "s.zarr", "--storage-options", "{key: 1}"], "argument --storage-options: not JSON: '{key: 1}'"),
-    (["inspect", "s.zarr", "--storage-options", "[1]"], "argument --storage-options: must be a JSON object")])
+    (["inspect", "s.zarr", "--storage-options", "[1]"], "argument --storage-options: must be a JSON object"),
+    # a floor that no row can pass, or any row passes, would be found after the whole search
+    (["tune", "--min-psnr", "nan"], "argument --min-psnr: must be a finite number, got nan"),
+    (["tune", "--min-speedup", "0"], "argument --min-speedup: must be > 0, got 0"),
+    (["tune", "--min-speedup", "inf"], "argument --min-speedup: must be a finite number, got inf"),
+    # a YAML named otherwise would be read back as a policy name
+    (["tune", "--min-psnr", "30", "--out", "t.txt"], "argument --out: t.txt: give a .yaml or .yml name"),
+    (["calibrate", "teacache", "--out", "t.json"], "argument --out: t.json: give a .yaml or .yml name"),
+    (["bench", "--threshold-scales", "1", "-1"], "argument --threshold-scales: must be > 0, got -1")])
 def test_bad_numbers_are_refused_before_any_work(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
@@ -70,6 +78,12 @@ def test_output_files_are_checked_before_the_work(capsys, tmp_path):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         assert e.value.code == 2 and message in capsys.readouterr().err, argv
+    # where root's os.access says yes but nothing can be written (/proc), the file is tried (and left unmade)
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--json", "/proc/x.json"])
+    assert "argument --json: /proc/x.json: cannot be written (" in capsys.readouterr().err
+    assert cli.build_parser().parse_args(["bench", "--json", str(tmp_path / "b.json")]) and \
+        not (tmp_path / "b.json").exists()
     # a folder still to be made is fine: the command makes it (calibrate did not, after its rollouts)
     assert cli.build_parser().parse_args(["calibrate", "teacache", "--out", str(tmp_path / "new" / "t.yaml")])
 

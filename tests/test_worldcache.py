@@ -325,6 +325,52 @@ def test_unknown_policy_and_bad_yaml(tmp_path):
         make_policy("worldcache", gamma_min=5)
 
 
+def test_yaml_names_the_file_and_reads_floats_as_yaml_1_2(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("policy: wordcache\n")  # misspelled: the file is named
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown cache policy 'wordcache'; known: \["):
+        load_policy(cfg)
+    cfg.write_text("policy: [worldcache]\n")  # was: TypeError unhashable type 'list'
+    with pytest.raises(ConfigError, match=r"c.yaml: policy must be a cache policy's name, got \['worldcache'\]"):
+        load_policy(cfg)
+    cfg.write_text("policy: worldcache\nthreshold: 1e-2\n")  # PyYAML alone reads the string '1e-2'
+    assert load_policy(cfg).config.threshold == 0.01
+    cfg.write_text("policy: worldcache\nthreshold: 5E-1\nextrapolation: 1e\n")  # '1e' is no number
+    with pytest.raises(ConfigError, match="extrapolation="):
+        load_policy(cfg)
+
+
+def test_a_plugin_package_registers_its_policies_by_entry_point(tmp_path, monkeypatch):
+    """An installed package (a dist-info on sys.path, as pip leaves it) whose entry point in the
+    `worldcache.cache_policies` group names the module that registers its policy: the name then works wherever a
+    built-in's does, with the threshold grid of its config's default."""
+    import worldcache.cache as cache
+    from worldcache.bench import bench_configs
+
+    monkeypatch.setattr(cache, "POLICIES", dict(cache.POLICIES))  # the plugin's registration ends with the test
+    (tmp_path / "mydrift.py").write_text(
+        "from worldcache.cache import register\nfrom worldcache.cache.teacache import TeaCache\n\n\n"
+        "@register\nclass InputDrift(TeaCache):\n    name = 'inputdrift'\n")
+    info = tmp_path / "mydrift-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mydrift\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[worldcache.cache_policies]\ninputdrift = mydrift\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "mydrift", raising=False)
+    assert "inputdrift" not in cache.POLICIES
+    assert make_policy("inputdrift", threshold=0.2).name == "inputdrift"
+    assert "inputdrift" in cache.policy_names()
+    (tmp_path / "mine.yaml").write_text("policy: inputdrift\nthreshold: 0.3\n")
+    assert load_policy(tmp_path / "mine.yaml").config.threshold == 0.3
+    labels = [c.label for c in bench_configs(["inputdrift"], ablation=False, denoise_steps=[35], reference_steps=35)]
+    assert labels == ["inputdrift threshold=0.05", "inputdrift", "inputdrift threshold=0.2"]
+    # a plugin that fails to import is named
+    (info / "entry_points.txt").write_text("[worldcache.cache_policies]\nbroken = not_a_module_here\n")
+    with pytest.raises(ConfigError, match=r"cache policy plugin 'broken' \(not_a_module_here, from "
+                                          r"worldcache.cache_policies\) failed to load: ModuleNotFoundError"):
+        make_policy("whatever")
+
+
 def test_probe_depth_must_leave_blocks(tiny_dit):
     with pytest.raises(ValueError, match="probe_depth"):
         run(tiny_dit, make_policy("worldcache", probe_depth=4))

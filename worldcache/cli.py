@@ -205,6 +205,8 @@ def _policy_spec(text: str):
     """"NAME" or a YAML path as is; "NAME:key=value,key=value" -> {"policy": NAME, key: value, ...} (YAML values)."""
     import yaml
 
+    from .cache.config import load_yaml
+
     if ":" not in text:
         return text
     name, _, settings = text.partition(":")
@@ -214,7 +216,7 @@ def _policy_spec(text: str):
         if not eq or not key:
             raise ValueError(f"--cache {text!r}: expected NAME:key=value[,key=value...], got {item!r}")
         try:
-            spec[key.strip()] = yaml.safe_load(value)
+            spec[key.strip()] = load_yaml(value)
         except yaml.YAMLError as e:
             from .cache.config import yaml_problem
 
@@ -322,9 +324,18 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
+def _finite(text: str) -> float:
+    """An argparse type: a finite number (a PSNR floor: nan would pass no row and be found after the whole run)."""
+    import math
+
+    if not math.isfinite(v := _number(text)):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
 def _positive(text: str) -> float:
-    """An argparse type: a number > 0 (minutes, learning rates, CPUs)."""
-    if not (v := _number(text)) > 0:
+    """An argparse type: a finite number > 0 (minutes, learning rates, CPUs, speedups, threshold scales)."""
+    if not 0 < (v := _finite(text)):
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return v
 
@@ -365,6 +376,24 @@ def _out_file(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text}: {up} is a file, not a folder")
     if not os.access(path if path.exists() else up, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text}: not writable here")
+    if up == path.parent:  # tried, where it can be without making folders (root passes os.access on /proc)
+        new = not path.exists()
+        try:
+            with open(path, "x" if new else "a"):
+                pass
+        except OSError as e:
+            raise argparse.ArgumentTypeError(f"{text}: cannot be written ({e.strerror})") from None
+        if new:
+            path.unlink()  # the command writes it after its work
+    return text
+
+
+def _yaml_out(text: str) -> str:
+    """An argparse type: a cache YAML to write, named so that `--cache`, the env and `load_cache` read it as one."""
+    _out_file(text)  # a folder is said as such first
+    if not text.endswith((".yaml", ".yml")):
+        raise argparse.ArgumentTypeError(f"{text}: give a .yaml or .yml name (a cache is read as a file by that "
+                                         f"suffix; another name is read as a policy name)")
     return text
 
 
@@ -563,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --data: the held-out fraction (the last ids, as train splits); 0: all episodes")
     bn.add_argument("--no-ablation", action="store_true")
     bn.add_argument("--no-grid", action="store_true", help="named policies at their default config only")
-    bn.add_argument("--threshold-scales", type=float, nargs="+", default=None,
+    bn.add_argument("--threshold-scales", type=_positive, nargs="+", default=None,
                     help="each threshold policy's grid, as multiples of its default threshold (default: 0.5 1 2)")
     bn.add_argument("--repeats", type=COUNT, default=1, help="time each rollout N times, keep the fastest")
     bn.add_argument("--json", type=_out_file, default=None, help="write JSON here; the figures go next to it")
@@ -584,14 +613,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="step counts to search (default: 35 18 12, cut to the reference's)")
     tu.add_argument("--reference-steps", type=COUNT, default=None,
                     help="steps of the uncached reference (default: the model's)")
-    tu.add_argument("--threshold-scales", type=float, nargs="+", default=None,
+    tu.add_argument("--threshold-scales", type=_positive, nargs="+", default=None,
                     help="thresholds to search, as multiples of each policy's default (default: 0.5 1 2)")
     floor = tu.add_mutually_exclusive_group(required=True)
-    floor.add_argument("--min-psnr", type=float, default=None,
+    floor.add_argument("--min-psnr", type=_finite, default=None,
                        help="the fastest configuration at least this close (dB) to the uncached reference")
-    floor.add_argument("--min-speedup", type=float, default=None,
+    floor.add_argument("--min-speedup", type=_positive, default=None,
                        help="the closest configuration to the reference with at least this compute speedup")
-    tu.add_argument("--out", type=_out_file, default="tuned.yaml", help="the cache YAML written (policy settings + num_steps)")
+    tu.add_argument("--out", type=_yaml_out, default="tuned.yaml", help="the cache YAML written (policy settings + num_steps)")
     tu.add_argument("--episodes", type=COUNT, default=2)
     tu.add_argument("--chunks", type=COUNT, default=2)
     tu.add_argument("--data", default=None, metavar="STORE", help="tune on this store's training split")
@@ -693,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--denoise-steps", type=COUNT, default=None, help="default: the model's")
     ca.add_argument("--first-seed", type=NONNEG, default=20_000,
                     help="env seed of the first tuning episode (disjoint from the benchmark's 10000+)")
-    ca.add_argument("--out", type=_out_file, default=None, help="YAML to write the coefficients into (its other settings are kept); "
+    ca.add_argument("--out", type=_yaml_out, default=None, help="YAML to write the coefficients into (its other settings are kept); "
                     "default: the shipped configs/cache/teacache.yaml")
     ca.add_argument("--device", default="cpu", type=_device)
     ca.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cache.config import CACHE_CONFIG_DIR, read_yaml
+from ..cache.config import check_num_steps
 from ..cache import load_cache
 
 STEPS_ONLY = "steps-only"  # pseudo-policy: no cache, fewer steps (the control every caching claim needs)
@@ -16,7 +16,6 @@ STEPS_ONLY = "steps-only"  # pseudo-policy: no cache, fewer steps (the control e
 # 35-step rows skipping ~60 % or 24-step rows at 24-step sampling's own PSNR cap.
 FULL_DENOISE_STEPS = (35, 30, 24, 18, 14, 12, 10, 8)
 QUICK_DENOISE_STEPS = (35, 18, 12)  # the default; the full axis runs ~2.3x as many steps
-THRESHOLD_POLICIES = ("worldcache", "dicache", "teacache", "easycache", "fbcache", "magcache", "seacache")
 THRESHOLD_SCALES = (0.5, 1.0, 2.0)
 # Non-threshold policies: extra settings besides their YAML defaults (fora: both intervals are listed).
 EXTRA_SETTINGS = {
@@ -72,11 +71,11 @@ def steps_axis(reference_steps: int, denoise_steps=None) -> list[int]:
 
 
 def policy_grid(name: str, scales=THRESHOLD_SCALES) -> list[tuple[str, dict]]:
-    """(label, overrides) of one policy's settings grid: threshold x `scales` of its default, or the settings in
-    `EXTRA_SETTINGS`, or just its default configuration."""
-    default = CACHE_CONFIG_DIR / f"{name}.yaml"
-    if name in THRESHOLD_POLICIES and default.is_file():
-        tau = float(read_yaml(default)["threshold"])
+    """(label, overrides) of one policy's settings grid: the settings in `EXTRA_SETTINGS`, or, for a policy with a
+    `threshold` (a plugin's too), threshold x `scales` of its default (its shipped YAML's, else its config's), or
+    just its default configuration."""
+    tau = getattr(load_cache(name)[0].config, "threshold", None)
+    if name not in EXTRA_SETTINGS and isinstance(tau, float):
         return [(name if s == 1 else f"{name} threshold={_fmt(round(tau * s, 6))}",
                  {} if s == 1 else {"threshold": round(tau * s, 6)}) for s in scales]
     return [(" ".join([name] + [f"{k}={_fmt(v)}" for k, v in o.items()]), dict(o))
@@ -102,7 +101,7 @@ def bench_configs(policies=None, ablation: bool = True, grid: bool = True, denoi
 
     def add(label, policy, overrides, pinned=None, variant=None):
         uncached = load_cache(policy, **overrides)[0].name == "none"
-        for n in [pinned] if pinned else steps:  # no cache at other steps than the reference's: steps-only
+        for n in [pinned] if pinned is not None else steps:  # no cache at other steps than the reference's: steps-only
             out.append(BenchConfig(with_steps(label, n, reference_steps), policy, overrides, num_steps=n,
                                    name=STEPS_ONLY if uncached and n != reference_steps else None,
                                    variant=variant))
@@ -111,6 +110,8 @@ def bench_configs(policies=None, ablation: bool = True, grid: bool = True, denoi
         if isinstance(spec, dict):
             spec = dict(spec)
             name, pinned = spec.pop("policy"), spec.pop("num_steps", None)
+            if pinned is not None:
+                check_num_steps(pinned, f"--cache {name}")
             parts = {k: f"{k}={_fmt(v)}" for k, v in spec.items()}
             own = [p for k, p in parts.items() if k not in GRID_KEYS]
             add(" ".join([name, *parts.values()]), name, spec, pinned, " ".join([name, *own]) if own else None)

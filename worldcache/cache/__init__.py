@@ -1,17 +1,21 @@
 """Cache policies by name. `make_policy("worldcache", threshold=0.1)` or `load_policy("configs/cache/x.yaml")`.
 
 Every policy is a `CachePolicy` subclass with a `name` and a `config_cls` (a `PolicyConfig` dataclass), registered
-with `@register`. The YAML form is ``policy: NAME`` plus that dataclass's fields.
+with `@register`. The YAML form is ``policy: NAME`` plus that dataclass's fields. A package of one's own makes its
+policies known to the command line and the env by an entry point in the group ``worldcache.cache_policies`` (the
+module that registers them), imported when a name is not a built-in one.
 """
 from __future__ import annotations
 
 import re
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from .base import CachePolicy, CallRecord, ModelCall, NoCache
-from .config import CACHE_CONFIG_DIR, ConfigError, PolicyConfig, build_config, read_yaml
+from .config import CACHE_CONFIG_DIR, ConfigError, PolicyConfig, build_config, check_num_steps, read_yaml
 
 POLICIES: dict[str, type[CachePolicy]] = {}
+PLUGIN_GROUP = "worldcache.cache_policies"
 
 
 def register(cls: type[CachePolicy]) -> type[CachePolicy]:
@@ -26,8 +30,12 @@ register(NoCache)
 def make_policy(name: str, config: dict | None = None, source: str | None = None, **overrides) -> CachePolicy:
     """Build a policy by registered name; `config`/`overrides` are validated against its config dataclass."""
     _load_builtin()
-    if name not in POLICIES:
-        raise ConfigError(f"unknown cache policy {name!r}; known: {sorted(POLICIES)}")
+    if isinstance(name, str) and name not in POLICIES:
+        _load_plugins()
+    where = f"{source}: " if source else ""
+    if not isinstance(name, str) or name not in POLICIES:
+        what = "unknown cache policy" if isinstance(name, str) else "policy must be a cache policy's name, got"
+        raise ConfigError(f"{where}{what} {name!r}; known: {sorted(POLICIES)}")
     cls = POLICIES[name]
     values = {**(config or {}), **overrides}
     source = source or f"policy {name!r}"
@@ -53,8 +61,8 @@ def load_cache(spec: str | Path, **overrides) -> tuple[CachePolicy, int | None]:
         path = default
     data = read_yaml(path)
     steps = data.pop("num_steps", None)
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ConfigError(f"{path}: num_steps must be an integer >= 1, got {steps!r}")
+    if steps is not None:
+        check_num_steps(steps, str(path))
     return make_policy(data.pop("policy"), data, source=str(path), **overrides), steps
 
 
@@ -71,6 +79,7 @@ def load_policy(spec: str | Path, **overrides) -> CachePolicy:
 
 def policy_names() -> list[str]:
     _load_builtin()
+    _load_plugins()
     return sorted(POLICIES)
 
 
@@ -79,5 +88,15 @@ def _load_builtin() -> None:
     from . import builtin  # noqa: F401
 
 
-__all__ = ["CachePolicy", "CallRecord", "ConfigError", "ModelCall", "NoCache", "POLICIES", "PolicyConfig",
+def _load_plugins() -> None:
+    """Import the modules installed packages declare in `PLUGIN_GROUP`; each registers its policies."""
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()
+        except Exception as e:  # a broken plugin is named, not a traceback from deep in importlib
+            raise ConfigError(f"cache policy plugin {ep.name!r} ({ep.value}, from {PLUGIN_GROUP}) failed to "
+                              f"load: {type(e).__name__}: {e}") from e
+
+
+__all__ = ["CachePolicy", "CallRecord", "ConfigError", "ModelCall", "NoCache", "PLUGIN_GROUP", "POLICIES", "PolicyConfig",
            "load_cache", "load_policy", "make_policy", "policy_names", "register"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +85,33 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     return where + (problem or str(e).splitlines()[0])
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load with YAML 1.2's floats: PyYAML (YAML 1.1) reads 1e-2 or 5E3 as strings (1.0e-2 as a float)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """Configs' YAML (cache YAMLs, --cache settings, rollout configs): safe, with 1e-2 a number."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"cache config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(data, dict) or "policy" not in data:
         raise ConfigError(f"{path}: expected a mapping with a 'policy' key and the policy's settings")
     return data
+
+
+def check_num_steps(steps, source: str) -> None:
+    """A pinned step count (a tuned YAML's, a --cache spec's): a whole number >= 1."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"{source}: num_steps must be an integer >= 1, got {steps!r}")
