@@ -231,8 +231,10 @@ def test_hooks_follow_the_model(setup, make, name):
 
 def test_magcache_calibrates_on_first_prediction(setup, make, capsys):
     p = make("magcache", threshold=1.0)
+    capsys.readouterr()
     first = run(setup, p)
     assert all(r.computed for r in first.records) and p.mag_ratios is None
+    assert capsys.readouterr().out == ""  # diffusers' "Copy these values to MagCacheConfig" print, mid-benchmark
     second = run(setup, p)
     assert p.mag_ratios is not None and len(p.mag_ratios) == STEPS
     # what results record of it (bench rows, fidelity settings): its config with the ratios it calibrated
@@ -243,6 +245,22 @@ def test_magcache_calibrates_on_first_prediction(setup, make, capsys):
     third = denoise(dit, default_scheduler(), noise, emb, num_steps=STEPS + 2, policy=p, **base)
     assert len(third.records) == STEPS + 2 and torch.isfinite(third.latents).all()
     p.detach()
+
+
+def test_fastercache_keeps_diffusers_experimental_banner_to_itself(setup, make):
+    """diffusers warns at every `apply_faster_cache` (its logger's own stderr handler, mid-benchmark)."""
+    import logging
+
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = seen.append
+    log = logging.getLogger("diffusers.hooks.faster_cache")
+    log.addHandler(handler)
+    try:
+        run(setup, make("fastercache"))
+    finally:
+        log.removeHandler(handler)
+    assert not [r for r in seen if "purely experimental" in r.getMessage()]
 
 
 def _sea_indicator(latents: np.ndarray, sigma: float, power_exp: float = 3.0) -> np.ndarray:

@@ -88,7 +88,7 @@ def test_run_bench_steps_axis_writes_json_frontiers_and_figures(tiny_ckpt, tmp_p
     assert steps_only["latent_psnr"] == pytest.approx(z_psnr, rel=1e-6)
     assert set(data["frontiers"]) == {"steps-only", "worldcache"}
     assert data["frontiers"]["steps-only"][0]["label"] == "steps-only steps=2"
-    assert set(data["machine"]) >= {"cpu", "threads", "torch", "device", "date"}
+    assert set(data["machine"]) >= {"cpu", "threads", "torch", "device", "date", "load_avg", "busy"}
     assert data["settings"]["denoise_steps"] == [4, 2] and data["settings"]["num_steps"] == 4
     for axis, key in (("compute", "compute_speedup"), ("wall", "denoising_speedup")):
         cmp = data["at_worldcache_speed"][axis]
@@ -1101,3 +1101,20 @@ def test_a_model_of_other_actions_is_told_to_bring_its_own_episodes(tmp_path, ca
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert said + then in err and err.count("\n") == 1, (args, err)
+
+
+def test_a_busy_machine_is_said(monkeypatch):
+    """Decision times count in the compute speedup and are measured during each row: other work on the cores
+    (load above 1.5x the cores, before or after the run) is warned of and recorded in the result's machine."""
+    import os
+
+    from worldcache.bench.measure import busy
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.9, 0.0, 0.0))
+    assert busy() is None and busy(3.0) is None  # 3.0 = 1.5 x 2 cores: a benchmark alone keeps them full
+    assert busy(5.25) == ("warning: the machine was busy (load average 5.2 on 2 cores): other work shared the "
+                          "cores, so wall-clock and compute speedups (decision times count) are unreliable; run it "
+                          "alone")
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.1, 0.0, 0.0))
+    assert busy(0.5).startswith("warning: the machine was busy (load average 3.1 on 2 cores)")

@@ -55,6 +55,9 @@ Per-method notes and limitations:
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -250,13 +253,26 @@ class FasterCache(AttentionReusePolicy):
 
     def _apply(self, model) -> None:
         cfg = self.config
-        apply_faster_cache(model, FasterCacheConfig(
-            spatial_attention_block_skip_range=cfg.spatial_attention_block_skip_range,
-            spatial_attention_timestep_skip_range=tuple(cfg.spatial_attention_timestep_skip_range),
-            attention_weight_callback=lambda _: cfg.attention_weight,
-            current_timestep_callback=lambda: self._timestep,
-            is_guidance_distilled=True,  # see module docstring: the CFG (denoiser) hook never runs here
-            tensor_format="BCFHW"))
+        with _quiet("diffusers.hooks.faster_cache"):  # its "purely experimental" banner, at every apply
+            apply_faster_cache(model, FasterCacheConfig(
+                spatial_attention_block_skip_range=cfg.spatial_attention_block_skip_range,
+                spatial_attention_timestep_skip_range=tuple(cfg.spatial_attention_timestep_skip_range),
+                attention_weight_callback=lambda _: cfg.attention_weight,
+                current_timestep_callback=lambda: self._timestep,
+                is_guidance_distilled=True,  # see module docstring: the CFG (denoiser) hook never runs here
+                tensor_format="BCFHW"))
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """A library logger's warnings held back while its hook is applied (messages for its own users, not ours)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 # --- MagCache -------------------------------------------------------------------------------------------------
@@ -323,9 +339,11 @@ class MagCache(DiffusersHookPolicy):
             self._calib[call.branch] = manager.get_state().calibration_ratios
 
     def run_stack(self, stack, call):
+        if self._calibrating:  # diffusers prints the ratios at the end ("Copy these values..."); settings() has them
+            with contextlib.redirect_stdout(io.StringIO()):
+                return super().run_stack(stack, call)
         out = super().run_stack(stack, call)
-        if not self._calibrating:
-            call.threshold = self.config.threshold
+        call.threshold = self.config.threshold
         return out
 
 
