@@ -162,6 +162,13 @@ def test_run_bench_on_store_episodes_compares_with_the_stored_frames(tiny_ckpt, 
     with pytest.raises(ValueError, match="--holdout 0 .* add --no-ablation"):  # nothing left to match thresholds on
         run_bench(tiny_ckpt, policies=["worldcache"], data=tmp_path / "s.zarr", episodes=1, chunks=1, num_steps=2,
                   holdout=0, verbose=False)
+    # a setting only the model refuses (a probe as deep as its 2 blocks) is named by its row, or its file
+    (tmp_path / "deep.yaml").write_text("policy: worldcache\nprobe_depth: 2\n")
+    for spec, name in (({"policy": "worldcache", "probe_depth": 2}, "worldcache probe_depth=2"),
+                       (str(tmp_path / "deep.yaml"), str(tmp_path / "deep.yaml"))):
+        with pytest.raises(ValueError, match=rf"^{name}: probe_depth=2 leaves no blocks to skip \(model has 2\)$"):
+            run_bench(tiny_ckpt, policies=[spec], data=tmp_path / "s.zarr", episodes=1, chunks=1, num_steps=2,
+                      denoise_steps=[2], ablation=False, verbose=False)
 
 
 @pytest.mark.slow

@@ -77,9 +77,14 @@ def needs_calibration(policy) -> bool:
     return getattr(policy, "mag_ratios", ()) is None
 
 
-def warm_up(model, policies, num_steps, seed: int = 0, episode: dict | None = None) -> None:
+def warm_up(model, policies, num_steps, seed: int = 0, episode: dict | None = None, progress: bool = False,
+            labels: list[str] | None = None) -> None:
     """One prediction per policy on a calibration episode (warms caches and allocators, calibrates MagCache).
-    `num_steps`: one count for all, or one per policy (MagCache calibrates at the steps it will run)."""
+    `num_steps`: one count for all, or one per policy (MagCache calibrates at the steps it will run). A setting
+    that only the model can refuse (a probe as deep as the stack, a warm-up longer than the steps) fails here,
+    named by the policy's `labels` entry."""
+    from tqdm import tqdm
+
     if not policies:
         return
     if episode is None:
@@ -87,9 +92,15 @@ def warm_up(model, policies, num_steps, seed: int = 0, episode: dict | None = No
 
         episode = calibration_episode(model.spec)
     steps = num_steps if isinstance(num_steps, (list, tuple)) else [num_steps] * len(policies)
-    for policy, n in zip(policies, steps):
-        model.predict(episode["obs"][:1], episode["actions"][None, :model.spec.chunk], policy=policy, num_steps=n,
-                      seed=seed)
+    for k, (policy, n) in enumerate(tqdm(list(zip(policies, steps)), desc="warm-up", unit="config",
+                                         disable=not progress)):
+        try:
+            model.predict(episode["obs"][:1], episode["actions"][None, :model.spec.chunk], policy=policy,
+                          num_steps=n, seed=seed)
+        except ValueError as e:
+            if labels is None:
+                raise
+            raise ValueError(f"{labels[k]}: {e}") from None
         policy.detach()
 
 

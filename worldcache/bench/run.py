@@ -76,7 +76,9 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
     ref_policy = TimedNoCache()
 
     warm_up(model, [ref_policy, *built], [ref_steps] + [c.num_steps for c in configs], seed,
-            calibration_episode(s, data, holdout))
+            calibration_episode(s, data, holdout), progress=verbose,
+            labels=["the uncached reference"] + [c.policy if c.policy.endswith((".yaml", ".yml")) else c.label
+                                                 for c in configs])
     ref_policy.stack_ms.clear()  # warm-up timings are not used
     ref, runs = Runs(), [Runs() for _ in configs]
     jobs = [(ref_policy, ref, ref_steps)] + [(p, r, c.num_steps) for p, r, c in zip(built, runs, configs)]
