@@ -174,7 +174,7 @@ class WorldSim:
             why = " (its reward_head.safetensors is from an older version and no longer read)" if old else ""
             where = (f"in {self.folder} ({WEIGHTS_FILE})" if self.folder is not None
                      else "(a model passed in without checkpoint=)")
-            warnings.warn(f"no state decoder {where}{why}: reward is 0.0; pass reward_fn= (for a Pusher model, or "
+            warnings.warn(f"no state decoder {where}{why}: reward is 0.0; pass reward_fn= (or, for a Pusher model, "
                           f"train one with `worldcache train --stages decoder`)", stacklevel=3)
         return lambda frames, actions: 0.0
 

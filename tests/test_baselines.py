@@ -3,6 +3,8 @@ and PAB) on a tiny random Cosmos DiT: they skip, skipped calls run no blocks, ou
 keep separate state, configs are validated, YAML defaults load, and hook policies leave the model clean on detach."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -237,6 +239,8 @@ def test_magcache_calibrates_on_first_prediction(setup, make, capsys):
     assert capsys.readouterr().out == ""  # diffusers' "Copy these values to MagCacheConfig" print, mid-benchmark
     second = run(setup, p)
     assert p.mag_ratios is not None and len(p.mag_ratios) == STEPS
+    # the threshold in force: none while calibrating, the config's from the first call after
+    assert all(math.isnan(r.threshold) for r in first.records) and all(r.threshold == 1.0 for r in second.records)
     # what results record of it (bench rows, fidelity settings): its config with the ratios it calibrated
     assert p.settings() == {**p.config.as_dict(), "mag_ratios": [round(float(v), 6) for v in p.mag_ratios]}
     assert any(not r.computed for r in second.records)

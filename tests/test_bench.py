@@ -144,7 +144,7 @@ def test_store_episodes_take_the_held_out_split_and_check_sizes(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_bench_on_store_episodes_compares_with_the_stored_frames(tiny_ckpt, tmp_path):
+def test_run_bench_on_store_episodes_compares_with_the_stored_frames(tiny_ckpt, tmp_path, monkeypatch):
     from worldcache.quality import psnr
 
     _write_store(tmp_path / "s.zarr", n=3, frames=8)
@@ -169,6 +169,14 @@ def test_run_bench_on_store_episodes_compares_with_the_stored_frames(tiny_ckpt, 
         with pytest.raises(ValueError, match=rf"^{name}: probe_depth=2 leaves no blocks to skip \(model has 2\)$"):
             run_bench(tiny_ckpt, policies=[spec], data=tmp_path / "s.zarr", episodes=1, chunks=1, num_steps=2,
                       denoise_steps=[2], ablation=False, verbose=False)
+    # a ValueError from inside numpy or torch is a bug: it keeps its own message and traceback, unlabelled
+    from worldcache.cache.worldcache import WorldCache
+
+    with monkeypatch.context() as m:
+        m.setattr(WorldCache, "run_stack", lambda self, stack, call: np.zeros(-1))
+        with pytest.raises(ValueError, match="^negative dimensions are not allowed$"):
+            run_bench(tiny_ckpt, policies=["worldcache"], data=tmp_path / "s.zarr", episodes=1, chunks=1,
+                      num_steps=2, denoise_steps=[2], ablation=False, grid=False, verbose=False)
 
 
 @pytest.mark.slow
@@ -885,8 +893,8 @@ def test_a_missing_store_fails_before_the_model_loads(tmp_path, capsys, monkeypa
     # and so do bad cache names and settings (bench and tune)
     for args, why in ((["bench", "--cache", "warpdrive"], "unknown cache policy 'warpdrive'"),
                       # a pinned step count is checked as a tuned YAML's is (0 was dropped; -3 failed in numpy)
-                      (["bench", "--cache", "worldcache:num_steps=0"], "--cache worldcache: num_steps must be an "
-                                                                         "integer >= 1, got 0"),
+                      (["bench", "--cache", "worldcache:num_steps=0"], "worldcache: num_steps must be an integer "
+                                                                         ">= 1, got 0"),
                       (["tune", "--cache", "worldcache:num_steps=2.5", "--min-psnr", "30"], "got 2.5"),
                       (["bench", "--cache", "worldcache:num_steps=abc"], "got 'abc'"),
                       (["bench", "--cache", "worldcache:threshold=-1"], "(set by the caller: threshold)"),

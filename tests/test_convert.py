@@ -567,9 +567,11 @@ def test_out_is_a_new_folder_and_a_stopped_run_leaves_none(files, tmp_path, monk
         with pytest.raises(CheckpointError, match=f"{taken}: is (not empty|a file): convert writes a whole model "
                                                   "folder.*give a new --out"):
             convert(f["src"], files["vae"], files["embeds"], taken, height=32, width=48)
-    (tmp_path / "empty").mkdir()  # an empty folder is fine (made beforehand, say)
-    convert(f["src"], files["vae"], files["embeds"], tmp_path / "empty", height=32, width=48)
+    (tmp_path / "empty").mkdir()  # an empty folder is fine (made beforehand, a mount point), `.` too
+    monkeypatch.chdir(tmp_path / "empty")
+    convert(f["src"], files["vae"], files["embeds"], ".", height=32, width=48)
     assert WorldModel.from_pretrained(tmp_path / "empty").spec.name == "cosmos-action-2.5"
+    assert not [p for p in (tmp_path / "empty").iterdir() if p.name.startswith(".")]  # no partial folder left
 
     def stop(*a, **k):
         raise KeyboardInterrupt
@@ -580,6 +582,12 @@ def test_out_is_a_new_folder_and_a_stopped_run_leaves_none(files, tmp_path, monk
             with pytest.raises(KeyboardInterrupt):
                 convert(f["src"], files["vae"], files["embeds"], tmp_path / "sub" / "o", height=32, width=48)
         assert list((tmp_path / "sub").iterdir()) == [], target  # no `o`, no partial folder beside it
+        (tmp_path / "kept").mkdir(exist_ok=True)  # an empty folder given stays, empty
+        with monkeypatch.context() as m:
+            m.setattr(conv if target.__name__.startswith("write") else AutoencoderKLWan, target.__name__, stop)
+            with pytest.raises(KeyboardInterrupt):
+                convert(f["src"], files["vae"], files["embeds"], tmp_path / "kept", height=32, width=48)
+        assert list((tmp_path / "kept").iterdir()) == [], target
 
 
 def test_unreadable_files_say_what_they_are(files, tmp_path):
@@ -588,7 +596,8 @@ def test_unreadable_files_say_what_they_are(files, tmp_path):
     data = files["2.5"]["src"].read_bytes()
     (tmp_path / "trunc.pt").write_bytes(data[:len(data) // 2])
     (tmp_path / "empty.pt").write_bytes(b"")
-    for name in ("trunc.pt", "empty.pt"):  # unpickling would not help: no --unsafe-pickle hint
+    (tmp_path / "noise.pt").write_bytes(np.random.default_rng(0).bytes(1000))  # weights_only: "Unsupported operand"
+    for name in ("trunc.pt", "empty.pt", "noise.pt"):  # unpickling would not help: no --unsafe-pickle hint
         with pytest.raises(CheckpointError, match=rf"{name}: not a readable torch checkpoint \(\d+ bytes; truncated "
                                                   r"or corrupt\?\): \w+: .") as e:
             load_torch(tmp_path / name)
@@ -608,6 +617,8 @@ def test_unreadable_files_say_what_they_are(files, tmp_path):
     # a wrapper's prefix flattened into the keys
     with pytest.raises(CheckpointError, match=r"keys start with 'model\.' before NVIDIA's 'net\.' \(e\.g\. model\.net\."):
         strip_net({f"model.{k}": v for k, v in official_state("2.5").items()})
+    diffusers_keys = {"transformer_blocks.0.ff.net.0.proj.weight": torch.zeros(1)}  # no prefix, only a ".net."
+    assert strip_net(diffusers_keys) == diffusers_keys
     # the official file given where a converted folder goes
     with pytest.raises(CheckpointError, match="a file, not a model folder .*`worldcache convert` makes a folder"):
         WorldModel.from_pretrained(files["2.5"]["src"])

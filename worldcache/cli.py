@@ -376,25 +376,24 @@ def _out_file(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text}: {up} is a file, not a folder")
     if not os.access(path if path.exists() else up, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text}: not writable here")
-    if up == path.parent:  # tried, where it can be without making folders (root passes os.access on /proc)
-        new = not path.exists()
+    if up == path.parent:  # a file tried in its folder (root passes os.access on /proc); the path itself untouched
+        import tempfile
+
         try:
-            with open(path, "x" if new else "a"):
-                pass
+            tempfile.TemporaryFile(dir=up).close()
         except OSError as e:
-            raise argparse.ArgumentTypeError(f"{text}: cannot be written ({e.strerror})") from None
-        if new:
-            path.unlink()  # the command writes it after its work
+            raise argparse.ArgumentTypeError(f"{text}: cannot be written there ({e.strerror})") from None
     return text
 
 
 def _yaml_out(text: str) -> str:
     """An argparse type: a cache YAML to write, named so that `--cache`, the env and `load_cache` read it as one."""
-    _out_file(text)  # a folder is said as such first
-    if not text.endswith((".yaml", ".yml")):
+    from pathlib import Path
+
+    if not text.endswith((".yaml", ".yml")) and not Path(text).is_dir():  # a folder is said as such
         raise argparse.ArgumentTypeError(f"{text}: give a .yaml or .yml name (a cache is read as a file by that "
                                          f"suffix; another name is read as a policy name)")
-    return text
+    return _out_file(text)
 
 
 def _device(text: str) -> str:

@@ -254,16 +254,18 @@ def load_torch(path: str | Path, unsafe_pickle: bool = False) -> dict:
             if "mmap" not in str(e):
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
-    except pickle.UnpicklingError as e:
-        if unsafe_pickle:
-            raise CheckpointError(f"{path}: cannot unpickle: {_first_sentence(e)}") from None
-        # torch's message is several lines of advice (add_safe_globals, ANSI codes); the refused object is the news
-        found = re.search(r"WeightsUnpickler error: (.+?\.)(?:\s|$)", str(e))
-        raise CheckpointError(f"{path}: holds objects other than tensors, which weights_only refuses "
-                              f"({found.group(1) if found else _first_sentence(e)}). If you trust the file, "
-                              f"--unsafe-pickle loads it with weights_only=False, which runs code stored in "
-                              f"it.") from None
-    except Exception as e:  # truncated, empty or not a torch file: unpickling would not help
+    except (MemoryError, PermissionError):  # the machine's problem, not the file's (torch's zip reader raises
+        raise                                # OSError EINVAL on a truncated file)
+    except Exception as e:
+        # weights_only refusing an object (TransformerEngine's _extra_state): torch's message is several lines of
+        # advice (add_safe_globals, ANSI codes); the refused object is the news, and --unsafe-pickle the way
+        found = re.search(r"WeightsUnpickler error: (Unsupported global: .+? allowed global.*?\.)(?:\s|$)", str(e))
+        if isinstance(e, pickle.UnpicklingError) and found and not unsafe_pickle:
+            raise CheckpointError(f"{path}: holds objects other than tensors, which weights_only refuses "
+                                  f"({found.group(1)}). If you trust the file, --unsafe-pickle loads it with "
+                                  f"weights_only=False, which runs code stored in it.") from None
+        # truncated, empty or not a torch file (weights_only's "Unsupported operand" on a safetensors file
+        # included): unpickling would not help
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({path.stat().st_size} bytes; truncated or "
                               f"corrupt?): {type(e).__name__}: {_first_sentence(e)}") from None
     for wrapper in ("model", "state_dict"):
@@ -275,7 +277,9 @@ def load_torch(path: str | Path, unsafe_pickle: bool = False) -> dict:
 
 
 def _first_sentence(e: BaseException) -> str:
+    """An exception's gist on one line: weights_only's own finding where it gave one, else its first sentence."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    text = m.group(1) if (m := re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)) else text
     return text.split(". ")[0].splitlines()[0] if text else "no message"
 
 
@@ -287,7 +291,8 @@ def strip_net(state: dict) -> dict:
                               "exported *_ema_bf16.pt, or a file with one of the two")
     prefix = "net_ema." if any(k.startswith("net_ema.") for k in state) else "net."
     if not any(k.startswith(prefix) for k in state):  # a wrapper's keys flattened (e.g. "model.net.blocks...")
-        outer = next((m.group(1) for k in state if (m := re.match(r"(.+?\.)net(_ema)?\.", k))), None)
+        roots = r"(blocks|x_embedder|t_embedder|t_embedding_norm|final_layer|action_embedder|crossattn_proj)\."
+        outer = next((m.group(1) for k in state if (m := re.match(rf"(.+?\.)net(_ema)?\.{roots}", k))), None)
         if outer is not None:
             raise CheckpointError(f"keys start with {outer!r} before NVIDIA's 'net.' (e.g. "
                                   f"{next(k for k in state if k.startswith(outer))}): save the state dict without "
@@ -425,7 +430,7 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
     from .sampler import default_scheduler
 
     dtype = parse_dtype(dtype)
-    out = Path(out)
+    out = Path(out).absolute()  # `.` has no name to write beside
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):  # before gigabytes are read
         raise CheckpointError(f"{out}: {'is not empty' if out.is_dir() else 'is a file'}: convert writes a whole "
                               f"model folder, and another model's files beside it would mix into it; give a new "
@@ -486,9 +491,11 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
     for key, value in {**tensors, **action}.items():  # checked before anything is written
         if not torch.isfinite(value).all():
             raise CheckpointError(f"{key}: NaN or inf in the weights (after the cast to {dtype})")
-    # written beside `out` and renamed at the end: a stopped or failed run leaves no half model at `out`
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    partial.parent.mkdir(parents=True, exist_ok=True)
+    # written into a hidden folder inside `out` (its file system, its permissions; `out` may be a mount point) and
+    # moved up at the end, model.json last: a stopped or failed run leaves `out` as it was, empty or absent
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / f".partial-{os.getpid()}"
     partial.mkdir()
     try:
         with torch.device("meta"):
@@ -501,11 +508,14 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
         scheduler = default_scheduler() if plan.variant == "2.5" else RectifiedFlowAB2Scheduler()
         scheduler.save_pretrained(partial / "scheduler")
         (partial / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
-        if out.is_dir():  # the empty folder checked above
+        for item in sorted(partial.iterdir(), key=lambda p: p.name == SPEC_FILE):
+            os.replace(item, out / item.name)
+        partial.rmdir()
+    except BaseException:  # Ctrl-C included; `out` was empty before
+        for item in out.iterdir():
+            shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
+        if made:
             out.rmdir()
-        partial.rename(out)
-    except BaseException:  # Ctrl-C included
-        shutil.rmtree(partial, ignore_errors=True)
         raise
     return ConvertSummary(
         variant=plan.variant, out=str(out), transformer_tensors=len(tensors),

@@ -111,7 +111,7 @@ def bench_configs(policies=None, ablation: bool = True, grid: bool = True, denoi
             spec = dict(spec)
             name, pinned = spec.pop("policy"), spec.pop("num_steps", None)
             if pinned is not None:
-                check_num_steps(pinned, f"--cache {name}")
+                check_num_steps(pinned, str(name))
             parts = {k: f"{k}={_fmt(v)}" for k, v in spec.items()}
             own = [p for k, p in parts.items() if k not in GRID_KEYS]
             add(" ".join([name, *parts.values()]), name, spec, pinned, " ".join([name, *own]) if own else None)

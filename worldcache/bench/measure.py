@@ -98,7 +98,9 @@ def warm_up(model, policies, num_steps, seed: int = 0, episode: dict | None = No
             model.predict(episode["obs"][:1], episode["actions"][None, :model.spec.chunk], policy=policy,
                           num_steps=n, seed=seed)
         except ValueError as e:
-            if labels is None:
+            from ..cli import is_input_error
+
+            if labels is None or not is_input_error(e):  # a bug inside torch or numpy keeps its traceback
                 raise
             raise ValueError(f"{labels[k]}: {e}") from None
         policy.detach()

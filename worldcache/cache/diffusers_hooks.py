@@ -339,11 +339,13 @@ class MagCache(DiffusersHookPolicy):
             self._calib[call.branch] = manager.get_state().calibration_ratios
 
     def run_stack(self, stack, call):
-        if self._calibrating:  # diffusers prints the ratios at the end ("Copy these values..."); settings() has them
-            with contextlib.redirect_stdout(io.StringIO()):
-                return super().run_stack(stack, call)
-        out = super().run_stack(stack, call)
-        call.threshold = self.config.threshold
+        # a prediction without ratios calibrates (`_apply`, inside this call on its first): diffusers then prints
+        # them at its end ("Copy these values..."); settings() has them
+        quiet = contextlib.redirect_stdout(io.StringIO()) if self.mag_ratios is None else contextlib.nullcontext()
+        with quiet:
+            out = super().run_stack(stack, call)
+        if not self._calibrating:
+            call.threshold = self.config.threshold
         return out
 
 
