@@ -105,6 +105,9 @@ class RolloutConfig:
             cfg.out = os.fspath(cfg.out)
         if not isinstance(cfg.out, str) or not cfg.out:
             raise ValueError(f"rollout config out={cfg.out!r}: must be a store path or URL")
+        if cfg.checkpoint is not None and not isinstance(cfg.checkpoint, (str, os.PathLike)):  # YAML: 1e5, 2024
+            raise ValueError(f"rollout config checkpoint={cfg.checkpoint!r}: must be a model folder, or null for the "
+                             f"bundled model (quote a name YAML reads as a number)")
         if cfg.dtype not in ("bf16", "fp16", "fp32"):
             raise ValueError(f"rollout config dtype={cfg.dtype!r}: must be bf16, fp16 or fp32")
         return cfg

@@ -214,6 +214,7 @@ def test_store_with_other_settings_is_refused(ckpt, store_run, tmp_path):
                        (dict(num_gpus=-1), "num_gpus=-1: must be a number >= 0"),
                        (dict(save_chunk_frames="false"), "save_chunk_frames='false': must be true or false"),
                        (dict(out=None), "out=None: must be a store path"),
+                       (dict(checkpoint=1e5), r"checkpoint=100000.0: must be a model folder, or null"),
                        # the episodes' seeds are 32-bit: refused here, not in the actors after the store is made
                        (dict(seed=2**32, episodes=1), r"seed=4294967296, episodes=1: seeds and keys must be in")]:
         with pytest.raises(ValueError, match=match):
