@@ -866,6 +866,10 @@ def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp
                  "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["windows"] == 2 and list(res["horizons"]) == ["1", "2"]
+    assert res["settings"] == {"checkpoint": str(tiny_ckpt), "data": str(tmp_path / "eps.zarr"), "holdout": 0.0,
+                               "episodes": 2, "chunks": [1, 2], "max_windows": res["settings"]["max_windows"],
+                               "denoise_steps": 2, "cache": "none", "moving": 2.0, "real_cond": False,
+                               "decoder": str(tiny_ckpt)}  # its own (untrained) decoder
     assert len(res["cond_error"]) == 1 and 0 < res["cond_error"][0] < 100  # chunk 2's conditioning frame
     for c, r in res["horizons"].items():
         assert r["frames"] == 2 * int(c) * 8
@@ -875,6 +879,15 @@ def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp
         assert "positions" not in r  # the tiny checkpoint has no state decoder, the store no states
     printed = capsys.readouterr().out
     assert "moving PSNR" in printed and f"chunk 2: {res['cond_error'][0]:.3f}" in printed
+    # a rollout store's chunked actions are not per-frame episodes: said before any model call
+    from worldcache.rollouts.store import EpisodeStore
+
+    EpisodeStore.create(tmp_path / "chunks.zarr").write_episode(
+        "e", np.zeros((3, 80, 96, 3), np.uint8), np.zeros((2, 8, 3), np.float32), np.zeros(2, np.float32),
+        np.zeros(2, bool), np.zeros(2, bool))
+    assert main(["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "chunks.zarr")]) == 2
+    assert "chunks.zarr: episode e has frames (3, 80, 96, 3) and actions (2, 8, 3); training and evaluate-model " \
+           "take one action per frame" in capsys.readouterr().err
     # a store's one episode is never held out: the default --holdout says how to score it
     random_store(tmp_path / "one.zarr", 16, episodes=1)
     assert main(["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "one.zarr")]) == 2

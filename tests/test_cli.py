@@ -93,6 +93,7 @@ def test_bad_files_are_one_line(capsys, tmp_path):
     """A result, rollout config or --cache spec that is not what it should be: one line and rc 2, not a traceback
     from json or yaml."""
     (tmp_path / "bad.json").write_text("not json")
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe")  # was: a UnicodeDecodeError traceback
     (tmp_path / "empty.json").write_text("{}")
     (tmp_path / "bench.json").write_text('{"rows": []}')
     (tmp_path / "bad.yaml").write_text("episodes: [1")
@@ -100,6 +101,8 @@ def test_bad_files_are_one_line(capsys, tmp_path):
     (tmp_path / "tuned.yaml").write_text("policy: worldcache\nnum_steps: 18\n")
     for argv, message in [
             (["compare-fidelity", str(tmp_path / "bad.json"), str(tmp_path / "bad.json")], "bad.json: not JSON"),
+            (["compare-fidelity", str(tmp_path / "bin.json"), str(tmp_path / "bin.json")], "bin.json: not JSON"),
+            (["pool-fidelity", str(tmp_path), str(tmp_path / "empty.json")], f"{tmp_path}: a folder; give a"),
             (["pool-fidelity", str(tmp_path / "empty.json"), str(tmp_path / "bench.json")],
              "empty.json: not an evaluate-policies result (no settings, policies, spearman)"),
             (["compare-fidelity", str(tmp_path / "empty.json"), str(tmp_path / "empty.json")],

@@ -309,7 +309,9 @@ def test_trainer_runs_resumes_and_exports(tmp_path, capsys):
     commands = json.loads((out / "training.json").read_text())["commands"]  # both commands, in order
     assert [c["stages"] for c in commands] == [["vae", "dit", "decoder"], ["dit"]]
     assert commands[1]["command"] == "worldcache train --stages dit"
-    warned = "warning: --bf16 on a CPU without AVX512-BF16 or AMX" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"train dit: resuming at step 3 ({tmp_path / 'run' / 'state_dit.pt'})" in err  # said, not only the bar
+    warned = "warning: --bf16 on a CPU without AVX512-BF16 or AMX" in err
     assert warned == (slow_bf16(torch.device("cpu")) is not None)  # this machine's CPU decides which
     losses = torch.load(tmp_path / "run" / "state_dit.pt", weights_only=False)["losses"]
     assert len(losses) == 5 and np.isfinite(losses).all() and losses[:3] == first_state["losses"]

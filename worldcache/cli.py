@@ -121,7 +121,12 @@ def _evaluate_model(args) -> int:
                              num_steps=args.denoise_steps, max_windows=args.windows, moving=args.moving,
                              decoder=decoder, real_cond=args.real_cond)
     print(format_scores(res))
-    if args.json:
+    if args.json:  # what was measured, as evaluate-policies records it
+        res["settings"] = {"checkpoint": args.checkpoint or "bundled", "data": args.data, "holdout": args.holdout,
+                           "episodes": len(held), "chunks": args.chunks, "max_windows": args.windows,
+                           "denoise_steps": args.denoise_steps or model.spec.num_steps, "cache": args.cache,
+                           "moving": args.moving, "real_cond": args.real_cond,
+                           "decoder": (args.decoder or str(own)) if decoder is not None else None}
         with open(args.json, "w") as f:
             f.write(json.dumps(res, indent=2) + "\n")
     return 0
@@ -755,7 +760,8 @@ def main(argv: list[str] | None = None) -> int:
 # What an interrupted command leaves (said on Ctrl-C instead of a traceback).
 RESUME = {"make-data": "the complete episodes are kept: the same command again resumes",
           "rollout": "the complete episodes are kept: the same command again resumes",
-          "train": "each stage's last saved state is kept: the same command again resumes from it"}
+          "train": "each stage's state is saved every 200 steps and at its end (none yet before the first): the "
+                   "same command again resumes from the last saved"}
 
 
 def is_input_error(e: BaseException) -> bool:

@@ -191,9 +191,11 @@ def read_result(path, keys=("policies", "spearman")) -> dict:
     import json
     from pathlib import Path
 
+    if Path(path).is_dir():
+        raise ValueError(f"{path}: a folder; give a worldcache evaluate-policies --json file")
     try:
-        res = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
+        res = json.loads(Path(path).read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not JSON ({e}); give a worldcache evaluate-policies --json file") from None
     missing = [k for k in keys if not isinstance(res, dict) or k not in res]
     if missing:

@@ -14,6 +14,7 @@ Files, next to the world model in a checkpoint folder::
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -248,6 +249,7 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
             sched.load_state_dict(st["sched"])
             rng.bit_generator.state = st["rng"]
             step, losses = st["step"], st["losses"]
+            print(f"train decoder: resuming at step {step} ({state_file})", file=sys.stderr)
     frames = frames.to(device)  # on a GPU the whole set fits (~0.4 GB): batches are gathered there
     bar = tqdm(range(step, steps), initial=step, total=steps, desc="train state decoder", unit="step",
                dynamic_ncols=True)

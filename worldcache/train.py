@@ -137,7 +137,13 @@ def load_episodes(path: str) -> tuple[list[dict], dict]:
     ids = sorted(store.episode_ids())
     if not ids:
         raise ValueError(f"{path}: no complete episodes")
-    return [store.load_episode(i) for i in ids], dict(store.attrs)
+    episodes = [store.load_episode(i) for i in ids]
+    for i, ep in zip(ids, episodes):  # a rollout (or scale-check) store's chunks read as 8-d actions, or worse
+        if np.ndim(ep["actions"]) != 2 or len(ep["obs"]) != len(ep["actions"]) + 1:
+            raise ValueError(f"{path}: episode {i} has frames {np.shape(ep['obs'])} and actions "
+                             f"{np.shape(ep['actions'])}; training and evaluate-model take one action per frame, "
+                             f"(T + 1, H, W, 3) and (T, A), as make-data writes (a rollout store holds chunks)")
+    return episodes, dict(store.attrs)
 
 
 def split(episodes: list, holdout: float) -> tuple[list, list]:
@@ -395,6 +401,7 @@ class Trainer:
             if gen is not None and "gen" in st:  # states saved before it was kept restart its draws
                 gen.set_state(st["gen"].cpu())
             step, losses = st["step"], st["losses"]
+            print(f"train {stage}: resuming at step {step} ({state_file})", file=sys.stderr)
             saved = st["ema"]["decay"] if "ema" in st else 0.0  # an average is continued as it was begun, or not
             if saved != ema_decay:
                 raise ValueError(f"{state_file}: saved with EMA decay {saved}, resumed with {ema_decay}: resume "
