@@ -327,3 +327,15 @@ def test_a_stop_inside_a_store_write_lands_after_it():
     assert done == ["written", "written again"] and signal.getsignal(signal.SIGINT) is sigint
     with deferred_interrupts():  # no signal: nothing raised
         done.append("quiet")
+
+
+def test_train_refuses_a_store_of_chunks_and_leaves_no_out_folder(tmp_path, capsys):
+    from worldcache.rollouts.store import EpisodeStore
+
+    EpisodeStore.create(tmp_path / "chunks.zarr").write_episode(  # a rollout store's shape: (T, chunk, A) actions
+        "e", np.zeros((3, 80, 96, 3), np.uint8), np.zeros((2, 8, 3), np.float32), np.zeros(2, np.float32),
+        np.zeros(2, bool), np.zeros(2, bool))
+    assert cli.main(["train", "--data", str(tmp_path / "chunks.zarr"), "--out", str(tmp_path / "o"), "--stages",
+                     "vae", "--vae-steps", "1"]) == 2
+    assert "episode e has frames (3, 80, 96, 3) and actions (2, 8, 3)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

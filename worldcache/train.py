@@ -277,7 +277,6 @@ class Trainer:
             if was is None or Path(was).resolve() != self.source.resolve():
                 raise ValueError(f"{self.out / 'model'} was trained from {was or 'no checkpoint'}, and this "
                                  f"command starts from {self.source}: train into another --out")
-        self.out.mkdir(parents=True, exist_ok=True)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         episodes, self.data_attrs = load_episodes(cfg.data)
@@ -285,6 +284,7 @@ class Trainer:
             raise ValueError(f"{cfg.data}: {bad} of {len(episodes)} episodes have no 'state' extra (Pusher "
                              f"observations), which the decoder stage reads: make the data with `worldcache "
                              f"make-data`, or leave 'decoder' out of --stages")
+        self.out.mkdir(parents=True, exist_ok=True)  # after the data's checks: a refused run leaves no folder
         self.train_eps, self.held_eps = split(episodes, cfg.holdout)
         self.device = torch.device(cfg.device)
         if cfg.bf16 and (why := slow_bf16(self.device)):
