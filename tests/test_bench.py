@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 
 import mujoco
@@ -1146,3 +1147,32 @@ def test_a_busy_machine_is_said(monkeypatch):
                           "alone")
     monkeypatch.setattr(os, "getloadavg", lambda: (3.1, 0.0, 0.0))
     assert busy(0.5).startswith("warning: the machine was busy (load average 3.1 on 2 cores)")
+
+
+def test_a_control_policy_of_ones_own_is_ranked_beside_the_built_in_ones(small_ckpt, tmp_path, monkeypatch):
+    """``module:factory`` (``factory(env, rng)`` -> ``obs (23,) -> action (3,)``, per episode): its real return is
+    the simulator's for exactly its actions, and its rows carry the spec as their name."""
+    (tmp_path / "mypol.py").write_text(
+        "import numpy as np\n\n\ndef toward_x(env, rng):\n"
+        "    push = np.array([0.5, 0.0, 0.0], np.float32) * rng.uniform(0.5, 1.0)\n"
+        "    return lambda obs: push\n\n\nnot_a_function = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = evaluate_policies(small_ckpt, episodes=1, steps=4, num_steps=2, cache=("none",),
+                            policies=["push", "mypol:toward_x"], verbose=False)
+    mine = res["policies"][1]
+    assert mine["policy"] == "mypol:toward_x"
+    renderer = PusherRenderer(32, 40, max_episode_steps=4)
+    try:  # the same episode by hand: the factory's policy, seeded as a named policy is (env seed 10000)
+        import mypol
+
+        by_hand = real_rollout(mypol.toward_x(renderer, np.random.default_rng([10_000, 1])), 10_000, 4,
+                               renderer=renderer)
+    finally:
+        renderer.close()
+    assert mine["real_return"] == pytest.approx(float(by_hand["rewards"].sum()), rel=1e-6)
+    for spec, why in (("mypol:not_a_function", "not_a_function is not callable"),
+                      ("mypol:missing", "mypol has no missing"),
+                      ("nosuchmod:f", "cannot import nosuchmod (No module named 'nosuchmod'; a file of your own: "
+                                      "PYTHONPATH=its/folder)")):
+        with pytest.raises(ValueError, match=re.escape(f"control policy {spec!r}: {why}")):
+            parse_policy(spec)

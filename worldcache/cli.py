@@ -644,7 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--control", nargs="+", default=["equal-cost"],
                     help="control policies to rank, or sets of them: equal-cost (default; every action has the same "
                          "norm, so only the frames rank them) or noise-levels (the scripted controller at 4 noise "
-                         "levels, and random)")
+                         "levels, and random); one's own: module:factory, factory(env, rng) -> obs (23,) -> "
+                         "action (3,)")
     ep.add_argument("--cache", nargs="+", default=["none", "worldcache"])
     ep.add_argument("--denoise-steps", type=COUNT, default=None)
     ep.add_argument("--seed", type=NONNEG, default=0)

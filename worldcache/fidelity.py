@@ -107,6 +107,9 @@ def parse_policy(spec: str) -> tuple[str, float | None, str]:
     from .mujoco_data import POLICIES
 
     name, colon, noise = str(spec).partition(":")
+    if colon and noise.isidentifier() and name not in POLICIES + EQUAL_COST:  # "module:factory", one's own
+        _control_factory(str(spec))
+        return str(spec), None, str(spec)
     if name not in POLICIES + EQUAL_COST:
         raise ValueError(f"unknown control policy {name!r}; choose from {POLICIES + EQUAL_COST} or a set "
                          f"{tuple(POLICY_SETS)}")
@@ -131,8 +134,27 @@ def expand_policies(policies) -> list[str]:
     return out
 
 
+def _control_factory(spec: str):
+    """``"package.module:factory"`` -> the factory, imported, or ValueError saying what is missing."""
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        raise ValueError(f"control policy {spec!r}: cannot import {module} ({e}; a file of your own: "
+                         f"PYTHONPATH=its/folder)") from None
+    except AttributeError:
+        raise ValueError(f"control policy {spec!r}: {module} has no {attr}") from None
+    if not callable(factory):
+        raise ValueError(f"control policy {spec!r}: {attr} is not callable")
+    return factory
+
+
 def make_control(name: str, noise: float | None, env, seed: int):
-    """The policy for one real episode (seeded from the episode's env seed, as `real_rollout` seeds named ones)."""
+    """The policy for one real episode (seeded from the episode's env seed, as `real_rollout` seeds named ones).
+    One's own, ``"package.module:factory"``: ``factory(env, rng)`` -> ``obs (23,) -> action (3,)``, called per
+    episode with the Pusher renderer (its ``action_space``, ``dt``) and that episode's generator."""
     from .mujoco_data import POLICIES, make_policy
 
     rng = np.random.default_rng([seed, 1])
@@ -140,6 +162,12 @@ def make_control(name: str, noise: float | None, env, seed: int):
         return EqualNormPolicy(name, env, rng, noise)
     if name in POLICIES:
         return make_policy(name, env, rng, noise)
+    if ":" in name:
+        policy = _control_factory(name)(env, rng)
+        if not callable(policy):
+            raise ValueError(f"control policy {name!r}: the factory returned {type(policy).__name__}, not a "
+                             f"policy obs (23,) -> action (3,)")
+        return policy
     raise ValueError(f"unknown control policy {name!r}; choose from {POLICIES + EQUAL_COST} or a set "
                      f"{tuple(POLICY_SETS)}")
 
