@@ -576,18 +576,15 @@ def test_out_is_a_new_folder_and_a_stopped_run_leaves_none(files, tmp_path, monk
     def stop(*a, **k):
         raise KeyboardInterrupt
 
-    for target in (conv.write_safetensors_sharded, AutoencoderKLWan.save_pretrained):  # first; after the weights
+    (tmp_path / "kept").mkdir()  # an empty folder given stays, empty
+    for owner, name in ((conv, "write_safetensors_sharded"), (AutoencoderKLWan, "save_pretrained")):  # first; last
         with monkeypatch.context() as m:
-            m.setattr(conv if target.__name__.startswith("write") else AutoencoderKLWan, target.__name__, stop)
-            with pytest.raises(KeyboardInterrupt):
-                convert(f["src"], files["vae"], files["embeds"], tmp_path / "sub" / "o", height=32, width=48)
-        assert list((tmp_path / "sub").iterdir()) == [], target  # no `o`, no partial folder beside it
-        (tmp_path / "kept").mkdir(exist_ok=True)  # an empty folder given stays, empty
-        with monkeypatch.context() as m:
-            m.setattr(conv if target.__name__.startswith("write") else AutoencoderKLWan, target.__name__, stop)
-            with pytest.raises(KeyboardInterrupt):
-                convert(f["src"], files["vae"], files["embeds"], tmp_path / "kept", height=32, width=48)
-        assert list((tmp_path / "kept").iterdir()) == [], target
+            m.setattr(owner, name, stop)
+            for out in (tmp_path / "sub" / "o", tmp_path / "kept"):
+                with pytest.raises(KeyboardInterrupt):
+                    convert(f["src"], files["vae"], files["embeds"], out, height=32, width=48)
+        assert list((tmp_path / "sub").iterdir()) == [], name  # no `o`, no partial folder beside it
+        assert list((tmp_path / "kept").iterdir()) == [], name
 
 
 def test_unreadable_files_say_what_they_are(files, tmp_path):

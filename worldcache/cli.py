@@ -210,7 +210,7 @@ def _policy_spec(text: str):
     """"NAME" or a YAML path as is; "NAME:key=value,key=value" -> {"policy": NAME, key: value, ...} (YAML values)."""
     import yaml
 
-    from .cache.config import load_yaml
+    from .cache.config import load_yaml, yaml_problem
 
     if ":" not in text:
         return text
@@ -223,8 +223,6 @@ def _policy_spec(text: str):
         try:
             spec[key.strip()] = load_yaml(value)
         except yaml.YAMLError as e:
-            from .cache.config import yaml_problem
-
             raise ValueError(f"--cache {text!r}: {key.strip()}={value!r} is not a YAML value: {yaml_problem(e)}") \
                 from None
     return spec

@@ -215,15 +215,20 @@ def measure_row(cfg, policy, runs: Runs, ref: Runs, real: np.ndarray, fixed_ms: 
     return row
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def busy(load_before: float | None = None) -> str | None:
     """A warning when other work shared the cores during the run (1-minute load average, before and after, above
     1.5x the cores this process may use; the benchmark itself keeps them about full), else None. Decision times
     (`policy_ms`, in the compute count) and wall clock are measured during each row, so such a run's speed figures
     are unreliable (a cache researcher's trial: WorldCache's decision time 71 ms per call under load, 0.7 alone)."""
-    if not hasattr(os, "getloadavg"):
+    if (load := load_average()) is None:
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    load = max(os.getloadavg()[0], load_before or 0.0)
+    load = max(load, load_before or 0.0)
     if load <= 1.5 * cores:
         return None
     return (f"warning: the machine was busy (load average {load:.1f} on {cores} cores): other work shared the "
@@ -243,7 +248,6 @@ def machine_info(device) -> dict:
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
     import diffusers
 
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0] if hasattr(
-                os, "getloadavg") else None, "torch": torch.__version__,
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "load_avg": load_average(), "torch": torch.__version__,
             "diffusers": diffusers.__version__, "device": dev_name, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

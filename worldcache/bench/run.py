@@ -9,8 +9,6 @@ configuration and the reference make one warm-up prediction first, at their own 
 rollout is timed three times and the fastest kept (the frames are identical across repeats)."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ..quality import psnr, ssim
@@ -18,8 +16,8 @@ from .ablation import match_ablation
 from .episodes import HELDOUT_SEED, TUNING_SEED, bench_episodes, calibration_episode, check_simulable
 from .frontier import equal_speed_comparison, frontier_at, frontiers
 from .grid import THRESHOLD_SCALES, bench_configs
-from .measure import (Runs, TimedNoCache, _finite, busy, machine_info, measure_row, run_episode, unit_times,
-                      warm_up)
+from .measure import (Runs, TimedNoCache, _finite, busy, load_average, machine_info, measure_row, run_episode,
+                      unit_times, warm_up)
 from .report import format_table, write_outputs
 
 
@@ -83,7 +81,7 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
     ref, runs = Runs(), [Runs() for _ in configs]
     jobs = [(ref_policy, ref, ref_steps)] + [(p, r, c.num_steps) for p, r, c in zip(built, runs, configs)]
     progress = _progress(len(eps) * len(jobs), verbose)
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     for i, ep in enumerate(eps):
         ep_seed = seed + 1000 * (i + 1)  # noise seeds: the same for every configuration of this episode
         for k in run_order(len(configs), i, seed):
