@@ -171,6 +171,18 @@ def test_compare_fidelity(capsys, tmp_path):
     assert cli.main(["compare-fidelity", str(tmp_path / "a.json"), str(tmp_path / "other.json")]) == 2
     err = capsys.readouterr().err
     assert "same starts" in err and err.count("\n") == 1
+    # results that record their starts name them; another order of the policies is named as such
+    for name, seeds in (("a", [10000, 10001, 10002, 10003]), ("other", [10000, 10001, 10002, 10005])):
+        res = json.loads((tmp_path / f"{name}.json").read_text())
+        (tmp_path / f"{name}.json").write_text(json.dumps(res | {"settings": {"env_seeds": seeds}}))
+    assert cli.main(["compare-fidelity", str(tmp_path / "a.json"), str(tmp_path / "other.json")]) == 2
+    assert capsys.readouterr().err.endswith("A and B must be measured on the same starts: A's env seeds are "
+                                            "10000-10003, B's 10000, 10001, 10002, 10005\n")
+    res = json.loads((tmp_path / "b.json").read_text())
+    res["policies"] = res["policies"][::-1]
+    (tmp_path / "b.json").write_text(json.dumps(res))
+    assert cli.main(["compare-fidelity", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+    assert "A has ['p0', 'p1', 'p2', 'p3'], B ['p3', 'p2', 'p1', 'p0']" in capsys.readouterr().err
 
 
 def test_pool_fidelity_refuses_what_cannot_pool(capsys, tmp_path):

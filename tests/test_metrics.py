@@ -287,12 +287,39 @@ def test_format_table_and_terms_show_each_figure_in_its_column():
     res["spearman_ci90"] = {"none": [0.25, 0.75], "other": None}
     lines = fidelity.format_table(res).splitlines()
     nums = lambda line: [float(v) for v in re.findall(r"-?\d+\.\d+", line)]  # noqa: E731
-    assert nums(lines[3]) == [3.0, 2.0, 3.0, 0.0]  # policy a: real, dec(real), wm/none, wm/other
+    assert lines[1] == "noise seed 0"  # what was measured: only the seed is in these settings
+    assert nums(lines[4]) == [3.0, 2.0, 3.0, 0.0]  # policy a: real, dec(real), wm/none, wm/other
     assert nums(next(x for x in lines if x.startswith("Spearman vs real"))) == [0.5, 1.0, -1.0]
     ci = next(x for x in lines if "90 % CI" in x)
     assert "[0.25, 0.75]" in ci and ci.endswith("n/a")
     assert nums(next(x for x in lines if x.startswith("Spearman, ctrl removed"))) == [-0.5, 1.0, 0.5]
-    assert lines[-1].split()[-2:] == ["yes", "NO"]
+    assert lines[-2].split()[-2:] == ["yes", "NO"]
+    assert lines[-1].startswith("caution: only 2 starts")  # the caveats close the table
     # terms: per term, the columns real, dec(real), wm/none, wm/other (policy c: means of its two episodes)
     row = next(x for x in fidelity.format_terms(res).splitlines() if x.startswith("c "))
     assert nums(row) == [9, 90, 109, -9, 10, 100, 110, -10]
+
+
+def test_caveats_name_few_starts_and_columns_that_rank_near_ties():
+    # REAL & co over 2 starts: too few for the interval, and every column spans more than 1 % of the real span
+    res = fidelity.summarize(["a", "b", "c"], REAL, DEC, CTRL, WM, _settings([10, 11]))
+    # real - ctrl means: 4, 5, 2.5 (span 2.5); dec - ctrl 3, 5, 5.5; wm/none 4, 5, 2.5; wm/other 1, 7, 2
+    assert fidelity.caveats(res) == [
+        "only 2 starts: a Spearman over so few moves a lot with the starts and its 90 % interval has few distinct "
+        "resamples; measure 5 or more (pool-fidelity joins calls on disjoint starts)"]
+    # a cache whose returns are the control cost plus one constant: it ranks by nothing the frames show
+    flat = {"none": WM["none"], "other": CTRL + 7.0}
+    res = fidelity.summarize(["a", "b", "c"], np.tile(REAL, 3), np.tile(DEC, 3), np.tile(CTRL, 3),
+                             {c: np.tile(w, 3) for c, w in flat.items()}, _settings(range(10, 16)))
+    assert fidelity.caveats(res) == [
+        "wm/other's mean returns (control cost removed) span 0 across the policies, the real ones 2.5: its ranking "
+        "orders near-ties (is the model or decoder trained?)"]
+    # a span of 0.02 and of 0.03 against the real 2.5 (1 %: 0.025)
+    near = {"none": WM["none"], "other": CTRL + np.array([[0.0], [0.02], [0.0]])}
+    res = fidelity.summarize(["a", "b", "c"], np.tile(REAL, 3), np.tile(DEC, 3), np.tile(CTRL, 3),
+                             {c: np.tile(w, 3) for c, w in near.items()}, _settings(range(10, 16)))
+    assert [c.split("'")[0] for c in fidelity.caveats(res)] == ["wm/other"]
+    res["policies"][1]["wm_return"]["other"] = res["policies"][1]["ctrl_return"] + 0.03
+    assert fidelity.caveats(res) == []
+    lines = fidelity.format_table(res).splitlines()
+    assert lines[1] == "checkpoint /here, env seeds 10-15, noise seed 0" and not lines[-1].startswith("caution")

@@ -243,8 +243,14 @@ def compare_results(a: dict, b: dict, cache: str = "none", draws: int = BOOTSTRA
                 np.array([p["wm_returns"][cache] for p in res["policies"]]))
 
     (ra, wa), (rb, wb) = arrays(a, "A"), arrays(b, "B")
-    if [p["policy"] for p in a["policies"]] != [p["policy"] for p in b["policies"]] or ra.shape != rb.shape \
-            or not np.allclose(ra, rb):
+    pa, pb = ([p["policy"] for p in r["policies"]] for r in (a, b))
+    sa, sb = (r.get("settings", {}).get("env_seeds") for r in (a, b))
+    if pa != pb:
+        raise ValueError(f"A and B must rank the same policies in one order: A has {pa}, B {pb}")
+    if sa is not None and sb is not None and sa != sb:
+        raise ValueError(f"A and B must be measured on the same starts: A's env seeds are {_seed_span(sa)}, "
+                         f"B's {_seed_span(sb)}")
+    if ra.shape != rb.shape or not np.allclose(ra, rb):
         raise ValueError("A and B must rank the same policies on the same starts (their real returns differ)")
     d = spearman_draws(rb, wb, draws, seed) - spearman_draws(ra, wa, draws, seed)
     d = d[np.isfinite(d)]
@@ -478,12 +484,50 @@ REPLAYS = {"open-loop": "open-loop replay of the real actions",
            "real-cond": "the real actions, each chunk from the simulator's frames before it"}
 
 
+FEW_STARTS = 5  # fewer starts have at most C(2n - 1, n) = 35 distinct bootstrap resamples: no interval to speak of
+NEAR_TIE = 0.01  # a column whose mean returns (control cost removed) span under 1 % of the real ones' ranks near-ties
+
+
+def caveats(result: dict) -> list[str]:
+    """What makes `result`'s Spearman figures weaker than they read: too few starts for the interval over them, or a
+    column (the decoder on real frames, a cache on predicted ones) whose mean returns barely differ between policies,
+    so that its ranking orders near-ties (a barely trained or collapsed model). Control cost is removed first: it is
+    exact, so it would hide a reader that sees nothing."""
+    n, out = result["settings"]["episodes"], []
+    if n < FEW_STARTS:
+        out.append(f"only {n} start{'s' if n > 1 else ''}: a Spearman over so few moves a lot with the starts and its "
+                   f"90 % interval has few distinct resamples; measure {FEW_STARTS} or more (pool-fidelity joins "
+                   f"calls on disjoint starts)")
+    spread = lambda get: float(np.ptp([get(p) - p["ctrl_return"] for p in result["policies"]]))  # noqa: E731
+    real = spread(lambda p: p["real_return"])
+    columns = {"dec(real)": lambda p: p["decoded_real_return"],
+               **{f"wm/{c}": (lambda p, c=c: p["wm_return"][c]) for c in result["spearman"]}}
+    for name, get in columns.items():
+        if real > 0 and spread(get) < NEAR_TIE * real:
+            out.append(f"{name}'s mean returns (control cost removed) span {spread(get):.2g} across the policies, the "
+                       f"real ones {real:.3g}: its ranking orders near-ties (is the model or decoder trained?)")
+    return out
+
+
+def _seed_span(seeds) -> str:
+    """Env seeds as ``a-b`` where consecutive, else the list."""
+    seeds = list(seeds)
+    return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)) \
+        else ", ".join(map(str, seeds))
+
+
 def format_table(result: dict) -> str:
-    caches = list(result["spearman"])
+    caches, st = list(result["spearman"]), result["settings"]
     head = f"{'policy':<22} {'real':>9} {'dec(real)':>10} " + " ".join(f"{'wm/' + c:>14}" for c in caches)
-    lines = [f"mean returns over {result['settings']['episodes']} episodes of {result['settings']['steps']} steps "
-             f"(world model: {REPLAYS[result['settings'].get('replay', 'open-loop')]}; equal control cost: "
-             f"{'yes' if result['equal_control_cost'] else 'no'})", head, "-" * len(head)]
+    seeds = st.get("env_seeds") or []
+    source = ", ".join(filter(None, (
+        f"checkpoint {st['checkpoint']}" if "checkpoint" in st else "",
+        f"env seeds {_seed_span(seeds)}" if seeds else "",
+        f"{st['num_steps']} denoising steps" if "num_steps" in st else "",
+        f"noise seed {st['seed']}" if "seed" in st else "")))
+    lines = [f"mean returns over {st['episodes']} episodes of {st['steps']} steps "
+             f"(world model: {REPLAYS[st.get('replay', 'open-loop')]}; equal control cost: "
+             f"{'yes' if result['equal_control_cost'] else 'no'})", *([source] if source else []), head, "-" * len(head)]
     for p in result["policies"]:
         lines.append(f"{p['policy']:<22} {p['real_return']:>9.2f} {p['decoded_real_return']:>10.2f} "
                      + " ".join(f"{p['wm_return'][c]:>14.2f}" for c in caches))
@@ -500,7 +544,7 @@ def format_table(result: dict) -> str:
     ref = result["reference_cache"]
     lines.append(f"{'same ranking as ' + ref:<22} {'':>9} {'':>10} "
                  + " ".join(f"{'yes' if result['same_ranking'][c] else 'NO':>14}" for c in caches))
-    return "\n".join(lines)
+    return "\n".join(lines + [f"caution: {c}" for c in caveats(result)])
 
 
 def format_terms(result: dict) -> str:
