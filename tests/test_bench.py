@@ -1140,6 +1140,7 @@ def test_a_busy_machine_is_said(monkeypatch):
     from worldcache.bench.measure import busy
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (2.9, 0.0, 0.0))
     assert busy() is None and busy(3.0) is None  # 3.0 = 1.5 x 2 cores: a benchmark alone keeps them full
     assert busy(5.25) == ("warning: the machine was busy (load average 5.2 on 2 cores): other work shared the "
@@ -1147,6 +1148,11 @@ def test_a_busy_machine_is_said(monkeypatch):
                           "alone")
     monkeypatch.setattr(os, "getloadavg", lambda: (3.1, 0.0, 0.0))
     assert busy(0.5).startswith("warning: the machine was busy (load average 3.1 on 2 cores)")
+    # a cpuset of 2 of the machine's 16 cores: the host's load on its other cores is not said (24 = 1.5 x 16)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert busy(24.0) is None
+    assert busy(24.5).startswith("warning: the machine was busy (load average 24.5 on the machine's 16 cores, 2 of "
+                                 "them this process's): other work")
 
 
 def test_a_control_policy_of_ones_own_is_ranked_beside_the_built_in_ones(small_ckpt, tmp_path, monkeypatch):

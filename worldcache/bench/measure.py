@@ -224,14 +224,19 @@ def busy(load_before: float | None = None) -> str | None:
     """A warning when other work shared the cores during the run (1-minute load average, before and after, above
     1.5x the cores this process may use; the benchmark itself keeps them about full), else None. Decision times
     (`policy_ms`, in the compute count) and wall clock are measured during each row, so such a run's speed figures
-    are unreliable (a cache researcher's trial: WorldCache's decision time 71 ms per call under load, 0.7 alone)."""
+    are unreliable (a cache researcher's trial: WorldCache's decision time 71 ms per call under load, 0.7 alone).
+
+    The load average counts the whole machine: where this process may use only some of its cores (a cpuset, as in
+    a container), work on the others is not ours to share, so only a load above 1.5x all the cores is said."""
     if (load := load_average()) is None:
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    machine = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else machine
     load = max(load, load_before or 0.0)
-    if load <= 1.5 * cores:
+    if load <= 1.5 * max(cores, machine):
         return None
-    return (f"warning: the machine was busy (load average {load:.1f} on {cores} cores): other work shared the "
+    where = f"{cores} cores" if cores >= machine else f"the machine's {machine} cores, {cores} of them this process's"
+    return (f"warning: the machine was busy (load average {load:.1f} on {where}): other work shared the "
             f"cores, so wall-clock and compute speedups (decision times count) are unreliable; run it alone")
 
 
