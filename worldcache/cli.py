@@ -746,6 +746,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         kept = RESUME.get(args.command)
+        if args.command == "train":  # the interval is TrainConfig's (no flag sets it); train is imported by now
+            from .train import TrainConfig
+            kept = kept.format(save_every=TrainConfig.save_every)
         print(f"worldcache {args.command}: interrupted{f' ({e})' if str(e) else ''}" + (f"; {kept}" if kept else ""),
               file=sys.stderr)
         return 128 + getattr(e, "signum", 2)  # as the shell reports a stop by the signal: 130 Ctrl-C, 143 SIGTERM
@@ -759,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
 # What an interrupted command leaves (said on Ctrl-C instead of a traceback).
 RESUME = {"make-data": "the complete episodes are kept: the same command again resumes",
           "rollout": "the complete episodes are kept: the same command again resumes",
-          "train": "each stage's state is saved every 200 steps and at its end (none yet before the first): the "
+          "train": "each stage's state is saved every {save_every} steps and at its end (none yet before the first): the "
                    "same command again resumes from the last saved"}
 
 
