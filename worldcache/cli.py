@@ -301,6 +301,15 @@ def _bench_rollouts(args) -> int:
     return 0
 
 
+def _add_model(parser, dtype: bool = True) -> None:
+    """--checkpoint, --device (and --dtype): the model a command loads, as every such command takes them."""
+    parser.add_argument("--checkpoint", default=None, metavar="DIR", help="model folder (default: the bundled model)")
+    parser.add_argument("--device", default="cpu", type=_device, help="torch device, e.g. cuda (default: cpu)")
+    if dtype:
+        parser.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"],
+                            help="model weights (default: fp32)")
+
+
 def _add_compile(parser, note: str = "") -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the DiT's blocks: model calls take ~28%% less time on CPU, after a first "
@@ -429,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="cached vs. uncached denoising on a small random Cosmos DiT")
     d.add_argument("--cache", nargs="*", default=["worldcache", "dicache"],
                    help="cache policy names or YAML files (default: worldcache dicache)")
-    d.add_argument("--denoise-steps", type=COUNT, default=35)
-    d.add_argument("--seed", type=NONNEG, default=0)
+    d.add_argument("--denoise-steps", type=COUNT, default=35, help="denoising steps (default: 35)")
+    d.add_argument("--seed", type=NONNEG, default=0, help="seed of the random DiT and its inputs (default: 0)")
     d.set_defaults(func=_demo)
 
     m = sub.add_parser("make-data", help="render MuJoCo Pusher episodes into a Zarr episode store")
@@ -438,9 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--episodes", type=COUNT, default=240, help="episodes in all, those there counted (default: "
                    "%(default)s)")
     m.add_argument("--env-steps", type=COUNT, default=48, help="env steps per episode (default: %(default)s)")
-    m.add_argument("--seed", type=NONNEG, default=0)
-    m.add_argument("--height", type=COUNT, default=80)
-    m.add_argument("--width", type=COUNT, default=96)
+    m.add_argument("--seed", type=NONNEG, default=0,
+                   help="the episodes' seed: episode i is a function of (seed, i) (default: 0)")
+    m.add_argument("--height", type=COUNT, default=80, help="frame height in pixels (default: %(default)s)")
+    m.add_argument("--width", type=COUNT, default=96, help="frame width in pixels (default: %(default)s)")
     # --control, as evaluate-policies names the same policies; --policy, its old name, stays for recorded commands
     m.add_argument("--control", "--policy", dest="policy", default="mixed",
                    help="exploration policy: mixed, scripted, random, explore (motion that ignores the task), "
@@ -459,14 +469,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "%(default)s)")
     t.add_argument("--stages", nargs="+", default=["vae", "dit", "decoder"], choices=["vae", "dit", "decoder"],
                    help="decoder: the state decoder (frame -> positions) the env's default reward reads")
-    t.add_argument("--vae-steps", type=COUNT, default=1500)
-    t.add_argument("--dit-steps", type=COUNT, default=3000)
+    t.add_argument("--vae-steps", type=COUNT, default=1500, help="VAE stage training steps (default: %(default)s)")
+    t.add_argument("--dit-steps", type=COUNT, default=3000, help="DiT stage training steps (default: %(default)s)")
     t.add_argument("--dit-batch", type=COUNT, default=16,
                    help="DiT training batch; also the batch of its preparation (encoding windows, own frames)")
     t.add_argument("--decoder-steps", type=COUNT, default=3000, help="state decoder training steps (batch 64)")
-    t.add_argument("--seed", type=NONNEG, default=0)
-    t.add_argument("--dit-lr", type=_positive, default=3e-4)
-    t.add_argument("--threads", type=NONNEG, default=0)
+    t.add_argument("--seed", type=NONNEG, default=0, help="seed of the initial weights and of every draw (default: 0)")
+    t.add_argument("--dit-lr", type=_positive, default=3e-4, help="DiT stage learning rate (default: 3e-4)")
+    t.add_argument("--threads", type=NONNEG, default=0, help="torch threads (default 0: torch's default)")
     t.add_argument("--device", default="cpu", type=_device, help="torch device to train on, e.g. cuda")
     t.add_argument("--bf16", action="store_true",
                    help="bf16 autocast: faster on GPUs and on CPUs with AVX512-BF16 or AMX; on other CPUs bf16 is "
@@ -527,14 +537,15 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--vae", required=True, help="diffusers AutoencoderKLWan folder, or Wan2.1_VAE.pth / tokenizer.pth")
     cv.add_argument("--prompt-embeds", help="safetensors/torch file with 'prompt' and 'negative' (2.5: required; "
                     "2: default zeros [1, 512, 1024], as NVIDIA's Predict2 action pipeline)")
-    cv.add_argument("--out", required=True)
+    cv.add_argument("--out", required=True, metavar="DIR",
+                    help="the WorldModel folder to write (new or empty; a failed run leaves it as it was)")
     cv.add_argument("--variant", default="auto", choices=["auto", "2.5", "2"],
                     help="2.5: actions per latent frame; 2: one embedding per chunk (auto: from fc1's width)")
     cv.add_argument("--unsafe-pickle", action="store_true",
                     help="load with weights_only=False (runs code stored in the file: only for files you trust)")
     cv.add_argument("--action-low", type=float, nargs="+", default=None, help="default -1 (x6), 0 (gripper)")
     cv.add_argument("--action-high", type=float, nargs="+", default=None, help="default 1 (x7)")
-    cv.add_argument("--action-dim", type=COUNT, default=7)
+    cv.add_argument("--action-dim", type=COUNT, default=7, help="action width (default: 7, Bridge's)")
     cv.add_argument("--chunk", type=COUNT, default=12, help="actions (new frames) per prediction")
     cv.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="transformer weights")
     cv.set_defaults(func=_convert)
@@ -542,19 +553,18 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate-model", help="held-out open-loop PSNR (full frame and moving region), SSIM and "
                                               "decoded fingertip/object errors vs. the simulator, model and "
                                               "repeat-last")
-    e.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")
+    _add_model(e)
     e.add_argument("--data", default="data/pusher.zarr", help="a make-data store (default: %(default)s)")
     e.add_argument("--holdout", type=_fraction, default=0.1,
                    help="evaluate on the last fraction of episodes (the trainer's held-out split; a store's one "
                         "episode is never held out); 0: all (default: %(default)s)")
     e.add_argument("--chunks", type=COUNT, nargs="+", default=[1, 4],
                    help="horizons in chunks (one rollout of the longest per window; default 1 4)")
-    e.add_argument("--windows", type=COUNT, default=16)
+    e.add_argument("--windows", type=COUNT, default=16,
+                   help="at most this many held-out windows (rollouts) are scored (default: %(default)s)")
     e.add_argument("--moving", type=float, default=2.0, help="min mean |pixel change| for a window to count")
     e.add_argument("--denoise-steps", type=COUNT, default=None, help="default: the model's")
-    e.add_argument("--cache", default="none")
-    e.add_argument("--device", default="cpu", type=_device)
-    e.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
+    e.add_argument("--cache", default="none", help="cache policy name or YAML file (default: none, uncached)")
     _add_compile(e)
     e.add_argument("--decoder", default=None, metavar="DIR",
                    help="state decoder folder for the decoded-position errors (default: the checkpoint's, if any)")
@@ -565,23 +575,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_evaluate_model)
 
     b = sub.add_parser("bench-split", help="time of one env step: DiT loop vs. VAE")
-    b.add_argument("--checkpoint", default=None)
-    b.add_argument("--cache", default="none")
+    _add_model(b)
+    b.add_argument("--cache", default="none", help="cache policy name or YAML file (default: none, uncached)")
     b.add_argument("--denoise-steps", type=COUNT, default=None, help="default: the model's")
-    b.add_argument("--batch", type=COUNT, default=1)
-    b.add_argument("--repeats", type=COUNT, default=3)
-    b.add_argument("--device", default="cpu", type=_device)
-    b.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
+    b.add_argument("--batch", type=COUNT, default=1, help="envs stepped as one batch (default: 1)")
+    b.add_argument("--repeats", type=COUNT, default=3, help="env steps timed; the times are their mean (default: 3)")
     _add_compile(b)
     b.set_defaults(func=_bench_split)
 
     bn = sub.add_parser("bench", help="speed/quality of every cache policy on held-out episodes, along the steps axis")
-    bn.add_argument("--checkpoint", default=None)
+    _add_model(bn)
     bn.add_argument("--cache", nargs="+", default=None,
                     help="cache policy names (each at its small grid), steps-only (uncached at fewer steps), YAML "
                          "files, or NAME:key=value,... (exactly those settings); default: all policies")
-    bn.add_argument("--episodes", type=COUNT, default=10)
-    bn.add_argument("--chunks", type=COUNT, default=2)
+    bn.add_argument("--episodes", type=COUNT, default=10, help="held-out episodes (default: %(default)s)")
+    bn.add_argument("--chunks", type=COUNT, default=2, help="chunks (predictions) per episode (default: %(default)s)")
     bn.add_argument("--denoise-steps", type=COUNT, nargs="+", default=None,
                     help="the step axis every policy runs on (default: 35 18 12, cut to the reference's; full: "
                          "35 30 24 18 14 12 10 8)")
@@ -592,22 +600,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "simulating Pusher")
     bn.add_argument("--holdout", type=_fraction, default=0.1,
                     help="with --data: the held-out fraction (the last ids, as train splits); 0: all episodes")
-    bn.add_argument("--no-ablation", action="store_true")
+    bn.add_argument("--no-ablation", action="store_true",
+                    help="leave out WorldCache's ablation rows (one part toggled per row, at matched compute)")
     bn.add_argument("--no-grid", action="store_true", help="named policies at their default config only")
     bn.add_argument("--threshold-scales", type=_positive, nargs="+", default=None,
                     help="each threshold policy's grid, as multiples of its default threshold (default: 0.5 1 2)")
     bn.add_argument("--repeats", type=COUNT, default=1, help="time each rollout N times, keep the fastest")
     bn.add_argument("--json", type=_out_file, default=None, help="write JSON here; the figures go next to it")
-    bn.add_argument("--seed", type=NONNEG, default=0)
+    bn.add_argument("--seed", type=NONNEG, default=0, help="noise seed of the sampling (default: 0)")
     bn.add_argument("--first-seed", type=NONNEG, default=10_000,
                     help="env seed of the first episode (benchmark: 10000; tuning episodes: e.g. 20000)")
-    bn.add_argument("--device", default="cpu", type=_device)
-    bn.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     _add_compile(bn, " (diffusers' hook policies keep eager blocks: compare their wall clock without it)")
     bn.set_defaults(func=_bench)
 
     tu = sub.add_parser("tune", help="search steps x cache policy x threshold on tuning episodes; write a YAML")
-    tu.add_argument("--checkpoint", default=None)
+    _add_model(tu)
     tu.add_argument("--cache", nargs="+", default=["worldcache"],
                     help="cache policies to search: a name (at its threshold grid) or, as bench takes them, a YAML "
                          "or NAME:key=value,... (at those settings); steps-only is always a candidate")
@@ -623,30 +630,31 @@ def build_parser() -> argparse.ArgumentParser:
     floor.add_argument("--min-speedup", type=_positive, default=None,
                        help="the closest configuration to the reference with at least this compute speedup")
     tu.add_argument("--out", type=_yaml_out, default="tuned.yaml", help="the cache YAML written (policy settings + num_steps)")
-    tu.add_argument("--episodes", type=COUNT, default=2)
-    tu.add_argument("--chunks", type=COUNT, default=2)
+    tu.add_argument("--episodes", type=COUNT, default=2, help="tuning episodes (default: %(default)s)")
+    tu.add_argument("--chunks", type=COUNT, default=2, help="chunks (predictions) per episode (default: %(default)s)")
     tu.add_argument("--data", default=None, metavar="STORE", help="tune on this store's training split")
-    tu.add_argument("--holdout", type=_fraction, default=0.1)
+    tu.add_argument("--holdout", type=_fraction, default=0.1,
+                    help="with --data: the held-out fraction left out of the search (default: %(default)s)")
     tu.add_argument("--first-seed", type=NONNEG, default=20_000, help="env seed of the first tuning episode")
     tu.add_argument("--json", type=_out_file, default=None, help="also write the search's bench JSON (and figures) here")
-    tu.add_argument("--seed", type=NONNEG, default=0)
-    tu.add_argument("--device", default="cpu", type=_device)
-    tu.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
+    tu.add_argument("--seed", type=NONNEG, default=0, help="noise seed of the sampling (default: 0)")
     _add_compile(tu)
     tu.set_defaults(func=_tune)
 
     ep = sub.add_parser("evaluate-policies", help="rank control policies by real vs. decoded world-model return")
-    ep.add_argument("--checkpoint", default=None)
-    ep.add_argument("--episodes", type=COUNT, default=5)
+    _add_model(ep, dtype=False)
+    ep.add_argument("--episodes", type=COUNT, default=5, help="starts, each run by every policy (default: 5)")
     ep.add_argument("--env-steps", type=COUNT, default=48, help="env steps per episode (multiple of the chunk)")
     ep.add_argument("--control", nargs="+", default=["equal-cost"],
                     help="control policies to rank, or sets of them: equal-cost (default; every action has the same "
                          "norm, so only the frames rank them) or noise-levels (the scripted controller at 4 noise "
                          "levels, and random); one's own: module:factory, factory(env, rng) -> obs (23,) -> "
                          "action (3,)")
-    ep.add_argument("--cache", nargs="+", default=["none", "worldcache"])
-    ep.add_argument("--denoise-steps", type=COUNT, default=None)
-    ep.add_argument("--seed", type=NONNEG, default=0)
+    ep.add_argument("--cache", nargs="+", default=["none", "worldcache"],
+                    help="cache policy names or YAML files; the first is the reference of 'same ranking' (default: "
+                         "none worldcache)")
+    ep.add_argument("--denoise-steps", type=COUNT, default=None, help="default: the model's")
+    ep.add_argument("--seed", type=NONNEG, default=0, help="noise seed of the sampling (default: 0)")
     ep.add_argument("--first-seed", type=NONNEG, default=10_000,
                     help="env seed of the first start (held-out: 10000; tuning starts: e.g. 20000). A start's "
                          "returns depend on its env seed only, so starts split over calls pool exactly")
@@ -656,7 +664,6 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--real-cond", action="store_true",
                     help="diagnostic: predict every chunk from the simulator's frames before it (teacher-forced), "
                          "not the model's own, to see what compounding costs the ranking")
-    ep.add_argument("--device", default="cpu", type=_device)
     ep.add_argument("--json", nargs="+", type=_out_file, default=None, help="write the result here (one path per --decoder)")
     _add_compile(ep)
     ep.set_defaults(func=_evaluate_policies)
@@ -676,27 +683,27 @@ def build_parser() -> argparse.ArgumentParser:
     pf.set_defaults(func=_pool_fidelity)
 
     v = sub.add_parser("bench-vec", help="per-env step time: N single envs in turn vs. one batched vector env")
-    v.add_argument("--num-envs", type=COUNT, default=4)
+    v.add_argument("--num-envs", type=COUNT, default=4, help="envs (default: %(default)s)")
     v.add_argument("--env-steps", type=COUNT, default=3, help="timed env steps (chunks), after one warm-up step")
-    v.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")
-    v.add_argument("--cache", default="worldcache")
+    _add_model(v, dtype=False)
+    v.add_argument("--cache", default="worldcache", help="cache policy name or YAML file (default: %(default)s)")
     v.add_argument("--denoise-steps", type=COUNT, default=None, help="default: the model's")
-    v.add_argument("--device", default="cpu", type=_device)
     _add_compile(v)
     v.set_defaults(func=_bench_vec)
 
     r = sub.add_parser("rollout", help="Ray rollouts of the world-model env into a Zarr store (resumable)")
     r.add_argument("config", help="YAML path or name under configs/ (e.g. rollout_smoke)")
     r.add_argument("--out", default=None, help="store path or URL, e.g. s3://bucket/x.zarr (default: the config's)")
-    r.add_argument("--episodes", type=COUNT, default=None)
-    r.add_argument("--workers", type=COUNT, default=None)
+    r.add_argument("--episodes", type=COUNT, default=None, help="episodes in all, those there counted (default: the "
+                   "config's)")
+    r.add_argument("--workers", type=COUNT, default=None, help="Ray actors (default: the config's)")
     r.add_argument("--address", default=None, help="Ray cluster to join ('auto': the running one)")
     r.add_argument("--break-lease", action="store_true", help="replace the lease of a driver that died")
     r.set_defaults(func=_rollout)
 
     i = sub.add_parser("inspect", help="summary, cache-statistics plots and videos of a rollout store (of a make-data "
                        "store: its summary and videos)")
-    i.add_argument("store")
+    i.add_argument("store", help="store path or URL (a rollout or make-data store)")
     i.add_argument("--plots", default=None, help="folder for the PNGs")
     i.add_argument("--video", default=None, help="folder for one MP4 per episode (GIF without an encoder)")
     i.add_argument("--side-by-side", action="store_true", help="videos show the per-call skip pattern too")
@@ -705,30 +712,29 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=_inspect)
 
     sc = sub.add_parser("scale-check", help="write synthetic episodes (no model); time writes, listing, reads")
-    sc.add_argument("--out", default="runs/scale.zarr")
-    sc.add_argument("--episodes", type=COUNT, default=10000)
+    sc.add_argument("--out", default="runs/scale.zarr", help="the new store (must not exist; default: %(default)s)")
+    sc.add_argument("--episodes", type=COUNT, default=10000, help="synthetic episodes (default: %(default)s)")
     sc.set_defaults(func=_scale_check)
 
     br = sub.add_parser("bench-rollouts", help="episodes/s with 1 vs 2 workers and the Zarr write share")
-    br.add_argument("config", nargs="?", default="rollout_smoke")
-    br.add_argument("--episodes", type=COUNT, default=None)
-    br.add_argument("--workers", type=COUNT, nargs="+", default=[1, 2])
+    br.add_argument("config", nargs="?", default="rollout_smoke",
+                    help="YAML path or name under configs/ (default: %(default)s)")
+    br.add_argument("--episodes", type=COUNT, default=None, help="episodes per run (default: the config's)")
+    br.add_argument("--workers", type=COUNT, nargs="+", default=[1, 2], help="worker counts to run (default: 1 2)")
     br.add_argument("--num-cpus", type=_positive, default=None, help="per worker (1 lets 2 workers fit on 2 cores)")
-    br.add_argument("--out-dir", default="runs/bench")
+    br.add_argument("--out-dir", default="runs/bench", help="folder of the runs' stores (default: %(default)s)")
     br.set_defaults(func=_bench_rollouts)
 
     ca = sub.add_parser("calibrate", help="fit a cache policy's model-specific constants on tuning episodes")
     ca.add_argument("policy", choices=["teacache"], help="teacache: its rescaling polynomial (degree 4)")
-    ca.add_argument("--checkpoint", default=None)
-    ca.add_argument("--episodes", type=COUNT, default=3)
+    _add_model(ca)
+    ca.add_argument("--episodes", type=COUNT, default=3, help="tuning episodes (default: %(default)s)")
     ca.add_argument("--chunks", type=COUNT, default=2, help="chunks (predictions) per episode")
     ca.add_argument("--denoise-steps", type=COUNT, default=None, help="default: the model's")
     ca.add_argument("--first-seed", type=NONNEG, default=20_000,
                     help="env seed of the first tuning episode (disjoint from the benchmark's 10000+)")
     ca.add_argument("--out", type=_yaml_out, default=None, help="YAML to write the coefficients into (its other settings are kept); "
                     "default: the shipped configs/cache/teacache.yaml")
-    ca.add_argument("--device", default="cpu", type=_device)
-    ca.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"], help="model weights")
     ca.set_defaults(func=_calibrate)
     return p
 
