@@ -12,6 +12,7 @@ them missing and runs them again (and a later run would too).
 """
 from __future__ import annotations
 
+import copy
 import os
 import queue
 import tempfile
@@ -101,7 +102,6 @@ class RolloutWorker:
                                                 compile=self.cfg.compile)
         store = EpisodeStore(self.cfg.out, mode="a", storage_options=self.cfg.storage_options, lease=lease)
         self.writer = EpisodeWriter(store, self.cfg.write_queue)
-        self.policy = None
 
     def ready(self) -> str:
         import ray
@@ -119,17 +119,19 @@ class RolloutWorker:
                                    cache_config=cfg.cache_config, device=self.device, num_steps=cfg.num_steps,
                                    model=self.model, timings=True, dtype=cfg.dtype)
         try:
-            if self.policy is None:
-                self.policy = make_policy(cfg.policy, env.single_action_space, **cfg.policy_kwargs)
+            # built afresh for every batch (a policy object: a copy of the config's), so nothing a policy keeps
+            # crosses batches: an episode is the same whichever worker, batch or resumed run makes it
+            spec = copy.deepcopy(cfg.policy) if callable(cfg.policy) else cfg.policy
+            policy = make_policy(spec, env.single_action_space, **cfg.policy_kwargs)
             rngs = [policy_rng(cfg.seed, i) for i in indices]  # one generator per episode
             obs, info = env.reset(seed=[episode_seed(cfg.seed, i) for i in indices])
-            if hasattr(self.policy, "reset"):
-                self.policy.reset(rngs)
+            if hasattr(policy, "reset"):
+                policy.reset(rngs)
             low, high = env.sim.low, env.sim.high
             eps = [{"obs": [obs[i]], "steps": []} for i in range(n)]
             done = np.zeros(n, bool)
             for _ in range(cfg.steps):  # the time limit truncates every episode at `steps`
-                act = np.clip(np.asarray(self.policy(obs, rngs), np.float32), low, high)
+                act = np.clip(np.asarray(policy(obs, rngs), np.float32), low, high)
                 obs, rew, term, trunc, inf = env.step(act)
                 for i in np.flatnonzero(~done):
                     eps[i]["obs"].append(obs[i])

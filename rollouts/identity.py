@@ -204,8 +204,12 @@ def init_or_check(store: EpisodeStore, attrs: dict) -> None:
         free.add("policy")  # the same policy file's bytes, named by a path from another working directory
     diff = sorted(k for k in set(old) | set(attrs) if k not in free and old.get(k) != attrs.get(k))
     if diff:
+        # cloudpickle gives a class made inside a function a new id in every process: its pickle never matches again
+        local = "policy_sha256" in diff and "<locals>" in str(attrs.get("policy"))
         raise ValueError(f"{store.path}: was written with different {diff} (stored {[old.get(k) for k in diff]}, "
-                         f"config {[attrs.get(k) for k in diff]}); use another --out")
+                         f"config {[attrs.get(k) for k in diff]}); use another --out"
+                         + ("; a policy object whose class is defined inside a function is pickled anew in every "
+                            "process, so it never resumes: define its class at module level" if local else ""))
 
 
 __all__ = ["FREE_ATTRS", "ROLLOUT_FORMAT", "RolloutFormatError", "check_format", "checkpoint_files",

@@ -239,6 +239,42 @@ def test_a_dataclass_policy_object_reaches_the_actors_as_itself(ckpt, tmp_path):
     assert RolloutConfig(**cfg.as_kwargs()).policy == ScaledPolicy(0.3)  # what the actors are built from
 
 
+class Ramp:
+    """Keeps a step count and has no reset: its actions are the count."""
+
+    def __init__(self, scale: float = 0.01):
+        self.t, self.scale = 0, scale
+
+    def __call__(self, obs, rngs):
+        self.t += 1
+        return np.full((len(obs), K, A), self.t * self.scale, np.float32)
+
+
+@pytest.mark.parametrize("policy", ["test_rollouts:Ramp", Ramp(0.01)], ids=["module:Class", "object"])
+def test_a_policys_state_never_crosses_batches(ckpt, tmp_path, policy):
+    """Episode 1 after episode 0 on one worker equals episode 1 alone on a fresh one (a resumed run's, say): the
+    policy is built afresh per batch, a policy object copied, so its step count restarts."""
+    from dataclasses import asdict
+
+    from worldcache.rollouts.actor import RolloutWorker
+    from worldcache.rollouts.store import EpisodeStore
+
+    acts = {}
+    for name, batches in (("after", [[0], [1]]), ("alone", [[1]])):
+        out = str(tmp_path / f"{name}.zarr")
+        EpisodeStore(out, mode="a")
+        w = RolloutWorker(asdict(RolloutConfig.load(config(ckpt, out, policy=policy, num_envs=1))),
+                          checkpoint_files(ckpt), "cpu", None)
+        for b in batches:
+            w.run(b)
+        w.flush()
+        acts[name] = EpisodeStore(out, mode="r").load_episode(episode_id(1, 0), keys=["actions"])["actions"][:, 0, 0]
+    np.testing.assert_allclose(acts["alone"], 0.01 * np.arange(1, STEPS + 1))
+    np.testing.assert_array_equal(acts["after"], acts["alone"])
+    if not isinstance(policy, str):
+        assert policy.t == 0  # the config's object itself is never stepped
+
+
 def test_a_failed_batch_keeps_the_finished_episodes(ckpt, tmp_path):
     # one actor: batch 1 (episodes 0, 1) finishes and is queued for writing, batch 2 fails; the driver lets the
     # writer finish before it stops the actor, so episodes 0 and 1 are complete and a rerun adds only 2 and 3
@@ -372,8 +408,19 @@ def test_what_a_store_records_of_policy_file_and_batch(ckpt, tmp_path):
     store = EpisodeStore.create(tmp_path / "obj.zarr")
     init_or_check(store, attrs(policy=SinusoidPolicy(space, 0.5)))
     init_or_check(store, attrs(policy=SinusoidPolicy(space, 0.5)))  # the same parameters: resumes
-    with pytest.raises(ValueError, match="policy_sha256"):
+    with pytest.raises(ValueError, match="policy_sha256") as e:
         init_or_check(store, attrs(policy=SinusoidPolicy(space, 0.8)))
+    assert "inside a function" not in str(e.value)
+    # a class made inside a function: cloudpickle's per-process class id makes a later run's hash another one
+    def local():
+        class Ramp(SinusoidPolicy):
+            pass
+        return Ramp(space, 0.5)
+    store = EpisodeStore.create(tmp_path / "local.zarr")
+    init_or_check(store, first := attrs(policy=local()))
+    assert first["policy"].endswith("local.<locals>.Ramp")
+    with pytest.raises(ValueError, match="is defined inside a function is pickled anew in every process"):
+        init_or_check(store, {**first, "policy_sha256": "0" * 64})  # as another process hashes it
     # per-sample caches: the batch size is free on resume; diffusers' hooks decide per batch, so it is recorded
     assert attrs(num_envs=3)["decision_batch"] is None and attrs(cache="fbcache", num_envs=3)["decision_batch"] == 3
 
