@@ -292,8 +292,10 @@ class EpisodeStore(Mapping):
         if self._indexed is None:
             fs, root = _fs(self.path, self.storage_options)
             try:
-                self._indexed = json.loads(fs.cat_file(f"{root}/{INDEX}"))["episodes"]
+                self._indexed = dict(json.loads(fs.cat_file(f"{root}/{INDEX}"))["episodes"])
             except FileNotFoundError:
+                self._indexed = {}
+            except (ValueError, KeyError, TypeError):  # cut short or not an index: read each episode's own attrs
                 self._indexed = {}
         return self._indexed
 
@@ -313,6 +315,8 @@ class EpisodeStore(Mapping):
                     attrs = self._episodes[name].attrs
                 except KeyError:  # removed meanwhile
                     continue
+                except ValueError:  # its zarr.json cut short (a crash on a file system without atomic renames)
+                    continue  # partial: `remove_partial` deletes it and a run writes it again
                 if attrs.get("complete") is True:
                     done[name] = int(attrs["num_steps"])
         return done
@@ -327,7 +331,7 @@ class EpisodeStore(Mapping):
             return False
         try:
             return self._episodes[episode_id].attrs.get("complete") is True
-        except KeyError:
+        except (KeyError, ValueError):  # none, or its zarr.json unreadable (partial, as `_complete` reads it)
             return False
 
     @property
@@ -522,6 +526,11 @@ class EpisodeStore(Mapping):
             if val.dtype == object:
                 raise TypeError(f"extra {name!r} has dtype object; use a numeric/bool array")
             out[name] = val
+        for name in out:  # an array cannot hold another: "obs/x", or "s/a" beside "s/a/x"
+            parts = name.split("/")
+            if above := [p for p in ("/".join(parts[:k]) for k in range(1, len(parts))) if p in out]:
+                raise ValueError(f"extra array {name!r} would lie inside the array {above[0]!r}: an array cannot "
+                                 f"hold others; rename one")
         return out
 
 
@@ -531,9 +540,10 @@ def _packs(arrays: dict[str, np.ndarray]) -> dict[str, list[str]]:
     for name in arrays:
         if "/" in name and name not in _CORE:
             groups.setdefault(name.rsplit("/", 1)[0], []).append(name)
+    under = lambda p: [n for n in arrays if n.startswith(p + "/")]  # noqa: E731  (p/x/y too: p stays a group)
     return {p: names for p, names in groups.items()
             if len(names) > 1 and p not in arrays and len({arrays[n].shape for n in names}) == 1
-            and all(arrays[n].dtype.type in _PACKABLE for n in names)}
+            and all(arrays[n].dtype.type in _PACKABLE for n in names) and len(under(p)) == len(names)}
 
 
 def _unpack(data: np.ndarray, fields_: list, prefix: str | None = None) -> dict[str, np.ndarray]:

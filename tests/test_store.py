@@ -120,6 +120,16 @@ def test_bad_extras_ids_and_attrs(tmp_path):
         store.write_episode("e", **make_episode(), extras={"model_ms": np.zeros(3)})
     with pytest.raises(ValueError, match="bad extra array name"):
         store.write_episode("e", **make_episode(), extras={"obs": np.zeros(5)})
+    # an array cannot hold another: refused before anything is written (zarr failed mid-write, leaving a partial)
+    for extras, inside in (({"obs/x": np.zeros(5)}, "'obs/x' would lie inside the array 'obs'"),
+                           ({"s/a": np.zeros(5), "s/b": np.zeros(5), "s/a/x": np.zeros(5)}, "'s/a/x'.*'s/a'")):
+        with pytest.raises(ValueError, match=inside):
+            store.write_episode("e", **make_episode(), extras=extras)
+        assert store.partial_ids() == [] and not (tmp_path / "s" / "episodes" / "e").exists()
+    # "s/a", "s/b" beside "s/c/x": "s" stays a group (not packed into one array), so all three are kept
+    store.write_episode("e", **make_episode(), extras={"s/a": np.ones(5), "s/b": np.zeros(5), "s/c/x": np.ones(5)})
+    back = store.load_episode("e")
+    assert [back[k].tolist() for k in ("s/a", "s/b", "s/c/x")] == [[1.0] * 5, [0.0] * 5, [1.0] * 5]
     with pytest.raises(ValueError, match="episode id"):
         store.write_episode("../evil", **make_episode())
     with pytest.raises(ValueError, match="reserved"):
@@ -346,6 +356,29 @@ def test_packed_statistics_and_sharded_frames(tmp_path):
     assert sum(len(f) for _, _, f in os.walk(ep_dir / "frames")) == 2  # zarr.json + one shard
     assert store._episodes["e"]["frames"].chunks == (4, 4, 8, 10, 3)  # inner chunks of 16 frames
     assert set(store.load_episode("e", keys=["cache/drift"])) == {"cache/drift", "attrs"}
+
+
+def test_damaged_metadata_reads_as_no_index_or_a_partial_episode(tmp_path):
+    """An index.json cut short is not trusted (each episode's own attrs are read), and an episode whose zarr.json
+    is cut short is partial: listed, removed and written again, not a JSONDecodeError that stops every run."""
+    from worldcache.rollouts.store import acquire_lease
+
+    path = tmp_path / "s"
+    store = EpisodeStore.create(path)
+    for e in ("a", "b"):
+        store.write_episode(e, **make_episode())
+    store.consolidate()
+    for cut in ("", '{"episodes": {"a": 5, "b"', '["a", "b"]', '{"episodes": [["a", 5]]}'):
+        (path / "index.json").write_text(cut)
+        reader = EpisodeStore(path, mode="r")
+        assert reader.episode_ids() == ["a", "b"] and len(reader) == 2 and reader.num_steps == 10, cut
+    meta = (path / "episodes" / "b" / "zarr.json").read_text()
+    (path / "episodes" / "b" / "zarr.json").write_text(meta[:len(meta) // 2])
+    store = EpisodeStore(path, lease=acquire_lease(str(path)))
+    assert store.episode_ids() == ["a"] and store.partial_ids() == ["b"] and not store.exists("b")
+    assert store.remove_partial() == ["b"] and not (path / "episodes" / "b").exists()
+    store.write_episode("b", **make_episode(seed=1))
+    assert store.episode_ids() == ["a", "b"]
 
 
 def test_consolidated_index(tmp_path):
