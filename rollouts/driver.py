@@ -113,6 +113,9 @@ def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: Ep
         need = {"CPU": cfg.num_cpus, **({"GPU": cfg.num_gpus} if gpu else {})}
         have = ray.cluster_resources()
         n_workers = min(cfg.workers, -(-len(todo) // cfg.num_envs))
+        if gpu and cfg.num_gpus == 0 and not have.get("GPU", 0):  # Ray is asked for none, so none is awaited
+            raise ValueError(f"device {cfg.device!r} with num_gpus 0, but Ray has 0 GPUs: use device cpu, or give "
+                             f"num_gpus > 0 on a cluster that gains GPU nodes")
         short = [k for k, v in need.items() if v * n_workers > have.get(k, 0)]
         if short and address is None:  # a fixed local cluster never grows: actors would wait forever
             raise ValueError(f"{n_workers} workers need {need} each but Ray has {have.get('CPU')} CPUs / "

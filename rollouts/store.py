@@ -239,12 +239,17 @@ class EpisodeStore(Mapping):
     @classmethod
     def create(cls, path: str | os.PathLike, attrs: dict[str, Any] | None = None,
                overwrite: bool = False, storage_options: dict | None = None) -> "EpisodeStore":
-        """Create a new empty store (error if ``path`` exists, unless ``overwrite``)."""
+        """Create a new empty store (error if ``path`` exists, unless ``overwrite``; `LeaseError` while a writer
+        holds the store's lease, which overwriting would delete with its episodes)."""
         path = os.fspath(path)
         fs, root = _fs(path, storage_options)
         if fs.exists(root):
             if not overwrite:
                 raise FileExistsError(f"{path!r} already exists (pass overwrite=True to replace it)")
+            if (held := read_lease(path, storage_options)) is not None:
+                raise LeaseError(f"{path}: a writer holds this store's lease (host {held.get('host')}, pid "
+                                 f"{held.get('pid')}): overwriting would delete what it writes; wait for it, or "
+                                 f"if it is dead, delete {LEASE} first")
             fs.rm(root, recursive=True)
         cls._init_root(_zarr_store(path, False, storage_options), attrs or {}, overwrite=True)
         return cls(path, mode="a", storage_options=storage_options)

@@ -344,6 +344,10 @@ def test_a_failed_first_run_leaves_no_store(ckpt, tmp_path):
     with pytest.raises(ValueError, match="4 workers need"):
         run_rollouts(config(ckpt, tmp_path / "made.zarr", workers=4, episodes=8), progress=False)
     assert open_store(tmp_path / "made.zarr").attrs["rollout"]["env"]["num_steps"] == CALLS
+    # cuda asking Ray for no GPU on a cluster with none: refused here, not in each actor's torch
+    with pytest.raises(ValueError, match="device 'cuda' with num_gpus 0, but Ray has 0 GPUs"):
+        run_rollouts(config(ckpt, tmp_path / "gpu.zarr", device="cuda", num_gpus=0), progress=False)
+    assert not (tmp_path / "gpu.zarr").exists()
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")

@@ -229,6 +229,9 @@ def test_lease_one_writer(tmp_path):
         store.write_episode("a", **make_episode())
     with pytest.raises(LeaseError, match="needs the store's lease"):
         store.remove_partial()
+    with pytest.raises(LeaseError, match=f"a writer holds this store's lease .*pid {os.getpid()}.*delete lease.json"):
+        EpisodeStore.create(path, overwrite=True)  # would delete the holder's episodes and lease
+    assert EpisodeStore(path, mode="r").episode_ids() == ["free"] and read_lease(path)["token"] == token
     # a partial leftover: removed only under the lease
     (tmp_path / "s" / "episodes" / "p").mkdir()
     zarr.open_group(tmp_path / "s" / "episodes" / "p", mode="w").attrs["complete"] = False
@@ -245,6 +248,7 @@ def test_lease_one_writer(tmp_path):
     assert read_lease(path) is None
     store.write_episode("b", **make_episode())
     assert EpisodeStore(path, mode="r").episode_ids() == ["a", "b", "free"]
+    assert len(EpisodeStore.create(path, overwrite=True)) == 0  # no lease: replaced
 
 
 def test_an_unreadable_lease_is_named_and_can_be_broken(tmp_path):
