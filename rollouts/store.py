@@ -38,7 +38,7 @@ other per-step arrays are one chunk each. ``consolidate()`` writes ``index.json`
 the episodes written since.
 
 Atomic visibility: all arrays are written first and the episode group's ``complete=True``
-attribute last (zarr's LocalStore writes metadata files atomically via rename; an object
+attribute last (zarr's LocalStore writes metadata files atomically via rename, from zarr 3.1.3; an object
 store writes an object whole). Readers (``episode_ids``, ``load_episode``, ``len``,
 iteration) only see complete episodes. Writing an id that is already complete raises
 ``FileExistsError`` (check ``exists`` to skip); an incomplete leftover for the same id (a
