@@ -214,11 +214,11 @@ class EpisodeStore(Mapping):
     """Episode store at a local path or fsspec URL. Mapping-like: ``store[id]`` loads an episode,
     ``id in store``, ``len(store)`` and iteration cover complete episodes only."""
 
-    def __init__(self, path: str | os.PathLike, mode: str = "a", storage_options: dict | None = None,
+    def __init__(self, path: str | os.PathLike, mode: str = "r", storage_options: dict | None = None,
                  lease: str | None = None):
-        """Open a store. mode "r": read-only, must exist. mode "a": read/write; the store is
-        created when ``path`` does not exist yet. `lease`: the token of the lease this writer
-        acts under (see `acquire_lease`)."""
+        """Open a store. mode "r" (the default: a misspelt path is an error, not a new empty store): read-only,
+        must exist. mode "a": read/write; the store is created when ``path`` does not exist yet. `lease`: the
+        token of the lease this writer acts under (see `acquire_lease`)."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r} (use EpisodeStore.create to overwrite)")
         self.path = os.fspath(path)

@@ -92,7 +92,7 @@ def test_two_nodes_write_a_complete_store_to_s3(cluster, s3, ckpt, monkeypatch, 
     with pytest.raises(LeaseError, match="another driver holds"):
         run_rollouts({**cfg, "episodes": 5}, progress=False)
     with pytest.raises(LeaseError, match="does not hold it"):  # nor can a writer without the lease write
-        EpisodeStore(url, storage_options=s3).write_episode(
+        EpisodeStore(url, mode="a", storage_options=s3).write_episode(
             "x", obs=np.zeros((2, H, W, 3), np.uint8), actions=np.zeros((1, K, A), np.float32),
             rewards=np.zeros(1), terminated=np.zeros(1, bool), truncated=np.zeros(1, bool))
-    assert EpisodeStore(url, storage_options=s3, lease=token).check_lease() is None
+    assert EpisodeStore(url, mode="a", storage_options=s3, lease=token).check_lease() is None

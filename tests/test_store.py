@@ -146,8 +146,13 @@ def test_store_level_frame_shape_and_action_dim(tmp_path):
 
 
 def test_open_errors(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        EpisodeStore(tmp_path / "missing", mode="r")
+    for kw in ({"mode": "r"}, {}):  # reading is the default: a misspelt path is not made a new empty store
+        with pytest.raises(FileNotFoundError, match="no episode store at"):
+            EpisodeStore(tmp_path / "missing", **kw)
+    assert not (tmp_path / "missing").exists()
+    EpisodeStore.create(tmp_path / "made")
+    with pytest.raises(PermissionError, match="read-only"):
+        EpisodeStore(tmp_path / "made").consolidate()
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "file.txt").write_text("hi")
@@ -235,7 +240,7 @@ def test_lease_one_writer(tmp_path):
     # a partial leftover: removed only under the lease
     (tmp_path / "s" / "episodes" / "p").mkdir()
     zarr.open_group(tmp_path / "s" / "episodes" / "p", mode="w").attrs["complete"] = False
-    holder = EpisodeStore(path, lease=token)
+    holder = EpisodeStore(path, mode="a", lease=token)
     assert holder.partial_ids() == ["p"] and holder.remove_partial() == ["p"] and holder.partial_ids() == []
     holder.write_episode("a", **make_episode())
     stale = acquire_lease(path, break_lease=True)  # the holder died: its lease is broken
@@ -261,10 +266,10 @@ def test_an_unreadable_lease_is_named_and_can_be_broken(tmp_path):
     with pytest.raises(LeaseError, match="unreadable.*--break-lease"):
         acquire_lease(path)
     with pytest.raises(LeaseError, match="unreadable"):
-        EpisodeStore(path, lease="any").write_episode("a", **make_episode())
+        EpisodeStore(path, mode="a", lease="any").write_episode("a", **make_episode())
     token = acquire_lease(path, break_lease=True)
     assert read_lease(path)["token"] == token
-    EpisodeStore(path, lease=token).write_episode("a", **make_episode())
+    EpisodeStore(path, mode="a", lease=token).write_episode("a", **make_episode())
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["episodes", LEASE, "zarr.json"]  # no temp file
 
 
@@ -275,7 +280,7 @@ def test_stray_files_and_folders_in_episodes_are_not_episodes(tmp_path):
     EpisodeStore.create(path).write_episode("a", **make_episode())
     (path / "episodes" / ".DS_Store").write_bytes(b"\0")
     (path / "episodes" / ".ipynb_checkpoints").mkdir()
-    store = EpisodeStore(path, lease=acquire_lease(str(path)))
+    store = EpisodeStore(path, mode="a", lease=acquire_lease(str(path)))
     assert store.partial_ids() == [] and store.remove_partial() == [] and store.episode_ids() == ["a"]
     assert (path / "episodes" / ".DS_Store").exists() and (path / "episodes" / ".ipynb_checkpoints").exists()
 
@@ -303,7 +308,7 @@ def test_an_episode_deleted_by_hand_then_left_partial_by_a_crash_is_partial(tmp_
         store.write_episode(e, **make_episode())
     store.consolidate()
     shutil.rmtree(path / "episodes" / "b")
-    store = EpisodeStore(path, lease=acquire_lease(str(path)))
+    store = EpisodeStore(path, mode="a", lease=acquire_lease(str(path)))
     assert store.remove_partial() == [] and json.loads((path / "index.json").read_text()) == {"episodes": {"a": 5}}
     monkeypatch.setattr(EpisodeStore, "_mark_complete", staticmethod(lambda *a, **k: 1 / 0))
     with pytest.raises(ZeroDivisionError):
@@ -378,7 +383,7 @@ def test_damaged_metadata_reads_as_no_index_or_a_partial_episode(tmp_path):
         assert reader.episode_ids() == ["a", "b"] and len(reader) == 2 and reader.num_steps == 10, cut
     meta = (path / "episodes" / "b" / "zarr.json").read_text()
     (path / "episodes" / "b" / "zarr.json").write_text(meta[:len(meta) // 2])
-    store = EpisodeStore(path, lease=acquire_lease(str(path)))
+    store = EpisodeStore(path, mode="a", lease=acquire_lease(str(path)))
     assert store.episode_ids() == ["a"] and store.partial_ids() == ["b"] and not store.exists("b")
     assert store.remove_partial() == ["b"] and not (path / "episodes" / "b").exists()
     store.write_episode("b", **make_episode(seed=1))

@@ -570,7 +570,7 @@ def test_resume_refuses_changed_data_or_starting_weights_at_the_same_path(tmp_pa
         Trainer(cfg).run()
     shutil.rmtree(start)
     shutil.copytree(tiny_ckpt, start)
-    EpisodeStore(tmp_path / "data.zarr").write_episode(  # one more episode in the same store
+    EpisodeStore(tmp_path / "data.zarr", mode="a").write_episode(  # one more episode in the same store
         "ep9", np.zeros((13, 32, 40, 3), np.uint8), np.ones((12, 7), np.float32), np.zeros(12, np.float32),
         np.zeros(12, bool), np.zeros(12, bool), extras={"state": np.zeros((13, 23), np.float32)})
     with pytest.raises(ValueError, match=r"was trained on other data than .*data.zarr \(by contents\)"):
