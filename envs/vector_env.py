@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -53,36 +54,57 @@ class CosmosWorldVectorEnv(SharedModelSpec, VectorEnv):
         self._rngs: list[np.random.Generator | None] = [None] * num_envs
         self._keep = self.sim.frames_kept(self.history)  # shown and conditioned on: history never sets dynamics
         self._frames: np.ndarray | None = None  # (N, _keep, H, W, 3); None until reset
-        self._given: np.ndarray | None = None   # the start frames the last reset gave (options["frame"]), if any
+        self._given: list[np.ndarray | None] = [None] * num_envs  # each env's frame from its last reset, if any
         self._steps = np.zeros(num_envs, np.int64)
         self._autoreset = np.zeros(num_envs, bool)
         self.records: list[list] = [[] for _ in range(num_envs)]  # each env's CallRecords of its last prediction
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        """All envs, or with ``options["reset_mask"]`` (bool (num_envs,), as gymnasium's sync and async vector envs
+        take it) only those it marks: the others keep their frames and step counts, and the infos are theirs only.
+        ``options["frame"]``: uint8 (num_envs, H, W, 3), or (H, W, 3) for every env."""
         n = self.num_envs
         seeds = [None if seed is None else seed + i for i in range(n)] if not isinstance(seed, (list, tuple)) \
             else list(seed)
         if len(seeds) != n:
             raise ValueError(f"seed list must have num_envs={n} entries, got {len(seeds)}")
-        # checked first (the frames, or that the checkpoint has start frames; the seeds): a rejected reset changes
-        # nothing
+        # checked first (the mask; the frames, or that the checkpoint has start frames; the seeds): a rejected reset
+        # changes nothing
+        mask = self._reset_mask(options)
+        if isinstance(options, Mapping) and "reset_mask" in options:
+            options = {k: v for k, v in options.items() if k != "reset_mask"}
         given = self.sim.parse_options(options, batch=n)
         fresh = [None if s is None else seeding.np_random(s)[0] for s in seeds]
-        self._given = given
-        super().reset(seed=seed if isinstance(seed, int) else None)
-        for i, rng in enumerate(fresh):  # as gymnasium's Env.reset: seed None keeps an existing generator
-            if rng is not None or self._rngs[i] is None:
-                self._rngs[i] = rng if rng is not None else seeding.np_random(None)[0]
+        for i in np.flatnonzero(mask):
+            self._given[i] = None if given is None else given[i]
+        if mask.all():
+            super().reset(seed=seed if isinstance(seed, int) else None)
+            self._frames = np.empty((n, self._keep, *self.sim.frame_shape), np.uint8)
         infos: dict = {}
-        self._frames = np.empty((n, self._keep, *self.sim.frame_shape), np.uint8)
-        for i in range(n):
+        for i in np.flatnonzero(mask):  # as gymnasium's Env.reset: seed None keeps an existing generator
+            if fresh[i] is not None or self._rngs[i] is None:
+                self._rngs[i] = fresh[i] if fresh[i] is not None else seeding.np_random(None)[0]
             infos = self._reset_env(i, infos)
-        self._autoreset[:] = False
+        self._autoreset[mask] = False
         return self._obs(), infos
+
+    def _reset_mask(self, options) -> np.ndarray:
+        """Which envs a reset resets: all, or ``options["reset_mask"]``, checked as gymnasium checks it (a partial
+        reset also needs a full one before it: the other envs have no frames yet)."""
+        if not isinstance(options, Mapping) or "reset_mask" not in options:
+            return np.ones(self.num_envs, bool)
+        mask = options["reset_mask"]
+        if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != (self.num_envs,) \
+                or not mask.any():
+            raise ValueError(f"options['reset_mask'] must be a bool numpy array of shape ({self.num_envs},) with at "
+                             f"least one True, got {mask!r}")
+        if self._frames is None and not mask.all():
+            raise ResetNeeded("a partial reset (options['reset_mask']) needs a reset of every env before it")
+        return mask
 
     def _reset_env(self, i: int, infos: dict) -> dict:
         """Env i starts again: from the frame the last `reset` gave it, else from a drawn start frame."""
-        frame, info = self.sim.start(self._rngs[i], None if self._given is None else self._given[i])
+        frame, info = self.sim.start(self._rngs[i], self._given[i])
         self._frames[i] = frame
         self._steps[i] = 0
         return self._add_info(infos, info, i)
@@ -120,9 +142,11 @@ class CosmosWorldVectorEnv(SharedModelSpec, VectorEnv):
         return {"frame": self._frames[:, -1].copy(), "history": self._frames[:, -self.history:].copy()}
 
     def render(self):
-        if self.render_mode == "rgb_array" and self._frames is not None:
-            return tuple(self._frames[:, -1].copy())
-        return None
+        if self.render_mode != "rgb_array":
+            return None
+        if self._frames is None:  # as gymnasium's order enforcing (sync and async vector envs) says it
+            raise ResetNeeded("Cannot call render() before reset(): the envs have no current frame.")
+        return tuple(self._frames[:, -1].copy())
 
     def close_extras(self, **kwargs):
         self.sim.close()

@@ -643,11 +643,42 @@ def test_vector_bad_input_and_options(ckpt, model):
     for bad, match in [(actions(0), r"\(2, 4, 7\)"), (np.full((n, K, A), np.nan), "NaN")]:
         with pytest.raises(ValueError, match=match):
             vec.step(bad)
-    with pytest.raises(ValueError, match="frame"):
-        vec.reset(options={"frame": frames[0]})
+    with pytest.raises(ValueError, match=r"frame'\] must be uint8 \(2, 16, 24, 3\) or \(16, 24, 3\)"):
+        vec.reset(options={"frame": frames[:, :8]})
     np.testing.assert_array_equal(vec.render(), frames)  # nothing changed
     obs, _, _, _, info = vec.step(actions(0, n) * 3)
     assert info["action_clipped"].all() and obs["history"].shape == (n, 4, H, W, 3)
+    vec.close()
+
+
+def test_vector_partial_reset_one_frame_for_all_and_render_before_reset(ckpt, model):
+    """gymnasium's calls that its sync and async vector envs take work alike here: ``reset_mask`` resets only the
+    envs it marks (the others keep their frames and step counts), one (H, W, 3) frame starts every env, and render
+    before reset is ResetNeeded."""
+    n, frame = 2, np.full((H, W, 3), 7, np.uint8)
+    vec = CosmosWorldVectorEnv(n, max_episode_steps=2, checkpoint=ckpt, model=model, cache="none",
+                               render_mode="rgb_array")
+    with pytest.raises(ResetNeeded):
+        vec.render()
+    with pytest.raises(ResetNeeded, match="partial reset"):  # env 0 would have no frame
+        vec.reset(options={"reset_mask": np.array([False, True])})
+    obs, info = vec.reset(seed=3, options={"frame": frame})
+    assert (obs == 7).all() and info["start_index"].tolist() == [-1, -1]
+    after, *_ = vec.step(actions(0, n))
+    # env 1 alone again, seeded 9 and from a drawn start frame: as a single env reset with seed 9
+    obs, info = vec.reset(seed=[None, 9], options={"reset_mask": np.array([False, True])})
+    single = make(ckpt, model, cache="none")
+    o, inf = single.reset(seed=9)
+    np.testing.assert_array_equal(obs[0], after[0])
+    np.testing.assert_array_equal(obs[1], o)
+    assert info["_start_index"].tolist() == [False, True] and info["start_index"][1] == inf["start_index"]
+    _, _, _, trunc, _ = vec.step(actions(1, n))
+    assert trunc.tolist() == [True, False]  # env 0's second step, env 1's first
+    obs, _, _, _, info = vec.step(actions(2, n))  # env 0 autoresets from the frame its last reset gave it
+    assert (obs[0] == 7).all() and info["start_index"][0] == -1
+    for bad in (np.array([False, False]), np.array([1, 0]), [True, False], np.array([True])):
+        with pytest.raises(ValueError, match=r"reset_mask'\] must be a bool numpy array of shape \(2,\)"):
+            vec.reset(options={"reset_mask": bad})
     vec.close()
 
 
