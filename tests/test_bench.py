@@ -1133,27 +1133,34 @@ def test_a_model_of_other_actions_is_told_to_bring_its_own_episodes(tmp_path, ca
 
 
 def test_a_busy_machine_is_said(monkeypatch):
-    """Decision times count in the compute speedup and are measured during each row: other work on the cores
-    (load above 1.5x the cores, before or after the run) is warned of and recorded in the result's machine."""
+    """Decision times count in the compute speedup and are measured during each row: other work on this process's
+    cores during the run (their busy time less ours, over their time, above 25 %; where /proc/stat is not read, a
+    load above 1.5x the cores) is warned of and recorded in the result's machine."""
     import os
 
+    from worldcache.bench import measure
     from worldcache.bench.measure import busy
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(os, "getloadavg", lambda: (2.9, 0.0, 0.0))
-    assert busy() is None and busy(3.0) is None  # 3.0 = 1.5 x 2 cores: a benchmark alone keeps them full
-    assert busy(5.25) == ("warning: the machine was busy (load average 5.2 on 2 cores): other work shared the "
-                          "cores, so wall-clock and compute speedups (decision times count) are unreliable; run it "
-                          "alone")
-    monkeypatch.setattr(os, "getloadavg", lambda: (3.1, 0.0, 0.0))
-    assert busy(0.5).startswith("warning: the machine was busy (load average 3.1 on 2 cores)")
-    # a cpuset of 2 of the machine's 16 cores: the host's load on its other cores is not said (24 = 1.5 x 16)
-    monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    assert busy(24.0) is None
-    assert busy(24.5).startswith("warning: the machine was busy (load average 24.5 on the machine's 16 cores, 2 of "
-                                 "them this process's): other work")
-
+    at = lambda busy_s, own, wall, load=0.0: {"cores_busy": busy_s, "own": own, "wall": wall, "load": load}  # noqa: E731
+    # 10 s on 2 cores = 20 core-seconds; we used 14 of the 19 busy ones: others took 5 (25 %: not said), or 6
+    assert busy(at(100.0, 0.0, 0.0), at(119.0, 14.0, 10.0)) is None
+    assert busy(at(100.0, 0.0, 0.0), at(120.0, 14.0, 10.0)) == (
+        "warning: other work took 30 % of the 2 cores this process may use: other work shared the cores, so "
+        "wall-clock and compute speedups (decision times count) are unreliable; run it alone")
+    # the load average is not read where /proc/stat is: a host's load on other cores is not ours
+    assert busy(at(100.0, 0.0, 0.0, load=40.0), at(110.0, 10.0, 10.0, load=40.0)) is None
+    # no /proc/stat: the load average, before or after, above 1.5x the cores
+    assert busy(at(None, 0.0, 0.0, 2.9), at(None, 10.0, 10.0, 3.0)) is None
+    assert busy(at(None, 0.0, 0.0, 5.25), at(None, 10.0, 10.0, 1.0)).startswith(
+        "warning: the machine was busy (load average 5.2 on 2 cores)")
+    assert busy(at(None, 0.0, 0.0, None), at(None, 1.0, 1.0, None)) is None  # no load average either
+    # /proc/stat read for the cores of this process only: the lines of the others are not summed
+    stat = "cpu  9 9 9 9 9 9 9 9 0 0\ncpu0 1 2 3 100 7 1 1 1 0 0\ncpu1 10 0 0 5 5 0 0 0 0 0\ncpu2 50 0 0 0 0 0 0 0\n"
+    monkeypatch.setattr(measure, "Path", lambda p: type("P", (), {"read_text": lambda self: stat})())
+    monkeypatch.setattr(os, "sysconf", lambda name: 10)
+    assert measure._cores_busy({0, 1}) == (1 + 2 + 3 + 1 + 1 + 1 + 10) / 10
+    assert measure._cores_busy({0, 3}) is None  # a core without its line
 
 def test_a_control_policy_of_ones_own_is_ranked_beside_the_built_in_ones(small_ckpt, tmp_path, monkeypatch):
     """``module:factory`` (``factory(env, rng)`` -> ``obs (23,) -> action (3,)``, per episode): its real return is

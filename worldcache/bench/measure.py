@@ -220,24 +220,64 @@ def load_average() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
-def busy(load_before: float | None = None) -> str | None:
-    """A warning when other work shared the cores during the run (1-minute load average, before and after, above
-    1.5x the cores this process may use; the benchmark itself keeps them about full), else None. Decision times
-    (`policy_ms`, in the compute count) and wall clock are measured during each row, so such a run's speed figures
-    are unreliable (a cache researcher's trial: WorldCache's decision time 71 ms per call under load, 0.7 alone).
+OTHERS_SHARE = 0.25  # others' share of this process's cores above which a run's timings are not its own
 
-    The load average counts the whole machine: where this process may use only some of its cores (a cpuset, as in
-    a container), work on the others is not ours to share, so only a load above 1.5x all the cores is said."""
-    if (load := load_average()) is None:
+
+def _cores() -> set[int]:
+    """The cores this process may use (its affinity: a cpuset in a container)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+def _cores_busy(cores: set[int]) -> float | None:
+    """Seconds the given cores have spent busy since boot, by anyone (Linux's /proc/stat: every state but idle and
+    iowait, steal included); None where it cannot be read."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
         return None
-    machine = os.cpu_count() or 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else machine
-    load = max(load, load_before or 0.0)
-    if load <= 1.5 * max(cores, machine):
-        return None
-    where = f"{cores} cores" if cores >= machine else f"the machine's {machine} cores, {cores} of them this process's"
-    return (f"warning: the machine was busy (load average {load:.1f} on {where}): other work shared the "
-            f"cores, so wall-clock and compute speedups (decision times count) are unreliable; run it alone")
+    busy, seen = 0, set()
+    for line in lines:
+        name, *ticks = line.split()
+        if name[:3] == "cpu" and name[3:].isdigit() and int(name[3:]) in cores:
+            t = [int(v) for v in ticks[:8]]  # user nice system idle iowait irq softirq steal (guest is in user)
+            busy, seen = busy + sum(t) - t[3] - t[4], seen | {int(name[3:])}
+    return busy / tick if seen == cores else None
+
+
+def cpu_sample() -> dict:
+    """What `busy` compares before and after a run: the busy seconds of this process's cores, its own CPU
+    seconds, the wall clock and the load average."""
+    t = os.times()
+    return {"cores_busy": _cores_busy(_cores()), "own": t.user + t.system, "wall": time.monotonic(),
+            "load": load_average()}
+
+
+def busy(before: dict, after: dict | None = None) -> str | None:
+    """A warning when other work shared this process's cores during the run (`cpu_sample` before and after), else
+    None. Decision times (`policy_ms`, in the compute count) and wall clock are measured during each row, so such a
+    run's speed figures are unreliable (a cache researcher's trial: WorldCache's decision time 71 ms per call under
+    load, 0.7 alone).
+
+    Where /proc/stat can be read: the busy time of the cores this process may use, less its own CPU time, over
+    their time (cores x wall), above `OTHERS_SHARE`. This counts only work on our cores (a container pinned to some
+    of a host's cores is not warned of the host's work elsewhere, and is of work on its own). Elsewhere: the
+    1-minute load average, before or after, above 1.5x our cores (the benchmark itself keeps them about full)."""
+    after = after or cpu_sample()
+    cores = len(_cores())
+    if before["cores_busy"] is not None and after["cores_busy"] is not None and after["wall"] > before["wall"]:
+        others = (after["cores_busy"] - before["cores_busy"]) - (after["own"] - before["own"])
+        share = others / (cores * (after["wall"] - before["wall"]))
+        if share <= OTHERS_SHARE:
+            return None
+        said = f"other work took {100 * share:.0f} % of the {cores} cores this process may use"
+    else:
+        load = max(v for v in (before["load"], after["load"], -1.0) if v is not None)
+        if load <= 1.5 * cores:
+            return None
+        said = f"the machine was busy (load average {load:.1f} on {cores} cores)"
+    return (f"warning: {said}: other work shared the cores, so wall-clock and compute speedups (decision times "
+            f"count) are unreliable; run it alone")
 
 
 def machine_info(device) -> dict:

@@ -16,7 +16,7 @@ from .ablation import match_ablation
 from .episodes import HELDOUT_SEED, TUNING_SEED, bench_episodes, calibration_episode, check_simulable
 from .frontier import equal_speed_comparison, frontier_at, frontiers
 from .grid import THRESHOLD_SCALES, bench_configs
-from .measure import (Runs, TimedNoCache, _finite, busy, load_average, machine_info, measure_row, run_episode,
+from .measure import (Runs, TimedNoCache, _finite, busy, cpu_sample, machine_info, measure_row, run_episode,
                       unit_times, warm_up)
 from .report import format_table, write_outputs
 
@@ -81,7 +81,7 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
     ref, runs = Runs(), [Runs() for _ in configs]
     jobs = [(ref_policy, ref, ref_steps)] + [(p, r, c.num_steps) for p, r, c in zip(built, runs, configs)]
     progress = _progress(len(eps) * len(jobs), verbose)
-    load_before = load_average()
+    before = cpu_sample()  # what busy() compares: was the machine ours during the rows?
     for i, ep in enumerate(eps):
         ep_seed = seed + 1000 * (i + 1)  # noise seeds: the same for every configuration of this episode
         for k in run_order(len(configs), i, seed):
@@ -107,7 +107,7 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
         "frontier_at": {"compute": frontier_at(rows, speed_key="compute_speedup"),
                         "wall": frontier_at(rows, speed_key="denoising_speedup"),
                         "latent": frontier_at(rows, speed_key="compute_speedup", quality_key="latent_psnr")},
-        "machine": {**machine_info(device), "busy": busy(load_before)},
+        "machine": {**machine_info(device), "busy": busy(before)},
         "settings": {"checkpoint": str(checkpoint) if checkpoint else "bundled", "episodes": len(eps),
                      "chunks": chunks, "frames_per_episode": frames, "num_steps": ref_steps,
                      "denoise_steps": sorted({c.num_steps for c in configs}, reverse=True), "seed": seed,
