@@ -235,14 +235,13 @@ class WorldSim:
                                  f"{self.frame_shape}}}) or a checkpoint with {START_FRAMES} (`write_start_frames`)")
             return None
         frame = np.asarray(options["frame"])
-        if batch is not None and frame.shape == self.frame_shape:  # one frame for every env, as gymnasium's sync
-            frame = np.broadcast_to(frame, (batch, *frame.shape))  # and async vector envs pass it to each
         want = self.frame_shape if batch is None else (batch, *self.frame_shape)
-        if frame.dtype != np.uint8 or frame.shape != want:
+        if frame.dtype != np.uint8 or frame.shape not in (want, self.frame_shape):
             raise ValueError(f"options['frame'] must be uint8 {want}"
                              + (f" or {self.frame_shape} (the same for every env)" if batch is not None else "")
                              + f", got {frame.dtype} {frame.shape}")
-        return frame.copy()
+        # one frame for every env, as gymnasium's sync and async vector envs pass it to each
+        return np.broadcast_to(frame, want).copy()
 
     def start(self, rng: np.random.Generator, frame: np.ndarray | None) -> tuple[np.ndarray, dict]:
         """The start frame: the given one, or one of the checkpoint's start frames picked with `rng` (that there are

@@ -752,9 +752,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         kept = RESUME.get(args.command)
-        if args.command == "train":  # the interval is TrainConfig's (no flag sets it); train is imported by now
-            from .train import TrainConfig
-            kept = kept.format(save_every=TrainConfig.save_every)
+        if args.command == "train":  # the interval is TrainConfig's (no flag sets it); not imported here: a stop
+            train = sys.modules.get(f"{__package__}.train")  # during its import has nothing saved to speak of
+            kept = kept.format(save_every=train.TrainConfig.save_every) if train else None
         print(f"worldcache {args.command}: interrupted{f' ({e})' if str(e) else ''}" + (f"; {kept}" if kept else ""),
               file=sys.stderr)
         return 128 + getattr(e, "signum", 2)  # as the shell reports a stop by the signal: 130 Ctrl-C, 143 SIGTERM
