@@ -12,8 +12,8 @@ them missing and runs them again (and a later run would too).
 """
 from __future__ import annotations
 
-import copy
 import os
+import pickle
 import queue
 import tempfile
 import threading
@@ -102,6 +102,11 @@ class RolloutWorker:
                                                 compile=self.cfg.compile)
         store = EpisodeStore(self.cfg.out, mode="a", storage_options=self.cfg.storage_options, lease=lease)
         self.writer = EpisodeWriter(store, self.cfg.write_queue)
+        # a policy object, as each batch copies it: cloudpickle (as Ray ships it) takes what deepcopy cannot, such
+        # as a module held in an attribute
+        from ray import cloudpickle
+
+        self._policy = None if isinstance(self.cfg.policy, str) else cloudpickle.dumps(self.cfg.policy)
 
     def ready(self) -> str:
         import ray
@@ -121,7 +126,7 @@ class RolloutWorker:
         try:
             # built afresh for every batch (a policy object: a copy of the config's), so nothing a policy keeps
             # crosses batches: an episode is the same whichever worker, batch or resumed run makes it
-            spec = copy.deepcopy(cfg.policy) if callable(cfg.policy) else cfg.policy
+            spec = pickle.loads(self._policy) if self._policy is not None else cfg.policy  # cloudpickle's is pickle's
             policy = make_policy(spec, env.single_action_space, **cfg.policy_kwargs)
             rngs = [policy_rng(cfg.seed, i) for i in indices]  # one generator per episode
             obs, info = env.reset(seed=[episode_seed(cfg.seed, i) for i in indices])

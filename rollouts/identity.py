@@ -192,10 +192,12 @@ def check_format(store: EpisodeStore) -> dict:
 
 
 def init_or_check(store: EpisodeStore, attrs: dict) -> None:
-    """New store: record `attrs`. Existing one: it must have been written with the same settings (resume)."""
-    if store.attrs.get("rollout") is None:
-        if len(store):
-            raise ValueError(f"{store.path}: holds episodes that are not rollouts of this runner (no 'rollout' attrs)")
+    """New store: record `attrs`. Existing one: it must have been written with the same settings (resume), unless
+    it holds no complete episode (a first run stopped before one was written): then nothing of the old settings
+    would be mixed in, and they are replaced (its partial leftovers are removed next, under the same lease)."""
+    if store.attrs.get("rollout") is None and len(store):
+        raise ValueError(f"{store.path}: holds episodes that are not rollouts of this runner (no 'rollout' attrs)")
+    if store.attrs.get("rollout") is None or not len(store):
         store.attrs.update({"rollout": attrs, "frame_shape": attrs["env"]["frame_shape"]})
         return
     old = check_format(store)
@@ -205,11 +207,13 @@ def init_or_check(store: EpisodeStore, attrs: dict) -> None:
     diff = sorted(k for k in set(old) | set(attrs) if k not in free and old.get(k) != attrs.get(k))
     if diff:
         # cloudpickle gives a class made inside a function a new id in every process: its pickle never matches again
+        # (a function made inside one, whose name reads alike, pickles the same everywhere: the hint says "if")
         local = "policy_sha256" in diff and "<locals>" in str(attrs.get("policy"))
         raise ValueError(f"{store.path}: was written with different {diff} (stored {[old.get(k) for k in diff]}, "
                          f"config {[attrs.get(k) for k in diff]}); use another --out"
-                         + ("; a policy object whose class is defined inside a function is pickled anew in every "
-                            "process, so it never resumes: define its class at module level" if local else ""))
+                         + ("; if the policy is an instance of a class defined inside a function, it is pickled "
+                            "anew in every process and never resumes: define the class at module level"
+                            if local else ""))
 
 
 __all__ = ["FREE_ATTRS", "ROLLOUT_FORMAT", "RolloutFormatError", "check_format", "checkpoint_files",

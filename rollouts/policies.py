@@ -4,9 +4,11 @@ A policy acts on a batch (the vector env): ``policy(obs, rngs) -> actions`` with
 actions float (B, chunk, A), one env step = one chunk of actions. ``rngs`` holds one ``np.random.Generator`` per
 env, seeded from its episode alone (`config.policy_rng`): env i must draw only from ``rngs[i]``, so an episode's
 actions do not depend on the episodes batched with it. A worker builds the policy afresh for every batch of
-episodes (a policy object given in Python: a copy of it), so what it keeps (a step count, say) never crosses
-batches. It may also have ``reset(rngs)``, called at the start of every batch (scripted policies draw their
-per-episode parameters there). Out-of-bound actions are clipped by the env.
+episodes (a registered name, a class or factory, a torch file; a policy object given in Python: a copy of it), so
+what it keeps (a step count, say) never crosses batches; a module-level function or instance named by
+``module:attr`` is used as it is, so it must keep nothing. A policy may also have ``reset(rngs)``, called at the
+start of every batch (scripted policies draw their per-episode parameters there). Out-of-bound actions are
+clipped by the env.
 
 `make_policy(spec, action_space, **kwargs)` builds one from
 

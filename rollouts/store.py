@@ -47,7 +47,7 @@ attrs write rewrites the root metadata file).
 
 One writer per store: a driver takes the store's lease (``lease.json``: a random token, host,
 pid, time) with ``acquire_lease`` and passes the token to its workers (``EpisodeStore(...,
-lease=token)``). While a lease exists, only its holders may write or delete: a second driver
+mode="a", lease=token)``). While a lease exists, only its holders may write or delete: a second driver
 is refused with `LeaseError` naming the holder; ``acquire_lease(..., break_lease=True)``
 replaces a stale lease of a dead driver. ``remove_partial`` (leftover incomplete episodes)
 needs the lease. ``make-data`` takes the lease too, for its whole run. A store without a lease is written
@@ -221,6 +221,8 @@ class EpisodeStore(Mapping):
         token of the lease this writer acts under (see `acquire_lease`)."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r} (use EpisodeStore.create to overwrite)")
+        if lease is not None and mode == "r":
+            raise ValueError("a lease is a writer's: open the store with mode='a' to write under it")
         self.path = os.fspath(path)
         self.mode, self.storage_options, self.lease = mode, storage_options, lease
         try:
@@ -246,10 +248,12 @@ class EpisodeStore(Mapping):
         if fs.exists(root):
             if not overwrite:
                 raise FileExistsError(f"{path!r} already exists (pass overwrite=True to replace it)")
-            if (held := read_lease(path, storage_options)) is not None:
-                raise LeaseError(f"{path}: a writer holds this store's lease (host {held.get('host')}, pid "
-                                 f"{held.get('pid')}): overwriting would delete what it writes; wait for it, or "
-                                 f"if it is dead, delete {LEASE} first")
+            held = read_lease(path, storage_options) if fs.isdir(root) else None  # a file there: replaced
+            if held is not None:
+                who = ("an unreadable lease (a writer died while taking it?)" if held.get("unreadable") else
+                       f"a writer holds this store's lease (host {held.get('host')}, pid {held.get('pid')})")
+                raise LeaseError(f"{path}: {who}: overwriting would delete what it writes; wait for it, or if it is "
+                                 f"dead, delete {LEASE} first")
             fs.rm(root, recursive=True)
         cls._init_root(_zarr_store(path, False, storage_options), attrs or {}, overwrite=True)
         return cls(path, mode="a", storage_options=storage_options)
@@ -415,7 +419,11 @@ class EpisodeStore(Mapping):
         if self.exists(episode_id):
             raise FileExistsError(f"episode {episode_id!r} already exists in {self.path!r}")
         self.check_lease()
-        if episode_id in self._episodes:  # incomplete group from a crashed writer
+        try:
+            leftover = episode_id in self._episodes  # an incomplete group from a crashed writer
+        except ValueError:  # one whose zarr.json is cut short (zarr reads it here); deleting it reads nothing
+            leftover = True
+        if leftover:
             del self._episodes[episode_id]
 
         T = arrays["actions"].shape[0]

@@ -32,7 +32,7 @@ STEPS, CALLS = 2, 4  # env steps per episode, denoising steps (= model calls, no
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster():
     # workers import the test policies below as "test_rollouts:..." (pytest puts tests/ on the driver's path only)
-    ray.init(num_cpus=2, include_dashboard=False,
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False,  # no GPU: the tests' cluster is alike on every host
              runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}})
     yield
     ray.shutdown()
@@ -81,14 +81,14 @@ def half_policy(obs, rngs):
 
 
 class FailSecondBatch:
-    """Constant actions; raises when an actor starts its second batch of episodes."""
+    """Constant actions; raises when an actor starts its second batch of episodes (counted per process: each batch
+    builds a new policy, and each actor is a process of its own)."""
 
-    def __init__(self):
-        self.batches = 0
+    batches = 0
 
     def reset(self, rngs):
-        self.batches += 1
-        if self.batches == 2:
+        FailSecondBatch.batches += 1
+        if FailSecondBatch.batches == 2:
             raise RuntimeError("policy failed on purpose")
 
     def __call__(self, obs, rngs):
@@ -99,12 +99,14 @@ class CrashAfterAWrite:
     """Constant actions; once, at the start of an actor's second batch, the process dies (os._exit) after waiting
     until an episode of its first batch is in the store: an actor that dies having written episodes."""
 
+    batches = 0  # per process, as FailSecondBatch's
+
     def __init__(self, marker: str, out: str):
-        self.marker, self.out, self.batches = marker, out, 0
+        self.marker, self.out = marker, out
 
     def reset(self, rngs):
-        self.batches += 1
-        if self.batches == 2 and not os.path.exists(self.marker):
+        CrashAfterAWrite.batches += 1
+        if CrashAfterAWrite.batches == 2 and not os.path.exists(self.marker):
             deadline = time.time() + 60
             while not open_store(self.out).episode_ids() and time.time() < deadline:
                 time.sleep(0.05)
@@ -240,10 +242,11 @@ def test_a_dataclass_policy_object_reaches_the_actors_as_itself(ckpt, tmp_path):
 
 
 class Ramp:
-    """Keeps a step count and has no reset: its actions are the count."""
+    """Keeps a step count and has no reset: its actions are the count. It holds a module, as TorchPolicy does
+    (copy.deepcopy cannot copy one)."""
 
     def __init__(self, scale: float = 0.01):
-        self.t, self.scale = 0, scale
+        self.t, self.scale, self.np = 0, scale, np
 
     def __call__(self, obs, rngs):
         self.t += 1
@@ -254,8 +257,6 @@ class Ramp:
 def test_a_policys_state_never_crosses_batches(ckpt, tmp_path, policy):
     """Episode 1 after episode 0 on one worker equals episode 1 alone on a fresh one (a resumed run's, say): the
     policy is built afresh per batch, a policy object copied, so its step count restarts."""
-    from dataclasses import asdict
-
     from worldcache.rollouts.actor import RolloutWorker
     from worldcache.rollouts.store import EpisodeStore
 
@@ -263,8 +264,8 @@ def test_a_policys_state_never_crosses_batches(ckpt, tmp_path, policy):
     for name, batches in (("after", [[0], [1]]), ("alone", [[1]])):
         out = str(tmp_path / f"{name}.zarr")
         EpisodeStore(out, mode="a")
-        w = RolloutWorker(asdict(RolloutConfig.load(config(ckpt, out, policy=policy, num_envs=1))),
-                          checkpoint_files(ckpt), "cpu", None)
+        w = RolloutWorker(RolloutConfig.load(config(ckpt, out, policy=policy, num_envs=1)).as_kwargs(),
+                          checkpoint_files(ckpt), "cpu", None)  # as_kwargs: the policy object itself
         for b in batches:
             w.run(b)
         w.flush()
@@ -350,6 +351,26 @@ def test_a_failed_first_run_leaves_no_store(ckpt, tmp_path):
     assert not (tmp_path / "gpu.zarr").exists()
 
 
+def test_a_store_with_no_complete_episode_takes_new_settings(tmp_path):
+    """A first run stopped before any episode was complete (Ctrl-C in its first batch) leaves the store, its settings
+    and a partial group: a corrected config is not refused, since nothing of the old settings would be mixed in."""
+    from worldcache.rollouts.identity import init_or_check
+    from worldcache.rollouts.store import EpisodeStore
+
+    store = EpisodeStore.create(tmp_path / "s.zarr")
+    old = {"format_version": ROLLOUT_FORMAT, "env": {"frame_shape": [H, W, 3], "num_steps": CALLS}}
+    new = {**old, "env": {**old["env"], "num_steps": CALLS + 1}}
+    init_or_check(store, old)
+    (tmp_path / "s.zarr" / "episodes" / episode_id(0, 0)).mkdir()  # the stopped run's partial leftover
+    init_or_check(store, new)
+    assert store.attrs["rollout"] == new
+    store.write_episode(episode_id(1, 0), np.zeros((2, H, W, 3), np.uint8), np.zeros((1, K, A), np.float32),
+                        np.zeros(1), np.zeros(1, bool), np.ones(1, bool))
+    with pytest.raises(ValueError, match="was written with different \\['env'\\]"):  # one complete: refused
+        init_or_check(store, old)
+    assert store.attrs["rollout"] == new
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_what_a_store_records_of_policy_file_and_batch(ckpt, tmp_path):
     from worldcache.rollouts.identity import rollout_attrs
@@ -423,7 +444,7 @@ def test_what_a_store_records_of_policy_file_and_batch(ckpt, tmp_path):
     store = EpisodeStore.create(tmp_path / "local.zarr")
     init_or_check(store, first := attrs(policy=local()))
     assert first["policy"].endswith("local.<locals>.Ramp")
-    with pytest.raises(ValueError, match="is defined inside a function is pickled anew in every process"):
+    with pytest.raises(ValueError, match="if the policy is an instance of a class defined inside a function, it is pickled anew"):
         init_or_check(store, {**first, "policy_sha256": "0" * 64})  # as another process hashes it
     # per-sample caches: the batch size is free on resume; diffusers' hooks decide per batch, so it is recorded
     assert attrs(num_envs=3)["decision_batch"] is None and attrs(cache="fbcache", num_envs=3)["decision_batch"] == 3

@@ -234,6 +234,8 @@ def test_lease_one_writer(tmp_path):
         store.write_episode("a", **make_episode())
     with pytest.raises(LeaseError, match="needs the store's lease"):
         store.remove_partial()
+    with pytest.raises(ValueError, match="a lease is a writer's: open the store with mode='a'"):
+        EpisodeStore(path, lease=token)  # read-only by default: the lease would be pointless
     with pytest.raises(LeaseError, match=f"a writer holds this store's lease .*pid {os.getpid()}.*delete lease.json"):
         EpisodeStore.create(path, overwrite=True)  # would delete the holder's episodes and lease
     assert EpisodeStore(path, mode="r").episode_ids() == ["free"] and read_lease(path)["token"] == token
@@ -254,6 +256,11 @@ def test_lease_one_writer(tmp_path):
     store.write_episode("b", **make_episode())
     assert EpisodeStore(path, mode="r").episode_ids() == ["a", "b", "free"]
     assert len(EpisodeStore.create(path, overwrite=True)) == 0  # no lease: replaced
+    (tmp_path / "s" / "lease.json").write_text("")  # left empty by a writer that died taking it
+    with pytest.raises(LeaseError, match="an unreadable lease .*: overwriting would delete"):
+        EpisodeStore.create(path, overwrite=True)
+    (tmp_path / "file").write_text("not a store")  # a file at the path: replaced, as before the lease check
+    assert len(EpisodeStore.create(tmp_path / "file", overwrite=True)) == 0
 
 
 def test_an_unreadable_lease_is_named_and_can_be_broken(tmp_path):
@@ -388,6 +395,12 @@ def test_damaged_metadata_reads_as_no_index_or_a_partial_episode(tmp_path):
     assert store.remove_partial() == ["b"] and not (path / "episodes" / "b").exists()
     store.write_episode("b", **make_episode(seed=1))
     assert store.episode_ids() == ["a", "b"]
+    # written over without remove_partial first (make-data, scripts/pack_store.py): replaced as any leftover
+    meta = (path / "episodes" / "a" / "zarr.json").read_text()
+    (path / "episodes" / "a" / "zarr.json").write_text(meta[:10])
+    store.write_episode("a", **make_episode(seed=2))
+    assert store.episode_ids() == ["a", "b"]
+    np.testing.assert_array_equal(store.load_episode("a")["obs"], make_episode(seed=2)["obs"])
 
 
 def test_consolidated_index(tmp_path):
