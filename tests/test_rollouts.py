@@ -351,6 +351,12 @@ def test_a_failed_first_run_leaves_no_store(ckpt, tmp_path):
     assert not (tmp_path / "gpu.zarr").exists()
 
 
+def one_episode(store, i: int = 1):
+    """A complete episode in `store`: a store with none takes new settings instead of refusing them."""
+    store.write_episode(episode_id(i, 0), np.zeros((2, H, W, 3), np.uint8), np.zeros((1, K, A), np.float32),
+                        np.zeros(1), np.zeros(1, bool), np.ones(1, bool))
+
+
 def test_a_store_with_no_complete_episode_takes_new_settings(tmp_path):
     """A first run stopped before any episode was complete (Ctrl-C in its first batch) leaves the store, its settings
     and a partial group: a corrected config is not refused, since nothing of the old settings would be mixed in."""
@@ -364,8 +370,7 @@ def test_a_store_with_no_complete_episode_takes_new_settings(tmp_path):
     (tmp_path / "s.zarr" / "episodes" / episode_id(0, 0)).mkdir()  # the stopped run's partial leftover
     init_or_check(store, new)
     assert store.attrs["rollout"] == new
-    store.write_episode(episode_id(1, 0), np.zeros((2, H, W, 3), np.uint8), np.zeros((1, K, A), np.float32),
-                        np.zeros(1), np.zeros(1, bool), np.ones(1, bool))
+    one_episode(store)
     with pytest.raises(ValueError, match="was written with different \\['env'\\]"):  # one complete: refused
         init_or_check(store, old)
     assert store.attrs["rollout"] == new
@@ -404,6 +409,7 @@ def test_what_a_store_records_of_policy_file_and_batch(ckpt, tmp_path):
 
     store = EpisodeStore.create(tmp_path / "resume.zarr")
     init_or_check(store, attrs(policy=str(tmp_path / "p.pth")))
+    one_episode(store)
     os.makedirs(tmp_path / "elsewhere")
     shutil.copy(tmp_path / "p.pth", tmp_path / "elsewhere" / "p.pth")
     init_or_check(store, attrs(policy=str(tmp_path / "elsewhere" / "p.pth")))  # same bytes: accepted
@@ -432,6 +438,7 @@ def test_what_a_store_records_of_policy_file_and_batch(ckpt, tmp_path):
     assert other.stdout.strip() == sha(SinusoidPolicy(space, 0.5))
     store = EpisodeStore.create(tmp_path / "obj.zarr")
     init_or_check(store, attrs(policy=SinusoidPolicy(space, 0.5)))
+    one_episode(store)
     init_or_check(store, attrs(policy=SinusoidPolicy(space, 0.5)))  # the same parameters: resumes
     with pytest.raises(ValueError, match="policy_sha256") as e:
         init_or_check(store, attrs(policy=SinusoidPolicy(space, 0.8)))
@@ -443,6 +450,7 @@ def test_what_a_store_records_of_policy_file_and_batch(ckpt, tmp_path):
         return Ramp(space, 0.5)
     store = EpisodeStore.create(tmp_path / "local.zarr")
     init_or_check(store, first := attrs(policy=local()))
+    one_episode(store)
     assert first["policy"].endswith("local.<locals>.Ramp")
     with pytest.raises(ValueError, match="if the policy is an instance of a class defined inside a function, it is pickled anew"):
         init_or_check(store, {**first, "policy_sha256": "0" * 64})  # as another process hashes it
