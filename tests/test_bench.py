@@ -869,8 +869,8 @@ def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp
     assert res["windows"] == 2 and list(res["horizons"]) == ["1", "2"]
     assert res["settings"] == {"checkpoint": str(tiny_ckpt), "data": str(tmp_path / "eps.zarr"), "holdout": 0.0,
                                "episodes": 2, "chunks": [1, 2], "max_windows": res["settings"]["max_windows"],
-                               "denoise_steps": 2, "cache": "none", "moving": 2.0, "real_cond": False,
-                               "decoder": str(tiny_ckpt)}  # its own (untrained) decoder
+                               "denoise_steps": 2, "cache": "none", "cache_config": {"policy": "none"},
+                               "moving": 2.0, "real_cond": False, "decoder": str(tiny_ckpt)}  # its own, untrained
     assert len(res["cond_error"]) == 1 and 0 < res["cond_error"][0] < 100  # chunk 2's conditioning frame
     for c, r in res["horizons"].items():
         assert r["frames"] == 2 * int(c) * 8
@@ -894,6 +894,34 @@ def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp
     assert main(["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "one.zarr")]) == 2
     assert "one.zarr: --holdout 0.1 holds out none of its 1 episode(s); give --holdout 0 to score them all" in \
         capsys.readouterr().err
+
+
+def test_cli_evaluate_model_calibrates_magcache_on_a_training_episode(tiny_ckpt, tmp_path, monkeypatch):
+    """MagCache without ratios calibrates on its first prediction: warmed up on the store's first training episode
+    (as bench takes it), not on the held-out windows it is scored on; its ratios are recorded."""
+    from worldcache import bench
+    from worldcache.cli import main
+    from worldcache.train import load_episodes
+
+    random_store(tmp_path / "eps.zarr", 8, episodes=4)
+    calls, real_warm_up = [], bench.warm_up
+
+    def spy(model, policies, num_steps, *a, **kw):
+        calls.append(([p.name for p in policies], num_steps, kw["episode"]))
+        return real_warm_up(model, policies, num_steps, *a, **kw)
+
+    monkeypatch.setattr(bench, "warm_up", spy)
+    out = tmp_path / "m.json"
+    base = ["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "eps.zarr"), "--holdout",
+            "0.5", "--chunks", "1", "--denoise-steps", "3", "--json", str(out)]
+    assert main(base + ["--cache", "none"]) == 0 and calls == []  # nothing to calibrate
+    assert main(base + ["--cache", "magcache"]) == 0
+    [(names, steps, episode)] = calls
+    first = load_episodes(tmp_path / "eps.zarr")[0][0]  # ep0: the training split's first (ep2, ep3 are scored)
+    assert names == ["magcache"] and steps == 3
+    np.testing.assert_array_equal(episode["obs"], first["obs"][:9])
+    ratios = json.loads(out.read_text())["settings"]["cache_config"]["mag_ratios"]
+    assert len(ratios) == 3 and all(math.isfinite(r) for r in ratios)
 
 
 def test_a_missing_store_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
@@ -965,6 +993,13 @@ def test_cli_evaluate_model_reports_decoded_position_errors(tiny_ckpt, tmp_path,
     assert "tip cm" in printed and "  chunk 1: " in printed
     assert main(args + ["--decoder", str(tmp_path)]) == 2  # a folder without a decoder is named, not ignored
     assert f"{tmp_path / 'state_decoder.json'}: missing" in capsys.readouterr().err
+    # a decoder of other frames is refused before any rollout (it failed after all of them, losing them)
+    from worldcache.state_decoder import StateDecoderConfig
+
+    StateDecoder(StateDecoderConfig(height=40, width=48)).save(tmp_path / "small")
+    assert main(args + ["--decoder", str(tmp_path / "small")]) == 2
+    assert capsys.readouterr().err.endswith(f"{tmp_path / 'small'}: the state decoder reads 40x48 frames, the model "
+                                            f"predicts 80x96\n")
 
 
 def test_spearman_draws_resample_the_starts_alike_for_every_policy():

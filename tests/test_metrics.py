@@ -219,6 +219,11 @@ def test_summarize_means_spearman_figures_and_term_splits_by_hand():
     assert p[2]["terms"]["real"] == [9, 10] and p[2]["terms_episodes"]["real"] == [[8, 9], [10, 11]]
     assert p[1]["terms_episodes"]["wm"]["other"] == [[-4, -5], [-6, -7]]
     assert res["term_names"] == ["object-goal", "tip-object"]
+    # a NaN return: no ranking, so no same-ranking answer either (it read "NO" for the reference itself)
+    nan = {"none": np.where(WM["none"] == 2, np.nan, WM["none"]), "other": WM["other"]}
+    res_nan = fidelity.summarize(["a", "b", "c"], REAL, DEC, CTRL, nan, {"seed": 0, "episodes": 2, "steps": 4})
+    assert res_nan["same_ranking"] == {"none": None, "other": None} and res_nan["spearman"]["none"] is None
+    assert fidelity.format_table(res_nan).splitlines()[-2].split()[-2:] == ["n/a", "n/a"]
     flat = fidelity.summarize(["a", "b", "c"], REAL, DEC, np.full((3, 2), -0.25), WM, {"seed": 0})
     assert flat["equal_control_cost"] is True and flat["term_names"] is None and "terms" not in flat["policies"][0]
 
@@ -280,6 +285,13 @@ def test_pool_results_refuses_other_policies_caches_and_older_results_at_other_p
         del r["settings"]["model_sha256"], r["settings"]["decoder_sha256"]
     with pytest.raises(ValueError, match="differs from result 0"):
         fidelity.pool_results([old_a, old_b])
+    # one result with the hashes, one without (older code): compared by their paths, which are recorded
+    new_a = _part([0], [10])
+    assert fidelity.pool_results([new_a, old_a_copy := _part([1], [11])])["settings"]["env_seeds"] == [10, 11]
+    del old_a_copy["settings"]["model_sha256"], old_a_copy["settings"]["decoder_sha256"]
+    assert fidelity.pool_results([new_a, old_a_copy])["settings"]["episodes"] == 2  # the same paths: they pool
+    with pytest.raises(ValueError, match=r"\{'checkpoint': \('/another', '/here'\)\}"):  # not "not recorded"
+        fidelity.pool_results([new_a, old_b])
 
 
 def test_format_table_and_terms_show_each_figure_in_its_column():

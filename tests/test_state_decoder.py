@@ -297,6 +297,12 @@ def test_conditioning_error_exact_values():
     # two conditioning frames: frames 0-1 and 2-3; differences (0, 3, 9, 1) and (0, 0, 0, -4)
     assert conditioning_error(Stub(2), pred, real) == pytest.approx([np.sqrt(91 / 4), 2.0])
     assert conditioning_error(Stub(1), pred[:, :2], real[:, :2]) == []  # one chunk: nothing conditions on it
+    # three conditioning frames, chunks of 2 (the cond_frames > chunk case): chunk 2 reads the start frame (red 4 in
+    # both) and frames 0-1: differences (0, 0, 3) and (0, 9, 1); chunk 3 reads frames 1-3: (3, 0, 0) and (1, 0, -4)
+    start = windows([4], [4])[:, 0]
+    assert conditioning_error(Stub(3), pred, real, start) == pytest.approx([np.sqrt(91 / 6), np.sqrt(26 / 6)])
+    # no start given: the window's oldest frame repeats (chunk 2: frames 0, 0, 1: (0, 0, 3) and (9, 9, 1))
+    assert conditioning_error(Stub(3), pred, real) == pytest.approx([np.sqrt(172 / 6), np.sqrt(26 / 6)])
 
 
 def test_a_decoder_records_the_scene_of_the_make_data_store_it_learned(store, tmp_path):

@@ -87,6 +87,8 @@ def _evaluate_model(args) -> int:
 
     from pathlib import Path
 
+    from .bench import needs_calibration, warm_up
+    from .bench.episodes import calibration_episode
     from .cache import load_policy
     from .quality import evaluate_open_loop, format_scores
     from .rollouts.store import EpisodeStore
@@ -102,6 +104,9 @@ def _evaluate_model(args) -> int:
     decoder = (StateDecoder.load(args.decoder) if args.decoder else
                StateDecoder.load(own) if (own / CONFIG_FILE).is_file() else None)
     if decoder is not None:
+        if (decoder.config.height, decoder.config.width) != (model.spec.height, model.spec.width):
+            raise ValueError(f"{args.decoder or own}: the state decoder reads {decoder.config.height}x"
+                             f"{decoder.config.width} frames, the model predicts {model.spec.height}x{model.spec.width}")
         try:
             decoder.check_scene(model.spec.scene, args.decoder or own)
         except ValueError as e:
@@ -117,7 +122,10 @@ def _evaluate_model(args) -> int:
     if not held:  # one episode is never held out (it is needed for training)
         raise ValueError(f"{args.data}: --holdout {args.holdout} holds out none of its {len(episodes)} episode(s); "
                          f"give --holdout 0 to score them all")
-    res = evaluate_open_loop(model, held, chunks=args.chunks, policy=load_policy(args.cache),
+    policy = load_policy(args.cache)
+    if needs_calibration(policy):  # MagCache: its ratios from a training episode, not the windows it is scored on
+        warm_up(model, [policy], args.denoise_steps, episode=calibration_episode(model.spec, args.data, args.holdout))
+    res = evaluate_open_loop(model, held, chunks=args.chunks, policy=policy,
                              num_steps=args.denoise_steps, max_windows=args.windows, moving=args.moving,
                              decoder=decoder, real_cond=args.real_cond)
     print(format_scores(res))
@@ -125,6 +133,7 @@ def _evaluate_model(args) -> int:
         res["settings"] = {"checkpoint": args.checkpoint or "bundled", "data": args.data, "holdout": args.holdout,
                            "episodes": len(held), "chunks": args.chunks, "max_windows": args.windows,
                            "denoise_steps": args.denoise_steps or model.spec.num_steps, "cache": args.cache,
+                           "cache_config": {"policy": policy.name, **policy.settings()},  # as it ran (a YAML may change)
                            "moving": args.moving, "real_cond": args.real_cond,
                            "decoder": (args.decoder or str(own)) if decoder is not None else None}
         with open(args.json, "w") as f:

@@ -426,7 +426,9 @@ def summarize(labels: list[str], real, dec_real, ctrl, wm: dict, settings: dict,
         "spearman_decoded_real": _spearman(mean(real), mean(dec_real))[0],
         "spearman_without_ctrl": {c: _spearman(mean(real - ctrl), mean(wm[c] - ctrl))[0] for c in wm},
         "spearman_decoded_real_without_ctrl": _spearman(mean(real - ctrl), mean(dec_real - ctrl))[0],
-        "same_ranking": {c: bool(np.array_equal(rankdata(mean(wm[c])), rankdata(mean(wm[ref])))) for c in wm},
+        # None (n/a) where a mean return is not finite: a ranking is undefined then, as the Spearman figures are
+        "same_ranking": {c: bool(np.array_equal(rankdata(mean(wm[c])), rankdata(mean(wm[ref]))))
+                         if np.isfinite(mean(wm[c])).all() and np.isfinite(mean(wm[ref])).all() else None for c in wm},
         "equal_control_cost": bool(np.ptp(ctrl) < 1e-6 * max(1.0, np.abs(ctrl).max())),
         "reference_cache": ref,
         "settings": settings,
@@ -441,10 +443,14 @@ def pool_results(results: list[dict], json_out=None) -> dict:
     if len(results) < 2:
         raise ValueError("pooling needs at least two results")
 
-    def same(r):  # the files' hashes name the model and the reader where saved: the same ones at another path pool
-        paths = ("checkpoint", "decoder") if "model_sha256" in r["settings"] else ()
+    # the files' hashes name the model and the reader where every result saved them: the same ones at another path
+    # pool; else (a result of older code among them) the paths do, as they did then
+    hashed = all("model_sha256" in r["settings"] for r in results)
+    names = ("checkpoint", "decoder") if hashed else ("model_sha256", "decoder_sha256")
+
+    def same(r):
         return {k: v for k, v in r["settings"].items()
-                if k not in ("env_seeds", "episodes", "compile", "device", *paths)}
+                if k not in ("env_seeds", "episodes", "compile", "device", *names)}
     b = same(results[0])
     for i, r in enumerate(results):
         a = same(r)
@@ -509,6 +515,10 @@ def caveats(result: dict) -> list[str]:
     return out
 
 
+def _yes(v: bool | None, no: str) -> str:
+    return "n/a" if v is None else "yes" if v else no
+
+
 def _seed_span(seeds) -> str:
     """Env seeds as ``a-b`` where consecutive, else the list."""
     seeds = list(seeds)
@@ -543,7 +553,7 @@ def format_table(result: dict) -> str:
                      + " ".join(f"{fmt(result['spearman_without_ctrl'][c]):>14}" for c in caches))
     ref = result["reference_cache"]
     lines.append(f"{'same ranking as ' + ref:<22} {'':>9} {'':>10} "
-                 + " ".join(f"{'yes' if result['same_ranking'][c] else 'NO':>14}" for c in caches))
+                 + " ".join(f"{_yes(result['same_ranking'][c], 'NO'):>14}" for c in caches))
     return "\n".join(lines + [f"caution: {c}" for c in caveats(result)])
 
 
@@ -580,5 +590,5 @@ def markdown_table(result: dict) -> str:
         rows.append(f"| Spearman, control cost removed | | {fmt(result['spearman_decoded_real_without_ctrl'])} | "
                     + " | ".join(fmt(result["spearman_without_ctrl"][c]) for c in caches) + " |")
     rows.append(f"| same ranking as {result['reference_cache']} | | | "
-                + " | ".join("yes" if result["same_ranking"][c] else "no" for c in caches) + " |")
+                + " | ".join(_yes(result["same_ranking"][c], "no") for c in caches) + " |")
     return "\n".join(rows)

@@ -132,15 +132,21 @@ def follow_scores(decoder, pred, start, states, chunk: int) -> list[dict]:
 
 
 @torch.no_grad()
-def conditioning_error(model, pred, real) -> list[float]:
+def conditioning_error(model, pred, real, start=None) -> list[float]:
     """How far a rollout's own conditioning frames are from the real ones: for each chunk but the last of predicted
-    windows (N, T, H, W, 3), the RMS difference between the encoded last `spec.cond_frames` frames of the chunk,
-    predicted and real, in the normalised latent units the DiT reads (and `train --cond-noise` perturbs; the real
-    latents' RMS: 1.2 on the bundled model). The next chunk is conditioned on exactly these frames."""
+    windows (N, T, H, W, 3), the RMS difference between the encoded last `spec.cond_frames` frames up to the chunk's
+    end, predicted and real, in the normalised latent units the DiT reads (and `train --cond-noise` perturbs; the
+    real latents' RMS: 1.2 on the bundled model). The next chunk is conditioned on exactly these frames: where they
+    reach back past the window (cond_frames > chunk), to its `start` frame (N, H, W, 3), then that repeated, as
+    `WorldModel.cond_window` pads."""
     k, n = model.spec.chunk, model.spec.cond_frames
+    first = 0 if start is None else 1  # the index of the first predicted frame
+    if start is not None:
+        pred, real = (np.concatenate([start[:, None], a], axis=1) for a in (pred, real))
     out = []
-    for end in range(k, pred.shape[1], k):
-        d = model.encode(torch.as_tensor(pred[:, end - n:end])) - model.encode(torch.as_tensor(real[:, end - n:end]))
+    for end in range(first + k, pred.shape[1], k):
+        idx = np.maximum(np.arange(end - n, end), 0)  # before the oldest frame: the oldest repeated
+        d = model.encode(torch.as_tensor(pred[:, idx])) - model.encode(torch.as_tensor(real[:, idx]))
         out.append(float(d.float().pow(2).mean().sqrt()))
     return out
 
@@ -187,7 +193,9 @@ def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, 
     gets ``cond_error`` (`conditioning_error`, one entry per chunk after the first). `real_cond`: each horizon also
     gets ``real_cond``, the model's full-frame and moving-region PSNR and SSIM with every chunk conditioned on the
     real frames (`teacher_forced`): the gap to the open-loop figures is what compounding costs. Window w draws the
-    noise `derived_seed(seed, w) + chunk`, its own whatever the batch."""
+    noise `derived_seed(seed, w) + chunk`, its own whatever the batch (w counts the windows kept, so other
+    `moving`/`max_windows` settings keep the first windows' noise only where they keep the same windows before
+    them); a diffusers-hook cache policy decides per batch of `batch` windows, so its frames depend on the batch."""
     horizons = sorted({int(c) for c in np.atleast_1d(chunks)})
     if not horizons or horizons[0] < 1:
         raise ValueError(f"chunks must be >= 1, got {chunks}")
@@ -208,7 +216,7 @@ def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, 
            "horizons": {str(c): {"frames": int(len(starts) * c * k), **frame_scores(pred[:, :c * k], reals[:, :c * k],
                                                                                  starts)} for c in horizons}}
     if horizons[-1] > 1:
-        out["cond_error"] = conditioning_error(model, pred, reals)
+        out["cond_error"] = conditioning_error(model, pred, reals, starts)
     if real_cond:
         tf = teacher_forced(model, starts, acts, reals, policy, num_steps, seeds, batch)
         for c in horizons:
