@@ -39,6 +39,20 @@ def _init_ray(address: str | None) -> bool:
     return True
 
 
+def _cluster_alive(started: bool) -> bool:
+    """False when the local cluster this run started has lost its processes: a SIGTERM to the whole process group
+    (a scheduler's or systemd's stop) reaches Ray's GCS and raylet too. Waiting on the dead actors then outlasts
+    Ray's own 60 s GCS timeout, which ends the process before the lease is given back; there is nothing left to
+    flush. Ray's node handle is internal API, so where it is missing the cluster is taken as alive."""
+    if not started:
+        return True
+    import ray
+
+    node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
+    alive = getattr(node, "remaining_processes_alive", None)
+    return alive() if callable(alive) else True
+
+
 def _resolve(cfg: RolloutConfig, **overrides) -> RolloutConfig:
     cfg = RolloutConfig.load({**cfg.as_kwargs(), **{k: v for k, v in overrides.items() if v is not None}})
     local = _local_path(cfg.out)
@@ -160,7 +174,8 @@ def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: Ep
                                    f"{errors[:3] or todo[:5]}")
         dt = time.perf_counter() - t0
     except BaseException:
-        if actors:  # a failed batch (or Ctrl-C): the live actors first write what they hold, finished episodes stay
+        if actors and _cluster_alive(started):  # a failed batch (or Ctrl-C): the live actors first write what they
+            # hold, finished episodes stay
             ray.wait([a.flush.remote() for a in actors], num_returns=len(actors), timeout=FLUSH_ON_ERROR_S)
         raise
     finally:

@@ -760,13 +760,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where a command turns it into one (make-data, rollout)
         if args.debug:
             raise
+        from .interrupt import received
+
+        signum = getattr(e, "signum", None) or received()  # Ray re-raises a stop as a plain KeyboardInterrupt
         kept = RESUME.get(args.command)
         if args.command == "train":  # the interval is TrainConfig's (no flag sets it); not imported here: a stop
             train = sys.modules.get(f"{__package__}.train")  # during its import has nothing saved to speak of
             kept = kept.format(save_every=train.TrainConfig.save_every) if train else None
-        print(f"worldcache {args.command}: interrupted{f' ({e})' if str(e) else ''}" + (f"; {kept}" if kept else ""),
+        said = str(e) or (f"signal {signum}" if signum else "")
+        print(f"worldcache {args.command}: interrupted{f' ({said})' if said else ''}" + (f"; {kept}" if kept else ""),
               file=sys.stderr)
-        return 128 + getattr(e, "signum", 2)  # as the shell reports a stop by the signal: 130 Ctrl-C, 143 SIGTERM
+        return 128 + (signum or 2)  # as the shell reports a stop by the signal: 130 Ctrl-C, 143 SIGTERM
     except Exception as e:
         if args.debug or not is_input_error(e):
             raise  # a bug: the traceback is what a report needs

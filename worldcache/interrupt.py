@@ -18,8 +18,19 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+_received: int | None = None  # the signal `_terminate` last turned into `Terminated`, inside the current block
+
+
 def _terminate(signum, frame):
+    global _received
+    _received = signum
     raise Terminated(signum)
+
+
+def received() -> int | None:
+    """The signal that stopped the current `sigterm_as_interrupt` block, if `_terminate` saw one: a library that
+    catches the `Terminated` (Ray, in a blocking call) may raise a plain KeyboardInterrupt in its place."""
+    return _received
 
 
 _depth = 0  # how many `sigterm_as_interrupt` blocks the main thread is in
@@ -35,9 +46,10 @@ def _restore(signum: int, handler) -> None:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt():
-    global _depth
+    global _depth, _received
     main = _main_thread()
     before = signal.signal(signal.SIGTERM, _terminate) if main else None
+    _received = None if main else _received
     _depth += main
     try:
         yield
