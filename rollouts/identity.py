@@ -191,6 +191,15 @@ def check_format(store: EpisodeStore) -> dict:
     return ro
 
 
+def _differences(stored, now, path: str) -> str:
+    """Where two settings differ, down to the keys of nested dicts (an env or a cache config has many, of which one
+    differs): ``env.num_steps: stored 10, config 12``."""
+    if isinstance(stored, dict) and isinstance(now, dict):
+        return "; ".join(_differences(stored.get(k, "not recorded"), now.get(k, "not recorded"), f"{path}.{k}")
+                         for k in sorted(stored.keys() | now.keys(), key=str) if stored.get(k) != now.get(k))
+    return f"{path}: stored {stored!r}, config {now!r}"
+
+
 def init_or_check(store: EpisodeStore, attrs: dict) -> None:
     """New store: record `attrs`. Existing one: it must have been written with the same settings (resume), unless
     it holds no complete episode (a first run stopped before one was written): then nothing of the old settings
@@ -209,8 +218,8 @@ def init_or_check(store: EpisodeStore, attrs: dict) -> None:
         # cloudpickle gives a class made inside a function a new id in every process: its pickle never matches again
         # (a function made inside one, whose name reads alike, pickles the same everywhere: the hint says "if")
         local = "policy_sha256" in diff and "<locals>" in str(attrs.get("policy"))
-        raise ValueError(f"{store.path}: was written with different {diff} (stored {[old.get(k) for k in diff]}, "
-                         f"config {[attrs.get(k) for k in diff]}); use another --out"
+        said = "; ".join(_differences(old.get(k), attrs.get(k), k) for k in diff)
+        raise ValueError(f"{store.path}: was written with different {diff} ({said}); use another --out"
                          + ("; if the policy is an instance of a class defined inside a function, it is pickled "
                             "anew in every process and never resumes: define the class at module level"
                             if local else ""))

@@ -17,7 +17,8 @@ from .store import EpisodeStore
 
 def open_store(path: str | Path, storage_options: dict | None = None) -> EpisodeStore:
     """The rollout store, read-only: ``store.episode_ids()``, ``store[id]`` -> dict of numpy arrays + ``"attrs"``,
-    ``store.episode_array(id, name)`` (lazy zarr), ``store.attrs["rollout"]`` (model, cache, env, policy, seeds).
+    ``store.episode_array(id, name)`` (lazy zarr; a packed per-step statistic such as ``cache/drift``: numpy),
+    ``store.attrs["rollout"]`` (model, cache, env, policy, seeds).
     A store of an older rollout format raises `RolloutFormatError`."""
     store = EpisodeStore(path, mode="r", storage_options=storage_options)
     check_format(store)
@@ -119,6 +120,8 @@ def inspect_store(path: str | Path, plots_dir: str | Path | None = None, episode
     ids = store.episode_ids()
     if not ids:
         raise ValueError(f"{path}: no complete episodes")
+    if episode is not None and episode not in ids:  # before the summary is printed
+        raise KeyError(f"no complete episode {episode!r} in {path} (it has {ids[0]} .. {ids[-1]})")
     st = _stats(store, ids)
     comp = np.concatenate(st["cache/computed"])
     res = {"episodes": len(ids), "steps": int(comp.shape[0]), "calls_per_step": int(comp.shape[1]),

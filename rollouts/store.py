@@ -157,6 +157,17 @@ def holds_lease(url: str, token: str, storage_options: dict | None = None) -> bo
     return (read_lease(str(url), storage_options) or {}).get("token") == token
 
 
+def _running(pid) -> bool:
+    """Whether process `pid` exists on this host (one of another user counts as running)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError, OverflowError):
+        return True  # another user's, or no pid to judge by: taken as alive
+    return True
+
+
 def acquire_lease(url: str, storage_options: dict | None = None, break_lease: bool = False) -> str:
     """Take the store's lease; returns its token. Raises `LeaseError` while another holds it (unless
     `break_lease`: for a lease left by a driver that died)."""
@@ -171,6 +182,10 @@ def acquire_lease(url: str, storage_options: dict | None = None, break_lease: bo
                              f"while taking it). If no driver is writing this store, rerun with --break-lease "
                              f"(break_lease=True)")
         age = time.time() - float(old.get("since", 0))
+        if old.get("host") == socket.gethostname() and not _running(old.get("pid")):
+            raise LeaseError(f"{url}: its lease was left by pid {old.get('pid')} on this host, {age / 60:.1f} min "
+                             f"ago, which is no longer running (killed?). If no other machine writes this store, "
+                             f"rerun with --break-lease (break_lease=True)")
         raise LeaseError(f"{url}: another driver holds this store's lease (host {old.get('host')}, pid "
                          f"{old.get('pid')}, {age / 60:.1f} min ago). One writer per store: wait for it, or if that "
                          f"driver is dead, rerun with --break-lease (break_lease=True)")

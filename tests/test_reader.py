@@ -55,6 +55,13 @@ def test_the_numbers_pool_every_call_of_every_episode(tmp_path):
     assert res["mean_denoise_ms"] == pytest.approx(35 / 3, rel=1e-6)
 
 
+def test_an_unknown_episode_is_refused_before_the_summary(tmp_path, capsys):
+    write_store(tmp_path / "s.zarr", [[[True] * 3]] * 2, [[1.0], [1.0]])
+    with pytest.raises(KeyError, match="no complete episode 'nope' in .*s.zarr \\(it has ep0 .. ep1\\)"):
+        inspect_store(tmp_path / "s.zarr", episode="nope")
+    assert capsys.readouterr().out == ""
+
+
 def test_every_call_computed_is_no_speedup(tmp_path):
     write_store(tmp_path / "s.zarr", [[[True] * 3] * 2], [[1.0, 1.0]])
     res = inspect_store(tmp_path / "s.zarr")

@@ -371,8 +371,10 @@ def test_a_store_with_no_complete_episode_takes_new_settings(tmp_path):
     init_or_check(store, new)
     assert store.attrs["rollout"] == new
     one_episode(store)
-    with pytest.raises(ValueError, match="was written with different \\['env'\\]"):  # one complete: refused
+    with pytest.raises(ValueError, match="was written with different \\['env'\\]") as e:  # one complete: refused
         init_or_check(store, old)
+    # the one setting that differs, not both whole dicts
+    assert str(e.value).endswith(f"(env.num_steps: stored {CALLS + 1}, config {CALLS}); use another --out")
     assert store.attrs["rollout"] == new
 
 

@@ -230,6 +230,17 @@ def test_lease_one_writer(tmp_path):
     assert read_lease(path)["token"] == token and read_lease(path)["pid"] == os.getpid()
     with pytest.raises(LeaseError, match="another driver holds this store's lease.*--break-lease"):
         acquire_lease(path)
+    # a lease of a process on this host that no longer runs is said as such (a killed driver's)
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    doc = json.loads((tmp_path / "s" / "lease.json").read_text())
+    (tmp_path / "s" / "lease.json").write_text(json.dumps({**doc, "pid": int(gone.stdout), "host": socket.gethostname()}))
+    with pytest.raises(LeaseError, match=f"left by pid {int(gone.stdout)} on this host, .* no longer running"):
+        acquire_lease(path)
+    (tmp_path / "s" / "lease.json").write_text(json.dumps(doc))
     with pytest.raises(LeaseError, match="does not hold it"):  # a writer without the lease
         store.write_episode("a", **make_episode())
     with pytest.raises(LeaseError, match="needs the store's lease"):
