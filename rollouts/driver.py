@@ -40,17 +40,23 @@ def _init_ray(address: str | None) -> bool:
 
 
 def _cluster_alive(started: bool) -> bool:
-    """False when the local cluster this run started has lost its processes: a SIGTERM to the whole process group
-    (a scheduler's or systemd's stop) reaches Ray's GCS and raylet too. Waiting on the dead actors then outlasts
-    Ray's own 60 s GCS timeout, which ends the process before the lease is given back; there is nothing left to
-    flush. Ray's node handle is internal API, so where it is missing the cluster is taken as alive."""
+    """False when the local cluster this run started has lost its GCS or raylet: a SIGTERM to the whole process
+    group (a scheduler's or systemd's stop) reaches them too. Waiting on the dead actors then outlasts Ray's own
+    60 s GCS timeout, which ends the process before the lease is given back; there is nothing left to flush. A
+    cluster joined or given is taken as alive (its processes are not this run's), as is any where Ray's internal
+    node handle cannot be read."""
     if not started:
         return True
-    import ray
+    try:
+        import ray
+        from ray._private import ray_constants
 
-    node = getattr(getattr(ray, "_private", None) and ray._private.worker, "_global_node", None)
-    alive = getattr(node, "remaining_processes_alive", None)
-    return alive() if callable(alive) else True
+        procs = ray._private.worker._global_node.all_processes
+        return all(p.process.poll() is None for kind in (ray_constants.PROCESS_TYPE_GCS_SERVER,
+                                                          ray_constants.PROCESS_TYPE_RAYLET)
+                   for p in procs.get(kind, []))
+    except Exception:  # internal API moved: the flush is tried as before
+        return True
 
 
 def _resolve(cfg: RolloutConfig, **overrides) -> RolloutConfig:
@@ -174,9 +180,12 @@ def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: Ep
                                    f"{errors[:3] or todo[:5]}")
         dt = time.perf_counter() - t0
     except BaseException:
-        if actors and _cluster_alive(started):  # a failed batch (or Ctrl-C): the live actors first write what they
-            # hold, finished episodes stay
-            ray.wait([a.flush.remote() for a in actors], num_returns=len(actors), timeout=FLUSH_ON_ERROR_S)
+        # a failed batch (or Ctrl-C): the live actors first write what they hold, finished episodes stay; waited on in
+        # slices, so that a cluster dying meanwhile (its GCS and raylet a moment after the driver's signal) ends it
+        pending = [a.flush.remote() for a in actors] if actors and _cluster_alive(started) else []
+        deadline = time.monotonic() + FLUSH_ON_ERROR_S
+        while pending and time.monotonic() < deadline and _cluster_alive(started):
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
         raise
     finally:
         for a in actors:

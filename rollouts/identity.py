@@ -191,13 +191,18 @@ def check_format(store: EpisodeStore) -> dict:
     return ro
 
 
+_ABSENT = object()
+
+
 def _differences(stored, now, path: str) -> str:
     """Where two settings differ, down to the keys of nested dicts (an env or a cache config has many, of which one
-    differs): ``env.num_steps: stored 10, config 12``."""
+    differs): ``env.num_steps: stored 10, config 12``; a key on one side only reads "absent"."""
     if isinstance(stored, dict) and isinstance(now, dict):
-        return "; ".join(_differences(stored.get(k, "not recorded"), now.get(k, "not recorded"), f"{path}.{k}")
-                         for k in sorted(stored.keys() | now.keys(), key=str) if stored.get(k) != now.get(k))
-    return f"{path}: stored {stored!r}, config {now!r}"
+        return "; ".join(_differences(stored.get(k, _ABSENT), now.get(k, _ABSENT), f"{path}.{k}")
+                         for k in sorted(stored.keys() | now.keys(), key=str)
+                         if k not in stored or k not in now or stored[k] != now[k])
+    show = lambda v: "absent" if v is _ABSENT else repr(v)  # noqa: E731
+    return f"{path}: stored {show(stored)}, config {show(now)}"
 
 
 def init_or_check(store: EpisodeStore, attrs: dict) -> None:
@@ -218,7 +223,7 @@ def init_or_check(store: EpisodeStore, attrs: dict) -> None:
         # cloudpickle gives a class made inside a function a new id in every process: its pickle never matches again
         # (a function made inside one, whose name reads alike, pickles the same everywhere: the hint says "if")
         local = "policy_sha256" in diff and "<locals>" in str(attrs.get("policy"))
-        said = "; ".join(_differences(old.get(k), attrs.get(k), k) for k in diff)
+        said = "; ".join(_differences(old.get(k, _ABSENT), attrs.get(k, _ABSENT), k) for k in diff)
         raise ValueError(f"{store.path}: was written with different {diff} ({said}); use another --out"
                          + ("; if the policy is an instance of a class defined inside a function, it is pickled "
                             "anew in every process and never resumes: define the class at module level"

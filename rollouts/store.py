@@ -184,8 +184,9 @@ def acquire_lease(url: str, storage_options: dict | None = None, break_lease: bo
         age = time.time() - float(old.get("since", 0))
         if old.get("host") == socket.gethostname() and not _running(old.get("pid")):
             raise LeaseError(f"{url}: its lease was left by pid {old.get('pid')} on this host, {age / 60:.1f} min "
-                             f"ago, which is no longer running (killed?). If no other machine writes this store, "
-                             f"rerun with --break-lease (break_lease=True)")
+                             f"ago, which is no longer running here (killed?, or a container of the same host name). "
+                             f"If no other machine or container writes this store, rerun with --break-lease "
+                             f"(break_lease=True)")
         raise LeaseError(f"{url}: another driver holds this store's lease (host {old.get('host')}, pid "
                          f"{old.get('pid')}, {age / 60:.1f} min ago). One writer per store: wait for it, or if that "
                          f"driver is dead, rerun with --break-lease (break_lease=True)")

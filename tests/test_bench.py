@@ -896,12 +896,13 @@ def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp
         capsys.readouterr().err
 
 
-def test_cli_evaluate_model_calibrates_magcache_on_a_training_episode(tiny_ckpt, tmp_path, monkeypatch):
+def test_cli_evaluate_model_calibrates_magcache_on_a_training_episode(tiny_ckpt, tmp_path, monkeypatch, capsys):
     """MagCache without ratios calibrates on its first prediction: warmed up on the store's first training episode
     (as bench takes it), not on the held-out windows it is scored on; its ratios are recorded."""
     from worldcache import bench
     from worldcache.cli import main
     from worldcache.train import load_episodes
+    from worldcache.world_model import WorldModel
 
     random_store(tmp_path / "eps.zarr", 8, episodes=4)
     calls, real_warm_up = [], bench.warm_up
@@ -922,6 +923,12 @@ def test_cli_evaluate_model_calibrates_magcache_on_a_training_episode(tiny_ckpt,
     np.testing.assert_array_equal(episode["obs"], first["obs"][:9])
     ratios = json.loads(out.read_text())["settings"]["cache_config"]["mag_ratios"]
     assert len(ratios) == 3 and all(math.isfinite(r) for r in ratios)
+    # no training split to calibrate on: said before the model loads (it failed after, naming no remedy)
+    monkeypatch.setattr(WorldModel, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(base[:-2] + ["--holdout", "1", "--cache", "magcache"]) == 2
+    assert capsys.readouterr().err.endswith("--cache magcache calibrates on a training episode, as bench does: "
+                                            f"{tmp_path / 'eps.zarr'}: no training episode has 8 steps (holdout=1.0, "
+                                            "4 episodes); lower --holdout, or give its mag_ratios in a cache YAML\n")
 
 
 def test_a_missing_store_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):

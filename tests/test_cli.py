@@ -304,6 +304,30 @@ def test_a_stores_scene_is_checked_without_mujoco():
     assert "v2.zarr shows another scene than the model's" in out and out.strip().endswith("False")
 
 
+def test_a_sigterm_a_library_re_raises_as_ctrl_c_is_still_sigterm_and_forgotten_after(monkeypatch, capsys):
+    """Ray, blocked in a call when `Terminated` is raised, raises a plain KeyboardInterrupt in its place: the block
+    turns it back into the signal's stop (143), and a later Ctrl-C outside it is Ctrl-C (130), not the old signal."""
+    import signal
+
+    from worldcache.interrupt import Terminated, sigterm_as_interrupt
+
+    def stopped(args):
+        with sigterm_as_interrupt():
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            except Terminated:
+                raise KeyboardInterrupt from None  # as Ray's check_status does
+
+    def ctrl_c(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_rollout", stopped)
+    assert cli.main(["rollout", "rollout_smoke"]) == 143
+    assert "worldcache rollout: interrupted (signal 15); the complete" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "_bench", ctrl_c)
+    assert cli.main(["bench"]) == 130 and capsys.readouterr().err.strip() == "worldcache bench: interrupted"
+
+
 def test_ctrl_c_is_a_line_not_a_traceback(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt

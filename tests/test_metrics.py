@@ -289,7 +289,9 @@ def test_pool_results_refuses_other_policies_caches_and_older_results_at_other_p
     new_a = _part([0], [10])
     assert fidelity.pool_results([new_a, old_a_copy := _part([1], [11])])["settings"]["env_seeds"] == [10, 11]
     del old_a_copy["settings"]["model_sha256"], old_a_copy["settings"]["decoder_sha256"]
-    assert fidelity.pool_results([new_a, old_a_copy])["settings"]["episodes"] == 2  # the same paths: they pool
+    mixed = fidelity.pool_results([new_a, old_a_copy])
+    assert mixed["settings"]["episodes"] == 2  # the same paths: they pool
+    assert "model_sha256" not in mixed["settings"]  # the old one's files were never hashed: no hash is claimed
     with pytest.raises(ValueError, match=r"\{'checkpoint': \('/another', '/here'\)\}"):  # not "not recorded"
         fidelity.pool_results([new_a, old_b])
 

@@ -375,6 +375,12 @@ def test_a_store_with_no_complete_episode_takes_new_settings(tmp_path):
         init_or_check(store, old)
     # the one setting that differs, not both whole dicts
     assert str(e.value).endswith(f"(env.num_steps: stored {CALLS + 1}, config {CALLS}); use another --out")
+    # a key on one side only is "absent" (one set to None on the other side counts as a difference, said)
+    from worldcache.rollouts.identity import _differences
+
+    assert _differences({"scale": None, "n": {"a": 1}}, {"n": {"a": 2}, "m": 3}, "policy_kwargs") == (
+        "policy_kwargs.m: stored absent, config 3; policy_kwargs.n.a: stored 1, config 2; "
+        "policy_kwargs.scale: stored None, config absent")
     assert store.attrs["rollout"] == new
 
 
@@ -579,15 +585,24 @@ def test_sigterm_to_the_whole_process_group_stops_a_rollout_and_gives_the_lease_
 def test_a_run_whose_local_cluster_died_does_not_wait_on_its_actors(monkeypatch):
     """The hang itself needs the bundled model (an actor busy in a long model call when the group's SIGTERM comes:
     the flush then waited out Ray's 60 s GCS timeout; seen with `worldcache rollout` and a `kill -TERM -- -PGID`,
-    rc 1 after 60 s before, 143 after 10 s now). Here the check that skips it: the local cluster this run started
-    is asked whether its processes live; a cluster joined or given is never judged."""
+    rc 1 after 60 s before, 143 after 10 s now). Here the check that skips it: the GCS and raylet of the local
+    cluster this run started are asked whether they live (another of its processes, the dashboard's say, does not
+    count); a cluster joined or given is never judged."""
+    from ray._private import ray_constants
+
     from worldcache.rollouts.driver import _cluster_alive
 
-    node = type("Node", (), {"alive": True, "remaining_processes_alive": lambda self: self.alive})()
-    monkeypatch.setattr(ray._private.worker, "_global_node", node)
+    def proc(code):
+        return type("P", (), {"process": type("Popen", (), {"poll": lambda self: code})()})()
+
+    procs = {ray_constants.PROCESS_TYPE_GCS_SERVER: [proc(None)], ray_constants.PROCESS_TYPE_RAYLET: [proc(None)],
+             "dashboard": [proc(1)]}
+    monkeypatch.setattr(ray._private.worker, "_global_node", type("Node", (), {"all_processes": procs})())
     assert _cluster_alive(True) and _cluster_alive(False)
-    node.alive = False
+    procs[ray_constants.PROCESS_TYPE_RAYLET] = [proc(-15)]
     assert not _cluster_alive(True) and _cluster_alive(False)
+    monkeypatch.setattr(ray._private.worker, "_global_node", None)  # no handle: taken as alive
+    assert _cluster_alive(True)
 
 
 # --- reading ------------------------------------------------------------------------------------------------

@@ -94,11 +94,18 @@ def _evaluate_model(args) -> int:
     from .rollouts.store import EpisodeStore
     from .state_decoder import CONFIG_FILE, StateDecoder
     from .train import load_episodes, split
-    from .world_model import BUNDLED, WorldModel
+    from .world_model import BUNDLED, WorldModel, read_spec
 
     if args.json:  # made first: a missing folder must not cost the whole evaluation
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     EpisodeStore(args.data, mode="r")  # a missing store fails before the model loads
+    policy, calibration = load_policy(args.cache), None
+    if needs_calibration(policy):  # MagCache: its ratios from a training episode, not the windows it is scored on
+        try:  # (with --holdout 0, bench's rule: the store's first episode, which is scored too)
+            calibration = calibration_episode(read_spec(args.checkpoint), args.data, args.holdout)
+        except ValueError as e:
+            raise ValueError(f"--cache {args.cache} calibrates on a training episode, as bench does: {e}; lower "
+                             f"--holdout, or give its mag_ratios in a cache YAML") from None
     model = WorldModel.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, compile=args.compile)
     own = Path(args.checkpoint or BUNDLED)  # its decoder if it has one; a folder given must hold one (load says)
     decoder = (StateDecoder.load(args.decoder) if args.decoder else
@@ -122,9 +129,8 @@ def _evaluate_model(args) -> int:
     if not held:  # one episode is never held out (it is needed for training)
         raise ValueError(f"{args.data}: --holdout {args.holdout} holds out none of its {len(episodes)} episode(s); "
                          f"give --holdout 0 to score them all")
-    policy = load_policy(args.cache)
-    if needs_calibration(policy):  # MagCache: its ratios from a training episode, not the windows it is scored on
-        warm_up(model, [policy], args.denoise_steps, episode=calibration_episode(model.spec, args.data, args.holdout))
+    if calibration is not None:
+        warm_up(model, [policy], args.denoise_steps, episode=calibration)
     res = evaluate_open_loop(model, held, chunks=args.chunks, policy=policy,
                              num_steps=args.denoise_steps, max_windows=args.windows, moving=args.moving,
                              decoder=decoder, real_cond=args.real_cond)
@@ -760,17 +766,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where a command turns it into one (make-data, rollout)
         if args.debug:
             raise
-        from .interrupt import received
-
-        signum = getattr(e, "signum", None) or received()  # Ray re-raises a stop as a plain KeyboardInterrupt
         kept = RESUME.get(args.command)
         if args.command == "train":  # the interval is TrainConfig's (no flag sets it); not imported here: a stop
             train = sys.modules.get(f"{__package__}.train")  # during its import has nothing saved to speak of
             kept = kept.format(save_every=train.TrainConfig.save_every) if train else None
-        said = str(e) or (f"signal {signum}" if signum else "")
-        print(f"worldcache {args.command}: interrupted{f' ({said})' if said else ''}" + (f"; {kept}" if kept else ""),
+        print(f"worldcache {args.command}: interrupted{f' ({e})' if str(e) else ''}" + (f"; {kept}" if kept else ""),
               file=sys.stderr)
-        return 128 + (signum or 2)  # as the shell reports a stop by the signal: 130 Ctrl-C, 143 SIGTERM
+        return 128 + getattr(e, "signum", 2)  # as the shell reports a stop by the signal: 130 Ctrl-C, 143 SIGTERM
     except Exception as e:
         if args.debug or not is_input_error(e):
             raise  # a bug: the traceback is what a report needs

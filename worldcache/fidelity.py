@@ -471,7 +471,8 @@ def pool_results(results: list[dict], json_out=None) -> dict:
     joined = lambda get: np.concatenate(  # noqa: E731
         [[get(p) for p in r["policies"]] for r in results], axis=1)[:, order]
     caches = list(results[0]["spearman"])
-    settings = {**results[0]["settings"], "episodes": len(seeds), "env_seeds": sorted(seeds)}
+    settings = {**{k: v for k, v in results[0]["settings"].items() if hashed or k not in names},  # hashes only
+                "episodes": len(seeds), "env_seeds": sorted(seeds)}                               # all checked
     terms = None  # results saved before the terms were kept pool without them
     if all("terms_episodes" in r["policies"][0] for r in results):
         terms = {k: joined(lambda p: p["terms_episodes"][k]) for k in ("real", "decoded_real")}

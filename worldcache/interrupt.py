@@ -18,19 +18,13 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-_received: int | None = None  # the signal `_terminate` last turned into `Terminated`, inside the current block
+_received: int | None = None  # the signal `_terminate` turned into `Terminated` inside the current block
 
 
 def _terminate(signum, frame):
     global _received
     _received = signum
     raise Terminated(signum)
-
-
-def received() -> int | None:
-    """The signal that stopped the current `sigterm_as_interrupt` block, if `_terminate` saw one: a library that
-    catches the `Terminated` (Ray, in a blocking call) may raise a plain KeyboardInterrupt in its place."""
-    return _received
 
 
 _depth = 0  # how many `sigterm_as_interrupt` blocks the main thread is in
@@ -49,14 +43,21 @@ def sigterm_as_interrupt():
     global _depth, _received
     main = _main_thread()
     before = signal.signal(signal.SIGTERM, _terminate) if main else None
-    _received = None if main else _received
+    outer = _received
     _depth += main
     try:
         yield
+    except KeyboardInterrupt as e:
+        # a library that caught our Terminated (Ray, in a blocking call) raises a plain KeyboardInterrupt in its
+        # place: the stop is still the signal's, so its exit status is too
+        if main and _received is not None and not isinstance(e, Terminated):
+            raise Terminated(_received) from e
+        raise
     finally:
         if main:
             _depth -= 1
             _restore(signal.SIGTERM, before)
+            _received = outer  # a later, unrelated Ctrl-C is not taken for this block's signal
 
 
 def reclaim_sigterm() -> None:
