@@ -111,8 +111,7 @@ def parse_policy(spec: str) -> tuple[str, float | None, str]:
         _control_factory(str(spec))
         return str(spec), None, str(spec)
     if name not in POLICIES + EQUAL_COST:
-        raise ValueError(f"unknown control policy {name!r}; choose from {POLICIES + EQUAL_COST} or a set "
-                         f"{tuple(POLICY_SETS)}")
+        raise _unknown_control(name)
     if not colon:
         return name, None, name
     if name not in NOISY:
@@ -168,8 +167,14 @@ def make_control(name: str, noise: float | None, env, seed: int):
             raise ValueError(f"control policy {name!r}: the factory returned {type(policy).__name__}, not a "
                              f"policy obs (23,) -> action (3,)")
         return policy
-    raise ValueError(f"unknown control policy {name!r}; choose from {POLICIES + EQUAL_COST} or a set "
-                     f"{tuple(POLICY_SETS)}")
+    raise _unknown_control(name)
+
+
+def _unknown_control(name: str) -> ValueError:
+    from .mujoco_data import POLICIES
+
+    return ValueError(f"unknown control policy {name!r}; choose from {POLICIES + EQUAL_COST} or a set "
+                      f"{tuple(POLICY_SETS)}")
 
 
 def _spearman(a, b) -> tuple[float | None, float | None]:
