@@ -158,11 +158,8 @@ class WorldSim:
 
         if self.folder is not None and StateDecoder.exists(self.folder):
             decoder = StateDecoder.load(self.folder, device)
-            c = decoder.config
-            if (c.height, c.width) != (self.spec.height, self.spec.width):
-                raise CheckpointError(f"{self.folder / CONFIG_FILE}: the state decoder reads {c.height}x{c.width} "
-                                      f"frames, the model predicts {self.spec.height}x{self.spec.width}")
             try:
+                decoder.check_frames(self.spec, self.folder / CONFIG_FILE)
                 decoder.check_scene(self.spec.scene, self.folder / CONFIG_FILE)
             except ValueError as e:
                 raise CheckpointError(f"{e}, or give the env a reward_fn=") from None

@@ -111,9 +111,7 @@ def _evaluate_model(args) -> int:
     decoder = (StateDecoder.load(args.decoder) if args.decoder else
                StateDecoder.load(own) if (own / CONFIG_FILE).is_file() else None)
     if decoder is not None:
-        if (decoder.config.height, decoder.config.width) != (model.spec.height, model.spec.width):
-            raise ValueError(f"{args.decoder or own}: the state decoder reads {decoder.config.height}x"
-                             f"{decoder.config.width} frames, the model predicts {model.spec.height}x{model.spec.width}")
+        decoder.check_frames(model.spec, args.decoder or own)  # refused even for its own: the figures need it
         try:
             decoder.check_scene(model.spec.scene, args.decoder or own)
         except ValueError as e:

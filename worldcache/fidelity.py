@@ -317,9 +317,7 @@ def evaluate_policies(checkpoint=None, episodes: int = 5, steps: int = 48, polic
     decs = [StateDecoder.load(r, device) for r in readers]
     dec_ids = [model_sha256({n: (r / n).read_bytes() for n in (CONFIG_FILE, WEIGHTS_FILE)}) for r in readers]
     for dec, r in zip(decs, readers):
-        if (dec.config.height, dec.config.width) != (s.height, s.width):
-            raise ValueError(f"the state decoder reads {dec.config.height}x{dec.config.width} frames, the model "
-                             f"predicts {s.height}x{s.width}")
+        dec.check_frames(s, r)
         dec.check_scene(s.scene, r)
 
     real = np.zeros((len(specs), episodes))

@@ -110,6 +110,13 @@ class StateDecoder(nn.Module):
         """An env step's reward: the sum over the chunk of its steps' rewards (the env's default reward_fn)."""
         return float(self.rewards(frames, actions).sum())
 
+    def check_frames(self, spec, where) -> None:
+        """Refuse a model whose frames are of another size than the decoder reads (`spec`: its `WorldModelSpec`)."""
+        c = self.config
+        if (c.height, c.width) != (spec.height, spec.width):
+            raise ValueError(f"{where}: the state decoder reads {c.height}x{c.width} frames, the model predicts "
+                             f"{spec.height}x{spec.width}")
+
     def check_scene(self, model_scene: dict | None, where) -> None:
         """Refuse to read a model's frames through another camera: positions would be read in the wrong view."""
         if diff := scene_diff(self.config.scene, model_scene):
