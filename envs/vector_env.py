@@ -16,8 +16,8 @@ keys; ``env.records[i]`` holds env i's full `CallRecord`s of its last prediction
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np

@@ -209,9 +209,10 @@ def init_or_check(store: EpisodeStore, attrs: dict) -> None:
     """New store: record `attrs`. Existing one: it must have been written with the same settings (resume), unless
     it holds no complete episode (a first run stopped before one was written): then nothing of the old settings
     would be mixed in, and they are replaced (its partial leftovers are removed next, under the same lease)."""
-    if store.attrs.get("rollout") is None and len(store):
+    recorded, episodes = store.attrs.get("rollout"), len(store)  # len: a listing of the store, read once
+    if recorded is None and episodes:
         raise ValueError(f"{store.path}: holds episodes that are not rollouts of this runner (no 'rollout' attrs)")
-    if store.attrs.get("rollout") is None or not len(store):
+    if recorded is None or not episodes:
         store.attrs.update({"rollout": attrs, "frame_shape": attrs["env"]["frame_shape"]})
         return
     old = check_format(store)

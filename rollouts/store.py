@@ -318,10 +318,8 @@ class EpisodeStore(Mapping):
             fs, root = _fs(self.path, self.storage_options)
             try:
                 self._indexed = dict(json.loads(fs.cat_file(f"{root}/{INDEX}"))["episodes"])
-            except FileNotFoundError:
-                self._indexed = {}
-            except (ValueError, KeyError, TypeError):  # cut short or not an index: read each episode's own attrs
-                self._indexed = {}
+            except (FileNotFoundError, ValueError, KeyError, TypeError):  # none, or cut short or not an index:
+                self._indexed = {}                                         # each episode's own attrs are read
         return self._indexed
 
     def _group_names(self) -> list[str]:
