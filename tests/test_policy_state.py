@@ -159,6 +159,55 @@ def test_cross_chunk_refuses_when_the_probe_drifted_past_the_threshold():
     assert all(r.computed for _, r in chunk(p, 1, probe=(3, 5), rest=(10, 20)))  # drift 1 > 0.1
 
 
+def test_cross_chunk_reuse_obeys_the_consecutive_skip_cap_and_the_hf_veto():
+    """Reuses from the previous chunk are skips: with a cap of 1 the second chunk alternates reuse and compute (it
+    reused 3 calls in a row uncapped, above); the veto at 0 forbids every one after the first call, whose input has
+    no previous one to compare with (x = (1, 3) doubles each step: its Laplacian, (2, -2) at first, moves)."""
+    p = make_policy("worldcache", threshold=1e9, ret_ratio=0.9, cross_chunk=True, max_consecutive_skips=1, **OFF)
+    chunk(p, 0, probe=(1, 2), rest=(10, 20))
+    assert [r.computed for _, r in chunk(p, 1, probe=(1.5, 2), rest=(99, 99))] == [False, True, False, True]
+    p = make_policy("worldcache", threshold=1e9, ret_ratio=0.9, cross_chunk=True, hf_veto=True, hf_threshold=0.0,
+                    **OFF)
+    for index in (0, 1):
+        p.begin_chunk(index)
+        p.begin(N)
+        recs = [call(p, ScriptedStack(tokens(1, 3) * 2 ** s, tokens(1, 2), tokens(10, 20)), s, N)[1] for s in range(N)]
+    assert [r.computed for r in recs] == [False, True, True, True]
+
+
+def test_the_engine_keeps_residuals_in_fp32_and_low_precision_drift_stays_finite():
+    """Residuals are kept in fp32 from fp16/bf16 activations (an extrapolation multiplies their rounding: a parabola 9
+    steps out by weights summing to 199). x = 3; steps 0-1 (warm-up) compute probe residuals 2, 3 and block-stack
+    residuals 7, 9; step 2 (probe residual 4) skips: γ = <4-2, 3-2> / <3-2, 3-2> = 2, clamped to 1.8, so the output is
+    3 + 7 + 1.8 (9 - 7) = 13.6. Those sums, over 20000 x 64 fp16 values, overflow 65504 (γ was inf / inf = NaN), and
+    fp16 rounds the 1e-12 floors to 0 (0 / 0 = NaN drift for zero probes)."""
+    from worldcache.cache.base import rel_l1
+
+    for dtype in (torch.float16, torch.bfloat16):
+        p = make_policy("worldcache", threshold=1e9, ret_ratio=0.3, **{**OFF, "blend": True})  # warm-up: 2 of 6
+        p.begin(6)
+        x = torch.full((1, 20000, 64), 3.0, dtype=dtype)
+        outs = [call(p, TypedStack(x, torch.full_like(x, 2.0 + s), torch.full_like(x, 5.0 + s)), s, 6)
+                for s in range(3)]
+        st = p._states["cond"][0]
+        assert all(r.dtype == torch.float32 for r in st.residuals + st.probe_residuals)
+        assert [r.computed for _, r in outs] == [True, True, False]
+        out, rec = outs[2]
+        assert rec.gamma == pytest.approx(1.8) and out.dtype == dtype
+        assert torch.equal(out, torch.full_like(x, 13.6))  # rounded once, to the weights' dtype
+        zero = torch.zeros(1, 4, 8, dtype=dtype)
+        assert float(rel_l1(zero, zero)) == 0.0
+        assert make_policy("worldcache")._drift(zero, zero, (1, 2, 2)) == (0.0, 1.0)
+
+
+class TypedStack(ScriptedStack):
+    """`ScriptedStack` in the dtype of its tensors (it computes in float64)."""
+
+    def __init__(self, x, probe, rest):
+        super().__init__(x.double(), probe.double(), rest.double())
+        self.x, self.probe, self.rest = x, probe, rest
+
+
 def test_rollout_carries_cross_chunk_state_between_its_chunks(tmp_path):
     from worldcache.world_model import WorldModel, WorldModelSpec
 

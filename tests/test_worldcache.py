@@ -155,6 +155,28 @@ def test_warp_check_counts_no_warp_where_nothing_moved(monkeypatch):
     assert call.warped == 0.0 and torch.equal(out, src)
 
 
+def test_warp_check_warps_no_frame_whose_input_did_not_change():
+    """On the bundled model's 10 x 12 token grid the flow between identical inputs is not exactly zero (~1e-7, the
+    resampling's rounding), so the flow cannot say that nothing moved; here the probe even fits the rounding's warp
+    exactly. Identical inputs: no frame warped. Frame 1 changed: only it may be (and, the probe fitting, is)."""
+    grid = (3, 10, 12)
+    torch.manual_seed(0)
+    x, approx, rho_hat = (torch.randn(1, 360, 32) for _ in range(3))
+    flow = token_flow(x, x, grid)
+    assert flow.abs().amax() > 0  # what the old check read as motion
+    policy = make_policy("worldcache", **{**BASE, "warp": True})
+    call = CallRecord(step=10, num_steps=20, branch="cond")
+    out = policy._warp(approx.clone(), rho_hat, warp_tokens(rho_hat, flow, grid), x, x, grid, call)
+    assert call.warped == 0.0 and torch.equal(out, approx)
+    moved = x.clone()
+    moved[:, 120:240] += 0.1 * torch.randn(1, 120, 32)  # frame 1's tokens
+    flow = token_flow(x, moved, grid)
+    out = policy._warp(approx.clone(), rho_hat, warp_tokens(rho_hat, flow, grid), x, moved, grid, call)
+    assert call.warped == pytest.approx(1 / 3)
+    assert torch.equal(out[:, :120], approx[:, :120]) and torch.equal(out[:, 240:], approx[:, 240:])
+    assert torch.equal(out[:, 120:240], warp_tokens(approx, flow, grid)[:, 120:240])
+
+
 def test_warp_check_refuses_a_warp_the_probe_contradicts():
     out, warped, unwarped, call = _warp_case(moving_probe=False)  # inputs moved, features did not
     assert call.warped == 0.0 and torch.equal(out, unwarped) and not torch.allclose(warped, unwarped)

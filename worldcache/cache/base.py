@@ -177,8 +177,15 @@ class NoCache(CachePolicy):
         return stack(stack.x)
 
 
+def widened(t: torch.Tensor) -> torch.Tensor:
+    """`t` in fp32 at least: what the caches sum or keep of fp16/bf16 activations (float64 stays float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def rel_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """mean|a-b| / mean|b| per sample: shape (B,)."""
+    """mean|a-b| / mean|b| per sample: shape (B,). In fp32: fp16 rounds the 1e-12 floor to 0 (NaN for two zero
+    tensors)."""
+    a, b = widened(a), widened(b)
     dims = tuple(range(1, a.ndim))
     num = (a - b).abs().mean(dim=dims)
     den = b.abs().mean(dim=dims).clamp_min(1e-12)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from .base import CachePolicy, CallRecord, ModelCall, PolicyState, compute_rows, may_skip
+from .base import CachePolicy, CallRecord, ModelCall, PolicyState, compute_rows, may_skip, widened
 from .config import PolicyConfig
 
 
@@ -41,7 +41,8 @@ class ProbeState(PolicyState):
     x_prev: torch.Tensor | None = None  # the previous call's stack input
     p_prev: torch.Tensor | None = None  # the previous call's probe output
     x_ref: torch.Tensor | None = None   # the last computed call's stack input
-    residuals: list = field(default_factory=list)        # the last computed block-stack residuals (out - x): 2 or 3
+    residuals: list = field(default_factory=list)        # the last computed block-stack residuals (out - x): 2 or 3,
+                                                         # fp32 (`widened`) whatever the weights' dtype
     probe_residuals: list = field(default_factory=list)  # and their probe residuals (probe - x)
     steps: list = field(default_factory=list)            # and their steps
     sigmas: list = field(default_factory=list)           # and noise levels
@@ -91,16 +92,18 @@ class ProbeEngine:
         keep = [decide(st, rec, x[i:i + 1], probe[i:i + 1], ctx) for i, (st, rec) in enumerate(zip(sts, call))]
         skip = [k is not None for k in keep]
         # resume from the probe (its blocks are not run twice) on the samples that compute
+        # residuals in fp32 whatever the weights' dtype: an extrapolation's weights (a parabola's sum to 199 at 9
+        # steps out) would multiply bf16's rounding; the output is rounded to the weights' dtype once
         out = compute_rows(stack, skip, lambda i: x[i:i + 1] + approximate(
-            sts[i], probe[i:i + 1] - x[i:i + 1], x[i:i + 1], ctx, call[i]), h=probe, start=depth)
+            sts[i], widened(probe[i:i + 1]) - widened(x[i:i + 1]), x[i:i + 1], ctx, call[i]), h=probe, start=depth)
         for i, (st, rec) in enumerate(zip(sts, call)):
             xi, pi = x[i:i + 1], probe[i:i + 1]
             if skip[i]:
                 st.acc, st.skips = keep[i], st.skips + 1
             else:
                 k = self.keep  # the last `keep` computed calls
-                st.residuals = [*st.residuals, out[i:i + 1] - xi][-k:]
-                st.probe_residuals = [*st.probe_residuals, pi - xi][-k:]
+                st.residuals = [*st.residuals, widened(out[i:i + 1]) - widened(xi)][-k:]
+                st.probe_residuals = [*st.probe_residuals, widened(pi) - widened(xi)][-k:]
                 st.steps, st.sigmas = [*st.steps, rec.step][-k:], [*st.sigmas, rec.sigma][-k:]
                 st.x_ref, st.acc, st.skips = xi, 0.0, 0
                 if self.keep_trajectory:
@@ -134,7 +137,7 @@ class ProbeEngine:
                 g = rec.gamma = (rec.sigma - st.sigmas[-2]) / (st.sigmas[-1] - st.sigmas[-2])
             else:
                 dims = (1, 2)
-                a, b = rho_now - rho[-2], rho[-1] - rho[-2]
+                a, b = rho_now - rho[-2], rho[-1] - rho[-2]  # fp32 (`widened`): fp16 sums overflow past 65504
                 if least_squares:  # argmin_g ||a - g b||^2
                     gamma = ((a * b).sum(dims) / (b * b).sum(dims).clamp_min(1e-12)).clamp(gamma_min, gamma_max)
                 else:

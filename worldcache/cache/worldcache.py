@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from . import register
-from .base import CallRecord, ModelCall, may_skip, rel_l1
+from .base import CallRecord, ModelCall, may_skip, rel_l1, widened
 from .probe import EXTRAPOLATIONS, PARABOLAS, ProbeConfig, ProbePolicy, ProbeState
 from ..motion import laplacian, token_flow, warp_tokens
 
@@ -94,7 +94,7 @@ class WorldCache(ProbePolicy):
             for st in sts:
                 st.skips += 1  # a skip like any other: max_consecutive_skips counts it
             # no block runs: each sample's last computed residual of the branch, held
-            return x + torch.cat([st.residuals[-1] for st in sts])
+            return (x + torch.cat([st.residuals[-1] for st in sts])).to(x.dtype)
         prev = self.previous.get(call.branch)
         if prev is not None and len(prev) != len(call):
             raise ValueError(f"cross_chunk: batch of {len(call)} samples after a chunk of {len(prev)}")
@@ -116,13 +116,19 @@ class WorldCache(ProbePolicy):
             drift, rec.saliency = self._drift(probe[:, gen], st.p_prev[:, gen], gen_grid)
             acc = st.acc + drift
             rec.drift, rec.threshold = acc, tau  # a skip keeps acc (rec.drift) as the sample's accumulated drift
-            vetoed = cfg.hf_veto and float(rel_l1(laplacian(x[:, gen], gen_grid),
-                                                   laplacian(st.x_prev[:, gen], gen_grid))) > cfg.hf_threshold
-            if self.engine.capped(st) or vetoed:
+            if self._blocked(st, x, gen, gen_grid):
                 return None
             if acc < tau:
                 return acc
+        elif self._prev is None or self._blocked(st, x, gen, gen_grid):
+            return None  # a reuse from the previous chunk is a skip too: the cap and the veto hold for it
         return self._from_previous_chunk(st, rec, probe[:, gen], tau, acc, gen, gen_grid)
+
+    def _blocked(self, st: ProbeState, x, gen: slice, grid) -> bool:
+        """No skip however small the drift: `max_consecutive_skips` reached, or the high-frequency veto."""
+        cfg = self.config
+        return self.engine.capped(st) or (cfg.hf_veto and st.x_prev is not None and float(rel_l1(
+            laplacian(x[:, gen], grid), laplacian(st.x_prev[:, gen], grid))) > cfg.hf_threshold)
 
     def _scope(self, ctx) -> tuple[slice, tuple[int, int, int]]:
         """The tokens the drift reads and their grid: all of them, or with `generated_only` the generated frames'
@@ -151,7 +157,8 @@ class WorldCache(ProbePolicy):
     def _drift(self, p: torch.Tensor, p_prev: torch.Tensor, grid) -> tuple[float, float]:
         if not self.config.saliency:
             return float(rel_l1(p, p_prev)), float("nan")
-        sal = p_prev.float()
+        p, p_prev = widened(p), widened(p_prev)  # fp16 rounds the 1e-12 floors below to 0
+        sal = p_prev
         if self.config.saliency_over == "location":  # tokens are (T, H, W)-ordered, frames outermost
             b, n, c = sal.shape
             t = grid[0]
@@ -203,8 +210,9 @@ class WorldCache(ProbePolicy):
         b, n, _ = approx.shape
         frames = grid[0]
         err = lambda r: (r - rho_now).abs().reshape(b, frames, -1).mean(-1)  # noqa: E731  (B, T)
-        # A zero flow is no warp (the clean conditioning frame): rounding in the resampling must not count it as one.
-        moved = flow.flatten(1).abs().amax(dim=1).view(b, frames) > 0
+        # A frame whose input did not change is not warped (the clean conditioning frame): its flow, estimated by
+        # resampling, is not exactly zero on most grids (1.5e-7 on the bundled model's 10x12), so it cannot say.
+        moved = (x_ref != x).reshape(b, frames, -1).any(-1)
         keep = moved & (err(warp_tokens(rho_hat, flow, grid)) < err(rho_hat))
         call.warped = float(keep.float().mean())
         return torch.where(keep.repeat_interleave(n // frames, dim=1)[..., None], warped, approx)
