@@ -113,6 +113,22 @@ def test_skipped_calls_run_no_blocks(setup, make, name):
         assert counter["n"] == nb * sum(r.computed for r in out.records)
 
 
+# Which calls compute (C) and which reuse (.), at 10 steps: these policies' schedules follow from their settings
+# alone, not from the activations. FORA: 2 warm-up steps, then every 2nd call. FasterCache: attention reused every
+# 2nd call once the step-based timestep 1000 (1 - step / 10) is inside (-1, 681). MagCache with ratios 0.99 a step,
+# after its 2 retention steps: its accumulated error, the sum of 1 - 0.99^j over the skips j = 1.., is 0.0596 after
+# 3 skips (<= 0.06) and 0.0990 after 4, and its cap is 3 skips. TaylorSeer and PAB: diffusers' rules for their YAMLs'
+# intervals and timestep ranges.
+SCHEDULES = {"fora": "CCC.C.C.C.", "fastercache": "CCCCC.C.C.", "magcache": "CC...C...C", "taylorseer": "CCC.C....C",
+             "pab": "CCC...C..C"}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_schedules_that_follow_from_the_settings_alone(setup, make, name):
+    out = run(setup, make(name, **SETTINGS[name][2]))
+    assert "".join("C" if r.computed else "." for r in out.records) == SCHEDULES[name]
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_close_to_uncached(setup, make, name):
     ref = run(setup).latents
@@ -249,6 +265,24 @@ def test_magcache_calibrates_on_first_prediction(setup, make, capsys):
     third = denoise(dit, default_scheduler(), noise, emb, num_steps=STEPS + 2, policy=p, **base)
     assert len(third.records) == STEPS + 2 and torch.isfinite(third.latents).all()
     p.detach()
+
+
+def test_magcache_calibrates_again_on_another_model_and_keeps_configured_ratios(setup, make):
+    """Calibrated ratios are the model's: a policy that follows another model calibrates on it (it reused the first
+    model's); ratios given in the config are used on any model."""
+    _, base, noise, emb, neg = setup
+    other = (DiT(tiny_transformer(seed=1)), base, noise, emb, neg)
+    p = make("magcache", threshold=1.0)
+    run(setup, p)
+    run(setup, p)
+    first = list(p.mag_ratios)
+    on_other = run(other, p)
+    assert all(r.computed for r in on_other.records) and p.mag_ratios is None  # calibrating again
+    run(other, p)
+    assert len(p.mag_ratios) == STEPS and p.mag_ratios != first
+    fixed = make("magcache", threshold=1.0, mag_ratios=RATIOS)
+    run(setup, fixed)
+    assert any(not r.computed for r in run(other, fixed).records) and fixed.mag_ratios == RATIOS
 
 
 def test_fastercache_keeps_diffusers_experimental_banner_to_itself(setup, make):
