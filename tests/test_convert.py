@@ -158,6 +158,7 @@ def test_every_tensor_lands_bit_equal(files, variant):
     # quantised; Predict2 its RectifiedFlowAB2 (35 steps + the clean pass), the conditioning frame at sigma 1e-4
     assert (s.num_steps, s.cond_frame_timestep, s.cosmos_sigmas, s.quantise_timestep, s.fp32_time_embedding) == (
         (35, None, True, True, True) if variant == "2.5" else (36, 1e-4 / 1.0001, False, False, False))
+    assert s.truncate_pixels  # decoded frames as NVIDIA's scripts make them, for both variants
     assert type(model.scheduler).__name__ == (
         "UniPCMultistepScheduler" if variant == "2.5" else "RectifiedFlowAB2Scheduler")
     assert ("RectifiedFlowAB2" in f["summary"].sampling) == (variant == "2")

@@ -159,6 +159,21 @@ def test_action_embedder_maps_each_group_of_four_actions_to_its_latent_frame():
             emb(actions, 1)
 
 
+def test_decoded_frames_are_rounded_or_truncated_as_nvidias_scripts_make_them(tiny_ckpt):
+    """A converted checkpoint (`truncate_pixels`) decodes as NVIDIA's action inference does,
+    (clamp((x + 1) / 2, 0, 1) * 255).to(uint8): truncated, half a grey level darker on average; ours round."""
+    model = WorldModel.from_pretrained(tiny_ckpt)
+    latents = torch.randn(1, 16, 2, SPEC.height // 4, SPEC.width // 4, generator=torch.Generator().manual_seed(0))
+    x = model.vae.decode((latents * model.latents_std + model.latents_mean)).sample.float().permute(0, 2, 3, 4, 1)
+    rounded = model.decode(latents)
+    model.spec = dataclasses.replace(model.spec, truncate_pixels=True)
+    truncated = model.decode(latents)
+    assert torch.equal(rounded, ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+    assert torch.equal(truncated, (((x + 1) / 2).clamp(0, 1) * 255).floor().to(torch.uint8))
+    diff = rounded.int() - truncated.int()
+    assert set(diff.unique().tolist()) == {0, 1} and 0.4 < diff.float().mean() < 0.6
+
+
 @pytest.mark.parametrize("bad_frame, bad_actions, match", [
     (np.zeros((1, 32, 40, 3), np.float32), None, "uint8"),
     (None, np.zeros((1, 3, 7), np.float32), r"\(batch, 4, 7\)"),

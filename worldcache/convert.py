@@ -481,7 +481,8 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
            dict(num_steps=36, cosmos_sigmas=False, cond_frame_timestep=PREDICT2_COND_T, quantise_timestep=False)),
         # 2.5 embeds the timestep in fp32; Predict2 casts it to the weights' dtype first (and diffusers' Cosmos 2
         # pipeline too)
-        fp32_time_embedding=plan.variant == "2.5", temporal_compression=vae_model.config.scale_factor_temporal,
+        fp32_time_embedding=plan.variant == "2.5", truncate_pixels=True,  # both variants' scripts truncate
+        temporal_compression=vae_model.config.scale_factor_temporal,
         spatial_compression=vae_model.config.scale_factor_spatial, name=f"cosmos-action-{plan.variant}")
     spec.check()
     tensors = {}

@@ -118,6 +118,8 @@ class WorldModelSpec:
     cosmos_sigmas: bool = False       # NVIDIA's sigmas linspace(0.999, 0, N + 1)[:-1], shifted (else diffusers')
     quantise_timestep: bool = False   # the network sees floor(1000 sigma) / 1000, as NVIDIA's sampler
     fp32_time_embedding: bool = False  # timestep embedding in fp32 whatever the weights' dtype, as NVIDIA's
+    truncate_pixels: bool = False     # decoded frames truncated to uint8, as NVIDIA's action inference scripts
+                                      # (`(clamp((x + 1) / 2, 0, 1) * 255).to(uint8)`); else rounded
     temporal_compression: int = 4
     spatial_compression: int = 4     # the VAE's; the DiT's 2x2 patches then give 8x-downsampled tokens
     name: str = "worldcache-model"
@@ -404,9 +406,13 @@ class WorldModel(nn.Module):
         return (z - self.latents_mean) / self.latents_std
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """normalised latents -> uint8 frames (B, T, H, W, 3)."""
+        """normalised latents -> uint8 frames (B, T, H, W, 3), rounded, or truncated (`spec.truncate_pixels`)."""
         x = self.vae.decode((latents.float() * self.latents_std + self.latents_mean).to(self.vae.dtype)).sample
-        return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+        if self.spec.truncate_pixels:  # NVIDIA's: the next chunk is conditioned on these frames
+            x = ((x.float() + 1) / 2).clamp(0, 1) * 255
+        else:
+            x = ((x.float().clamp(-1, 1) + 1) * 127.5).round()
+        return x.to(torch.uint8).permute(0, 2, 3, 4, 1)
 
     # --- prediction -------------------------------------------------------------------------------------------
     def check_actions(self, actions) -> torch.Tensor:
