@@ -359,6 +359,22 @@ def test_errors_name_the_key_and_expected_shape(files, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_bounds_of_another_width_and_a_projection_the_blocks_cannot_read_are_refused(files, tmp_path):
+    """--action-dim other than Bridge's 7 needs its own bounds (refused before the file is read: the path does not
+    exist); a crossattn_proj whose output the cross-attention cannot take is named (it failed at load, as a prompt
+    width)."""
+    for kw, flag in ((dict(action_dim=6), "--action-low"), (dict(action_dim=6, action_low=[-1.0] * 6), "--action-high"),
+                     (dict(action_low=[-1.0] * 6), "--action-low")):
+        with pytest.raises(CheckpointError, match=rf"^{flag}: (7|6) values .* for --action-dim (6|7): give (6|7)$"):
+            convert(tmp_path / "absent.pt", files["vae"], None, tmp_path / "o", **kw)
+    bad = dict(official_state("2.5"))
+    bad["net.crossattn_proj.0.weight"] = torch.zeros(C_TEXT + 1, C_IN, dtype=torch.bfloat16)
+    bad["net.crossattn_proj.0.bias"] = torch.zeros(C_TEXT + 1, dtype=torch.bfloat16)
+    with pytest.raises(CheckpointError, match=rf"crossattn_proj\.0\.weight: projects the text to {C_TEXT + 1} "
+                                              rf"channels, but blocks\.0\.cross_attn\.k_proj takes {C_TEXT}"):
+        make_plan(strip_net(bad))
+
+
 def test_cli_converts_a_state_dict_wrapped_file_with_pickled_code_and_an_explicit_variant(files, tmp_path, capsys):
     """`{"state_dict": ...}` (REAL_MODEL.md §1), a TransformerEngine entry only --unsafe-pickle loads, and chunk 4,
     where the per-latent-frame and whole-chunk action widths are both 28 so only --variant decides."""
@@ -369,10 +385,11 @@ def test_cli_converts_a_state_dict_wrapped_file_with_pickled_code_and_an_explici
             str(files["embeds"]), "--out", str(tmp_path / "o"), "--chunk", "4"]
     assert main(args) == 2 and "--unsafe-pickle loads it" in capsys.readouterr().err
     assert main(args + ["--unsafe-pickle"]) == 2 and "are both 28: pass --variant" in capsys.readouterr().err
-    assert main(args + ["--unsafe-pickle", "--variant", "2.5"]) == 0
+    assert main(args + ["--unsafe-pickle", "--variant", "2.5", "--height", "32", "--width", "48"]) == 0
     assert "converted Cosmos action-conditioned model (variant 2.5)" in capsys.readouterr().out
     model = WorldModel.from_pretrained(tmp_path / "o", dtype="bf16")
     assert model.spec.chunk == 4 and model.spec.action_per_frame and model.spec.name == "cosmos-action-2.5"
+    assert (model.spec.height, model.spec.width) == (32, 48)
     tsd = model.dit.transformer.state_dict()
     for key, target in diffusers_names().items():
         assert torch.equal(tsd[target].to(torch.bfloat16), state[f"net.{key}"]), key

@@ -77,7 +77,8 @@ def _convert(args) -> int:
 
     summary = convert(args.transformer, args.vae, args.prompt_embeds, args.out, variant=args.variant,
                       unsafe_pickle=args.unsafe_pickle, action_low=args.action_low, action_high=args.action_high,
-                      dtype=args.dtype, action_dim=args.action_dim, chunk=args.chunk)
+                      dtype=args.dtype, action_dim=args.action_dim, chunk=args.chunk, height=args.height,
+                      width=args.width)
     print(summary.text())
     return 0
 
@@ -560,6 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--action-high", type=float, nargs="+", default=None, help="default 1 (x7)")
     cv.add_argument("--action-dim", type=COUNT, default=7, help="action width (default: 7, Bridge's)")
     cv.add_argument("--chunk", type=COUNT, default=12, help="actions (new frames) per prediction")
+    cv.add_argument("--height", type=COUNT, default=None,
+                    help="frame height the model predicts (default: 256 for 2.5, 480 for 2; a multiple of the VAE's "
+                         "spatial compression)")
+    cv.add_argument("--width", type=COUNT, default=None, help="frame width (default: 320 for 2.5, 640 for 2)")
     cv.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="transformer weights")
     cv.set_defaults(func=_convert)
 

@@ -128,6 +128,9 @@ def read_config(state: dict) -> dict:
     proj = state.get(CROSSATTN_PROJ[0])
     cfg["use_crossattn_projection"] = proj is not None
     if proj is not None:
+        if proj.shape[0] != cfg["text_embed_dim"]:  # else a prompt-width error at load, far from its cause
+            raise CheckpointError(f"{CROSSATTN_PROJ[0]}: projects the text to {proj.shape[0]} channels, but "
+                                  f"blocks.0.cross_attn.k_proj takes {cfg['text_embed_dim']}")
         cfg.update(crossattn_proj_in_channels=proj.shape[1], encoder_hidden_states_channels=proj.shape[0])
     return cfg
 
@@ -430,6 +433,12 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
     from .sampler import default_scheduler
 
     dtype = parse_dtype(dtype)
+    for flag, given, default in (("--action-low", action_low, DEFAULT_ACTION_LOW),
+                                 ("--action-high", action_high, DEFAULT_ACTION_HIGH)):
+        if len(given or default) != action_dim:  # before gigabytes are read
+            what = "given" if given else "the default, Bridge's"
+            raise CheckpointError(f"{flag}: {len(given or default)} values ({what}) for --action-dim {action_dim}: "
+                                  f"give {action_dim}")
     out = Path(out).absolute()  # `.` has no name to write beside
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):  # before gigabytes are read
         raise CheckpointError(f"{out}: {'is not empty' if out.is_dir() else 'is a file'}: convert writes a whole "
