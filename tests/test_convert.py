@@ -335,6 +335,10 @@ def test_errors_name_the_key_and_expected_shape(files, tmp_path, capsys):
     bad = {k: v for k, v in base.items() if k != "net.blocks.0.mlp.layer2.weight"}
     with pytest.raises(CheckpointError, match=rf"missing key net\.blocks\.0\.mlp\.layer2\.weight .*\[{D}, {4 * D}\]"):
         make_plan(strip_net(bad))
+    bad = {k: v for k, v in base.items() if k != "net.action_embedder_B_3D.fc2.bias"}
+    with pytest.raises(CheckpointError, match=rf"missing key net\.action_embedder_B_3D\.fc2\.bias \(the action "
+                                              rf"embedder, expected shape \[{3 * D}\]\)"):
+        make_plan(strip_net(bad))
     bad = dict(base, **{"net.blocks.0.self_attn.extra.weight": torch.zeros(3)})
     with pytest.raises(CheckpointError, match=r"unexpected key net\.blocks\.0\.self_attn\.extra\.weight"):
         make_plan(strip_net(bad))

@@ -226,8 +226,8 @@ def make_plan(state: dict, variant: str = "auto", action_dim: int = 7, chunk: in
         seen.add(target)
     for target, shape in {**want, **action_want}.items():
         if target not in seen:
-            raise CheckpointError(f"missing key net.{official_key(target)} (diffusers {target}, expected shape "
-                                  f"{list(shape)})")
+            where = "the action embedder" if target in action_want else f"diffusers {target}"
+            raise CheckpointError(f"missing key net.{official_key(target)} ({where}, expected shape {list(shape)})")
     return plan
 
 
