@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from worldcache.cache import POLICIES, _load_builtin, make_policy
 from worldcache.cli import main
-from worldcache.convert import convert, load_torch, load_vae, make_plan, strip_net
+from worldcache.convert import convert, load_torch, load_vae, make_plan, official_key, strip_net
 from worldcache.world_model import CheckpointError, WorldModel
 
 HEADS, HEAD_DIM, LAYERS, Z, R, C_TEXT, C_IN, A, K, H_A = 2, 16, 2, 16, 8, 24, 40, 7, 12, 48
@@ -443,6 +443,10 @@ def test_2b_plan_matches_the_2b_model_on_meta():
         model = CosmosTransformer3DModel(**config)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert plan.transformer == diffusers_names(28)
+    # the names in "missing key" messages: every diffusers key of the model back to the official one diffusers'
+    # converter renames to it
+    assert {official_key(t): t for t in want if t not in plan.crossattn_proj} == {
+        k: t for k, t in plan.transformer.items()}
     got = {plan.transformer[k]: shapes[k] for k in plan.transformer}
     got.update({k: shapes[k] for k in plan.crossattn_proj})  # same name in diffusers
     assert got == want

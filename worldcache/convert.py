@@ -40,7 +40,9 @@ from tqdm import tqdm
 from .world_model import SPEC_FILE, ActionEmbedder, CheckpointError, WorldModelSpec, parse_dtype
 
 # diffusers' TRANSFORMER_KEYS_RENAME_DICT_COSMOS_2_0 (scripts/convert_cosmos_to_diffusers.py): ordered substring
-# renames; the adaln_modulation_* entries must come before self_attn / cross_attn.
+# renames; the adaln_modulation_* entries must come before self_attn / cross_attn. Keys are renamed by diffusers'
+# own converter (`diffusers_key`); this copy only names, in messages, the official key of a missing one (tested to
+# invert diffusers' renames on every key of the model).
 RENAMES = (
     ("t_embedder.1", "time_embed.t_embedder"),
     ("t_embedding_norm", "time_embed.norm"),
@@ -89,9 +91,11 @@ VARIANTS = ("auto", "2.5", "2")
 
 
 def diffusers_key(key: str) -> str:
-    for old, new in RENAMES:
-        key = key.replace(old, new)
-    return key
+    """The diffusers name of an official (stripped) transformer key, by diffusers' single-file converter."""
+    from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
+
+    return next(iter(convert_cosmos_transformer_checkpoint_to_diffusers({f"net.{key}": None})), key)  # dropped:
+    # left as it is, so the plan calls it unexpected (the keys it drops on purpose are set aside before)
 
 
 def _need(state: dict, key: str, what: str, prefix: str = "net.") -> torch.Tensor:
