@@ -239,6 +239,22 @@ def test_task_reward_formula():
     np.testing.assert_allclose(md.control_cost(np.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0]])), [0.1, 0.1])
 
 
+def test_the_position_terms_are_gymnasiums_pusher_v5s_own():
+    """The README's claim, against gymnasium itself: mid-episode, Pusher-v5's reward_dist and reward_near on its own
+    state equal `reward_terms` on the stored observation's positions. (The control term differs by design: ours
+    charges the end-effector command, Pusher-v5 the joint torques.)"""
+    with md.PusherRenderer(max_episode_steps=STEPS) as r:
+        obs = r.reset(seed=md.episode_seed(0, 0))
+        policy = md.make_policy("mixed", r, np.random.default_rng(0))
+        for _ in range(STEPS):
+            obs, *_ = r.step(policy(obs))
+            _, gym_terms = r.env.unwrapped._get_rew(np.zeros(7))
+            ours = md.reward_terms(obs[md.TIP], obs[md.OBJ], obs[md.GOAL])
+            np.testing.assert_allclose(ours, [gym_terms["reward_dist"], gym_terms["reward_near"]], rtol=0,
+                                       atol=1e-12)
+            assert gym_terms["reward_ctrl"] == 0.0
+
+
 def test_make_policy_names_and_noise():
     with md.PusherRenderer() as r:
         rng = np.random.default_rng(0)
@@ -381,3 +397,20 @@ def test_bounded_explore_keeps_the_arm_in_v2s_view():
         return cut
 
     assert frames_cut(False) > 0 and frames_cut(True) == 0
+
+
+def test_a_scenes_simulator_runs_its_datas_explore_bounded_or_free():
+    """evaluate-policies and bench simulate a model's scene from its record (`for_scene`), which holds the camera but
+    not explore's bounds: v2's camera brings v2's bounded explore, as its data's (a free one left the view: above),
+    by name and through `make_control`; v1 and a camera of one's own keep it free."""
+    from worldcache.fidelity import make_control
+    from worldcache.scene import scene_record
+
+    own = {**md.SCENES["v2"]["camera"], "distance": 3.0}
+    for camera, bounded in ((md.SCENES["v2"]["camera"], True), (md.SCENES["v1"]["camera"], False), (own, False)):
+        with md.PusherRenderer.for_scene(scene_record({"camera": camera})) as r:
+            assert r.explore_bounded == bounded
+            for name in ("explore", "explore-wide"):
+                assert md.make_policy(name, r, np.random.default_rng(0)).bounded == bounded, name
+            assert make_control("explore", None, r, 0).bounded == bounded
+            assert not md.make_policy("explore", r, np.random.default_rng(0), bounded=False).bounded  # as given

@@ -94,6 +94,7 @@ class PusherRenderer:
         self._body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "tips_arm")
         self._jacp = np.zeros((3, self.model.nv))
         self._seg = None  # `out_of_view`'s renderer, made on first use
+        self.explore_bounded = False  # `make_policy`'s default: explore's directions stop at its box (`SCENES`)
 
     @classmethod
     def for_scene(cls, scene: dict | None, height: int = HEIGHT, width: int = WIDTH,
@@ -105,7 +106,12 @@ class PusherRenderer:
         full = scene_of(scene)
         if full["controller"] != cls.gains():  # gains are this code's: another's episodes are not ours
             raise ValueError(f"the scene's controller {full['controller']} is not this simulator's {cls.gains()}")
-        return cls(height, width, full["camera"], max_episode_steps, full["supersample"])
+        renderer = cls(height, width, full["camera"], max_episode_steps, full["supersample"])
+        # explore's bounds are not in a model's scene record: they go with the named scene whose camera this is
+        # (v2's explore is bounded), so `explore` here is its data's policy; a camera of one's own: free
+        renderer.explore_bounded = any(sc["explore"] == "bounded" and _camera(sc["camera"]) == full["camera"]
+                                       for sc in SCENES.values())
+        return renderer
 
     @classmethod
     def gains(cls) -> dict:
@@ -363,11 +369,14 @@ class VariedPolicy:
 
 
 def make_policy(name: str, env, rng: np.random.Generator, noise: float | None = None,
-                bounded: bool = False) -> Policy:
+                bounded: bool | None = None) -> Policy:
     """``obs -> action`` policy for one episode. ``scripted`` (noise default 0), ``random``,
     ``mixed`` (noise drawn per episode unless given), ``explore``, ``varied`` (``mixed`` or ``explore``, drawn
     per episode), ``explore-wide`` and ``varied-wide`` (the same over the arm's whole reach). `bounded`: explore's
-    directions stop at its box (`SCENES`' "explore"). Create a new one per episode."""
+    directions stop at its box (`SCENES`' "explore"; None: the renderer's scene says, `explore_bounded`). Create a
+    new one per episode."""
+    if bounded is None:
+        bounded = getattr(env, "explore_bounded", False)
     if name == "scripted":
         return ScriptedPolicy(env, rng, 0.0 if noise is None else noise)
     if name == "random":
