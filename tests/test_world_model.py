@@ -569,6 +569,36 @@ def test_a_stage_resumed_keeps_the_other_stages_weights_and_wrong_starts_are_ref
         Trainer(TrainConfig(data=str(small), out=str(tmp_path / "s"), stages=("dit",), continue_from=str(tiny_ckpt)))
 
 
+def test_a_stage_resumes_under_the_other_stages_changed_settings_and_a_refusal_comes_before_encoding(tmp_path,
+                                                                                                     capsys):
+    """A stage's state is compared with the settings that shape it: the VAE's takes a changed DiT learning rate or
+    conditioning noise (it was refused, and 'train into another --out' threw the trained VAE away), the DiT's a
+    changed VAE learning rate (its latents are checked by the VAE's fingerprint). A DiT state refused is refused
+    before its windows are encoded (minutes on a CPU), and so is --dit-minutes on a step-count state, which
+    finished silently without training."""
+    import dataclasses
+
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+    cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "run"), stages=("vae", "dit"),
+                      vae_steps=2, dit_steps=2, vae_batch=2, dit_batch=2, holdout=0.34, eval_windows=0)
+    Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
+    run = tmp_path / "run"
+    Trainer(dataclasses.replace(cfg, stages=("vae",), dit_lr=1e-4, cond_noise=0.3)).run()
+    Trainer(dataclasses.replace(cfg, stages=("dit",), vae_lr=1e-4)).run()
+    (run / "dit_windows.pt").unlink()
+    for change, match in ((dict(dit_lr=1e-4), r"dit_lr: 0\.0003 there, 0\.0001 now"),
+                          (dict(dit_minutes=0.5), r"a run of 2 steps \(--dit-steps\), not a timed one: --dit-minutes "
+                                                   r"cannot continue it; give --dit-steps \(more than 2 trains on\)")):
+        with pytest.raises(ValueError, match=match):
+            Trainer(dataclasses.replace(cfg, stages=("dit",), **change)).run()
+        assert not (run / "dit_windows.pt").exists()  # refused before the windows were encoded
+    capsys.readouterr()
+    Trainer(dataclasses.replace(cfg, stages=("dit",), dit_steps=1)).run()
+    assert "the state has 2 steps, more than the 1 asked for: nothing to train" in capsys.readouterr().err
+
+
 def test_resume_refuses_changed_data_or_starting_weights_at_the_same_path(tmp_path, tiny_ckpt):
     from worldcache.train import TrainConfig, Trainer
 

@@ -124,6 +124,10 @@ class TrainConfig:
 # dit_ema has a check of its own.
 RESUME_FREE = ("out", "stages", "threads", "device", "save_every", "eval_windows", "compile", "bf16", "vae_steps",
                "dit_steps", "decoder_steps", "vae_minutes", "dit_minutes", "dit_ema")
+# settings of one stage that the other's state need not match (a DiT state has the VAE's own fingerprint instead)
+VAE_ONLY = ("vae_batch", "vae_lr", "kl_weight", "vae_decoder_only", "vae_handover")
+DIT_ONLY = ("dit_batch", "dit_lr", "flow_shift", "cond_noise", "cond_blur", "self_cond", "self_cond_windows",
+            "self_cond_source", "num_layers", "heads", "head_dim")
 
 
 def resume_settings(cfg: TrainConfig) -> dict:
@@ -386,13 +390,7 @@ class Trainer:
         step, losses, extra = 0, [], None  # extra: the minutes a longer budget adds to a finished timed run
         if state_file.exists():
             st = torch.load(state_file, weights_only=False, map_location=self.device)
-            now = self.resume if settings is None else settings
-            saved = st.get("config", now)  # states saved before settings were kept are taken as this run's
-            diff = sorted(k for k in saved.keys() & now.keys() if saved.get(k) != now.get(k))  # as far as kept
-            if diff:  # another run's state: resuming it would train (and export) that run's weights under this record
-                raise ValueError(f"{state_file}: saved by a run with other settings ("
-                                 + ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in diff)
-                                 + "); resume with the same settings, or train into another --out")
+            self._check_state(state_file, st, settings, minutes)
             module.load_state_dict(st["module"] if "module" in st else self._stage_part(module, st["model"]))
             opt.load_state_dict(st["opt"])
             sched.load_state_dict(st["sched"])
@@ -420,6 +418,9 @@ class Trainer:
                     else:  # an interrupted one first ends at its count (re-timing now would cut it short)
                         print(f"{state_file}: step {step} of the {total[0]} its {done}-minute budget set: this run "
                               f"ends there; run again to add the other {minutes - done:g} minutes", file=sys.stderr)
+            if step > total[0]:
+                print(f"train {stage}: the state has {step} steps, more than the {total[0]} asked for: nothing to "
+                      f"train (it is exported as it is)", file=sys.stderr)
             if total[0] != st.get("total", total[0]):  # a longer --*-steps: the saved rate is the old schedule's
                 for group, base, rate in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):  # (0 at its end)
                     group["lr"] = base * rate(sched.last_epoch)
@@ -459,6 +460,27 @@ class Trainer:
         module.eval()
         return losses, ema
 
+    def _check_state(self, state_file: Path, st: dict | None = None, settings: dict | None = None,
+                     minutes: float | None = None) -> None:
+        """Refuse to resume a stage's saved state (`st`, else read from `state_file` if it exists) trained under
+        other `settings` (default: the run's `resume`), or timed where it was not (`minutes`)."""
+        if st is None:
+            if not state_file.exists():
+                return
+            st = torch.load(state_file, weights_only=False, map_location="cpu")
+        now = self.resume if settings is None else settings
+        saved = st.get("config", now)  # states saved before settings were kept are taken as this run's
+        diff = sorted(k for k in saved.keys() & now.keys() if saved.get(k) != now.get(k))  # as far as kept
+        if diff:  # another run's state: resuming it would train (and export) that run's weights under this record
+            raise ValueError(f"{state_file}: saved by a run with other settings ("
+                             + ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in diff)
+                             + "); resume with the same settings, or train into another --out")
+        if minutes is not None and "minutes" in st and st["minutes"] is None:  # it would not extend: say so
+            stage = state_file.stem.removeprefix("state_")
+            raise ValueError(f"{state_file}: a run of {st['total']} steps (--{stage}-steps), not a timed one: "
+                             f"--{stage}-minutes cannot continue it; give --{stage}-steps (more than {st['step']} "
+                             f"trains on)")
+
     def _stage_part(self, module: torch.nn.Module, model_state: dict) -> dict:
         """A state saved with the whole model (before 2026-12-06): the stage's module's part of it."""
         prefix = next(name for name, m in self.model.named_modules() if m is module) + "."
@@ -488,7 +510,8 @@ class Trainer:
                 loss = loss + self.cfg.vae_handover * handover_loss(self.model, rec, x)
             return loss
 
-        losses, _ = self._run("vae", vae, self.cfg.vae_steps, self.cfg.vae_lr, loss_fn, self.cfg.vae_minutes, gen=gen)
+        losses, _ = self._run("vae", vae, self.cfg.vae_steps, self.cfg.vae_lr, loss_fn, self.cfg.vae_minutes, gen=gen,
+                              settings={k: v for k, v in self.resume.items() if k not in DIT_ONLY})
         self.record["vae"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:])),
                               "decoder_only": self.cfg.vae_decoder_only, "handover": self.cfg.vae_handover}
         if not self.cfg.vae_decoder_only:
@@ -606,6 +629,11 @@ class Trainer:
         # what the latents depend on: the encoder and the statistics (a decoder-only VAE stage leaves them)
         encoder = (v for k, v in m.vae.state_dict().items() if not k.startswith(("decoder.", "post_quant_conv.")))
         vae_id = fingerprint(*encoder, m.latents_mean, m.latents_std)
+        # a DiT state is of the latents of the VAE it trained on: one resumed over a VAE trained on since would
+        # continue on another latent space (states saved before this key resume as before); checked before the
+        # windows are encoded (minutes on a CPU)
+        settings = {**{k: v for k, v in self.resume.items() if k not in VAE_ONLY}, "vae_fingerprint": vae_id}
+        self._check_state(self.out / "state_dit.pt", settings=settings, minutes=c.dit_minutes)
         windows_in = fingerprint(data, m.spec.chunk, m.spec.cond_frames, vae_id)
         latents, actions = self._cached("dit_windows.pt", lambda: self._encode_windows(self.train_eps), windows_in)
         if c.self_cond > 0:
@@ -648,10 +676,8 @@ class Trainer:
                 x_cond = x_cond + sc * noise  # read only in the conditioning frames, whose noise is otherwise unused
             return self._flow_loss(x0, x_cond, a, sigma, noise)
 
-        # a DiT state is of the latents of the VAE it trained on: one resumed over a VAE trained on since would
-        # continue on another latent space (states saved before this key resume as before)
         losses, ema = self._run("dit", m.dit, c.dit_steps, c.dit_lr, loss_fn, c.dit_minutes, began, c.dit_ema, gen,
-                                settings={**self.resume, "vae_fingerprint": vae_id})
+                                settings=settings)
         rec = self.record["dit"] = {"steps": len(losses), "final_loss": float(np.mean(losses[-50:]))}
         scoring = self.scoring_windows() if c.eval_windows > 0 else None
         if ema is not None:  # the raw weights scored too: what the average changed
