@@ -332,14 +332,11 @@ def test_ctrl_c_is_a_line_not_a_traceback(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    from worldcache.train import TrainConfig
-
-    monkeypatch.setattr(TrainConfig, "save_every", 50)  # the interval said is the config's
     for cmd, said in (("rollout", "worldcache rollout: interrupted; the complete episodes are kept: the same command "
                                   "again resumes"),
                       ("bench", "worldcache bench: interrupted"),
-                      ("train", "worldcache train: interrupted; each stage's state is saved every 50 steps and at its "
-                                "end (none yet before the first): the same command again resumes from the last saved")):
+                      ("train", "worldcache train: interrupted; a stage stopped in its training steps is saved where it "
+                                "stopped: the same command again resumes from there")):
         monkeypatch.setattr(cli, f"_{cmd}", interrupted)
         assert cli.main([cmd] + {"rollout": ["rollout_smoke"], "train": ["--data", "d.zarr", "--out", "o"]}.get(cmd, [])) \
             == 130

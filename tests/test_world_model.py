@@ -1245,8 +1245,14 @@ def test_train_command_records_itself_as_typed(tmp_path, tiny_ckpt):
     assert record["commands"] == [{"command": record["command"], "stages": ["dit"]}]
 
 
-@pytest.mark.parametrize("stage", ["vae", "dit"])
-def test_an_interrupted_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, tiny_ckpt, device, stage):
+@pytest.mark.parametrize("stage,stop", [("vae", "raise"), ("dit", "raise"), ("dit", "signal")])
+def test_an_interrupted_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, tiny_ckpt, device, stage,
+                                                                              stop):
+    """Stopped in its third step: by an exception raised there, the state saved at step 2 is resumed; by Ctrl-C
+    (a signal, held until the step ends), the state is saved where it stopped, step 3. Either way the resumed run
+    ends with the weights of an unbroken one."""
+    import signal
+
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from worldcache.train import TrainConfig, Trainer
@@ -1270,7 +1276,10 @@ def test_an_interrupted_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp
     def die_in_step_3(opt, args, kwargs):
         steps[0] += 1
         if steps[0] == 3:
-            raise KeyboardInterrupt
+            if stop == "signal":
+                signal.raise_signal(signal.SIGINT)
+            else:
+                raise KeyboardInterrupt
 
     cut = dataclasses.replace(cfg, out=str(tmp_path / "cut"))
     handle = register_optimizer_step_post_hook(die_in_step_3)
@@ -1279,7 +1288,8 @@ def test_an_interrupted_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp
             train(cut, 2)
     finally:
         handle.remove()
-    assert torch.load(tmp_path / "cut" / f"state_{stage}.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "cut" / f"state_{stage}.pt", weights_only=False)["step"] == (
+        3 if stop == "signal" else 2)
     resumed = WorldModel.from_pretrained(train(cut, 3))
     # every draw after step 2 (windows, noise levels, noise) continues where it stopped, so the weights are equal
     # (on CPU bit for bit; CUDA's kernels may sum in another order)

@@ -67,8 +67,12 @@ def _train(args) -> int:
                       self_cond=args.self_cond, self_cond_windows=args.self_cond_windows,
                       self_cond_source=args.self_cond_source,
                       eval_windows=args.eval_windows, dit_ema=args.dit_ema)
+    from .interrupt import sigterm_as_interrupt
+
     command = shlex.join(["worldcache", *args.argv])  # as typed, runnable again (not this file's path)
-    print(f"model written to {Trainer(cfg, command=command).run()}")
+    with sigterm_as_interrupt():  # a run stopped by timeout or a scheduler saves its stage's state, as on Ctrl-C
+        out = Trainer(cfg, command=command).run()
+    print(f"model written to {out}")
     return 0
 
 
@@ -766,13 +770,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args) or 0
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where a command turns it into one (make-data, rollout)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where a command turns it into one (make-data, rollout, train)
         if args.debug:
             raise
         kept = RESUME.get(args.command)
-        if args.command == "train":  # the interval is TrainConfig's (no flag sets it); not imported here: a stop
-            train = sys.modules.get(f"{__package__}.train")  # during its import has nothing saved to speak of
-            kept = kept.format(save_every=train.TrainConfig.save_every) if train else None
         print(f"worldcache {args.command}: interrupted{f' ({e})' if str(e) else ''}" + (f"; {kept}" if kept else ""),
               file=sys.stderr)
         return 128 + getattr(e, "signum", 2)  # as the shell reports a stop by the signal: 130 Ctrl-C, 143 SIGTERM
@@ -786,8 +787,8 @@ def main(argv: list[str] | None = None) -> int:
 # What an interrupted command leaves (said on Ctrl-C instead of a traceback).
 RESUME = {"make-data": "the complete episodes are kept: the same command again resumes",
           "rollout": "the complete episodes are kept: the same command again resumes",
-          "train": "each stage's state is saved every {save_every} steps and at its end (none yet before the first): the "
-                   "same command again resumes from the last saved"}
+          "train": "a stage stopped in its training steps is saved where it stopped: the same command again resumes "
+                   "from there"}
 
 
 def is_input_error(e: BaseException) -> bool:

@@ -20,8 +20,9 @@ recorded, and a resumed run keeps the last one. The DiT stage's budget starts be
 its windows, predicting its own conditioning frames with ``self_cond``), so a time-boxed machine is not overrun
 by a long preparation pass.
 
-Resumable: every `save_every` steps the stage's state (weights, optimiser, step, RNG) goes to
-``OUT/state_<stage>.pt``; re-running the same command continues from it. The exported checkpoint lands in
+Resumable: every `save_every` steps, at its end, and where Ctrl-C or SIGTERM stops it (between two steps), the
+stage's state (weights, optimiser, step, RNG) goes to ``OUT/state_<stage>.pt``; re-running the same command
+continues from it, as an unbroken run would have. The exported checkpoint lands in
 ``OUT/model`` and a record of the run (command, data, steps, losses) in ``OUT/model/training.json``.
 
 ``dit_ema``: the DiT is exported as an exponential moving average of its weights (diffusers' `EMAModel`, whose
@@ -50,6 +51,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import interrupt
 from .cache.base import ModelCall, NoCache
 from .envs.cosmos_env import write_start_frames
 from .scene import scene_diff, scene_record
@@ -428,34 +430,47 @@ class Trainer:
         bar = tqdm(total=total[0], initial=step, desc=f"train {stage}", unit="step", dynamic_ncols=True)
         budget = (StepBudget(extra if extra is not None else minutes, time.perf_counter() if began is None else began,
                              step) if pending else None)
-        while step < total[0] or (pending and step < budget.first_count):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-                loss = loss_fn(rng)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.step(params)
-            step += 1
-            losses.append(loss.item())
-            if budget is not None and (count := budget.update(step, time.perf_counter())) is not None:
-                total[0], pending = count, False
-                bar.total = total[0]
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-            if step % self.cfg.save_every == 0 or step == total[0]:
-                tmp = state_file.with_suffix(".tmp")  # write then rename: a kill never leaves a broken state
-                # the stage's module only: the other stage's weights stay what this run started from (a later
-                # run of that stage must not be undone by resuming this one)
-                torch.save({"module": module.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-                            "losses": losses, "total": total[0], "pending": pending, "minutes": minutes,
-                            "config": self.resume if settings is None else settings,
-                            **({"ema": ema.state_dict()} if ema is not None else {}),
-                            **({"gen": gen.get_state()} if gen is not None else {})}, tmp)
-                tmp.replace(state_file)
+        saved = [step]  # the step the state file holds
+
+        def save():
+            tmp = state_file.with_suffix(".tmp")  # write then rename: a kill never leaves a broken state
+            # the stage's module only: the other stage's weights stay what this run started from (a later run of
+            # that stage must not be undone by resuming this one)
+            torch.save({"module": module.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
+                        "losses": losses, "total": total[0], "pending": pending, "minutes": minutes,
+                        "config": self.resume if settings is None else settings,
+                        **({"ema": ema.state_dict()} if ema is not None else {}),
+                        **({"gen": gen.get_state()} if gen is not None else {})}, tmp)
+            tmp.replace(state_file)
+            saved[0] = step
+
+        try:
+            while step < total[0] or (pending and step < budget.first_count):
+                with interrupt.deferred_interrupts():  # a stop lands between steps, where the state is whole
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+                        loss = loss_fn(rng)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+                    opt.step()
+                    sched.step()
+                    if ema is not None:
+                        ema.step(params)
+                    step += 1
+                    losses.append(loss.item())
+                    if budget is not None and (count := budget.update(step, time.perf_counter())) is not None:
+                        total[0], pending = count, False
+                        bar.total = total[0]
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+                if step % self.cfg.save_every == 0 or step == total[0]:
+                    save()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the steps since the last save are kept too
+            if step > saved[0]:
+                with interrupt.deferred_interrupts():
+                    save()
+            raise
         bar.close()
         module.eval()
         return losses, ema
