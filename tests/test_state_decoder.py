@@ -112,6 +112,20 @@ def test_an_interrupted_and_resumed_decoder_run_ends_where_an_unbroken_one_does(
     for (name, a), b in zip(whole["decoder"].state_dict().items(), resumed["decoder"].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert resumed["heldout_errors"] == whole["heldout_errors"]
+    # Ctrl-C (a signal, held until the step ends) in step 5: the state is saved where it stopped, step 5
+    import signal
+
+    steps[0] = 0
+    handle = register_optimizer_step_post_hook(
+        lambda *a: steps.__setitem__(0, steps[0] + 1) or (steps[0] == 5 and signal.raise_signal(signal.SIGINT)))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_state_decoder(store, None, state_file=tmp_path / "sig.pt", **kw)
+    finally:
+        handle.remove()
+    assert torch.load(tmp_path / "sig.pt", weights_only=False)["step"] == 5
+    again = train_state_decoder(store, None, state_file=tmp_path / "sig.pt", **kw)
+    assert again["losses"] == whole["losses"]
     # another run's state is refused, not resumed under these settings (OneCycleLR's length is fixed: steps too)
     # (another split trains on other frames: the data's fingerprint differs too)
     for change, named in (({"lr": 2e-2}, "lr"), ({"steps": 8}, "steps"), ({"blur": 0.25}, "blur"),

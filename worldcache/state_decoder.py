@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import interrupt
 from .scene import scene_diff, scene_record
 from .task import GOAL, TIP
 
@@ -192,7 +193,8 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
     real ones, read alike. `init_from`: continue from the decoder in that folder (its sizes and normalisation;
     `config` is then ignored; ``steps=0`` measures it on the store, unchanged). The last `holdout` fraction of
     the sorted episode ids is held out (the world-model trainer's split); its position errors are reported.
-    `state_file`: the training state is saved there every `save_every` steps and at the end, and a run that finds
+    `state_file`: the training state is saved there every `save_every` steps, at the end, and where Ctrl-C or
+    SIGTERM stops it (between two steps), and a run that finds
     one of the same settings and data resumes from it, so it ends where an unbroken run does (None: not saved). Returns {"decoder", "losses", "heldout_errors" (None
     without held-out episodes), "train_frames", "heldout_frames"}."""
     from tqdm import tqdm
@@ -260,24 +262,39 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
     frames = frames.to(device)  # on a GPU the whole set fits (~0.4 GB): batches are gathered there
     bar = tqdm(range(step, steps), initial=step, total=steps, desc="train state decoder", unit="step",
                dynamic_ncols=True)
-    for step in bar:
-        idx = torch.as_tensor(rng.integers(len(target), size=batch_size), device=device)
-        x = frames[idx].float()
-        soft = torch.as_tensor(rng.random(batch_size) < blur, device=device)
-        blurred = nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), 3, 1, 1, count_include_pad=False)
-        x = torch.where(soft[:, None, None, None], blurred.permute(0, 2, 3, 1), x)
-        loss = nn.functional.mse_loss(dec(x), target[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
-        if state_file is not None and ((step + 1) % save_every == 0 or step + 1 == steps):
-            tmp = state_file.with_suffix(".tmp")  # write then rename: a kill never leaves a broken state
-            torch.save({"decoder": dec.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "rng": rng.bit_generator.state, "step": step + 1, "losses": losses, "run": run}, tmp)
-            tmp.replace(state_file)
+    done = step  # steps taken (and, at `saved`, in the state file)
+    saved = step
+
+    def save():
+        tmp = state_file.with_suffix(".tmp")  # write then rename: a kill never leaves a broken state
+        torch.save({"decoder": dec.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "rng": rng.bit_generator.state, "step": done, "losses": losses, "run": run}, tmp)
+        tmp.replace(state_file)
+
+    try:
+        for _ in bar:
+            with interrupt.deferred_interrupts():  # a stop lands between steps, where the state is whole
+                idx = torch.as_tensor(rng.integers(len(target), size=batch_size), device=device)
+                x = frames[idx].float()
+                soft = torch.as_tensor(rng.random(batch_size) < blur, device=device)
+                blurred = nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), 3, 1, 1, count_include_pad=False)
+                x = torch.where(soft[:, None, None, None], blurred.permute(0, 2, 3, 1), x)
+                loss = nn.functional.mse_loss(dec(x), target[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+                done += 1
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+            if state_file is not None and (done % save_every == 0 or done == steps):
+                save()
+                saved = done
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the steps since the last save are kept too
+        if state_file is not None and done > saved:
+            with interrupt.deferred_interrupts():
+                save()
+        raise
     dec.eval()
     errors = None
     if val:
