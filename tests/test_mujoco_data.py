@@ -366,6 +366,8 @@ def test_scene_v2_is_recorded_refused_to_v1_and_simulated_again_from_its_record(
     md.generate(tmp_path / "own.zarr", episodes=1, steps=STEPS, seed=3, camera=own, progress=False)
     with pytest.raises(ValueError, match=r"different settings.*'camera'.*\)\}$"):
         md.generate(tmp_path / "own.zarr", episodes=1, steps=STEPS + 1, seed=3, progress=False)
+    with pytest.warns(UserWarning, match=r"60x88 frames: `worldcache train` builds models of sizes divisible by 8"):
+        md.generate(tmp_path / "odd.zarr", episodes=1, steps=2, height=60, width=88, progress=False)
     with pytest.raises(ValueError, match=r"unknown scene 'v3'; choose from \('v1', 'v2'\)"):
         md.generate(tmp_path / "v3.zarr", episodes=1, steps=STEPS, scene="v3", progress=False)
     # a model trained on it records the generator's scene keys (`Trainer`); from them the simulator shows its

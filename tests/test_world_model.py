@@ -599,6 +599,33 @@ def test_a_stage_resumes_under_the_other_stages_changed_settings_and_a_refusal_c
     assert "the state has 2 steps, more than the 1 asked for: nothing to train" in capsys.readouterr().err
 
 
+def test_train_refuses_an_out_that_is_a_file_or_a_store_frames_a_new_model_cannot_take_and_leaves_no_folder(
+        tmp_path, tiny_ckpt):
+    from worldcache.train import TrainConfig, Trainer
+
+    write_training_store(tmp_path / "data.zarr")
+    data = str(tmp_path / "data.zarr")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"--out .*file\.txt: is a file; give a folder"):
+        Trainer(TrainConfig(data=data, out=str(tmp_path / "file.txt")))
+    with pytest.raises(ValueError, match=r"--out .*data\.zarr: is a Zarr store, not a training folder"):
+        Trainer(TrainConfig(data=data, out=data))  # its own --data, by a slip
+    odd = tmp_path / "odd.zarr"
+    store = EpisodeStore.create(odd)
+    store.write_episode("e", np.zeros((13, 60, 88, 3), np.uint8), np.zeros((12, 7), np.float32),
+                        np.zeros(12, np.float32), np.zeros(12, bool), np.zeros(12, bool))
+    with pytest.raises(ValueError, match=r"odd\.zarr: 60x88 frames; a new model takes sizes divisible by 8 .*"
+                                         r"make-data --height/--width"):
+        Trainer(TrainConfig(data=str(odd), out=str(tmp_path / "o1"), stages=("vae", "dit")))
+    # a train run's folder given as a checkpoint: its model/ is named; the refused run made no --out
+    Trainer(TrainConfig(data=data, out=str(tmp_path / "run"), stages=("dit",), dit_steps=1, dit_batch=2,
+                        eval_windows=0, holdout=0.34, continue_from=str(tiny_ckpt))).run()
+    with pytest.raises(CheckpointError, match=r"missing .*; the model of a train run is in its model/ folder: "
+                                              r".*run/model$"):
+        Trainer(TrainConfig(data=data, out=str(tmp_path / "o2"), stages=("dit",), continue_from=str(tmp_path / "run")))
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
 def test_resume_refuses_changed_data_or_starting_weights_at_the_same_path(tmp_path, tiny_ckpt):
     from worldcache.train import TrainConfig, Trainer
 
@@ -1151,7 +1178,7 @@ def test_train_cli_records_the_fixed_sigma_loss_of_eval_windows(tmp_path, tiny_c
     assert cli.main(args + ["--out", str(tmp_path / "d"), "--eval-windows", "0", "--dit-ema", "0.5"]) == 0
     assert json.loads((tmp_path / "d" / "model" / "training.json").read_text())["dit"]["ema"]["decay"] == 0.5
     assert cli.main(args + ["--out", str(tmp_path / "e"), "--dit-ema", "1"]) == 2
-    assert "dit_ema must be a decay in [0, 1)" in capsys.readouterr().err
+    assert "dit_ema (--dit-ema) must be a decay in [0, 1)" in capsys.readouterr().err
     assert cli.main(args + ["--out", str(tmp_path / "f"), "--eval-windows", "0", "--cond-blur", "1.5"]) == 0
     assert json.loads((tmp_path / "f" / "model" / "training.json").read_text())["config"]["cond_blur"] == 1.5
     assert (tmp_path / "f" / "blurred_conditioning_1.5.pt").is_file()

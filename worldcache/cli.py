@@ -462,8 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("make-data", help="render MuJoCo Pusher episodes into a Zarr episode store")
     m.add_argument("--out", default="data/pusher.zarr", help="the episode store, made or resumed (default: %(default)s)")
-    m.add_argument("--episodes", type=COUNT, default=240, help="episodes in all, those there counted (default: "
-                   "%(default)s)")
+    m.add_argument("--episodes", type=COUNT, default=240,
+                   help="episodes 0..N-1 of this --seed; those already in the store are skipped (default: %(default)s)")
     m.add_argument("--env-steps", type=COUNT, default=48, help="env steps per episode (default: %(default)s)")
     m.add_argument("--seed", type=NONNEG, default=0,
                    help="the episodes' seed: episode i is a function of (seed, i) (default: 0)")
@@ -481,17 +481,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the store's lease left by a run that was killed (one writer per store)")
     m.set_defaults(func=_make_data)
 
-    t = sub.add_parser("train", help="train the world model (VAE, then DiT); resumable")
+    t = sub.add_parser("train", help="train the world model (VAE, DiT, then the state decoder); resumable")
     t.add_argument("--data", default="data/pusher.zarr", help="a make-data store (default: %(default)s)")
     t.add_argument("--out", default="runs/pusher", help="the run's folder; the model goes to OUT/model (default: "
                    "%(default)s)")
     t.add_argument("--stages", nargs="+", default=["vae", "dit", "decoder"], choices=["vae", "dit", "decoder"],
-                   help="decoder: the state decoder (frame -> positions) the env's default reward reads")
+                   help="which to train (run as vae, dit, decoder; default: all three); decoder: the state decoder (frame -> "
+                        "positions) the env's default reward reads")
     t.add_argument("--vae-steps", type=COUNT, default=1500, help="VAE stage training steps (default: %(default)s)")
     t.add_argument("--dit-steps", type=COUNT, default=3000, help="DiT stage training steps (default: %(default)s)")
     t.add_argument("--dit-batch", type=COUNT, default=16,
-                   help="DiT training batch; also the batch of its preparation (encoding windows, own frames)")
-    t.add_argument("--decoder-steps", type=COUNT, default=3000, help="state decoder training steps (batch 64)")
+                   help="DiT training batch; also the batch of its preparation (encoding windows, own frames) "
+                        "(default: %(default)s)")
+    t.add_argument("--decoder-steps", type=COUNT, default=3000, help="state decoder training steps, batch 64 "
+                   "(default: %(default)s)")
     t.add_argument("--seed", type=NONNEG, default=0, help="seed of the initial weights and of every draw (default: 0)")
     t.add_argument("--dit-lr", type=_positive, default=3e-4, help="DiT stage learning rate (default: 3e-4)")
     t.add_argument("--threads", type=NONNEG, default=0, help="torch threads (default 0: torch's default)")

@@ -33,6 +33,7 @@ if os.environ["MUJOCO_GL"] == "osmesa":
         pass
 
 import time
+import warnings
 from typing import Any, Callable
 
 import cv2
@@ -477,6 +478,9 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
         raise ValueError(f"unknown policy {policy!r}; choose from {POLICIES}")
     if scene not in SCENES:
         raise ValueError(f"unknown scene {scene!r}; choose from {tuple(SCENES)}")
+    if height % 8 or width % 8:  # rendered and stored all the same: the frames may serve another use
+        warnings.warn(f"{height}x{width} frames: `worldcache train` builds models of sizes divisible by 8 (the VAE's "
+                      f"4x, then the DiT's 2x2 patches) and will refuse this store", stacklevel=2)
     sc = SCENES[scene]
     camera = _camera(sc["camera"] if camera is None else camera)
     renderer = PusherRenderer(height, width, camera, max_episode_steps=steps)

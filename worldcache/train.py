@@ -249,26 +249,32 @@ class Trainer:
         if not 0 <= cfg.self_cond <= 1:
             raise ValueError(f"self_cond must be a fraction in [0, 1], got {cfg.self_cond}")
         if not 0 <= cfg.dit_ema < 1:
-            raise ValueError(f"dit_ema must be a decay in [0, 1), got {cfg.dit_ema}")
+            raise ValueError(f"dit_ema (--dit-ema) must be a decay in [0, 1), got {cfg.dit_ema}")
         if cfg.eval_windows < 0:
             raise ValueError(f"eval_windows must be >= 0, got {cfg.eval_windows}")
         if cfg.vae_decoder_only and model is None and not (cfg.continue_from or cfg.init_from or cfg.vae_from):
-            raise ValueError("vae_decoder_only keeps the encoder: start from a trained VAE (continue_from, init_from "
-                             "or vae_from)")
+            raise ValueError("vae_decoder_only (--vae-decoder-only) keeps the encoder: start from a trained VAE "
+                             "(--continue-from, --init-from or --vae-from)")
         if cfg.vae_handover < 0:
             raise ValueError(f"vae_handover must be >= 0, got {cfg.vae_handover}")
         if cfg.vae_handover and not cfg.vae_decoder_only:  # an encoder free to move could shrink the latents instead
-            raise ValueError("vae_handover trains the decoder against the fixed encoder: give vae_decoder_only too")
+            raise ValueError("vae_handover (--vae-handover) trains the decoder against the fixed encoder: give "
+                             "vae_decoder_only (--vae-decoder-only) too")
         if cfg.self_cond_source not in SELF_COND_SOURCES:
             raise ValueError(f"self_cond_source must be one of {SELF_COND_SOURCES}, got {cfg.self_cond_source!r}")
         if cfg.self_cond > 0 and cfg.self_cond_windows < 1:
             raise ValueError(f"self_cond_windows must be >= 1, got {cfg.self_cond_windows}")
         if cfg.init_from and cfg.continue_from:
-            raise ValueError("init_from and continue_from both name a starting checkpoint: give one")
+            raise ValueError("init_from and continue_from (--init-from, --continue-from) both name a starting "
+                             "checkpoint: give one")
         self.cfg = cfg
         source = cfg.continue_from or cfg.init_from
         self.source = Path(source) if source else None  # the checkpoint the weights, decoder and lineage come from
         self.out = Path(cfg.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out}: is a file; give a folder (new, or one that train wrote)")
+        if (self.out / "zarr.json").is_file():  # a store given as --out (its own --data, say) by a slip
+            raise ValueError(f"--out {self.out}: is a Zarr store, not a training folder; give another --out")
         # the record of a model earlier commands trained into this folder (stages may run in separate commands)
         path = self.out / "model" / "training.json"
         earlier = json.loads(path.read_text()) if path.is_file() else None
@@ -290,7 +296,6 @@ class Trainer:
             raise ValueError(f"{cfg.data}: {bad} of {len(episodes)} episodes have no 'state' extra (Pusher "
                              f"observations), which the decoder stage reads: make the data with `worldcache "
                              f"make-data`, or leave 'decoder' out of --stages")
-        self.out.mkdir(parents=True, exist_ok=True)  # after the data's checks: a refused run leaves no folder
         self.train_eps, self.held_eps = split(episodes, cfg.holdout)
         self.device = torch.device(cfg.device)
         if cfg.bf16 and (why := slow_bf16(self.device)):
@@ -356,12 +361,17 @@ class Trainer:
         if self.source and (self.source / "training.json").is_file():  # the lineage of the starting weights
             self.record["started_from"] = {"checkpoint": str(self.source),
                                            "record": json.loads((self.source / "training.json").read_text())}
+        self.out.mkdir(parents=True, exist_ok=True)  # after every check: a refused run leaves no folder
 
     def _spec(self) -> WorldModelSpec:
         """A new model's spec: frame size and action box from the data, sampling conventions of the real model."""
         h, w = self.train_eps[0]["obs"].shape[1:3]
         a = self.train_eps[0]["actions"].shape[1]
         gen = self.data_attrs.get("generator", {})
+        if h % 8 or w % 8:  # the VAE's 4x, then the DiT's 2x2 patches (`WorldModel.build`)
+            raise ValueError(f"{self.cfg.data}: {h}x{w} frames; a new model takes sizes divisible by 8 (the VAE's 4x, "
+                             f"then the DiT's 2x2 patches): make the data at such a size (make-data --height/--width, "
+                             f"e.g. 80 and 96)")
         return WorldModelSpec(height=h, width=w, action_dim=a, action_low=list(gen.get("action_low", [-1.0] * a)),
                               action_high=list(gen.get("action_high", [1.0] * a)),
                               fps=float(gen.get("fps", self.data_attrs.get("fps", 20.0))), cond_frame_timestep=None,

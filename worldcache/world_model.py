@@ -85,7 +85,9 @@ def read_spec(path: str | Path | None = None) -> "WorldModelSpec":
             "action_embedder.safetensors", "prompt_embeds.safetensors"]
     missing = [n for n in need if not (path / n).is_file()]
     if missing:
-        raise CheckpointError(f"{path}: missing {missing}")
+        inside = path / "model"  # a `worldcache train --out` folder: its model is in model/
+        hint = f"; the model of a train run is in its model/ folder: {inside}" if (inside / SPEC_FILE).is_file() else ""
+        raise CheckpointError(f"{path}: missing {missing}{hint}")
     try:
         raw = json.loads((path / SPEC_FILE).read_text())
     except json.JSONDecodeError as e:
