@@ -335,8 +335,8 @@ def test_ctrl_c_is_a_line_not_a_traceback(monkeypatch, capsys):
     for cmd, said in (("rollout", "worldcache rollout: interrupted; the complete episodes are kept: the same command "
                                   "again resumes"),
                       ("bench", "worldcache bench: interrupted"),
-                      ("train", "worldcache train: interrupted; a stage stopped in its training steps is saved where it "
-                                "stopped: the same command again resumes from there")):
+                      ("train", "worldcache train: interrupted; a stage stopped in its training steps is saved where "
+                                "it stopped: the same command again resumes from there")):
         monkeypatch.setattr(cli, f"_{cmd}", interrupted)
         assert cli.main([cmd] + {"rollout": ["rollout_smoke"], "train": ["--data", "d.zarr", "--out", "o"]}.get(cmd, [])) \
             == 130

@@ -486,8 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/pusher", help="the run's folder; the model goes to OUT/model (default: "
                    "%(default)s)")
     t.add_argument("--stages", nargs="+", default=["vae", "dit", "decoder"], choices=["vae", "dit", "decoder"],
-                   help="which to train (run as vae, dit, decoder; default: all three); decoder: the state decoder (frame -> "
-                        "positions) the env's default reward reads")
+                   help="which to train (run as vae, dit, decoder; default: all three); decoder: the state "
+                        "decoder (frame -> positions) the env's default reward reads")
     t.add_argument("--vae-steps", type=COUNT, default=1500, help="VAE stage training steps (default: %(default)s)")
     t.add_argument("--dit-steps", type=COUNT, default=3000, help="DiT stage training steps (default: %(default)s)")
     t.add_argument("--dit-batch", type=COUNT, default=16,
