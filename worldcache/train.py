@@ -133,7 +133,9 @@ DIT_ONLY = ("dit_batch", "dit_lr", "flow_shift", "cond_noise", "cond_blur", "sel
 
 
 def resume_settings(cfg: TrainConfig) -> dict:
-    return {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}
+    # a run from a checkpoint takes its architecture from it (the starting weights' hash is compared instead)
+    unused = ("num_layers", "heads", "head_dim") if cfg.continue_from or cfg.init_from else ()
+    return {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE + unused}
 
 
 def load_episodes(path: str) -> tuple[list[dict], dict]:
