@@ -896,6 +896,30 @@ def test_cli_evaluate_model_reports_moving_psnr_over_each_horizon(tiny_ckpt, tmp
         capsys.readouterr().err
 
 
+def test_cli_evaluate_model_says_what_the_cache_computed_and_refuses_another_frame_size_first(tiny_ckpt, tmp_path,
+                                                                                               monkeypatch, capsys):
+    from worldcache.cli import main
+    from worldcache.rollouts.store import EpisodeStore
+    from worldcache.world_model import WorldModel
+
+    random_store(tmp_path / "eps.zarr", 8, episodes=2)
+    out = tmp_path / "f.json"
+    args = ["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "eps.zarr"), "--holdout", "0",
+            "--chunks", "1", "--denoise-steps", "6", "--json", str(out)]
+    assert main(args) == 0
+    assert json.loads(out.read_text())["computed_fraction"] == 1.0 and "the cache computed" not in capsys.readouterr().out
+    assert main(args + ["--cache", "fora"]) == 0  # 2 warm-up steps, then every other call: 4 of 6
+    assert json.loads(out.read_text())["computed_fraction"] == pytest.approx(4 / 6)
+    assert "2 window(s), 8 frames per chunk; the cache computed 0.67 of the model calls" in capsys.readouterr().out
+    # a make-data store of another frame size: said before the model loads (it failed in predict, on "uint8")
+    odd = tmp_path / "odd.zarr"
+    EpisodeStore.create(odd).attrs["frame_shape"] = [64, 80, 3]
+    monkeypatch.setattr(WorldModel, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(odd)]) == 2
+    assert capsys.readouterr().err.endswith(f"{odd}: 64x80 frames, but the model predicts 80x96: give a store of its "
+                                            f"size (make-data --height/--width)\n")
+
+
 def test_cli_evaluate_model_calibrates_magcache_on_a_training_episode(tiny_ckpt, tmp_path, monkeypatch, capsys):
     """MagCache without ratios calibrates on its first prediction: warmed up on the store's first training episode
     (as bench takes it), not on the held-out windows it is scored on; its ratios are recorded."""

@@ -103,11 +103,16 @@ def _evaluate_model(args) -> int:
 
     if args.json:  # made first: a missing folder must not cost the whole evaluation
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    EpisodeStore(args.data, mode="r")  # a missing store fails before the model loads
+    # a missing store, or one of another frame size or scene, fails before the model loads
+    attrs, spec = EpisodeStore(args.data, mode="r").attrs, read_spec(args.checkpoint)
+    if (shape := attrs.get("frame_shape")) and tuple(shape[:2]) != (spec.height, spec.width):
+        raise ValueError(f"{args.data}: {shape[0]}x{shape[1]} frames, but the model predicts {spec.height}x"
+                         f"{spec.width}: give a store of its size (make-data --height/--width)")
+    check_scene(spec.scene, attrs, args.data)
     policy, calibration = load_policy(args.cache), None
     if needs_calibration(policy):  # MagCache: its ratios from a training episode, not the windows it is scored on
         try:  # (with --holdout 0, bench's rule: the store's first episode, which is scored too)
-            calibration = calibration_episode(read_spec(args.checkpoint), args.data, args.holdout)
+            calibration = calibration_episode(spec, args.data, args.holdout)
         except ValueError as e:
             raise ValueError(f"--cache {args.cache} calibrates on a training episode, as bench does: {e}; lower "
                              f"--holdout, or give its mag_ratios in a cache YAML") from None
@@ -126,8 +131,7 @@ def _evaluate_model(args) -> int:
             # out): the pixel figures stand without it
             print(f"worldcache evaluate-model: {e}; its position figures are left out", file=sys.stderr)
             decoder = None
-    episodes, attrs = load_episodes(args.data)  # after the decoder's checks: a refusal costs no read of the store
-    check_scene(model.spec.scene, attrs, args.data)
+    episodes, _ = load_episodes(args.data)  # after the decoder's checks: a refusal costs no read of the store
     held = split(episodes, args.holdout)[1] if args.holdout > 0 else episodes
     if not held:  # one episode is never held out (it is needed for training)
         raise ValueError(f"{args.data}: --holdout {args.holdout} holds out none of its {len(episodes)} episode(s); "

@@ -204,15 +204,17 @@ def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, 
     seeds = [derived_seed(seed, w) for w in range(len(starts))]  # window w's own noise, whatever the batch
     from tqdm.auto import tqdm
 
-    preds = []
+    preds, computed = [], []
     with tqdm(total=len(starts), desc="open-loop rollouts", unit="window", dynamic_ncols=True) as bar:
         for i in range(0, len(starts), batch):
-            frames, _ = model.rollout(starts[i:i + batch], acts[i:i + batch], policy=policy, num_steps=num_steps,
-                                      seed=seeds[i:i + batch])
+            frames, outs = model.rollout(starts[i:i + batch], acts[i:i + batch], policy=policy, num_steps=num_steps,
+                                         seed=seeds[i:i + batch])
             preds.append(frames.cpu().numpy())
+            computed += [r.computed for o in outs for r in o.records]
             bar.update(len(frames))
     pred = np.concatenate(preds)
-    out = {"windows": int(len(starts)), "chunk": k,
+    # what a cache did: the share of the rollouts' model calls (per sample) that ran the whole block stack
+    out = {"windows": int(len(starts)), "chunk": k, "computed_fraction": float(np.mean(computed)),
            "horizons": {str(c): {"frames": int(len(starts) * c * k), **frame_scores(pred[:, :c * k], reals[:, :c * k],
                                                                                  starts)} for c in horizons}}
     if horizons[-1] > 1:
@@ -235,7 +237,9 @@ def format_scores(res: dict) -> str:
     pos = all("positions" in r for r in res["horizons"].values())
     head = f"{'chunks':>6} {'frames':>6} {'predictor':<12} {'PSNR':>7} {'SSIM':>6} {'moving PSNR':>11} {'moving px':>9}"
     head += f" {'tip cm':>7} {'obj cm':>7}" if pos else ""
-    lines = [f"{res['windows']} window(s), {res['chunk']} frames per chunk", head, "-" * len(head)]
+    cache = (f"; the cache computed {res['computed_fraction']:.2f} of the model calls"
+             if res.get("computed_fraction", 1.0) < 1 else "")
+    lines = [f"{res['windows']} window(s), {res['chunk']} frames per chunk{cache}", head, "-" * len(head)]
     cm = lambda r, name: (f" {r['positions'][name]['fingertip']['mean_cm']:>7.2f}"  # noqa: E731
                           f" {r['positions'][name]['object']['mean_cm']:>7.2f}") if pos else ""
     for c, r in res["horizons"].items():

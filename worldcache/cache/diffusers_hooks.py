@@ -305,14 +305,13 @@ class MagCache(DiffusersHookPolicy):
         self.mag_ratios: list[float] | None = list(config.mag_ratios) or None
         self._calib: dict[str, list] = {}  # branch -> diffusers' calibration list (filled by the tail hook)
         self._calibrating, self._applied_steps = False, None
-        self._calibrated_on = None  # weakref to the model the calibrated ratios are of
+        self._ratios_of = None  # weakref to the model its calibration ran on (the ratios are that model's)
 
     def begin(self, num_steps: int) -> None:
         n = self._applied_steps
         if self._calibrating and self._calib and all(len(v) == n for v in self._calib.values()):
             # The calibration prediction finished: keep the mean over branches, re-apply the hooks with it.
             self.mag_ratios = [sum(v[i] for v in self._calib.values()) / len(self._calib) for i in range(n)]
-            self._calibrated_on = weakref.ref(self._model)
             self.detach()
         super().begin(num_steps)
 
@@ -327,9 +326,11 @@ class MagCache(DiffusersHookPolicy):
 
     def _apply(self, model) -> None:
         cfg = self.config
-        if not cfg.mag_ratios and self._calibrated_on is not None and self._calibrated_on() is not model:
-            self.mag_ratios, self._calibrated_on = None, None  # calibrated on another model: calibrate on this one
+        if not cfg.mag_ratios and self.mag_ratios is not None and self._ratios_of() is not model:
+            self.mag_ratios = None  # calibrated on another model: calibrate on this one
         self._calibrating = self.mag_ratios is None
+        if self._calibrating:
+            self._ratios_of = weakref.ref(model)
         self._applied_steps, self._calib = self.num_steps, {}
         apply_mag_cache(model, MagCacheConfig(
             threshold=cfg.threshold, max_skip_steps=cfg.max_skip_steps, retention_ratio=cfg.retention_ratio,
