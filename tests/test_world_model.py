@@ -530,7 +530,7 @@ def test_handover_loss_is_the_squared_conditioning_error_and_trains_only_the_dec
         Trainer(dataclasses.replace(cfg, vae_handover=-1.0))
 
 
-def test_a_stage_resumed_keeps_the_other_stages_weights_and_wrong_starts_are_refused(tmp_path, tiny_ckpt):
+def test_a_stage_resumed_keeps_the_other_stages_weights_and_wrong_starts_are_refused(tmp_path, tiny_ckpt, capsys):
     from worldcache.train import TrainConfig, Trainer
 
     write_training_store(tmp_path / "data.zarr")
@@ -541,9 +541,18 @@ def test_a_stage_resumed_keeps_the_other_stages_weights_and_wrong_starts_are_ref
     dit = WorldModel.from_pretrained(out).dit.state_dict()
     # the VAE stage again, finished: its resume state must not bring back the DiT it was saved beside (untrained)
     cfg.stages = ("vae",)
+    capsys.readouterr()
     Trainer(cfg).run()
     after = WorldModel.from_pretrained(out).dit.state_dict()
     assert all(torch.equal(dit[k], after[k]) for k in dit)
+    assert "warning" not in capsys.readouterr().err  # nothing trained: the DiT still reads its VAE's latents
+    # more VAE steps after the DiT (in a copy of the folder): the export's DiT learned the old latents, which is said
+    shutil.copytree(tmp_path / "run", tmp_path / "more")
+    Trainer(dataclasses.replace(cfg, out=str(tmp_path / "more"), vae_steps=3)).run()
+    assert "DiT learned the latents of the VAE before this run's VAE steps: train it again" in capsys.readouterr().err
+    # a VAE stage alone into a new --out: the exported DiT is untrained, which is said
+    Trainer(dataclasses.replace(cfg, out=str(tmp_path / "vae_only"))).run()
+    assert "DiT is untrained (no DiT stage has run into this --out)" in capsys.readouterr().err
     # a state saved the old way (the whole model): the stage's part of it is resumed
     path = tmp_path / "run" / "state_dit.pt"
     st = torch.load(path, weights_only=False)

@@ -270,6 +270,7 @@ class Trainer:
             raise ValueError("init_from and continue_from (--init-from, --continue-from) both name a starting "
                              "checkpoint: give one")
         self.cfg = cfg
+        self.stepped: set[str] = set()  # the stages that took a training step in this run
         source = cfg.continue_from or cfg.init_from
         self.source = Path(source) if source else None  # the checkpoint the weights, decoder and lineage come from
         self.out = Path(cfg.out)
@@ -443,6 +444,7 @@ class Trainer:
         budget = (StepBudget(extra if extra is not None else minutes, time.perf_counter() if began is None else began,
                              step) if pending else None)
         saved = [step]  # the step the state file holds
+        began_at = step
 
         def save():
             tmp = state_file.with_suffix(".tmp")  # write then rename: a kill never leaves a broken state
@@ -485,6 +487,8 @@ class Trainer:
             raise
         bar.close()
         module.eval()
+        if step > began_at:
+            self.stepped.add(stage)
         return losses, ema
 
     def _check_state(self, state_file: Path, st: dict | None = None, settings: dict | None = None,
@@ -831,6 +835,12 @@ class Trainer:
                                       "heldout_errors_cm": res["heldout_errors"],
                                       "final_loss": float(np.mean(res["losses"][-50:]))}
         self._write_record(start)
+        if "dit" not in self.record and self.source is None:
+            print(f"warning: {self.out / 'model'}'s DiT is untrained (no DiT stage has run into this --out): its "
+                  f"frames are noise; train it with --stages dit", file=sys.stderr)
+        elif "vae" in self.stepped and "dit" not in self.cfg.stages and not self.cfg.vae_decoder_only:
+            print(f"warning: {self.out / 'model'}'s DiT learned the latents of the VAE before this run's VAE steps: "
+                  f"train it again on this VAE's (--stages dit)", file=sys.stderr)
         return self.out / "model"
 
     def _export(self) -> None:
