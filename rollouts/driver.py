@@ -200,13 +200,18 @@ def _run(cfg: RolloutConfig, files: dict, lease: str, todo: list[int], store: Ep
             "workers": len(actors), "nodes": len(nodes)}
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def format_summary(s: dict) -> str:
     removed = f", {s['partial_removed']} partial leftovers removed" if s.get("partial_removed") else ""
     if not s["episodes_written"]:  # a run resumed with nothing left to do: no rates of nothing
         return f"{s['store']}: all {s['episodes_skipped']} episode(s) already there{removed}; nothing to roll out"
     return (f"{s['store']}: {s['episodes_written']} episodes written, {s['episodes_skipped']} already there{removed}; "
             f"{s['steps']} steps in {s['rollout_s']:.1f} s ({s['steps_per_s']:.2f} steps/s, "
-            f"{s['episodes_per_s']:.2f} episodes/s, {s['workers']} workers on {s['nodes']} nodes); mean skip rate "
+            f"{s['episodes_per_s']:.2f} episodes/s, {_count(s['workers'], 'worker')} on {_count(s['nodes'], 'node')}); "
+            f"mean skip rate "
             f"{s['mean_skip_rate']:.2f}; store writes {s['write_s']:.2f} s in the background, the rollout waited "
             f"{s['store_s']:.2f} s for them = {100 * s['write_share']:.1f} % of its time")
 

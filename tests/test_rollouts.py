@@ -193,6 +193,8 @@ def test_resume_writes_only_missing(ckpt, store_run, tmp_path):
     assert again["episodes_written"] == 0  # nothing to do, and the summary says so (no rates of nothing)
     assert format_summary(again) == f"{out}: all 7 episode(s) already there; nothing to roll out"
     assert format_summary(summary).startswith(f"{out}: 2 episodes written, 5 already there; ")
+    assert "episodes/s, 1 worker on 1 node); mean skip rate" in format_summary({**summary, "workers": 1, "nodes": 1})
+    assert "episodes/s, 2 workers on 3 nodes); mean skip rate" in format_summary({**summary, "workers": 2, "nodes": 3})
 
 
 def test_store_with_other_settings_is_refused(ckpt, store_run, tmp_path):
