@@ -107,7 +107,9 @@ def test_an_interrupted_and_resumed_decoder_run_ends_where_an_unbroken_one_does(
         handle.remove()
     assert torch.load(tmp_path / "cut.pt", weights_only=False)["step"] == 4
     torch.manual_seed(123)  # the process's generator differs: the draws come from the saved state
+    before = torch.get_rng_state()
     resumed = train_state_decoder(store, None, state_file=tmp_path / "cut.pt", **kw)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's generator is left as it was
     assert resumed["losses"] == whole["losses"] and len(whole["losses"]) == 6
     for (name, a), b in zip(whole["decoder"].state_dict().items(), resumed["decoder"].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

@@ -225,9 +225,10 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
     mean, std = y.mean(0), np.maximum(y.std(0), 1e-3)  # the goal may never move: keep its scale finite
     cfg = StateDecoderConfig(**{**asdict(config or StateDecoderConfig()), "height": frames.shape[1],
                                 "width": frames.shape[2], "mean": mean.tolist(), "std": std.tolist(), "scene": scene})
-    torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    dec = StateDecoder(cfg) if init is None else init
+    with torch.random.fork_rng(devices=[]):  # the weights' draws from `seed`, the caller's generator left as it was
+        torch.manual_seed(seed)
+        dec = StateDecoder(cfg) if init is None else init
     # continued on a make-data store: it now reads that store's view (not with steps=0, which only measures it)
     if init is not None and gen is not None and steps > 0:
         dec.config.scene = scene
