@@ -1,6 +1,7 @@
 import json
 import os
 
+import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
@@ -79,8 +80,14 @@ def test_generate_is_reproducible_and_resumable(generated, monkeypatch):
     store.attrs["generator"] = {**gen, "gl": "another"}
     with pytest.raises(ValueError, match=rf"different settings.*'gl': \('another', '{gen['gl']}'\)"):
         md.generate(root / "a.zarr", episodes=1, steps=STEPS, seed=3, progress=False)
+    # gymnasium's and numpy's releases are recorded, and another one warned of, not refused (last bits only)
+    assert (gen["gymnasium"], gen["numpy"]) == (gym.__version__, np.__version__)
+    store.attrs["generator"] = {**gen, "numpy": "1.0"}
+    with pytest.warns(UserWarning, match=r"generated under other releases \(old, new\): \{'numpy': \('1.0', "):
+        assert md.generate(root / "a.zarr", episodes=1, steps=STEPS, seed=3, progress=False)["written"] == 0
     # nor (v1) for explore's bounds, recorded since scene v2
-    store.attrs["generator"] = {k: v for k, v in gen.items() if k not in ("mujoco", "gl", "explore")}
+    store.attrs["generator"] = {k: v for k, v in gen.items() if k not in ("mujoco", "gl", "explore", "gymnasium",
+                                                                          "numpy")}
     assert md.generate(root / "a.zarr", episodes=1, steps=STEPS, seed=3, progress=False)["written"] == 0
     store.attrs["generator"] = gen
     # another policy under the same seed would find "its" episodes there already: refused before writing

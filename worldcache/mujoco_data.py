@@ -135,10 +135,9 @@ class PusherRenderer:
 
         The Jacobian is the tips_arm body's centre of mass's, 0.10 m from the body origin that ``obs[TIP]`` reports
         and the target is about: on `mixed` steps J_origin pinv(J_com) is 0.29 from the identity (median of each
-        step's largest entry; 0.038 with the origin's, `mj_jacBody`). Yet the origin's does not track better: over
-        20 starts x 32 steps of random directions at 0.1 / 0.25 / 0.5, the median cosine between a step's command
-        and the tip's motion is 0.910 / 0.771 / 0.676 with this one and 0.914 / 0.760 / 0.692 with the origin's
-        (thirty-fifth session): the velocity servo's lag, not the Jacobian, sets how well the tip follows."""
+        step's largest entry; 0.038 with the origin's, `mj_jacBody`). Yet the origin's did not track better
+        (thirty-fifth session): the velocity servo's lag, not the Jacobian, sets how well the tip follows
+        (`scripts/ik_tracking.py` measures it)."""
         mujoco.mj_jacBodyCom(self.model, self.data, self._jacp, None, self._body)
         J = self._jacp[:, :7]
         J_pinv = J.T @ np.linalg.inv(J @ J.T + self.damping ** 2 * np.eye(3))
@@ -152,8 +151,8 @@ class PusherRenderer:
 
         The target is the tip now plus the delta, and the next step starts again from where the tip got: the
         action acts as a velocity command the arm follows with a lag, not a displacement done within the step.
-        Measured (thirty-fourth session): one step of 0.5 moves the tip 0.25 of its delta within the step; 8 steps
-        of a constant 0.25 / 0.5 / 1.0 cover 0.98 / 0.75 / 0.48 of the summed deltas.
+        From rest, a direction held at 0.5 is covered 0.07 in the first step and 0.68 over 8 (medians,
+        `scripts/ik_tracking.py`).
 
         Positions and frames are MuJoCo's kinematics of the state before the last substep's integration, as in
         gymnasium's Pusher-v5 itself (no `mj_kinematics` after `mj_step`): the tip is 0.55 cm (median; at most
@@ -457,6 +456,11 @@ def _resume_hint(old: dict, diff: dict) -> str:
         "steps", "height", "width", "camera", "explore"} else ""
 
 
+# recorded in a store's generator record, and a resume under others warned of, not refused: they change an episode
+# in the last bits only (a 1e-15 change in a torque grows to at most 1e-7 m in 48 steps), unlike MuJoCo's release
+NOTED = ("gymnasium", "numpy")
+
+
 def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, seed: int = 0,
              height: int = HEIGHT, width: int = WIDTH, policy: str = "mixed", progress: bool = True,
              camera: dict | None = None, scene: str = "v1", break_lease: bool = False) -> dict[str, Any]:
@@ -491,7 +495,9 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
               "controller": renderer.gains(),
               "explore": sc["explore"],
               "mujoco": MUJOCO_VERSION,  # an episode is a function of its seed and index under one release only
-              "gl": GL_BACKEND}  # and one GL backend (only osmesa is checked)
+              "gl": GL_BACKEND,  # and one GL backend (only osmesa is checked)
+              # bit for bit also of these: Pusher's XML and reset draws; the IK's linear algebra (BLAS)
+              "gymnasium": gym.__version__, "numpy": np.__version__}
     # one writer per store, as for rollouts: a second make-data run (or a rollout) into it is refused while this
     # one runs, since two runs' record updates (and episodes of one seed) would race
     lease = None
@@ -506,7 +512,11 @@ def generate(out_path: str | os.PathLike, episodes: int = 100, steps: int = 48, 
             # it; one written before explore's bounds were recorded had them free
             old = {"explore": "free", **store.attrs["generator"]}
             diff = {k: (old.get(k), v) for k, v in config.items()
-                    if old.get(k) != v and (k in old or k not in ("mujoco", "gl"))}
+                    if old.get(k) != v and (k in old or k not in ("mujoco", "gl")) and k not in NOTED}
+            if noted := {k: (old[k], config[k]) for k in NOTED if k in old and old[k] != config[k]}:
+                warnings.warn(f"{out_path} was generated under other releases (old, new): {noted}; its new episodes "
+                              f"may differ from what those would have made in the last bits (not in what they show)",
+                              stacklevel=2)
             if diff:
                 raise ValueError(f"{out_path} was generated with different settings (old, new): {diff}"
                                  + _resume_hint(old, diff))
