@@ -442,6 +442,15 @@ def test_frontier_at_reads_each_frontier_at_fixed_speeds():
     assert s["steps-only"] == pytest.approx([62 - 8 * 0.04 / 1.46, 62 - 8 * 0.54 / 1.46, 54.0, None, None])
     # worldcache: 1.5 is 21 % below its first finite point (1.9): n/a; 2.0: 66 - 6 * 0.1 / 1.1; 3.1: its end
     assert s["worldcache"] == pytest.approx([None, 66 - 6 * 0.1 / 1.1, 66 - 6 * 1.05 / 1.1, 60.0, None])
+    # end points read as "equal speed" are marked: in the JSON and, with a footnote, in the table
+    assert fa["nearest"] == {"steps-only": [False, False, True, False, False],
+                             "worldcache": [False, False, False, True, False]}
+    from worldcache.bench.report import format_table
+
+    table = format_table({"settings": {"episodes": 1, "frames_per_episode": 8, "episode_source": "x", "num_steps": 35},
+                          "uncached": {"denoise_ms_per_step": 1, "env_step_ms": 1, "call_ms": 1, "fixed_ms_per_call": 1,
+                                       "block_ms": 1, "psnr": 30, "ssim": 0.9}, "rows": [], "frontier_at": {"c": fa}})
+    assert "54.0*" in table and "60.0*" in table and "*: the frontier's end point, within 5 % of that speedup" in table
 
 
 def test_variants_have_their_own_frontiers():

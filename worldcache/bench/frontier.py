@@ -2,7 +2,7 @@
 
 A policy's frontier is its Pareto-optimal rows over (speedup, PSNR against the reference) across its whole
 grid (steps x settings): no other row of the same policy is at least as fast and at least as close, and strictly
-one of the two. PSNR ``null`` (identical to the reference) counts as infinite."""
+one of the two. A row of PSNR ``null`` (identical to the reference) is left out (`front_rows`)."""
 from __future__ import annotations
 
 import math
@@ -80,12 +80,15 @@ def frontier_at(rows: list[dict], speeds=GOAL_SPEEDS, speed_key: str = FRONTIER_
     """Every policy's frontier over (`speed_key`, `quality_key`) read at fixed speedups (`_at`): ``{"speeds":
     [...], "speed": speed_key, "quality": quality_key, quality_key: {policy: [PSNR or None per speed]}}``, the
     table a claim "above X from 1.5x to 4x" is judged on. `latent_psnr` resolves what 8-bit frames cannot near
-    the reference (frame PSNR ~75 dB is a fraction of a percent of values one grey level off)."""
-    out = {}
+    the reference (frame PSNR ~75 dB is a fraction of a percent of values one grey level off). ``"nearest"``:
+    {policy: [bool per speed]}, True where the value is the frontier's end point within 5 % of that speed, not a
+    point on it (at its fast end, a little optimistic)."""
+    out, nearest = {}, {}
     for name, rs in front_rows(rows, speed_key, quality_key).items():
         pts = _finite_points(rs, speed_key, quality_key)
-        out[name] = [_at(pts, v)[0] if pts else None for v in speeds]
-    return {"speeds": list(speeds), "speed": speed_key, "quality": quality_key, quality_key: out}
+        read = [_at(pts, v) if pts else (None, False) for v in speeds]
+        out[name], nearest[name] = [v for v, _ in read], [near for _, near in read]
+    return {"speeds": list(speeds), "speed": speed_key, "quality": quality_key, quality_key: out, "nearest": nearest}
 
 
 def equal_speed_comparison(rows: list[dict], label: str = "worldcache", speed_key: str = "denoising_speedup"):
