@@ -56,6 +56,9 @@ def test_tuned_yaml_writes_the_chosen_rows_settings(tmp_path):
     data = yaml.safe_load(text)
     assert data == {"policy": "worldcache", "threshold": 0.3, "saliency": False, "num_steps": 18}
     assert list(data) == ["policy", "threshold", "saliency", "num_steps"]  # the policy first, as a reader expects
+    # a search on a shared machine says so (its decision times, and so its compute speedups, read high)
+    assert tuned_yaml(row, "RULE", "SRC", 35, busy="warning: BUSY").startswith(head + "# Measured on a shared "
+                                                                               "machine: warning: BUSY\n")
 
     # steps-only (uncached at fewer steps) is written as policy none at those steps; identical frames say so
     text = tuned_yaml(_chosen("steps-only", "steps-only steps=12", {}, 12, psnr=None), "RULE", "SRC", 35)

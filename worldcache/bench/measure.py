@@ -9,7 +9,9 @@ Speed, two ways (both against the reference, uncached at the reference steps, on
 * ``compute_speedup``: the same ratio of a cost counted from what actually ran, at unit times measured once in the
   reference run: per call ``fixed_ms + blocks_run * block_ms + policy_ms`` (embed and head, the transformer
   blocks that ran, the policy's own time outside blocks). Policies whose work runs inside the blocks (the
-  diffusers hooks) do not measure `policy_ms`; their calls count at their wall time. Nearly free of machine noise.
+  diffusers hooks) do not measure `policy_ms`; their calls count at their wall time. Free of the machine's noise
+  in the blocks and in embed + head; not in `policy_ms`, which is measured live: on a busy machine a deciding
+  policy's ~1 ms a call can read tens of ms (`machine.busy` warns), so run the benchmark alone.
 
 Quality: PSNR/SSIM of the decoded frames against the simulator's (``psnr``, ``ssim``; ``*_retention`` = row /
 reference) and against the reference's frames (``psnr_vs_uncached``, ``ssim_vs_uncached``; ``null`` where

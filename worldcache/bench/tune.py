@@ -5,8 +5,10 @@ config's `cache:`) and `worldcache bench --cache` take as is.
 The search is the benchmark itself (`run_bench`) on tuning episodes, disjoint from the benchmark's (env seeds
 20000+, or a store's training split), with `steps-only` among the candidates. The rule: the fastest configuration
 whose PSNR against the reference (uncached, the model's default steps) is at least `min_psnr`, or the closest to
-the reference whose speedup is at least `min_speedup`. Speed is the compute speedup (`measure.py`), so the choice
-does not depend on the machine's load during the search."""
+the reference whose speedup is at least `min_speedup`. Speed is the compute speedup (`measure.py`): counted from
+the blocks that ran at unit times measured once, so the choice depends on the machine's load only through the
+policies' own decision time, measured live (run it alone; the YAML says when the benchmark found the cores
+shared)."""
 from __future__ import annotations
 
 import json
@@ -45,13 +47,16 @@ def choose(rows: list[dict], min_psnr: float | None = None, min_speedup: float |
     return max(ok, key=lambda r: (_psnr(r), r[TUNE_SPEED]))
 
 
-def tuned_yaml(row: dict, rule: str, source: str, reference_steps: int) -> str:
+def tuned_yaml(row: dict, rule: str, source: str, reference_steps: int, busy: str | None = None) -> str:
     """The cache YAML of a chosen row: ``policy``, every setting of its config, ``num_steps``; a comment says how
-    it was chosen and what it measured."""
+    it was chosen and what it measured (`source`: the episodes; `busy`: the benchmark's warning that other work
+    shared the cores, which inflates the policies' own decision time in the compute speedup)."""
     q = "identical" if row["psnr_vs_uncached"] is None else f"{row['psnr_vs_uncached']:.2f} dB"
     head = (f"# worldcache tune: {rule}, on {source}.\n# Chosen: {display(row['label'])}: compute speedup "
             f"{row['compute_speedup']:.2f}x (wall clock {row['denoising_speedup']:.2f}x), PSNR vs. uncached "
             f"{reference_steps} steps {q}, computed fraction {row['computed_fraction']:.2f}.\n")
+    if busy:
+        head += f"# Measured on a shared machine: {busy}\n"
     config = json.loads(json.dumps(row["config"]))  # plain YAML types (tuples -> lists)
     body = {"policy": "none" if row["policy"] == STEPS_ONLY else row["policy"], **config,
             "num_steps": row["num_steps"]}
@@ -86,7 +91,9 @@ def tune(checkpoint=None, policies=("worldcache",), denoise_steps=None, threshol
                                          f"{min_speedup}x")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(tuned_yaml(row, rule, res["settings"]["episode_source"], res["settings"]["num_steps"]))
+    st = res["settings"]
+    source = f"{st['episodes']} episode(s) x {st['chunks']} chunk(s), {st['episode_source']}"
+    out.write_text(tuned_yaml(row, rule, source, st["num_steps"], res["machine"].get("busy")))
     if verbose:
         print(f"chose {display(row['label'])} ({row['compute_speedup']:.2f}x compute, "
               f"{_psnr(row):.2f} dB); wrote {out}")
