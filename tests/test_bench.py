@@ -980,7 +980,13 @@ def test_a_missing_store_fails_before_the_model_loads(tmp_path, capsys, monkeypa
                       (["tune", "--cache", "worldcache:num_steps=2.5", "--min-psnr", "30"], "got 2.5"),
                       (["bench", "--cache", "worldcache:num_steps=abc"], "got 'abc'"),
                       (["bench", "--cache", "worldcache:threshold=-1"], "(set by the caller: threshold)"),
-                      (["tune", "--cache", "warpdrive", "--min-psnr", "30"], "unknown cache policy 'warpdrive'")):
+                      (["tune", "--cache", "warpdrive", "--min-psnr", "30"], "unknown cache policy 'warpdrive'"),
+                      # nothing to measure: said before the model loads (bench wrote an empty table, tune failed after
+                      # its run on an empty max())
+                      (["bench", "--cache", "steps-only", "--reference-steps", "4", "--denoise-steps", "4"],
+                       "nothing to measure against the reference (uncached, 4 steps)"),
+                      (["tune", "--cache", "steps-only", "--reference-steps", "4", "--denoise-steps", "4",
+                        "--min-psnr", "10"], "give --denoise-steps below 4, or a cache policy")):
         assert main(args) == 2, args
         assert why in capsys.readouterr().err, args
 

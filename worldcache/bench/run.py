@@ -53,6 +53,9 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
         check_simulable(spec)
     ref_steps = num_steps or spec.num_steps
     configs = bench_configs(policies, ablation, grid, denoise_steps, ref_steps, threshold_scales)
+    if not configs:  # e.g. steps-only at the reference's own steps, which is the reference
+        raise ValueError(f"nothing to measure against the reference (uncached, {ref_steps} steps): steps-only runs "
+                         f"at fewer steps than it; give --denoise-steps below {ref_steps}, or a cache policy")
     if data is not None:
         from ..rollouts.store import EpisodeStore
 
