@@ -126,8 +126,10 @@ def test_store_episodes_take_the_held_out_split_and_check_sizes(tmp_path):
     assert calibration_episode(spec, tmp_path / "s.zarr")["id"] == "ep0"
     assert [e["id"] for e in store_episodes(tmp_path / "s.zarr", 9, 8, spec, holdout=0)] == [
         "ep0", "ep1", "ep2", "ep3"]
-    with pytest.raises(ValueError, match="no held-out episode has 16 steps"):
+    with pytest.raises(ValueError, match=r"none of its 1 held-out episode\(s\) has 16 steps"):
         store_episodes(tmp_path / "s.zarr", 1, 16, spec)
+    with pytest.raises(ValueError, match=r"--holdout 1\.0 leaves no training episode of its 4$"):
+        store_episodes(tmp_path / "s.zarr", 1, 8, spec, tuning=True, holdout=1.0)
     _write_store(tmp_path / "small.zarr", n=2, height=32)
     with pytest.raises(ValueError, match=r"frames \(32, 96, 3\)"):
         store_episodes(tmp_path / "small.zarr", 1, 8, spec)
@@ -157,7 +159,7 @@ def test_run_bench_on_store_episodes_compares_with_the_stored_frames(tiny_ckpt, 
     model = WorldModel.from_pretrained(tiny_ckpt)
     frames, _ = model.rollout(ep["obs"][:1], ep["actions"][None], num_steps=2, seed=1000)
     assert res["uncached"]["psnr"] == pytest.approx(psnr(frames[0].numpy(), ep["obs"][1:]), rel=1e-6)
-    with pytest.raises(ValueError, match="no held-out episode"):
+    with pytest.raises(ValueError, match=r"none of its 1 held-out episode\(s\) has 16 steps"):
         run_bench(tiny_ckpt, policies=["none"], data=tmp_path / "s.zarr", episodes=1, chunks=2, num_steps=2,
                   ablation=False, verbose=False)
     with pytest.raises(ValueError, match="--holdout 0 .* add --no-ablation"):  # nothing left to match thresholds on
@@ -960,8 +962,8 @@ def test_cli_evaluate_model_calibrates_magcache_on_a_training_episode(tiny_ckpt,
     monkeypatch.setattr(WorldModel, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
     assert main(base[:-2] + ["--holdout", "1", "--cache", "magcache"]) == 2
     assert capsys.readouterr().err.endswith("--cache magcache calibrates on a training episode, as bench does: "
-                                            f"{tmp_path / 'eps.zarr'}: no training episode has 8 steps (holdout=1.0, "
-                                            "4 episodes); lower --holdout, or give its mag_ratios in a cache YAML\n")
+                                            f"{tmp_path / 'eps.zarr'}: --holdout 1.0 leaves no training episode of "
+                                            "its 4; lower --holdout, or give its mag_ratios in a cache YAML\n")
 
 
 def test_a_missing_store_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):

@@ -69,9 +69,12 @@ def store_episodes(path, n: int, frames: int, spec, tuning: bool = False, holdou
             out.append({"obs": obs[:frames + 1], "actions": actions[:frames], "id": eid})
         if len(out) == n:
             break
+    part = "training" if tuning else "held-out"
+    if not pool:  # the split leaves this part empty (--holdout 1: no training split)
+        raise ValueError(f"{path}: --holdout {holdout} leaves no {part} episode of its {len(ids)}")
     if not out:
-        part = "training" if tuning else "held-out"
-        raise ValueError(f"{path}: no {part} episode has {frames} steps (holdout={holdout}, {len(ids)} episodes)")
+        raise ValueError(f"{path}: none of its {len(pool)} {part} episode(s) has {frames} steps (holdout={holdout}, "
+                         f"{len(ids)} episodes)")
     return out
 
 
