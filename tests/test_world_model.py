@@ -524,7 +524,7 @@ def test_handover_loss_is_the_squared_conditioning_error_and_trains_only_the_dec
         if not key.startswith(("vae.decoder.", "vae.post_quant_conv.")):
             assert torch.equal(v, new.state_dict()[key]), key
     assert json.loads((tmp_path / "run" / "model" / "training.json").read_text())["vae"]["handover"] == 1.0
-    with pytest.raises(ValueError, match="give vae_decoder_only too"):
+    with pytest.raises(ValueError, match=r"give vae_decoder_only \(--vae-decoder-only\) too"):
         Trainer(dataclasses.replace(cfg, vae_decoder_only=False))
     with pytest.raises(ValueError, match="vae_handover must be >= 0"):
         Trainer(dataclasses.replace(cfg, vae_handover=-1.0))
