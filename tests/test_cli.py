@@ -83,10 +83,15 @@ def test_output_files_are_checked_before_the_work(capsys, tmp_path):
         cli.main(["bench", "--json", "/proc/x.json"])
     err = capsys.readouterr().err  # root: tried; anyone else: os.access says no
     assert "argument --json: /proc/x.json: cannot be written there (" in err or "/proc/x.json: not writable here" in err
+    with pytest.raises(SystemExit):  # and so is a folder to be made there (the run made it, failing after its work)
+        cli.main(["bench", "--json", "/proc/nosuchdir/x.json"])
+    err = capsys.readouterr().err
+    assert "/proc/nosuchdir/x.json: cannot be written there (" in err or "/proc/nosuchdir/x.json: not writable" in err
     assert cli.build_parser().parse_args(["bench", "--json", str(tmp_path / "b.json")]) and \
         not (tmp_path / "b.json").exists()
     # a folder still to be made is fine: the command makes it (calibrate did not, after its rollouts)
     assert cli.build_parser().parse_args(["calibrate", "teacache", "--out", str(tmp_path / "new" / "t.yaml")])
+    assert not (tmp_path / "new").exists()  # tried, not left made
 
 
 def test_bad_files_are_one_line(capsys, tmp_path):

@@ -410,13 +410,15 @@ def _out_file(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text}: {up} is a file, not a folder")
     if not os.access(path if path.exists() else up, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text}: not writable here")
-    if up == path.parent:  # a file tried in its folder (root passes os.access on /proc); the path itself untouched
-        import tempfile
+    import tempfile
 
-        try:
+    try:  # root passes os.access on /proc: a file tried in its folder, or a folder made in the nearest there is
+        if up == path.parent:
             tempfile.TemporaryFile(dir=up).close()
-        except OSError as e:
-            raise argparse.ArgumentTypeError(f"{text}: cannot be written there ({e.strerror})") from None
+        else:
+            tempfile.TemporaryDirectory(dir=up).cleanup()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"{text}: cannot be written there ({e.strerror})") from None
     return text
 
 
