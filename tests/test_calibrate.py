@@ -57,7 +57,7 @@ def test_calibrate_command_writes_a_fitted_polynomial_the_policy_loads(tiny_ckpt
     out.write_text("policy: teacache\nthreshold: 0.3\nret_ratio: 0.2\ncoefficients: [1.0, 0.0]\n")
     assert main(["calibrate", "teacache", "--checkpoint", str(tiny_ckpt), "--episodes", "1", "--chunks", "2",
                  "--denoise-steps", "6", "--first-seed", "20000", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed, warned = capsys.readouterr()
     data = yaml.safe_load(out.read_text())
     cal = data["calibration"]
     assert (data["threshold"], data["ret_ratio"]) == (0.3, 0.2)  # the file's other settings are kept
@@ -71,6 +71,8 @@ def test_calibrate_command_writes_a_fitted_polynomial_the_policy_loads(tiny_ckpt
     assert cal["input_range"] == [round(min(rec.x), 6), round(max(rec.x), 6)]
     assert len(cal["date"]) == 10
     assert f"fit RMSE {cal['fit_rmse']} on 10 call pairs" in printed
+    # 10 pairs for 5 coefficients: said to be too few (5 pairs made an exact fit, reported as RMSE 0.0)
+    assert "warning: 10 (input, output) change pairs for 5 coefficients: the polynomial interpolates them" in warned
     policy = load_policy(out)
     assert policy.config.coefficients == data["coefficients"] and policy.config.calibration == cal
 
@@ -125,6 +127,11 @@ def test_calibrate_refuses_another_policys_yaml(tiny_ckpt, tmp_path, capsys):
     assert main(["calibrate", "teacache", "--checkpoint", str(tiny_ckpt), "--episodes", "1", "--chunks", "1",
                  "--denoise-steps", "6", "--out", str(out)]) == 2
     assert "not teacache" in capsys.readouterr().err
+    # its other settings are kept, so they are checked first: a key TeaCache has not was written, then refused on load
+    out.write_text("policy: teacache\nbogus_key: 3\n")
+    assert main(["calibrate", "teacache", "--checkpoint", str(tiny_ckpt), "--episodes", "1", "--chunks", "1",
+                 "--denoise-steps", "6", "--out", str(out)]) == 2
+    assert "unknown key(s) ['bogus_key']" in capsys.readouterr().err and "bogus_key: 3" in out.read_text()
 
 
 def test_shipped_teacache_yaml_is_calibrated_and_says_how():

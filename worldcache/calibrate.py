@@ -12,6 +12,7 @@ fitted (model, episodes, seeds, steps, date, fit residual), so a reader can tell
 from __future__ import annotations
 
 import datetime
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import yaml
 
 from .bench.episodes import TUNING_SEED, check_simulable, heldout_episodes
 from .cache.base import NoCache, PolicyState, rel_l1
+from .cache import load_cache
 from .cache.config import CACHE_CONFIG_DIR, ConfigError, read_yaml
 
 DEGREE = 4            # TeaCache's polynomial degree
@@ -85,6 +87,7 @@ def calibrate_teacache(checkpoint=None, episodes: int = 3, chunks: int = 2, num_
         base = read_yaml(out)
         if base.get("policy") != "teacache":
             raise ConfigError(f"{out}: policy is {base.get('policy')!r}, not teacache")
+        load_cache(out)  # its other settings are kept: checked before the rollouts, not by whoever reads it next
     check_simulable(read_spec(checkpoint), "calibrate runs on simulated Pusher episodes only")
     model = WorldModel.from_pretrained(checkpoint, device=device, dtype=dtype)
     s = model.spec
@@ -95,6 +98,10 @@ def calibrate_teacache(checkpoint=None, episodes: int = 3, chunks: int = 2, num_
                                 desc="calibration rollouts", unit="episode")):
         model.rollout(ep["obs"][:1], ep["actions"][None], policy=recorder, num_steps=steps, seed=seed + 1000 * (i + 1))
     coefficients, rmse = fit_rescale(recorder.x, recorder.y, degree)
+    if len(recorder.x) < 3 * (degree + 1):  # a fit through (nearly) as many points as it has coefficients
+        print(f"warning: {len(recorder.x)} (input, output) change pairs for {degree + 1} coefficients: the polynomial "
+              f"interpolates them (fit RMSE {rmse:.2g} says little); give more --episodes, --chunks or steps",
+              file=sys.stderr)
     base.pop("coefficients", None)
     base.pop("calibration", None)
     data = {**base, "coefficients": [float(f"{c:.6g}") for c in coefficients], "calibration": {
