@@ -128,6 +128,9 @@ class WorldSim:
         if getattr(self.policy.config, "cross_chunk", False):  # it would be accepted and do nothing
             raise ValueError("cross_chunk applies to WorldModel.rollout only: an env step is one prediction, and "
                              "each starts its cache afresh")
+        if num_steps is not None and yaml_steps is not None and num_steps != yaml_steps:
+            warnings.warn(f"num_steps={num_steps} overrides the {yaml_steps} steps the cache YAML {cache} was tuned "
+                          f"at (leave num_steps unset to run at them)", stacklevel=3)
         self.num_steps = int(num_steps if num_steps is not None else yaml_steps or s.num_steps)
         self.low = np.asarray(s.action_low, np.float32)
         self.high = np.asarray(s.action_high, np.float32)

@@ -105,8 +105,9 @@ def test_tune_writes_a_yaml_that_env_rollout_and_bench_take(tiny_ckpt, tmp_path,
     _, _, _, _, info = env.step(env.action_space.sample())
     assert info["calls"] == steps  # the prediction ran at the tuned step count
     env.close()
-    assert gym.make("WorldCache-Cosmos-v0", checkpoint=str(tiny_ckpt), cache=str(out), num_steps=3,
-                    reward_fn=lambda f, a: 0.0).unwrapped.sim.num_steps == 3  # an explicit num_steps wins
+    with pytest.warns(UserWarning, match=rf"num_steps=3 overrides the {steps} steps the cache YAML .* was tuned at"):
+        assert gym.make("WorldCache-Cosmos-v0", checkpoint=str(tiny_ckpt), cache=str(out), num_steps=3,
+                        reward_fn=lambda f, a: 0.0).unwrapped.sim.num_steps == 3  # an explicit num_steps wins, said
 
     cfg = RolloutConfig.load({"checkpoint": str(tiny_ckpt), "cache": str(out)})
     attrs = rollout_attrs(cfg, checkpoint_files(tiny_ckpt), tiny_ckpt)
