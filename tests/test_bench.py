@@ -853,6 +853,11 @@ def test_cli_bench_split_times_the_models_own_step_count_by_default(tmp_path, ca
     WorldModel.build(spec, hidden_heads=2, head_dim=16, num_layers=2, vae_base_dim=8).save_pretrained(tmp_path)
     assert main(["bench-split", "--checkpoint", str(tmp_path), "--repeats", "1"]) == 0
     assert "batch 1, 3 steps, cache=none" in capsys.readouterr().out
+    # a tuned YAML runs at its steps (it was refused: load_policy takes no num_steps)
+    (tmp_path / "tuned.yaml").write_text("policy: worldcache\nthreshold: 0.2\nnum_steps: 2\n")
+    assert main(["bench-split", "--checkpoint", str(tmp_path), "--repeats", "1", "--cache",
+                 str(tmp_path / "tuned.yaml")]) == 0
+    assert "batch 1, 2 steps, cache=" in capsys.readouterr().out
 
 
 def random_store(path, steps: int, states: bool = False, seed: int = 0, episodes: int = 2) -> None:

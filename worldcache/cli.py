@@ -159,16 +159,16 @@ def _bench_split(args) -> int:
 
     import numpy as np
 
-    from .cache import load_policy
+    from .cache import load_cache
     from .world_model import WorldModel
 
+    policy, yaml_steps = load_cache(args.cache)  # a tuned YAML runs at its steps, as bench and bench-vec run it
     model = WorldModel.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, compile=args.compile)
     s = model.spec
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (args.batch, s.height, s.width, 3), dtype=np.uint8)
     actions = rng.uniform(s.action_low, s.action_high, (args.batch, s.chunk, s.action_dim))
-    policy = load_policy(args.cache)
-    steps = args.denoise_steps or s.num_steps
+    steps = args.denoise_steps or yaml_steps or s.num_steps
     model.predict(frame, actions, policy=policy, num_steps=2)  # warm-up
     vae = dit = 0.0  # "vae": everything in the step that is not the DiT loop (encode, decode, glue)
     for _ in range(args.repeats):
