@@ -550,6 +550,13 @@ def test_a_stage_resumed_keeps_the_other_stages_weights_and_wrong_starts_are_ref
     shutil.copytree(tmp_path / "run", tmp_path / "more")
     Trainer(dataclasses.replace(cfg, out=str(tmp_path / "more"), vae_steps=3)).run()
     assert "DiT learned the latents of the VAE before this run's VAE steps: train it again" in capsys.readouterr().err
+    # the advice works: the DiT state of the old latents is named with its remedy, and once removed the stage trains
+    more = dataclasses.replace(cfg, out=str(tmp_path / "more"), stages=("dit",))
+    with pytest.raises(ValueError, match=r"state_dit\.pt: its DiT learned the latents of the VAE before this --out's "
+                                         r"last VAE steps; to train it on this VAE's, remove"):
+        Trainer(more).run()
+    (tmp_path / "more" / "state_dit.pt").unlink()
+    Trainer(more).run()
     # a VAE stage alone into a new --out: the exported DiT is untrained, which is said
     Trainer(dataclasses.replace(cfg, out=str(tmp_path / "vae_only"))).run()
     assert "DiT is untrained (no DiT stage has run into this --out)" in capsys.readouterr().err
@@ -595,6 +602,9 @@ def test_a_stage_resumes_under_the_other_stages_changed_settings_and_a_refusal_c
     Trainer(cfg, model=WorldModel.build(SPEC, **ARCH)).run()
     run = tmp_path / "run"
     Trainer(dataclasses.replace(cfg, stages=("vae",), dit_lr=1e-4, cond_noise=0.3)).run()
+    with pytest.raises(ValueError, match=r"was built with other --layers/--heads/--head-dim \(there, now: "
+                                         r"\{'num_layers': \(12, 6\)\}\)"):  # else ignored: OUT/model's DiT continues
+        Trainer(dataclasses.replace(cfg, stages=("vae",), num_layers=6))
     Trainer(dataclasses.replace(cfg, stages=("dit",), vae_lr=1e-4)).run()
     (run / "dit_windows.pt").unlink()
     for change, match in ((dict(dit_lr=1e-4), r"dit_lr: 0\.0003 there, 0\.0001 now"),
@@ -649,7 +659,7 @@ def test_resume_refuses_changed_data_or_starting_weights_at_the_same_path(tmp_pa
     cfg.dit_steps = 3
     # other weights at the same path: its state is another start's
     WorldModel.build(SPEC, **ARCH, seed=9).save_pretrained(start)
-    with pytest.raises(ValueError, match="source_sha256"):
+    with pytest.raises(ValueError, match="start_sha256"):  # the DiT stage: its start (a VAE stage: source_sha256)
         Trainer(cfg).run()
     shutil.rmtree(start)
     shutil.copytree(tiny_ckpt, start)
@@ -1286,9 +1296,10 @@ def test_train_command_records_itself_as_typed(tmp_path, tiny_ckpt):
 @pytest.mark.parametrize("stage,stop", [("vae", "raise"), ("dit", "raise"), ("dit", "signal")])
 def test_an_interrupted_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, tiny_ckpt, device, stage,
                                                                               stop):
-    """Stopped in its third step: by an exception raised there, the state saved at step 2 is resumed; by Ctrl-C
-    (a signal, held until the step ends), the state is saved where it stopped, step 3. Either way the resumed run
-    ends with the weights of an unbroken one."""
+    """Stopped in its third step (states saved every 4): by an exception raised inside the step, nothing is saved (the
+    step is half done: its optimiser stepped, its count not), and the run starts again; by Ctrl-C (a signal, held
+    until the step ends), the state is saved where it stopped, step 3. Either way the resumed run ends with the
+    weights of an unbroken one."""
     import signal
 
     from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -1297,7 +1308,7 @@ def test_an_interrupted_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp
 
     write_training_store(tmp_path / "data.zarr")
     cfg = TrainConfig(data=str(tmp_path / "data.zarr"), out=str(tmp_path / "whole"), stages=(stage,), vae_steps=4,
-                      dit_steps=4, vae_batch=2, dit_batch=2, save_every=2, holdout=0.34, eval_windows=0,
+                      dit_steps=4, vae_batch=2, dit_batch=2, save_every=4, holdout=0.34, eval_windows=0,
                       vae_from=str(tiny_ckpt) if stage == "dit" else None, device=str(device))
     part = (lambda m: m.vae) if stage == "vae" else (lambda m: m.dit)
 
@@ -1326,8 +1337,8 @@ def test_an_interrupted_and_resumed_run_ends_where_an_uninterrupted_one_does(tmp
             train(cut, 2)
     finally:
         handle.remove()
-    assert torch.load(tmp_path / "cut" / f"state_{stage}.pt", weights_only=False)["step"] == (
-        3 if stop == "signal" else 2)
+    state = tmp_path / "cut" / f"state_{stage}.pt"
+    assert torch.load(state, weights_only=False)["step"] == 3 if stop == "signal" else not state.exists()
     resumed = WorldModel.from_pretrained(train(cut, 3))
     # every draw after step 2 (windows, noise levels, noise) continues where it stopped, so the weights are equal
     # (on CPU bit for bit; CUDA's kernels may sum in another order)

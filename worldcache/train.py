@@ -127,14 +127,15 @@ class TrainConfig:
 RESUME_FREE = ("out", "stages", "threads", "device", "save_every", "eval_windows", "compile", "bf16", "vae_steps",
                "dit_steps", "decoder_steps", "vae_minutes", "dit_minutes", "dit_ema")
 # settings of one stage that the other's state need not match (a DiT state has the VAE's own fingerprint instead)
-VAE_ONLY = ("vae_batch", "vae_lr", "kl_weight", "vae_decoder_only", "vae_handover")
+ARCHITECTURE = ("num_layers", "heads", "head_dim")  # a new model's DiT
+VAE_ONLY = ("vae_batch", "vae_lr", "kl_weight", "vae_decoder_only", "vae_handover", "vae_from")
 DIT_ONLY = ("dit_batch", "dit_lr", "flow_shift", "cond_noise", "cond_blur", "self_cond", "self_cond_windows",
-            "self_cond_source", "num_layers", "heads", "head_dim")
+            "self_cond_source") + ARCHITECTURE
 
 
 def resume_settings(cfg: TrainConfig) -> dict:
     # a run from a checkpoint takes its architecture from it (the starting weights' hash is compared instead)
-    unused = ("num_layers", "heads", "head_dim") if cfg.continue_from or cfg.init_from else ()
+    unused = ARCHITECTURE if cfg.continue_from or cfg.init_from else ()
     return {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE + unused}
 
 
@@ -271,6 +272,7 @@ class Trainer:
                              "checkpoint: give one")
         self.cfg = cfg
         self.stepped: set[str] = set()  # the stages that took a training step in this run
+        self.given_model = model is not None
         source = cfg.continue_from or cfg.init_from
         self.source = Path(source) if source else None  # the checkpoint the weights, decoder and lineage come from
         self.out = Path(cfg.out)
@@ -292,6 +294,12 @@ class Trainer:
             if was is None or Path(was).resolve() != self.source.resolve():
                 raise ValueError(f"{self.out / 'model'} was trained from {was or 'no checkpoint'}, and this "
                                  f"command starts from {self.source}: train into another --out")
+        if earlier is not None and not self.source:  # OUT/model's DiT was built from the first command's flags
+            was = earlier.get("config", {})
+            arch = {k: (was[k], getattr(cfg, k)) for k in ARCHITECTURE if k in was and was[k] != getattr(cfg, k)}
+            if arch:  # it would be continued as it is, under a record of other flags
+                raise ValueError(f"{self.out / 'model'} was built with other --layers/--heads/--head-dim (there, now: "
+                                 f"{arch}); they set a new model's architecture: give the same, or another --out")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         episodes, self.data_attrs = load_episodes(cfg.data)
@@ -405,7 +413,7 @@ class Trainer:
         step, losses, extra = 0, [], None  # extra: the minutes a longer budget adds to a finished timed run
         if state_file.exists():
             st = torch.load(state_file, weights_only=False, map_location=self.device)
-            self._check_state(state_file, st, settings, minutes)
+            self._check_state(state_file, st, settings, minutes, ema_decay)
             module.load_state_dict(st["module"] if "module" in st else self._stage_part(module, st["model"]))
             opt.load_state_dict(st["opt"])
             sched.load_state_dict(st["sched"])
@@ -415,10 +423,6 @@ class Trainer:
                 gen.set_state(st["gen"].cpu())
             step, losses = st["step"], st["losses"]
             print(f"train {stage}: resuming at step {step} ({state_file})", file=sys.stderr)
-            saved = st["ema"]["decay"] if "ema" in st else 0.0  # an average is continued as it was begun, or not
-            if saved != ema_decay:
-                raise ValueError(f"{state_file}: saved with EMA decay {saved}, resumed with {ema_decay}: resume "
-                                 "with the same decay, or train in a new folder")
             if ema is not None:
                 ema.load_state_dict(st["ema"])
             if pending:  # a resumed timed run keeps the step count it set (or measures it if it had not yet)
@@ -444,7 +448,7 @@ class Trainer:
         budget = (StepBudget(extra if extra is not None else minutes, time.perf_counter() if began is None else began,
                              step) if pending else None)
         saved = [step]  # the step the state file holds
-        began_at = step
+        began_at, in_step = step, False
 
         def save():
             tmp = state_file.with_suffix(".tmp")  # write then rename: a kill never leaves a broken state
@@ -462,6 +466,7 @@ class Trainer:
         try:
             while step < total[0] or (pending and step < budget.first_count):
                 with interrupt.deferred_interrupts():  # a stop lands between steps, where the state is whole
+                    in_step = True
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
                         loss = loss_fn(rng)
                     opt.zero_grad(set_to_none=True)
@@ -476,12 +481,13 @@ class Trainer:
                     if budget is not None and (count := budget.update(step, time.perf_counter())) is not None:
                         total[0], pending = count, False
                         bar.total = total[0]
+                    in_step = False
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
                 if step % self.cfg.save_every == 0 or step == total[0]:
                     save()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the steps since the last save are kept too
-            if step > saved[0]:
+            if step > saved[0] and not in_step:  # (an interrupt raised inside a step leaves it half done: not saved)
                 with interrupt.deferred_interrupts():
                     save()
             raise
@@ -492,9 +498,10 @@ class Trainer:
         return losses, ema
 
     def _check_state(self, state_file: Path, st: dict | None = None, settings: dict | None = None,
-                     minutes: float | None = None) -> None:
+                     minutes: float | None = None, ema_decay: float = 0.0) -> None:
         """Refuse to resume a stage's saved state (`st`, else read from `state_file` if it exists) trained under
-        other `settings` (default: the run's `resume`), or timed where it was not (`minutes`)."""
+        other `settings` (default: the run's `resume`), timed where it was not (`minutes`), or averaged otherwise
+        (`ema_decay`)."""
         if st is None:
             if not state_file.exists():
                 return
@@ -502,10 +509,18 @@ class Trainer:
         now = self.resume if settings is None else settings
         saved = st.get("config", now)  # states saved before settings were kept are taken as this run's
         diff = sorted(k for k in saved.keys() & now.keys() if saved.get(k) != now.get(k))  # as far as kept
+        if diff == ["vae_fingerprint"]:  # this --out's VAE trained on since: the DiT's state is of the old latents
+            raise ValueError(f"{state_file}: its DiT learned the latents of the VAE before this --out's last VAE "
+                             f"steps; to train it on this VAE's, remove {state_file} (the stage then starts from the "
+                             f"exported DiT), or give another --out")
         if diff:  # another run's state: resuming it would train (and export) that run's weights under this record
             raise ValueError(f"{state_file}: saved by a run with other settings ("
                              + ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in diff)
                              + "); resume with the same settings, or train into another --out")
+        decay = st["ema"]["decay"] if "ema" in st else 0.0  # an average is continued as it was begun, or not
+        if decay != ema_decay:
+            raise ValueError(f"{state_file}: saved with EMA decay {decay}, resumed with {ema_decay}: resume with the "
+                             "same decay, or train in a new folder")
         if minutes is not None and "minutes" in st and st["minutes"] is None:  # it would not extend: say so
             stage = state_file.stem.removeprefix("state_")
             raise ValueError(f"{state_file}: a run of {st['total']} steps (--{stage}-steps), not a timed one: "
@@ -663,8 +678,9 @@ class Trainer:
         # a DiT state is of the latents of the VAE it trained on: one resumed over a VAE trained on since would
         # continue on another latent space (states saved before this key resume as before); checked before the
         # windows are encoded (minutes on a CPU)
-        settings = {**{k: v for k, v in self.resume.items() if k not in VAE_ONLY}, "vae_fingerprint": vae_id}
-        self._check_state(self.out / "state_dit.pt", settings=settings, minutes=c.dit_minutes)
+        settings = {**{k: v for k, v in self.resume.items() if k not in VAE_ONLY + ("source_sha256",)},
+                    "vae_fingerprint": vae_id, "start_sha256": self.resume["source_sha256"][0]}  # not --vae-from's
+        self._check_state(self.out / "state_dit.pt", settings=settings, minutes=c.dit_minutes, ema_decay=c.dit_ema)
         windows_in = fingerprint(data, m.spec.chunk, m.spec.cond_frames, vae_id)
         latents, actions = self._cached("dit_windows.pt", lambda: self._encode_windows(self.train_eps), windows_in)
         if c.self_cond > 0:
@@ -835,12 +851,13 @@ class Trainer:
                                       "heldout_errors_cm": res["heldout_errors"],
                                       "final_loss": float(np.mean(res["losses"][-50:]))}
         self._write_record(start)
-        if "dit" not in self.record and self.source is None:
+        if "dit" not in self.record and self.source is None and not self.given_model:
             print(f"warning: {self.out / 'model'}'s DiT is untrained (no DiT stage has run into this --out): its "
                   f"frames are noise; train it with --stages dit", file=sys.stderr)
         elif "vae" in self.stepped and "dit" not in self.cfg.stages and not self.cfg.vae_decoder_only:
             print(f"warning: {self.out / 'model'}'s DiT learned the latents of the VAE before this run's VAE steps: "
-                  f"train it again on this VAE's (--stages dit)", file=sys.stderr)
+                  f"train it again on this VAE's (remove {self.out / 'state_dit.pt'}, then --stages dit)",
+                  file=sys.stderr)
         return self.out / "model"
 
     def _export(self) -> None:
