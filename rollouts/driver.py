@@ -211,9 +211,8 @@ def format_summary(s: dict) -> str:
     return (f"{s['store']}: {s['episodes_written']} episodes written, {s['episodes_skipped']} already there{removed}; "
             f"{s['steps']} steps in {s['rollout_s']:.1f} s ({s['steps_per_s']:.2f} steps/s, "
             f"{s['episodes_per_s']:.2f} episodes/s, {_count(s['workers'], 'worker')} on {_count(s['nodes'], 'node')}); "
-            f"mean skip rate "
-            f"{s['mean_skip_rate']:.2f}; store writes {s['write_s']:.2f} s in the background, the rollout waited "
-            f"{s['store_s']:.2f} s for them = {100 * s['write_share']:.1f} % of its time")
+            f"mean skip rate {s['mean_skip_rate']:.2f}; store writes {s['write_s']:.2f} s in the background, the "
+            f"rollout waited {s['store_s']:.2f} s for them = {100 * s['write_share']:.1f} % of its time")
 
 
 def rollout_main(config, out: str | None = None, episodes: int | None = None, workers: int | None = None,

@@ -40,8 +40,9 @@ def main() -> None:
                     cosines[s].append((new - tip) @ d / max(np.linalg.norm(new - tip), 1e-12))
                     tip = new
     for s in SPEEDS:
-        print(f"speed {s}: first step covers {np.median(first[s]):.3f} of its delta, 8 steps {np.median(over8[s]):.3f}; "
-              f"median cosine of command and motion, a new direction each step: {np.median(cosines[s]):.3f}")
+        print(f"speed {s}: first step covers {np.median(first[s]):.3f} of its delta, 8 steps "
+              f"{np.median(over8[s]):.3f}; median cosine of command and motion, a new direction each step: "
+              f"{np.median(cosines[s]):.3f}")
 
 
 if __name__ == "__main__":

@@ -923,7 +923,8 @@ def test_cli_evaluate_model_says_what_the_cache_computed_and_refuses_another_fra
     args = ["evaluate-model", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path / "eps.zarr"), "--holdout", "0",
             "--chunks", "1", "--denoise-steps", "6", "--json", str(out)]
     assert main(args) == 0
-    assert json.loads(out.read_text())["computed_fraction"] == 1.0 and "the cache computed" not in capsys.readouterr().out
+    assert json.loads(out.read_text())["computed_fraction"] == 1.0
+    assert "the cache computed" not in capsys.readouterr().out
     assert main(args + ["--cache", "fora"]) == 0  # 2 warm-up steps, then every other call: 4 of 6
     assert json.loads(out.read_text())["computed_fraction"] == pytest.approx(4 / 6)
     assert "2 window(s), 8 frames per chunk; the cache computed 0.67 of the model calls" in capsys.readouterr().out

@@ -132,6 +132,12 @@ def test_calibrate_refuses_another_policys_yaml(tiny_ckpt, tmp_path, capsys):
     assert main(["calibrate", "teacache", "--checkpoint", str(tiny_ckpt), "--episodes", "1", "--chunks", "1",
                  "--denoise-steps", "6", "--out", str(out)]) == 2
     assert "unknown key(s) ['bogus_key']" in capsys.readouterr().err and "bogus_key: 3" in out.read_text()
+    # but a template leaving the two keys calibrate writes empty is filled in
+    out.write_text("policy: teacache\nthreshold: 0.3\ncoefficients: []\n")
+    assert main(["calibrate", "teacache", "--checkpoint", str(tiny_ckpt), "--episodes", "1", "--chunks", "1",
+                 "--denoise-steps", "6", "--out", str(out)]) == 0
+    filled = yaml.safe_load(out.read_text())
+    assert filled["threshold"] == 0.3 and len(filled["coefficients"]) == 5
 
 
 def test_shipped_teacache_yaml_is_calibrated_and_says_how():

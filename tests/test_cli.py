@@ -371,6 +371,14 @@ def test_a_stop_inside_a_store_write_lands_after_it():
     assert done == ["written", "written again"] and signal.getsignal(signal.SIGINT) is sigint
     with deferred_interrupts():  # no signal: nothing raised
         done.append("quiet")
+    # a second stop does not wait (a long training step held Ctrl-C for minutes): raised inside the block, once
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("held")
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("never")
+    assert done[-1] == "held" and signal.getsignal(signal.SIGINT) is sigint
 
 
 def test_train_refuses_a_store_of_chunks_and_leaves_no_out_folder(tmp_path, capsys):

@@ -371,6 +371,8 @@ def test_bounds_of_another_width_and_a_projection_the_blocks_cannot_read_are_ref
                      (dict(action_low=[-1.0] * 6), "--action-low")):
         with pytest.raises(CheckpointError, match=rf"^{flag}: (7|6) values .* for --action-dim (6|7): give (6|7)$"):
             convert(tmp_path / "absent.pt", files["vae"], None, tmp_path / "o", **kw)
+    with pytest.raises(CheckpointError, match=r"^--height 264: must be a multiple of 16"):  # it failed at predict
+        convert(tmp_path / "absent.pt", files["vae"], None, tmp_path / "o", height=264)
     bad = dict(official_state("2.5"))
     bad["net.crossattn_proj.0.weight"] = torch.zeros(C_TEXT + 1, C_IN, dtype=torch.bfloat16)
     bad["net.crossattn_proj.0.bias"] = torch.zeros(C_TEXT + 1, dtype=torch.bfloat16)

@@ -423,3 +423,5 @@ def test_a_scenes_simulator_runs_its_datas_explore_bounded_or_free():
                 assert md.make_policy(name, r, np.random.default_rng(0)).bounded == bounded, name
             assert make_control("explore", None, r, 0).bounded == bounded
             assert not md.make_policy("explore", r, np.random.default_rng(0), bounded=False).bounded  # as given
+        with md.PusherRenderer(camera=camera) as r:  # as `real_rollout(camera=...)` makes one
+            assert r.explore_bounded == bounded

@@ -162,8 +162,7 @@ def test_warp_check_warps_no_frame_whose_input_did_not_change():
     grid = (3, 10, 12)
     torch.manual_seed(0)
     x, approx, rho_hat = (torch.randn(1, 360, 32) for _ in range(3))
-    flow = token_flow(x, x, grid)
-    assert flow.abs().amax() > 0  # what the old check read as motion
+    flow = token_flow(x, x, grid)  # here ~1e-7, which the old check read as motion (exactly 0 on some machines)
     policy = make_policy("worldcache", **{**BASE, "warp": True})
     call = CallRecord(step=10, num_steps=20, branch="cond")
     out = policy._warp(approx.clone(), rho_hat, warp_tokens(rho_hat, flow, grid), x, x, grid, call)

@@ -21,9 +21,9 @@ import torch
 import yaml
 
 from .bench.episodes import TUNING_SEED, check_simulable, heldout_episodes
+from .cache import make_policy
 from .cache.base import NoCache, PolicyState, rel_l1
-from .cache import load_cache
-from .cache.config import CACHE_CONFIG_DIR, ConfigError, read_yaml
+from .cache.config import CACHE_CONFIG_DIR, ConfigError, check_num_steps, read_yaml
 
 DEGREE = 4            # TeaCache's polynomial degree
 
@@ -87,7 +87,12 @@ def calibrate_teacache(checkpoint=None, episodes: int = 3, chunks: int = 2, num_
         base = read_yaml(out)
         if base.get("policy") != "teacache":
             raise ConfigError(f"{out}: policy is {base.get('policy')!r}, not teacache")
-        load_cache(out)  # its other settings are kept: checked before the rollouts, not by whoever reads it next
+        # its other settings are kept: checked before the rollouts (not by whoever reads it next), all but the two
+        # this writes (a template may leave them empty)
+        kept = {k: v for k, v in base.items() if k not in ("policy", "coefficients", "calibration", "num_steps")}
+        make_policy("teacache", kept, source=str(out))
+        if base.get("num_steps") is not None:
+            check_num_steps(base["num_steps"], str(out))
     check_simulable(read_spec(checkpoint), "calibrate runs on simulated Pusher episodes only")
     model = WorldModel.from_pretrained(checkpoint, device=device, dtype=dtype)
     s = model.spec

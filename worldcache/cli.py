@@ -575,8 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--action-dim", type=COUNT, default=7, help="action width (default: 7, Bridge's)")
     cv.add_argument("--chunk", type=COUNT, default=12, help="actions (new frames) per prediction")
     cv.add_argument("--height", type=COUNT, default=None,
-                    help="frame height the model predicts (default: 256 for 2.5, 480 for 2; a multiple of the VAE's "
-                         "spatial compression)")
+                    help="frame height the model predicts (default: 256 for 2.5, 480 for 2; a multiple of 16: the "
+                         "VAE's 8x, then the DiT's 2x2 patches)")
     cv.add_argument("--width", type=COUNT, default=None, help="frame width (default: 320 for 2.5, 640 for 2)")
     cv.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="transformer weights")
     cv.set_defaults(func=_convert)
@@ -608,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench-split", help="time of one env step: DiT loop vs. VAE")
     _add_model(b)
     b.add_argument("--cache", default="none", help="cache policy name or YAML file (default: none, uncached)")
-    b.add_argument("--denoise-steps", type=COUNT, default=None, help="default: the model's")
+    b.add_argument("--denoise-steps", type=COUNT, default=None, help="default: a tuned cache YAML's, else the model's")
     b.add_argument("--batch", type=COUNT, default=1, help="envs stepped as one batch (default: 1)")
     b.add_argument("--repeats", type=COUNT, default=3, help="env steps timed; the times are their mean (default: 3)")
     _add_compile(b)

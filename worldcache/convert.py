@@ -94,8 +94,9 @@ def diffusers_key(key: str) -> str:
     """The diffusers name of an official (stripped) transformer key, by diffusers' single-file converter."""
     from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
 
-    return next(iter(convert_cosmos_transformer_checkpoint_to_diffusers({f"net.{key}": None})), key)  # dropped:
-    # left as it is, so the plan calls it unexpected (the keys it drops on purpose are set aside before)
+    # a key diffusers drops comes back as it is, so the plan calls it unexpected (those dropped on purpose, RoPE
+    # buffers and counters, are set aside before)
+    return next(iter(convert_cosmos_transformer_checkpoint_to_diffusers({f"net.{key}": None})), key)
 
 
 def _need(state: dict, key: str, what: str, prefix: str = "net.") -> torch.Tensor:
@@ -443,6 +444,10 @@ def convert(transformer: str | Path, vae: str | Path, prompt_embeds: str | Path 
             what = "given" if given else "the default, Bridge's"
             raise CheckpointError(f"{flag}: {len(given or default)} values ({what}) for --action-dim {action_dim}: "
                                   f"give {action_dim}")
+    for flag, size in (("--height", height), ("--width", width)):  # the Wan VAE's 8x, then the DiT's 2x2 patches
+        if size is not None and size % 16:
+            raise CheckpointError(f"{flag} {size}: must be a multiple of 16 (the Wan VAE's 8x, then the DiT's 2x2 "
+                                  f"patches)")
     out = Path(out).absolute()  # `.` has no name to write beside
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):  # before gigabytes are read
         raise CheckpointError(f"{out}: {'is not empty' if out.is_dir() else 'is a file'}: convert writes a whole "

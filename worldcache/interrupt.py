@@ -68,18 +68,27 @@ def reclaim_sigterm() -> None:
 
 @contextlib.contextmanager
 def deferred_interrupts():
-    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them as they would have been. Around a store
-    write: zarr writes on its own IO thread, and a process stopped mid-write exits with that thread still busy
-    (zarr's exit hook then prints a traceback of its own, "Cannot close a running event loop")."""
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them as they would have been (a second one at
+    once). Around a store write: zarr writes on its own IO thread, and a process stopped mid-write exits with that
+    thread still busy (zarr's exit hook then prints a traceback of its own, "Cannot close a running event loop");
+    around a training step, so that a stop lands where the state is whole."""
     if not _main_thread():
         yield
         return
     held: list[int] = []
-    before = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def hold(signum, frame):
+        held.append(signum)
+        if len(held) > 1:  # a second stop does not wait for the block (a long training step, a hung write)
+            for s, handler in before.items():
+                _restore(s, handler)
+            signal.raise_signal(signum)
+
+    before = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for s, handler in before.items():
             _restore(s, handler)
-        if held:
+        if len(held) == 1:  # (a second one was delivered at once)
             signal.raise_signal(held[0])  # to the handler the block found: KeyboardInterrupt, Terminated, or default

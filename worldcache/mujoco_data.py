@@ -95,7 +95,10 @@ class PusherRenderer:
         self._body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "tips_arm")
         self._jacp = np.zeros((3, self.model.nv))
         self._seg = None  # `out_of_view`'s renderer, made on first use
-        self.explore_bounded = False  # `make_policy`'s default: explore's directions stop at its box (`SCENES`)
+        # `make_policy`'s default: explore's bounds are not in a model's scene record (`for_scene`), so they go with
+        # the named scene whose camera this is (v2's explore is bounded, as its data's); a camera of one's own: free
+        self.explore_bounded = any(sc["explore"] == "bounded" and _camera(sc["camera"]) == self.camera
+                                   for sc in SCENES.values())
 
     @classmethod
     def for_scene(cls, scene: dict | None, height: int = HEIGHT, width: int = WIDTH,
@@ -107,12 +110,7 @@ class PusherRenderer:
         full = scene_of(scene)
         if full["controller"] != cls.gains():  # gains are this code's: another's episodes are not ours
             raise ValueError(f"the scene's controller {full['controller']} is not this simulator's {cls.gains()}")
-        renderer = cls(height, width, full["camera"], max_episode_steps, full["supersample"])
-        # explore's bounds are not in a model's scene record: they go with the named scene whose camera this is
-        # (v2's explore is bounded), so `explore` here is its data's policy; a camera of one's own: free
-        renderer.explore_bounded = any(sc["explore"] == "bounded" and _camera(sc["camera"]) == full["camera"]
-                                       for sc in SCENES.values())
-        return renderer
+        return cls(height, width, full["camera"], max_episode_steps, full["supersample"])
 
     @classmethod
     def gains(cls) -> dict:

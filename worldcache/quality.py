@@ -189,7 +189,9 @@ def evaluate_open_loop(model, episodes: list[dict], chunks=(1, 4), policy=None, 
     each horizon in `chunks` (chunks per rollout). One rollout of the longest horizon per window: a shorter
     horizon is scored on its first chunks (an open-loop chunk depends only on what precedes it). With a state
     `decoder` and episodes that carry their states, each horizon also gets ``positions`` (`position_scores`), and the
-    longest rollout gets ``follow`` (`follow_scores`, one entry per chunk). A rollout of more than one chunk also
+    longest rollout gets ``follow`` (`follow_scores`, one entry per chunk); ``computed_fraction``: the share of the
+    rollouts' model calls (per sample) that ran the whole block stack (1 uncached). A rollout of more than one chunk
+    also
     gets ``cond_error`` (`conditioning_error`, one entry per chunk after the first). `real_cond`: each horizon also
     gets ``real_cond``, the model's full-frame and moving-region PSNR and SSIM with every chunk conditioned on the
     real frames (`teacher_forced`): the gap to the open-loop figures is what compounding costs. Window w draws the

@@ -20,7 +20,8 @@ recorded, and a resumed run keeps the last one. The DiT stage's budget starts be
 its windows, predicting its own conditioning frames with ``self_cond``), so a time-boxed machine is not overrun
 by a long preparation pass.
 
-Resumable: every `save_every` steps, at its end, and where Ctrl-C or SIGTERM stops it (between two steps), the
+Resumable: every `save_every` steps, at its end, and where Ctrl-C (or SIGTERM, which the CLI turns into a stop)
+stops it between two steps (a second Ctrl-C stops at once, keeping the last save), the
 stage's state (weights, optimiser, step, RNG) goes to ``OUT/state_<stage>.pt``; re-running the same command
 continues from it, as an unbroken run would have. The exported checkpoint lands in
 ``OUT/model`` and a record of the run (command, data, steps, losses) in ``OUT/model/training.json``.

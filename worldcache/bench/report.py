@@ -53,8 +53,8 @@ def format_table(result: dict) -> str:
         near = fa.get("nearest", {})  # bench.json before it was kept: none marked
         for name, vals in fa[quality].items():
             marks = near.get(name, [False] * len(vals))
-            lines.append(f"  {display(name):<12} " + " ".join(
-                f"{'n/a' if v is None else f'{v:.1f}' + ('*' if m else ''):>7}" for v, m in zip(vals, marks)))
+            lines.append(f"  {display(name):<12} " + " ".join(  # a mark after the column: the numbers stay aligned
+                f"{'n/a' if v is None else f'{v:.1f}':>7}" + ("*" if m else "") for v, m in zip(vals, marks)))
         if any(any(m) for m in near.values()):
             lines.append("  *: the frontier's end point, within 5 % of that speedup (not on the frontier there)")
     for axis, cmp in (result.get("at_worldcache_speed") or {}).items():

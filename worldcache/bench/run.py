@@ -66,8 +66,9 @@ def run_bench(checkpoint=None, policies=None, episodes: int = 10, chunks: int = 
     eps = bench_episodes(s, episodes, frames, data, first_seed, holdout, tuning)
     real = np.stack([ep["obs"][1:] for ep in eps])
     if len(eps) < episodes and verbose:
-        print(f"{data}: {len(eps)} of the {episodes} episodes asked for are there ({'training' if tuning else 'held-out'}"
-              f" split, --holdout {holdout}, episodes of at least {frames} steps); measuring those")
+        part = "the whole store" if holdout == 0 else f"its {'training' if tuning else 'held-out'} split"
+        print(f"{data}: {len(eps)} of the {episodes} episodes asked for are there ({part}, --holdout {holdout}, "
+              f"episodes of at least {frames} steps); measuring those")
     if match_compute and any(c.group == "ablation" for c in configs):
         if data is not None and holdout == 0:  # the thresholds are matched on the training split, never measured
             raise ValueError("--holdout 0 measures the whole store and leaves no training episodes to match the "

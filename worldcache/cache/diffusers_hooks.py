@@ -34,7 +34,8 @@ Per-method notes and limitations:
   diffusers' calibrate mode (nothing is skipped, every call records `computed=True`), the per-step ratios are kept
   (mean over guidance branches) in `policy.mag_ratios`, and the next `begin` re-applies the hooks with them. So a
   benchmark either sets `mag_ratios` in the YAML or runs one warm-up prediction first. diffusers interpolates the
-  ratios to the schedule length; the hooks are re-applied when `num_steps` changes.
+  ratios to the schedule length; the hooks are re-applied when `num_steps` changes. Calibrated ratios are the
+  model's: a policy that follows another model calibrates again on it.
 - taylorseer: by default caches the outputs of every block's `attn1`, `attn2` and `ff` (TaylorSeer's granularity;
   diffusers' default patterns do not match Cosmos' module names) with Taylor factors in `taylor_factors_dtype`.
   Memory: (max_order + 1) factors per hooked module per branch — large for long videos (use bfloat16 factors,
@@ -60,7 +61,6 @@ import io
 import logging
 import math
 import re
-import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -305,7 +305,8 @@ class MagCache(DiffusersHookPolicy):
         self.mag_ratios: list[float] | None = list(config.mag_ratios) or None
         self._calib: dict[str, list] = {}  # branch -> diffusers' calibration list (filled by the tail hook)
         self._calibrating, self._applied_steps = False, None
-        self._ratios_of = None  # weakref to the model its calibration ran on (the ratios are that model's)
+        self._ratios_of = None  # id of the model its calibration ran on (the ratios are that model's; an id, not a
+                                # reference: a policy keeps no model alive, and pickles with the env)
 
     def begin(self, num_steps: int) -> None:
         n = self._applied_steps
@@ -326,11 +327,11 @@ class MagCache(DiffusersHookPolicy):
 
     def _apply(self, model) -> None:
         cfg = self.config
-        if not cfg.mag_ratios and self.mag_ratios is not None and self._ratios_of() is not model:
-            self.mag_ratios = None  # calibrated on another model: calibrate on this one
+        if not cfg.mag_ratios and self.mag_ratios is not None and self._ratios_of != id(model):
+            self.mag_ratios = None  # calibrated on another model (or set from outside): calibrate on this one
         self._calibrating = self.mag_ratios is None
         if self._calibrating:
-            self._ratios_of = weakref.ref(model)
+            self._ratios_of = id(model)
         self._applied_steps, self._calib = self.num_steps, {}
         apply_mag_cache(model, MagCacheConfig(
             threshold=cfg.threshold, max_skip_steps=cfg.max_skip_steps, retention_ratio=cfg.retention_ratio,
