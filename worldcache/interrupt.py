@@ -92,3 +92,33 @@ def deferred_interrupts():
             _restore(s, handler)
         if len(held) == 1:  # (a second one was delivered at once)
             signal.raise_signal(held[0])  # to the handler the block found: KeyboardInterrupt, Terminated, or default
+
+
+class StepSaver:
+    """The steps of a training loop, each held against Ctrl-C and SIGTERM (`deferred_interrupts`), and its state
+    saved once more where a stop lands between two steps: the steps since the last save are not lost. A stop raised
+    inside a step (not a held signal) saves nothing: the step is half done. `save()` saves the state as it is."""
+
+    def __init__(self, save):
+        self._save, self._unsaved, self._in_step = save, False, False
+
+    def save(self) -> None:
+        self._save()
+        self._unsaved = False
+
+    @contextlib.contextmanager
+    def step(self):
+        with deferred_interrupts():
+            self._in_step = True
+            yield
+            self._in_step, self._unsaved = False, True
+
+    @contextlib.contextmanager
+    def loop(self):
+        try:
+            yield
+        except KeyboardInterrupt:
+            if self._unsaved and not self._in_step:
+                with deferred_interrupts():
+                    self.save()
+            raise

@@ -263,8 +263,7 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
     frames = frames.to(device)  # on a GPU the whole set fits (~0.4 GB): batches are gathered there
     bar = tqdm(range(step, steps), initial=step, total=steps, desc="train state decoder", unit="step",
                dynamic_ncols=True)
-    done = step  # steps taken (and, at `saved`, in the state file)
-    saved, in_step = step, False
+    done = step  # steps taken
 
     def save():
         tmp = state_file.with_suffix(".tmp")  # write then rename: a kill never leaves a broken state
@@ -272,10 +271,10 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
                     "rng": rng.bit_generator.state, "step": done, "losses": losses, "run": run}, tmp)
         tmp.replace(state_file)
 
-    try:
+    saver = interrupt.StepSaver(save if state_file is not None else lambda: None)  # a stop is saved between steps
+    with saver.loop():
         for _ in bar:
-            with interrupt.deferred_interrupts():  # a stop lands between steps, where the state is whole
-                in_step = True
+            with saver.step():
                 idx = torch.as_tensor(rng.integers(len(target), size=batch_size), device=device)
                 x = frames[idx].float()
                 soft = torch.as_tensor(rng.random(batch_size) < blur, device=device)
@@ -288,16 +287,9 @@ def train_state_decoder(store_path: str | Path, out_folder: str | Path | None, s
                 sched.step()
                 losses.append(loss.item())
                 done += 1
-                in_step = False
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
             if state_file is not None and (done % save_every == 0 or done == steps):
-                save()
-                saved = done
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the steps since the last save are kept too
-        if state_file is not None and done > saved and not in_step:  # (one raised inside a step: half done)
-            with interrupt.deferred_interrupts():
-                save()
-        raise
+                saver.save()
     dec.eval()
     errors = None
     if val:

@@ -448,8 +448,7 @@ class Trainer:
         bar = tqdm(total=total[0], initial=step, desc=f"train {stage}", unit="step", dynamic_ncols=True)
         budget = (StepBudget(extra if extra is not None else minutes, time.perf_counter() if began is None else began,
                              step) if pending else None)
-        saved = [step]  # the step the state file holds
-        began_at, in_step = step, False
+        began_at = step
 
         def save():
             tmp = state_file.with_suffix(".tmp")  # write then rename: a kill never leaves a broken state
@@ -462,12 +461,11 @@ class Trainer:
                         **({"ema": ema.state_dict()} if ema is not None else {}),
                         **({"gen": gen.get_state()} if gen is not None else {})}, tmp)
             tmp.replace(state_file)
-            saved[0] = step
 
-        try:
+        saver = interrupt.StepSaver(save)  # a stop lands between steps, where the state is whole, and is saved
+        with saver.loop():
             while step < total[0] or (pending and step < budget.first_count):
-                with interrupt.deferred_interrupts():  # a stop lands between steps, where the state is whole
-                    in_step = True
+                with saver.step():
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
                         loss = loss_fn(rng)
                     opt.zero_grad(set_to_none=True)
@@ -482,16 +480,10 @@ class Trainer:
                     if budget is not None and (count := budget.update(step, time.perf_counter())) is not None:
                         total[0], pending = count, False
                         bar.total = total[0]
-                    in_step = False
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
                 if step % self.cfg.save_every == 0 or step == total[0]:
-                    save()
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the steps since the last save are kept too
-            if step > saved[0] and not in_step:  # (an interrupt raised inside a step leaves it half done: not saved)
-                with interrupt.deferred_interrupts():
-                    save()
-            raise
+                    saver.save()
         bar.close()
         module.eval()
         if step > began_at:
@@ -506,7 +498,8 @@ class Trainer:
         if st is None:
             if not state_file.exists():
                 return
-            st = torch.load(state_file, weights_only=False, map_location="cpu")
+            # memory-mapped: the settings are read, the weights and optimiser state not (`_run` loads them)
+            st = torch.load(state_file, weights_only=False, map_location="cpu", mmap=True)
         now = self.resume if settings is None else settings
         saved = st.get("config", now)  # states saved before settings were kept are taken as this run's
         diff = sorted(k for k in saved.keys() & now.keys() if saved.get(k) != now.get(k))  # as far as kept
